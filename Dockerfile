@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+
+# Build stage: the release binary, with the versions pinned in Cargo.lock.
+FROM rust:1.95-slim-bookworm AS builder
+WORKDIR /src
+COPY . .
+# The cache mounts keep downloaded crates and build output between image builds;
+# the binary is copied out of the cached target directory in the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked \
+    && cp target/release/sagaflow /usr/local/bin/sagaflow
+
+# Runtime stage: the binary, the saga definitions and nothing else.
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --user-group --no-create-home sagaflow
+COPY --from=builder /usr/local/bin/sagaflow /usr/local/bin/sagaflow
+COPY sagas/ /etc/sagaflow/sagas/
+ENV SAGAFLOW_SAGAS=/etc/sagaflow/sagas
+USER sagaflow
+# The daemon stops taking new starts on SIGTERM and brings in-flight sagas to a
+# durable point before it exits.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["sagaflow"]
+CMD ["run"]

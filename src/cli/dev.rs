@@ -1,0 +1,283 @@
+//! `sagaflow dev`: one demo mission end to end. It starts a private
+//! `redis-server` unless given a Redis, runs the daemon and the simulated
+//! handlers in this process, starts one mission and prints its events.
+
+use super::handlers::SimulationArgs;
+use super::{logging, render};
+use crate::config::Settings;
+use crate::handler::simulated::run_simulated_handlers;
+use crate::protocol::{fields as f, CorrelationId};
+use crate::{definition, engine, streams};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// The reference mission, used when no sagas directory is at hand.
+const BUILT_IN_MISSION: &str = include_str!("../../sagas/mission_start.yaml");
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  sagaflow dev\n  sagaflow dev --fail-at perform_exploration")]
+pub struct DevArgs {
+    /// Use this Redis instead of starting a private redis-server.
+    #[arg(long, env = "SAGAFLOW_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Directory of saga definitions; the built-in mission if it does not exist.
+    #[arg(long, env = "SAGAFLOW_SAGAS", default_value = "sagas")]
+    sagas: PathBuf,
+    /// Saga to start.
+    #[arg(long, default_value = "mission_start")]
+    saga: String,
+    /// The mission's input.
+    #[arg(long, default_value = r#"{"area": "hall-a", "robots": 3}"#)]
+    payload: String,
+    /// Make this step fail, to watch the compensations run.
+    #[arg(long, value_name = "STEP")]
+    fail_at: Option<String>,
+    /// Give up waiting for the saga after this long.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    #[command(flatten)]
+    sim: SimulationArgs,
+}
+
+pub async fn run(args: DevArgs) -> ExitCode {
+    logging::init("warn");
+    match demo(args).await {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("sagaflow dev: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn demo(args: DevArgs) -> Result<ExitCode, String> {
+    let catalog = if args.sagas.is_dir() {
+        definition::load_dir(&args.sagas).map_err(|e| e.to_string())?
+    } else {
+        definition::catalog_from_str(Path::new("built-in mission_start.yaml"), BUILT_IN_MISSION)
+            .map_err(|e| e.to_string())?
+    };
+    if catalog.get(&args.saga).is_none() {
+        return Err(format!(
+            "no saga `{}` in {}; loaded: {}",
+            args.saga,
+            args.sagas.display(),
+            catalog.names().join(", ")
+        ));
+    }
+    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&args.payload)
+        .map_err(|e| format!("--payload is not a JSON object: {e}"))?;
+
+    let (redis_url, _redis) = match args.redis_url.clone() {
+        Some(url) => (url, None),
+        None => {
+            let child = RedisChild::start()?;
+            println!("started a private redis-server on {}", child.url);
+            (child.url.clone(), Some(child))
+        }
+    };
+    let settings = Settings {
+        redis_url: redis_url.clone(),
+        sagas_dir: args.sagas.clone(),
+        ..Settings::default()
+    };
+    let client =
+        redis::Client::open(redis_url.as_str()).map_err(|e| format!("invalid Redis URL: {e}"))?;
+
+    let shutdown = CancellationToken::new();
+    super::signals::on_stop_signal(shutdown.clone());
+    let events_stream = settings.events_stream.clone();
+    let daemon = engine::Daemon::start(settings, catalog, shutdown.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut sim = args.sim.options();
+    if args.fail_at.is_some() {
+        sim.fail_step = args.fail_at.clone();
+    }
+    let handlers = tokio::spawn(run_simulated_handlers(
+        client.clone(),
+        sim,
+        shutdown.clone(),
+    ));
+
+    let outcome = follow_one_mission(&client, &events_stream, &args, &shutdown).await;
+    shutdown.cancel();
+    daemon.wait().await;
+    let _ = handlers.await;
+    outcome
+}
+
+/// Starts the mission and prints its events until its terminal one.
+async fn follow_one_mission(
+    client: &redis::Client,
+    events_stream: &str,
+    args: &DevArgs,
+    shutdown: &CancellationToken,
+) -> Result<ExitCode, String> {
+    let mut conn = streams::command_connection(client, Duration::from_secs(5))
+        .await
+        .map_err(|e| format!("cannot reach Redis: {e}"))?;
+    let mut reader = streams::blocking_connection(client, Duration::from_secs(1))
+        .await
+        .map_err(|e| format!("cannot reach Redis: {e}"))?;
+    // Read events from the last one before our start, so none is missed.
+    let last: redis::Value = redis::cmd("XREVRANGE")
+        .arg(events_stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut from =
+        streams::decode_read_reply(&redis::Value::Array(vec![redis::Value::Array(vec![
+            redis::Value::BulkString(events_stream.as_bytes().to_vec()),
+            last,
+        ])]))
+        .pop()
+        .map_or_else(|| "0-0".to_owned(), |e| e.id);
+
+    let correlation_id = CorrelationId::generate();
+    let _: String = redis::cmd("XADD")
+        .arg("mission:start")
+        .arg("*")
+        .arg(f::SAGA)
+        .arg(&args.saga)
+        .arg(f::PAYLOAD)
+        .arg(&args.payload)
+        .arg(f::CORRELATION_ID)
+        .arg(correlation_id.as_str())
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| format!("cannot start the mission: {e}"))?;
+    println!(
+        "started saga `{}` with correlation id {correlation_id}\n",
+        args.saga
+    );
+
+    let started = Instant::now();
+    while started.elapsed() < args.timeout && !shutdown.is_cancelled() {
+        let value: redis::Value = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(500)
+            .arg("STREAMS")
+            .arg(events_stream)
+            .arg(&from)
+            .query_async(&mut reader)
+            .await
+            .map_err(|e| format!("reading events failed: {e}"))?;
+        for entry in streams::decode_read_reply(&value) {
+            from = entry.id.clone();
+            if entry.fields.get(f::CORRELATION_ID).map(Vec::as_slice)
+                != Some(correlation_id.as_str().as_bytes())
+            {
+                continue;
+            }
+            println!(
+                "{}",
+                render::event_line(&entry.fields, started.elapsed().as_millis() as u64)
+            );
+            let event = entry
+                .fields
+                .get(f::EVENT_TYPE)
+                .map(|s| String::from_utf8_lossy(s).into_owned());
+            match event.as_deref() {
+                Some("saga_completed") => {
+                    println!("\nthe mission completed");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Some(
+                    e @ ("saga_compensated" | "saga_failed" | "saga_rejected" | "saga_duplicate"),
+                ) => {
+                    println!(
+                        "\nthe mission did not complete: {}",
+                        e.trim_start_matches("saga_")
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                _ => {}
+            }
+        }
+    }
+    Err(format!("the saga did not end within {:?}", args.timeout))
+}
+
+/// A private `redis-server`, killed when dropped.
+struct RedisChild {
+    child: Child,
+    url: String,
+    _dir: PathBuf,
+}
+
+impl RedisChild {
+    fn start() -> Result<Self, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("cannot find a free port: {e}"))?
+            .port();
+        let dir = std::env::temp_dir().join(format!("sagaflow-dev-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    "redis-server is not installed. Install it (Debian/Ubuntu: \
+                     `sudo apt-get install redis-server`; macOS: `brew install redis`), or pass \
+                     --redis-url to use a running Redis."
+                        .to_owned()
+                }
+                _ => format!("cannot start redis-server: {e}"),
+            })?;
+        let mut me = Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        me.wait_ready()?;
+        Ok(me)
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("redis-server exited at start-up ({status})"));
+            }
+            if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("redis-server did not answer within 10 s".into())
+    }
+}
+
+impl Drop for RedisChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}

@@ -1,0 +1,83 @@
+//! `sagaflow handlers`: the simulated mission services.
+
+use super::run::RedisArgs;
+use super::{logging, signals};
+use crate::handler::simulated::{run_simulated_handlers, SimulationOptions};
+use clap::Args;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct SimulationArgs {
+    /// Reply `failed` (not retryable) to this step's action.
+    #[arg(long, value_name = "STEP")]
+    pub fail_step: Option<String>,
+    /// Fail each action at random with this probability (retryable), 0 to 1.
+    #[arg(long, value_name = "P", default_value_t = 0.0, value_parser = parse_rate)]
+    pub fail_rate: f64,
+    /// Never reply to this step's action (the daemon sees timeouts).
+    #[arg(long, value_name = "STEP")]
+    pub hang_step: Option<String>,
+    /// Simulated work per command, in ms, with progress replies along the way.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub work_ms: u64,
+    /// Reply `failed` (not retryable) to this step's compensation.
+    #[arg(long, value_name = "STEP")]
+    pub fail_compensation: Option<String>,
+}
+
+impl SimulationArgs {
+    pub fn options(&self) -> SimulationOptions {
+        SimulationOptions {
+            fail_step: self.fail_step.clone(),
+            fail_rate: self.fail_rate,
+            hang_step: self.hang_step.clone(),
+            work_ms: self.work_ms,
+            fail_compensation: self.fail_compensation.clone(),
+            ..SimulationOptions::default()
+        }
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let p: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(format!("{p} is not between 0 and 1"))
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  sagaflow handlers --redis-url redis://127.0.0.1:6379 --work-ms 200 --fail-step integrate_maps"
+)]
+pub struct HandlersArgs {
+    #[command(flatten)]
+    redis: RedisArgs,
+    #[command(flatten)]
+    sim: SimulationArgs,
+}
+
+pub async fn run(args: HandlersArgs) -> ExitCode {
+    logging::init("info");
+    let client = match redis::Client::open(args.redis.redis_url.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "sagaflow: invalid Redis URL `{}`: {e}",
+                args.redis.redis_url
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    signals::on_stop_signal(shutdown.clone());
+    match run_simulated_handlers(client, args.sim.options(), shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sagaflow: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! The command line: one module per subcommand. `main` only calls [`main`].
+
+mod dev;
+mod handlers;
+mod logging;
+mod render;
+mod run;
+mod signals;
+mod validate;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sagaflow",
+    version,
+    about = "A saga orchestrator daemon over Redis Streams"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: load the sagas, take starts, drive sagas.
+    Run(run::RunArgs),
+    /// Run the simulated mission handlers (resources, routing, exploration, mapping).
+    Handlers(handlers::HandlersArgs),
+    /// Run one demo mission end to end, with a private Redis if none is given.
+    Dev(dev::DevArgs),
+    /// Check saga definitions without starting anything.
+    Validate(validate::ValidateArgs),
+}
+
+/// Parses the command line and runs the subcommand.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sagaflow: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Handlers(args) => handlers::run(args).await,
+            Command::Dev(args) => dev::run(args).await,
+            Command::Validate(args) => validate::run(args),
+        }
+    })
+}

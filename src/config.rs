@@ -1,0 +1,74 @@
+//! The daemon's settings, with every default in one place.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the daemon needs to know besides the saga definitions.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub redis_url: String,
+    pub sagas_dir: PathBuf,
+    /// Names this daemon instance: its trigger consumer and its reply stream.
+    pub node_id: String,
+    /// Trigger stream read even when no definition binds it, for starts
+    /// that name their saga.
+    pub trigger_stream: String,
+    pub trigger_group: String,
+    pub events_stream: String,
+    /// Approximate cap on the events stream (`XADD MAXLEN ~`).
+    pub events_maxlen: usize,
+    /// Reply streams are `<prefix><node_id>`.
+    pub reply_stream_prefix: String,
+    /// Saga records are `<prefix>{<saga_id>}`.
+    pub saga_key_prefix: String,
+    /// How long a saga's record and idempotency key outlive its end.
+    pub retention: Duration,
+    /// Sagas driven at once by this daemon; starts wait beyond it. Each
+    /// in-flight saga costs a few KiB and one idle task.
+    pub max_in_flight: usize,
+    /// Entries taken per read of the trigger and reply streams.
+    pub read_batch: usize,
+    /// `BLOCK` of the blocking reads: short enough that a stop is prompt.
+    pub block: Duration,
+    pub redis_response_timeout: Duration,
+    /// How long a stop waits for in-flight writes before giving up.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            sagas_dir: PathBuf::from("sagas"),
+            node_id: crate::protocol::ids::new_uuid_hex(),
+            trigger_stream: "mission:start".into(),
+            trigger_group: "sagaflow".into(),
+            events_stream: "saga:events".into(),
+            events_maxlen: 100_000,
+            reply_stream_prefix: "saga:replies:".into(),
+            saga_key_prefix: "saga:".into(),
+            retention: Duration::from_secs(24 * 3600),
+            max_in_flight: 10_000,
+            read_batch: 256,
+            block: Duration::from_secs(1),
+            redis_response_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Settings {
+    pub fn reply_stream(&self) -> String {
+        format!("{}{}", self.reply_stream_prefix, self.node_id)
+    }
+
+    /// The record key of a saga, hash-tagged so that everything about one
+    /// saga stays in one Redis Cluster slot.
+    pub fn saga_key(&self, saga_id: &str) -> String {
+        format!("{}{{{saga_id}}}", self.saga_key_prefix)
+    }
+
+    pub fn idempotency_key(&self, saga: &str, key: &str) -> String {
+        format!("{}idempotency:{{{saga}}}:{key}", self.saga_key_prefix)
+    }
+}

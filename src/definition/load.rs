@@ -1,0 +1,459 @@
+//! Loading and checking definition files, with `file:line:column` errors.
+
+use super::model::*;
+use super::raw::{RawCompensation, RawRetry, RawSaga, RawStep};
+use super::template::{Scope, Template};
+use serde_saphyr::{Location, Spanned};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One problem in one file, at a 1-based line and column (0 when the
+/// problem is about the file as a whole).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DefinitionError {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl fmt::Display for DefinitionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Every problem found, so one run of the loader reports them all.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct DefinitionErrors(pub Vec<DefinitionError>);
+
+impl fmt::Display for DefinitionErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The loaded definitions, by name and by trigger stream.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    by_name: HashMap<String, Arc<SagaDefinition>>,
+    by_trigger: HashMap<String, String>,
+}
+
+impl Catalog {
+    pub fn get(&self, name: &str) -> Option<&Arc<SagaDefinition>> {
+        self.by_name.get(name)
+    }
+
+    /// The definition bound to a trigger stream, used by starts without `saga`.
+    pub fn for_trigger(&self, stream: &str) -> Option<&Arc<SagaDefinition>> {
+        self.by_trigger
+            .get(stream)
+            .and_then(|name| self.by_name.get(name))
+    }
+
+    /// Every trigger stream some definition is bound to, sorted.
+    pub fn triggers(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.by_trigger.keys().cloned().collect();
+        out.sort();
+        out
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+        out.sort();
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Builds a catalog from definitions already checked one by one,
+    /// refusing duplicate names and two definitions on one trigger.
+    fn from_definitions(
+        defs: Vec<(SagaDefinition, Location, Option<Location>)>,
+    ) -> Result<Self, DefinitionErrors> {
+        let mut catalog = Catalog::default();
+        let mut errors = Vec::new();
+        for (def, name_at, trigger_at) in defs {
+            if let Some(other) = catalog.by_name.get(&def.name) {
+                errors.push(at(
+                    &def.source,
+                    name_at,
+                    format!(
+                        "saga `{}` is already defined in {}",
+                        def.name,
+                        other.source.display()
+                    ),
+                ));
+                continue;
+            }
+            if let (Some(trigger), Some(trigger_at)) = (&def.trigger, trigger_at) {
+                if let Some(other) = catalog.by_trigger.get(trigger) {
+                    errors.push(at(&def.source, trigger_at, format!(
+                        "trigger `{trigger}` is already bound to saga `{other}`; a start without a `saga` field would be ambiguous"
+                    )));
+                    continue;
+                }
+                catalog.by_trigger.insert(trigger.clone(), def.name.clone());
+            }
+            catalog.by_name.insert(def.name.clone(), Arc::new(def));
+        }
+        if errors.is_empty() {
+            Ok(catalog)
+        } else {
+            Err(DefinitionErrors(errors))
+        }
+    }
+}
+
+fn at(file: &Path, loc: Location, message: String) -> DefinitionError {
+    DefinitionError {
+        file: file.to_owned(),
+        line: loc.line(),
+        column: loc.column(),
+        message,
+    }
+}
+
+fn whole_file(file: &Path, message: String) -> DefinitionError {
+    DefinitionError {
+        file: file.to_owned(),
+        line: 0,
+        column: 0,
+        message,
+    }
+}
+
+/// Loads every `*.yaml` / `*.yml` file of a directory.
+pub fn load_dir(dir: &Path) -> Result<Catalog, DefinitionErrors> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        DefinitionErrors(vec![whole_file(
+            dir,
+            format!("cannot read the sagas directory: {e}"),
+        )])
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(DefinitionErrors(vec![whole_file(
+            dir,
+            "no saga definitions (*.yaml, *.yml) in this directory".into(),
+        )]));
+    }
+    let mut defs = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => match parse_one(&file, &text) {
+                Ok(def) => defs.push(def),
+                Err(mut e) => errors.append(&mut e),
+            },
+            Err(e) => errors.push(whole_file(&file, format!("cannot read the file: {e}"))),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(DefinitionErrors(errors));
+    }
+    Catalog::from_definitions(defs)
+}
+
+/// A catalog of the one definition in `text`, as if read from `file`.
+pub fn catalog_from_str(file: &Path, text: &str) -> Result<Catalog, DefinitionErrors> {
+    let parsed = parse_one(file, text).map_err(DefinitionErrors)?;
+    Catalog::from_definitions(vec![parsed])
+}
+
+/// Loads one definition from text, as if read from `file`.
+pub fn load_str(file: &Path, text: &str) -> Result<SagaDefinition, DefinitionErrors> {
+    parse_one(file, text)
+        .map(|(def, _, _)| def)
+        .map_err(DefinitionErrors)
+}
+
+type Parsed = (SagaDefinition, Location, Option<Location>);
+
+fn parse_one(file: &Path, text: &str) -> Result<Parsed, Vec<DefinitionError>> {
+    let raw: RawSaga = serde_saphyr::from_str(text).map_err(|e| {
+        let loc = e.location();
+        let message = yaml_message(&e.without_snippet().to_string());
+        vec![match loc {
+            Some(loc) => at(file, loc, message),
+            None => whole_file(file, message),
+        }]
+    })?;
+    let mut checker = Checker {
+        file,
+        errors: Vec::new(),
+    };
+    let def = checker.saga(&raw);
+    if checker.errors.is_empty() {
+        Ok((
+            def,
+            raw.name.referenced,
+            raw.trigger.as_ref().map(|t| t.referenced),
+        ))
+    } else {
+        Err(checker.errors)
+    }
+}
+
+/// The parser's message without its own location prefix or suffix, since
+/// ours leads the line.
+fn yaml_message(rendered: &str) -> String {
+    let first = rendered.lines().next().unwrap_or(rendered).trim();
+    let cut = first.find(" at line ").map_or(first, |i| &first[..i]);
+    cut.trim_start_matches("error: ").to_owned()
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    errors: Vec<DefinitionError>,
+}
+
+const NAME_MAX: usize = 128;
+
+impl Checker<'_> {
+    fn error(&mut self, loc: Location, message: String) {
+        self.errors.push(at(self.file, loc, message));
+    }
+
+    fn name(&mut self, what: &str, s: &Spanned<String>) -> String {
+        let v = &s.value;
+        if v.is_empty() || v.len() > NAME_MAX || !v.bytes().all(|b| b.is_ascii_graphic()) {
+            self.error(
+                s.referenced,
+                format!("{what} `{v}` must be 1 to {NAME_MAX} printable ASCII characters without spaces"),
+            );
+        }
+        v.clone()
+    }
+
+    fn duration(&mut self, what: &str, s: &Spanned<String>) -> Duration {
+        match humantime::parse_duration(s.value.trim()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.error(s.referenced, format!("{what} must be longer than zero"));
+                Duration::from_secs(1)
+            }
+            Err(e) => {
+                self.error(
+                    s.referenced,
+                    format!(
+                        "{what} `{}` is not a duration ({e}); write e.g. 500ms, 30s, 5m",
+                        s.value
+                    ),
+                );
+                Duration::from_secs(1)
+            }
+        }
+    }
+
+    fn retry(&mut self, raw: &Spanned<RawRetry>) -> RetryPolicy {
+        let r = &raw.value;
+        let max_attempts = match u32::try_from(r.max_attempts.value) {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                self.error(
+                    r.max_attempts.referenced,
+                    format!("max_attempts is {}; it must be between 1 and 1000 (it counts the first attempt)", r.max_attempts.value),
+                );
+                1
+            }
+        };
+        let backoff = match r.backoff.as_ref().map(|b| b.value.as_str()) {
+            None | Some("exponential") => Backoff::Exponential,
+            Some("linear") => Backoff::Linear,
+            Some("fixed") => Backoff::Fixed,
+            Some(other) => {
+                let loc = r
+                    .backoff
+                    .as_ref()
+                    .map(|b| b.referenced)
+                    .unwrap_or(raw.referenced);
+                self.error(
+                    loc,
+                    format!("backoff `{other}` is unknown; use exponential, linear or fixed"),
+                );
+                Backoff::Exponential
+            }
+        };
+        let initial_delay = r
+            .initial_delay
+            .as_ref()
+            .map_or(DEFAULT_STEP_RETRY.initial_delay, |d| {
+                self.duration("initial_delay", d)
+            });
+        let max_delay = r
+            .max_delay
+            .as_ref()
+            .map_or(DEFAULT_MAX_DELAY, |d| self.duration("max_delay", d));
+        if initial_delay > max_delay {
+            let loc = r
+                .max_delay
+                .as_ref()
+                .map(|d| d.referenced)
+                .unwrap_or(raw.referenced);
+            self.error(loc, "max_delay is shorter than initial_delay".into());
+        }
+        RetryPolicy {
+            max_attempts,
+            backoff,
+            initial_delay,
+            max_delay,
+        }
+    }
+
+    fn template(
+        &mut self,
+        raw: &Spanned<serde_json::Value>,
+        scope: &Scope<'_>,
+    ) -> Option<Template> {
+        match Template::parse(&raw.value, scope) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.error(raw.referenced, e);
+                None
+            }
+        }
+    }
+
+    fn saga(&mut self, raw: &RawSaga) -> SagaDefinition {
+        let name = self.name("saga name", &raw.name);
+        let trigger = raw.trigger.as_ref().map(|t| self.name("trigger stream", t));
+        if raw.steps.value.is_empty() {
+            self.error(raw.steps.referenced, format!("saga `{name}` has no steps"));
+        }
+        let all: Vec<String> = raw
+            .steps
+            .value
+            .iter()
+            .map(|s| s.name.value.clone())
+            .collect();
+        let mut steps = Vec::with_capacity(all.len());
+        for (i, step) in raw.steps.value.iter().enumerate() {
+            if let Some(first) = raw.steps.value[..i]
+                .iter()
+                .find(|s| s.name.value == step.name.value)
+            {
+                self.error(
+                    step.name.referenced,
+                    format!(
+                        "step name `{}` is used twice (first at line {}); step names must be unique",
+                        step.name.value,
+                        first.name.referenced.line()
+                    ),
+                );
+            }
+            steps.push(self.step(step, &all[..i], &all[..=i], &all));
+        }
+        SagaDefinition {
+            name,
+            trigger,
+            steps,
+            source: self.file.to_owned(),
+        }
+    }
+
+    fn step(
+        &mut self,
+        raw: &RawStep,
+        earlier: &[String],
+        up_to_self: &[String],
+        all: &[String],
+    ) -> StepDefinition {
+        let name = self.name("step name", &raw.name);
+        let stream = self.name("stream", &raw.stream);
+        let command = raw
+            .command
+            .as_ref()
+            .map_or_else(|| name.clone(), |c| self.name("command", c));
+        let timeout = raw
+            .timeout
+            .as_ref()
+            .map_or(DEFAULT_STEP_TIMEOUT, |t| self.duration("timeout", t));
+        let retry = raw
+            .retry
+            .as_ref()
+            .map_or(DEFAULT_STEP_RETRY, |r| self.retry(r));
+        let action_scope = Scope {
+            visible_steps: earlier,
+            all_steps: all,
+            in_compensation: false,
+        };
+        let input = raw
+            .input
+            .as_ref()
+            .and_then(|i| self.template(i, &action_scope));
+        let compensation = raw
+            .compensation
+            .as_ref()
+            .map(|c| self.compensation(&c.value, &stream, timeout, up_to_self, all));
+        StepDefinition {
+            name,
+            stream,
+            command,
+            timeout,
+            retry,
+            input,
+            compensation,
+        }
+    }
+
+    fn compensation(
+        &mut self,
+        raw: &RawCompensation,
+        step_stream: &str,
+        step_timeout: Duration,
+        visible: &[String],
+        all: &[String],
+    ) -> CompensationDefinition {
+        let scope = Scope {
+            visible_steps: visible,
+            all_steps: all,
+            in_compensation: true,
+        };
+        CompensationDefinition {
+            command: self.name("command", &raw.command),
+            stream: raw
+                .stream
+                .as_ref()
+                .map_or_else(|| step_stream.to_owned(), |s| self.name("stream", s)),
+            timeout: raw
+                .timeout
+                .as_ref()
+                .map_or(step_timeout, |t| self.duration("timeout", t)),
+            retry: raw
+                .retry
+                .as_ref()
+                .map_or(DEFAULT_COMPENSATION_RETRY, |r| self.retry(r)),
+            input: raw.input.as_ref().and_then(|i| self.template(i, &scope)),
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Saga definitions: the YAML model, its validation into a checked
+//! [`SagaDefinition`], payload templates, and loading a directory of files
+//! with `file:line:column` errors.
+//!
+//! A definition that loads is valid: every later stage (the state machine,
+//! the engine) relies on that and does not re-check.
+
+mod load;
+mod model;
+mod raw;
+pub mod template;
+
+pub use load::{catalog_from_str, load_dir, load_str, Catalog, DefinitionError, DefinitionErrors};
+pub use model::{
+    Backoff, CompensationDefinition, RetryPolicy, SagaDefinition, StepDefinition,
+    DEFAULT_COMPENSATION_RETRY, DEFAULT_MAX_DELAY, DEFAULT_STEP_RETRY, DEFAULT_STEP_TIMEOUT,
+};
+pub use template::{Template, TemplateError};
+
+#[cfg(test)]
+mod tests;

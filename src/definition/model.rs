@@ -1,0 +1,80 @@
+//! The checked saga model that the rest of the daemon runs on.
+
+use super::template::Template;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Per-attempt timeout of a step that names none.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Cap on retry delays when a policy names no `max_delay`.
+pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(30);
+/// A step without `retry` is tried once: retrying an action is a choice the
+/// saga's author makes, knowing whether its handler deduplicates.
+pub const DEFAULT_STEP_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 1,
+    backoff: Backoff::Exponential,
+    initial_delay: Duration::from_millis(100),
+    max_delay: DEFAULT_MAX_DELAY,
+};
+/// A compensation without `retry` is tried five times: undoing must be
+/// tried hard, since a saga whose undo fails needs an operator.
+pub const DEFAULT_COMPENSATION_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 5,
+    backoff: Backoff::Exponential,
+    initial_delay: Duration::from_millis(100),
+    max_delay: Duration::from_secs(5),
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backoff {
+    Exponential,
+    Linear,
+    Fixed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total attempts, at least 1.
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompensationDefinition {
+    pub command: String,
+    pub stream: String,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    pub input: Option<Template>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepDefinition {
+    pub name: String,
+    pub stream: String,
+    /// The `event_type` of its commands.
+    pub command: String,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    pub input: Option<Template>,
+    pub compensation: Option<CompensationDefinition>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SagaDefinition {
+    pub name: String,
+    pub trigger: Option<String>,
+    pub steps: Vec<StepDefinition>,
+    /// The file it was loaded from, for messages.
+    pub source: PathBuf,
+}
+
+impl SagaDefinition {
+    pub fn step_index(&self, name: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.name == name)
+    }
+}

@@ -1,0 +1,185 @@
+//! One test per kind of definition error, each asserting the exact
+//! `file:line:column` the user is sent to.
+
+use super::*;
+use std::path::Path;
+
+const GOOD: &str = "\
+name: mission_start
+trigger: mission:start
+steps:
+  - name: allocate_resources
+    stream: resources:commands
+    timeout: 10s
+    retry: { max_attempts: 3, backoff: exponential, initial_delay: 100ms, max_delay: 1s }
+    input:
+      area: ${input.area}
+    compensation:
+      command: release_resources
+  - name: plan_route
+    stream: routing:commands
+    input:
+      robot_ids: ${steps.allocate_resources.result.robot_ids}
+";
+
+fn error_of(text: &str) -> String {
+    let errs = load_str(Path::new("sagas/m.yaml"), text).unwrap_err();
+    errs.0[0].to_string()
+}
+
+#[test]
+fn a_good_definition_loads_with_defaults() {
+    let def = load_str(Path::new("m.yaml"), GOOD).unwrap();
+    assert_eq!(def.name, "mission_start");
+    assert_eq!(def.trigger.as_deref(), Some("mission:start"));
+    let alloc = &def.steps[0];
+    assert_eq!(alloc.command, "allocate_resources");
+    assert_eq!(alloc.timeout, std::time::Duration::from_secs(10));
+    assert_eq!(alloc.retry.max_attempts, 3);
+    let comp = alloc.compensation.as_ref().unwrap();
+    assert_eq!(comp.stream, "resources:commands");
+    assert_eq!(comp.timeout, alloc.timeout);
+    assert_eq!(comp.retry, DEFAULT_COMPENSATION_RETRY);
+    let plan = &def.steps[1];
+    assert_eq!(plan.timeout, DEFAULT_STEP_TIMEOUT);
+    assert_eq!(plan.retry, DEFAULT_STEP_RETRY);
+}
+
+#[test]
+fn unknown_keys_are_refused_where_they_stand() {
+    let text = GOOD.replace("    timeout: 10s\n", "    timeout: 10s\n    timout: 5s\n");
+    let err = error_of(&text);
+    assert!(err.starts_with("sagas/m.yaml:7:5: "), "{err}");
+    assert!(err.contains("timout"), "{err}");
+}
+
+#[test]
+fn duplicate_step_names_are_refused() {
+    let text = GOOD.replace("  - name: plan_route", "  - name: allocate_resources");
+    let err = error_of(&text);
+    assert!(
+        err.starts_with(
+            "sagas/m.yaml:12:11: step name `allocate_resources` is used twice (first at line 4)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn references_to_unknown_steps_are_refused() {
+    let text = GOOD.replace("steps.allocate_resources.result", "steps.allocate.result");
+    let err = error_of(&text);
+    assert!(
+        err.starts_with("sagas/m.yaml:15:7: input.robot_ids: "),
+        "{err}"
+    );
+    assert!(err.contains("no step has that name"), "{err}");
+}
+
+#[test]
+fn references_to_later_steps_are_refused() {
+    let text = GOOD.replace(
+        "area: ${input.area}",
+        "area: ${steps.plan_route.result.area}",
+    );
+    let err = error_of(&text);
+    assert!(err.starts_with("sagas/m.yaml:9:7: input.area: "), "{err}");
+    assert!(err.contains("has not run yet"), "{err}");
+}
+
+#[test]
+fn zero_attempts_are_refused() {
+    let text = GOOD.replace("max_attempts: 3", "max_attempts: 0");
+    let err = error_of(&text);
+    assert!(
+        err.starts_with("sagas/m.yaml:7:28: max_attempts is 0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_durations_are_refused() {
+    let err = error_of(&GOOD.replace("timeout: 10s", "timeout: ten seconds"));
+    assert!(
+        err.starts_with("sagas/m.yaml:6:14: timeout `ten seconds` is not a duration"),
+        "{err}"
+    );
+    let err = error_of(&GOOD.replace("timeout: 10s", "timeout: 0s"));
+    assert!(
+        err.starts_with("sagas/m.yaml:6:14: timeout must be longer than zero"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unknown_backoff_is_refused() {
+    let err = error_of(&GOOD.replace("backoff: exponential", "backoff: random"));
+    assert!(
+        err.starts_with("sagas/m.yaml:7:40: backoff `random` is unknown"),
+        "{err}"
+    );
+}
+
+#[test]
+fn yaml_syntax_errors_have_a_location() {
+    let err = error_of("name: x\nsteps: [\n");
+    assert!(err.starts_with("sagas/m.yaml:"), "{err}");
+    let loc: Vec<&str> = err.splitn(4, ':').collect();
+    assert!(loc[1].parse::<u32>().unwrap() >= 2, "{err}");
+}
+
+#[test]
+fn missing_keys_are_named() {
+    let err = error_of("name: x\nsteps:\n  - name: a\n");
+    assert!(err.contains("stream"), "{err}");
+    assert!(err.starts_with("sagas/m.yaml:3:"), "{err}");
+}
+
+#[test]
+fn an_empty_saga_is_refused() {
+    let err = error_of("name: x\nsteps: []\n");
+    assert!(
+        err.starts_with("sagas/m.yaml:2:8: saga `x` has no steps"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_directory_loads_every_file_and_refuses_clashes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+    let catalog = load_dir(dir.path()).unwrap();
+    assert_eq!(catalog.names(), ["mission_start"]);
+    assert!(catalog.for_trigger("mission:start").is_some());
+
+    std::fs::write(
+        dir.path().join("b.yml"),
+        GOOD.replace("name: mission_start", "name: other"),
+    )
+    .unwrap();
+    let errs = load_dir(dir.path()).unwrap_err();
+    let msg = errs.to_string();
+    assert!(
+        msg.contains("b.yml:2:10: trigger `mission:start` is already bound"),
+        "{msg}"
+    );
+
+    std::fs::write(
+        dir.path().join("b.yml"),
+        GOOD.replace("trigger: mission:start\n", ""),
+    )
+    .unwrap();
+    let msg = load_dir(dir.path()).unwrap_err().to_string();
+    assert!(
+        msg.contains("b.yml:1:7: saga `mission_start` is already defined"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn an_empty_directory_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let msg = load_dir(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("no saga definitions"), "{msg}");
+}

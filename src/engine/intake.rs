@@ -1,0 +1,181 @@
+//! Intake: reads the trigger streams through the consumer group, turns each
+//! valid entry into a saga task and answers each bad one with a
+//! `saga_rejected` event. Never stops on bad input.
+
+use super::driver;
+use super::store::{EntryRef, Transition};
+use super::{now_ms, pause, Shared};
+use crate::protocol::{CorrelationId, EventType, SagaEvent, SagaStatus, StartError, StartRequest};
+use crate::streams::{self, Entry};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(super) async fn run(shared: Arc<Shared>) {
+    let triggers = super::trigger_streams(&shared.settings, &shared.catalog);
+    let mut conn = None;
+    let mut delay = Duration::from_millis(100);
+    let mut failing = false;
+    loop {
+        // Take no more entries than there is room for sagas.
+        let room = shared
+            .permits
+            .available_permits()
+            .min(shared.settings.read_batch);
+        if room == 0 {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                permit = shared.permits.clone().acquire_owned() => drop(permit),
+            }
+            continue;
+        }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match streams::blocking_connection(&shared.client, shared.settings.block).await
+            {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "intake cannot reach Redis; retrying");
+                        failing = true;
+                    }
+                    if !pause(&shared.shutdown, delay).await {
+                        return;
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            },
+        };
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&shared.settings.trigger_group)
+            .arg(&shared.settings.node_id)
+            .arg("COUNT")
+            .arg(room)
+            .arg("BLOCK")
+            .arg(shared.settings.block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&triggers);
+        for _ in &triggers {
+            cmd.arg(">");
+        }
+        let read = cmd.query_async::<redis::Value>(c);
+        let reply = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            reply = read => reply,
+        };
+        match reply {
+            Ok(value) => {
+                if failing {
+                    tracing::info!("intake reconnected");
+                    failing = false;
+                }
+                delay = Duration::from_millis(100);
+                for entry in streams::decode_read_reply(&value) {
+                    take(&shared, entry).await;
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "reading starts failed; retrying");
+                    failing = true;
+                }
+                conn = None;
+                if !pause(&shared.shutdown, delay).await {
+                    return;
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Starts a saga for a valid entry, rejects a bad one.
+async fn take(shared: &Arc<Shared>, entry: Entry) {
+    let at = EntryRef {
+        stream: entry.stream.clone(),
+        id: entry.id.clone(),
+    };
+    if let Some(why) = entry.malformed {
+        return reject(
+            shared,
+            &at,
+            StartError {
+                reason: why,
+                correlation_id: None,
+            },
+            "",
+        )
+        .await;
+    }
+    let request = match StartRequest::from_fields(&entry.fields) {
+        Ok(r) => r,
+        Err(e) => {
+            let saga = crate::protocol::text_field(&entry.fields, crate::protocol::fields::SAGA)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+                .chars()
+                .take(128)
+                .collect::<String>();
+            return reject(shared, &at, e, &saga).await;
+        }
+    };
+    let def = match &request.saga {
+        Some(name) => shared.catalog.get(name).cloned().ok_or_else(|| {
+            format!(
+                "unknown saga `{name}`; loaded sagas: {}",
+                shared.catalog.names().join(", ")
+            )
+        }),
+        None => shared
+            .catalog
+            .for_trigger(&at.stream)
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "no saga is bound to trigger stream `{}`; name one in the `saga` field",
+                    at.stream
+                )
+            }),
+    };
+    let def = match def {
+        Ok(def) => def,
+        Err(reason) => {
+            let saga = request.saga.clone().unwrap_or_default();
+            let error = StartError {
+                reason,
+                correlation_id: Some(request.correlation_id.clone()),
+            };
+            return reject(shared, &at, error, &saga).await;
+        }
+    };
+    let permit = match shared.permits.clone().acquire_owned().await {
+        Ok(p) => p,
+        Err(_) => return,
+    };
+    shared
+        .tracker
+        .spawn(driver::start(shared.clone(), def, request, at, permit));
+}
+
+async fn reject(shared: &Shared, at: &EntryRef, error: StartError, saga: &str) {
+    tracing::warn!(entry_id = %at.id, stream = %at.stream, reason = %error.reason, "start rejected");
+    let event = SagaEvent {
+        correlation_id: error.correlation_id.unwrap_or_else(CorrelationId::generate),
+        saga_id: None,
+        saga: saga.to_owned(),
+        event_type: EventType::SagaRejected,
+        status: SagaStatus::Rejected,
+        step: None,
+        payload: json!({ "entry_id": at.id, "stream": at.stream, "reason": error.reason }),
+        timestamp: now_ms(),
+    };
+    let transition = Transition {
+        events: vec![&event],
+        ack: Some(at),
+        ..Default::default()
+    };
+    driver::write_until_done(shared, &transition).await;
+}

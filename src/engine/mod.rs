@@ -1,0 +1,222 @@
+//! The daemon's driver: it takes starts from the trigger streams, runs one
+//! task per saga that feeds the pure state machine ([`crate::saga`]) with
+//! replies and timer ticks and performs its effects, and reads every reply
+//! of this daemon from one reply stream.
+//!
+//! ```text
+//!  trigger streams ──XREADGROUP──▶ intake ──spawn──▶ saga task (one per saga)
+//!                                                    │  ▲
+//!                      store: MULTI{state, XADD cmd, │  │ Reply
+//!                             XADD event, XACK}  ◀───┘  │
+//!  reply stream ──XREAD──▶ reply reader ──router────────┘
+//! ```
+
+mod driver;
+mod intake;
+mod replies;
+mod router;
+pub mod store;
+
+use crate::config::Settings;
+use crate::definition::Catalog;
+use crate::streams;
+use redis::aio::ConnectionManager;
+use router::Router;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("invalid Redis URL `{url}`: {source}")]
+    BadRedisUrl {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error("cannot create consumer group `{group}` on stream `{stream}`: {source}")]
+    Group {
+        stream: String,
+        group: String,
+        source: redis::RedisError,
+    },
+    #[error("stopped before Redis at {url} could be reached")]
+    StoppedBeforeReady { url: String },
+}
+
+/// What every task of the daemon shares.
+pub(crate) struct Shared {
+    pub settings: Settings,
+    pub catalog: Catalog,
+    pub client: redis::Client,
+    pub conn: ConnectionManager,
+    pub router: Router,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+    /// One permit per in-flight saga.
+    pub permits: Arc<Semaphore>,
+}
+
+/// A running daemon.
+pub struct Daemon {
+    shared: Arc<Shared>,
+}
+
+impl Daemon {
+    /// Connects, prepares the consumer groups and starts reading starts and
+    /// replies. Waits for Redis while it is unreachable, until `shutdown`.
+    pub async fn start(
+        settings: Settings,
+        catalog: Catalog,
+        shutdown: CancellationToken,
+    ) -> Result<Self, EngineError> {
+        let client = redis::Client::open(settings.redis_url.as_str()).map_err(|source| {
+            EngineError::BadRedisUrl {
+                url: settings.redis_url.clone(),
+                source,
+            }
+        })?;
+        let mut conn = connect_with_retry(&client, &settings, &shutdown).await?;
+        for stream in trigger_streams(&settings, &catalog) {
+            create_group(&mut conn, &stream, &settings.trigger_group).await?;
+        }
+        let shared = Arc::new(Shared {
+            permits: Arc::new(Semaphore::new(settings.max_in_flight)),
+            settings,
+            catalog,
+            client,
+            conn,
+            router: Router::default(),
+            shutdown,
+            tracker: TaskTracker::new(),
+        });
+        tracing::info!(
+            node_id = %shared.settings.node_id,
+            sagas = ?shared.catalog.names(),
+            triggers = ?trigger_streams(&shared.settings, &shared.catalog),
+            reply_stream = %shared.settings.reply_stream(),
+            "sagaflow daemon started"
+        );
+        shared.tracker.spawn(replies::run(shared.clone()));
+        shared.tracker.spawn(intake::run(shared.clone()));
+        Ok(Self { shared })
+    }
+
+    /// Sagas being driven right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.router.len()
+    }
+
+    /// Waits until the shutdown token is cancelled and every task has
+    /// stopped, or the grace period has passed.
+    pub async fn wait(self) {
+        self.shared.shutdown.cancelled().await;
+        self.shared.tracker.close();
+        let grace = self.shared.settings.shutdown_grace;
+        if tokio::time::timeout(grace, self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?grace, "some tasks did not stop within the grace period");
+        } else {
+            tracing::info!("sagaflow daemon stopped");
+        }
+    }
+}
+
+/// Loads nothing, reads nothing: runs a daemon until `shutdown`.
+pub async fn run(
+    settings: Settings,
+    catalog: Catalog,
+    shutdown: CancellationToken,
+) -> Result<(), EngineError> {
+    Daemon::start(settings, catalog, shutdown)
+        .await?
+        .wait()
+        .await;
+    Ok(())
+}
+
+/// Every trigger stream the daemon reads: those bound by definitions, and
+/// the configured default one.
+pub fn trigger_streams(settings: &Settings, catalog: &Catalog) -> Vec<String> {
+    let mut streams = catalog.triggers();
+    if !streams.contains(&settings.trigger_stream) {
+        streams.push(settings.trigger_stream.clone());
+    }
+    streams.sort();
+    streams
+}
+
+async fn connect_with_retry(
+    client: &redis::Client,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> Result<ConnectionManager, EngineError> {
+    let mut delay = Duration::from_millis(100);
+    let mut warned = false;
+    loop {
+        match streams::command_connection(client, settings.redis_response_timeout).await {
+            Ok(conn) => {
+                if warned {
+                    tracing::info!(url = %settings.redis_url, "Redis is reachable");
+                }
+                return Ok(conn);
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(url = %settings.redis_url, error = %e, "waiting for Redis");
+                    warned = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(EngineError::StoppedBeforeReady { url: settings.redis_url.clone() }),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Creates a trigger consumer group at id 0, so starts written before any
+/// daemon ran are taken too.
+async fn create_group(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> Result<(), EngineError> {
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        Ok(()) => Ok(()),
+        Err(e) if streams::is_busygroup(&e) => Ok(()),
+        Err(source) => Err(EngineError::Group {
+            stream: stream.to_owned(),
+            group: group.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Sleeps for `delay` unless the token is cancelled first; false if it was.
+pub(crate) async fn pause(shutdown: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// Unix time in ms from the wall clock: deadlines cross process boundaries.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

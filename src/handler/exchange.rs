@@ -1,0 +1,198 @@
+//! One request/reply exchange: the way a single command entry is taken
+//! through the contract, from checks to acknowledgement.
+//!
+//! Order of the checks: a command whose `event_type` has no route is
+//! acknowledged and ignored (other services may share the stream under
+//! groups of their own, and each group sees every entry); a command that
+//! does not parse is logged and acknowledged; a command past its
+//! `deadline_ms` is acknowledged without a reply (the daemon has already
+//! counted it as timed out); a `request_id` with a recorded final reply gets
+//! that reply again without running the handler. Everything else gets
+//! `start`, runs, and gets `completed` or `failed`, recorded, then
+//! acknowledged.
+//!
+//! The record covers redelivery after a final reply. Two deliveries of one
+//! `request_id` handled at the same moment both run, which the contract
+//! asks handlers to tolerate (they must be idempotent).
+
+use super::redis_io::{retrying, xadd, Entry};
+use super::runner::{Routes, Shared};
+use super::{now_ms, Context, Handle, HandlerError};
+use crate::protocol::reply::reply_fields;
+use crate::protocol::{fields as f, text_field, Command, ReplyStatus};
+use redis::aio::ConnectionManager;
+use redis::RedisResult;
+use serde_json::Map;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// How long a final reply is remembered for deduplication: far longer than
+/// the daemon keeps resending one `request_id` after a crash.
+pub const DONE_TTL_SECS: u64 = 86_400;
+
+/// The Redis key that records the final reply to `request_id` for `group`.
+/// The hash tag keeps a group's records together in a cluster.
+pub fn done_key(group: &str, request_id: &str) -> String {
+    format!("handler:{{{group}}}:done:{request_id}")
+}
+
+/// Takes one entry through the exchange; the permit bounds how many run.
+pub(super) async fn handle_entry(
+    shared: Arc<Shared>,
+    stream: Arc<str>,
+    routes: Arc<Routes>,
+    entry: Entry,
+    _permit: OwnedSemaphorePermit,
+) {
+    let Entry { id, fields } = entry;
+    let mut conn = shared.writer.clone();
+    if let Ok(Some(event_type)) = text_field(&fields, f::EVENT_TYPE) {
+        if !routes.contains_key(event_type) {
+            tracing::debug!(%stream, entry_id = %id, event_type, "not ours; acknowledged");
+            return ack(&mut conn, &shared, &stream, &id).await;
+        }
+    }
+    let command = match Command::from_fields(&fields) {
+        Ok(command) => command,
+        Err(reason) => {
+            tracing::warn!(%stream, entry_id = %id, %reason, "malformed command skipped");
+            return ack(&mut conn, &shared, &stream, &id).await;
+        }
+    };
+    let Some(handler) = routes.get(&command.event_type).cloned() else {
+        return ack(&mut conn, &shared, &stream, &id).await;
+    };
+    if command.deadline_ms < now_ms() {
+        tracing::info!(%stream, entry_id = %id, request_id = %command.request_id, "deadline passed; skipped");
+        return ack(&mut conn, &shared, &stream, &id).await;
+    }
+    let key = done_key(&shared.group, command.request_id.as_str());
+    let Some(recorded) = retrying(&shared.shutdown, "read a recorded reply", || {
+        let (mut conn, key) = (conn.clone(), key.clone());
+        async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut conn)
+                .await
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    let recorded =
+        recorded.and_then(|json| serde_json::from_str::<BTreeMap<String, String>>(&json).ok());
+    let final_fields: Vec<(String, String)> = match recorded {
+        Some(fields) => {
+            tracing::info!(request_id = %command.request_id, "already answered; replaying the final reply");
+            fields.into_iter().collect()
+        }
+        None => match run_handler(&shared, &handler, &command).await {
+            Some(fields) => fields,
+            None => return, // left unanswered: pending, unrecorded
+        },
+    };
+    let json = record_json(&final_fields);
+    let record = || {
+        let (mut conn, key, json) = (conn.clone(), key.clone(), json.clone());
+        async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(json)
+                .arg("EX")
+                .arg(DONE_TTL_SECS)
+                .query_async::<()>(&mut conn)
+                .await
+        }
+    };
+    // Recorded before the reply is sent: a crash in between then replays
+    // the reply instead of running the handler again.
+    if retrying(&shared.shutdown, "record a final reply", record)
+        .await
+        .is_none()
+    {
+        return;
+    }
+    let send = || {
+        let (mut conn, stream, fields) = (
+            conn.clone(),
+            command.reply_stream.clone(),
+            final_fields.clone(),
+        );
+        async move { xadd(&mut conn, &stream, &fields).await }
+    };
+    if retrying(&shared.shutdown, "send a final reply", send)
+        .await
+        .is_some()
+    {
+        ack(&mut conn, &shared, &stream, &id).await;
+    }
+}
+
+/// `start`, the handler, then the final reply's fields; `None` when the
+/// handler leaves the command unanswered.
+async fn run_handler(
+    shared: &Shared,
+    handler: &Arc<dyn Handle>,
+    command: &Command,
+) -> Option<Vec<(String, String)>> {
+    let span = command.child_traceparent();
+    let shared_command = Arc::new(command.clone());
+    let start = reply_fields(command, &span, &ReplyStatus::Start, now_ms());
+    if let Err(e) = xadd(&mut shared.writer.clone(), &command.reply_stream, &start).await {
+        tracing::warn!(request_id = %command.request_id, error = %e, "could not write the start reply");
+    }
+    let ctx = Context::new(
+        shared_command,
+        span.clone(),
+        shared.writer.clone(),
+        shared.shutdown.clone(),
+    );
+    // In a task of its own so that a panicking handler fails its command
+    // instead of leaving it pending.
+    let outcome = tokio::spawn(handler.handle(command.clone(), ctx)).await;
+    let status = match outcome {
+        Ok(Ok(result)) => ReplyStatus::Completed { result },
+        Ok(Err(HandlerError::Retryable(error))) => ReplyStatus::Failed {
+            error,
+            retryable: true,
+        },
+        Ok(Err(HandlerError::Fatal(error))) => ReplyStatus::Failed {
+            error,
+            retryable: false,
+        },
+        Ok(Err(HandlerError::Unanswered(why))) => {
+            tracing::info!(request_id = %command.request_id, %why, "left unanswered");
+            return None;
+        }
+        Err(e) => ReplyStatus::Failed {
+            error: format!("handler crashed: {e}"),
+            retryable: false,
+        },
+    };
+    let fields = reply_fields(command, &span, &status, now_ms());
+    Some(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+}
+
+async fn ack(conn: &mut ConnectionManager, shared: &Shared, stream: &str, id: &str) {
+    let acked: RedisResult<i64> = redis::cmd("XACK")
+        .arg(stream)
+        .arg(&shared.group)
+        .arg(id)
+        .query_async(conn)
+        .await;
+    if let Err(e) = acked {
+        // Left pending: taken over and handled again at a later start.
+        tracing::warn!(%stream, entry_id = %id, error = %e, "could not acknowledge");
+    }
+}
+
+/// Final reply fields as the JSON object recorded under [`done_key`].
+fn record_json(fields: &[(String, String)]) -> String {
+    let map: Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}

@@ -1,0 +1,166 @@
+//! The handler side of the wire contract: a small SDK for writing command
+//! handlers in Rust, and the simulated mission handlers built on it.
+//!
+//! A handler is an async function of a [`Command`] and a [`Context`] that
+//! returns the step's result or a [`HandlerError`]. The [`Handlers`] runner
+//! does the rest of the contract: consumer groups, `start` / `progress` /
+//! `completed` / `failed` replies with the handler's own span context,
+//! deduplication on `request_id`, deadlines, acknowledgement, recovery of
+//! entries a crashed instance left pending, and graceful shutdown.
+//!
+//! ```no_run
+//! # async fn demo(client: redis::Client, shutdown: tokio_util::sync::CancellationToken) {
+//! use sagaflow::handler::{Context, HandlerError, Handlers};
+//! use sagaflow::protocol::Command;
+//!
+//! async fn allocate(cmd: Command, ctx: Context) -> Result<serde_json::Value, HandlerError> {
+//!     ctx.progress(50.0).await;
+//!     Ok(serde_json::json!({"robot_ids": ["robot-1"], "area": cmd.payload["area"]}))
+//! }
+//!
+//! Handlers::new(client, "my-service")
+//!     .on("resources:commands", "allocate_resources", allocate)
+//!     .run(shutdown)
+//!     .await
+//!     .unwrap();
+//! # }
+//! ```
+//!
+//! This module depends only on [`crate::protocol`], never on the
+//! orchestrator, so that it reads as a reference for handlers written in
+//! any language.
+
+mod exchange;
+pub mod mission;
+mod redis_io;
+pub mod runner;
+pub mod simulated;
+
+pub use exchange::{done_key, DONE_TTL_SECS};
+pub use runner::Handlers;
+pub use simulated::{run_simulated_handlers, simulated_handlers, SimulationOptions};
+
+use crate::protocol::{Command, ReplyStatus, TraceParent};
+use serde_json::Value;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+/// Why a handler did not produce a result.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandlerError {
+    /// Replied as `failed` with `retryable=true`: the daemon may try again.
+    #[error("{0}")]
+    Retryable(String),
+    /// Replied as `failed` with `retryable=false`: trying again cannot help.
+    #[error("{0}")]
+    Fatal(String),
+    /// No final reply at all: the entry is neither acknowledged nor
+    /// recorded, so the daemon sees a timeout. Meant for simulating lost
+    /// work; the reason is only logged.
+    #[error("left unanswered: {0}")]
+    Unanswered(String),
+}
+
+/// Why the runner could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("no handler is registered: call `Handlers::on` at least once")]
+    NoHandlers,
+    #[error("cannot set up the Redis connection: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// What a handler returns.
+pub type HandlerResult = Result<Value, HandlerError>;
+
+/// A boxed handler future.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
+
+/// A command handler. Implemented for every
+/// `Fn(Command, Context) -> impl Future<Output = HandlerResult>`.
+pub trait Handle: Send + Sync + 'static {
+    fn handle(&self, command: Command, ctx: Context) -> HandlerFuture;
+}
+
+impl<F, Fut> Handle for F
+where
+    F: Fn(Command, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    fn handle(&self, command: Command, ctx: Context) -> HandlerFuture {
+        Box::pin(self(command, ctx))
+    }
+}
+
+/// What a running handler can do besides returning: report progress and
+/// notice shutdown.
+#[derive(Clone)]
+pub struct Context {
+    command: std::sync::Arc<Command>,
+    span: TraceParent,
+    writer: redis::aio::ConnectionManager,
+    shutdown: CancellationToken,
+}
+
+impl Context {
+    pub(crate) fn new(
+        command: std::sync::Arc<Command>,
+        span: TraceParent,
+        writer: redis::aio::ConnectionManager,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            command,
+            span,
+            writer,
+            shutdown,
+        }
+    }
+
+    /// The handler's own span context, as its replies carry it.
+    pub fn span(&self) -> &TraceParent {
+        &self.span
+    }
+
+    /// Cancelled when the runner is stopping. Long handlers may watch it;
+    /// the runner waits for them either way.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Writes a `progress` reply (`percent` is clamped to 0..=100).
+    /// Progress is optional in the contract, so a failed write is logged,
+    /// not returned: it must not fail the work it reports on.
+    pub async fn progress(&self, percent: f64) {
+        let percent = if percent.is_finite() {
+            percent.clamp(0.0, 100.0)
+        } else {
+            0.0
+        };
+        let status = ReplyStatus::Progress {
+            percent: Some(percent),
+            details: Value::Null,
+        };
+        let fields =
+            crate::protocol::reply::reply_fields(&self.command, &self.span, &status, now_ms());
+        let mut conn = self.writer.clone();
+        if let Err(e) = redis_io::xadd(&mut conn, &self.command.reply_stream, &fields).await {
+            tracing::warn!(
+                request_id = %self.command.request_id,
+                reply_stream = %self.command.reply_stream,
+                error = %e,
+                "could not write a progress reply"
+            );
+        }
+    }
+}
+
+/// Unix time in milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

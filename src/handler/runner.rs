@@ -1,0 +1,299 @@
+//! The runner: reads each command stream through the group on a
+//! connection of its own, takes over what a crashed instance left pending,
+//! and hands every entry to a task of its own ([`super::exchange`]).
+
+use super::exchange::handle_entry;
+use super::redis_io::{decode_autoclaim, decode_read, Backoff, Entry};
+use super::{Handle, RunError};
+use crate::protocol::ids::new_uuid_hex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, RedisResult, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Entries taken per XREADGROUP or XAUTOCLAIM call.
+const BATCH: usize = 64;
+/// How long one XREADGROUP blocks. A read in progress is never abandoned
+/// (an abandoned read stays live on the server and can move an entry into
+/// the pending list unseen), so this is the longest a stop waits for it.
+const BLOCK: Duration = Duration::from_millis(1000);
+/// Response timeout of the reading connections: longer than `BLOCK`, so a
+/// blocking read is never cut short, yet finite, so a dead link is noticed.
+const READ_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default bound on commands handled at once. Handlers mostly wait on IO,
+/// so many can run together; the bound keeps a flooded stream from growing
+/// tasks and memory without limit (the reader stops reading until a slot is
+/// free, and unread entries simply wait in the stream).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+/// Default idle time after which an entry pending for another consumer of
+/// the group is taken over at start-up: long enough not to steal the work of
+/// a live instance that is merely slow to reply.
+pub const DEFAULT_RECLAIM_IDLE: Duration = Duration::from_secs(30);
+
+pub(super) type Routes = HashMap<String, Arc<dyn Handle>>;
+
+/// A set of handlers sharing one consumer group, built one registration a
+/// line, then run until a shutdown token is cancelled.
+pub struct Handlers {
+    client: redis::Client,
+    group: String,
+    consumer: String,
+    streams: BTreeMap<String, Routes>,
+    max_in_flight: usize,
+    reclaim_idle: Duration,
+}
+
+impl Handlers {
+    /// Handlers reading through consumer group `group`. The consumer name
+    /// is unique per instance unless [`Handlers::consumer`] sets one.
+    pub fn new(client: redis::Client, group: impl Into<String>) -> Self {
+        Self {
+            client,
+            group: group.into(),
+            consumer: format!("consumer-{}-{}", std::process::id(), &new_uuid_hex()[..8]),
+            streams: BTreeMap::new(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            reclaim_idle: DEFAULT_RECLAIM_IDLE,
+        }
+    }
+
+    /// Routes commands of `event_type` on `stream` to `handler`.
+    pub fn on(
+        self,
+        stream: impl Into<String>,
+        event_type: impl Into<String>,
+        handler: impl Handle,
+    ) -> Self {
+        self.on_arc(stream, event_type, Arc::new(handler))
+    }
+
+    /// Like [`Handlers::on`], for a handler that is already shared.
+    pub fn on_arc(
+        mut self,
+        stream: impl Into<String>,
+        event_type: impl Into<String>,
+        handler: Arc<dyn Handle>,
+    ) -> Self {
+        self.streams
+            .entry(stream.into())
+            .or_default()
+            .insert(event_type.into(), handler);
+        self
+    }
+
+    pub fn consumer(mut self, name: impl Into<String>) -> Self {
+        self.consumer = name.into();
+        self
+    }
+
+    /// Bound on commands handled at once (at least 1).
+    pub fn max_in_flight(mut self, limit: usize) -> Self {
+        self.max_in_flight = limit.max(1);
+        self
+    }
+
+    /// Idle time after which pending entries of other consumers are taken
+    /// over at start-up.
+    pub fn reclaim_idle(mut self, idle: Duration) -> Self {
+        self.reclaim_idle = idle;
+        self
+    }
+
+    pub fn group_name(&self) -> &str {
+        &self.group
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops reading, lets the
+    /// commands in flight finish and returns. Redis errors never end it:
+    /// they are logged and retried with backoff.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RunError> {
+        if self.streams.is_empty() {
+            return Err(RunError::NoHandlers);
+        }
+        let writer = ConnectionManager::new_lazy_with_config(
+            self.client.clone(),
+            ConnectionManagerConfig::new(),
+        )?;
+        let shared = Arc::new(Shared {
+            group: self.group,
+            consumer: self.consumer,
+            writer,
+            shutdown,
+            tasks: TaskTracker::new(),
+            permits: Arc::new(Semaphore::new(self.max_in_flight)),
+        });
+        let readers = TaskTracker::new();
+        for (stream, routes) in self.streams {
+            let reader = Reader {
+                shared: shared.clone(),
+                client: self.client.clone(),
+                stream: Arc::from(stream),
+                routes: Arc::new(routes),
+                reclaim_idle: self.reclaim_idle,
+                conn: None,
+                group_ready: false,
+                reclaimed: false,
+            };
+            readers.spawn(reader.run());
+        }
+        readers.close();
+        readers.wait().await;
+        shared.tasks.close();
+        shared.tasks.wait().await;
+        Ok(())
+    }
+}
+
+/// What every task of one runner shares.
+pub(super) struct Shared {
+    pub(super) group: String,
+    pub(super) consumer: String,
+    /// For replies, records and acknowledgements; never blocks.
+    pub(super) writer: ConnectionManager,
+    pub(super) shutdown: CancellationToken,
+    pub(super) tasks: TaskTracker,
+    pub(super) permits: Arc<Semaphore>,
+}
+
+/// The reading loop of one stream, on a connection of its own so that its
+/// blocking reads stall nothing else.
+struct Reader {
+    shared: Arc<Shared>,
+    client: redis::Client,
+    stream: Arc<str>,
+    routes: Arc<Routes>,
+    reclaim_idle: Duration,
+    conn: Option<MultiplexedConnection>,
+    group_ready: bool,
+    reclaimed: bool,
+}
+
+impl Reader {
+    async fn run(mut self) {
+        let mut backoff = Backoff::default();
+        let what = format!("reading `{}`", self.stream);
+        while !self.shared.shutdown.is_cancelled() {
+            match self.step().await {
+                Ok(()) => backoff.succeeded(&what),
+                Err(e) => {
+                    // The group was deleted: made again at `0`, which
+                    // redelivers old commands; their records and
+                    // deadlines keep them from running twice.
+                    if e.code() == Some("NOGROUP") {
+                        self.group_ready = false;
+                    }
+                    self.conn = None;
+                    let delay = backoff.failed(&what, &e);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shared.shutdown.cancelled() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn step(&mut self) -> RedisResult<()> {
+        let mut conn = match &self.conn {
+            Some(conn) => conn.clone(),
+            None => {
+                let cfg = AsyncConnectionConfig::new()
+                    .set_response_timeout(Some(READ_RESPONSE_TIMEOUT))
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT));
+                let conn = self
+                    .client
+                    .get_multiplexed_async_connection_with_config(&cfg)
+                    .await?;
+                self.conn.insert(conn).clone()
+            }
+        };
+        let group = self.shared.group.as_str();
+        if !self.group_ready {
+            // At `0`, so commands sent before the first start are handled.
+            let created: RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&*self.stream)
+                .arg(group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            match created {
+                Err(e) if e.code() != Some("BUSYGROUP") => return Err(e),
+                _ => self.group_ready = true,
+            }
+        }
+        if !self.reclaimed {
+            self.reclaim(&mut conn).await?;
+            self.reclaimed = true;
+        }
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg(&self.shared.consumer)
+            .arg("COUNT")
+            .arg(BATCH)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&*self.stream)
+            .arg(">")
+            .query_async(&mut conn)
+            .await?;
+        self.dispatch(decode_read(reply)).await;
+        Ok(())
+    }
+
+    /// Takes over the entries a crashed instance of the group left pending.
+    async fn reclaim(&self, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+        let mut cursor = "0".to_owned();
+        loop {
+            let reply: Value = redis::cmd("XAUTOCLAIM")
+                .arg(&*self.stream)
+                .arg(&self.shared.group)
+                .arg(&self.shared.consumer)
+                .arg(self.reclaim_idle.as_millis() as u64)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(BATCH)
+                .query_async(conn)
+                .await?;
+            let (next, entries) = decode_autoclaim(reply);
+            if !entries.is_empty() {
+                tracing::info!(stream = %self.stream, count = entries.len(), "took over pending commands");
+            }
+            self.dispatch(entries).await;
+            match next {
+                Some(next) if next != "0-0" && next != "0" => cursor = next,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// One task per entry. Once read, an entry is ours: waiting for a slot
+    /// ignores shutdown, which in any case waits for the tasks holding them.
+    async fn dispatch(&self, entries: Vec<Entry>) {
+        for entry in entries {
+            let permit = self
+                .shared
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let task = handle_entry(
+                self.shared.clone(),
+                self.stream.clone(),
+                self.routes.clone(),
+                entry,
+                permit,
+            );
+            self.shared.tasks.spawn(task);
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Commands: the entries the daemon writes to a step's command stream.
+
+use super::fields as f;
+use super::{
+    text_field, CorrelationId, RawFields, RequestId, SagaId, SpanId, TraceParent, UnixMillis,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Whether a command does a step's work or undoes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    Action,
+    Compensation,
+}
+
+impl CommandKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandKind::Action => "action",
+            CommandKind::Compensation => "compensation",
+        }
+    }
+}
+
+/// One command, with every field of the contract.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Command {
+    pub correlation_id: CorrelationId,
+    pub saga_id: SagaId,
+    pub request_id: RequestId,
+    /// The daemon's span for this attempt; its span id is `parent_span_id`.
+    pub traceparent: TraceParent,
+    pub event_type: String,
+    pub step: String,
+    pub kind: CommandKind,
+    pub attempt: u32,
+    pub reply_stream: String,
+    pub payload: Value,
+    pub deadline_ms: UnixMillis,
+    pub timestamp: UnixMillis,
+}
+
+impl Command {
+    /// The entry's fields, in the contract's order.
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (f::CORRELATION_ID, self.correlation_id.to_string()),
+            (f::SAGA_ID, self.saga_id.to_string()),
+            (f::REQUEST_ID, self.request_id.to_string()),
+            (f::TRACEPARENT, self.traceparent.to_string()),
+            (f::PARENT_SPAN_ID, self.traceparent.span_id.to_string()),
+            (f::EVENT_TYPE, self.event_type.clone()),
+            (f::STEP, self.step.clone()),
+            (f::KIND, self.kind.as_str().to_owned()),
+            (f::ATTEMPT, self.attempt.to_string()),
+            (f::REPLY_STREAM, self.reply_stream.clone()),
+            (f::PAYLOAD, self.payload.to_string()),
+            (f::DEADLINE_MS, self.deadline_ms.to_string()),
+            (f::TIMESTAMP, self.timestamp.to_string()),
+        ]
+    }
+
+    /// Reads a command as a handler receives it. Every field is required;
+    /// the error names the first one missing or malformed.
+    pub fn from_fields(fields: &RawFields) -> Result<Self, String> {
+        let text = |name: &str| -> Result<&str, String> {
+            text_field(fields, name)?.ok_or_else(|| format!("field `{name}` is missing"))
+        };
+        let number = |name: &str| -> Result<u64, String> {
+            text(name)?
+                .parse::<u64>()
+                .map_err(|_| format!("field `{name}` is not a non-negative integer"))
+        };
+        let traceparent = TraceParent::parse(text(f::TRACEPARENT)?)
+            .ok_or_else(|| "field `traceparent` is not valid W3C trace context".to_owned())?;
+        let kind = match text(f::KIND)? {
+            "action" => CommandKind::Action,
+            "compensation" => CommandKind::Compensation,
+            other => {
+                return Err(format!(
+                    "field `kind` is `{other}`, expected action or compensation"
+                ))
+            }
+        };
+        let payload = serde_json::from_str(text(f::PAYLOAD)?)
+            .map_err(|e| format!("field `payload` is not JSON: {e}"))?;
+        Ok(Self {
+            correlation_id: CorrelationId::parse(text(f::CORRELATION_ID)?)?,
+            saga_id: SagaId::parse(text(f::SAGA_ID)?)
+                .ok_or("field `saga_id` is not 32 lowercase hex")?,
+            request_id: RequestId::parse(text(f::REQUEST_ID)?)
+                .ok_or("field `request_id` is not 32 lowercase hex")?,
+            traceparent,
+            event_type: text(f::EVENT_TYPE)?.to_owned(),
+            step: text(f::STEP)?.to_owned(),
+            kind,
+            attempt: u32::try_from(number(f::ATTEMPT)?)
+                .map_err(|_| "field `attempt` is too large")?,
+            reply_stream: text(f::REPLY_STREAM)?.to_owned(),
+            payload,
+            deadline_ms: number(f::DEADLINE_MS)?,
+            timestamp: number(f::TIMESTAMP)?,
+        })
+    }
+
+    /// A span id for the handler side to use as its own, child of ours.
+    pub fn child_traceparent(&self) -> TraceParent {
+        TraceParent::new(self.traceparent.trace_id.clone(), SpanId::generate())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::TraceId;
+
+    pub(crate) fn sample() -> Command {
+        Command {
+            correlation_id: CorrelationId::from_trusted("corr-1"),
+            saga_id: SagaId::generate(),
+            request_id: RequestId::generate(),
+            traceparent: TraceParent::new(TraceId::generate(), SpanId::generate()),
+            event_type: "allocate_resources".into(),
+            step: "allocate_resources".into(),
+            kind: CommandKind::Action,
+            attempt: 2,
+            reply_stream: "saga:replies:x".into(),
+            payload: serde_json::json!({"area": "hall-a"}),
+            deadline_ms: 1_800_000_000_000,
+            timestamp: 1_799_999_990_000,
+        }
+    }
+
+    #[test]
+    fn fields_round_trip() {
+        let cmd = sample();
+        let raw: RawFields = cmd
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+            .collect();
+        assert_eq!(Command::from_fields(&raw).unwrap(), cmd);
+        assert_eq!(
+            raw[f::PARENT_SPAN_ID],
+            cmd.traceparent.span_id.as_str().as_bytes()
+        );
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let mut raw: RawFields = sample()
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+            .collect();
+        raw.remove(f::REPLY_STREAM);
+        assert_eq!(
+            Command::from_fields(&raw).unwrap_err(),
+            "field `reply_stream` is missing"
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! Saga lifecycle events: the entries of the audit stream (`saga:events`).
+
+use super::fields as f;
+use super::{CorrelationId, SagaId, UnixMillis};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The saga's state after an event, as the `status` field carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaStatus {
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    Failed,
+    Rejected,
+    Duplicate,
+}
+
+impl SagaStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaStatus::Running => "running",
+            SagaStatus::Compensating => "compensating",
+            SagaStatus::Completed => "completed",
+            SagaStatus::Compensated => "compensated",
+            SagaStatus::Failed => "failed",
+            SagaStatus::Rejected => "rejected",
+            SagaStatus::Duplicate => "duplicate",
+        }
+    }
+
+    /// True for the states a saga ends in.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, SagaStatus::Running | SagaStatus::Compensating)
+    }
+}
+
+/// Every event type the daemon writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    SagaStarted,
+    SagaRejected,
+    SagaDuplicate,
+    StepStarted,
+    StepProgress,
+    StepCompleted,
+    StepFailed,
+    StepTimedOut,
+    StepRetrying,
+    CompensationStarted,
+    CompensationProgress,
+    CompensationCompleted,
+    CompensationFailed,
+    CompensationTimedOut,
+    CompensationRetrying,
+    SagaCompleted,
+    SagaCompensated,
+    SagaFailed,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::SagaStarted => "saga_started",
+            EventType::SagaRejected => "saga_rejected",
+            EventType::SagaDuplicate => "saga_duplicate",
+            EventType::StepStarted => "step_started",
+            EventType::StepProgress => "step_progress",
+            EventType::StepCompleted => "step_completed",
+            EventType::StepFailed => "step_failed",
+            EventType::StepTimedOut => "step_timed_out",
+            EventType::StepRetrying => "step_retrying",
+            EventType::CompensationStarted => "compensation_started",
+            EventType::CompensationProgress => "compensation_progress",
+            EventType::CompensationCompleted => "compensation_completed",
+            EventType::CompensationFailed => "compensation_failed",
+            EventType::CompensationTimedOut => "compensation_timed_out",
+            EventType::CompensationRetrying => "compensation_retrying",
+            EventType::SagaCompleted => "saga_completed",
+            EventType::SagaCompensated => "saga_compensated",
+            EventType::SagaFailed => "saga_failed",
+        }
+    }
+}
+
+/// One audit event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SagaEvent {
+    pub correlation_id: CorrelationId,
+    /// `None` only for `saga_rejected`, which is about no saga.
+    pub saga_id: Option<SagaId>,
+    pub saga: String,
+    pub event_type: EventType,
+    pub status: SagaStatus,
+    pub step: Option<String>,
+    pub payload: Value,
+    pub timestamp: UnixMillis,
+}
+
+impl SagaEvent {
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![
+            (f::CORRELATION_ID, self.correlation_id.to_string()),
+            (
+                f::SAGA_ID,
+                self.saga_id
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            ),
+            (f::SAGA, self.saga.clone()),
+            (f::EVENT_TYPE, self.event_type.as_str().to_owned()),
+            (f::STATUS, self.status.as_str().to_owned()),
+        ];
+        if let Some(step) = &self.step {
+            out.push((f::STEP, step.clone()));
+        }
+        out.push((f::PAYLOAD, self.payload.to_string()));
+        out.push((f::TIMESTAMP, self.timestamp.to_string()));
+        out
+    }
+}

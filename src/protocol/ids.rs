@@ -1,0 +1,162 @@
+//! Id newtypes, so a saga id can never be passed where a request id is due.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest correlation id the contract accepts.
+pub const MAX_CORRELATION_ID_LEN: usize = 128;
+
+/// A fresh UUID4 as 32 lowercase hex digits, the contract's form of
+/// generated ids.
+pub fn new_uuid_hex() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// True for a UUID written as 32 lowercase hex digits.
+pub fn is_uuid_hex(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// A fresh random id.
+            pub fn generate() -> Self {
+                Self(new_uuid_hex())
+            }
+
+            /// Accepts only the contract's form: 32 lowercase hex digits.
+            pub fn parse(s: &str) -> Option<Self> {
+                is_uuid_hex(s).then(|| Self(s.to_owned()))
+            }
+
+            /// Wraps a string that is already known to be valid, such as a
+            /// fixed id in a test or one read back from our own records.
+            pub fn from_trusted(s: impl Into<String>) -> Self {
+                Self(s.into())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// One saga instance.
+    SagaId
+);
+uuid_id!(
+    /// One request/reply exchange: new for every attempt of every command.
+    RequestId
+);
+
+/// Ties together everything caused by one request; chosen by the starter or
+/// generated, never rewritten.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CorrelationId(String);
+
+impl CorrelationId {
+    pub fn generate() -> Self {
+        Self(new_uuid_hex())
+    }
+
+    /// Non-empty, at most 128 printable ASCII characters (space excluded).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("correlation_id is empty".into());
+        }
+        if s.len() > MAX_CORRELATION_ID_LEN {
+            return Err(format!(
+                "correlation_id is {} characters long, the limit is {MAX_CORRELATION_ID_LEN}",
+                s.len()
+            ));
+        }
+        if !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("correlation_id has characters that are not printable ASCII".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn from_trusted(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The correlation id as a trace id when it is a UUID (with or without
+    /// hyphens, any case), per the contract's trace-id rule.
+    pub fn as_trace_id(&self) -> Option<String> {
+        let compact: String = self
+            .0
+            .chars()
+            .filter(|c| *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        let hyphens = self.0.len() - self.0.replace('-', "").len();
+        (is_uuid_hex(&compact) && (hyphens == 0 || hyphens == 4) && compact != "0".repeat(32))
+            .then_some(compact)
+    }
+}
+
+impl fmt::Display for CorrelationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_have_the_contract_form() {
+        assert!(is_uuid_hex(SagaId::generate().as_str()));
+        assert!(is_uuid_hex(RequestId::generate().as_str()));
+        assert!(is_uuid_hex(CorrelationId::generate().as_str()));
+        assert_ne!(SagaId::generate(), SagaId::generate());
+    }
+
+    #[test]
+    fn correlation_ids_are_checked() {
+        assert!(CorrelationId::parse("trace-demo-123").is_ok());
+        assert!(CorrelationId::parse("").is_err());
+        assert!(CorrelationId::parse(&"a".repeat(129)).is_err());
+        assert!(CorrelationId::parse(&"a".repeat(128)).is_ok());
+        assert!(CorrelationId::parse("has space").is_err());
+        assert!(CorrelationId::parse("tab\there").is_err());
+        assert!(CorrelationId::parse("é").is_err());
+    }
+
+    #[test]
+    fn uuid_correlation_ids_become_trace_ids() {
+        let hyphenated = CorrelationId::parse("F77364F4-7481-4342-89B2-610907F31C84").unwrap();
+        assert_eq!(
+            hyphenated.as_trace_id().as_deref(),
+            Some("f77364f47481434289b2610907f31c84")
+        );
+        let plain = CorrelationId::parse("f77364f47481434289b2610907f31c84").unwrap();
+        assert!(plain.as_trace_id().is_some());
+        assert!(CorrelationId::parse("trace-demo-123")
+            .unwrap()
+            .as_trace_id()
+            .is_none());
+    }
+}

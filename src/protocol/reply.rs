@@ -1,0 +1,383 @@
+//! Replies: the stages a handler writes to a command's `reply_stream`, in
+//! the contract's form or the original Python handlers' form.
+
+use super::fields as f;
+use super::{text_field, RawFields, RequestId, SagaId, TraceParent, UnixMillis};
+use serde_json::Value;
+
+/// What a reply says about its exchange.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReplyStatus {
+    /// The handler took the command.
+    Start,
+    /// Work under way; `percent` is 0 to 100 when the handler said how far
+    /// it got. `details` keeps the rest of a legacy progress payload.
+    Progress {
+        percent: Option<f64>,
+        details: Value,
+    },
+    Completed {
+        result: Value,
+    },
+    Failed {
+        error: String,
+        retryable: bool,
+    },
+    /// A reply that claims an exchange but cannot be understood (unknown
+    /// `status`, `result` that is not JSON). For the awaited request it
+    /// counts as a retryable failure with this reason.
+    Unreadable {
+        reason: String,
+    },
+}
+
+impl ReplyStatus {
+    pub fn is_final(&self) -> bool {
+        !matches!(self, ReplyStatus::Start | ReplyStatus::Progress { .. })
+    }
+}
+
+/// One reply, parsed once at the edge.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reply {
+    pub saga_id: Option<SagaId>,
+    /// Absent in the original handlers' replies: such a reply is matched to
+    /// the saga's outstanding command by `event_type`.
+    pub request_id: Option<RequestId>,
+    pub event_type: Option<String>,
+    pub correlation_id: Option<String>,
+    pub traceparent: Option<TraceParent>,
+    pub status: ReplyStatus,
+    /// The handler's clock, in ms (the original handlers write seconds).
+    pub timestamp_ms: Option<UnixMillis>,
+}
+
+/// Unix timestamps below this are read as seconds: 10^11 ms is March 1973,
+/// 10^11 s is the year 5138.
+const SECONDS_LIMIT: u64 = 100_000_000_000;
+
+/// Reads a `timestamp` in ms, or in seconds as the original handlers write it.
+pub fn parse_timestamp(s: &str) -> Option<UnixMillis> {
+    let value: f64 = s.trim().parse().ok()?;
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    Some(if value < SECONDS_LIMIT as f64 {
+        (value * 1000.0) as u64
+    } else {
+        value as u64
+    })
+}
+
+impl Reply {
+    /// Parses a reply entry. `Err` means the entry cannot be tied to any
+    /// exchange (no usable `saga_id` nor `request_id`, fields that are not
+    /// UTF-8): it is stray and must be skipped.
+    pub fn from_fields(fields: &RawFields) -> Result<Self, String> {
+        let saga_id = match text_field(fields, f::SAGA_ID)? {
+            Some(s) if !s.is_empty() => Some(
+                SagaId::parse(s)
+                    .ok_or_else(|| format!("saga_id `{}` is not 32 lowercase hex", truncate(s)))?,
+            ),
+            _ => None,
+        };
+        let request_id =
+            match text_field(fields, f::REQUEST_ID)? {
+                Some(s) if !s.is_empty() => Some(RequestId::parse(s).ok_or_else(|| {
+                    format!("request_id `{}` is not 32 lowercase hex", truncate(s))
+                })?),
+                _ => None,
+            };
+        if saga_id.is_none() && request_id.is_none() {
+            return Err("reply has neither saga_id nor request_id".into());
+        }
+        let status = read_status(fields)?;
+        Ok(Self {
+            saga_id,
+            request_id,
+            event_type: text_field(fields, f::EVENT_TYPE)?.map(str::to_owned),
+            correlation_id: text_field(fields, f::CORRELATION_ID)?.map(str::to_owned),
+            traceparent: text_field(fields, f::TRACEPARENT)?.and_then(TraceParent::parse),
+            status,
+            timestamp_ms: text_field(fields, f::TIMESTAMP)?.and_then(parse_timestamp),
+        })
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// The legacy `payload` field as JSON: `Ok(None)` when absent.
+fn legacy_payload(fields: &RawFields) -> Result<Option<Value>, String> {
+    match text_field(fields, f::PAYLOAD)? {
+        None => Ok(None),
+        Some(text) => serde_json::from_str(text)
+            .map(Some)
+            .map_err(|e| format!("payload is not JSON: {e}")),
+    }
+}
+
+fn read_status(fields: &RawFields) -> Result<ReplyStatus, String> {
+    let Some(status) = text_field(fields, f::STATUS)? else {
+        return Ok(ReplyStatus::Unreadable {
+            reason: "reply has no status".into(),
+        });
+    };
+    Ok(match status {
+        "start" => ReplyStatus::Start,
+        "progress" => read_progress(fields)?,
+        "completed" => match text_field(fields, f::RESULT)? {
+            Some(text) => match serde_json::from_str(text) {
+                Ok(result) => ReplyStatus::Completed { result },
+                Err(e) => ReplyStatus::Unreadable {
+                    reason: format!("result is not JSON: {e}"),
+                },
+            },
+            None => match legacy_payload(fields) {
+                Ok(payload) => ReplyStatus::Completed {
+                    result: payload.unwrap_or_else(|| Value::Object(Default::default())),
+                },
+                Err(reason) => ReplyStatus::Unreadable { reason },
+            },
+        },
+        "failed" => {
+            let error = match text_field(fields, f::ERROR)? {
+                Some(error) => error.to_owned(),
+                None => legacy_payload(fields)
+                    .ok()
+                    .flatten()
+                    .and_then(|p| p.get("error").map(json_text))
+                    .unwrap_or_else(|| "handler replied failed without a reason".to_owned()),
+            };
+            let retryable = text_field(fields, f::RETRYABLE)?
+                .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+            ReplyStatus::Failed { error, retryable }
+        }
+        other => ReplyStatus::Unreadable {
+            reason: format!("unknown status `{}`", truncate(other)),
+        },
+    })
+}
+
+fn read_progress(fields: &RawFields) -> Result<ReplyStatus, String> {
+    if let Some(text) = text_field(fields, f::PROGRESS)? {
+        let percent = text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|p| p.is_finite())
+            .map(|p| p.clamp(0.0, 100.0));
+        return Ok(ReplyStatus::Progress {
+            percent,
+            details: Value::Null,
+        });
+    }
+    // The original handlers: {"fraction": 0.5, "stage": "planning"}.
+    let mut payload = legacy_payload(fields).ok().flatten().unwrap_or(Value::Null);
+    let percent = payload
+        .get("fraction")
+        .and_then(Value::as_f64)
+        .filter(|p| p.is_finite())
+        .map(|p| (p * 100.0).clamp(0.0, 100.0));
+    if let Some(map) = payload.as_object_mut() {
+        map.remove("fraction");
+    }
+    Ok(ReplyStatus::Progress {
+        percent,
+        details: payload,
+    })
+}
+
+fn json_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Builds the fields of a reply in the contract's form, as a handler writes
+/// them: ids copied from the command, the handler's own span context.
+pub fn reply_fields(
+    command: &super::Command,
+    own_span: &TraceParent,
+    status: &ReplyStatus,
+    timestamp: UnixMillis,
+) -> Vec<(&'static str, String)> {
+    let mut out = vec![
+        (f::CORRELATION_ID, command.correlation_id.to_string()),
+        (f::SAGA_ID, command.saga_id.to_string()),
+        (f::REQUEST_ID, command.request_id.to_string()),
+        (f::EVENT_TYPE, command.event_type.clone()),
+        (f::TRACEPARENT, own_span.to_string()),
+        (f::PARENT_SPAN_ID, own_span.span_id.to_string()),
+        (f::TIMESTAMP, timestamp.to_string()),
+    ];
+    match status {
+        ReplyStatus::Start => out.push((f::STATUS, "start".into())),
+        ReplyStatus::Progress { percent, .. } => {
+            out.push((f::STATUS, "progress".into()));
+            out.push((f::PROGRESS, percent.unwrap_or(0.0).to_string()));
+        }
+        ReplyStatus::Completed { result } => {
+            out.push((f::STATUS, "completed".into()));
+            out.push((f::RESULT, result.to_string()));
+        }
+        ReplyStatus::Failed { error, retryable } => {
+            out.push((f::STATUS, "failed".into()));
+            out.push((f::ERROR, error.clone()));
+            out.push((f::RETRYABLE, retryable.to_string()));
+        }
+        ReplyStatus::Unreadable { reason } => {
+            out.push((f::STATUS, "failed".into()));
+            out.push((f::ERROR, reason.clone()));
+            out.push((f::RETRYABLE, "true".into()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn raw(pairs: &[(&str, &str)]) -> RawFields {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    const SAGA: &str = "0123456789abcdef0123456789abcdef";
+    const REQ: &str = "fedcba9876543210fedcba9876543210";
+
+    #[test]
+    fn reads_the_contract_form() {
+        let r = Reply::from_fields(&raw(&[
+            ("saga_id", SAGA),
+            ("request_id", REQ),
+            ("status", "completed"),
+            ("result", r#"{"robot_ids":["r1"]}"#),
+            ("timestamp", "1800000000000"),
+        ]))
+        .unwrap();
+        assert_eq!(r.request_id.unwrap().as_str(), REQ);
+        assert_eq!(
+            r.status,
+            ReplyStatus::Completed {
+                result: json!({"robot_ids": ["r1"]})
+            }
+        );
+        assert_eq!(r.timestamp_ms, Some(1_800_000_000_000));
+
+        let r = Reply::from_fields(&raw(&[
+            ("request_id", REQ),
+            ("status", "progress"),
+            ("progress", "40"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            r.status,
+            ReplyStatus::Progress {
+                percent: Some(40.0),
+                details: Value::Null
+            }
+        );
+
+        let r = Reply::from_fields(&raw(&[
+            ("request_id", REQ),
+            ("status", "failed"),
+            ("error", "no robots"),
+            ("retryable", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            r.status,
+            ReplyStatus::Failed {
+                error: "no robots".into(),
+                retryable: true
+            }
+        );
+        let r = Reply::from_fields(&raw(&[("request_id", REQ), ("status", "failed")])).unwrap();
+        assert!(matches!(
+            r.status,
+            ReplyStatus::Failed {
+                retryable: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn reads_the_original_handlers_form() {
+        let r = Reply::from_fields(&raw(&[
+            ("saga_id", SAGA),
+            ("event_type", "routing:plan"),
+            ("status", "progress"),
+            ("payload", r#"{"fraction": 0.5, "stage": "planning"}"#),
+            ("timestamp", "1754200000"),
+        ]))
+        .unwrap();
+        assert!(r.request_id.is_none());
+        assert_eq!(r.event_type.as_deref(), Some("routing:plan"));
+        assert_eq!(
+            r.status,
+            ReplyStatus::Progress {
+                percent: Some(50.0),
+                details: json!({"stage": "planning"})
+            }
+        );
+        assert_eq!(r.timestamp_ms, Some(1_754_200_000_000));
+
+        let r = Reply::from_fields(&raw(&[
+            ("saga_id", SAGA),
+            ("status", "completed"),
+            ("payload", "{}"),
+        ]))
+        .unwrap();
+        assert_eq!(r.status, ReplyStatus::Completed { result: json!({}) });
+        let r = Reply::from_fields(&raw(&[("saga_id", SAGA), ("status", "completed")])).unwrap();
+        assert_eq!(r.status, ReplyStatus::Completed { result: json!({}) });
+        let r = Reply::from_fields(&raw(&[
+            ("saga_id", SAGA),
+            ("status", "failed"),
+            ("payload", r#"{"error": "lidar offline"}"#),
+        ]))
+        .unwrap();
+        assert_eq!(
+            r.status,
+            ReplyStatus::Failed {
+                error: "lidar offline".into(),
+                retryable: false
+            }
+        );
+    }
+
+    #[test]
+    fn unreadable_final_replies_are_kept_as_such() {
+        let r = Reply::from_fields(&raw(&[("request_id", REQ), ("status", "done")])).unwrap();
+        assert!(matches!(r.status, ReplyStatus::Unreadable { .. }));
+        let r = Reply::from_fields(&raw(&[
+            ("request_id", REQ),
+            ("status", "completed"),
+            ("result", "{oops"),
+        ]))
+        .unwrap();
+        assert!(matches!(r.status, ReplyStatus::Unreadable { .. }));
+        assert!(r.status.is_final());
+    }
+
+    #[test]
+    fn stray_entries_are_errors() {
+        assert!(Reply::from_fields(&raw(&[("status", "completed")])).is_err());
+        assert!(Reply::from_fields(&raw(&[
+            ("request_id", "not-an-id"),
+            ("status", "completed")
+        ]))
+        .is_err());
+        let mut bad = raw(&[("request_id", REQ)]);
+        bad.insert("status".into(), vec![0xff, 0xfe]);
+        assert!(Reply::from_fields(&bad).is_err());
+    }
+}

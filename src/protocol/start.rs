@@ -1,0 +1,203 @@
+//! Starts: the entries a starter writes to a trigger stream.
+
+use super::fields as f;
+use super::{text_field, CorrelationId, RawFields, TraceParent};
+use serde_json::{Map, Value};
+
+/// Longest saga name or idempotency key accepted on a start.
+pub const MAX_NAME_LEN: usize = 128;
+/// Largest `payload` accepted on a start: sagas carry ids and parameters,
+/// not bulk data, and every command of the saga repeats parts of it.
+pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// A valid start, ready to become a saga.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StartRequest {
+    /// The `saga` field; `None` means the definition bound to the stream.
+    pub saga: Option<String>,
+    pub input: Value,
+    pub correlation_id: CorrelationId,
+    /// The caller's span context when it sent a valid one.
+    pub traceparent: Option<TraceParent>,
+    pub idempotency_key: Option<String>,
+}
+
+/// Why a start was refused, with the correlation id when the entry had a
+/// usable one, so the rejection can still be found by it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StartError {
+    pub reason: String,
+    pub correlation_id: Option<CorrelationId>,
+}
+
+/// Fields that are not input keys on a start without `payload`.
+const RESERVED: [&str; 5] = [
+    f::SAGA,
+    f::PAYLOAD,
+    f::CORRELATION_ID,
+    f::TRACEPARENT,
+    f::IDEMPOTENCY_KEY,
+];
+
+fn check_name(what: &str, s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > MAX_NAME_LEN || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{what} must be 1 to {MAX_NAME_LEN} printable ASCII characters without spaces"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+impl StartRequest {
+    pub fn from_fields(fields: &RawFields) -> Result<Self, StartError> {
+        // Read the correlation id first so that a rejection can carry it.
+        let correlation_id = match text_field(fields, f::CORRELATION_ID) {
+            Ok(Some(s)) => Some(CorrelationId::parse(s)),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        };
+        let valid_correlation = correlation_id.clone().and_then(Result::ok);
+        let reject = |reason: String| StartError {
+            reason,
+            correlation_id: valid_correlation.clone(),
+        };
+        let correlation_id = match correlation_id {
+            Some(Ok(id)) => id,
+            Some(Err(e)) => return Err(reject(e)),
+            None => CorrelationId::generate(),
+        };
+        let text = |name: &str| text_field(fields, name).map_err(reject);
+
+        let saga = text(f::SAGA)?
+            .map(|s| check_name("saga", s))
+            .transpose()
+            .map_err(reject)?;
+        let idempotency_key = text(f::IDEMPOTENCY_KEY)?
+            .map(|s| check_name("idempotency_key", s))
+            .transpose()
+            .map_err(reject)?;
+        let traceparent = text(f::TRACEPARENT)?.and_then(TraceParent::parse);
+
+        let input = match text(f::PAYLOAD)? {
+            Some(payload) => {
+                if payload.len() > MAX_PAYLOAD_BYTES {
+                    return Err(reject(format!(
+                        "payload is {} bytes, the limit is {MAX_PAYLOAD_BYTES}",
+                        payload.len()
+                    )));
+                }
+                let value: Value = serde_json::from_str(payload)
+                    .map_err(|e| reject(format!("payload is not valid JSON: {e}")))?;
+                if !value.is_object() {
+                    return Err(reject("payload must be a JSON object".into()));
+                }
+                value
+            }
+            None => {
+                // The original starters' form: every other field is an input key.
+                let mut map = Map::new();
+                for key in fields.keys() {
+                    if RESERVED.contains(&key.as_str()) {
+                        continue;
+                    }
+                    let value = text(key)?.unwrap_or_default();
+                    map.insert(key.clone(), Value::String(value.to_owned()));
+                }
+                Value::Object(map)
+            }
+        };
+        Ok(Self {
+            saga,
+            input,
+            correlation_id,
+            traceparent,
+            idempotency_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn raw(pairs: &[(&str, &str)]) -> RawFields {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_a_full_start() {
+        let s = StartRequest::from_fields(&raw(&[
+            ("saga", "mission_start"),
+            ("payload", r#"{"area":"hall-a","robots":2}"#),
+            ("correlation_id", "trace-demo-123"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("idempotency_key", "order-7"),
+        ]))
+        .unwrap();
+        assert_eq!(s.saga.as_deref(), Some("mission_start"));
+        assert_eq!(s.input, json!({"area": "hall-a", "robots": 2}));
+        assert_eq!(s.correlation_id.as_str(), "trace-demo-123");
+        assert!(s.traceparent.is_some());
+        assert_eq!(s.idempotency_key.as_deref(), Some("order-7"));
+    }
+
+    #[test]
+    fn top_level_fields_become_the_input() {
+        let s = StartRequest::from_fields(&raw(&[("area", "hall-a"), ("robots", "2")])).unwrap();
+        assert_eq!(s.input, json!({"area": "hall-a", "robots": "2"}));
+        assert!(s.saga.is_none());
+        assert_eq!(s.correlation_id.as_str().len(), 32);
+    }
+
+    #[test]
+    fn an_empty_start_has_an_empty_input() {
+        let s = StartRequest::from_fields(&raw(&[])).unwrap();
+        assert_eq!(s.input, json!({}));
+    }
+
+    #[test]
+    fn bad_starts_are_rejected_with_a_reason() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("payload", "{nope")], "not valid JSON"),
+            (&[("payload", "[1,2]")], "JSON object"),
+            (&[("correlation_id", "")], "empty"),
+            (&[("saga", "bad name")], "printable"),
+            (&[("idempotency_key", "x\u{7}")], "printable"),
+        ];
+        for (fields, needle) in cases {
+            let err = StartRequest::from_fields(&raw(fields)).unwrap_err();
+            assert!(err.reason.contains(needle), "{fields:?}: {}", err.reason);
+        }
+        let long = "c".repeat(200);
+        assert!(StartRequest::from_fields(&raw(&[("correlation_id", &long)])).is_err());
+    }
+
+    #[test]
+    fn a_rejection_keeps_a_valid_correlation_id() {
+        let err =
+            StartRequest::from_fields(&raw(&[("correlation_id", "c-1"), ("payload", "nope")]))
+                .unwrap_err();
+        assert_eq!(err.correlation_id.unwrap().as_str(), "c-1");
+    }
+
+    #[test]
+    fn non_utf8_fields_are_rejected() {
+        let mut fields = raw(&[]);
+        fields.insert("area".into(), vec![0xc3, 0x28]);
+        let err = StartRequest::from_fields(&fields).unwrap_err();
+        assert!(err.reason.contains("UTF-8"));
+    }
+
+    #[test]
+    fn an_invalid_traceparent_is_ignored() {
+        let s = StartRequest::from_fields(&raw(&[("traceparent", "00-abc-def-01")])).unwrap();
+        assert!(s.traceparent.is_none());
+    }
+}

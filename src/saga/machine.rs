@@ -1,0 +1,639 @@
+//! The transition function: `start` makes a saga, `apply` moves it on.
+
+use super::backoff::retry_delay;
+use super::ids::IdSource;
+use super::state::{Exchange, Failure, Phase, SagaState, Waiting};
+use crate::definition::template::Context;
+use crate::definition::{RetryPolicy, SagaDefinition, Template};
+use crate::protocol::{
+    Command, CommandKind, CorrelationId, EventType, Reply, ReplyStatus, SagaEvent, SagaId, SpanId,
+    TraceId, TraceParent, UnixMillis,
+};
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+/// What happens to a saga. Events are moved once from the reader to the
+/// machine, never stored in bulk, so the size gap between variants is fine.
+#[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)]
+pub enum Event {
+    /// A reply for this saga arrived (the router matched its `saga_id` or
+    /// `request_id`; whether it is the awaited one is decided here).
+    Reply(Reply),
+    /// Time passed: a deadline or a backoff may be due.
+    Tick,
+}
+
+/// What the driver must do, in order, after a transition.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Write the new state, together with the commands and events of this
+    /// transition.
+    Persist,
+    Send {
+        stream: String,
+        command: Command,
+    },
+    Emit(SagaEvent),
+    /// Deliver a [`Event::Tick`] at this time.
+    ArmTimer {
+        at_ms: UnixMillis,
+    },
+    /// The saga has ended; nothing more will happen to it.
+    Finish,
+}
+
+/// Everything a new saga starts from.
+#[derive(Clone, Debug)]
+pub struct SagaInit {
+    pub saga_id: SagaId,
+    pub correlation_id: CorrelationId,
+    pub trace_id: TraceId,
+    pub parent_span_id: Option<SpanId>,
+    pub reply_stream: String,
+    pub input: Value,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Creates a saga and sends its first command.
+pub fn start(
+    def: &SagaDefinition,
+    init: SagaInit,
+    now: UnixMillis,
+    ids: &mut dyn IdSource,
+) -> (SagaState, Vec<Effect>) {
+    let mut state = SagaState {
+        saga_id: init.saga_id,
+        saga: def.name.clone(),
+        correlation_id: init.correlation_id,
+        trace_id: init.trace_id,
+        parent_span_id: init.parent_span_id,
+        reply_stream: init.reply_stream,
+        input: init.input,
+        results: Default::default(),
+        phase: Phase::Running,
+        current: None,
+        failure: None,
+        to_undo: Vec::new(),
+        undone: Vec::new(),
+        skipped: Vec::new(),
+        started_at_ms: now,
+        ended_at_ms: None,
+    };
+    let mut m = Machine {
+        state: &mut state,
+        def,
+        now,
+        ids,
+        effects: Vec::new(),
+    };
+    let input = m.state.input.clone();
+    m.emit(
+        EventType::SagaStarted,
+        None,
+        json!({ "input": input, "trace_id": m.state.trace_id }),
+    );
+    m.send_action(0, 1, false);
+    let effects = m.finish();
+    (state, effects)
+}
+
+/// Moves a saga on by one event.
+pub fn apply(
+    state: &mut SagaState,
+    def: &SagaDefinition,
+    event: Event,
+    now: UnixMillis,
+    ids: &mut dyn IdSource,
+) -> Vec<Effect> {
+    if state.phase.is_terminal() {
+        return Vec::new();
+    }
+    let mut m = Machine {
+        state,
+        def,
+        now,
+        ids,
+        effects: Vec::new(),
+    };
+    match event {
+        Event::Reply(reply) => m.on_reply(reply),
+        Event::Tick => m.on_tick(),
+    }
+    m.finish()
+}
+
+struct Machine<'a> {
+    state: &'a mut SagaState,
+    def: &'a SagaDefinition,
+    now: UnixMillis,
+    ids: &'a mut dyn IdSource,
+    effects: Vec<Effect>,
+}
+
+impl Machine<'_> {
+    /// Orders the effects: persist first, then commands and events, timer
+    /// and finish last. The driver writes the first three in one go.
+    fn finish(mut self) -> Vec<Effect> {
+        if self.effects.is_empty() {
+            return self.effects;
+        }
+        let changed = self
+            .effects
+            .iter()
+            .any(|e| !matches!(e, Effect::Emit(ev) if ev.event_type == EventType::StepProgress || ev.event_type == EventType::CompensationProgress));
+        if changed {
+            self.effects.insert(0, Effect::Persist);
+        }
+        if let Some(at_ms) = self.state.wake_at().filter(|_| changed) {
+            self.effects.push(Effect::ArmTimer { at_ms });
+        }
+        if self.state.phase.is_terminal() {
+            self.effects.push(Effect::Finish);
+        }
+        self.effects
+    }
+
+    fn emit(&mut self, event_type: EventType, step: Option<&str>, payload: Value) {
+        self.effects.push(Effect::Emit(SagaEvent {
+            correlation_id: self.state.correlation_id.clone(),
+            saga_id: Some(self.state.saga_id.clone()),
+            saga: self.state.saga.clone(),
+            event_type,
+            status: self.state.phase.status(),
+            step: step.map(str::to_owned),
+            payload,
+            timestamp: self.now,
+        }));
+    }
+
+    fn context_payload(&self, with_failure: bool) -> Value {
+        let steps: Map<String, Value> = self
+            .state
+            .results
+            .iter()
+            .map(|(name, result)| (name.clone(), json!({ "result": result })))
+            .collect();
+        let mut ctx = json!({ "input": self.state.input, "steps": steps });
+        if let (true, Some(f)) = (with_failure, &self.state.failure) {
+            ctx["failure"] = json!({ "step": f.step, "reason": f.reason });
+        }
+        ctx
+    }
+
+    fn render(&self, template: Option<&Template>, kind: CommandKind) -> Result<Value, String> {
+        let compensation = kind == CommandKind::Compensation;
+        let Some(template) = template else {
+            return Ok(self.context_payload(compensation));
+        };
+        let failure = self
+            .state
+            .failure
+            .as_ref()
+            .map(|f| (f.step.as_str(), f.reason.as_str()));
+        let ctx = Context {
+            input: &self.state.input,
+            results: &self.state.results,
+            saga_id: self.state.saga_id.as_str(),
+            correlation_id: self.state.correlation_id.as_str(),
+            failure,
+        };
+        template.render(&ctx, compensation).map_err(|e| e.0)
+    }
+
+    /// Sends attempt `attempt` of step `index`'s action.
+    fn send_action(&mut self, index: usize, attempt: u32, timed_out: bool) {
+        let step = &self.def.steps[index];
+        match self.render(step.input.as_ref(), CommandKind::Action) {
+            Ok(payload) => {
+                let (stream, command, timeout) =
+                    (step.stream.clone(), step.command.clone(), step.timeout);
+                self.send(
+                    index,
+                    CommandKind::Action,
+                    attempt,
+                    timed_out,
+                    stream,
+                    command,
+                    timeout,
+                    payload,
+                );
+            }
+            Err(reason) => {
+                // A payload that cannot be built will not be buildable on a
+                // retry either: the step fails at once.
+                let reason = format!("cannot build the input of step `{}`: {reason}", step.name);
+                self.state.current = None;
+                self.fail_saga(index, reason.clone(), timed_out);
+                let name = self.def.steps[index].name.clone();
+                self.emit(
+                    EventType::StepFailed,
+                    Some(&name),
+                    json!({ "attempt": attempt, "error": reason, "retryable": false }),
+                );
+                self.after_unwind_started();
+            }
+        }
+    }
+
+    /// Sends attempt `attempt` of the compensation of step `index`.
+    fn send_compensation(&mut self, index: usize, attempt: u32) {
+        let comp = self.def.steps[index]
+            .compensation
+            .as_ref()
+            .expect("only steps with a compensation are queued for undoing");
+        let payload = self
+            .render(comp.input.as_ref(), CommandKind::Compensation)
+            .expect("compensation templates render leniently");
+        let (stream, command, timeout) = (comp.stream.clone(), comp.command.clone(), comp.timeout);
+        self.send(
+            index,
+            CommandKind::Compensation,
+            attempt,
+            false,
+            stream,
+            command,
+            timeout,
+            payload,
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &mut self,
+        index: usize,
+        kind: CommandKind,
+        attempt: u32,
+        timed_out: bool,
+        stream: String,
+        event_type: String,
+        timeout: Duration,
+        payload: Value,
+    ) {
+        let request_id = self.ids.request_id();
+        let span_id = self.ids.span_id();
+        let deadline_ms = self.now.saturating_add(ms(timeout));
+        let step = self.def.steps[index].name.clone();
+        self.state.current = Some(Exchange {
+            step: index,
+            kind,
+            attempt,
+            request_id: request_id.clone(),
+            span_id: span_id.clone(),
+            sent_at_ms: self.now,
+            waiting: Waiting::Reply { deadline_ms },
+            timed_out,
+        });
+        let event = match kind {
+            CommandKind::Action => EventType::StepStarted,
+            CommandKind::Compensation => EventType::CompensationStarted,
+        };
+        self.emit(
+            event,
+            Some(&step),
+            json!({
+                "attempt": attempt,
+                "request_id": request_id,
+                "kind": kind.as_str(),
+                "command": event_type,
+                "stream": stream,
+                "span_id": span_id,
+                "deadline_ms": deadline_ms,
+            }),
+        );
+        let command = Command {
+            correlation_id: self.state.correlation_id.clone(),
+            saga_id: self.state.saga_id.clone(),
+            request_id,
+            traceparent: TraceParent::new(self.state.trace_id.clone(), span_id),
+            event_type,
+            step,
+            kind,
+            attempt,
+            reply_stream: self.state.reply_stream.clone(),
+            payload,
+            deadline_ms,
+            timestamp: self.now,
+        };
+        self.effects.push(Effect::Send { stream, command });
+    }
+
+    /// Is this reply the final word (or progress) on the exchange we await?
+    fn awaited(&self, reply: &Reply) -> Option<Exchange> {
+        let current = self.state.current.as_ref()?;
+        if !matches!(current.waiting, Waiting::Reply { .. }) {
+            return None;
+        }
+        if reply
+            .saga_id
+            .as_ref()
+            .is_some_and(|s| *s != self.state.saga_id)
+        {
+            return None;
+        }
+        let matches = match &reply.request_id {
+            Some(id) => *id == current.request_id,
+            // The original handlers' replies: matched by the command name
+            // they repeat, to the one outstanding command of the saga.
+            None => reply.event_type.as_deref() == Some(self.command_name(current)),
+        };
+        matches.then(|| current.clone())
+    }
+
+    fn command_name(&self, x: &Exchange) -> &str {
+        let step = &self.def.steps[x.step];
+        match x.kind {
+            CommandKind::Action => &step.command,
+            CommandKind::Compensation => {
+                &step
+                    .compensation
+                    .as_ref()
+                    .expect("queued for undoing")
+                    .command
+            }
+        }
+    }
+
+    fn policy(&self, x: &Exchange) -> RetryPolicy {
+        let step = &self.def.steps[x.step];
+        match x.kind {
+            CommandKind::Action => step.retry,
+            CommandKind::Compensation => {
+                step.compensation
+                    .as_ref()
+                    .expect("queued for undoing")
+                    .retry
+            }
+        }
+    }
+
+    fn on_reply(&mut self, reply: Reply) {
+        let Some(x) = self.awaited(&reply) else {
+            return;
+        };
+        let step = self.def.steps[x.step].name.clone();
+        match reply.status {
+            ReplyStatus::Start => {}
+            ReplyStatus::Progress { percent, details } => {
+                let event = match x.kind {
+                    CommandKind::Action => EventType::StepProgress,
+                    CommandKind::Compensation => EventType::CompensationProgress,
+                };
+                let mut payload = json!({ "attempt": x.attempt, "progress": percent });
+                if !details.is_null() {
+                    payload["details"] = details;
+                }
+                self.emit(event, Some(&step), payload);
+            }
+            ReplyStatus::Completed { result } => self.on_completed(&x, step, result),
+            ReplyStatus::Failed { error, retryable } => {
+                self.on_failed(&x, step, error, retryable, false)
+            }
+            ReplyStatus::Unreadable { reason } => {
+                self.on_failed(&x, step, format!("unreadable reply: {reason}"), true, false)
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let Some(x) = self.state.current.clone() else {
+            return;
+        };
+        match x.waiting {
+            Waiting::Reply { deadline_ms } if self.now >= deadline_ms => {
+                let step = self.def.steps[x.step].name.clone();
+                let reason = format!(
+                    "attempt {} timed out after {} ms",
+                    x.attempt,
+                    deadline_ms - x.sent_at_ms
+                );
+                self.on_failed(&x, step, reason, true, true);
+            }
+            Waiting::Backoff { until_ms } if self.now >= until_ms => match x.kind {
+                CommandKind::Action => self.send_action(x.step, x.attempt + 1, x.timed_out),
+                CommandKind::Compensation => self.send_compensation(x.step, x.attempt + 1),
+            },
+            _ => {}
+        }
+    }
+
+    fn on_completed(&mut self, x: &Exchange, step: String, result: Value) {
+        self.state.current = None;
+        match x.kind {
+            CommandKind::Action => {
+                self.state.results.insert(step.clone(), result.clone());
+                let last = x.step + 1 == self.def.steps.len();
+                if last {
+                    self.state.phase = Phase::Completed;
+                    self.state.ended_at_ms = Some(self.now);
+                }
+                self.emit(
+                    EventType::StepCompleted,
+                    Some(&step),
+                    json!({ "attempt": x.attempt, "result": result }),
+                );
+                if last {
+                    let results = json!(self.state.results);
+                    self.emit(
+                        EventType::SagaCompleted,
+                        None,
+                        json!({ "results": results }),
+                    );
+                } else {
+                    self.send_action(x.step + 1, 1, false);
+                }
+            }
+            CommandKind::Compensation => {
+                self.state.undone.push(step.clone());
+                self.emit(
+                    EventType::CompensationCompleted,
+                    Some(&step),
+                    json!({ "attempt": x.attempt, "result": result }),
+                );
+                self.next_compensation();
+            }
+        }
+    }
+
+    /// A failed reply (`timed_out` false) or a deadline passed (true).
+    fn on_failed(
+        &mut self,
+        x: &Exchange,
+        step: String,
+        error: String,
+        retryable: bool,
+        timed_out: bool,
+    ) {
+        let policy = self.policy(x);
+        let any_timeout = x.timed_out || timed_out;
+        let (failed_event, timed_out_event, retrying_event) = match x.kind {
+            CommandKind::Action => (
+                EventType::StepFailed,
+                EventType::StepTimedOut,
+                EventType::StepRetrying,
+            ),
+            CommandKind::Compensation => (
+                EventType::CompensationFailed,
+                EventType::CompensationTimedOut,
+                EventType::CompensationRetrying,
+            ),
+        };
+        let will_retry = retryable && x.attempt < policy.max_attempts;
+        if will_retry {
+            let delay = ms(retry_delay(&policy, x.attempt));
+            self.state.current = Some(Exchange {
+                waiting: Waiting::Backoff {
+                    until_ms: self.now.saturating_add(delay),
+                },
+                timed_out: any_timeout,
+                ..x.clone()
+            });
+            self.emit_attempt_failure(
+                x,
+                &step,
+                &error,
+                retryable,
+                timed_out,
+                failed_event,
+                timed_out_event,
+            );
+            self.emit(
+                retrying_event,
+                Some(&step),
+                json!({ "attempt": x.attempt + 1, "delay_ms": delay }),
+            );
+            return;
+        }
+        self.state.current = None;
+        let reason = if retryable && x.attempt > 1 {
+            format!("{error} (after {} attempts)", x.attempt)
+        } else {
+            error.clone()
+        };
+        match x.kind {
+            CommandKind::Action => {
+                self.fail_saga(x.step, reason, any_timeout);
+                self.emit_attempt_failure(
+                    x,
+                    &step,
+                    &error,
+                    retryable,
+                    timed_out,
+                    failed_event,
+                    timed_out_event,
+                );
+                self.after_unwind_started();
+            }
+            CommandKind::Compensation => {
+                self.state.phase = Phase::Failed;
+                self.state.ended_at_ms = Some(self.now);
+                self.emit_attempt_failure(
+                    x,
+                    &step,
+                    &error,
+                    retryable,
+                    timed_out,
+                    failed_event,
+                    timed_out_event,
+                );
+                let failure = self
+                    .state
+                    .failure
+                    .clone()
+                    .expect("compensating implies a failure");
+                let compensation = self.command_name(x).to_owned();
+                self.emit(
+                    EventType::SagaFailed,
+                    Some(&step),
+                    json!({
+                        "failed_step": failure.step,
+                        "reason": failure.reason,
+                        "compensation": step,
+                        "compensation_command": compensation,
+                        "error": reason,
+                        "compensated": self.state.undone,
+                    }),
+                );
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn emit_attempt_failure(
+        &mut self,
+        x: &Exchange,
+        step: &str,
+        error: &str,
+        retryable: bool,
+        timed_out: bool,
+        failed_event: EventType,
+        timed_out_event: EventType,
+    ) {
+        if timed_out {
+            self.emit(
+                timed_out_event,
+                Some(step),
+                json!({ "attempt": x.attempt, "request_id": x.request_id }),
+            );
+        } else {
+            self.emit(
+                failed_event,
+                Some(step),
+                json!({ "attempt": x.attempt, "error": error, "retryable": retryable, "request_id": x.request_id }),
+            );
+        }
+    }
+
+    /// Records the failure and queues the steps to undo, in reverse order:
+    /// every completed step, and the failing one if its effect is unknown.
+    fn fail_saga(&mut self, index: usize, reason: String, undo_failing_step: bool) {
+        self.state.phase = Phase::Compensating;
+        self.state.failure = Some(Failure {
+            step: self.def.steps[index].name.clone(),
+            reason,
+        });
+        let mut queue: Vec<usize> = (0..index).rev().collect();
+        if undo_failing_step {
+            queue.insert(0, index);
+        }
+        for i in queue {
+            if self.def.steps[i].compensation.is_some() {
+                self.state.to_undo.push(i);
+            } else {
+                self.state.skipped.push(self.def.steps[i].name.clone());
+            }
+        }
+    }
+
+    fn after_unwind_started(&mut self) {
+        self.next_compensation();
+    }
+
+    fn next_compensation(&mut self) {
+        if self.state.to_undo.is_empty() {
+            self.state.phase = Phase::Compensated;
+            self.state.ended_at_ms = Some(self.now);
+            let failure = self
+                .state
+                .failure
+                .clone()
+                .expect("compensating implies a failure");
+            self.emit(
+                EventType::SagaCompensated,
+                None,
+                json!({
+                    "failed_step": failure.step,
+                    "reason": failure.reason,
+                    "compensated": self.state.undone,
+                    "skipped": self.state.skipped,
+                }),
+            );
+        } else {
+            let next = self.state.to_undo.remove(0);
+            self.send_compensation(next, 1);
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! A saga instance's state: everything needed to continue it, serializable
+//! so that a store can persist it and another process can resume it.
+
+use crate::protocol::{
+    CommandKind, CorrelationId, RequestId, SagaId, SagaStatus, SpanId, TraceId, UnixMillis,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Running,
+    Compensating,
+    Completed,
+    Compensated,
+    Failed,
+}
+
+impl Phase {
+    pub fn status(self) -> SagaStatus {
+        match self {
+            Phase::Running => SagaStatus::Running,
+            Phase::Compensating => SagaStatus::Compensating,
+            Phase::Completed => SagaStatus::Completed,
+            Phase::Compensated => SagaStatus::Compensated,
+            Phase::Failed => SagaStatus::Failed,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        self.status().is_terminal()
+    }
+}
+
+/// What the current exchange waits for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "for")]
+pub enum Waiting {
+    /// A command was sent; its final reply is due by `deadline_ms`.
+    Reply { deadline_ms: UnixMillis },
+    /// The last attempt failed; the next one is sent at `until_ms`.
+    Backoff { until_ms: UnixMillis },
+}
+
+/// The one command exchange a saga has under way at a time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exchange {
+    /// Index of the step (for a compensation: of the step being undone).
+    pub step: usize,
+    pub kind: CommandKind,
+    /// The attempt sent last (or, while backing off, the one that failed).
+    pub attempt: u32,
+    pub request_id: RequestId,
+    /// Our span for this attempt: the parent id of its `traceparent`.
+    pub span_id: SpanId,
+    pub sent_at_ms: UnixMillis,
+    pub waiting: Waiting,
+    /// Set once any attempt of this step timed out: its effect is unknown,
+    /// so the step must be undone if the saga fails.
+    pub timed_out: bool,
+}
+
+/// Why the saga is unwinding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub step: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SagaState {
+    pub saga_id: SagaId,
+    /// The definition's name.
+    pub saga: String,
+    pub correlation_id: CorrelationId,
+    pub trace_id: TraceId,
+    /// The caller's span when the start carried one: the saga's parent.
+    pub parent_span_id: Option<SpanId>,
+    /// Where handlers send their replies for this saga.
+    pub reply_stream: String,
+    pub input: Value,
+    /// Results of completed steps, by step name.
+    pub results: BTreeMap<String, Value>,
+    pub phase: Phase,
+    pub current: Option<Exchange>,
+    pub failure: Option<Failure>,
+    /// Indexes of steps still to undo, next first.
+    pub to_undo: Vec<usize>,
+    /// Steps undone so far, in the order undone.
+    pub undone: Vec<String>,
+    /// Steps that had to be undone but define no compensation.
+    pub skipped: Vec<String>,
+    pub started_at_ms: UnixMillis,
+    pub ended_at_ms: Option<UnixMillis>,
+}
+
+impl SagaState {
+    /// When the machine next needs a [`super::Event::Tick`], if ever.
+    pub fn wake_at(&self) -> Option<UnixMillis> {
+        self.current.as_ref().map(|x| match x.waiting {
+            Waiting::Reply { deadline_ms } => deadline_ms,
+            Waiting::Backoff { until_ms } => until_ms,
+        })
+    }
+}

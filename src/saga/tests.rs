@@ -1,0 +1,631 @@
+//! The saga rules, driven without Redis or a clock.
+
+use super::*;
+use crate::definition::{load_str, SagaDefinition};
+use crate::protocol::{
+    CommandKind, CorrelationId, EventType, Reply, ReplyStatus, RequestId, SagaId, SagaStatus,
+    SpanId, TraceId,
+};
+use serde_json::{json, Value};
+use std::path::Path;
+
+const DEF: &str = "\
+name: mission
+steps:
+  - name: allocate
+    stream: resources:commands
+    timeout: 1s
+    retry: { max_attempts: 3, backoff: exponential, initial_delay: 100ms, max_delay: 1s }
+    input: { robots: '${input.robots}' }
+    compensation: { command: release, retry: { max_attempts: 2, initial_delay: 50ms } }
+  - name: plan
+    stream: routing:commands
+    command: plan_route
+    timeout: 2s
+    input: { robot_ids: '${steps.allocate.result.robot_ids}', note: 'for ${saga_id}' }
+    compensation: { command: cancel_route, input: { why: '${failure.reason}' } }
+  - name: explore
+    stream: exploration:commands
+    timeout: 1s
+    retry: { max_attempts: 2, backoff: fixed, initial_delay: 10ms }
+  - name: integrate
+    stream: mapping:commands
+    compensation: { command: discard }
+";
+
+/// Sequential ids, so tests can name them.
+struct SeqIds(u64);
+
+impl IdSource for SeqIds {
+    fn request_id(&mut self) -> RequestId {
+        self.0 += 1;
+        RequestId::from_trusted(format!("{:032x}", self.0))
+    }
+    fn span_id(&mut self) -> SpanId {
+        self.0 += 1;
+        SpanId::parse(&format!("{:016x}", self.0)).unwrap()
+    }
+}
+
+struct Harness {
+    def: SagaDefinition,
+    state: SagaState,
+    ids: SeqIds,
+    now: u64,
+    log: Vec<Effect>,
+}
+
+impl Harness {
+    fn new() -> (Self, Vec<Effect>) {
+        let def = load_str(Path::new("mission.yaml"), DEF).unwrap();
+        let mut ids = SeqIds(0);
+        let init = SagaInit {
+            saga_id: SagaId::from_trusted("5".repeat(32)),
+            correlation_id: CorrelationId::from_trusted("corr"),
+            trace_id: TraceId::parse(&"a".repeat(32)).unwrap(),
+            parent_span_id: None,
+            reply_stream: "saga:replies:test".into(),
+            input: json!({"robots": 2}),
+        };
+        let (state, effects) = start(&def, init, 1_000, &mut ids);
+        let h = Harness {
+            def,
+            state,
+            ids,
+            now: 1_000,
+            log: effects.clone(),
+        };
+        (h, effects)
+    }
+
+    fn apply(&mut self, event: Event) -> Vec<Effect> {
+        let effects = apply(&mut self.state, &self.def, event, self.now, &mut self.ids);
+        self.log.extend(effects.clone());
+        effects
+    }
+
+    fn current_request(&self) -> RequestId {
+        self.state.current.as_ref().unwrap().request_id.clone()
+    }
+
+    fn reply(&mut self, status: ReplyStatus) -> Vec<Effect> {
+        let reply = Reply {
+            saga_id: Some(self.state.saga_id.clone()),
+            request_id: Some(self.current_request()),
+            event_type: None,
+            correlation_id: None,
+            traceparent: None,
+            status,
+            timestamp_ms: None,
+        };
+        self.apply(Event::Reply(reply))
+    }
+
+    fn complete(&mut self, result: Value) -> Vec<Effect> {
+        self.reply(ReplyStatus::Completed { result })
+    }
+
+    fn fail(&mut self, retryable: bool) -> Vec<Effect> {
+        self.reply(ReplyStatus::Failed {
+            error: "boom".into(),
+            retryable,
+        })
+    }
+
+    fn tick_at(&mut self, now: u64) -> Vec<Effect> {
+        self.now = now;
+        self.apply(Event::Tick)
+    }
+
+    fn deadline(&self) -> u64 {
+        self.state.wake_at().unwrap()
+    }
+
+    /// Drives every step to completion from where the saga stands.
+    fn complete_steps(&mut self, n: usize) {
+        for _ in 0..n {
+            let step = self.state.current.as_ref().unwrap().step;
+            let result = match step {
+                0 => json!({"robot_ids": ["r1", "r2"]}),
+                _ => json!({"step": step}),
+            };
+            self.complete(result);
+        }
+    }
+
+    fn events(&self) -> Vec<(EventType, Option<String>, SagaStatus)> {
+        self.log
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Emit(ev) => Some((ev.event_type, ev.step.clone(), ev.status)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn sent(&self) -> Vec<(String, CommandKind, u32)> {
+        self.log
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Send { command, .. } => {
+                    Some((command.event_type.clone(), command.kind, command.attempt))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn last_event_payload(&self, t: EventType) -> Value {
+        self.log
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Effect::Emit(ev) if ev.event_type == t => Some(ev.payload.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no {t:?} event"))
+    }
+}
+
+fn types(effects: &[Effect]) -> Vec<String> {
+    effects
+        .iter()
+        .map(|e| match e {
+            Effect::Persist => "persist".to_owned(),
+            Effect::Send { command, .. } => {
+                format!("send {}#{}", command.event_type, command.attempt)
+            }
+            Effect::Emit(ev) => ev.event_type.as_str().to_owned(),
+            Effect::ArmTimer { .. } => "timer".to_owned(),
+            Effect::Finish => "finish".to_owned(),
+        })
+        .collect()
+}
+
+#[test]
+fn start_persists_announces_and_sends_the_first_command() {
+    let (h, effects) = Harness::new();
+    assert_eq!(
+        types(&effects),
+        [
+            "persist",
+            "saga_started",
+            "step_started",
+            "send allocate#1",
+            "timer"
+        ]
+    );
+    let Effect::Send { stream, command } = &effects[3] else {
+        unreachable!()
+    };
+    assert_eq!(stream, "resources:commands");
+    assert_eq!(command.kind, CommandKind::Action);
+    assert_eq!(command.payload, json!({"robots": 2}));
+    assert_eq!(command.deadline_ms, 2_000);
+    assert_eq!(command.reply_stream, "saga:replies:test");
+    assert_eq!(command.traceparent.trace_id.as_str(), "a".repeat(32));
+    assert_eq!(effects[4], Effect::ArmTimer { at_ms: 2_000 });
+    assert_eq!(h.state.phase, Phase::Running);
+}
+
+#[test]
+fn a_sunny_saga_completes_with_every_result() {
+    let (mut h, _) = Harness::new();
+    let effects = h.complete(json!({"robot_ids": ["r1", "r2"]}));
+    let Some(Effect::Send { command, .. }) =
+        effects.iter().find(|e| matches!(e, Effect::Send { .. }))
+    else {
+        panic!("no command")
+    };
+    assert_eq!(command.event_type, "plan_route");
+    assert_eq!(command.step, "plan");
+    assert_eq!(
+        command.payload,
+        json!({"robot_ids": ["r1", "r2"], "note": format!("for {}", "5".repeat(32))})
+    );
+    h.complete_steps(2);
+    // explore has no input template: it gets the whole context
+    let explore_payload = h
+        .log
+        .iter()
+        .find_map(|e| match e {
+            Effect::Send { command, .. } if command.step == "explore" => {
+                Some(command.payload.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(explore_payload["input"], json!({"robots": 2}));
+    assert_eq!(
+        explore_payload["steps"]["plan"]["result"],
+        json!({"step": 1})
+    );
+    let effects = h.complete(json!({"map": "m1"}));
+    assert_eq!(
+        types(&effects),
+        ["persist", "step_completed", "saga_completed", "finish"]
+    );
+    assert_eq!(h.state.phase, Phase::Completed);
+    let results = h.last_event_payload(EventType::SagaCompleted)["results"].clone();
+    assert_eq!(results["integrate"], json!({"map": "m1"}));
+    assert_eq!(results["allocate"], json!({"robot_ids": ["r1", "r2"]}));
+    // a terminal saga ignores everything
+    assert!(h.tick_at(1_000_000).is_empty());
+}
+
+#[test]
+fn a_failure_at_each_step_undoes_the_completed_ones_in_reverse() {
+    // (failing step, expected compensation commands in order, skipped)
+    let cases: [(usize, &[&str], &[&str]); 4] = [
+        (0, &[], &[]),
+        (1, &["release"], &[]),
+        (2, &["cancel_route", "release"], &[]),
+        (3, &["cancel_route", "release"], &["explore"]),
+    ];
+    for (failing, expected, skipped) in cases {
+        let (mut h, _) = Harness::new();
+        h.complete_steps(failing);
+        h.fail(false);
+        while let Some(x) = h.state.current.clone() {
+            assert_eq!(x.kind, CommandKind::Compensation);
+            h.complete(json!({}));
+        }
+        let comps: Vec<String> = h
+            .sent()
+            .into_iter()
+            .filter(|(_, k, _)| *k == CommandKind::Compensation)
+            .map(|(c, _, _)| c)
+            .collect();
+        assert_eq!(comps, expected, "failing step {failing}");
+        assert_eq!(h.state.phase, Phase::Compensated);
+        let payload = h.last_event_payload(EventType::SagaCompensated);
+        assert_eq!(payload["failed_step"], json!(h.def.steps[failing].name));
+        assert_eq!(payload["reason"], json!("boom"));
+        assert_eq!(payload["skipped"], json!(skipped));
+        let undone: Vec<&str> = expected
+            .iter()
+            .map(|c| match *c {
+                "release" => "allocate",
+                "cancel_route" => "plan",
+                other => other,
+            })
+            .collect();
+        assert_eq!(payload["compensated"], json!(undone));
+        let last = h.events().last().cloned().unwrap();
+        assert_eq!(last.0, EventType::SagaCompensated);
+        assert_eq!(last.2, SagaStatus::Compensated);
+    }
+}
+
+#[test]
+fn compensation_payloads_carry_the_failure() {
+    let (mut h, _) = Harness::new();
+    h.complete_steps(2);
+    h.fail(false);
+    let Some(Effect::Send { command, .. }) = h
+        .log
+        .iter()
+        .rev()
+        .find(|e| matches!(e, Effect::Send { .. }))
+    else {
+        panic!()
+    };
+    assert_eq!(command.event_type, "cancel_route");
+    assert_eq!(command.kind, CommandKind::Compensation);
+    assert_eq!(command.step, "plan");
+    assert_eq!(command.attempt, 1);
+    assert_eq!(command.payload, json!({"why": "boom"}));
+    h.complete(json!({}));
+    let Some(Effect::Send { command, .. }) = h
+        .log
+        .iter()
+        .rev()
+        .find(|e| matches!(e, Effect::Send { .. }))
+    else {
+        panic!()
+    };
+    // no template: the context, with the failure
+    assert_eq!(
+        command.payload["failure"],
+        json!({"step": "explore", "reason": "boom"})
+    );
+    assert_eq!(
+        command.payload["steps"]["allocate"]["result"],
+        json!({"robot_ids": ["r1", "r2"]})
+    );
+}
+
+#[test]
+fn timeouts_are_retried_with_new_request_ids_then_undone() {
+    let (mut h, _) = Harness::new();
+    let first = h.current_request();
+    assert!(
+        h.tick_at(1_999).is_empty(),
+        "nothing is due before the deadline"
+    );
+    let effects = h.tick_at(2_000);
+    assert_eq!(
+        types(&effects),
+        ["persist", "step_timed_out", "step_retrying", "timer"]
+    );
+    assert_eq!(
+        h.last_event_payload(EventType::StepRetrying),
+        json!({"attempt": 2, "delay_ms": 100})
+    );
+    assert_eq!(effects[3], Effect::ArmTimer { at_ms: 2_100 });
+    let effects = h.tick_at(2_100);
+    assert_eq!(
+        types(&effects),
+        ["persist", "step_started", "send allocate#2", "timer"]
+    );
+    let second = h.current_request();
+    assert_ne!(first, second);
+    // a late reply to the first attempt is ignored
+    let late = Reply {
+        saga_id: Some(h.state.saga_id.clone()),
+        request_id: Some(first),
+        event_type: None,
+        correlation_id: None,
+        traceparent: None,
+        status: ReplyStatus::Completed { result: json!({}) },
+        timestamp_ms: None,
+    };
+    assert!(h.apply(Event::Reply(late)).is_empty());
+    let d = h.deadline();
+    h.tick_at(d);
+    assert_eq!(
+        h.last_event_payload(EventType::StepRetrying),
+        json!({"attempt": 3, "delay_ms": 200})
+    );
+    let d = h.deadline();
+    h.tick_at(d);
+    let d = h.deadline();
+    let effects = h.tick_at(d);
+    // the third timeout ends the step; its effect is unknown, so it is undone
+    assert_eq!(
+        types(&effects),
+        [
+            "persist",
+            "step_timed_out",
+            "compensation_started",
+            "send release#1",
+            "timer"
+        ]
+    );
+    assert_eq!(h.state.failure.as_ref().unwrap().step, "allocate");
+    assert!(h
+        .state
+        .failure
+        .as_ref()
+        .unwrap()
+        .reason
+        .contains("timed out"));
+    h.complete(json!({}));
+    assert_eq!(h.state.phase, Phase::Compensated);
+    assert_eq!(
+        h.last_event_payload(EventType::SagaCompensated)["compensated"],
+        json!(["allocate"])
+    );
+}
+
+#[test]
+fn a_step_that_timed_out_once_is_undone_even_if_it_then_fails() {
+    let (mut h, _) = Harness::new();
+    h.tick_at(2_000);
+    h.tick_at(2_100);
+    h.fail(false);
+    assert_eq!(h.state.phase, Phase::Compensating);
+    assert_eq!(
+        h.sent().last().unwrap(),
+        &("release".to_owned(), CommandKind::Compensation, 1)
+    );
+}
+
+#[test]
+fn a_retryable_failure_then_success_carries_on() {
+    let (mut h, _) = Harness::new();
+    let effects = h.fail(true);
+    assert_eq!(
+        types(&effects),
+        ["persist", "step_failed", "step_retrying", "timer"]
+    );
+    assert_eq!(h.state.phase, Phase::Running);
+    h.tick_at(1_100);
+    assert_eq!(
+        h.sent().last().unwrap(),
+        &("allocate".to_owned(), CommandKind::Action, 2)
+    );
+    h.complete(json!({"robot_ids": ["r9"]}));
+    assert_eq!(
+        h.sent().last().unwrap(),
+        &("plan_route".to_owned(), CommandKind::Action, 1)
+    );
+    // a step failing without retries left ends at once, not compensated itself
+    let (mut h, _) = Harness::new();
+    h.fail(true);
+    h.tick_at(1_100);
+    h.fail(true);
+    h.tick_at(h.deadline());
+    let effects = h.fail(true);
+    assert_eq!(
+        types(&effects),
+        ["persist", "step_failed", "saga_compensated", "finish"]
+    );
+    assert_eq!(
+        h.last_event_payload(EventType::SagaCompensated)["reason"],
+        json!("boom (after 3 attempts)")
+    );
+}
+
+#[test]
+fn unreadable_final_replies_count_as_retryable_failures() {
+    let (mut h, _) = Harness::new();
+    h.reply(ReplyStatus::Unreadable {
+        reason: "unknown status `done`".into(),
+    });
+    let payload = h.last_event_payload(EventType::StepFailed);
+    assert_eq!(payload["retryable"], json!(true));
+    assert!(payload["error"].as_str().unwrap().contains("done"));
+    assert!(matches!(
+        h.state.current.as_ref().unwrap().waiting,
+        Waiting::Backoff { .. }
+    ));
+}
+
+#[test]
+fn stray_replies_change_nothing() {
+    let (mut h, _) = Harness::new();
+    let before = h.state.clone();
+    let mut stray = Reply {
+        saga_id: Some(h.state.saga_id.clone()),
+        request_id: Some(RequestId::from_trusted("f".repeat(32))),
+        event_type: None,
+        correlation_id: None,
+        traceparent: None,
+        status: ReplyStatus::Completed { result: json!({}) },
+        timestamp_ms: None,
+    };
+    assert!(h.apply(Event::Reply(stray.clone())).is_empty());
+    stray.request_id = Some(h.current_request());
+    stray.saga_id = Some(SagaId::from_trusted("6".repeat(32)));
+    assert!(
+        h.apply(Event::Reply(stray.clone())).is_empty(),
+        "another saga's reply"
+    );
+    stray.saga_id = Some(h.state.saga_id.clone());
+    stray.request_id = None;
+    stray.event_type = Some("plan_route".into());
+    assert!(
+        h.apply(Event::Reply(stray)).is_empty(),
+        "legacy reply for another command"
+    );
+    assert_eq!(h.state, before);
+}
+
+#[test]
+fn progress_is_recorded_but_not_persisted() {
+    let (mut h, _) = Harness::new();
+    assert!(h.reply(ReplyStatus::Start).is_empty());
+    let effects = h.reply(ReplyStatus::Progress {
+        percent: Some(50.0),
+        details: json!({"stage": "x"}),
+    });
+    assert_eq!(types(&effects), ["step_progress"]);
+    assert_eq!(
+        h.last_event_payload(EventType::StepProgress),
+        json!({"attempt": 1, "progress": 50.0, "details": {"stage": "x"}})
+    );
+}
+
+#[test]
+fn legacy_replies_match_by_command_name() {
+    let (mut h, _) = Harness::new();
+    let reply = Reply {
+        saga_id: Some(h.state.saga_id.clone()),
+        request_id: None,
+        event_type: Some("allocate".into()),
+        correlation_id: None,
+        traceparent: None,
+        status: ReplyStatus::Completed {
+            result: json!({"robot_ids": ["r1"]}),
+        },
+        timestamp_ms: None,
+    };
+    h.apply(Event::Reply(reply));
+    assert_eq!(h.state.results["allocate"], json!({"robot_ids": ["r1"]}));
+}
+
+#[test]
+fn a_compensation_that_cannot_complete_fails_the_saga() {
+    // non-retryable: at once
+    let (mut h, _) = Harness::new();
+    h.complete_steps(1);
+    h.fail(false);
+    let effects = h.fail(false);
+    assert_eq!(
+        types(&effects),
+        ["persist", "compensation_failed", "saga_failed", "finish"]
+    );
+    let p = h.last_event_payload(EventType::SagaFailed);
+    assert_eq!(p["failed_step"], json!("plan"));
+    assert_eq!(p["compensation"], json!("allocate"));
+    assert_eq!(p["error"], json!("boom"));
+    assert_eq!(h.state.phase, Phase::Failed);
+
+    // retryable: after its own retry policy (2 attempts)
+    let (mut h, _) = Harness::new();
+    h.complete_steps(1);
+    h.fail(false);
+    h.fail(true);
+    assert_eq!(
+        h.last_event_payload(EventType::CompensationRetrying),
+        json!({"attempt": 2, "delay_ms": 50})
+    );
+    h.tick_at(h.deadline());
+    let d = h.deadline();
+    let effects = h.tick_at(d);
+    assert_eq!(
+        types(&effects),
+        ["persist", "compensation_timed_out", "saga_failed", "finish"]
+    );
+}
+
+#[test]
+fn an_input_that_cannot_be_built_fails_the_step_and_unwinds() {
+    let (mut h, _) = Harness::new();
+    let effects = h.complete(json!({"no_robot_ids": true}));
+    assert_eq!(
+        types(&effects),
+        [
+            "persist",
+            "step_completed",
+            "step_failed",
+            "compensation_started",
+            "send release#1",
+            "timer"
+        ]
+    );
+    let p = h.last_event_payload(EventType::StepFailed);
+    assert!(
+        p["error"]
+            .as_str()
+            .unwrap()
+            .contains("${steps.allocate.result.robot_ids}"),
+        "{p}"
+    );
+    assert_eq!(p["retryable"], json!(false));
+}
+
+#[test]
+fn events_carry_the_status_after_them() {
+    let (mut h, _) = Harness::new();
+    h.complete_steps(1);
+    h.fail(false);
+    h.complete(json!({}));
+    let statuses: Vec<(EventType, SagaStatus)> =
+        h.events().into_iter().map(|(t, _, s)| (t, s)).collect();
+    use EventType::*;
+    use SagaStatus::*;
+    assert_eq!(
+        statuses,
+        [
+            (SagaStarted, Running),
+            (StepStarted, Running),
+            (StepCompleted, Running),
+            (StepStarted, Running),
+            (StepFailed, Compensating),
+            (CompensationStarted, Compensating),
+            (CompensationCompleted, Compensating),
+            (SagaCompensated, Compensated),
+        ]
+    );
+}
+
+#[test]
+fn state_survives_a_round_trip_through_json() {
+    let (mut h, _) = Harness::new();
+    h.fail(true);
+    let text = serde_json::to_string(&h.state).unwrap();
+    let back: SagaState = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, h.state);
+}

@@ -1,0 +1,189 @@
+//! Redis Streams plumbing shared by the daemon and the handler SDK:
+//! connections suited to blocking reads, and decoding of read replies into
+//! entries without trusting their content.
+
+use crate::protocol::RawFields;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, RedisResult, Value};
+use std::time::Duration;
+
+/// One stream entry as read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub stream: String,
+    pub id: String,
+    pub fields: RawFields,
+    /// Set when the entry cannot be read as fields at all (a field name
+    /// that is not UTF-8, an odd number of items): it is malformed input.
+    pub malformed: Option<String>,
+}
+
+/// A connection for one blocking read loop. redis-rs gives async
+/// connections a 500 ms response timeout by default; a `BLOCK` longer than
+/// that would fail client-side while staying live on the server, so blocking
+/// readers get their own connection with a timeout well above their `BLOCK`.
+pub async fn blocking_connection(
+    client: &Client,
+    block: Duration,
+) -> RedisResult<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(block + Duration::from_secs(5)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+/// A shared, reconnecting connection for short commands.
+pub async fn command_connection(
+    client: &Client,
+    response_timeout: Duration,
+) -> RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(2));
+    client.get_connection_manager_with_config(config).await
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn bytes(v: &Value) -> Vec<u8> {
+    match v {
+        Value::BulkString(b) => b.clone(),
+        Value::SimpleString(s) => s.clone().into_bytes(),
+        Value::Int(i) => i.to_string().into_bytes(),
+        Value::Double(d) => d.to_string().into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+/// Pairs of a RESP2 array or a RESP3 map.
+fn pairs(v: &Value) -> Option<Vec<(&Value, &Value)>> {
+    match v {
+        Value::Array(items) if items.len() % 2 == 0 => {
+            Some(items.chunks(2).map(|c| (&c[0], &c[1])).collect())
+        }
+        Value::Map(items) => Some(items.iter().map(|(k, v)| (k, v)).collect()),
+        _ => None,
+    }
+}
+
+fn decode_entry(stream: &str, v: &Value) -> Option<Entry> {
+    let Value::Array(parts) = v else { return None };
+    let id = text(parts.first()?)?;
+    let mut entry = Entry {
+        stream: stream.to_owned(),
+        id,
+        fields: RawFields::new(),
+        malformed: None,
+    };
+    match parts.get(1) {
+        // An entry deleted while still pending reads back as nil.
+        None | Some(Value::Nil) => entry.malformed = Some("entry was deleted".into()),
+        Some(body) => match pairs(body) {
+            None => entry.malformed = Some("entry fields are not name/value pairs".into()),
+            Some(pairs) => {
+                for (k, v) in pairs {
+                    match text(k) {
+                        Some(name) => {
+                            entry.fields.insert(name, bytes(v));
+                        }
+                        None => entry.malformed = Some("a field name is not valid UTF-8".into()),
+                    }
+                }
+            }
+        },
+    }
+    Some(entry)
+}
+
+/// Decodes the reply of `XREAD` / `XREADGROUP` (nil when the block timed
+/// out). Entries whose id cannot be read are dropped: they cannot be
+/// acknowledged or skipped by id anyway.
+pub fn decode_read_reply(v: &Value) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let streams: Vec<(&Value, &Value)> = match v {
+        Value::Nil => return out,
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|s| match s {
+                Value::Array(kv) if kv.len() == 2 => Some((&kv[0], &kv[1])),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(items) => items.iter().map(|(k, v)| (k, v)).collect(),
+        _ => return out,
+    };
+    for (key, entries) in streams {
+        let stream = text(key).unwrap_or_default();
+        if let Value::Array(entries) = entries {
+            out.extend(entries.iter().filter_map(|e| decode_entry(&stream, e)));
+        }
+    }
+    out
+}
+
+/// Decodes the entries part of an `XAUTOCLAIM` reply: `[cursor, entries, deleted]`.
+pub fn decode_autoclaim_reply(stream: &str, v: &Value) -> (String, Vec<Entry>) {
+    let Value::Array(parts) = v else {
+        return ("0-0".into(), Vec::new());
+    };
+    let cursor = parts.first().and_then(text).unwrap_or_else(|| "0-0".into());
+    let entries = match parts.get(1) {
+        Some(Value::Array(entries)) => entries
+            .iter()
+            .filter_map(|e| decode_entry(stream, e))
+            .collect(),
+        _ => Vec::new(),
+    };
+    (cursor, entries)
+}
+
+/// True for the error Redis gives when a consumer group already exists.
+pub fn is_busygroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("BUSYGROUP") || e.to_string().contains("BUSYGROUP")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &[u8]) -> Value {
+        Value::BulkString(s.to_vec())
+    }
+
+    #[test]
+    fn decodes_entries_and_flags_malformed_ones() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk(b"mission:start"),
+            Value::Array(vec![
+                Value::Array(vec![
+                    bulk(b"1-0"),
+                    Value::Array(vec![bulk(b"area"), bulk(b"hall-a")]),
+                ]),
+                Value::Array(vec![
+                    bulk(b"2-0"),
+                    Value::Array(vec![bulk(&[0xff]), bulk(b"x")]),
+                ]),
+                Value::Array(vec![bulk(b"3-0"), Value::Nil]),
+            ]),
+        ])]);
+        let entries = decode_read_reply(&reply);
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[0].stream, "mission:start");
+        assert_eq!(entries[0].fields["area"], b"hall-a");
+        assert!(entries[0].malformed.is_none());
+        assert!(entries[1].malformed.as_deref().unwrap().contains("UTF-8"));
+        assert!(entries[2].malformed.is_some());
+        assert!(decode_read_reply(&Value::Nil).is_empty());
+    }
+}
