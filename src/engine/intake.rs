@@ -16,7 +16,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let mut conn = None;
     let mut delay = Duration::from_millis(100);
     let mut failing = false;
-    loop {
+    while !shared.shutdown.is_cancelled() {
         // Take no more entries than there is room for sagas.
         let room = shared
             .permits
@@ -60,11 +60,10 @@ pub(super) async fn run(shared: Arc<Shared>) {
         for _ in &triggers {
             cmd.arg(">");
         }
-        let read = cmd.query_async::<redis::Value>(c);
-        let reply = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            reply = read => reply,
-        };
+        // The read is never abandoned for a stop: an abandoned XREADGROUP
+        // stays live on the server and can move an entry into our pending
+        // list unseen. It ends within `block`, and what it took is started.
+        let reply = cmd.query_async::<redis::Value>(c).await;
         match reply {
             Ok(value) => {
                 if failing {

@@ -15,11 +15,12 @@
 //! `request_id` handled at the same moment both run, which the contract
 //! asks handlers to tolerate (they must be idempotent).
 
-use super::redis_io::{retrying, xadd, Entry};
+use super::redis_io::{retrying, xadd};
 use super::runner::{Routes, Shared};
 use super::{now_ms, Context, Handle, HandlerError};
 use crate::protocol::reply::reply_fields;
 use crate::protocol::{fields as f, text_field, Command, ReplyStatus};
+use crate::streams::Entry;
 use redis::aio::ConnectionManager;
 use redis::RedisResult;
 use serde_json::Map;
@@ -45,8 +46,17 @@ pub(super) async fn handle_entry(
     entry: Entry,
     _permit: OwnedSemaphorePermit,
 ) {
-    let Entry { id, fields } = entry;
+    let Entry {
+        id,
+        fields,
+        malformed,
+        ..
+    } = entry;
     let mut conn = shared.writer.clone();
+    if let Some(reason) = malformed {
+        tracing::warn!(%stream, entry_id = %id, %reason, "malformed command skipped");
+        return ack(&mut conn, &shared, &stream, &id).await;
+    }
     if let Ok(Some(event_type)) = text_field(&fields, f::EVENT_TYPE) {
         if !routes.contains_key(event_type) {
             tracing::debug!(%stream, entry_id = %id, event_type, "not ours; acknowledged");

@@ -1,13 +1,14 @@
 //! The runner: reads each command stream through the group on a
 //! connection of its own, takes over what a crashed instance left pending,
-//! and hands every entry to a task of its own ([`super::exchange`]).
+//! and hands every entry to a task of its own (see `exchange.rs`).
 
 use super::exchange::handle_entry;
-use super::redis_io::{decode_autoclaim, decode_read, Backoff, Entry};
+use super::redis_io::Backoff;
 use super::{Handle, RunError};
 use crate::protocol::ids::new_uuid_hex;
+use crate::streams::{self, decode_autoclaim_reply, decode_read_reply, Entry};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, RedisResult, Value};
+use redis::{RedisResult, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +22,6 @@ const BATCH: usize = 64;
 /// (an abandoned read stays live on the server and can move an entry into
 /// the pending list unseen), so this is the longest a stop waits for it.
 const BLOCK: Duration = Duration::from_millis(1000);
-/// Response timeout of the reading connections: longer than `BLOCK`, so a
-/// blocking read is never cut short, yet finite, so a dead link is noticed.
-const READ_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default bound on commands handled at once. Handlers mostly wait on IO,
 /// so many can run together; the bound keeps a flooded stream from growing
 /// tasks and memory without limit (the reader stops reading until a slot is
@@ -202,13 +199,7 @@ impl Reader {
         let mut conn = match &self.conn {
             Some(conn) => conn.clone(),
             None => {
-                let cfg = AsyncConnectionConfig::new()
-                    .set_response_timeout(Some(READ_RESPONSE_TIMEOUT))
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT));
-                let conn = self
-                    .client
-                    .get_multiplexed_async_connection_with_config(&cfg)
-                    .await?;
+                let conn = streams::blocking_connection(&self.client, BLOCK).await?;
                 self.conn.insert(conn).clone()
             }
         };
@@ -224,7 +215,7 @@ impl Reader {
                 .query_async(&mut conn)
                 .await;
             match created {
-                Err(e) if e.code() != Some("BUSYGROUP") => return Err(e),
+                Err(e) if !streams::is_busygroup(&e) => return Err(e),
                 _ => self.group_ready = true,
             }
         }
@@ -245,7 +236,7 @@ impl Reader {
             .arg(">")
             .query_async(&mut conn)
             .await?;
-        self.dispatch(decode_read(reply)).await;
+        self.dispatch(decode_read_reply(&reply)).await;
         Ok(())
     }
 
@@ -263,15 +254,15 @@ impl Reader {
                 .arg(BATCH)
                 .query_async(conn)
                 .await?;
-            let (next, entries) = decode_autoclaim(reply);
+            let (next, entries) = decode_autoclaim_reply(&self.stream, &reply);
             if !entries.is_empty() {
                 tracing::info!(stream = %self.stream, count = entries.len(), "took over pending commands");
             }
             self.dispatch(entries).await;
-            match next {
-                Some(next) if next != "0-0" && next != "0" => cursor = next,
-                _ => return Ok(()),
+            if next == "0-0" || next == "0" {
+                return Ok(());
             }
+            cursor = next;
         }
     }
 
