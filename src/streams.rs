@@ -132,6 +132,17 @@ pub fn decode_read_reply(v: &Value) -> Vec<Entry> {
     out
 }
 
+/// Decodes the reply of `XRANGE` / `XREVRANGE` on `stream`.
+pub fn decode_range_reply(stream: &str, v: &Value) -> Vec<Entry> {
+    match v {
+        Value::Array(entries) => entries
+            .iter()
+            .filter_map(|e| decode_entry(stream, e))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Decodes the entries part of an `XAUTOCLAIM` reply: `[cursor, entries, deleted]`.
 pub fn decode_autoclaim_reply(stream: &str, v: &Value) -> (String, Vec<Entry>) {
     let Value::Array(parts) = v else {

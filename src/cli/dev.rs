@@ -90,6 +90,7 @@ async fn demo(args: DevArgs) -> Result<ExitCode, String> {
     let shutdown = CancellationToken::new();
     super::signals::on_stop_signal(shutdown.clone());
     let events_stream = settings.events_stream.clone();
+    let trigger_stream = settings.trigger_stream.clone();
     let daemon = engine::Daemon::start(settings, catalog, shutdown.clone())
         .await
         .map_err(|e| e.to_string())?;
@@ -103,7 +104,8 @@ async fn demo(args: DevArgs) -> Result<ExitCode, String> {
         shutdown.clone(),
     ));
 
-    let outcome = follow_one_mission(&client, &events_stream, &args, &shutdown).await;
+    let outcome =
+        follow_one_mission(&client, &trigger_stream, &events_stream, &args, &shutdown).await;
     shutdown.cancel();
     daemon.wait().await;
     let _ = handlers.await;
@@ -113,6 +115,7 @@ async fn demo(args: DevArgs) -> Result<ExitCode, String> {
 /// Starts the mission and prints its events until its terminal one.
 async fn follow_one_mission(
     client: &redis::Client,
+    trigger_stream: &str,
     events_stream: &str,
     args: &DevArgs,
     shutdown: &CancellationToken,
@@ -133,17 +136,13 @@ async fn follow_one_mission(
         .query_async(&mut conn)
         .await
         .map_err(|e| e.to_string())?;
-    let mut from =
-        streams::decode_read_reply(&redis::Value::Array(vec![redis::Value::Array(vec![
-            redis::Value::BulkString(events_stream.as_bytes().to_vec()),
-            last,
-        ])]))
+    let mut from = streams::decode_range_reply(events_stream, &last)
         .pop()
         .map_or_else(|| "0-0".to_owned(), |e| e.id);
 
     let correlation_id = CorrelationId::generate();
     let _: String = redis::cmd("XADD")
-        .arg("mission:start")
+        .arg(trigger_stream)
         .arg("*")
         .arg(f::SAGA)
         .arg(&args.saga)

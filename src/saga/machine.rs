@@ -141,10 +141,13 @@ impl Machine<'_> {
         if self.effects.is_empty() {
             return self.effects;
         }
-        let changed = self
-            .effects
-            .iter()
-            .any(|e| !matches!(e, Effect::Emit(ev) if ev.event_type == EventType::StepProgress || ev.event_type == EventType::CompensationProgress));
+        // Progress is recorded on the audit stream but changes no state.
+        let changed = !self.effects.iter().all(|e| {
+            matches!(e, Effect::Emit(ev) if matches!(
+                ev.event_type,
+                EventType::StepProgress | EventType::CompensationProgress
+            ))
+        });
         if changed {
             self.effects.insert(0, Effect::Persist);
         }
@@ -234,7 +237,7 @@ impl Machine<'_> {
                     Some(&name),
                     json!({ "attempt": attempt, "error": reason, "retryable": false }),
                 );
-                self.after_unwind_started();
+                self.next_compensation();
             }
         }
     }
@@ -525,7 +528,7 @@ impl Machine<'_> {
                     failed_event,
                     timed_out_event,
                 );
-                self.after_unwind_started();
+                self.next_compensation();
             }
             CommandKind::Compensation => {
                 self.state.phase = Phase::Failed;
@@ -606,10 +609,6 @@ impl Machine<'_> {
                 self.state.skipped.push(self.def.steps[i].name.clone());
             }
         }
-    }
-
-    fn after_unwind_started(&mut self) {
-        self.next_compensation();
     }
 
     fn next_compensation(&mut self) {
