@@ -176,21 +176,15 @@ fn log_event(event: &SagaEvent) {
 /// persisted, and the entry unacknowledged.
 pub(super) async fn write_until_done(shared: &Shared, transition: &Transition<'_>) -> bool {
     let mut delay = Duration::from_millis(50);
-    let mut warned = false;
     let mut conn = shared.conn.clone();
     loop {
         match transition.write(&mut conn, &shared.settings).await {
             Ok(()) => {
-                if warned {
-                    tracing::info!("write succeeded after Redis errors");
-                }
+                shared.writes.succeeded();
                 return true;
             }
             Err(e) => {
-                if !warned {
-                    tracing::warn!(error = %e, "writing a saga transition failed; retrying");
-                    warned = true;
-                }
+                shared.writes.failed(&e);
                 if !pause(&shared.shutdown, delay).await {
                     return false;
                 }
@@ -232,7 +226,7 @@ async fn claim_idempotency_key(
             Ok((Some(_), _)) => return Some(Claim::Ours),
             Ok((None, existing)) => return Some(Claim::Taken(existing.unwrap_or_default())),
             Err(e) => {
-                tracing::warn!(error = %e, "claiming the idempotency key failed; retrying");
+                shared.writes.failed(&e);
                 if !pause(&shared.shutdown, delay).await {
                     return None;
                 }

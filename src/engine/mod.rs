@@ -22,6 +22,7 @@ use crate::definition::Catalog;
 use crate::streams;
 use redis::aio::ConnectionManager;
 use router::Router;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -56,6 +57,28 @@ pub(crate) struct Shared {
     pub tracker: TaskTracker,
     /// One permit per in-flight saga.
     pub permits: Arc<Semaphore>,
+    pub writes: WriteHealth,
+}
+
+/// Whether saga writes are failing, so that thousands of sagas waiting on
+/// one Redis outage log it once when it starts and once when it ends.
+#[derive(Default)]
+pub(crate) struct WriteHealth {
+    failing: AtomicBool,
+}
+
+impl WriteHealth {
+    pub fn failed(&self, error: &redis::RedisError) {
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(%error, "writing saga transitions fails; sagas wait and retry");
+        }
+    }
+
+    pub fn succeeded(&self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!("saga transitions are written again");
+        }
+    }
 }
 
 /// A running daemon.
@@ -90,6 +113,7 @@ impl Daemon {
             router: Router::default(),
             shutdown,
             tracker: TaskTracker::new(),
+            writes: WriteHealth::default(),
         });
         tracing::info!(
             node_id = %shared.settings.node_id,
