@@ -1,8 +1,10 @@
 //! Loading and checking definition files, with `file:line:column` errors.
 
 use super::model::*;
-use super::raw::{RawCompensation, RawRetry, RawSaga, RawStep};
+use super::raw::{RawCompensation, RawNode, RawRetry, RawSaga, RawStep};
+use super::template;
 use super::template::{Scope, Template};
+use serde_json::Value;
 use serde_saphyr::{Location, Spanned};
 use std::collections::HashMap;
 use std::fmt;
@@ -330,17 +332,37 @@ impl Checker<'_> {
         }
     }
 
-    fn template(
-        &mut self,
-        raw: &Spanned<serde_json::Value>,
-        scope: &Scope<'_>,
-    ) -> Option<Template> {
-        match Template::parse(&raw.value, scope) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                self.error(raw.referenced, e);
-                None
-            }
+    /// Checks a template, reporting every bad expression where it stands.
+    fn template(&mut self, raw: &Spanned<RawNode>, scope: &Scope<'_>) -> Option<Template> {
+        let errors_before = self.errors.len();
+        let template = self.node(raw, scope, "input");
+        (self.errors.len() == errors_before).then_some(template)
+    }
+
+    fn node(&mut self, raw: &Spanned<RawNode>, scope: &Scope<'_>, path: &str) -> Template {
+        match &raw.value {
+            RawNode::Null => Template::Literal(Value::Null),
+            RawNode::Bool(b) => Template::Literal(Value::Bool(*b)),
+            RawNode::Int(i) => Template::Literal(Value::from(*i)),
+            RawNode::UInt(u) => Template::Literal(Value::from(*u)),
+            RawNode::Float(f) => Template::Literal(Value::from(*f)),
+            RawNode::Str(s) => template::parse_text(s, scope).unwrap_or_else(|e| {
+                self.error(raw.referenced, format!("{path}: {e}"));
+                Template::Literal(Value::Null)
+            }),
+            RawNode::Seq(items) => Template::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| self.node(item, scope, &format!("{path}[{i}]")))
+                    .collect(),
+            ),
+            RawNode::Map(entries) => Template::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.clone(), self.node(v, scope, &format!("{path}.{k}"))))
+                    .collect(),
+            ),
         }
     }
 

@@ -22,7 +22,7 @@ pub struct RawStep {
     pub command: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub retry: Option<Spanned<RawRetry>>,
-    pub input: Option<Spanned<serde_json::Value>>,
+    pub input: Option<Spanned<RawNode>>,
     pub compensation: Option<Spanned<RawCompensation>>,
 }
 
@@ -42,5 +42,83 @@ pub struct RawCompensation {
     pub stream: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub retry: Option<Spanned<RawRetry>>,
-    pub input: Option<Spanned<serde_json::Value>>,
+    pub input: Option<Spanned<RawNode>>,
+}
+
+/// A YAML value with the location of every node, so that a bad template
+/// expression is reported where it is written, not where its block starts.
+#[derive(Debug)]
+pub enum RawNode {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Spanned<RawNode>>),
+    Map(Vec<(String, Spanned<RawNode>)>),
+}
+
+impl<'de> Deserialize<'de> for RawNode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NodeVisitor {
+    type Value = RawNode;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a YAML value")
+    }
+
+    fn visit_unit<E>(self) -> Result<RawNode, E> {
+        Ok(RawNode::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<RawNode, E> {
+        Ok(RawNode::Null)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<RawNode, E> {
+        Ok(RawNode::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<RawNode, E> {
+        Ok(RawNode::Int(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<RawNode, E> {
+        Ok(RawNode::UInt(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<RawNode, E> {
+        Ok(RawNode::Float(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<RawNode, E> {
+        Ok(RawNode::Str(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<RawNode, E> {
+        Ok(RawNode::Str(v))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawNode, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Spanned<RawNode>>()? {
+            items.push(item);
+        }
+        Ok(RawNode::Seq(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawNode, A::Error> {
+        let mut entries = Vec::new();
+        while let Some((key, value)) = map.next_entry::<String, Spanned<RawNode>>()? {
+            entries.push((key, value));
+        }
+        Ok(RawNode::Map(entries))
+    }
 }

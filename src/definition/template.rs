@@ -140,7 +140,7 @@ impl Template {
 
 fn parse_at(value: &Value, scope: &Scope<'_>, at: &str) -> Result<Template, String> {
     Ok(match value {
-        Value::String(s) => parse_string(s, scope).map_err(|e| format!("{at}: {e}"))?,
+        Value::String(s) => parse_text(s, scope).map_err(|e| format!("{at}: {e}"))?,
         Value::Array(items) => Template::Array(
             items
                 .iter()
@@ -157,7 +157,8 @@ fn parse_at(value: &Value, scope: &Scope<'_>, at: &str) -> Result<Template, Stri
     })
 }
 
-fn parse_string(s: &str, scope: &Scope<'_>) -> Result<Template, String> {
+/// Checks one string of a template.
+pub fn parse_text(s: &str, scope: &Scope<'_>) -> Result<Template, String> {
     let mut parts = Vec::new();
     let mut text = String::new();
     let mut rest = s;

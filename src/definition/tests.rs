@@ -70,7 +70,7 @@ fn references_to_unknown_steps_are_refused() {
     let text = GOOD.replace("steps.allocate_resources.result", "steps.allocate.result");
     let err = error_of(&text);
     assert!(
-        err.starts_with("sagas/m.yaml:15:7: input.robot_ids: "),
+        err.starts_with("sagas/m.yaml:15:18: input.robot_ids: "),
         "{err}"
     );
     assert!(err.contains("no step has that name"), "{err}");
@@ -83,7 +83,7 @@ fn references_to_later_steps_are_refused() {
         "area: ${steps.plan_route.result.area}",
     );
     let err = error_of(&text);
-    assert!(err.starts_with("sagas/m.yaml:9:7: input.area: "), "{err}");
+    assert!(err.starts_with("sagas/m.yaml:9:13: input.area: "), "{err}");
     assert!(err.contains("has not run yet"), "{err}");
 }
 
@@ -182,4 +182,51 @@ fn an_empty_directory_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let msg = load_dir(dir.path()).unwrap_err().to_string();
     assert!(msg.contains("no saga definitions"), "{msg}");
+}
+
+#[test]
+fn every_bad_expression_is_reported_where_it_is_written() {
+    let text = GOOD.replace(
+        "      robot_ids: ${steps.allocate_resources.result.robot_ids}\n",
+        "      zone: ${input.area}\n      robot_ids: ${steps.allocate.result.robot_ids}\n      list: [1, '${nope}']\n",
+    );
+    let errs = load_str(Path::new("m.yaml"), &text).unwrap_err();
+    let lines: Vec<String> = errs.0.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].starts_with("m.yaml:16:18: input.robot_ids: "),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with("m.yaml:17:17: input.list[1]: "),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn template_literals_keep_their_types() {
+    let text = GOOD.replace(
+        "      area: ${input.area}\n",
+        "      area: ${input.area}\n      n: 3\n      f: 1.5\n      ok: true\n      none: null\n",
+    );
+    let def = load_str(Path::new("m.yaml"), &text).unwrap();
+    let rendered = def.steps[0]
+        .input
+        .as_ref()
+        .unwrap()
+        .render(
+            &template::Context {
+                input: &serde_json::json!({"area": "a"}),
+                results: &Default::default(),
+                saga_id: "s",
+                correlation_id: "c",
+                failure: None,
+            },
+            false,
+        )
+        .unwrap();
+    assert_eq!(
+        rendered,
+        serde_json::json!({"area": "a", "n": 3, "f": 1.5, "ok": true, "none": null})
+    );
 }

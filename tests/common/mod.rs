@@ -1,0 +1,523 @@
+//! Shared fixtures of the engine tests: a throwaway redis-server, the daemon
+//! and the simulated handlers in-process, a raw handler speaking the wire
+//! contract with plain Redis commands, and bounded readers of `saga:events`.
+#![allow(dead_code)]
+
+use redis::aio::MultiplexedConnection;
+use sagaflow::config::Settings;
+use sagaflow::definition::{catalog_from_str, load_dir, Catalog};
+use sagaflow::engine::Daemon;
+use sagaflow::handler::simulated::{run_simulated_handlers, SimulationOptions};
+use sagaflow::streams::decode_read_reply;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The longest a saga of these tests may take to end.
+pub const SAGA_WAIT: Duration = Duration::from_secs(10);
+/// The longest any start, stop or single Redis command here may take.
+pub const STOP_WAIT: Duration = Duration::from_secs(5);
+
+pub const TERMINAL: [&str; 5] = [
+    "saga_completed",
+    "saga_compensated",
+    "saga_failed",
+    "saga_rejected",
+    "saga_duplicate",
+];
+
+pub const MISSION_STEPS: [&str; 4] = [
+    "allocate_resources",
+    "plan_route",
+    "perform_exploration",
+    "integrate_maps",
+];
+
+// ---------------------------------------------------------------- Redis
+
+/// A redis-server on a free loopback port with its data in a temp dir,
+/// killed when dropped.
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        for _ in 0..10 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free loopback port")
+                .port();
+            assert_ne!(port, 6379, "never the default Redis port");
+            let mut child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (apt-get install -y redis-server)");
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+            let started = Instant::now();
+            while started.elapsed() < STOP_WAIT {
+                let pong = client
+                    .get_connection_with_timeout(Duration::from_millis(200))
+                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+                if pong.is_ok() {
+                    let _dir = dir;
+                    return Self { child, port, _dir };
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break; // the port was taken meanwhile: try another one
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start on any free port");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).unwrap()
+    }
+
+    pub async fn conn(&self) -> MultiplexedConnection {
+        let client = self.client();
+        let conn = client.get_multiplexed_async_connection();
+        must("a connection", conn).await
+    }
+
+    /// A connection whose response timeout allows reads blocking `block`.
+    pub async fn blocking_conn(&self, block: Duration) -> MultiplexedConnection {
+        let client = self.client();
+        let conn = sagaflow::streams::blocking_connection(&client, block);
+        must("a connection", conn).await
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Awaits `fut` for at most [`STOP_WAIT`]; panics naming `what` after that.
+pub async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(STOP_WAIT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what} took longer than {STOP_WAIT:?}"),
+    }
+}
+
+/// [`bounded`], and the result must be `Ok`.
+pub async fn must<T, E: std::fmt::Display>(
+    what: &str,
+    fut: impl Future<Output = Result<T, E>>,
+) -> T {
+    bounded(what, fut)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+pub fn now_ms() -> u64 {
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    since_epoch.as_millis() as u64
+}
+
+pub fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A command from words without spaces.
+pub fn words(words: &str) -> redis::Cmd {
+    let mut words = words.split_whitespace();
+    let mut cmd = redis::cmd(words.next().expect("a command name"));
+    for word in words {
+        cmd.arg(word);
+    }
+    cmd
+}
+
+/// Adds one entry (values may be text or raw bytes); returns its id.
+pub async fn xadd<V: redis::ToRedisArgs>(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    fields: &[(&str, V)],
+) -> String {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*").arg(fields);
+    must("XADD", cmd.query_async(conn)).await
+}
+
+/// Starts the reference mission through its trigger stream.
+pub async fn start_mission(conn: &mut MultiplexedConnection, correlation_id: &str, input: &Value) {
+    let payload = input.to_string();
+    let fields = [("correlation_id", correlation_id), ("payload", &payload)];
+    xadd(conn, "mission:start", &fields).await;
+}
+
+/// Entries of `stream` that `group` has read but not acknowledged.
+pub async fn pending_count(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> i64 {
+    let mut cmd = redis::cmd("XPENDING");
+    cmd.arg(stream).arg(group);
+    let summary: (i64, redis::Value, redis::Value, redis::Value) =
+        must("XPENDING", cmd.query_async(conn)).await;
+    summary.0
+}
+
+/// Every entry of a stream, oldest first, with its values as lossy text.
+pub async fn xrange(conn: &mut MultiplexedConnection, stream: &str) -> Vec<Fields> {
+    let mut cmd = redis::cmd("XREAD");
+    cmd.arg("COUNT")
+        .arg(100_000)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg("0-0");
+    let reply: redis::Value = must("XREAD", cmd.query_async(conn)).await;
+    decode_read_reply(&reply)
+        .iter()
+        .map(|e| lossy(&e.fields))
+        .collect()
+}
+
+// ---------------------------------------------------------- definitions
+
+pub fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The reference mission, as `sagas/` defines it.
+pub fn mission_catalog() -> Catalog {
+    load_dir(&manifest_dir().join("sagas")).expect("sagas/ loads")
+}
+
+/// A catalog of one definition written in the test.
+pub fn catalog(yaml: &str) -> Catalog {
+    catalog_from_str(Path::new("test.yaml"), yaml).unwrap_or_else(|e| panic!("{e}"))
+}
+
+// ------------------------------------------------- daemon and handlers
+
+/// Settings for a test daemon: short blocking reads so that stops are quick.
+pub fn test_settings(server: &RedisServer) -> Settings {
+    Settings {
+        redis_url: server.url(),
+        block: Duration::from_millis(200),
+        shutdown_grace: Duration::from_secs(2),
+        ..Settings::default()
+    }
+}
+
+/// A task run until its token is cancelled; cancelled when dropped.
+pub struct Running<T> {
+    token: CancellationToken,
+    handle: Option<JoinHandle<T>>,
+}
+
+impl<T> Running<T> {
+    /// Cancels the task and waits for it, at most [`STOP_WAIT`].
+    pub async fn stop(mut self) -> T {
+        self.token.cancel();
+        let handle = self.handle.take().expect("stopped once");
+        must("a stop", handle).await
+    }
+}
+
+impl<T> Drop for Running<T> {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// Starts the daemon in this process; stopping it gives back its settings.
+pub async fn start_daemon(server: &RedisServer, catalog: Catalog) -> Running<Settings> {
+    start_daemon_with(test_settings(server), catalog).await
+}
+
+pub async fn start_daemon_with(settings: Settings, catalog: Catalog) -> Running<Settings> {
+    let token = CancellationToken::new();
+    let start = Daemon::start(settings.clone(), catalog, token.clone());
+    let daemon = must("the daemon's start", start).await;
+    let handle = Some(tokio::spawn(async move {
+        daemon.wait().await;
+        settings
+    }));
+    Running { token, handle }
+}
+
+/// The simulated mission handlers, running in this process.
+pub fn start_simulated(server: &RedisServer, opts: SimulationOptions) -> Running<()> {
+    let token = CancellationToken::new();
+    let run = run_simulated_handlers(server.client(), opts, token.clone());
+    let handle = Some(tokio::spawn(async move {
+        run.await.expect("simulated handlers")
+    }));
+    Running { token, handle }
+}
+
+// ---------------------------------------------------------- raw handler
+
+/// A stream entry's fields as text (values not UTF-8 are replaced).
+pub type Fields = BTreeMap<String, String>;
+/// An entry to write: raw field names and values.
+pub type RawEntry = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn lossy(fields: &sagaflow::protocol::RawFields) -> Fields {
+    let text = |v: &Vec<u8>| String::from_utf8_lossy(v).into_owned();
+    fields.iter().map(|(k, v)| (k.clone(), text(v))).collect()
+}
+
+/// A command as the raw handler received it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub stream: String,
+    pub fields: Fields,
+    pub received_ms: u64,
+}
+
+impl Received {
+    pub fn get(&self, name: &str) -> &str {
+        let fields = &self.fields;
+        fields
+            .get(name)
+            .unwrap_or_else(|| panic!("no `{name}` in {fields:?}"))
+    }
+}
+
+/// Starts a handler written with plain Redis commands: it reads `streams`
+/// through consumer group `group` (created at `0` before this returns),
+/// writes what `respond` returns to each command's `reply_stream`, in order,
+/// then acknowledges. Stopping it returns every command it received.
+pub async fn spawn_raw_handler<F>(
+    server: &RedisServer,
+    streams: &[&str],
+    group: &str,
+    mut respond: F,
+) -> Running<Vec<Received>>
+where
+    F: FnMut(&Fields) -> Vec<RawEntry> + Send + 'static,
+{
+    let mut conn = server.conn().await;
+    for stream in streams {
+        let cmd = words(&format!("XGROUP CREATE {stream} {group} 0 MKSTREAM"));
+        if let Err(e) = cmd.query_async::<()>(&mut conn).await {
+            assert_eq!(e.code(), Some("BUSYGROUP"), "XGROUP CREATE {stream}: {e}");
+        }
+    }
+    let mut reader = server.blocking_conn(Duration::from_millis(100)).await;
+    let streams: Vec<String> = streams.iter().map(|s| s.to_string()).collect();
+    let ids = vec![">"; streams.len()];
+    let group = group.to_owned();
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    let handle = Some(tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while !stop.is_cancelled() {
+            let mut read = words(&format!("XREADGROUP GROUP {group} raw COUNT 16 BLOCK 100"));
+            read.arg("STREAMS").arg(&streams).arg(&ids);
+            let value: redis::Value = read.query_async(&mut reader).await.expect("XREADGROUP");
+            for entry in decode_read_reply(&value) {
+                let fields = lossy(&entry.fields);
+                let received_ms = now_ms();
+                let reply_stream = fields.get("reply_stream").cloned().unwrap_or_default();
+                for reply in respond(&fields) {
+                    let mut xadd = redis::cmd("XADD");
+                    xadd.arg(&reply_stream).arg("*").arg(reply);
+                    xadd.query_async::<String>(&mut conn).await.expect("XADD");
+                }
+                let mut ack = redis::cmd("XACK");
+                ack.arg(&entry.stream).arg(&group).arg(&entry.id);
+                ack.query_async::<i64>(&mut conn).await.expect("XACK");
+                let stream = entry.stream;
+                seen.push(Received {
+                    stream,
+                    fields,
+                    received_ms,
+                });
+            }
+        }
+        seen
+    }));
+    Running { token, handle }
+}
+
+/// An entry from text pairs.
+pub fn entry(pairs: &[(&str, &str)]) -> RawEntry {
+    let bytes = |s: &str| s.as_bytes().to_vec();
+    pairs.iter().map(|(k, v)| (bytes(k), bytes(v))).collect()
+}
+
+/// A reply in the contract's form: ids copied from the command, a span of
+/// the handler's own in the command's trace, then `extra`.
+pub fn reply(cmd: &Fields, status: &str, extra: &[(&str, &str)]) -> RawEntry {
+    let trace_id = cmd["traceparent"]
+        .split('-')
+        .nth(1)
+        .unwrap_or("")
+        .to_owned();
+    let span = format!("{:016x}", uuid::Uuid::new_v4().as_u64_pair().0 | 1);
+    let mut out = entry(&[
+        ("correlation_id", &cmd["correlation_id"]),
+        ("saga_id", &cmd["saga_id"]),
+        ("request_id", &cmd["request_id"]),
+        ("event_type", &cmd["event_type"]),
+        ("traceparent", &format!("00-{trace_id}-{span}-01")),
+        ("parent_span_id", &span),
+        ("status", status),
+        ("timestamp", &now_ms().to_string()),
+    ]);
+    out.extend(entry(extra));
+    out
+}
+
+/// `start`, `progress` 50 and `completed` with `result`.
+pub fn complete_in_stages(cmd: &Fields, result: &Value) -> Vec<RawEntry> {
+    vec![
+        reply(cmd, "start", &[]),
+        reply(cmd, "progress", &[("progress", "50")]),
+        reply(cmd, "completed", &[("result", &result.to_string())]),
+    ]
+}
+
+pub fn failed(cmd: &Fields, error: &str, retryable: bool) -> RawEntry {
+    let retryable = if retryable { "true" } else { "false" };
+    reply(cmd, "failed", &[("error", error), ("retryable", retryable)])
+}
+
+// --------------------------------------------------------------- events
+
+/// One entry of `saga:events`.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub event_type: String,
+    pub status: String,
+    pub saga_id: String,
+    pub correlation_id: String,
+    pub saga: String,
+    pub step: Option<String>,
+    pub payload: Value,
+    pub fields: Fields,
+}
+
+impl Event {
+    fn from_fields(fields: Fields) -> Self {
+        let text = |k: &str| fields.get(k).cloned().unwrap_or_default();
+        let payload = match fields.get("payload") {
+            Some(p) => serde_json::from_str(p).unwrap_or_else(|e| panic!("payload {p}: {e}")),
+            None => Value::Null,
+        };
+        Self {
+            event_type: text("event_type"),
+            status: text("status"),
+            saga_id: text("saga_id"),
+            correlation_id: text("correlation_id"),
+            saga: text("saga"),
+            step: fields.get("step").cloned(),
+            payload,
+            fields,
+        }
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        TERMINAL.contains(&self.event_type.as_str())
+    }
+
+    /// `event_type` or `event_type:step`, for comparing sequences.
+    pub fn label(&self) -> String {
+        match &self.step {
+            Some(step) => format!("{}:{step}", self.event_type),
+            None => self.event_type.clone(),
+        }
+    }
+}
+
+/// One line per event, for failure messages.
+pub fn describe(events: &[Event]) -> String {
+    let line = |e: &Event| {
+        format!(
+            "  {} [{}] {} {}",
+            e.label(),
+            e.status,
+            e.correlation_id,
+            e.payload
+        )
+    };
+    events.iter().map(line).collect::<Vec<_>>().join("\n")
+}
+
+pub fn labels(events: &[Event]) -> Vec<String> {
+    events.iter().map(Event::label).collect()
+}
+
+/// Reads `saga:events` from its beginning until `done` holds for the events
+/// read so far, or panics with them after `within`.
+pub async fn wait_for_events(
+    server: &RedisServer,
+    within: Duration,
+    mut done: impl FnMut(&[Event]) -> bool,
+) -> Vec<Event> {
+    let mut conn = server.blocking_conn(Duration::from_millis(200)).await;
+    let deadline = Instant::now() + within;
+    let mut last_id = "0-0".to_owned();
+    let mut events = Vec::new();
+    loop {
+        if done(&events) {
+            return events;
+        }
+        if Instant::now() >= deadline {
+            panic!(
+                "gave up after {within:?}; events so far:\n{}",
+                describe(&events)
+            );
+        }
+        let mut read = words("XREAD COUNT 1000 BLOCK 200 STREAMS saga:events");
+        read.arg(&last_id);
+        let value: redis::Value = read.query_async(&mut conn).await.expect("XREAD");
+        for e in decode_read_reply(&value) {
+            last_id = e.id;
+            events.push(Event::from_fields(lossy(&e.fields)));
+        }
+    }
+}
+
+/// The events of the saga(s) started with `correlation_id`, up to and
+/// including the first terminal one.
+pub async fn saga_events(server: &RedisServer, correlation_id: &str) -> Vec<Event> {
+    let ours = |e: &Event| e.correlation_id == correlation_id;
+    let ended = |events: &[Event]| events.iter().any(|e| ours(e) && e.is_terminal());
+    let all = wait_for_events(server, SAGA_WAIT, ended).await;
+    let mut out: Vec<Event> = all.into_iter().filter(ours).collect();
+    let end = out.iter().position(Event::is_terminal).unwrap();
+    out.truncate(end + 1);
+    out
+}
+
+/// The one event of this type (and step, when given), or a panic.
+pub fn the_event<'a>(events: &'a [Event], event_type: &str, step: Option<&str>) -> &'a Event {
+    let found: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.event_type == event_type && (step.is_none() || e.step.as_deref() == step))
+        .collect();
+    let all = describe(events);
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {event_type} {step:?} in:\n{all}"
+    );
+    found[0]
+}

@@ -1,0 +1,311 @@
+//! Failures: a step failing at each place of the mission, a compensation
+//! failing, a step that never answers, and a retryable failure.
+
+mod common;
+
+use common::*;
+use sagaflow::handler::simulated::SimulationOptions;
+use serde_json::json;
+
+/// Runs the mission with the simulated handlers set up by `opts`; returns
+/// its events and the commands sent on `resources:commands`.
+async fn mission_with(opts: SimulationOptions, correlation_id: &str) -> (Vec<Event>, Vec<Fields>) {
+    let server = RedisServer::start();
+    let daemon = start_daemon(&server, mission_catalog()).await;
+    let handlers = start_simulated(&server, opts);
+    let mut conn = server.conn().await;
+    start_mission(
+        &mut conn,
+        correlation_id,
+        &json!({"area": "hall-a", "robots": 2}),
+    )
+    .await;
+    let events = saga_events(&server, correlation_id).await;
+    let resources = xrange(&mut conn, "resources:commands").await;
+    handlers.stop().await;
+    daemon.stop().await;
+    (events, resources)
+}
+
+/// A step replying `failed` (not retryable) is not undone itself; the steps
+/// before it are, in reverse order.
+async fn fail_at(failing: &str) {
+    let opts = SimulationOptions {
+        fail_step: Some(failing.into()),
+        ..Default::default()
+    };
+    let (events, resources) = mission_with(opts, &format!("fail-at-{failing}")).await;
+    let at = MISSION_STEPS.iter().position(|s| *s == failing).unwrap();
+    let undone: Vec<&str> = MISSION_STEPS[..at].iter().rev().copied().collect();
+
+    let mut expected = vec!["saga_started".to_owned()];
+    for step in &MISSION_STEPS[..at] {
+        for event in ["step_started", "step_progress", "step_completed"] {
+            expected.push(format!("{event}:{step}"));
+        }
+    }
+    for event in ["step_started", "step_progress", "step_failed"] {
+        expected.push(format!("{event}:{failing}"));
+    }
+    for step in &undone {
+        expected.push(format!("compensation_started:{step}"));
+        expected.push(format!("compensation_progress:{step}"));
+        expected.push(format!("compensation_completed:{step}"));
+    }
+    expected.push("saga_compensated".into());
+    assert_eq!(labels(&events), expected, "\n{}", describe(&events));
+
+    let failed = the_event(&events, "step_failed", Some(failing));
+    assert_eq!(failed.payload["retryable"], false);
+    assert_eq!(failed.payload["attempt"], 1);
+    assert!(failed.payload["error"].as_str().unwrap().contains(failing));
+    assert_eq!(failed.status, "compensating");
+    for step in &undone {
+        let started = the_event(&events, "compensation_started", Some(step));
+        assert_eq!(started.payload["kind"], "compensation");
+        assert_eq!(started.payload["attempt"], 1);
+        assert_eq!(started.status, "compensating");
+        let completed = the_event(&events, "compensation_completed", Some(step));
+        assert_eq!(completed.status, "compensating");
+    }
+    let end = events.last().unwrap();
+    assert_eq!(end.status, "compensated");
+    assert_eq!(end.payload["failed_step"], failing);
+    assert!(end.payload["reason"].as_str().unwrap().contains(failing));
+    assert_eq!(end.payload["compensated"], json!(undone));
+
+    // Without an input template, a compensation gets the whole context.
+    let releases: Vec<&Fields> = resources
+        .iter()
+        .filter(|c| c["event_type"] == "release_resources")
+        .collect();
+    if undone.is_empty() {
+        assert!(releases.is_empty(), "{releases:#?}");
+        return;
+    }
+    assert_eq!(releases.len(), 1, "{resources:#?}");
+    let release = releases[0];
+    assert_eq!(release["kind"], "compensation");
+    assert_eq!(release["step"], "allocate_resources");
+    assert_eq!(release["attempt"], "1");
+    let payload: serde_json::Value = serde_json::from_str(&release["payload"]).unwrap();
+    assert_eq!(payload["input"], json!({"area": "hall-a", "robots": 2}));
+    assert_eq!(
+        payload["steps"]["allocate_resources"]["result"]["robot_ids"],
+        json!(["robot-1", "robot-2"])
+    );
+    assert_eq!(payload["failure"]["step"], failing);
+    assert_eq!(payload["failure"]["reason"], end.payload["reason"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_first_step_undoes_nothing() {
+    fail_at("allocate_resources").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_second_step_undoes_the_first() {
+    fail_at("plan_route").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_third_step_undoes_the_first_two_in_reverse() {
+    fail_at("perform_exploration").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_last_step_undoes_the_three_before_it_in_reverse() {
+    fail_at("integrate_maps").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_compensation_fails_the_saga() {
+    let opts = SimulationOptions {
+        fail_step: Some("integrate_maps".into()),
+        fail_compensation: Some("plan_route".into()),
+        ..Default::default()
+    };
+    let (events, _) = mission_with(opts, "fail-compensation").await;
+    let end = events.last().unwrap();
+    assert_eq!(end.event_type, "saga_failed", "\n{}", describe(&events));
+    assert_eq!(end.status, "failed");
+    assert_eq!(end.payload["failed_step"], "integrate_maps");
+    assert!(end.payload["reason"]
+        .as_str()
+        .unwrap()
+        .contains("integrate_maps"));
+    assert_eq!(end.payload["compensation"], "plan_route");
+    assert!(end.payload["error"]
+        .as_str()
+        .unwrap()
+        .contains("cancel_route"));
+
+    let failed = the_event(&events, "compensation_failed", Some("plan_route"));
+    assert_eq!(failed.payload["retryable"], false);
+    // Not retryable: no second attempt, and nothing after it is undone.
+    the_event(&events, "compensation_started", Some("plan_route"));
+    the_event(
+        &events,
+        "compensation_completed",
+        Some("perform_exploration"),
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.event_type.starts_with("compensation")
+                && e.step.as_deref() == Some("allocate_resources")),
+        "\n{}",
+        describe(&events)
+    );
+}
+
+const HANGING: &str = "\
+name: hanging
+trigger: mission:start
+steps:
+  - name: allocate_resources
+    stream: resources:commands
+    timeout: 1s
+    compensation:
+      command: release_resources
+  - name: plan_route
+    stream: routing:commands
+    timeout: 300ms
+    retry: { max_attempts: 2, backoff: fixed, initial_delay: 50ms, max_delay: 1s }
+    compensation:
+      command: cancel_route
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_step_is_retried_under_a_new_request_id_then_undone_itself() {
+    let server = RedisServer::start();
+    let daemon = start_daemon(&server, catalog(HANGING)).await;
+    let opts = SimulationOptions {
+        hang_step: Some("plan_route".into()),
+        ..Default::default()
+    };
+    let handlers = start_simulated(&server, opts);
+    let mut conn = server.conn().await;
+    start_mission(&mut conn, "hung", &json!({"area": "hall-a"})).await;
+    let events = saga_events(&server, "hung").await;
+    let commands = xrange(&mut conn, "routing:commands").await;
+    handlers.stop().await;
+    daemon.stop().await;
+
+    let expected = [
+        "saga_started",
+        "step_started:allocate_resources",
+        "step_progress:allocate_resources",
+        "step_completed:allocate_resources",
+        "step_started:plan_route",
+        "step_timed_out:plan_route",
+        "step_retrying:plan_route",
+        "step_started:plan_route",
+        "step_timed_out:plan_route",
+        "compensation_started:plan_route",
+        "compensation_progress:plan_route",
+        "compensation_completed:plan_route",
+        "compensation_started:allocate_resources",
+        "compensation_progress:allocate_resources",
+        "compensation_completed:allocate_resources",
+        "saga_compensated",
+    ];
+    assert_eq!(labels(&events), expected, "\n{}", describe(&events));
+    let started: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.event_type == "step_started" && e.step.as_deref() == Some("plan_route"))
+        .collect();
+    assert_eq!(started[0].payload["attempt"], 1);
+    assert_eq!(started[1].payload["attempt"], 2);
+    let (first, second) = (
+        &started[0].payload["request_id"],
+        &started[1].payload["request_id"],
+    );
+    assert_ne!(first, second, "a retry is a new request");
+    let retrying = the_event(&events, "step_retrying", Some("plan_route"));
+    assert_eq!(retrying.payload["attempt"], 2);
+    assert_eq!(retrying.payload["delay_ms"], 50);
+    assert_eq!(retrying.status, "running");
+    let timeouts: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.event_type == "step_timed_out")
+        .collect();
+    assert_eq!(timeouts[0].payload["attempt"], 1);
+    assert_eq!(timeouts[1].payload["attempt"], 2);
+
+    let sent: Vec<(&str, &str, &str, &str)> = commands
+        .iter()
+        .map(|c| {
+            let f = |k: &str| c.get(k).map(String::as_str).unwrap_or("");
+            (f("event_type"), f("kind"), f("attempt"), f("request_id"))
+        })
+        .collect();
+    let (first, second) = (first.as_str().unwrap(), second.as_str().unwrap());
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert_eq!(sent[0], ("plan_route", "action", "1", first));
+    assert_eq!(sent[1], ("plan_route", "action", "2", second));
+    assert_eq!(
+        (sent[2].0, sent[2].1, sent[2].2),
+        ("cancel_route", "compensation", "1")
+    );
+    assert!(sent[2].3 != first && sent[2].3 != second);
+
+    let end = events.last().unwrap();
+    assert_eq!(end.payload["failed_step"], "plan_route");
+    assert_eq!(
+        end.payload["compensated"],
+        json!(["plan_route", "allocate_resources"])
+    );
+}
+
+const FLAKY: &str = "\
+name: flaky
+trigger: mission:start
+steps:
+  - name: reserve
+    stream: flaky:commands
+    timeout: 1s
+    retry: { max_attempts: 3, backoff: fixed, initial_delay: 50ms }
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retryable_failure_then_a_success_completes() {
+    let server = RedisServer::start();
+    let daemon = start_daemon(&server, catalog(FLAKY)).await;
+    let handler = spawn_raw_handler(&server, &["flaky:commands"], "flaky", |cmd| {
+        if cmd["attempt"] == "1" {
+            vec![reply(cmd, "start", &[]), failed(cmd, "robots busy", true)]
+        } else {
+            complete_in_stages(cmd, &json!({"reserved": cmd["attempt"]}))
+        }
+    })
+    .await;
+    let mut conn = server.conn().await;
+    start_mission(&mut conn, "flaky", &json!({})).await;
+    let events = saga_events(&server, "flaky").await;
+    let commands = handler.stop().await;
+    daemon.stop().await;
+
+    let expected = [
+        "saga_started",
+        "step_started:reserve",
+        "step_failed:reserve",
+        "step_retrying:reserve",
+        "step_started:reserve",
+        "step_progress:reserve",
+        "step_completed:reserve",
+        "saga_completed",
+    ];
+    assert_eq!(labels(&events), expected, "\n{}", describe(&events));
+    let failed = the_event(&events, "step_failed", Some("reserve"));
+    assert_eq!(failed.payload["retryable"], true);
+    assert_eq!(failed.payload["error"], "robots busy");
+    assert_eq!(failed.status, "running");
+    assert_eq!(commands.len(), 2);
+    assert_eq!(commands[1].get("attempt"), "2");
+    assert_ne!(commands[0].get("request_id"), commands[1].get("request_id"));
+    assert_eq!(
+        events.last().unwrap().payload["results"],
+        json!({"reserve": {"reserved": "2"}})
+    );
+}

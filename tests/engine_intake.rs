@@ -1,0 +1,288 @@
+//! Intake: bad starts are rejected and acknowledged without stopping the
+//! daemon; old-style starts, idempotency keys, and starts written before the
+//! daemon ran.
+
+mod common;
+
+use common::*;
+use sagaflow::handler::simulated::SimulationOptions;
+use serde_json::json;
+use std::time::Duration;
+
+type Case<'a> = (Vec<(&'a str, &'a [u8])>, &'a str, Option<&'a str>);
+
+fn raw<'a>(name: &'a str, value: &'a [u8]) -> (&'a str, &'a [u8]) {
+    (name, value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_starts_are_rejected_acknowledged_and_the_daemon_keeps_going() {
+    let server = RedisServer::start();
+    let daemon = start_daemon(&server, mission_catalog()).await;
+    let handlers = start_simulated(&server, SimulationOptions::default());
+    let mut conn = server.conn().await;
+
+    let long_id = "c".repeat(200);
+    // (fields, a word the reason must hold, the correlation id it keeps)
+    let cases: Vec<Case> = vec![
+        (
+            vec![raw("correlation_id", b"bad-1"), raw("payload", b"{nope")],
+            "JSON",
+            Some("bad-1"),
+        ),
+        (
+            vec![raw("correlation_id", b"bad-2"), raw("payload", b"[1, 2]")],
+            "object",
+            Some("bad-2"),
+        ),
+        (
+            vec![
+                raw("correlation_id", b"bad-3"),
+                raw("saga", b"no_such_saga"),
+                raw("payload", b"{}"),
+            ],
+            "no_such_saga",
+            Some("bad-3"),
+        ),
+        (
+            vec![
+                raw("correlation_id", long_id.as_bytes()),
+                raw("payload", b"{}"),
+            ],
+            "128",
+            None,
+        ),
+        (
+            vec![raw("correlation_id", b"bad\x01id"), raw("payload", b"{}")],
+            "printable",
+            None,
+        ),
+        (
+            vec![
+                raw("correlation_id", b"bad-6"),
+                raw("area", b"hall-\xff\xfe"),
+            ],
+            "UTF-8",
+            Some("bad-6"),
+        ),
+    ];
+    let mut entry_ids = Vec::new();
+    for (fields, _, _) in &cases {
+        entry_ids.push(xadd(&mut conn, "mission:start", fields).await);
+    }
+    start_mission(
+        &mut conn,
+        "good-after",
+        &json!({"area": "hall-a", "robots": 1}),
+    )
+    .await;
+
+    let rejected_ids = entry_ids.clone();
+    let events = wait_for_events(&server, SAGA_WAIT, |events| {
+        let rejected = events
+            .iter()
+            .filter(|e| e.event_type == "saga_rejected")
+            .count();
+        let good_done = events
+            .iter()
+            .any(|e| e.correlation_id == "good-after" && e.is_terminal());
+        rejected >= rejected_ids.len() && good_done
+    })
+    .await;
+    for ((_, word, correlation_id), entry_id) in cases.iter().zip(&entry_ids) {
+        let found: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.payload["entry_id"] == entry_id.as_str())
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one event for entry {entry_id}:\n{}",
+            describe(&events)
+        );
+        let e = found[0];
+        assert_eq!(e.event_type, "saga_rejected", "{e:?}");
+        assert_eq!(e.status, "rejected");
+        assert_eq!(e.saga_id, "", "a rejection is about no saga");
+        let reason = e.payload["reason"].as_str().unwrap_or("");
+        assert!(
+            reason.contains(word),
+            "reason of entry {entry_id}: {reason}"
+        );
+        match correlation_id {
+            Some(id) => assert_eq!(&e.correlation_id, id),
+            None => assert!(!e.correlation_id.is_empty() && e.correlation_id.len() <= 128),
+        }
+    }
+    assert!(!events
+        .iter()
+        .any(|e| e.event_type == "saga_started" && e.correlation_id != "good-after"));
+    let good: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.correlation_id == "good-after")
+        .collect();
+    assert_eq!(
+        good.last().unwrap().event_type,
+        "saga_completed",
+        "\n{}",
+        describe(&events)
+    );
+    assert_eq!(
+        pending_count(&mut conn, "mission:start", "sagaflow").await,
+        0
+    );
+
+    handlers.stop().await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_level_fields_without_a_payload_are_the_input() {
+    let server = RedisServer::start();
+    let daemon = start_daemon(&server, mission_catalog()).await;
+    let handlers = start_simulated(&server, SimulationOptions::default());
+    let mut conn = server.conn().await;
+    let start = [
+        ("area", "hall-a"),
+        ("robots", "2"),
+        ("correlation_id", "old-style"),
+    ];
+    xadd(&mut conn, "mission:start", &start).await;
+
+    let events = saga_events(&server, "old-style").await;
+    assert_eq!(events[0].event_type, "saga_started");
+    assert_eq!(
+        events[0].payload["input"],
+        json!({"area": "hall-a", "robots": "2"})
+    );
+    let end = events.last().unwrap();
+    assert_eq!(end.event_type, "saga_completed", "\n{}", describe(&events));
+    let commands = xrange(&mut conn, "resources:commands").await;
+    let payload: serde_json::Value = serde_json::from_str(&commands[0]["payload"]).unwrap();
+    assert_eq!(payload, json!({"area": "hall-a", "robots": "2"}));
+
+    handlers.stop().await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_idempotency_key_starts_nothing_new() {
+    let server = RedisServer::start();
+    let daemon = start_daemon(&server, mission_catalog()).await;
+    let handlers = start_simulated(&server, SimulationOptions::default());
+    let mut conn = server.conn().await;
+    let start = |correlation_id: &'static str| {
+        [
+            ("correlation_id", correlation_id),
+            ("idempotency_key", "order-7"),
+            ("payload", r#"{"area": "hall-a", "robots": 1}"#),
+        ]
+    };
+    xadd(&mut conn, "mission:start", &start("idem-1")).await;
+    let first = saga_events(&server, "idem-1").await;
+    assert_eq!(
+        first.last().unwrap().event_type,
+        "saga_completed",
+        "\n{}",
+        describe(&first)
+    );
+    let saga_id = first[0].saga_id.clone();
+
+    // The first saga has ended: the key still holds.
+    let again = xadd(&mut conn, "mission:start", &start("idem-2")).await;
+    let second = saga_events(&server, "idem-2").await;
+    assert_eq!(
+        labels(&second),
+        ["saga_duplicate"],
+        "\n{}",
+        describe(&second)
+    );
+    let dup = &second[0];
+    assert_eq!(dup.status, "duplicate");
+    assert_eq!(dup.payload["existing_saga_id"], saga_id.as_str());
+    assert_eq!(dup.payload["idempotency_key"], "order-7");
+    assert_eq!(dup.payload["entry_id"], again.as_str());
+    assert_eq!(
+        pending_count(&mut conn, "mission:start", "sagaflow").await,
+        0
+    );
+
+    handlers.stop().await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_starts_with_one_key_at_once_give_one_saga_and_one_duplicate() {
+    let server = RedisServer::start();
+    let daemon = start_daemon(&server, mission_catalog()).await;
+    let handlers = start_simulated(&server, SimulationOptions::default());
+    let mut conn = server.conn().await;
+    for correlation_id in ["twin-1", "twin-2"] {
+        let start = [
+            ("correlation_id", correlation_id),
+            ("idempotency_key", "twin"),
+            ("payload", r#"{"area": "hall-a", "robots": 1}"#),
+        ];
+        xadd(&mut conn, "mission:start", &start).await;
+    }
+    let twins = |e: &Event| e.correlation_id.starts_with("twin-");
+    let events = wait_for_events(&server, SAGA_WAIT, |events| {
+        events
+            .iter()
+            .filter(|e| twins(e) && e.is_terminal())
+            .count()
+            >= 2
+    })
+    .await;
+    let ours: Vec<Event> = events.into_iter().filter(twins).collect();
+    let started: Vec<&Event> = ours
+        .iter()
+        .filter(|e| e.event_type == "saga_started")
+        .collect();
+    assert_eq!(started.len(), 1, "\n{}", describe(&ours));
+    let dup = the_event(&ours, "saga_duplicate", None);
+    assert_eq!(dup.payload["existing_saga_id"], started[0].saga_id.as_str());
+    assert_ne!(dup.correlation_id, started[0].correlation_id);
+    the_event(&ours, "saga_completed", None);
+
+    handlers.stop().await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_written_before_the_daemon_ran_are_taken() {
+    let server = RedisServer::start();
+    let mut conn = server.conn().await;
+    start_mission(
+        &mut conn,
+        "early-1",
+        &json!({"area": "hall-a", "robots": 1}),
+    )
+    .await;
+    let early = [
+        ("correlation_id", "early-2"),
+        ("area", "hall-b"),
+        ("robots", "3"),
+    ];
+    xadd(&mut conn, "mission:start", &early).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let daemon = start_daemon(&server, mission_catalog()).await;
+    let handlers = start_simulated(&server, SimulationOptions::default());
+    for correlation_id in ["early-1", "early-2"] {
+        let events = saga_events(&server, correlation_id).await;
+        assert_eq!(
+            events.last().unwrap().event_type,
+            "saga_completed",
+            "\n{}",
+            describe(&events)
+        );
+    }
+    assert_eq!(
+        pending_count(&mut conn, "mission:start", "sagaflow").await,
+        0
+    );
+
+    handlers.stop().await;
+    daemon.stop().await;
+}

@@ -1,0 +1,120 @@
+//! Restarts: a saga in flight when the daemon stops goes on when it starts
+//! again, and a start its previous run had read but not acknowledged is
+//! still taken.
+
+mod common;
+
+use common::*;
+use sagaflow::handler::simulated::SimulationOptions;
+use serde_json::json;
+use std::time::Duration;
+
+const TWO_STEPS: &str = "\
+name: resumable
+trigger: mission:start
+steps:
+  - name: first
+    stream: resume:commands
+    timeout: 5s
+  - name: second
+    stream: resume:commands
+    timeout: 5s
+";
+
+/// How long a restarted daemon may take to pick up where it stopped.
+const RESUME_WAIT: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "resuming persisted sagas after a restart is not implemented yet"]
+async fn a_saga_awaiting_a_reply_goes_on_after_a_restart() {
+    let server = RedisServer::start();
+    let daemon = start_daemon(&server, catalog(TWO_STEPS)).await;
+    // Answers `first`; leaves `second` for the test to answer later.
+    let handler = spawn_raw_handler(&server, &["resume:commands"], "resume", |cmd| {
+        match cmd["step"].as_str() {
+            "first" => complete_in_stages(cmd, &json!({"n": 1})),
+            _ => vec![reply(cmd, "start", &[])],
+        }
+    })
+    .await;
+    let mut conn = server.conn().await;
+    start_mission(&mut conn, "resume", &json!({})).await;
+    let second_sent = |events: &[Event]| {
+        let label = "step_started:second";
+        events
+            .iter()
+            .any(|e| e.correlation_id == "resume" && e.label() == label)
+    };
+    wait_for_events(&server, SAGA_WAIT, second_sent).await;
+    let commands = handler.stop().await;
+    let settings = daemon.stop().await;
+    let second = &commands.last().expect("the second command").fields;
+    assert_eq!(second["step"], "second");
+
+    // The same daemon again (same node id, so the same reply stream).
+    let daemon = start_daemon_with(settings, catalog(TWO_STEPS)).await;
+    for entry in complete_in_stages(second, &json!({"n": 2})) {
+        let fields: Vec<(&[u8], &[u8])> = entry.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&second["reply_stream"]).arg("*").arg(fields);
+        must("the reply", cmd.query_async::<String>(&mut conn)).await;
+    }
+    let ours = |e: &Event| e.correlation_id == "resume";
+    let events = wait_for_events(&server, RESUME_WAIT, |events| {
+        events.iter().any(|e| ours(e) && e.is_terminal())
+    })
+    .await;
+    daemon.stop().await;
+
+    let end = events.iter().find(|e| ours(e) && e.is_terminal()).unwrap();
+    assert_eq!(end.event_type, "saga_completed", "\n{}", describe(&events));
+    assert_eq!(
+        end.payload["results"],
+        json!({"first": {"n": 1}, "second": {"n": 2}})
+    );
+    // The attempt under way was not sent again under a new request id.
+    let sent = xrange(&mut conn, "resume:commands").await;
+    assert_eq!(sent.len(), 2, "{sent:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "taking over pending starts after a crash is not implemented yet"]
+async fn a_start_read_but_not_acknowledged_before_a_crash_is_taken_after_it() {
+    let server = RedisServer::start();
+    let mut conn = server.conn().await;
+    start_mission(
+        &mut conn,
+        "pending",
+        &json!({"area": "hall-a", "robots": 1}),
+    )
+    .await;
+    // A daemon `node-x` read the start, then died before recording it.
+    let create = words("XGROUP CREATE mission:start sagaflow 0 MKSTREAM");
+    must("XGROUP", create.query_async::<()>(&mut conn)).await;
+    let read = words("XREADGROUP GROUP sagaflow node-x COUNT 1 STREAMS mission:start >");
+    must("XREADGROUP", read.query_async::<redis::Value>(&mut conn)).await;
+    assert_eq!(
+        pending_count(&mut conn, "mission:start", "sagaflow").await,
+        1
+    );
+
+    let settings = sagaflow::config::Settings {
+        node_id: "node-x".into(),
+        ..test_settings(&server)
+    };
+    let daemon = start_daemon_with(settings, mission_catalog()).await;
+    let handlers = start_simulated(&server, SimulationOptions::default());
+    let ours = |e: &Event| e.correlation_id == "pending";
+    let events = wait_for_events(&server, RESUME_WAIT, |events| {
+        events.iter().any(|e| ours(e) && e.is_terminal())
+    })
+    .await;
+    handlers.stop().await;
+    daemon.stop().await;
+    let end = events.iter().find(|e| ours(e) && e.is_terminal()).unwrap();
+    assert_eq!(end.event_type, "saga_completed", "\n{}", describe(&events));
+    assert_eq!(
+        pending_count(&mut conn, "mission:start", "sagaflow").await,
+        0
+    );
+}

@@ -1,0 +1,257 @@
+//! The reference mission end to end: with the simulated handlers, and with
+//! a handler written here from the wire contract alone, checking every
+//! field of every command the daemon sends.
+
+mod common;
+
+use common::*;
+use sagaflow::handler::simulated::SimulationOptions;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_mission_completes_with_the_simulated_handlers() {
+    let server = RedisServer::start();
+    let daemon = start_daemon(&server, mission_catalog()).await;
+    let handlers = start_simulated(&server, SimulationOptions::default());
+    let mut conn = server.conn().await;
+    let input = json!({"area": "hall-a", "robots": 2});
+    start_mission(&mut conn, "sunny-1", &input).await;
+
+    let events = saga_events(&server, "sunny-1").await;
+    let mut expected = vec!["saga_started".to_owned()];
+    for step in MISSION_STEPS {
+        for event in ["step_started", "step_progress", "step_completed"] {
+            expected.push(format!("{event}:{step}"));
+        }
+    }
+    expected.push("saga_completed".into());
+    assert_eq!(labels(&events), expected, "\n{}", describe(&events));
+
+    let saga_id = &events[0].saga_id;
+    assert!(is_lower_hex(saga_id, 32), "{saga_id}");
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(&e.saga_id, saga_id);
+        assert_eq!(e.correlation_id, "sunny-1");
+        assert_eq!(e.saga, "mission_start");
+        assert!(e.fields["timestamp"].parse::<u64>().is_ok(), "{e:?}");
+        // The status is the saga's state once the event has happened: the
+        // last step's completion completes the saga.
+        let status = if i + 2 >= events.len() {
+            "completed"
+        } else {
+            "running"
+        };
+        assert_eq!(e.status, status, "status of {}", e.label());
+    }
+    assert_eq!(events[0].payload["input"], input);
+    let mut request_ids = HashSet::new();
+    for step in MISSION_STEPS {
+        let started = the_event(&events, "step_started", Some(step));
+        assert_eq!(started.payload["attempt"], 1);
+        assert_eq!(started.payload["kind"], "action");
+        let request_id = started.payload["request_id"].as_str().unwrap();
+        assert!(is_lower_hex(request_id, 32), "{request_id}");
+        assert!(
+            request_ids.insert(request_id.to_owned()),
+            "request ids are new"
+        );
+        let progress = the_event(&events, "step_progress", Some(step));
+        assert_eq!(progress.payload["attempt"], 1);
+        assert_eq!(progress.payload["progress"].as_f64(), Some(50.0));
+    }
+
+    let results = &events.last().unwrap().payload["results"];
+    let names: Vec<&String> = results.as_object().unwrap().keys().collect();
+    assert_eq!(names.len(), 4, "{results}");
+    for step in MISSION_STEPS {
+        let completed = the_event(&events, "step_completed", Some(step));
+        assert_eq!(completed.payload["attempt"], 1);
+        assert_eq!(completed.payload["result"], results[step], "{step}");
+    }
+    assert_eq!(
+        results["allocate_resources"],
+        json!({"robot_ids": ["robot-1", "robot-2"], "area": "hall-a"})
+    );
+    assert_eq!(results["plan_route"]["routes"].as_array().unwrap().len(), 2);
+    let maps = results["perform_exploration"]["partial_maps"]
+        .as_array()
+        .unwrap();
+    assert_eq!(maps.len(), 2);
+    assert_eq!(results["integrate_maps"]["merged_from"], 2);
+
+    handlers.stop().await;
+    daemon.stop().await;
+}
+
+/// What the raw handler returns for each step of the mission.
+fn raw_result(step: &str) -> Value {
+    match step {
+        "allocate_resources" => json!({"robot_ids": ["r-1", "r-2"], "area": "hall-b"}),
+        "plan_route" => json!({"routes": [{"robot_id": "r-1", "waypoints": [[0, 0], [5, 5]]}]}),
+        "perform_exploration" => json!({"partial_maps": [{"robot_id": "r-1", "map_id": "m-1"}]}),
+        "integrate_maps" => json!({"map_id": "merged-1"}),
+        other => panic!("no command `{other}` in the mission"),
+    }
+}
+
+const MISSION_STREAMS: [&str; 4] = [
+    "resources:commands",
+    "routing:commands",
+    "exploration:commands",
+    "mapping:commands",
+];
+
+/// Runs the mission from `start` against a raw handler; checks every field
+/// of every command against the contract; returns the trace id they carry.
+async fn mission_with_raw_handler(start: &[(&str, &str)], correlation_id: &str) -> String {
+    let server = RedisServer::start();
+    let daemon = start_daemon(&server, mission_catalog()).await;
+    let handler = spawn_raw_handler(&server, &MISSION_STREAMS, "raw-mission", |cmd| {
+        complete_in_stages(cmd, &raw_result(&cmd["step"]))
+    })
+    .await;
+    let mut conn = server.conn().await;
+    let mut fields = start.to_vec();
+    fields.push(("payload", r#"{"area": "hall-b", "robots": 2}"#));
+    let sent_ms = now_ms();
+    xadd(&mut conn, "mission:start", &fields).await;
+
+    let events = saga_events(&server, correlation_id).await;
+    let commands = handler.stop().await;
+    let reply_stream = daemon.stop().await.reply_stream();
+
+    let done = events.last().unwrap();
+    assert_eq!(done.event_type, "saga_completed", "\n{}", describe(&events));
+    let results = &done.payload["results"];
+    for step in MISSION_STEPS {
+        assert_eq!(results[step], raw_result(step), "{step}");
+    }
+    let saga_id = &done.saga_id;
+    assert!(is_lower_hex(saga_id, 32), "saga_id {saga_id}");
+    assert_eq!(commands.len(), 4, "{commands:#?}");
+    let streams: Vec<&str> = commands.iter().map(|c| c.stream.as_str()).collect();
+    assert_eq!(streams, MISSION_STREAMS);
+
+    let expected_payloads = [
+        json!({"area": "hall-b", "robots": 2}),
+        json!({"robot_ids": ["r-1", "r-2"], "area": "hall-b"}),
+        json!({
+            "routes": raw_result("plan_route")["routes"],
+            "robot_ids": ["r-1", "r-2"],
+        }),
+        json!({"partial_maps": raw_result("perform_exploration")["partial_maps"], "mission": saga_id}),
+    ];
+    let timeouts_ms = [10_000, 10_000, 30_000, 10_000];
+    let mut request_ids = HashSet::new();
+    let mut trace_ids = HashSet::new();
+    for (i, cmd) in commands.iter().enumerate() {
+        let step = MISSION_STEPS[i];
+        for name in [
+            "correlation_id",
+            "saga_id",
+            "request_id",
+            "traceparent",
+            "parent_span_id",
+            "event_type",
+            "step",
+            "kind",
+            "attempt",
+            "reply_stream",
+            "payload",
+            "deadline_ms",
+            "timestamp",
+        ] {
+            assert!(cmd.fields.contains_key(name), "{step}: no `{name}`");
+        }
+        assert_eq!(cmd.get("correlation_id"), correlation_id, "{step}");
+        assert_eq!(cmd.get("saga_id"), saga_id, "{step}");
+        let request_id = cmd.get("request_id");
+        assert!(
+            is_lower_hex(request_id, 32),
+            "{step}: request_id {request_id}"
+        );
+        assert!(
+            request_ids.insert(request_id.to_owned()),
+            "{step}: request_id reused"
+        );
+        let started = the_event(&events, "step_started", Some(step));
+        assert_eq!(started.payload["request_id"], request_id, "{step}");
+
+        let traceparent = cmd.get("traceparent");
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{step}: traceparent {traceparent}");
+        assert_eq!(parts[0], "00", "{step}: traceparent {traceparent}");
+        assert!(
+            is_lower_hex(parts[1], 32),
+            "{step}: traceparent {traceparent}"
+        );
+        assert!(
+            is_lower_hex(parts[2], 16),
+            "{step}: traceparent {traceparent}"
+        );
+        assert_ne!(
+            parts[2], "0000000000000000",
+            "{step}: traceparent {traceparent}"
+        );
+        assert_eq!(parts[3], "01", "{step}: traceparent {traceparent}");
+        assert_eq!(cmd.get("parent_span_id"), parts[2], "{step}");
+        trace_ids.insert(parts[1].to_owned());
+
+        assert_eq!(cmd.get("event_type"), step);
+        assert_eq!(cmd.get("step"), step);
+        assert_eq!(cmd.get("kind"), "action");
+        assert_eq!(cmd.get("attempt"), "1");
+        assert_eq!(cmd.get("reply_stream"), reply_stream, "{step}");
+        let payload: Value = serde_json::from_str(cmd.get("payload")).expect("payload is JSON");
+        assert_eq!(payload, expected_payloads[i], "{step}: payload");
+
+        let timestamp: u64 = cmd.get("timestamp").parse().expect("timestamp in ms");
+        let deadline: u64 = cmd.get("deadline_ms").parse().expect("deadline_ms in ms");
+        assert!(
+            timestamp + 1_000 >= sent_ms && timestamp <= cmd.received_ms + 1_000,
+            "{step}: timestamp {timestamp}, start sent at {sent_ms}, received at {}",
+            cmd.received_ms
+        );
+        let timeout = deadline.saturating_sub(timestamp);
+        assert!(
+            timeout.abs_diff(timeouts_ms[i]) <= 1_000,
+            "{step}: deadline_ms {deadline} is {timeout} ms after timestamp {timestamp}"
+        );
+    }
+    assert_eq!(trace_ids.len(), 1, "one trace for the saga: {trace_ids:?}");
+    trace_ids.into_iter().next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_carry_every_contract_field_and_a_uuid_correlation_id_is_the_trace_id() {
+    let correlation_id = "6F9619FF-8B86-4D11-B42D-00C04FC964FF";
+    let trace_id =
+        mission_with_raw_handler(&[("correlation_id", correlation_id)], correlation_id).await;
+    assert_eq!(trace_id, "6f9619ff8b864d11b42d00c04fc964ff");
+
+    let correlation_id = "0af7651916cd43dd8448eb211c80319c";
+    let trace_id =
+        mission_with_raw_handler(&[("correlation_id", correlation_id)], correlation_id).await;
+    assert_eq!(trace_id, correlation_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_traceparent_on_the_start_gives_the_saga_its_trace() {
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    // Even a UUID correlation id gives way to the caller's trace.
+    let correlation_id = "0af7651916cd43dd8448eb211c80319c";
+    let start = [("correlation_id", correlation_id), ("traceparent", caller)];
+    let trace_id = mission_with_raw_handler(&start, correlation_id).await;
+    assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_uuid_or_traceparent_the_saga_gets_a_fresh_trace() {
+    let start = [
+        ("correlation_id", "order-77"),
+        ("traceparent", "00-not-a-valid-context-01"),
+    ];
+    let trace_id = mission_with_raw_handler(&start, "order-77").await;
+    assert_ne!(trace_id, "0".repeat(32));
+}
