@@ -1,6 +1,9 @@
 //! The handler SDK against a real redis-server: the test plays the daemon by
 //! hand, with raw stream commands, and checks what the handlers reply.
 
+mod common;
+
+use common::RedisServer;
 use sagaflow::handler::{
     run_simulated_handlers, simulated_handlers, Context, HandlerError, Handlers, RunError,
     SimulationOptions,
@@ -10,8 +13,6 @@ use sagaflow::protocol::{
 };
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::net::TcpListener;
-use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,74 +22,6 @@ use tokio_util::sync::CancellationToken;
 /// The longest any single wait in these tests may take.
 const WAIT: Duration = Duration::from_secs(5);
 const STREAM: &str = "resources:commands";
-
-/// A throwaway redis-server on a free loopback port, in a temp dir.
-struct RedisServer {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            // None: the port was taken meanwhile; try another.
-            if let Some(child) = spawn(port, dir.path()) {
-                return Self { child, port, dir };
-            }
-        }
-        panic!("redis-server did not start");
-    }
-
-    /// Kills the server and starts a new, empty one on the same port.
-    fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.child = spawn(self.port, self.dir.path()).expect("redis-server restarts");
-    }
-
-    fn client(&self) -> redis::Client {
-        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap()
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts redis-server and waits until it answers PING.
-fn spawn(port: u16, dir: &std::path::Path) -> Option<Child> {
-    let mut child = std::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no", "--dir"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed (apt-get install -y redis-server)");
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
-    let started = Instant::now();
-    while started.elapsed() < WAIT && child.try_wait().ok().flatten().is_none() {
-        let pong = client
-            .get_connection_with_timeout(Duration::from_millis(200))
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-        if pong.is_ok() {
-            return Some(child);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
 
 fn now_ms() -> u64 {
     SystemTime::now()

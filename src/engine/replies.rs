@@ -1,7 +1,8 @@
 //! The reply reader: one blocking `XREAD` loop over this daemon's reply
 //! stream, whatever the number of sagas in flight. Each entry is parsed once
 //! and handed to its saga's task; what belongs to no saga here is stray and
-//! skipped. Read entries are trimmed away now and then.
+//! skipped. Read entries are trimmed away now and then, and the stream
+//! expires once its daemon is gone for longer than the retention.
 
 use super::{pause, Shared};
 use crate::protocol::Reply;
@@ -94,24 +95,37 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 }
             }
         }
-        if last_id != trimmed_id && trimmed_at.elapsed() >= TRIM_EVERY {
-            trim(&shared, &stream, &last_id).await;
+        if trimmed_at.elapsed() >= TRIM_EVERY {
+            tidy(
+                &shared,
+                &stream,
+                (last_id != trimmed_id).then_some(last_id.as_str()),
+            )
+            .await;
             trimmed_id = last_id.clone();
             trimmed_at = Instant::now();
         }
     }
 }
 
-/// Removes the entries before `last_id`: they have been routed already.
-async fn trim(shared: &Shared, stream: &str, last_id: &str) {
+/// Removes the entries before `last_id` (they have been routed already),
+/// and renews the stream's expiry: the stream of a daemon that is gone for
+/// good disappears once the retention has passed.
+async fn tidy(shared: &Shared, stream: &str, last_id: Option<&str>) {
     let mut conn = shared.conn.clone();
-    let trimmed: redis::RedisResult<()> = redis::cmd("XTRIM")
+    let mut pipe = redis::pipe();
+    if let Some(last_id) = last_id {
+        pipe.cmd("XTRIM")
+            .arg(stream)
+            .arg("MINID")
+            .arg(last_id)
+            .ignore();
+    }
+    pipe.cmd("EXPIRE")
         .arg(stream)
-        .arg("MINID")
-        .arg(last_id)
-        .query_async(&mut conn)
-        .await;
-    if let Err(e) = trimmed {
-        tracing::debug!(error = %e, %stream, "trimming the reply stream failed; will try again");
+        .arg(shared.settings.retention.as_secs().max(1))
+        .ignore();
+    if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+        tracing::debug!(error = %e, %stream, "tidying the reply stream failed; will try again");
     }
 }

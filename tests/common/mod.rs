@@ -12,9 +12,8 @@ use sagaflow::streams::decode_read_reply;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -39,82 +38,8 @@ pub const MISSION_STEPS: [&str; 4] = [
     "integrate_maps",
 ];
 
-// ---------------------------------------------------------------- Redis
-
-/// A redis-server on a free loopback port with its data in a temp dir,
-/// killed when dropped.
-pub struct RedisServer {
-    child: Child,
-    pub port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("a temp dir");
-        for _ in 0..10 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free loopback port")
-                .port();
-            assert_ne!(port, 6379, "never the default Redis port");
-            let mut child = std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--dir"])
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (apt-get install -y redis-server)");
-            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
-            let started = Instant::now();
-            while started.elapsed() < STOP_WAIT {
-                let pong = client
-                    .get_connection_with_timeout(Duration::from_millis(200))
-                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-                if pong.is_ok() {
-                    let _dir = dir;
-                    return Self { child, port, _dir };
-                }
-                if child.try_wait().ok().flatten().is_some() {
-                    break; // the port was taken meanwhile: try another one
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("redis-server did not start on any free port");
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).unwrap()
-    }
-
-    pub async fn conn(&self) -> MultiplexedConnection {
-        let client = self.client();
-        let conn = client.get_multiplexed_async_connection();
-        must("a connection", conn).await
-    }
-
-    /// A connection whose response timeout allows reads blocking `block`.
-    pub async fn blocking_conn(&self, block: Duration) -> MultiplexedConnection {
-        let client = self.client();
-        let conn = sagaflow::streams::blocking_connection(&client, block);
-        must("a connection", conn).await
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod redis_server;
+pub use redis_server::RedisServer;
 
 /// Awaits `fut` for at most [`STOP_WAIT`]; panics naming `what` after that.
 pub async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
