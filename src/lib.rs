@@ -1,4 +1,33 @@
 //! sagaflow: a saga orchestrator daemon over Redis Streams.
+//!
+//! A starter adds an entry to a trigger stream; the daemon runs the saga it
+//! names, step by step, by sending commands to the handlers' streams and
+//! reading their replies, and undoes completed steps in reverse order when a
+//! step fails for good. Every transition goes to the `saga:events` stream.
+//!
+//! ```text
+//!   starters ──XADD──▶ mission:start ──XREADGROUP──▶ ┌──────────────────────┐
+//!                                                    │ daemon (engine)      │
+//!   handlers ◀──XREADGROUP── <step>:commands ◀─XADD──│  one task per saga,  │
+//!       │                                            │  saga::apply decides │
+//!       └──XADD──▶ saga:replies:<node> ──XREAD──────▶│  store writes state, │
+//!                                                    │  commands and events │
+//!                  saga:events ◀──XADD───────────────│  in one MULTI/EXEC   │
+//!                                                    └──────────────────────┘
+//! ```
+//!
+//! Modules, each using only those listed after it:
+//! - [`cli`]: one module per subcommand; `main` only calls [`cli::main`].
+//! - [`engine`]: the daemon's driver, the only part that talks to Redis for
+//!   sagas: intake of starts, saga tasks, the reply reader, atomic writes.
+//! - [`handler`]: the handler SDK and the simulated mission services; it
+//!   shares only [`protocol`] and [`streams`] with the daemon.
+//! - [`saga`]: the saga rules as a pure state machine (no IO, no clock).
+//! - [`definition`]: saga YAML, its checks with `file:line:column`, templates.
+//! - [`config`]: every default setting in one place.
+//! - [`streams`]: Redis Streams plumbing shared by both sides.
+//! - [`protocol`]: the wire contract's fields, ids and entries.
+
 pub mod cli;
 pub mod config;
 pub mod definition;

@@ -433,26 +433,46 @@ impl Checker<'_> {
             .input
             .as_ref()
             .and_then(|i| self.template(i, &action_scope));
-        let compensation = raw
-            .compensation
+        let replies = raw
+            .reply_stream
             .as_ref()
-            .map(|c| self.compensation(&c.value, &stream, timeout, up_to_self, all));
-        StepDefinition {
+            .map_or(ReplyMode::Shared, |r| self.reply_mode(r));
+        let mut step = StepDefinition {
             name,
             stream,
             command,
             timeout,
             retry,
             input,
-            compensation,
+            replies,
+            compensation: None,
+        };
+        step.compensation = raw
+            .compensation
+            .as_ref()
+            .map(|c| self.compensation(&c.value, &step, up_to_self, all));
+        step
+    }
+
+    fn reply_mode(&mut self, raw: &Spanned<String>) -> ReplyMode {
+        match raw.value.as_str() {
+            "shared" => ReplyMode::Shared,
+            "per_request" => ReplyMode::PerRequest,
+            other => {
+                self.error(
+                    raw.referenced,
+                    format!("reply_stream `{other}` is unknown; use shared or per_request"),
+                );
+                ReplyMode::Shared
+            }
         }
     }
 
+    /// A compensation; what it leaves out comes from its step.
     fn compensation(
         &mut self,
         raw: &RawCompensation,
-        step_stream: &str,
-        step_timeout: Duration,
+        step: &StepDefinition,
         visible: &[String],
         all: &[String],
     ) -> CompensationDefinition {
@@ -466,16 +486,20 @@ impl Checker<'_> {
             stream: raw
                 .stream
                 .as_ref()
-                .map_or_else(|| step_stream.to_owned(), |s| self.name("stream", s)),
+                .map_or_else(|| step.stream.clone(), |s| self.name("stream", s)),
             timeout: raw
                 .timeout
                 .as_ref()
-                .map_or(step_timeout, |t| self.duration("timeout", t)),
+                .map_or(step.timeout, |t| self.duration("timeout", t)),
             retry: raw
                 .retry
                 .as_ref()
                 .map_or(DEFAULT_COMPENSATION_RETRY, |r| self.retry(r)),
             input: raw.input.as_ref().and_then(|i| self.template(i, &scope)),
+            replies: raw
+                .reply_stream
+                .as_ref()
+                .map_or(step.replies, |r| self.reply_mode(r)),
         }
     }
 }

@@ -12,7 +12,7 @@ pub mod template;
 
 pub use load::{catalog_from_str, load_dir, load_str, Catalog, DefinitionError, DefinitionErrors};
 pub use model::{
-    Backoff, CompensationDefinition, RetryPolicy, SagaDefinition, StepDefinition,
+    Backoff, CompensationDefinition, ReplyMode, RetryPolicy, SagaDefinition, StepDefinition,
     DEFAULT_COMPENSATION_RETRY, DEFAULT_MAX_DELAY, DEFAULT_STEP_RETRY, DEFAULT_STEP_TIMEOUT,
 };
 pub use template::{Template, TemplateError};

@@ -34,6 +34,20 @@ pub enum Backoff {
     Fixed,
 }
 
+/// Where a command's replies go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyMode {
+    /// The daemon's one reply stream: replies are told apart by `request_id`.
+    #[default]
+    Shared,
+    /// A stream of its own per command (`<daemon reply stream>:<request_id>`),
+    /// as the original system did: for handlers that reply without
+    /// `request_id`, a late reply to an earlier attempt then cannot be taken
+    /// for the reply to the current one.
+    PerRequest,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Total attempts, at least 1.
@@ -50,6 +64,7 @@ pub struct CompensationDefinition {
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub input: Option<Template>,
+    pub replies: ReplyMode,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +76,7 @@ pub struct StepDefinition {
     pub timeout: Duration,
     pub retry: RetryPolicy,
     pub input: Option<Template>,
+    pub replies: ReplyMode,
     pub compensation: Option<CompensationDefinition>,
 }
 

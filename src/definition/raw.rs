@@ -23,6 +23,7 @@ pub struct RawStep {
     pub timeout: Option<Spanned<String>>,
     pub retry: Option<Spanned<RawRetry>>,
     pub input: Option<Spanned<RawNode>>,
+    pub reply_stream: Option<Spanned<String>>,
     pub compensation: Option<Spanned<RawCompensation>>,
 }
 
@@ -43,6 +44,7 @@ pub struct RawCompensation {
     pub timeout: Option<Spanned<String>>,
     pub retry: Option<Spanned<RawRetry>>,
     pub input: Option<Spanned<RawNode>>,
+    pub reply_stream: Option<Spanned<String>>,
 }
 
 /// A YAML value with the location of every node, so that a bad template

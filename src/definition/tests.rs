@@ -230,3 +230,29 @@ fn template_literals_keep_their_types() {
         serde_json::json!({"area": "a", "n": 3, "f": 1.5, "ok": true, "none": null})
     );
 }
+
+#[test]
+fn reply_stream_modes_are_read_and_inherited() {
+    let text = GOOD.replace(
+        "    stream: resources:commands\n",
+        "    stream: resources:commands\n    reply_stream: per_request\n",
+    );
+    let def = load_str(Path::new("m.yaml"), &text).unwrap();
+    assert_eq!(def.steps[0].replies, ReplyMode::PerRequest);
+    let comp = def.steps[0].compensation.as_ref().unwrap();
+    assert_eq!(
+        comp.replies,
+        ReplyMode::PerRequest,
+        "a compensation inherits its step's"
+    );
+    assert_eq!(def.steps[1].replies, ReplyMode::Shared);
+
+    let err = error_of(&GOOD.replace(
+        "    stream: resources:commands\n",
+        "    stream: resources:commands\n    reply_stream: private\n",
+    ));
+    assert!(
+        err.starts_with("sagas/m.yaml:6:19: reply_stream `private` is unknown"),
+        "{err}"
+    );
+}

@@ -75,9 +75,14 @@ async fn drive(
     ack: Option<&EntryRef>,
     mut inbox: super::router::Inbox,
 ) {
+    let mut own_stream = OwnStreamGuard {
+        shared,
+        stream: None,
+    };
     let Some(mut outcome) = perform(shared, &state, effects, ack).await else {
         return;
     };
+    own_stream.follow(&state);
     while !outcome.finished {
         let sleep = outcome
             .timer
@@ -102,6 +107,7 @@ async fn drive(
         let Some(next) = perform(shared, &state, effects, None).await else {
             return;
         };
+        own_stream.follow(&state);
         outcome = Outcome {
             timer: next.timer.or(timer),
             ..next
@@ -123,6 +129,40 @@ struct Outcome {
     finished: bool,
 }
 
+/// Keeps the reply reader on the per-request reply stream of the saga's
+/// current exchange, and off it once the exchange is over.
+struct OwnStreamGuard<'a> {
+    shared: &'a Shared,
+    stream: Option<String>,
+}
+
+impl OwnStreamGuard<'_> {
+    fn follow(&mut self, state: &SagaState) {
+        let now = state
+            .current
+            .as_ref()
+            .and_then(|x| x.own_reply_stream.clone());
+        if now != self.stream {
+            if let Some(old) = self.stream.take() {
+                self.shared.own_streams.remove(&old);
+            }
+            self.stream = now;
+        }
+    }
+}
+
+impl Drop for OwnStreamGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            self.shared.own_streams.remove(&stream);
+        }
+    }
+}
+
+/// How long a per-request reply stream outlives its command's deadline: late
+/// replies land in it, unread, and go with it.
+const OWN_STREAM_GRACE_SECS: u64 = 600;
+
 /// Writes one transition's effects in one go. `None` when the daemon
 /// stopped before the write could be made.
 async fn perform(
@@ -138,10 +178,21 @@ async fn perform(
     let mut persist = false;
     let mut commands = Vec::new();
     let mut events = Vec::new();
+    let mut own_streams = Vec::new();
     for effect in &effects {
         match effect {
             Effect::Persist => persist = true,
-            Effect::Send { stream, command } => commands.push((stream.as_str(), command)),
+            Effect::Send { stream, command } => {
+                if command.reply_stream != state.reply_stream {
+                    // Followed by the reader before the command exists, so
+                    // no reply can come before the reader looks for it.
+                    shared.own_streams.add(&command.reply_stream);
+                    let ttl = (command.deadline_ms.saturating_sub(now_ms())) / 1000
+                        + OWN_STREAM_GRACE_SECS;
+                    own_streams.push((command.reply_stream.as_str(), ttl));
+                }
+                commands.push((stream.as_str(), command));
+            }
             Effect::Emit(event) => {
                 log_event(event);
                 events.push(event);
@@ -155,6 +206,7 @@ async fn perform(
         commands,
         events,
         ack,
+        own_reply_streams: own_streams,
     };
     write_until_done(shared, &transition)
         .await

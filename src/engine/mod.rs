@@ -58,6 +58,7 @@ pub(crate) struct Shared {
     /// One permit per in-flight saga.
     pub permits: Arc<Semaphore>,
     pub writes: WriteHealth,
+    pub own_streams: replies::OwnStreams,
 }
 
 /// Whether saga writes are failing, so that thousands of sagas waiting on
@@ -114,6 +115,7 @@ impl Daemon {
             shutdown,
             tracker: TaskTracker::new(),
             writes: WriteHealth::default(),
+            own_streams: replies::OwnStreams::default(),
         });
         tracing::info!(
             node_id = %shared.settings.node_id,

@@ -1,21 +1,100 @@
 //! The reply reader: one blocking `XREAD` loop over this daemon's reply
-//! stream, whatever the number of sagas in flight. Each entry is parsed once
-//! and handed to its saga's task; what belongs to no saga here is stray and
-//! skipped. Read entries are trimmed away now and then, and the stream
-//! expires once its daemon is gone for longer than the retention.
+//! stream, whatever the number of sagas in flight, plus the streams of the
+//! commands that have one of their own (`reply_stream: per_request`). Each
+//! entry is parsed once and handed to its saga's task; what belongs to no
+//! saga here is stray and skipped. Read entries are trimmed away now and
+//! then, and the stream expires once its daemon is gone for longer than the
+//! retention.
 
 use super::{pause, Shared};
 use crate::protocol::Reply;
-use crate::streams;
-use std::sync::Arc;
+use crate::streams::{self, Entry};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How often entries already read are trimmed from the reply stream.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 
+/// The field of the entries the daemon writes to wake its own reply reader
+/// (and to create a per-request reply stream); they are no replies.
+pub(crate) const WAKE_FIELD: &str = "sagaflow_wake";
+
+/// The per-request reply streams awaited right now. A saga adds its stream
+/// before it sends the command and removes it once the exchange is over;
+/// the reader follows the set at each read.
+#[derive(Default)]
+pub(crate) struct OwnStreams {
+    streams: Mutex<BTreeSet<String>>,
+}
+
+impl OwnStreams {
+    pub fn add(&self, stream: &str) {
+        self.streams
+            .lock()
+            .expect("reply streams lock")
+            .insert(stream.to_owned());
+    }
+
+    pub fn remove(&self, stream: &str) {
+        self.streams
+            .lock()
+            .expect("reply streams lock")
+            .remove(stream);
+    }
+
+    fn snapshot(&self) -> BTreeSet<String> {
+        self.streams.lock().expect("reply streams lock").clone()
+    }
+}
+
+/// Where the reader stands in each stream it reads.
+struct Cursors {
+    main: String,
+    main_id: String,
+    own: BTreeMap<String, String>,
+}
+
+impl Cursors {
+    /// Follows the set of awaited per-request streams: new ones are read
+    /// from their start, finished ones dropped.
+    fn follow(&mut self, awaited: BTreeSet<String>) {
+        self.own.retain(|stream, _| awaited.contains(stream));
+        for stream in awaited {
+            self.own.entry(stream).or_insert_with(|| "0-0".to_owned());
+        }
+    }
+
+    fn read_command(&self, batch: usize, block: Duration) -> redis::Cmd {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(batch)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.main);
+        cmd.arg(self.own.keys().collect::<Vec<_>>());
+        cmd.arg(&self.main_id);
+        cmd.arg(self.own.values().collect::<Vec<_>>());
+        cmd
+    }
+
+    fn advance(&mut self, entry: &Entry) {
+        if entry.stream == self.main {
+            self.main_id = entry.id.clone();
+        } else if let Some(id) = self.own.get_mut(&entry.stream) {
+            *id = entry.id.clone();
+        }
+    }
+}
+
 pub(super) async fn run(shared: Arc<Shared>) {
-    let stream = shared.settings.reply_stream();
-    let mut last_id = "0-0".to_owned();
+    let mut cursors = Cursors {
+        main: shared.settings.reply_stream(),
+        main_id: "0-0".to_owned(),
+        own: BTreeMap::new(),
+    };
+    let stream = cursors.main.clone();
     let mut trimmed_at = Instant::now();
     let mut trimmed_id = String::new();
     let mut conn = None;
@@ -43,14 +122,10 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 }
             },
         };
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(shared.settings.read_batch)
-            .arg("BLOCK")
-            .arg(shared.settings.block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg(&last_id);
+        cursors.follow(shared.own_streams.snapshot());
+        // A plain XREAD takes nothing from anyone: abandoning it on a stop
+        // loses nothing.
+        let cmd = cursors.read_command(shared.settings.read_batch, shared.settings.block);
         let read = cmd.query_async::<redis::Value>(c);
         let reply = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
@@ -79,31 +154,39 @@ pub(super) async fn run(shared: Arc<Shared>) {
             }
         };
         for entry in streams::decode_read_reply(&value) {
-            last_id = entry.id.clone();
-            if let Some(why) = &entry.malformed {
-                tracing::warn!(entry_id = %entry.id, %stream, reason = %why, "skipping a malformed reply");
-                continue;
-            }
-            match Reply::from_fields(&entry.fields) {
-                Ok(reply) => {
-                    if !shared.router.route(reply) {
-                        tracing::debug!(entry_id = %entry.id, "reply for no saga driven here; ignored");
-                    }
-                }
-                Err(why) => {
-                    tracing::warn!(entry_id = %entry.id, %stream, reason = %why, "skipping a stray reply")
-                }
-            }
+            cursors.advance(&entry);
+            route(&shared, &entry);
         }
         if trimmed_at.elapsed() >= TRIM_EVERY {
+            let progressed = cursors.main_id != trimmed_id;
             tidy(
                 &shared,
                 &stream,
-                (last_id != trimmed_id).then_some(last_id.as_str()),
+                progressed.then_some(cursors.main_id.as_str()),
             )
             .await;
-            trimmed_id = last_id.clone();
+            trimmed_id = cursors.main_id.clone();
             trimmed_at = Instant::now();
+        }
+    }
+}
+
+fn route(shared: &Shared, entry: &Entry) {
+    if entry.fields.contains_key(WAKE_FIELD) {
+        return;
+    }
+    if let Some(why) = &entry.malformed {
+        tracing::warn!(entry_id = %entry.id, stream = %entry.stream, reason = %why, "skipping a malformed reply");
+        return;
+    }
+    match Reply::from_fields(&entry.fields) {
+        Ok(reply) => {
+            if !shared.router.route(reply) {
+                tracing::debug!(entry_id = %entry.id, "reply for no saga driven here; ignored");
+            }
+        }
+        Err(why) => {
+            tracing::warn!(entry_id = %entry.id, stream = %entry.stream, reason = %why, "skipping a stray reply")
         }
     }
 }

@@ -3,6 +3,7 @@
 //! all in one MULTI/EXEC, so that no reader ever sees a command without
 //! its recorded state or the reverse.
 
+use super::replies::WAKE_FIELD;
 use crate::config::Settings;
 use crate::protocol::{Command, SagaEvent};
 use crate::saga::SagaState;
@@ -23,6 +24,10 @@ pub struct Transition<'a> {
     pub commands: Vec<(&'a str, &'a Command)>,
     pub events: Vec<&'a SagaEvent>,
     pub ack: Option<&'a EntryRef>,
+    /// Per-request reply streams to create, with their time to live in
+    /// seconds: created by us, they carry a TTL that the handlers' `XADD`s
+    /// keep, so they go away by themselves.
+    pub own_reply_streams: Vec<(&'a str, u64)>,
 }
 
 impl Transition<'_> {
@@ -64,6 +69,25 @@ impl Transition<'_> {
                 xadd.arg(k).arg(v);
             }
             xadd.ignore();
+        }
+        for (stream, ttl) in &self.own_reply_streams {
+            pipe.cmd("XADD")
+                .arg(*stream)
+                .arg("*")
+                .arg(WAKE_FIELD)
+                .arg("1")
+                .ignore();
+            pipe.cmd("EXPIRE").arg(*stream).arg(*ttl).ignore();
+        }
+        if !self.own_reply_streams.is_empty() {
+            // Wakes the reply reader, blocked on the shared stream, so that
+            // it starts reading the new streams now.
+            pipe.cmd("XADD")
+                .arg(settings.reply_stream())
+                .arg("*")
+                .arg(WAKE_FIELD)
+                .arg("1")
+                .ignore();
         }
         if let Some(ack) = self.ack {
             pipe.cmd("XACK")

@@ -4,7 +4,7 @@ use super::backoff::retry_delay;
 use super::ids::IdSource;
 use super::state::{Exchange, Failure, Phase, SagaState, Waiting};
 use crate::definition::template::Context;
-use crate::definition::{RetryPolicy, SagaDefinition, Template};
+use crate::definition::{ReplyMode, RetryPolicy, SagaDefinition, Template};
 use crate::protocol::{
     Command, CommandKind, CorrelationId, EventType, Reply, ReplyStatus, SagaEvent, SagaId, SpanId,
     TraceId, TraceParent, UnixMillis,
@@ -134,7 +134,17 @@ struct Machine<'a> {
     effects: Vec<Effect>,
 }
 
-impl Machine<'_> {
+/// Where and how one kind of command of a step is sent.
+struct Target<'d> {
+    stream: &'d str,
+    command: &'d str,
+    timeout: Duration,
+    retry: RetryPolicy,
+    input: Option<&'d Template>,
+    replies: ReplyMode,
+}
+
+impl<'a> Machine<'a> {
     /// Orders the effects: persist first, then commands and events, timer
     /// and finish last. The driver writes the first three in one go.
     fn finish(mut self) -> Vec<Effect> {
@@ -207,31 +217,48 @@ impl Machine<'_> {
         template.render(&ctx, compensation).map_err(|e| e.0)
     }
 
+    /// What a command of step `index` (its action or its compensation) is.
+    fn target(&self, index: usize, kind: CommandKind) -> Target<'a> {
+        let def: &'a SagaDefinition = self.def;
+        let step = &def.steps[index];
+        match kind {
+            CommandKind::Action => Target {
+                stream: &step.stream,
+                command: &step.command,
+                timeout: step.timeout,
+                retry: step.retry,
+                input: step.input.as_ref(),
+                replies: step.replies,
+            },
+            CommandKind::Compensation => {
+                let comp = step
+                    .compensation
+                    .as_ref()
+                    .expect("only steps with a compensation are undone");
+                Target {
+                    stream: &comp.stream,
+                    command: &comp.command,
+                    timeout: comp.timeout,
+                    retry: comp.retry,
+                    input: comp.input.as_ref(),
+                    replies: comp.replies,
+                }
+            }
+        }
+    }
+
     /// Sends attempt `attempt` of step `index`'s action.
     fn send_action(&mut self, index: usize, attempt: u32, timed_out: bool) {
-        let step = &self.def.steps[index];
-        match self.render(step.input.as_ref(), CommandKind::Action) {
-            Ok(payload) => {
-                let (stream, command, timeout) =
-                    (step.stream.clone(), step.command.clone(), step.timeout);
-                self.send(
-                    index,
-                    CommandKind::Action,
-                    attempt,
-                    timed_out,
-                    stream,
-                    command,
-                    timeout,
-                    payload,
-                );
-            }
+        let target = self.target(index, CommandKind::Action);
+        match self.render(target.input, CommandKind::Action) {
+            Ok(payload) => self.send(index, CommandKind::Action, attempt, timed_out, payload),
             Err(reason) => {
                 // A payload that cannot be built will not be buildable on a
                 // retry either: the step fails at once.
-                let reason = format!("cannot build the input of step `{}`: {reason}", step.name);
+                let name = self.def.steps[index].name.clone();
+                let reason = format!("cannot build the input of step `{name}`: {reason}");
                 self.state.current = None;
                 self.fail_saga(index, reason.clone(), timed_out);
-                let name = self.def.steps[index].name.clone();
                 self.emit(
                     EventType::StepFailed,
                     Some(&name),
@@ -244,42 +271,33 @@ impl Machine<'_> {
 
     /// Sends attempt `attempt` of the compensation of step `index`.
     fn send_compensation(&mut self, index: usize, attempt: u32) {
-        let comp = self.def.steps[index]
-            .compensation
-            .as_ref()
-            .expect("only steps with a compensation are queued for undoing");
+        let target = self.target(index, CommandKind::Compensation);
         let payload = self
-            .render(comp.input.as_ref(), CommandKind::Compensation)
+            .render(target.input, CommandKind::Compensation)
             .expect("compensation templates render leniently");
-        let (stream, command, timeout) = (comp.stream.clone(), comp.command.clone(), comp.timeout);
-        self.send(
-            index,
-            CommandKind::Compensation,
-            attempt,
-            false,
-            stream,
-            command,
-            timeout,
-            payload,
-        );
+        self.send(index, CommandKind::Compensation, attempt, false, payload);
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn send(
         &mut self,
         index: usize,
         kind: CommandKind,
         attempt: u32,
         timed_out: bool,
-        stream: String,
-        event_type: String,
-        timeout: Duration,
         payload: Value,
     ) {
+        let target = self.target(index, kind);
         let request_id = self.ids.request_id();
         let span_id = self.ids.span_id();
-        let deadline_ms = self.now.saturating_add(ms(timeout));
+        let deadline_ms = self.now.saturating_add(ms(target.timeout));
         let step = self.def.steps[index].name.clone();
+        let own_stream = match target.replies {
+            ReplyMode::Shared => None,
+            ReplyMode::PerRequest => Some(format!("{}:{request_id}", self.state.reply_stream)),
+        };
+        let reply_stream = own_stream
+            .clone()
+            .unwrap_or_else(|| self.state.reply_stream.clone());
         self.state.current = Some(Exchange {
             step: index,
             kind,
@@ -289,6 +307,7 @@ impl Machine<'_> {
             sent_at_ms: self.now,
             waiting: Waiting::Reply { deadline_ms },
             timed_out,
+            own_reply_stream: own_stream,
         });
         let event = match kind {
             CommandKind::Action => EventType::StepStarted,
@@ -301,8 +320,9 @@ impl Machine<'_> {
                 "attempt": attempt,
                 "request_id": request_id,
                 "kind": kind.as_str(),
-                "command": event_type,
-                "stream": stream,
+                "command": target.command,
+                "stream": target.stream,
+                "reply_stream": reply_stream,
                 "span_id": span_id,
                 "deadline_ms": deadline_ms,
             }),
@@ -312,16 +332,19 @@ impl Machine<'_> {
             saga_id: self.state.saga_id.clone(),
             request_id,
             traceparent: TraceParent::new(self.state.trace_id.clone(), span_id),
-            event_type,
+            event_type: target.command.to_owned(),
             step,
             kind,
             attempt,
-            reply_stream: self.state.reply_stream.clone(),
+            reply_stream,
             payload,
             deadline_ms,
             timestamp: self.now,
         };
-        self.effects.push(Effect::Send { stream, command });
+        self.effects.push(Effect::Send {
+            stream: target.stream.to_owned(),
+            command,
+        });
     }
 
     /// Is this reply the final word (or progress) on the exchange we await?
@@ -346,31 +369,12 @@ impl Machine<'_> {
         matches.then(|| current.clone())
     }
 
-    fn command_name(&self, x: &Exchange) -> &str {
-        let step = &self.def.steps[x.step];
-        match x.kind {
-            CommandKind::Action => &step.command,
-            CommandKind::Compensation => {
-                &step
-                    .compensation
-                    .as_ref()
-                    .expect("queued for undoing")
-                    .command
-            }
-        }
+    fn command_name(&self, x: &Exchange) -> &'a str {
+        self.target(x.step, x.kind).command
     }
 
     fn policy(&self, x: &Exchange) -> RetryPolicy {
-        let step = &self.def.steps[x.step];
-        match x.kind {
-            CommandKind::Action => step.retry,
-            CommandKind::Compensation => {
-                step.compensation
-                    .as_ref()
-                    .expect("queued for undoing")
-                    .retry
-            }
-        }
+        self.target(x.step, x.kind).retry
     }
 
     fn on_reply(&mut self, reply: Reply) {
@@ -492,6 +496,7 @@ impl Machine<'_> {
                     until_ms: self.now.saturating_add(delay),
                 },
                 timed_out: any_timeout,
+                own_reply_stream: None,
                 ..x.clone()
             });
             self.emit_attempt_failure(

@@ -629,3 +629,38 @@ fn state_survives_a_round_trip_through_json() {
     let back: SagaState = serde_json::from_str(&text).unwrap();
     assert_eq!(back, h.state);
 }
+
+#[test]
+fn per_request_steps_get_a_reply_stream_of_their_own() {
+    let text = DEF.replace(
+        "    stream: routing:commands\n",
+        "    stream: routing:commands\n    reply_stream: per_request\n",
+    );
+    let def = load_str(Path::new("mission.yaml"), &text).unwrap();
+    let (mut h, _) = Harness::new();
+    h.def = def;
+    let effects = h.complete(json!({"robot_ids": ["r1"]}));
+    let Some(Effect::Send { command, .. }) =
+        effects.iter().find(|e| matches!(e, Effect::Send { .. }))
+    else {
+        panic!("no command")
+    };
+    let own = format!("saga:replies:test:{}", command.request_id);
+    assert_eq!(command.reply_stream, own);
+    assert_eq!(
+        h.state
+            .current
+            .as_ref()
+            .unwrap()
+            .own_reply_stream
+            .as_deref(),
+        Some(own.as_str())
+    );
+    // shared steps keep the saga's stream
+    let (h, effects) = Harness::new();
+    let Effect::Send { command, .. } = &effects[3] else {
+        unreachable!()
+    };
+    assert_eq!(command.reply_stream, "saga:replies:test");
+    assert!(h.state.current.as_ref().unwrap().own_reply_stream.is_none());
+}

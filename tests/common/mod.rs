@@ -202,7 +202,7 @@ pub type Fields = BTreeMap<String, String>;
 /// An entry to write: raw field names and values.
 pub type RawEntry = Vec<(Vec<u8>, Vec<u8>)>;
 
-fn lossy(fields: &sagaflow::protocol::RawFields) -> Fields {
+pub fn lossy(fields: &sagaflow::protocol::RawFields) -> Fields {
     let text = |v: &Vec<u8>| String::from_utf8_lossy(v).into_owned();
     fields.iter().map(|(k, v)| (k.clone(), text(v))).collect()
 }
