@@ -33,6 +33,12 @@ pub struct Settings {
     pub redis_response_timeout: Duration,
     /// How long a stop waits for in-flight writes before giving up.
     pub shutdown_grace: Duration,
+    /// How long a daemon's lease on its sagas lasts without renewal. A
+    /// daemon that dies has its sagas taken over by another within about
+    /// this long; it renews every third of it.
+    pub lease_ttl: Duration,
+    /// How often a daemon looks for daemons whose lease ran out.
+    pub takeover_every: Duration,
 }
 
 impl Default for Settings {
@@ -53,6 +59,8 @@ impl Default for Settings {
             block: Duration::from_secs(1),
             redis_response_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(10),
+            takeover_every: Duration::from_secs(1),
         }
     }
 }
@@ -66,6 +74,17 @@ impl Settings {
     /// saga stays in one Redis Cluster slot.
     pub fn saga_key(&self, saga_id: &str) -> String {
         format!("{}{{{saga_id}}}", self.saga_key_prefix)
+    }
+
+    /// The sorted set of daemon leases: member = owner token, score = the
+    /// unix ms at which the lease runs out.
+    pub fn leases_key(&self) -> String {
+        format!("{}leases", self.saga_key_prefix)
+    }
+
+    /// The set of the sagas held under one owner token.
+    pub fn owned_key(&self, owner: &str) -> String {
+        format!("{}owned:{{{owner}}}", self.saga_key_prefix)
     }
 
     pub fn idempotency_key(&self, saga: &str, key: &str) -> String {

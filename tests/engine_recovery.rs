@@ -25,7 +25,6 @@ steps:
 const RESUME_WAIT: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "resuming persisted sagas after a restart is not implemented yet"]
 async fn a_saga_awaiting_a_reply_goes_on_after_a_restart() {
     let server = RedisServer::start();
     let daemon = start_daemon(&server, catalog(TWO_STEPS)).await;
@@ -78,7 +77,6 @@ async fn a_saga_awaiting_a_reply_goes_on_after_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "taking over pending starts after a crash is not implemented yet"]
 async fn a_start_read_but_not_acknowledged_before_a_crash_is_taken_after_it() {
     let server = RedisServer::start();
     let mut conn = server.conn().await;

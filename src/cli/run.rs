@@ -36,6 +36,13 @@ pub struct RunArgs {
     /// Sagas driven at once by this daemon; further starts wait.
     #[arg(long, env = "SAGAFLOW_MAX_IN_FLIGHT", default_value_t = Settings::default().max_in_flight)]
     max_in_flight: usize,
+    /// How long this daemon's lease on its sagas lasts; another daemon takes
+    /// them over about this long after this one dies.
+    #[arg(long, env = "SAGAFLOW_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    lease_ttl: std::time::Duration,
+    /// How long a stop may take to bring sagas to a persisted point.
+    #[arg(long, env = "SAGAFLOW_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_grace: std::time::Duration,
 }
 
 pub async fn run(args: RunArgs) -> ExitCode {
@@ -56,6 +63,8 @@ pub async fn run(args: RunArgs) -> ExitCode {
         redis_url: args.redis.redis_url,
         sagas_dir: args.sagas,
         max_in_flight: args.max_in_flight.max(1),
+        lease_ttl: args.lease_ttl.max(std::time::Duration::from_millis(300)),
+        shutdown_grace: args.shutdown_grace,
         ..Settings::default()
     };
     if let Some(node_id) = args.node_id {

@@ -1,12 +1,16 @@
 //! One task per saga: feeds the state machine with replies and timer ticks
-//! and performs its effects, each transition in one atomic write.
+//! and performs its effects, each transition in one fenced, atomic write.
+//! A saga task starts from a start entry ([`start`]) or from the record of a
+//! saga taken over from another daemon ([`resume`]).
 
-use super::store::{EntryRef, Transition};
+use super::idempotency::{claim_idempotency_key, duplicate, Claim};
+use super::lease::Epoch;
+use super::router::Inbox;
+use super::store::{EntryRef, Fence, Transition, Written};
 use super::{now_ms, pause, Shared};
 use crate::definition::SagaDefinition;
-use crate::protocol::{EventType, SagaEvent, SagaId, SagaStatus, StartRequest, TraceId};
+use crate::protocol::{SagaEvent, SagaId, StartRequest, TraceId};
 use crate::saga::{self, Effect, Event, RandomIds, SagaInit, SagaState};
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
@@ -19,9 +23,9 @@ pub(super) async fn start(
     def: Arc<SagaDefinition>,
     request: StartRequest,
     at: EntryRef,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
-    let saga_id = SagaId::generate();
+    let saga_id = SagaId::for_start(&at.stream, &at.id);
     let span = tracing::info_span!(
         "saga",
         saga = %def.name,
@@ -32,6 +36,8 @@ pub(super) async fn start(
         if let Some(key) = &request.idempotency_key {
             match claim_idempotency_key(&shared, &def.name, key, &saga_id).await {
                 Some(Claim::Ours) => {}
+                // This very start, taken again after a crash.
+                Some(Claim::Taken(existing)) if existing == saga_id.as_str() => {}
                 Some(Claim::Taken(existing)) => {
                     return duplicate(&shared, &def, &request, key, existing, &at).await
                 }
@@ -58,103 +64,227 @@ pub(super) async fn start(
             input: request.input,
         };
         let (state, effects) = saga::start(&def, init, now_ms(), &mut RandomIds);
-        tracing::info!(entry_id = %at.id, "saga started");
-        let inbox = shared.router.register(saga_id.clone());
-        drive(&shared, &def, state, effects, Some(&at), inbox).await;
+        let Some(inbox) = shared.router.register(saga_id.clone()) else {
+            return; // this daemon drives it already
+        };
+        let mut saga = Driven::new(&shared, &def, state, 0, shared.epoch(), permit);
+        match saga.perform(effects, Some(&at)).await {
+            Some(Written::Done | Written::AlreadyDone) => {
+                tracing::info!(entry_id = %at.id, "saga started");
+                saga.drive(inbox).await;
+            }
+            // Started already by another daemon that took this entry too.
+            Some(Written::NotOurs) => tracing::info!(entry_id = %at.id, "saga started elsewhere"),
+            None => {}
+        }
         shared.router.remove(&saga_id);
     }
     .instrument(span)
     .await
 }
 
-async fn drive(
-    shared: &Shared,
-    def: &SagaDefinition,
-    mut state: SagaState,
-    effects: Vec<Effect>,
-    ack: Option<&EntryRef>,
-    mut inbox: super::router::Inbox,
-) {
-    let mut own_stream = OwnStreamGuard {
-        shared,
-        stream: None,
-    };
-    let Some(mut outcome) = perform(shared, &state, effects, ack).await else {
+/// Resumes a saga taken over from another daemon, from its record.
+pub(super) async fn resume(shared: Arc<Shared>, saga_id: String, epoch: Arc<Epoch>) {
+    let Ok(permit) = shared.permits.clone().acquire_owned().await else {
         return;
     };
-    own_stream.follow(&state);
-    while !outcome.finished {
-        let sleep = outcome
-            .timer
-            .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
-        let event = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            reply = inbox.recv() => match reply {
-                Some(reply) => Event::Reply(reply),
-                None => return,
-            },
-            _ = sleep_or_never(sleep) => Event::Tick,
-        };
-        let now = now_ms();
-        let effects = saga::apply(&mut state, def, event, now, &mut RandomIds);
-        if effects.is_empty() {
-            // A tick that found nothing due (the clocks of the timer and of
-            // the state differ by a little): wait for what is due next.
-            outcome.timer = state.wake_at();
-            continue;
-        }
-        let timer = outcome.timer;
-        let Some(next) = perform(shared, &state, effects, None).await else {
+    let record = match load(&shared, &saga_id).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return tracing::warn!(%saga_id, "a saga taken over has no record; skipped"),
+        Err(e) => return tracing::error!(%saga_id, error = %e, "cannot read a saga taken over"),
+    };
+    let (mut state, seq) = record;
+    let Some(def) = shared.catalog.get(&state.saga).cloned() else {
+        return tracing::error!(%saga_id, saga = %state.saga, "a saga taken over has no loaded definition; left as it is");
+    };
+    let span = tracing::info_span!(
+        "saga",
+        saga = %def.name,
+        saga_id = %saga_id,
+        correlation_id = %state.correlation_id,
+    );
+    async move {
+        // Its next commands name this daemon's reply stream; the attempt
+        // under way keeps its own until it ends.
+        state.reply_stream = shared.settings.reply_stream();
+        let Some(inbox) = shared.router.register(state.saga_id.clone()) else {
             return;
         };
-        own_stream.follow(&state);
-        outcome = Outcome {
-            timer: next.timer.or(timer),
-            ..next
-        };
+        tracing::info!(phase = ?state.phase, "saga resumed");
+        let id = state.saga_id.clone();
+        let mut saga = Driven::new(&shared, &def, state, seq, epoch, permit);
+        saga.follow_reply_stream();
+        saga.drive(inbox).await;
+        shared.router.remove(&id);
     }
-    let status = state.phase.status();
-    tracing::info!(status = status.as_str(), "saga ended");
+    .instrument(span)
+    .await
 }
 
-async fn sleep_or_never(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-struct Outcome {
-    timer: Option<u64>,
-    finished: bool,
-}
-
-/// Keeps the reply reader on the per-request reply stream of the saga's
-/// current exchange, and off it once the exchange is over.
-struct OwnStreamGuard<'a> {
-    shared: &'a Shared,
-    stream: Option<String>,
-}
-
-impl OwnStreamGuard<'_> {
-    fn follow(&mut self, state: &SagaState) {
-        let now = state
-            .current
-            .as_ref()
-            .and_then(|x| x.own_reply_stream.clone());
-        if now != self.stream {
-            if let Some(old) = self.stream.take() {
-                self.shared.own_streams.remove(&old);
-            }
-            self.stream = now;
+/// A saga's record: its state and the number of its last transition.
+async fn load(shared: &Shared, saga_id: &str) -> redis::RedisResult<Option<(SagaState, u64)>> {
+    let mut conn = shared.conn.clone();
+    let (state, seq): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+        .arg(shared.settings.saga_key(saga_id))
+        .arg("state")
+        .arg("seq")
+        .query_async(&mut conn)
+        .await?;
+    let Some(state) = state else { return Ok(None) };
+    match serde_json::from_str(&state) {
+        Ok(state) => Ok(Some((state, seq.unwrap_or(0)))),
+        Err(e) => {
+            tracing::error!(%saga_id, error = %e, "a saga record cannot be read; left as it is");
+            Ok(None)
         }
     }
 }
 
-impl Drop for OwnStreamGuard<'_> {
+/// A saga being driven by this daemon.
+struct Driven<'a> {
+    shared: &'a Shared,
+    def: &'a SagaDefinition,
+    state: SagaState,
+    /// Number of the last transition written.
+    seq: u64,
+    epoch: Arc<Epoch>,
+    timer: Option<u64>,
+    /// A reply stream other than this daemon's that the current attempt's
+    /// replies go to, followed by the reply reader while it is awaited.
+    followed: Option<String>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<'a> Driven<'a> {
+    fn new(
+        shared: &'a Shared,
+        def: &'a SagaDefinition,
+        state: SagaState,
+        seq: u64,
+        epoch: Arc<Epoch>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        let timer = state.wake_at();
+        Self {
+            shared,
+            def,
+            state,
+            seq,
+            epoch,
+            timer,
+            followed: None,
+            _permit: permit,
+        }
+    }
+
+    async fn drive(&mut self, mut inbox: Inbox) {
+        while !self.state.phase.is_terminal() {
+            let sleep = self
+                .timer
+                .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+            let event = tokio::select! {
+                _ = self.epoch.cancel.cancelled() => return,
+                reply = inbox.recv() => match reply {
+                    Some(reply) => Event::Reply(reply),
+                    None => return,
+                },
+                _ = sleep_or_never(sleep) => Event::Tick,
+            };
+            let effects = saga::apply(&mut self.state, self.def, event, now_ms(), &mut RandomIds);
+            if effects.is_empty() {
+                // A tick that found nothing due (the clocks of the timer and
+                // of the state differ by a little): wait for what is due next.
+                self.timer = self.state.wake_at();
+                continue;
+            }
+            match self.perform(effects, None).await {
+                Some(Written::Done | Written::AlreadyDone) => {}
+                Some(Written::NotOurs) => {
+                    return tracing::warn!("saga taken over by another daemon; this one lets go")
+                }
+                None => return,
+            }
+        }
+        tracing::info!(status = self.state.phase.status().as_str(), "saga ended");
+    }
+
+    /// Writes one transition's effects in one go. `None` when the daemon
+    /// stopped before the write could be made.
+    async fn perform(&mut self, effects: Vec<Effect>, ack: Option<&EntryRef>) -> Option<Written> {
+        // The reader follows a new attempt's own reply stream before its
+        // command exists, so no reply can come before the reader looks.
+        self.follow_reply_stream();
+        let mut persist = false;
+        let mut commands = Vec::new();
+        let mut events = Vec::new();
+        let mut own_streams = Vec::new();
+        for effect in &effects {
+            match effect {
+                Effect::Persist => persist = true,
+                Effect::Send { stream, command } => {
+                    if command.reply_stream != self.state.reply_stream {
+                        let ttl = command.deadline_ms.saturating_sub(now_ms()) / 1000
+                            + OWN_STREAM_GRACE_SECS;
+                        own_streams.push((command.reply_stream.as_str(), ttl));
+                    }
+                    commands.push((stream.as_str(), command));
+                }
+                Effect::Emit(event) => {
+                    log_event(event);
+                    events.push(event);
+                }
+                Effect::ArmTimer { at_ms } => self.timer = Some(*at_ms),
+                Effect::Finish => {}
+            }
+        }
+        let transition = Transition {
+            saga: Some((
+                self.state.saga_id.as_str(),
+                Fence {
+                    owner: &self.epoch.owner,
+                    seq: self.seq + 1,
+                },
+            )),
+            state: persist.then_some(&self.state),
+            commands,
+            events,
+            ack,
+            own_reply_streams: own_streams,
+        };
+        let written = write_until_done(self.shared, &transition).await;
+        drop(transition);
+        if matches!(written, Some(Written::Done | Written::AlreadyDone)) {
+            self.seq += 1;
+        }
+        written
+    }
+
+    /// Keeps the reply reader on the stream the current attempt's replies go
+    /// to when it is not this daemon's own, and off it once it is over.
+    fn follow_reply_stream(&mut self) {
+        let main = &self.state.reply_stream;
+        let now = self
+            .state
+            .current
+            .as_ref()
+            .map(|x| x.reply_stream.clone())
+            .filter(|s| s != main);
+        if now != self.followed {
+            if let Some(old) = self.followed.take() {
+                self.shared.followed.remove(&old);
+            }
+            if let Some(new) = &now {
+                self.shared.followed.add(new);
+            }
+            self.followed = now;
+        }
+    }
+}
+
+impl Drop for Driven<'_> {
     fn drop(&mut self) {
-        if let Some(stream) = self.stream.take() {
-            self.shared.own_streams.remove(&stream);
+        if let Some(stream) = self.followed.take() {
+            self.shared.followed.remove(&stream);
         }
     }
 }
@@ -163,54 +293,11 @@ impl Drop for OwnStreamGuard<'_> {
 /// replies land in it, unread, and go with it.
 const OWN_STREAM_GRACE_SECS: u64 = 600;
 
-/// Writes one transition's effects in one go. `None` when the daemon
-/// stopped before the write could be made.
-async fn perform(
-    shared: &Shared,
-    state: &SagaState,
-    effects: Vec<Effect>,
-    ack: Option<&EntryRef>,
-) -> Option<Outcome> {
-    let mut outcome = Outcome {
-        timer: None,
-        finished: false,
-    };
-    let mut persist = false;
-    let mut commands = Vec::new();
-    let mut events = Vec::new();
-    let mut own_streams = Vec::new();
-    for effect in &effects {
-        match effect {
-            Effect::Persist => persist = true,
-            Effect::Send { stream, command } => {
-                if command.reply_stream != state.reply_stream {
-                    // Followed by the reader before the command exists, so
-                    // no reply can come before the reader looks for it.
-                    shared.own_streams.add(&command.reply_stream);
-                    let ttl = (command.deadline_ms.saturating_sub(now_ms())) / 1000
-                        + OWN_STREAM_GRACE_SECS;
-                    own_streams.push((command.reply_stream.as_str(), ttl));
-                }
-                commands.push((stream.as_str(), command));
-            }
-            Effect::Emit(event) => {
-                log_event(event);
-                events.push(event);
-            }
-            Effect::ArmTimer { at_ms } => outcome.timer = Some(*at_ms),
-            Effect::Finish => outcome.finished = true,
-        }
+async fn sleep_or_never(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
-    let transition = Transition {
-        state: persist.then_some(state),
-        commands,
-        events,
-        ack,
-        own_reply_streams: own_streams,
-    };
-    write_until_done(shared, &transition)
-        .await
-        .then_some(outcome)
 }
 
 fn log_event(event: &SagaEvent) {
@@ -224,59 +311,20 @@ fn log_event(event: &SagaEvent) {
 }
 
 /// Writes a transition, retrying with capped backoff while Redis fails.
-/// False only if the daemon stopped first; the state then stays as last
-/// persisted, and the entry unacknowledged.
-pub(super) async fn write_until_done(shared: &Shared, transition: &Transition<'_>) -> bool {
+/// `None` only if the daemon stopped first; the saga then stays as last
+/// written, and its start entry unacknowledged.
+pub(super) async fn write_until_done(
+    shared: &Shared,
+    transition: &Transition<'_>,
+) -> Option<Written> {
     let mut delay = Duration::from_millis(50);
     let mut conn = shared.conn.clone();
     loop {
         match transition.write(&mut conn, &shared.settings).await {
-            Ok(()) => {
+            Ok(written) => {
                 shared.writes.succeeded();
-                return true;
+                return Some(written);
             }
-            Err(e) => {
-                shared.writes.failed(&e);
-                if !pause(&shared.shutdown, delay).await {
-                    return false;
-                }
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
-}
-
-enum Claim {
-    Ours,
-    Taken(String),
-}
-
-/// Claims an idempotency key for this saga: `SET NX`, so two daemons
-/// taking the same key at once cannot both win.
-async fn claim_idempotency_key(
-    shared: &Shared,
-    saga: &str,
-    key: &str,
-    saga_id: &SagaId,
-) -> Option<Claim> {
-    let redis_key = shared.settings.idempotency_key(saga, key);
-    let mut conn = shared.conn.clone();
-    let mut delay = Duration::from_millis(50);
-    loop {
-        let claimed: redis::RedisResult<(Option<String>, Option<String>)> = redis::pipe()
-            .cmd("SET")
-            .arg(&redis_key)
-            .arg(saga_id.as_str())
-            .arg("NX")
-            .arg("EX")
-            .arg(shared.settings.retention.as_secs().max(1))
-            .cmd("GET")
-            .arg(&redis_key)
-            .query_async(&mut conn)
-            .await;
-        match claimed {
-            Ok((Some(_), _)) => return Some(Claim::Ours),
-            Ok((None, existing)) => return Some(Claim::Taken(existing.unwrap_or_default())),
             Err(e) => {
                 shared.writes.failed(&e);
                 if !pause(&shared.shutdown, delay).await {
@@ -286,31 +334,4 @@ async fn claim_idempotency_key(
             }
         }
     }
-}
-
-async fn duplicate(
-    shared: &Shared,
-    def: &SagaDefinition,
-    request: &StartRequest,
-    key: &str,
-    existing: String,
-    at: &EntryRef,
-) {
-    tracing::info!(idempotency_key = key, existing_saga_id = %existing, "duplicate start ignored");
-    let event = SagaEvent {
-        correlation_id: request.correlation_id.clone(),
-        saga_id: None,
-        saga: def.name.clone(),
-        event_type: EventType::SagaDuplicate,
-        status: SagaStatus::Duplicate,
-        step: None,
-        payload: json!({ "entry_id": at.id, "idempotency_key": key, "existing_saga_id": existing }),
-        timestamp: now_ms(),
-    };
-    let transition = Transition {
-        events: vec![&event],
-        ack: Some(at),
-        ..Default::default()
-    };
-    write_until_done(shared, &transition).await;
 }

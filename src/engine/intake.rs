@@ -91,7 +91,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
 }
 
 /// Starts a saga for a valid entry, rejects a bad one.
-async fn take(shared: &Arc<Shared>, entry: Entry) {
+pub(super) async fn take(shared: &Arc<Shared>, entry: Entry) {
     let at = EntryRef {
         stream: entry.stream.clone(),
         id: entry.id.clone(),

@@ -12,7 +12,9 @@
 //! ```
 
 mod driver;
+mod idempotency;
 mod intake;
+mod lease;
 mod replies;
 mod router;
 pub mod store;
@@ -20,10 +22,11 @@ pub mod store;
 use crate::config::Settings;
 use crate::definition::Catalog;
 use crate::streams;
+use lease::Epoch;
 use redis::aio::ConnectionManager;
 use router::Router;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +45,8 @@ pub enum EngineError {
         group: String,
         source: redis::RedisError,
     },
+    #[error("cannot register this daemon's lease: {source}")]
+    Lease { source: redis::RedisError },
     #[error("stopped before Redis at {url} could be reached")]
     StoppedBeforeReady { url: String },
 }
@@ -58,7 +63,22 @@ pub(crate) struct Shared {
     /// One permit per in-flight saga.
     pub permits: Arc<Semaphore>,
     pub writes: WriteHealth,
-    pub own_streams: replies::OwnStreams,
+    pub followed: replies::FollowedStreams,
+    /// The current period of this daemon's lease.
+    epoch: RwLock<Arc<Epoch>>,
+}
+
+impl Shared {
+    pub fn epoch(&self) -> Arc<Epoch> {
+        self.epoch.read().expect("epoch lock").clone()
+    }
+
+    /// Ends the current epoch (its saga tasks stop) and begins a new one.
+    pub fn new_epoch(&self) {
+        let next = Arc::new(Epoch::new(&self.settings.node_id, &self.shutdown));
+        let old = std::mem::replace(&mut *self.epoch.write().expect("epoch lock"), next);
+        old.cancel.cancel();
+    }
 }
 
 /// Whether saga writes are failing, so that thousands of sagas waiting on
@@ -105,6 +125,8 @@ impl Daemon {
         for stream in trigger_streams(&settings, &catalog) {
             create_group(&mut conn, &stream, &settings.trigger_group).await?;
         }
+        let settings_node_id = settings.node_id.clone();
+        let shutdown_for_epoch = shutdown.clone();
         let shared = Arc::new(Shared {
             permits: Arc::new(Semaphore::new(settings.max_in_flight)),
             settings,
@@ -115,7 +137,8 @@ impl Daemon {
             shutdown,
             tracker: TaskTracker::new(),
             writes: WriteHealth::default(),
-            own_streams: replies::OwnStreams::default(),
+            followed: replies::FollowedStreams::default(),
+            epoch: RwLock::new(Arc::new(Epoch::new(&settings_node_id, &shutdown_for_epoch))),
         });
         tracing::info!(
             node_id = %shared.settings.node_id,
@@ -124,6 +147,10 @@ impl Daemon {
             reply_stream = %shared.settings.reply_stream(),
             "sagaflow daemon started"
         );
+        lease::register(&shared)
+            .await
+            .map_err(|source| EngineError::Lease { source })?;
+        shared.tracker.spawn(lease::run(shared.clone()));
         shared.tracker.spawn(replies::run(shared.clone()));
         shared.tracker.spawn(intake::run(shared.clone()));
         Ok(Self { shared })

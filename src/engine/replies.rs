@@ -9,7 +9,7 @@
 use super::{pause, Shared};
 use crate::protocol::Reply;
 use crate::streams::{self, Entry};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,31 +20,43 @@ const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// (and to create a per-request reply stream); they are no replies.
 pub(crate) const WAKE_FIELD: &str = "sagaflow_wake";
 
-/// The per-request reply streams awaited right now. A saga adds its stream
-/// before it sends the command and removes it once the exchange is over;
-/// the reader follows the set at each read.
+/// The reply streams besides this daemon's own that are awaited right now:
+/// per-request streams, and the streams of daemons whose sagas were taken
+/// over, while the attempts sent by them are under way. Counted, since
+/// several sagas may await one stream; the reader follows the set at each
+/// read.
 #[derive(Default)]
-pub(crate) struct OwnStreams {
-    streams: Mutex<BTreeSet<String>>,
+pub(crate) struct FollowedStreams {
+    streams: Mutex<HashMap<String, usize>>,
 }
 
-impl OwnStreams {
+impl FollowedStreams {
     pub fn add(&self, stream: &str) {
-        self.streams
+        *self
+            .streams
             .lock()
-            .expect("reply streams lock")
-            .insert(stream.to_owned());
+            .expect("followed streams lock")
+            .entry(stream.to_owned())
+            .or_insert(0) += 1;
     }
 
     pub fn remove(&self, stream: &str) {
-        self.streams
-            .lock()
-            .expect("reply streams lock")
-            .remove(stream);
+        let mut streams = self.streams.lock().expect("followed streams lock");
+        if let Some(count) = streams.get_mut(stream) {
+            *count -= 1;
+            if *count == 0 {
+                streams.remove(stream);
+            }
+        }
     }
 
     fn snapshot(&self) -> BTreeSet<String> {
-        self.streams.lock().expect("reply streams lock").clone()
+        self.streams
+            .lock()
+            .expect("followed streams lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 
@@ -122,7 +134,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 }
             },
         };
-        cursors.follow(shared.own_streams.snapshot());
+        cursors.follow(shared.followed.snapshot());
         // A plain XREAD takes nothing from anyone: abandoning it on a stop
         // loses nothing.
         let cmd = cursors.read_command(shared.settings.read_batch, shared.settings.block);

@@ -1,9 +1,15 @@
-//! Routes each reply read from the daemon's reply stream to the task that
+//! Routes each reply read from the daemon's reply streams to the task that
 //! drives its saga.
+//!
+//! A reply can arrive before its saga's task exists here: a saga being taken
+//! over from another daemon is resumed a moment after the reader has read
+//! what was waiting for it. Replies that belong to no saga are therefore kept
+//! for a while, and handed over when a saga of that id registers.
 
 use crate::protocol::{Reply, SagaId};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Each saga's inbox is unbounded on purpose: a reply reader that waited on
@@ -12,37 +18,117 @@ use tokio::sync::mpsc;
 /// final), so the inbox stays small.
 pub type Inbox = mpsc::UnboundedReceiver<Reply>;
 
+/// How many unrouted replies are kept at most, and for how long: enough to
+/// cover a takeover, little enough that garbage costs nothing.
+const KEPT_MAX: usize = 10_000;
+const KEPT_FOR: Duration = Duration::from_secs(60);
+
+#[derive(Default)]
+struct Inner {
+    sagas: HashMap<SagaId, mpsc::UnboundedSender<Reply>>,
+    /// Unrouted replies by saga, and the order they came in, for expiry.
+    kept: HashMap<SagaId, Vec<Reply>>,
+    kept_order: VecDeque<(Instant, SagaId)>,
+}
+
 #[derive(Default)]
 pub struct Router {
-    sagas: Mutex<HashMap<SagaId, mpsc::UnboundedSender<Reply>>>,
+    inner: Mutex<Inner>,
 }
 
 impl Router {
-    pub fn register(&self, saga_id: SagaId) -> Inbox {
+    /// The inbox of a saga, holding the replies that came for it before;
+    /// `None` if a task of this daemon drives it already.
+    pub fn register(&self, saga_id: SagaId) -> Option<Inbox> {
+        let mut inner = self.inner.lock().expect("router lock");
+        if inner.sagas.get(&saga_id).is_some_and(|tx| !tx.is_closed()) {
+            return None;
+        }
         let (tx, rx) = mpsc::unbounded_channel();
-        self.sagas.lock().expect("router lock").insert(saga_id, tx);
-        rx
+        for reply in inner.kept.remove(&saga_id).unwrap_or_default() {
+            let _ = tx.send(reply);
+        }
+        inner.sagas.insert(saga_id, tx);
+        Some(rx)
     }
 
     pub fn remove(&self, saga_id: &SagaId) {
-        self.sagas.lock().expect("router lock").remove(saga_id);
+        self.inner
+            .lock()
+            .expect("router lock")
+            .sagas
+            .remove(saga_id);
     }
 
-    /// Delivers a reply to its saga; false when no saga here owns it.
+    /// Delivers a reply to its saga; false when no saga here owns it (it
+    /// is kept for a while in case its saga registers).
     pub fn route(&self, reply: Reply) -> bool {
         let Some(saga_id) = reply.saga_id.clone() else {
             return false;
         };
-        let sender = self
-            .sagas
-            .lock()
-            .expect("router lock")
-            .get(&saga_id)
-            .cloned();
-        sender.is_some_and(|tx| tx.send(reply).is_ok())
+        let mut inner = self.inner.lock().expect("router lock");
+        if let Some(tx) = inner.sagas.get(&saga_id) {
+            if tx.send(reply.clone()).is_ok() {
+                return true;
+            }
+        }
+        let now = Instant::now();
+        while let Some((at, _)) = inner.kept_order.front() {
+            if now.duration_since(*at) <= KEPT_FOR && inner.kept_order.len() < KEPT_MAX {
+                break;
+            }
+            let (_, old) = inner.kept_order.pop_front().expect("checked");
+            inner.kept.remove(&old);
+        }
+        inner.kept.entry(saga_id.clone()).or_default().push(reply);
+        inner.kept_order.push_back((now, saga_id));
+        false
     }
 
     pub fn len(&self) -> usize {
-        self.sagas.lock().expect("router lock").len()
+        self.inner.lock().expect("router lock").sagas.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ReplyStatus;
+
+    fn reply(saga: &SagaId) -> Reply {
+        Reply {
+            saga_id: Some(saga.clone()),
+            request_id: None,
+            event_type: None,
+            correlation_id: None,
+            traceparent: None,
+            status: ReplyStatus::Start,
+            timestamp_ms: None,
+        }
+    }
+
+    #[test]
+    fn replies_that_come_first_wait_for_their_saga() {
+        let router = Router::default();
+        let (a, b) = (SagaId::generate(), SagaId::generate());
+        assert!(!router.route(reply(&a)));
+        assert!(!router.route(reply(&b)));
+        let mut inbox = router.register(a.clone()).unwrap();
+        assert_eq!(inbox.try_recv().unwrap().saga_id.as_ref(), Some(&a));
+        assert!(inbox.try_recv().is_err());
+        assert!(router.route(reply(&a)));
+        assert!(router.register(a.clone()).is_none(), "driven already");
+        let mut inbox_b = router.register(b.clone()).unwrap();
+        assert_eq!(inbox_b.try_recv().unwrap().saga_id.as_ref(), Some(&b));
+    }
+
+    #[test]
+    fn kept_replies_are_bounded() {
+        let router = Router::default();
+        for _ in 0..KEPT_MAX + 10 {
+            router.route(reply(&SagaId::generate()));
+        }
+        let inner = router.inner.lock().unwrap();
+        assert!(inner.kept.len() <= KEPT_MAX && inner.kept_order.len() <= KEPT_MAX);
     }
 }

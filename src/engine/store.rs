@@ -1,14 +1,24 @@
-//! Writing one saga transition to Redis: the saga's record, the commands
-//! it sends, its audit events and the acknowledgement of the start entry,
-//! all in one MULTI/EXEC, so that no reader ever sees a command without
-//! its recorded state or the reverse.
+//! Writing saga transitions to Redis. Everything one transition does (the
+//! saga's new state, the commands it sends, its audit events, the
+//! acknowledgement of its start entry) is written by one Lua script, so no
+//! reader ever sees a command without its recorded state or the reverse.
+//!
+//! The script is fenced: it writes only if the saga's record still names the
+//! writer's owner token, so a daemon that lost its lease (paused, cut off)
+//! cannot touch a saga another daemon took over. Each write carries the
+//! saga's transition number, so a write retried after a lost answer is not
+//! applied twice.
+//!
+//! The saga record is a hash at `saga:{<saga_id>}`: `owner`, `seq` (the last
+//! transition written) and `state` (JSON).
 
 use super::replies::WAKE_FIELD;
 use crate::config::Settings;
 use crate::protocol::{Command, SagaEvent};
 use crate::saga::SagaState;
 use redis::aio::ConnectionManager;
-use redis::Pipeline;
+use serde_json::json;
+use std::sync::LazyLock;
 
 /// The trigger entry a transition acknowledges.
 #[derive(Clone, Debug)]
@@ -17,9 +27,19 @@ pub struct EntryRef {
     pub id: String,
 }
 
+/// Whose saga a transition writes, and where it stands.
+pub struct Fence<'a> {
+    pub owner: &'a str,
+    /// The number of this transition: 1 for the one that creates the saga.
+    pub seq: u64,
+}
+
 /// Everything one transition writes.
 #[derive(Default)]
 pub struct Transition<'a> {
+    /// The saga written to; `None` for a write about no saga (a rejected
+    /// start), which needs no fence.
+    pub saga: Option<(&'a str, Fence<'a>)>,
     pub state: Option<&'a SagaState>,
     pub commands: Vec<(&'a str, &'a Command)>,
     pub events: Vec<&'a SagaEvent>,
@@ -30,64 +50,131 @@ pub struct Transition<'a> {
     pub own_reply_streams: Vec<(&'a str, u64)>,
 }
 
-impl Transition<'_> {
-    pub fn is_empty(&self) -> bool {
-        self.state.is_none()
-            && self.commands.is_empty()
-            && self.events.is_empty()
-            && self.ack.is_none()
-    }
+/// What became of a fenced write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    Done,
+    /// Written before: a retry after an answer that was lost.
+    AlreadyDone,
+    /// The saga belongs to another owner now (or, for a creation, exists).
+    NotOurs,
+}
 
-    fn pipeline(&self, settings: &Settings) -> Pipeline {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        if let Some(state) = self.state {
-            let key = settings.saga_key(state.saga_id.as_str());
-            let json = serde_json::to_string(state).expect("saga state serializes");
-            let set = pipe.cmd("SET").arg(&key).arg(json);
-            if state.phase.is_terminal() {
-                set.arg("EX").arg(settings.retention.as_secs().max(1));
-            }
-            set.ignore();
-        }
+const SCRIPT: &str = r#"
+local t = cjson.decode(ARGV[1])
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if t.seq == 1 and not owner then
+  redis.call('HSET', KEYS[1], 'owner', t.owner, 'seq', 0)
+  owner = t.owner
+end
+if owner ~= t.owner then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') >= t.seq then return 2 end
+redis.call('HSET', KEYS[1], 'seq', t.seq)
+if t.state ~= cjson.null then redis.call('HSET', KEYS[1], 'state', t.state) end
+if t.expire > 0 then redis.call('EXPIRE', KEYS[1], t.expire) end
+if t.own_add then redis.call('SADD', t.owned, t.saga_id) end
+if t.own_remove then redis.call('SREM', t.owned, t.saga_id) end
+for _, x in ipairs(t.xadds) do
+  redis.call('XADD', unpack(x))
+end
+for _, x in ipairs(t.expires) do
+  redis.call('EXPIRE', x[1], x[2])
+end
+if t.ack ~= cjson.null then redis.call('XACK', t.ack[1], t.ack[2], t.ack[3]) end
+return 1
+"#;
+
+static FENCED_WRITE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SCRIPT));
+
+/// The arguments of one `XADD`.
+fn xadd(stream: &str, maxlen: Option<usize>, fields: Vec<(&'static str, String)>) -> Vec<String> {
+    let mut args = vec![stream.to_owned()];
+    if let Some(maxlen) = maxlen {
+        args.extend(["MAXLEN".to_owned(), "~".to_owned(), maxlen.to_string()]);
+    }
+    args.push("*".to_owned());
+    for (k, v) in fields {
+        args.push(k.to_owned());
+        args.push(v);
+    }
+    args
+}
+
+impl Transition<'_> {
+    fn stream_writes(&self, settings: &Settings) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
         for (stream, command) in &self.commands {
-            let xadd = pipe.cmd("XADD").arg(*stream).arg("*");
-            for (k, v) in command.to_fields() {
-                xadd.arg(k).arg(v);
-            }
-            xadd.ignore();
+            out.push(xadd(stream, None, command.to_fields()));
         }
         for event in &self.events {
-            let xadd = pipe
-                .cmd("XADD")
-                .arg(&settings.events_stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(settings.events_maxlen)
-                .arg("*");
-            for (k, v) in event.to_fields() {
-                xadd.arg(k).arg(v);
-            }
-            xadd.ignore();
+            out.push(xadd(
+                &settings.events_stream,
+                Some(settings.events_maxlen),
+                event.to_fields(),
+            ));
         }
-        for (stream, ttl) in &self.own_reply_streams {
-            pipe.cmd("XADD")
-                .arg(*stream)
-                .arg("*")
-                .arg(WAKE_FIELD)
-                .arg("1")
-                .ignore();
-            pipe.cmd("EXPIRE").arg(*stream).arg(*ttl).ignore();
+        for (stream, _) in &self.own_reply_streams {
+            out.push(xadd(stream, None, vec![(WAKE_FIELD, "1".into())]));
         }
         if !self.own_reply_streams.is_empty() {
             // Wakes the reply reader, blocked on the shared stream, so that
             // it starts reading the new streams now.
-            pipe.cmd("XADD")
-                .arg(settings.reply_stream())
-                .arg("*")
-                .arg(WAKE_FIELD)
-                .arg("1")
-                .ignore();
+            out.push(xadd(
+                &settings.reply_stream(),
+                None,
+                vec![(WAKE_FIELD, "1".into())],
+            ));
+        }
+        out
+    }
+
+    /// Writes the transition. A write about no saga is a plain MULTI.
+    pub async fn write(
+        &self,
+        conn: &mut ConnectionManager,
+        settings: &Settings,
+    ) -> redis::RedisResult<Written> {
+        let Some((saga_id, fence)) = &self.saga else {
+            return self
+                .write_unfenced(conn, settings)
+                .await
+                .map(|()| Written::Done);
+        };
+        let terminal = self.state.is_some_and(|s| s.phase.is_terminal());
+        let args = json!({
+            "owner": fence.owner,
+            "seq": fence.seq,
+            "saga_id": saga_id,
+            "state": self.state.map(|s| serde_json::to_string(s).expect("saga state serializes")),
+            "expire": if terminal { settings.retention.as_secs().max(1) } else { 0 },
+            "owned": settings.owned_key(fence.owner),
+            "own_add": fence.seq == 1,
+            "own_remove": terminal,
+            "xadds": self.stream_writes(settings),
+            "expires": self.own_reply_streams.iter().map(|(s, ttl)| json!([s, ttl])).collect::<Vec<_>>(),
+            "ack": self.ack.map(|a| json!([a.stream, settings.trigger_group, a.id])),
+        });
+        let code: i64 = FENCED_WRITE
+            .key(settings.saga_key(saga_id))
+            .arg(args.to_string())
+            .invoke_async(conn)
+            .await?;
+        Ok(match code {
+            1 => Written::Done,
+            2 => Written::AlreadyDone,
+            _ => Written::NotOurs,
+        })
+    }
+
+    async fn write_unfenced(
+        &self,
+        conn: &mut ConnectionManager,
+        settings: &Settings,
+    ) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for args in self.stream_writes(settings) {
+            pipe.cmd("XADD").arg(args).ignore();
         }
         if let Some(ack) = self.ack {
             pipe.cmd("XACK")
@@ -96,18 +183,6 @@ impl Transition<'_> {
                 .arg(&ack.id)
                 .ignore();
         }
-        pipe
-    }
-
-    /// Writes the transition atomically.
-    pub async fn write(
-        &self,
-        conn: &mut ConnectionManager,
-        settings: &Settings,
-    ) -> redis::RedisResult<()> {
-        if self.is_empty() {
-            return Ok(());
-        }
-        self.pipeline(settings).query_async::<()>(conn).await
+        pipe.query_async::<()>(conn).await
     }
 }

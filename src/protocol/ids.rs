@@ -60,6 +60,23 @@ uuid_id!(
     /// One saga instance.
     SagaId
 );
+
+/// Namespace of the saga ids derived from start entries.
+const START_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x7c3e_9a1d_52b4_4f0e_9d61_0b8a_3f2c_e415);
+
+impl SagaId {
+    /// The saga id of the start entry `entry_id` of `stream`: the same for
+    /// every daemon that takes the entry, so that an entry taken twice (after
+    /// a crash, or by a daemon that was paused) starts one saga, not two. It
+    /// has the form of a random UUID4.
+    pub fn for_start(stream: &str, entry_id: &str) -> Self {
+        let digest =
+            uuid::Uuid::new_v5(&START_NAMESPACE, format!("{stream}\n{entry_id}").as_bytes());
+        let id = uuid::Builder::from_random_bytes(*digest.as_bytes()).into_uuid();
+        Self(id.simple().to_string())
+    }
+}
 uuid_id!(
     /// One request/reply exchange: new for every attempt of every command.
     RequestId
@@ -132,6 +149,16 @@ mod tests {
         assert!(is_uuid_hex(RequestId::generate().as_str()));
         assert!(is_uuid_hex(CorrelationId::generate().as_str()));
         assert_ne!(SagaId::generate(), SagaId::generate());
+    }
+
+    #[test]
+    fn a_start_entry_always_gives_the_same_saga_id() {
+        let a = SagaId::for_start("mission:start", "1700000000000-0");
+        assert_eq!(a, SagaId::for_start("mission:start", "1700000000000-0"));
+        assert_ne!(a, SagaId::for_start("mission:start", "1700000000000-1"));
+        assert_ne!(a, SagaId::for_start("other:start", "1700000000000-0"));
+        assert!(is_uuid_hex(a.as_str()));
+        assert_eq!(&a.as_str()[12..13], "4", "UUID4 form");
     }
 
     #[test]

@@ -291,13 +291,10 @@ impl<'a> Machine<'a> {
         let span_id = self.ids.span_id();
         let deadline_ms = self.now.saturating_add(ms(target.timeout));
         let step = self.def.steps[index].name.clone();
-        let own_stream = match target.replies {
-            ReplyMode::Shared => None,
-            ReplyMode::PerRequest => Some(format!("{}:{request_id}", self.state.reply_stream)),
+        let reply_stream = match target.replies {
+            ReplyMode::Shared => self.state.reply_stream.clone(),
+            ReplyMode::PerRequest => format!("{}:{request_id}", self.state.reply_stream),
         };
-        let reply_stream = own_stream
-            .clone()
-            .unwrap_or_else(|| self.state.reply_stream.clone());
         self.state.current = Some(Exchange {
             step: index,
             kind,
@@ -307,7 +304,7 @@ impl<'a> Machine<'a> {
             sent_at_ms: self.now,
             waiting: Waiting::Reply { deadline_ms },
             timed_out,
-            own_reply_stream: own_stream,
+            reply_stream: reply_stream.clone(),
         });
         let event = match kind {
             CommandKind::Action => EventType::StepStarted,
@@ -496,7 +493,6 @@ impl<'a> Machine<'a> {
                     until_ms: self.now.saturating_add(delay),
                 },
                 timed_out: any_timeout,
-                own_reply_stream: None,
                 ..x.clone()
             });
             self.emit_attempt_failure(

@@ -60,10 +60,10 @@ pub struct Exchange {
     /// Set once any attempt of this step timed out: its effect is unknown,
     /// so the step must be undone if the saga fails.
     pub timed_out: bool,
-    /// The reply stream of this command alone, when its definition asks for
-    /// one (`reply_stream: per_request`); else the saga's shared one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub own_reply_stream: Option<String>,
+    /// Where the replies of this attempt go: the saga's reply stream when it
+    /// was sent, or a stream of its own (`reply_stream: per_request`). Kept
+    /// so that a daemon taking the saga over reads the right stream.
+    pub reply_stream: String,
 }
 
 /// Why the saga is unwinding.

@@ -647,20 +647,15 @@ fn per_request_steps_get_a_reply_stream_of_their_own() {
     };
     let own = format!("saga:replies:test:{}", command.request_id);
     assert_eq!(command.reply_stream, own);
-    assert_eq!(
-        h.state
-            .current
-            .as_ref()
-            .unwrap()
-            .own_reply_stream
-            .as_deref(),
-        Some(own.as_str())
-    );
+    assert_eq!(h.state.current.as_ref().unwrap().reply_stream, own);
     // shared steps keep the saga's stream
     let (h, effects) = Harness::new();
     let Effect::Send { command, .. } = &effects[3] else {
         unreachable!()
     };
     assert_eq!(command.reply_stream, "saga:replies:test");
-    assert!(h.state.current.as_ref().unwrap().own_reply_stream.is_none());
+    assert_eq!(
+        h.state.current.as_ref().unwrap().reply_stream,
+        "saga:replies:test"
+    );
 }

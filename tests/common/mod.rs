@@ -144,6 +144,8 @@ pub fn test_settings(server: &RedisServer) -> Settings {
         redis_url: server.url(),
         block: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(2),
+        lease_ttl: Duration::from_secs(1),
+        takeover_every: Duration::from_millis(100),
         ..Settings::default()
     }
 }

@@ -1,0 +1,80 @@
+//! Idempotency keys of starts: a key seen again within the retention starts
+//! nothing, and the repeat is recorded as `saga_duplicate`.
+
+use super::driver::write_until_done;
+use super::store::{EntryRef, Transition};
+use super::{now_ms, pause, Shared};
+use crate::definition::SagaDefinition;
+use crate::protocol::{EventType, SagaEvent, SagaId, SagaStatus, StartRequest};
+use serde_json::json;
+use std::time::Duration;
+
+pub(super) enum Claim {
+    Ours,
+    /// Held by this saga id.
+    Taken(String),
+}
+
+/// Claims an idempotency key for this saga: `SET NX`, so two daemons
+/// taking the same key at once cannot both win.
+pub(super) async fn claim_idempotency_key(
+    shared: &Shared,
+    saga: &str,
+    key: &str,
+    saga_id: &SagaId,
+) -> Option<Claim> {
+    let redis_key = shared.settings.idempotency_key(saga, key);
+    let mut conn = shared.conn.clone();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let claimed: redis::RedisResult<(Option<String>, Option<String>)> = redis::pipe()
+            .cmd("SET")
+            .arg(&redis_key)
+            .arg(saga_id.as_str())
+            .arg("NX")
+            .arg("EX")
+            .arg(shared.settings.retention.as_secs().max(1))
+            .cmd("GET")
+            .arg(&redis_key)
+            .query_async(&mut conn)
+            .await;
+        match claimed {
+            Ok((Some(_), _)) => return Some(Claim::Ours),
+            Ok((None, existing)) => return Some(Claim::Taken(existing.unwrap_or_default())),
+            Err(e) => {
+                shared.writes.failed(&e);
+                if !pause(&shared.shutdown, delay).await {
+                    return None;
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+pub(super) async fn duplicate(
+    shared: &Shared,
+    def: &SagaDefinition,
+    request: &StartRequest,
+    key: &str,
+    existing: String,
+    at: &EntryRef,
+) {
+    tracing::info!(idempotency_key = key, existing_saga_id = %existing, "duplicate start ignored");
+    let event = SagaEvent {
+        correlation_id: request.correlation_id.clone(),
+        saga_id: None,
+        saga: def.name.clone(),
+        event_type: EventType::SagaDuplicate,
+        status: SagaStatus::Duplicate,
+        step: None,
+        payload: json!({ "entry_id": at.id, "idempotency_key": key, "existing_saga_id": existing }),
+        timestamp: now_ms(),
+    };
+    let transition = Transition {
+        events: vec![&event],
+        ack: Some(at),
+        ..Default::default()
+    };
+    write_until_done(shared, &transition).await;
+}
