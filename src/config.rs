@@ -87,6 +87,11 @@ impl Settings {
         format!("{}owned:{{{owner}}}", self.saga_key_prefix)
     }
 
+    /// Where the text of one version of a definition is kept.
+    pub fn definition_key(&self, saga: &str, version: &str) -> String {
+        format!("{}definition:{{{saga}}}:{version}", self.saga_key_prefix)
+    }
+
     pub fn idempotency_key(&self, saga: &str, key: &str) -> String {
         format!("{}idempotency:{{{saga}}}:{key}", self.saga_key_prefix)
     }

@@ -116,3 +116,49 @@ async fn a_start_read_but_not_acknowledged_before_a_crash_is_taken_after_it() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_finishes_on_the_definition_it_started_with() {
+    let server = RedisServer::start();
+    let daemon = start_daemon(&server, catalog(TWO_STEPS)).await;
+    let handler = spawn_raw_handler(&server, &["resume:commands"], "resume", |cmd| {
+        match cmd["step"].as_str() {
+            "first" => complete_in_stages(cmd, &json!({"n": 1})),
+            _ => vec![reply(cmd, "start", &[])],
+        }
+    })
+    .await;
+    let mut conn = server.conn().await;
+    start_mission(&mut conn, "pinned", &json!({})).await;
+    let second_sent = |events: &[Event]| {
+        events
+            .iter()
+            .any(|e| e.correlation_id == "pinned" && e.label() == "step_started:second")
+    };
+    wait_for_events(&server, SAGA_WAIT, second_sent).await;
+    let commands = handler.stop().await;
+    let settings = daemon.stop().await;
+    let second = &commands.last().expect("the second command").fields;
+
+    // The file changes: a third step appears. The running saga keeps two.
+    let changed = format!("{TWO_STEPS}  - name: third\n    stream: resume:commands\n");
+    let daemon = start_daemon_with(settings, catalog(&changed)).await;
+    for entry in complete_in_stages(second, &json!({"n": 2})) {
+        let fields: Vec<(&[u8], &[u8])> = entry.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&second["reply_stream"]).arg("*").arg(fields);
+        must("the reply", cmd.query_async::<String>(&mut conn)).await;
+    }
+    let ours = |e: &Event| e.correlation_id == "pinned";
+    let events = wait_for_events(&server, RESUME_WAIT, |events| {
+        events.iter().any(|e| ours(e) && e.is_terminal())
+    })
+    .await;
+    daemon.stop().await;
+    let end = events.iter().find(|e| ours(e) && e.is_terminal()).unwrap();
+    assert_eq!(end.event_type, "saga_completed", "\n{}", describe(&events));
+    assert_eq!(
+        end.payload["results"],
+        json!({"first": {"n": 1}, "second": {"n": 2}})
+    );
+}

@@ -214,7 +214,9 @@ fn parse_one(file: &Path, text: &str) -> Result<Parsed, Vec<DefinitionError>> {
         file,
         errors: Vec::new(),
     };
-    let def = checker.saga(&raw);
+    let mut def = checker.saga(&raw);
+    def.text = Arc::from(text);
+    def.version = content_version(text);
     if checker.errors.is_empty() {
         Ok((
             def,
@@ -400,6 +402,8 @@ impl Checker<'_> {
             trigger,
             steps,
             source: self.file.to_owned(),
+            text: Arc::from(""),
+            version: String::new(),
         }
     }
 

@@ -3,6 +3,7 @@
 use super::template::Template;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Per-attempt timeout of a step that names none.
@@ -87,6 +88,20 @@ pub struct SagaDefinition {
     pub steps: Vec<StepDefinition>,
     /// The file it was loaded from, for messages.
     pub source: PathBuf,
+    /// The file's text, kept so that sagas started on this version can be
+    /// finished on it after the file changes.
+    pub text: Arc<str>,
+    /// A hash of `text`: the version a running saga is pinned to.
+    pub version: String,
+}
+
+/// The version of a definition's text: a name-based UUID of the text, as
+/// 32 hex digits.
+pub fn content_version(text: &str) -> String {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x2f0d_64c1_8e3b_4a57_b1c9_6e2a_d507_93f8);
+    uuid::Uuid::new_v5(&NAMESPACE, text.as_bytes())
+        .simple()
+        .to_string()
 }
 
 impl SagaDefinition {

@@ -3,6 +3,7 @@
 //! A saga task starts from a start entry ([`start`]) or from the record of a
 //! saga taken over from another daemon ([`resume`]).
 
+use super::definitions;
 use super::idempotency::{claim_idempotency_key, duplicate, Claim};
 use super::lease::Epoch;
 use super::router::Inbox;
@@ -94,8 +95,11 @@ pub(super) async fn resume(shared: Arc<Shared>, saga_id: String, epoch: Arc<Epoc
         Err(e) => return tracing::error!(%saga_id, error = %e, "cannot read a saga taken over"),
     };
     let (mut state, seq) = record;
-    let Some(def) = shared.catalog.get(&state.saga).cloned() else {
-        return tracing::error!(%saga_id, saga = %state.saga, "a saga taken over has no loaded definition; left as it is");
+    let def = match definitions::resolve(&shared, &state.saga, &state.definition_version).await {
+        Ok(def) => def,
+        Err(why) => {
+            return tracing::error!(%saga_id, saga = %state.saga, %why, "a saga taken over cannot be resumed; left as it is")
+        }
     };
     let span = tracing::info_span!(
         "saga",

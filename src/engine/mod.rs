@@ -11,6 +11,7 @@
 //!  reply stream ──XREAD──▶ reply reader ──router────────┘
 //! ```
 
+mod definitions;
 mod driver;
 mod idempotency;
 mod intake;
@@ -45,6 +46,8 @@ pub enum EngineError {
         group: String,
         source: redis::RedisError,
     },
+    #[error("cannot store the saga definitions in Redis: {source}")]
+    Publish { source: redis::RedisError },
     #[error("cannot register this daemon's lease: {source}")]
     Lease { source: redis::RedisError },
     #[error("stopped before Redis at {url} could be reached")]
@@ -64,6 +67,7 @@ pub(crate) struct Shared {
     pub permits: Arc<Semaphore>,
     pub writes: WriteHealth,
     pub followed: replies::FollowedStreams,
+    pub pinned: definitions::Pinned,
     /// The current period of this daemon's lease.
     epoch: RwLock<Arc<Epoch>>,
 }
@@ -125,6 +129,9 @@ impl Daemon {
         for stream in trigger_streams(&settings, &catalog) {
             create_group(&mut conn, &stream, &settings.trigger_group).await?;
         }
+        definitions::publish(&mut conn, &settings, &catalog)
+            .await
+            .map_err(|source| EngineError::Publish { source })?;
         let settings_node_id = settings.node_id.clone();
         let shutdown_for_epoch = shutdown.clone();
         let shared = Arc::new(Shared {
@@ -138,6 +145,7 @@ impl Daemon {
             tracker: TaskTracker::new(),
             writes: WriteHealth::default(),
             followed: replies::FollowedStreams::default(),
+            pinned: definitions::Pinned::default(),
             epoch: RwLock::new(Arc::new(Epoch::new(&settings_node_id, &shutdown_for_epoch))),
         });
         tracing::info!(

@@ -68,6 +68,7 @@ pub fn start(
     let mut state = SagaState {
         saga_id: init.saga_id,
         saga: def.name.clone(),
+        definition_version: def.version.clone(),
         correlation_id: init.correlation_id,
         trace_id: init.trace_id,
         parent_span_id: init.parent_span_id,

@@ -78,6 +78,10 @@ pub struct SagaState {
     pub saga_id: SagaId,
     /// The definition's name.
     pub saga: String,
+    /// The version of the definition the saga started on, which it keeps
+    /// to its end.
+    #[serde(default)]
+    pub definition_version: String,
     pub correlation_id: CorrelationId,
     pub trace_id: TraceId,
     /// The caller's span when the start carried one: the saga's parent.
