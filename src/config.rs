@@ -21,8 +21,20 @@ pub struct Settings {
     pub reply_stream_prefix: String,
     /// Saga records are `<prefix>{<saga_id>}`.
     pub saga_key_prefix: String,
-    /// How long a saga's record and idempotency key outlive its end.
+    /// How long a saga's record outlives its end.
     pub retention: Duration,
+    /// How long a start's idempotency key is remembered.
+    pub idempotency_retention: Duration,
+    /// How long a reply stream outlives the last daemon that read it.
+    pub reply_retention: Duration,
+    /// Approximate cap on each command stream (`XADD MAXLEN ~`): a bound on
+    /// memory when handlers are down; commands beyond it are lost and their
+    /// attempts time out.
+    pub commands_maxlen: usize,
+    /// Deliveries after which a start that never gets processed is moved to
+    /// the dead-letter stream.
+    pub max_deliveries: u64,
+    pub dead_letter_stream: String,
     /// Sagas driven at once by this daemon; starts wait beyond it. Each
     /// in-flight saga costs a few KiB and one idle task.
     pub max_in_flight: usize,
@@ -53,7 +65,12 @@ impl Default for Settings {
             events_maxlen: 100_000,
             reply_stream_prefix: "saga:replies:".into(),
             saga_key_prefix: "saga:".into(),
-            retention: Duration::from_secs(24 * 3600),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            reply_retention: Duration::from_secs(15 * 60),
+            commands_maxlen: 100_000,
+            max_deliveries: 5,
+            dead_letter_stream: "saga:dead-letter".into(),
             max_in_flight: 10_000,
             read_batch: 256,
             block: Duration::from_secs(1),

@@ -162,3 +162,52 @@ async fn a_saga_finishes_on_the_definition_it_started_with() {
         json!({"first": {"n": 1}, "second": {"n": 2}})
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_keeps_failing_goes_to_the_dead_letter_stream() {
+    let server = RedisServer::start();
+    let mut conn = server.conn().await;
+    start_mission(&mut conn, "poison", &json!({"area": "hall-a"})).await;
+    let create = words("XGROUP CREATE mission:start sagaflow 0 MKSTREAM");
+    must("XGROUP", create.query_async::<()>(&mut conn)).await;
+    let read = words("XREADGROUP GROUP sagaflow node-x COUNT 1 STREAMS mission:start >");
+    let value: redis::Value = must("XREADGROUP", read.query_async(&mut conn)).await;
+    let id = sagaflow::streams::decode_read_reply(&value)
+        .pop()
+        .unwrap()
+        .id;
+    // As if five daemons in a row had died on it.
+    let claim = words(&format!(
+        "XCLAIM mission:start sagaflow node-y 0 {id} RETRYCOUNT 5"
+    ));
+    must("XCLAIM", claim.query_async::<redis::Value>(&mut conn)).await;
+
+    let daemon = start_daemon(&server, mission_catalog()).await;
+    let deadline = std::time::Instant::now() + RESUME_WAIT;
+    let dead = loop {
+        let dead = xrange(&mut conn, "saga:dead-letter").await;
+        if !dead.is_empty() || std::time::Instant::now() > deadline {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    daemon.stop().await;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0]["entry_id"], id);
+    assert_eq!(dead[0]["stream"], "mission:start");
+    assert!(
+        dead[0]["reason"].contains("delivered 5 times"),
+        "{:?}",
+        dead[0]
+    );
+    assert!(dead[0]["fields"].contains("poison"), "{:?}", dead[0]);
+    assert_eq!(
+        pending_count(&mut conn, "mission:start", "sagaflow").await,
+        0
+    );
+    let events = xrange(&mut conn, "saga:events").await;
+    assert!(
+        events.iter().all(|e| e["correlation_id"] != "poison"),
+        "{events:#?}"
+    );
+}

@@ -33,7 +33,7 @@ pub(super) async fn claim_idempotency_key(
             .arg(saga_id.as_str())
             .arg("NX")
             .arg("EX")
-            .arg(shared.settings.retention.as_secs().max(1))
+            .arg(shared.settings.idempotency_retention.as_secs().max(1))
             .cmd("GET")
             .arg(&redis_key)
             .query_async(&mut conn)

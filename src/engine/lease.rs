@@ -13,7 +13,7 @@
 //! A daemon that finds its own lease claimed (it was paused or cut off for
 //! longer than the lease) drops its sagas and starts a new epoch.
 
-use super::{driver, intake, now_ms, Shared};
+use super::{driver, housekeeping, intake, now_ms, Shared};
 use crate::streams;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -81,6 +81,7 @@ pub(super) async fn register(shared: &Shared) -> redis::RedisResult<()> {
 pub(super) async fn run(shared: Arc<Shared>) {
     let renew_every = shared.settings.lease_ttl / 3;
     let mut renewed_at = Instant::now();
+    let mut cleaned_at = Instant::now();
     let mut failing = false;
     loop {
         tokio::select! {
@@ -93,7 +94,12 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 renewed_at = Instant::now();
             }
             take_over_sagas(&shared).await?;
-            take_over_starts(&shared).await
+            take_over_starts(&shared).await?;
+            if cleaned_at.elapsed() >= housekeeping::CLEAN_EVERY {
+                housekeeping::forget_idle_consumers(&shared).await?;
+                cleaned_at = Instant::now();
+            }
+            Ok::<(), redis::RedisError>(())
         }
         .await;
         match result {
@@ -176,6 +182,7 @@ async fn take_over_starts(shared: &Arc<Shared>) -> redis::RedisResult<()> {
     let mut conn = shared.conn.clone();
     let min_idle = shared.settings.lease_ttl.as_millis() as u64;
     for stream in super::trigger_streams(&shared.settings, &shared.catalog) {
+        housekeeping::dead_letter_poison(shared, &mut conn, &stream, min_idle).await?;
         let reply: redis::Value = redis::cmd("XAUTOCLAIM")
             .arg(&stream)
             .arg(&shared.settings.trigger_group)

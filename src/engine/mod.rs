@@ -13,6 +13,7 @@
 
 mod definitions;
 mod driver;
+mod housekeeping;
 mod idempotency;
 mod intake;
 mod lease;

@@ -4,7 +4,7 @@
 //! entry is parsed once and handed to its saga's task; what belongs to no
 //! saga here is stray and skipped. Read entries are trimmed away now and
 //! then, and the stream expires once its daemon is gone for longer than the
-//! retention.
+//! reply retention.
 
 use super::{pause, Shared};
 use crate::protocol::Reply;
@@ -204,8 +204,8 @@ fn route(shared: &Shared, entry: &Entry) {
 }
 
 /// Removes the entries before `last_id` (they have been routed already),
-/// and renews the stream's expiry: the stream of a daemon that is gone for
-/// good disappears once the retention has passed.
+/// and renews the expiry of the streams read: the stream of a daemon that
+/// is gone for good disappears once the reply retention has passed.
 async fn tidy(shared: &Shared, stream: &str, last_id: Option<&str>) {
     let mut conn = shared.conn.clone();
     let mut pipe = redis::pipe();
@@ -216,11 +216,12 @@ async fn tidy(shared: &Shared, stream: &str, last_id: Option<&str>) {
             .arg(last_id)
             .ignore();
     }
-    pipe.cmd("EXPIRE")
-        .arg(stream)
-        .arg(shared.settings.retention.as_secs().max(1))
-        .ignore();
+    let ttl = shared.settings.reply_retention.as_secs().max(1);
+    pipe.cmd("EXPIRE").arg(stream).arg(ttl).ignore();
+    for followed in shared.followed.snapshot() {
+        pipe.cmd("EXPIRE").arg(followed).arg(ttl).ignore();
+    }
     if let Err(e) = pipe.query_async::<()>(&mut conn).await {
-        tracing::debug!(error = %e, %stream, "tidying the reply stream failed; will try again");
+        tracing::debug!(error = %e, %stream, "tidying the reply streams failed; will try again");
     }
 }

@@ -104,7 +104,11 @@ impl Transition<'_> {
     fn stream_writes(&self, settings: &Settings) -> Vec<Vec<String>> {
         let mut out = Vec::new();
         for (stream, command) in &self.commands {
-            out.push(xadd(stream, None, command.to_fields()));
+            out.push(xadd(
+                stream,
+                Some(settings.commands_maxlen),
+                command.to_fields(),
+            ));
         }
         for event in &self.events {
             out.push(xadd(
