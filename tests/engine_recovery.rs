@@ -45,9 +45,11 @@ async fn a_saga_awaiting_a_reply_goes_on_after_a_restart() {
             .any(|e| e.correlation_id == "resume" && e.label() == label)
     };
     wait_for_events(&server, SAGA_WAIT, second_sent).await;
-    let commands = handler.stop().await;
+    handler.stop().await;
     let settings = daemon.stop().await;
-    let second = &commands.last().expect("the second command").fields;
+    // The command as sent (the handler may not have read it yet).
+    let sent = xrange(&mut conn, "resume:commands").await;
+    let second = sent.last().expect("the second command");
     assert_eq!(second["step"], "second");
 
     // The same daemon again (same node id, so the same reply stream).
@@ -136,9 +138,11 @@ async fn a_saga_finishes_on_the_definition_it_started_with() {
             .any(|e| e.correlation_id == "pinned" && e.label() == "step_started:second")
     };
     wait_for_events(&server, SAGA_WAIT, second_sent).await;
-    let commands = handler.stop().await;
+    handler.stop().await;
     let settings = daemon.stop().await;
-    let second = &commands.last().expect("the second command").fields;
+    let sent = xrange(&mut conn, "resume:commands").await;
+    let second = sent.last().expect("the second command");
+    assert_eq!(second["step"], "second");
 
     // The file changes: a third step appears. The running saga keeps two.
     let changed = format!("{TWO_STEPS}  - name: third\n    stream: resume:commands\n");

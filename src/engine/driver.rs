@@ -187,6 +187,9 @@ impl<'a> Driven<'a> {
                 .timer
                 .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
             let event = tokio::select! {
+                // Replies before ticks: a reply that came in time wins over
+                // a deadline seen at the same moment.
+                biased;
                 _ = self.epoch.cancel.cancelled() => return,
                 reply = inbox.recv() => match reply {
                     Some(reply) => Event::Reply(reply),
@@ -194,6 +197,12 @@ impl<'a> Driven<'a> {
                 },
                 _ = sleep_or_never(sleep) => Event::Tick,
             };
+            if event == Event::Tick && self.awaiting_reply() && !self.shared.replies_readable() {
+                // The reply may be in Redis, unread: hold the timeout until
+                // the reader reads again.
+                self.timer = Some(now_ms() + HOLD_TIMEOUT_FOR);
+                continue;
+            }
             let effects = saga::apply(&mut self.state, self.def, event, now_ms(), &mut RandomIds);
             if effects.is_empty() {
                 // A tick that found nothing due (the clocks of the timer and
@@ -210,6 +219,13 @@ impl<'a> Driven<'a> {
             }
         }
         tracing::info!(status = self.state.phase.status().as_str(), "saga ended");
+    }
+
+    fn awaiting_reply(&self) -> bool {
+        matches!(
+            self.state.current.as_ref().map(|x| &x.waiting),
+            Some(saga::Waiting::Reply { .. })
+        )
     }
 
     /// Writes one transition's effects in one go. `None` when the daemon
@@ -292,6 +308,9 @@ impl Drop for Driven<'_> {
         }
     }
 }
+
+/// How often a held timeout looks again whether replies can be read.
+const HOLD_TIMEOUT_FOR: u64 = 100;
 
 /// How long a per-request reply stream outlives its command's deadline: late
 /// replies land in it, unread, and go with it.

@@ -27,7 +27,7 @@ use crate::streams;
 use lease::Epoch;
 use redis::aio::ConnectionManager;
 use router::Router;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -71,9 +71,19 @@ pub(crate) struct Shared {
     pub pinned: definitions::Pinned,
     /// The current period of this daemon's lease.
     epoch: RwLock<Arc<Epoch>>,
+    /// Unix ms of the reply reader's last successful read.
+    pub replies_read_at: AtomicU64,
 }
 
 impl Shared {
+    /// False while the reply reader cannot read (Redis is unreachable):
+    /// timeouts are then held, since their replies may be waiting unread.
+    pub fn replies_readable(&self) -> bool {
+        let read_at = self.replies_read_at.load(Ordering::Relaxed);
+        let stalled_after = self.settings.block + Duration::from_secs(2);
+        now_ms().saturating_sub(read_at) <= stalled_after.as_millis() as u64
+    }
+
     pub fn epoch(&self) -> Arc<Epoch> {
         self.epoch.read().expect("epoch lock").clone()
     }
@@ -147,6 +157,7 @@ impl Daemon {
             writes: WriteHealth::default(),
             followed: replies::FollowedStreams::default(),
             pinned: definitions::Pinned::default(),
+            replies_read_at: AtomicU64::new(now_ms()),
             epoch: RwLock::new(Arc::new(Epoch::new(&settings_node_id, &shutdown_for_epoch))),
         });
         tracing::info!(

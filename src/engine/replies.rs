@@ -10,6 +10,7 @@ use super::{pause, Shared};
 use crate::protocol::Reply;
 use crate::streams::{self, Entry};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -169,6 +170,10 @@ pub(super) async fn run(shared: Arc<Shared>) {
             cursors.advance(&entry);
             route(&shared, &entry);
         }
+        // After routing: a saga that sees this time has its replies in hand.
+        shared
+            .replies_read_at
+            .store(super::now_ms(), Ordering::Relaxed);
         if trimmed_at.elapsed() >= TRIM_EVERY {
             let progressed = cursors.main_id != trimmed_id;
             tidy(
