@@ -4,7 +4,7 @@
 
 use super::driver;
 use super::store::{EntryRef, Transition};
-use super::{now_ms, pause, Shared};
+use super::{now_ms, pause, Shared, RECONNECT_MAX_DELAY};
 use crate::protocol::{CorrelationId, EventType, SagaEvent, SagaStatus, StartError, StartRequest};
 use crate::streams::{self, Entry};
 use serde_json::json;
@@ -42,7 +42,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                     if !pause(&shared.shutdown, delay).await {
                         return;
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    delay = (delay * 2).min(RECONNECT_MAX_DELAY);
                     continue;
                 }
             },
@@ -84,7 +84,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 if !pause(&shared.shutdown, delay).await {
                     return;
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = (delay * 2).min(RECONNECT_MAX_DELAY);
             }
         }
     }

@@ -55,6 +55,10 @@ pub enum EngineError {
     StoppedBeforeReady { url: String },
 }
 
+/// Longest wait between two attempts to reach Redis again: short, since a
+/// daemon that waits longer than Redis is away only adds to the outage.
+pub(crate) const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
+
 /// What every task of the daemon shares.
 pub(crate) struct Shared {
     pub settings: Settings,
@@ -248,7 +252,7 @@ async fn connect_with_retry(
             _ = shutdown.cancelled() => return Err(EngineError::StoppedBeforeReady { url: settings.redis_url.clone() }),
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
+        delay = (delay * 2).min(RECONNECT_MAX_DELAY);
     }
 }
 

@@ -6,7 +6,7 @@
 //! then, and the stream expires once its daemon is gone for longer than the
 //! reply retention.
 
-use super::{pause, Shared};
+use super::{pause, Shared, RECONNECT_MAX_DELAY};
 use crate::protocol::Reply;
 use crate::streams::{self, Entry};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -130,7 +130,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                     if !pause(&shared.shutdown, delay).await {
                         return;
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
+                    delay = (delay * 2).min(RECONNECT_MAX_DELAY);
                     continue;
                 }
             },
@@ -162,7 +162,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 if !pause(&shared.shutdown, delay).await {
                     return;
                 }
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = (delay * 2).min(RECONNECT_MAX_DELAY);
                 continue;
             }
         };
