@@ -1,0 +1,72 @@
+//! Bounded Redis memory: after a thousand sagas have ended, every key the
+//! daemon (and the simulated handlers) created either expires or is a
+//! capped stream.
+
+mod common;
+
+use common::*;
+use sagaflow::handler::simulated::SimulationOptions;
+use std::time::Duration;
+
+const SAGAS: usize = 1000;
+
+/// Streams written with `XADD MAXLEN ~`, and keys whose size is bounded by
+/// the number of daemons, not of sagas.
+const CAPPED_OR_BOUNDED: [&str; 7] = [
+    "saga:events",
+    "resources:commands",
+    "routing:commands",
+    "exploration:commands",
+    "mapping:commands",
+    "saga:leases",
+    // written by the starter (this test), not by the daemon
+    "mission:start",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_thousand_sagas_every_key_expires_or_is_capped() {
+    let server = RedisServer::start();
+    let daemon = start_daemon(&server, mission_catalog()).await;
+    let handlers = start_simulated(&server, SimulationOptions::default());
+    let mut conn = server.conn().await;
+    let mut pipe = redis::pipe();
+    for i in 0..SAGAS {
+        pipe.cmd("XADD")
+            .arg("mission:start")
+            .arg("*")
+            .arg("correlation_id")
+            .arg(format!("mem-{i}"))
+            .arg("idempotency_key")
+            .arg(format!("key-{i}"))
+            .arg("payload")
+            .arg(r#"{"area": "hall-a", "robots": 2}"#);
+    }
+    must("the starts", pipe.query_async::<Vec<String>>(&mut conn)).await;
+    let ended = |events: &[Event]| events.iter().filter(|e| e.is_terminal()).count();
+    wait_for_events(&server, Duration::from_secs(60), |events| {
+        ended(events) >= SAGAS
+    })
+    .await;
+    handlers.stop().await;
+    daemon.stop().await;
+
+    let keys: Vec<String> = must("KEYS", words("KEYS *").query_async(&mut conn)).await;
+    let mut unbounded = Vec::new();
+    for key in &keys {
+        let ttl: i64 = must("TTL", redis::cmd("TTL").arg(key).query_async(&mut conn)).await;
+        if ttl < 0 && !CAPPED_OR_BOUNDED.contains(&key.as_str()) {
+            let kind: String =
+                must("TYPE", redis::cmd("TYPE").arg(key).query_async(&mut conn)).await;
+            unbounded.push(format!("{key} ({kind})"));
+        }
+    }
+    assert!(
+        unbounded.is_empty(),
+        "keys that neither expire nor are capped: {unbounded:#?}"
+    );
+    // Every saga record, idempotency key and handler record is accounted for.
+    assert!(keys.len() > 3 * SAGAS, "{} keys", keys.len());
+    // The daemon's set of owned sagas emptied as they ended.
+    let owned: Vec<String> = must("KEYS", words("KEYS saga:owned:*").query_async(&mut conn)).await;
+    assert!(owned.is_empty(), "{owned:?}");
+}
