@@ -6,6 +6,7 @@ use crate::{definition, engine};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Flags shared by every subcommand that talks to Redis.
@@ -33,16 +34,34 @@ pub struct RunArgs {
     /// Name of this daemon instance (its consumer name and reply stream); random by default.
     #[arg(long, env = "SAGAFLOW_NODE_ID")]
     node_id: Option<String>,
-    /// Sagas driven at once by this daemon; further starts wait.
-    #[arg(long, env = "SAGAFLOW_MAX_IN_FLIGHT", default_value_t = Settings::default().max_in_flight)]
-    max_in_flight: usize,
+    /// Sagas driven at once by this daemon; further starts wait [default: 10000].
+    #[arg(long, env = "SAGAFLOW_MAX_IN_FLIGHT")]
+    max_in_flight: Option<usize>,
     /// How long this daemon's lease on its sagas lasts; another daemon takes
-    /// them over about this long after this one dies.
-    #[arg(long, env = "SAGAFLOW_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
-    lease_ttl: std::time::Duration,
-    /// How long a stop may take to bring sagas to a persisted point.
-    #[arg(long, env = "SAGAFLOW_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
-    shutdown_grace: std::time::Duration,
+    /// them over about this long after this one dies [default: 10s].
+    #[arg(long, env = "SAGAFLOW_LEASE_TTL", value_parser = humantime::parse_duration)]
+    lease_ttl: Option<Duration>,
+    /// How long a stop may take to bring sagas to a persisted point [default: 10s].
+    #[arg(long, env = "SAGAFLOW_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    shutdown_grace: Option<Duration>,
+    /// How long a saga's record is kept after it ends [default: 7d].
+    #[arg(long, env = "SAGAFLOW_RETENTION", value_parser = humantime::parse_duration)]
+    retention: Option<Duration>,
+    /// How long a start's idempotency key is remembered [default: 24h].
+    #[arg(long, env = "SAGAFLOW_IDEMPOTENCY_RETENTION", value_parser = humantime::parse_duration)]
+    idempotency_retention: Option<Duration>,
+    /// How long a reply stream outlives the last daemon reading it [default: 15m].
+    #[arg(long, env = "SAGAFLOW_REPLY_RETENTION", value_parser = humantime::parse_duration)]
+    reply_retention: Option<Duration>,
+    /// Approximate cap on `saga:events` [default: 100000].
+    #[arg(long, env = "SAGAFLOW_EVENTS_MAXLEN")]
+    events_maxlen: Option<usize>,
+    /// Approximate cap on each command stream [default: 100000].
+    #[arg(long, env = "SAGAFLOW_COMMANDS_MAXLEN")]
+    commands_maxlen: Option<usize>,
+    /// Deliveries after which a start is moved to the dead-letter stream [default: 5].
+    #[arg(long, env = "SAGAFLOW_MAX_DELIVERIES")]
+    max_deliveries: Option<u64>,
 }
 
 pub async fn run(args: RunArgs) -> ExitCode {
@@ -59,17 +78,30 @@ pub async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut settings = Settings {
+    let defaults = Settings::default();
+    let settings = Settings {
         redis_url: args.redis.redis_url,
         sagas_dir: args.sagas,
-        max_in_flight: args.max_in_flight.max(1),
-        lease_ttl: args.lease_ttl.max(std::time::Duration::from_millis(300)),
-        shutdown_grace: args.shutdown_grace,
-        ..Settings::default()
+        node_id: args.node_id.unwrap_or(defaults.node_id.clone()),
+        max_in_flight: args.max_in_flight.unwrap_or(defaults.max_in_flight).max(1),
+        lease_ttl: args
+            .lease_ttl
+            .unwrap_or(defaults.lease_ttl)
+            .max(Duration::from_millis(300)),
+        shutdown_grace: args.shutdown_grace.unwrap_or(defaults.shutdown_grace),
+        retention: args.retention.unwrap_or(defaults.retention),
+        idempotency_retention: args
+            .idempotency_retention
+            .unwrap_or(defaults.idempotency_retention),
+        reply_retention: args.reply_retention.unwrap_or(defaults.reply_retention),
+        events_maxlen: args.events_maxlen.unwrap_or(defaults.events_maxlen),
+        commands_maxlen: args.commands_maxlen.unwrap_or(defaults.commands_maxlen),
+        max_deliveries: args
+            .max_deliveries
+            .unwrap_or(defaults.max_deliveries)
+            .max(1),
+        ..defaults
     };
-    if let Some(node_id) = args.node_id {
-        settings.node_id = node_id;
-    }
     let shutdown = CancellationToken::new();
     signals::on_stop_signal(shutdown.clone());
     match engine::run(settings, catalog, shutdown).await {
