@@ -3,19 +3,17 @@
 //! `saga_rejected` event. Never stops on bad input.
 
 use super::driver;
+use super::reconnect::ReadConnection;
 use super::store::{EntryRef, Transition};
-use super::{now_ms, pause, Shared, RECONNECT_MAX_DELAY};
+use super::{now_ms, Shared};
 use crate::protocol::{CorrelationId, EventType, SagaEvent, SagaStatus, StartError, StartRequest};
 use crate::streams::{self, Entry};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub(super) async fn run(shared: Arc<Shared>) {
     let triggers = super::trigger_streams(&shared.settings, &shared.catalog);
-    let mut conn = None;
-    let mut delay = Duration::from_millis(100);
-    let mut failing = false;
+    let mut conn = ReadConnection::new("starts");
     while !shared.shutdown.is_cancelled() {
         // Take no more entries than there is room for sagas.
         let room = shared
@@ -29,23 +27,8 @@ pub(super) async fn run(shared: Arc<Shared>) {
             }
             continue;
         }
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match streams::blocking_connection(&shared.client, shared.settings.block).await
-            {
-                Ok(c) => conn.insert(c),
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, "intake cannot reach Redis; retrying");
-                        failing = true;
-                    }
-                    if !pause(&shared.shutdown, delay).await {
-                        return;
-                    }
-                    delay = (delay * 2).min(RECONNECT_MAX_DELAY);
-                    continue;
-                }
-            },
+        let Some(c) = conn.get(&shared).await else {
+            return;
         };
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
@@ -66,25 +49,15 @@ pub(super) async fn run(shared: Arc<Shared>) {
         let reply = cmd.query_async::<redis::Value>(c).await;
         match reply {
             Ok(value) => {
-                if failing {
-                    tracing::info!("intake reconnected");
-                    failing = false;
-                }
-                delay = Duration::from_millis(100);
+                conn.succeeded();
                 for entry in streams::decode_read_reply(&value) {
                     take(&shared, entry).await;
                 }
             }
             Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "reading starts failed; retrying");
-                    failing = true;
-                }
-                conn = None;
-                if !pause(&shared.shutdown, delay).await {
+                if !conn.failed(&shared, &e).await {
                     return;
                 }
-                delay = (delay * 2).min(RECONNECT_MAX_DELAY);
             }
         }
     }

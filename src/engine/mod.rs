@@ -17,6 +17,7 @@ mod housekeeping;
 mod idempotency;
 mod intake;
 mod lease;
+mod reconnect;
 mod replies;
 mod router;
 pub mod store;

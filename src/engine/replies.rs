@@ -6,7 +6,8 @@
 //! then, and the stream expires once its daemon is gone for longer than the
 //! reply retention.
 
-use super::{pause, Shared, RECONNECT_MAX_DELAY};
+use super::reconnect::ReadConnection;
+use super::Shared;
 use crate::protocol::Reply;
 use crate::streams::{self, Entry};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -110,30 +111,13 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let stream = cursors.main.clone();
     let mut trimmed_at = Instant::now();
     let mut trimmed_id = String::new();
-    let mut conn = None;
-    let mut delay = Duration::from_millis(100);
-    let mut failing = false;
+    let mut conn = ReadConnection::new("replies");
     loop {
         if shared.shutdown.is_cancelled() {
             return;
         }
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match streams::blocking_connection(&shared.client, shared.settings.block).await
-            {
-                Ok(c) => conn.insert(c),
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, %stream, "reply reader cannot reach Redis; retrying");
-                        failing = true;
-                    }
-                    if !pause(&shared.shutdown, delay).await {
-                        return;
-                    }
-                    delay = (delay * 2).min(RECONNECT_MAX_DELAY);
-                    continue;
-                }
-            },
+        let Some(c) = conn.get(&shared).await else {
+            return;
         };
         cursors.follow(shared.followed.snapshot());
         // A plain XREAD takes nothing from anyone: abandoning it on a stop
@@ -146,23 +130,13 @@ pub(super) async fn run(shared: Arc<Shared>) {
         };
         let value = match reply {
             Ok(v) => {
-                if failing {
-                    tracing::info!(%stream, "reply reader reconnected");
-                    failing = false;
-                }
-                delay = Duration::from_millis(100);
+                conn.succeeded();
                 v
             }
             Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, %stream, "reading replies failed; retrying");
-                    failing = true;
-                }
-                conn = None;
-                if !pause(&shared.shutdown, delay).await {
+                if !conn.failed(&shared, &e).await {
                     return;
                 }
-                delay = (delay * 2).min(RECONNECT_MAX_DELAY);
                 continue;
             }
         };

@@ -135,6 +135,18 @@ struct Machine<'a> {
     effects: Vec<Effect>,
 }
 
+/// How an attempt ended without completing.
+enum Miss {
+    Failed {
+        error: String,
+        retryable: bool,
+    },
+    /// Its deadline passed without a final reply.
+    TimedOut {
+        reason: String,
+    },
+}
+
 /// Where and how one kind of command of a step is sent.
 struct Target<'d> {
     stream: &'d str,
@@ -395,10 +407,18 @@ impl<'a> Machine<'a> {
             }
             ReplyStatus::Completed { result } => self.on_completed(&x, step, result),
             ReplyStatus::Failed { error, retryable } => {
-                self.on_failed(&x, step, error, retryable, false)
+                self.on_failed(&x, step, Miss::Failed { error, retryable })
             }
             ReplyStatus::Unreadable { reason } => {
-                self.on_failed(&x, step, format!("unreadable reply: {reason}"), true, false)
+                let error = format!("unreadable reply: {reason}");
+                self.on_failed(
+                    &x,
+                    step,
+                    Miss::Failed {
+                        error,
+                        retryable: true,
+                    },
+                )
             }
         }
     }
@@ -415,7 +435,7 @@ impl<'a> Machine<'a> {
                     x.attempt,
                     deadline_ms - x.sent_at_ms
                 );
-                self.on_failed(&x, step, reason, true, true);
+                self.on_failed(&x, step, Miss::TimedOut { reason });
             }
             Waiting::Backoff { until_ms } if self.now >= until_ms => match x.kind {
                 CommandKind::Action => self.send_action(x.step, x.attempt + 1, x.timed_out),
@@ -463,31 +483,16 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// A failed reply (`timed_out` false) or a deadline passed (true).
-    fn on_failed(
-        &mut self,
-        x: &Exchange,
-        step: String,
-        error: String,
-        retryable: bool,
-        timed_out: bool,
-    ) {
+    /// An attempt that ended without completing: retried if its policy
+    /// allows, else the step (or the compensation) has failed for good.
+    fn on_failed(&mut self, x: &Exchange, step: String, miss: Miss) {
         let policy = self.policy(x);
-        let any_timeout = x.timed_out || timed_out;
-        let (failed_event, timed_out_event, retrying_event) = match x.kind {
-            CommandKind::Action => (
-                EventType::StepFailed,
-                EventType::StepTimedOut,
-                EventType::StepRetrying,
-            ),
-            CommandKind::Compensation => (
-                EventType::CompensationFailed,
-                EventType::CompensationTimedOut,
-                EventType::CompensationRetrying,
-            ),
+        let (error, retryable, timed_out) = match &miss {
+            Miss::Failed { error, retryable } => (error.clone(), *retryable, false),
+            Miss::TimedOut { reason } => (reason.clone(), true, true),
         };
-        let will_retry = retryable && x.attempt < policy.max_attempts;
-        if will_retry {
+        let any_timeout = x.timed_out || timed_out;
+        if retryable && x.attempt < policy.max_attempts {
             let delay = ms(retry_delay(&policy, x.attempt));
             self.state.current = Some(Exchange {
                 waiting: Waiting::Backoff {
@@ -496,17 +501,13 @@ impl<'a> Machine<'a> {
                 timed_out: any_timeout,
                 ..x.clone()
             });
-            self.emit_attempt_failure(
-                x,
-                &step,
-                &error,
-                retryable,
-                timed_out,
-                failed_event,
-                timed_out_event,
-            );
+            self.emit_miss(x, &step, &miss);
+            let retrying = match x.kind {
+                CommandKind::Action => EventType::StepRetrying,
+                CommandKind::Compensation => EventType::CompensationRetrying,
+            };
             self.emit(
-                retrying_event,
+                retrying,
                 Some(&step),
                 json!({ "attempt": x.attempt + 1, "delay_ms": delay }),
             );
@@ -516,34 +517,18 @@ impl<'a> Machine<'a> {
         let reason = if retryable && x.attempt > 1 {
             format!("{error} (after {} attempts)", x.attempt)
         } else {
-            error.clone()
+            error
         };
         match x.kind {
             CommandKind::Action => {
                 self.fail_saga(x.step, reason, any_timeout);
-                self.emit_attempt_failure(
-                    x,
-                    &step,
-                    &error,
-                    retryable,
-                    timed_out,
-                    failed_event,
-                    timed_out_event,
-                );
+                self.emit_miss(x, &step, &miss);
                 self.next_compensation();
             }
             CommandKind::Compensation => {
                 self.state.phase = Phase::Failed;
                 self.state.ended_at_ms = Some(self.now);
-                self.emit_attempt_failure(
-                    x,
-                    &step,
-                    &error,
-                    retryable,
-                    timed_out,
-                    failed_event,
-                    timed_out_event,
-                );
+                self.emit_miss(x, &step, &miss);
                 let failure = self
                     .state
                     .failure
@@ -566,29 +551,34 @@ impl<'a> Machine<'a> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn emit_attempt_failure(
-        &mut self,
-        x: &Exchange,
-        step: &str,
-        error: &str,
-        retryable: bool,
-        timed_out: bool,
-        failed_event: EventType,
-        timed_out_event: EventType,
-    ) {
-        if timed_out {
-            self.emit(
-                timed_out_event,
-                Some(step),
-                json!({ "attempt": x.attempt, "request_id": x.request_id }),
-            );
-        } else {
-            self.emit(
-                failed_event,
-                Some(step),
-                json!({ "attempt": x.attempt, "error": error, "retryable": retryable, "request_id": x.request_id }),
-            );
+    /// The event of an attempt that failed or timed out.
+    fn emit_miss(&mut self, x: &Exchange, step: &str, miss: &Miss) {
+        let action = x.kind == CommandKind::Action;
+        match miss {
+            Miss::TimedOut { .. } => {
+                let event = if action {
+                    EventType::StepTimedOut
+                } else {
+                    EventType::CompensationTimedOut
+                };
+                self.emit(
+                    event,
+                    Some(step),
+                    json!({ "attempt": x.attempt, "request_id": x.request_id }),
+                );
+            }
+            Miss::Failed { error, retryable } => {
+                let event = if action {
+                    EventType::StepFailed
+                } else {
+                    EventType::CompensationFailed
+                };
+                self.emit(
+                    event,
+                    Some(step),
+                    json!({ "attempt": x.attempt, "error": error, "retryable": retryable, "request_id": x.request_id }),
+                );
+            }
         }
     }
 
