@@ -215,3 +215,41 @@ async fn a_start_that_keeps_failing_goes_to_the_dead_letter_stream() {
         "{events:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_without_redis_says_it_is_not_ready_and_recovers() {
+    let mut server = RedisServer::start();
+    let token = tokio_util::sync::CancellationToken::new();
+    let daemon =
+        sagaflow::engine::Daemon::start(test_settings(&server), mission_catalog(), token.clone());
+    let daemon = must("the daemon's start", daemon).await;
+    let probe = daemon.clone();
+    let running = tokio::spawn(daemon.wait());
+    assert!(probe.readiness().is_ready(), "{:?}", probe.readiness());
+
+    server.kill();
+    let deadline = std::time::Instant::now() + RESUME_WAIT;
+    while probe.readiness().is_ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still ready without Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let why = probe.readiness().not_ready;
+    assert!(why.iter().any(|w| w.contains("Redis")), "{why:?}");
+
+    server.revive();
+    let deadline = std::time::Instant::now() + RESUME_WAIT;
+    while !probe.readiness().is_ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready again: {:?}",
+            probe.readiness()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    token.cancel();
+    bounded("the stop", running).await.unwrap();
+    assert_eq!(probe.readiness().not_ready, ["stopping"]);
+}

@@ -87,12 +87,17 @@ pub(super) async fn forget_idle_consumers(shared: &Shared) -> redis::RedisResult
     let settings = &shared.settings;
     let idle_limit = settings.lease_ttl.as_millis() as u64 * 100;
     for stream in super::trigger_streams(settings, &shared.catalog) {
-        let consumers: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
-            .arg("CONSUMERS")
-            .arg(&stream)
-            .arg(&settings.trigger_group)
-            .query_async(&mut conn)
-            .await?;
+        let consumers: Vec<std::collections::HashMap<String, redis::Value>> =
+            match redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&stream)
+                .arg(&settings.trigger_group)
+                .query_async(&mut conn)
+                .await
+            {
+                Err(e) if super::is_nogroup(&e) => continue,
+                other => other?,
+            };
         for consumer in consumers {
             let number = |k: &str| match consumer.get(k) {
                 Some(redis::Value::Int(n)) => *n as u64,

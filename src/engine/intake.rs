@@ -55,11 +55,25 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 }
             }
             Err(e) => {
-                if !conn.failed(&shared, &e).await {
+                if super::is_nogroup(&e) {
+                    recreate_groups(&shared).await;
+                } else if !conn.failed(&shared, &e).await {
                     return;
                 }
             }
         }
+    }
+}
+
+/// Creates the trigger groups again after Redis lost them.
+async fn recreate_groups(shared: &Shared) {
+    tracing::warn!(
+        "the trigger consumer groups are gone (Redis lost its data?); creating them again"
+    );
+    let mut conn = shared.conn.clone();
+    if let Err(e) = super::create_groups(&mut conn, &shared.settings, &shared.catalog).await {
+        tracing::warn!(error = %e, "cannot create the trigger groups yet");
+        super::pause(&shared.shutdown, shared.settings.block).await;
     }
 }
 

@@ -15,6 +15,7 @@
 
 use super::{driver, housekeeping, intake, now_ms, Shared};
 use crate::streams;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -102,6 +103,9 @@ pub(super) async fn run(shared: Arc<Shared>) {
             Ok::<(), redis::RedisError>(())
         }
         .await;
+        shared
+            .lease_failing
+            .store(result.is_err(), Ordering::Relaxed);
         match result {
             Ok(()) if failing => {
                 tracing::info!("leases are kept again");
@@ -182,7 +186,11 @@ async fn take_over_starts(shared: &Arc<Shared>) -> redis::RedisResult<()> {
     let mut conn = shared.conn.clone();
     let min_idle = shared.settings.lease_ttl.as_millis() as u64;
     for stream in super::trigger_streams(&shared.settings, &shared.catalog) {
-        housekeeping::dead_letter_poison(shared, &mut conn, &stream, min_idle).await?;
+        match housekeeping::dead_letter_poison(shared, &mut conn, &stream, min_idle).await {
+            // The intake creates lost groups again; nothing is pending in them.
+            Err(e) if super::is_nogroup(&e) => continue,
+            other => other?,
+        }
         let reply: redis::Value = redis::cmd("XAUTOCLAIM")
             .arg(&stream)
             .arg(&shared.settings.trigger_group)

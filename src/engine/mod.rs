@@ -78,6 +78,8 @@ pub(crate) struct Shared {
     epoch: RwLock<Arc<Epoch>>,
     /// Unix ms of the reply reader's last successful read.
     pub replies_read_at: AtomicU64,
+    /// Set while the lease loop cannot reach Redis.
+    pub lease_failing: AtomicBool,
 }
 
 impl Shared {
@@ -109,6 +111,10 @@ pub(crate) struct WriteHealth {
 }
 
 impl WriteHealth {
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+
     pub fn failed(&self, error: &redis::RedisError) {
         if !self.failing.swap(true, Ordering::Relaxed) {
             tracing::warn!(%error, "writing saga transitions fails; sagas wait and retry");
@@ -122,7 +128,20 @@ impl WriteHealth {
     }
 }
 
-/// A running daemon.
+/// Why a daemon is not ready; empty when it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    pub not_ready: Vec<&'static str>,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.not_ready.is_empty()
+    }
+}
+
+/// A running daemon; clones are handles to the same one.
+#[derive(Clone)]
 pub struct Daemon {
     shared: Arc<Shared>,
 }
@@ -142,9 +161,7 @@ impl Daemon {
             }
         })?;
         let mut conn = connect_with_retry(&client, &settings, &shutdown).await?;
-        for stream in trigger_streams(&settings, &catalog) {
-            create_group(&mut conn, &stream, &settings.trigger_group).await?;
-        }
+        create_groups(&mut conn, &settings, &catalog).await?;
         definitions::publish(&mut conn, &settings, &catalog)
             .await
             .map_err(|source| EngineError::Publish { source })?;
@@ -163,6 +180,7 @@ impl Daemon {
             followed: replies::FollowedStreams::default(),
             pinned: definitions::Pinned::default(),
             replies_read_at: AtomicU64::new(now_ms()),
+            lease_failing: AtomicBool::new(false),
             epoch: RwLock::new(Arc::new(Epoch::new(&settings_node_id, &shutdown_for_epoch))),
         });
         tracing::info!(
@@ -179,6 +197,27 @@ impl Daemon {
         shared.tracker.spawn(replies::run(shared.clone()));
         shared.tracker.spawn(intake::run(shared.clone()));
         Ok(Self { shared })
+    }
+
+    /// Whether this daemon can do its work now, and if not, why: it is
+    /// stopping, or Redis cannot be reached for reading, writing or keeping
+    /// its lease.
+    pub fn readiness(&self) -> Readiness {
+        let shared = &self.shared;
+        let mut not_ready = Vec::new();
+        if shared.shutdown.is_cancelled() {
+            not_ready.push("stopping");
+        }
+        if !shared.replies_readable() {
+            not_ready.push("replies cannot be read from Redis");
+        }
+        if shared.writes.is_failing() {
+            not_ready.push("saga transitions cannot be written to Redis");
+        }
+        if shared.lease_failing.load(Ordering::Relaxed) {
+            not_ready.push("the lease cannot be renewed in Redis");
+        }
+        Readiness { not_ready }
     }
 
     /// Sagas being driven right now.
@@ -257,8 +296,25 @@ async fn connect_with_retry(
     }
 }
 
-/// Creates a trigger consumer group at id 0, so starts written before any
-/// daemon ran are taken too.
+/// Creates the trigger consumer groups at id 0, so starts written before
+/// any daemon ran are taken too. Also called when Redis answers that a
+/// group is gone (a Redis that came back without its data).
+pub(crate) async fn create_groups(
+    conn: &mut ConnectionManager,
+    settings: &Settings,
+    catalog: &Catalog,
+) -> Result<(), EngineError> {
+    for stream in trigger_streams(settings, catalog) {
+        create_group(conn, &stream, &settings.trigger_group).await?;
+    }
+    Ok(())
+}
+
+/// True for Redis's answer about a consumer group that does not exist.
+pub(crate) fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
+}
+
 async fn create_group(
     conn: &mut ConnectionManager,
     stream: &str,

@@ -38,8 +38,17 @@ impl RedisServer {
 
     /// Kills the server and starts a new, empty one on the same port.
     pub fn restart(&mut self) {
+        self.kill();
+        self.revive();
+    }
+
+    /// Kills the server; [`Self::revive`] starts a new, empty one.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    pub fn revive(&mut self) {
         self.child = spawn(self.port, self.dir.path()).expect("redis-server restarts");
     }
 
