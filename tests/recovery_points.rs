@@ -1,0 +1,102 @@
+//! A daemon killed (SIGKILL) at every interesting point of one saga: after
+//! each command was sent (while its reply is awaited) and during each
+//! compensation. After each kill a new daemon takes the saga over, and the
+//! saga ends exactly as it would have without the crashes.
+
+mod common;
+
+use common::processes::*;
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+const STEP_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs one saga and, each time an event of `kill_at` appears for a step
+/// not seen before, kills the daemon and starts another; returns the
+/// saga's events.
+async fn crash_at_every(
+    kill_at: &str,
+    handler_flags: &[&str],
+    expected_kills: usize,
+) -> Vec<Event> {
+    let server = RedisServer::start();
+    let url = server.url();
+    let _handlers = Child::handlers(&url, handler_flags);
+    let mut daemon = Child::daemon(&url, "node-0");
+    daemon.wait_started().await;
+    let mut conn = server.conn().await;
+    let ids = start_missions(&mut conn, kill_at, 1).await;
+    let mut log = EventLog::new(&url);
+    let mut killed_at: Vec<String> = Vec::new();
+    loop {
+        let events = log
+            .wait_until(STEP_WAIT, "the next point or the end", |events| {
+                not_ended(events, &ids).is_empty()
+                    || events
+                        .iter()
+                        .any(|e| e.event_type == kill_at && !killed_at.contains(&e.label()))
+            })
+            .await;
+        if not_ended(&events, &ids).is_empty() {
+            break;
+        }
+        let point = events
+            .iter()
+            .find(|e| e.event_type == kill_at && !killed_at.contains(&e.label()))
+            .expect("a new point")
+            .label();
+        daemon.kill9();
+        killed_at.push(point);
+        daemon = Child::daemon(&url, &format!("node-{}", killed_at.len()));
+    }
+    let events = log.settle(Duration::from_millis(300)).await;
+    assert_audit(&events, &ids);
+    assert_eq!(killed_at.len(), expected_kills, "killed at {killed_at:?}");
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_after_each_command_the_saga_still_completes_once() {
+    let events = crash_at_every("step_started", &["--work-ms", "400"], 4).await;
+    let end = events.last().unwrap();
+    assert_eq!(end.event_type, "saga_completed", "\n{}", describe(&events));
+    for step in MISSION_STEPS {
+        let sent = events
+            .iter()
+            .filter(|e| e.label() == format!("step_started:{step}"))
+            .count();
+        assert_eq!(
+            sent,
+            1,
+            "{step} sent once, under one request id\n{}",
+            describe(&events)
+        );
+    }
+    assert_eq!(
+        end.payload["results"]["allocate_resources"]["robot_ids"],
+        json!(["robot-1", "robot-2"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_each_compensation_the_saga_still_unwinds_once() {
+    let flags = ["--work-ms", "400", "--fail-step", "integrate_maps"];
+    let events = crash_at_every("compensation_started", &flags, 3).await;
+    let end = events.last().unwrap();
+    assert_eq!(
+        end.event_type,
+        "saga_compensated",
+        "\n{}",
+        describe(&events)
+    );
+    assert_eq!(
+        end.payload["compensated"],
+        json!(["perform_exploration", "plan_route", "allocate_resources"])
+    );
+    let undone = events
+        .iter()
+        .filter(|e| e.event_type == "compensation_completed")
+        .count();
+    assert_eq!(undone, 3, "\n{}", describe(&events));
+}
