@@ -33,6 +33,7 @@ pub mod config;
 pub mod definition;
 pub mod engine;
 pub mod handler;
+pub mod local_redis;
 pub mod protocol;
 pub mod saga;
 pub mod streams;

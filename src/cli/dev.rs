@@ -6,16 +6,14 @@ use super::handlers::SimulationArgs;
 use super::{logging, render};
 use crate::config::Settings;
 use crate::handler::simulated::run_simulated_handlers;
+use crate::local_redis::LocalRedis;
 use crate::protocol::{fields as f, CorrelationId};
 use crate::{definition, engine, streams};
 use clap::Args;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-/// The reference mission, used when no sagas directory is at hand.
-const BUILT_IN_MISSION: &str = include_str!("../../sagas/mission_start.yaml");
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  sagaflow dev\n  sagaflow dev --fail-at perform_exploration")]
@@ -57,8 +55,11 @@ async fn demo(args: DevArgs) -> Result<ExitCode, String> {
     let catalog = if args.sagas.is_dir() {
         definition::load_dir(&args.sagas).map_err(|e| e.to_string())?
     } else {
-        definition::catalog_from_str(Path::new("built-in mission_start.yaml"), BUILT_IN_MISSION)
-            .map_err(|e| e.to_string())?
+        definition::catalog_from_str(
+            Path::new("built-in mission_start.yaml"),
+            super::REFERENCE_MISSION,
+        )
+        .map_err(|e| e.to_string())?
     };
     if catalog.get(&args.saga).is_none() {
         return Err(format!(
@@ -74,7 +75,7 @@ async fn demo(args: DevArgs) -> Result<ExitCode, String> {
     let (redis_url, _redis) = match args.redis_url.clone() {
         Some(url) => (url, None),
         None => {
-            let child = RedisChild::start()?;
+            let child = LocalRedis::start(&[])?;
             println!("started a private redis-server on {}", child.url);
             (child.url.clone(), Some(child))
         }
@@ -203,80 +204,4 @@ async fn follow_one_mission(
         }
     }
     Err(format!("the saga did not end within {:?}", args.timeout))
-}
-
-/// A private `redis-server`, killed when dropped.
-struct RedisChild {
-    child: Child,
-    url: String,
-    _dir: PathBuf,
-}
-
-impl RedisChild {
-    fn start() -> Result<Self, String> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("cannot find a free port: {e}"))?
-            .port();
-        let dir = std::env::temp_dir().join(format!("sagaflow-dev-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    "redis-server is not installed. Install it (Debian/Ubuntu: \
-                     `sudo apt-get install redis-server`; macOS: `brew install redis`), or pass \
-                     --redis-url to use a running Redis."
-                        .to_owned()
-                }
-                _ => format!("cannot start redis-server: {e}"),
-            })?;
-        let mut me = Self {
-            child,
-            url: format!("redis://127.0.0.1:{port}"),
-            _dir: dir,
-        };
-        me.wait_ready()?;
-        Ok(me)
-    }
-
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("redis-server exited at start-up ({status})"));
-            }
-            if let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return Ok(());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err("redis-server did not answer within 10 s".into())
-    }
-}
-
-impl Drop for RedisChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
 }

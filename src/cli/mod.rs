@@ -1,5 +1,6 @@
 //! The command line: one module per subcommand. `main` only calls [`main`].
 
+mod bench;
 mod dev;
 mod handlers;
 mod logging;
@@ -30,9 +31,15 @@ enum Command {
     Handlers(handlers::HandlersArgs),
     /// Run one demo mission end to end, with a private Redis if none is given.
     Dev(dev::DevArgs),
+    /// Measure throughput, latency and cost on this machine (reference mission).
+    Bench(bench::BenchArgs),
     /// Check saga definitions without starting anything.
     Validate(validate::ValidateArgs),
 }
+
+/// The reference mission, used when no sagas directory is at hand and by
+/// the benchmark.
+pub(crate) const REFERENCE_MISSION: &str = include_str!("../../sagas/mission_start.yaml");
 
 /// Parses the command line and runs the subcommand.
 pub fn main() -> ExitCode {
@@ -53,6 +60,7 @@ pub fn main() -> ExitCode {
             Command::Handlers(args) => handlers::run(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Validate(args) => validate::run(args),
+            Command::Bench(args) => bench::run(args).await,
         }
     })
 }

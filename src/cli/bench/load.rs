@@ -1,0 +1,216 @@
+//! The load: starts written to the trigger stream at most `concurrency` at
+//! a time (or at a fixed rate), and the audit stream followed to time each
+//! saga from its start entry to its end.
+
+use crate::protocol::fields as f;
+use crate::streams;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How sagas are started.
+#[derive(Clone, Debug)]
+pub struct Load {
+    /// Sagas to run; ignored when `duration` is set.
+    pub sagas: usize,
+    /// Keep starting sagas for this long instead.
+    pub duration: Option<Duration>,
+    /// Sagas in flight at most.
+    pub concurrency: usize,
+    /// Start this many sagas per second (open loop) instead of refilling as
+    /// sagas end.
+    pub rate: Option<f64>,
+    pub trigger: String,
+    pub events: String,
+    pub work_ms: u64,
+}
+
+/// What the run measured.
+pub struct Measured {
+    pub ended: usize,
+    pub elapsed: Duration,
+    pub latencies_ms: Vec<f64>,
+    /// Step name to the durations of its completed attempts, less the
+    /// handlers' simulated work.
+    pub step_ms: HashMap<String, Vec<f64>>,
+    /// Sagas that did not end `saga_completed`, or did not end at all.
+    pub failures: Vec<String>,
+}
+
+struct Ended {
+    index: usize,
+    event_type: String,
+}
+
+/// How long the load waits for the next saga to end before giving up.
+const STALL: Duration = Duration::from_secs(30);
+
+pub async fn run(client: &redis::Client, load: &Load) -> Result<Measured, String> {
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tx, mut ended_rx) = mpsc::unbounded_channel();
+    let (steps_tx, steps_rx) = tokio::sync::oneshot::channel();
+    let stop = tokio_util::sync::CancellationToken::new();
+    // Follow the audit stream from its last entry before the first start.
+    let last: redis::Value = redis::cmd("XREVRANGE")
+        .arg(&load.events)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let from = streams::decode_range_reply(&load.events, &last)
+        .pop()
+        .map_or_else(|| "0-0".to_owned(), |e| e.id);
+    let follower = tokio::spawn(follow(
+        client.clone(),
+        load.clone(),
+        from,
+        tx,
+        steps_tx,
+        stop.clone(),
+    ));
+
+    let started_at = Instant::now();
+    let mut start_times: Vec<Instant> = Vec::new();
+    let mut latencies = Vec::new();
+    let mut failures = Vec::new();
+    let mut in_flight = 0usize;
+    let mut ended = 0usize;
+    let may_start = |n: usize| match load.duration {
+        Some(d) => started_at.elapsed() < d,
+        None => n < load.sagas,
+    };
+    loop {
+        // Start what may be started now.
+        while in_flight < load.concurrency && may_start(start_times.len()) {
+            if let Some(rate) = load.rate {
+                let due = started_at + Duration::from_secs_f64(start_times.len() as f64 / rate);
+                if due > Instant::now() {
+                    break;
+                }
+            }
+            let index = start_times.len();
+            start_times.push(Instant::now());
+            let _: String = redis::cmd("XADD")
+                .arg(&load.trigger)
+                .arg("*")
+                .arg(f::CORRELATION_ID)
+                .arg(format!("bench-{index}"))
+                .arg(f::PAYLOAD)
+                .arg(r#"{"area": "hall-a", "robots": 2}"#)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| format!("cannot write a start: {e}"))?;
+            in_flight += 1;
+        }
+        if in_flight == 0 && !may_start(start_times.len()) {
+            break;
+        }
+        let next_start = load
+            .rate
+            .filter(|_| may_start(start_times.len()) && in_flight < load.concurrency)
+            .map(|rate| started_at + Duration::from_secs_f64(start_times.len() as f64 / rate));
+        let wait = next_start.map_or(STALL, |due| due.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, ended_rx.recv()).await {
+            Ok(Some(end)) => {
+                in_flight -= 1;
+                ended += 1;
+                latencies.push(start_times[end.index].elapsed().as_secs_f64() * 1000.0);
+                if end.event_type != "saga_completed" {
+                    failures.push(format!("bench-{} ended {}", end.index, end.event_type));
+                }
+            }
+            Ok(None) => return Err("the audit stream reader stopped".into()),
+            Err(_) if next_start.is_some() => {}
+            Err(_) => {
+                failures.push(format!(
+                    "{in_flight} sagas did not end within {STALL:?} of the last one"
+                ));
+                break;
+            }
+        }
+    }
+    let elapsed = started_at.elapsed();
+    stop.cancel();
+    let _ = follower.await;
+    let step_ms = steps_rx.await.unwrap_or_default();
+    Ok(Measured {
+        ended,
+        elapsed,
+        latencies_ms: latencies,
+        step_ms,
+        failures,
+    })
+}
+
+/// Reads the audit stream from its current end: sends each saga's end, and
+/// collects step durations.
+async fn follow(
+    client: redis::Client,
+    load: Load,
+    from: String,
+    ended: mpsc::UnboundedSender<Ended>,
+    steps_out: tokio::sync::oneshot::Sender<HashMap<String, Vec<f64>>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut steps: HashMap<String, Vec<f64>> = HashMap::new();
+    let mut started: HashMap<(String, String), u64> = HashMap::new();
+    let Ok(mut conn) = streams::blocking_connection(&client, Duration::from_millis(500)).await
+    else {
+        return;
+    };
+    let mut last = from;
+    while !stop.is_cancelled() {
+        let read = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(5000)
+            .arg("BLOCK")
+            .arg(200)
+            .arg("STREAMS")
+            .arg(&load.events)
+            .arg(&last)
+            .query_async::<redis::Value>(&mut conn)
+            .await;
+        let Ok(value) = read else { continue };
+        for entry in streams::decode_read_reply(&value) {
+            last = entry.id.clone();
+            let text = |k: &str| {
+                entry
+                    .fields
+                    .get(k)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            let event_type = text(f::EVENT_TYPE);
+            let ts: u64 = text(f::TIMESTAMP).parse().unwrap_or(0);
+            match event_type.as_str() {
+                "step_started" => {
+                    started.insert((text(f::SAGA_ID), text(f::STEP)), ts);
+                }
+                "step_completed" => {
+                    let step = text(f::STEP);
+                    if let Some(t0) = started.remove(&(text(f::SAGA_ID), step.clone())) {
+                        let ms = ts.saturating_sub(t0) as f64 - load.work_ms as f64;
+                        steps.entry(step).or_default().push(ms.max(0.0));
+                    }
+                }
+                "saga_completed" | "saga_compensated" | "saga_failed" | "saga_rejected"
+                | "saga_duplicate" => {
+                    let index = text(f::CORRELATION_ID)
+                        .strip_prefix("bench-")
+                        .and_then(|i| i.parse().ok());
+                    if let Some(index) = index {
+                        let _ = ended.send(Ended { index, event_type });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let _ = steps_out.send(steps);
+}

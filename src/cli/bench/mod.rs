@@ -1,0 +1,306 @@
+//! `sagaflow bench`: runs the reference mission under load on this machine
+//! and reports what it costs. It starts a private `redis-server` (unless
+//! given one), the daemon and the simulated handlers as separate processes
+//! (so their CPU is not hidden in the load generator's), starts sagas, and
+//! reads Redis's own statistics before and after.
+
+mod load;
+mod redis_info;
+mod stats;
+
+use super::REFERENCE_MISSION;
+use crate::local_redis::LocalRedis;
+use clap::Args;
+use load::Load;
+use redis_info::RedisInfo;
+use stats::{Percentiles, RedisMemory, Report, StepOverhead};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  sagaflow bench --sagas 5000 --concurrency 200\n  sagaflow bench --duration 60s --concurrency 400\n  sagaflow bench --concurrency 1 --sagas 2000      # latency, one saga at a time\n  sagaflow bench --rate 1000 --duration 30s        # latency at a fixed arrival rate\n  sagaflow bench --durable --json"
+)]
+pub struct BenchArgs {
+    /// Use this Redis instead of a private redis-server (its data is kept).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Sagas to run (ignored with --duration).
+    #[arg(long, default_value_t = 2000)]
+    sagas: usize,
+    /// Keep starting sagas for this long (e.g. 60s) instead of a fixed number.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Sagas in flight at most.
+    #[arg(long, default_value_t = 200)]
+    concurrency: usize,
+    /// Start this many sagas per second instead of refilling as they end.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Simulated work per handler command, in ms.
+    #[arg(long, default_value_t = 0)]
+    work_ms: u64,
+    /// Redis with `appendonly yes` and `appendfsync everysec`.
+    #[arg(long)]
+    durable: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Do not wait for the retention to pass to measure the memory left.
+    #[arg(long)]
+    no_retention_wait: bool,
+}
+
+/// Retention given to the benchmark's daemon, so that the memory left
+/// after retention can be measured in the run.
+const RETENTION: Duration = Duration::from_secs(5);
+
+pub async fn run(args: BenchArgs) -> ExitCode {
+    super::logging::init("warn");
+    match bench(args).await {
+        Ok((report, json)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("the report serializes")
+                );
+            } else {
+                print!("{}", report.table());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("sagaflow bench: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A child process, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Process(Child);
+
+impl Process {
+    fn spawn(args: &[&str]) -> Result<Self, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        Command::new(exe)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map(Process)
+            .map_err(|e| format!("cannot start `sagaflow {}`: {e}", args[0]))
+    }
+
+    /// Peak resident memory (VmHWM), in MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        for _ in 0..50 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
+    let durable_args = ["--appendonly", "yes", "--appendfsync", "everysec"];
+    let (url, _redis) = match &args.redis_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let redis = LocalRedis::start(if args.durable { &durable_args } else { &[] })?;
+            (redis.url.clone(), Some(redis))
+        }
+    };
+    let client =
+        redis::Client::open(url.as_str()).map_err(|e| format!("invalid Redis URL: {e}"))?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| format!("cannot reach Redis: {e}"))?;
+
+    let sagas_dir = std::env::temp_dir().join(format!("sagaflow-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&sagas_dir).map_err(|e| e.to_string())?;
+    std::fs::write(sagas_dir.join("mission_start.yaml"), REFERENCE_MISSION)
+        .map_err(|e| e.to_string())?;
+    let retention = format!("{}s", RETENTION.as_secs());
+    let max_in_flight = (args.concurrency * 2).max(100).to_string();
+    let daemon = Process::spawn(&[
+        "run",
+        "--redis-url",
+        &url,
+        "--sagas",
+        sagas_dir.to_str().ok_or("a temp dir that is not UTF-8")?,
+        "--retention",
+        &retention,
+        "--reply-retention",
+        &retention,
+        "--idempotency-retention",
+        &retention,
+        "--max-in-flight",
+        &max_in_flight,
+    ])?;
+    let work = args.work_ms.to_string();
+    let _handlers = Process::spawn(&["handlers", "--redis-url", &url, "--work-ms", &work])?;
+    wait_until_ready(&mut conn).await?;
+
+    let before = RedisInfo::read(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    let peak = Arc::new(AtomicU64::new(before.used_memory));
+    let sampler = tokio::spawn(sample_peak_memory(client.clone(), peak.clone()));
+    let load = Load {
+        sagas: args.sagas,
+        duration: args.duration,
+        concurrency: args.concurrency.max(1),
+        rate: args.rate,
+        trigger: "mission:start".into(),
+        events: "saga:events".into(),
+        work_ms: args.work_ms,
+    };
+    let measured = load::run(&client, &load).await?;
+    let after = RedisInfo::read(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    sampler.abort();
+    let peak_memory = peak.load(Ordering::Relaxed).max(after.used_memory);
+    let daemon_rss = daemon.peak_rss_mib();
+    if !measured.failures.is_empty() {
+        return Err(format!(
+            "not reported: {} of {} sagas did not complete: {}",
+            measured.failures.len(),
+            measured.ended.max(measured.failures.len()),
+            measured
+                .failures
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    let retained = if args.no_retention_wait {
+        None
+    } else {
+        tokio::time::sleep(RETENTION + Duration::from_secs(6)).await;
+        Some(
+            RedisInfo::read(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&sagas_dir);
+
+    let n = measured.ended.max(1) as f64;
+    let calls = after.calls_since(&before);
+    let total_calls: u64 = calls.iter().map(|(_, c)| c).sum();
+    let mut steps: Vec<StepOverhead> = measured
+        .step_ms
+        .into_iter()
+        .map(|(step, mut ms)| StepOverhead {
+            step,
+            overhead_ms: Percentiles::of(&mut ms),
+        })
+        .collect();
+    let order = [
+        "allocate_resources",
+        "plan_route",
+        "perform_exploration",
+        "integrate_maps",
+    ];
+    steps.sort_by_key(|s| {
+        order
+            .iter()
+            .position(|o| *o == s.step)
+            .unwrap_or(order.len())
+    });
+    let mut latencies = measured.latencies_ms;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let report = Report {
+        mode: match (args.rate, args.duration) {
+            (Some(rate), _) => format!("open loop, {rate} starts/s"),
+            (None, Some(d)) => format!("closed loop for {}", humantime::format_duration(d)),
+            (None, None) => "closed loop".into(),
+        },
+        durable: args.durable,
+        sagas: measured.ended,
+        concurrency: load.concurrency,
+        handler_work_ms: args.work_ms,
+        elapsed_secs: measured.elapsed.as_secs_f64(),
+        sagas_per_sec: measured.ended as f64 / measured.elapsed.as_secs_f64(),
+        latency_ms: Percentiles::of(&mut latencies),
+        steps,
+        redis_commands_per_saga: total_calls as f64 / n,
+        redis_commands_by_name: calls
+            .iter()
+            .map(|(name, c)| (name.clone(), *c as f64 / n))
+            .collect(),
+        redis_cpu_ms_per_saga: (after.cpu_secs - before.cpu_secs) * 1000.0 / n,
+        daemon_peak_rss_mib: daemon_rss,
+        redis_memory_mib: RedisMemory {
+            before: mib(before.used_memory),
+            peak: mib(peak_memory),
+            after: mib(after.used_memory),
+            after_retention: retained.map(|r| mib(r.used_memory)),
+        },
+    };
+    Ok((report, args.json))
+}
+
+/// Waits until the daemon holds its lease and the handlers' groups exist.
+async fn wait_until_ready(conn: &mut redis::aio::MultiplexedConnection) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let leases: u64 = redis::cmd("ZCARD")
+            .arg("saga:leases")
+            .query_async(conn)
+            .await
+            .unwrap_or(0);
+        let groups: redis::RedisResult<Vec<redis::Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg("mapping:commands")
+            .query_async(conn)
+            .await;
+        if leases > 0 && groups.is_ok_and(|g| !g.is_empty()) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("the daemon or the handlers did not start within 15 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Keeps `peak` at the largest `used_memory` seen, reading every 200 ms.
+async fn sample_peak_memory(client: redis::Client, peak: Arc<AtomicU64>) {
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    loop {
+        if let Ok(info) = RedisInfo::read(&mut conn).await {
+            peak.fetch_max(info.used_memory, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
