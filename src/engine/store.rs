@@ -62,15 +62,19 @@ pub enum Written {
 
 const SCRIPT: &str = r#"
 local t = cjson.decode(ARGV[1])
-local owner = redis.call('HGET', KEYS[1], 'owner')
+local record = redis.call('HMGET', KEYS[1], 'owner', 'seq')
+local owner, seq = record[1], tonumber(record[2] or '0')
 if t.seq == 1 and not owner then
-  redis.call('HSET', KEYS[1], 'owner', t.owner, 'seq', 0)
+  redis.call('HSET', KEYS[1], 'owner', t.owner)
   owner = t.owner
 end
 if owner ~= t.owner then return 0 end
-if tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') >= t.seq then return 2 end
-redis.call('HSET', KEYS[1], 'seq', t.seq)
-if t.state ~= cjson.null then redis.call('HSET', KEYS[1], 'state', t.state) end
+if seq >= t.seq then return 2 end
+if t.state ~= cjson.null then
+  redis.call('HSET', KEYS[1], 'seq', t.seq, 'state', t.state)
+else
+  redis.call('HSET', KEYS[1], 'seq', t.seq)
+end
 if t.expire > 0 then redis.call('EXPIRE', KEYS[1], t.expire) end
 if t.own_add then redis.call('SADD', t.owned, t.saga_id) end
 if t.own_remove then redis.call('SREM', t.owned, t.saga_id) end

@@ -104,40 +104,32 @@ pub(super) async fn handle_entry(
         },
     };
     let json = record_json(&final_fields);
-    let record = || {
+    // The record, the final reply and the acknowledgement in one MULTI:
+    // a crash leaves either all three (the command is done) or none (it is
+    // redelivered, and the record, if any, replayed).
+    let finish = || {
         let (mut conn, key, json) = (conn.clone(), key.clone(), json.clone());
+        let (reply_stream, fields) = (command.reply_stream.clone(), final_fields.clone());
+        let (stream, group, id) = (stream.to_string(), shared.group.clone(), id.clone());
         async move {
-            redis::cmd("SET")
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            pipe.cmd("SET")
                 .arg(key)
                 .arg(json)
                 .arg("EX")
                 .arg(DONE_TTL_SECS)
-                .query_async::<()>(&mut conn)
-                .await
+                .ignore();
+            let xadd = pipe.cmd("XADD").arg(reply_stream).arg("*");
+            for (k, v) in &fields {
+                xadd.arg(k).arg(v);
+            }
+            xadd.ignore();
+            pipe.cmd("XACK").arg(stream).arg(group).arg(id).ignore();
+            pipe.query_async::<()>(&mut conn).await
         }
     };
-    // Recorded before the reply is sent: a crash in between then replays
-    // the reply instead of running the handler again.
-    if retrying(&shared.shutdown, "record a final reply", record)
-        .await
-        .is_none()
-    {
-        return;
-    }
-    let send = || {
-        let (mut conn, stream, fields) = (
-            conn.clone(),
-            command.reply_stream.clone(),
-            final_fields.clone(),
-        );
-        async move { xadd(&mut conn, &stream, &fields).await }
-    };
-    if retrying(&shared.shutdown, "send a final reply", send)
-        .await
-        .is_some()
-    {
-        ack(&mut conn, &shared, &stream, &id).await;
-    }
+    retrying(&shared.shutdown, "send a final reply", finish).await;
 }
 
 /// `start`, the handler, then the final reply's fields; `None` when the
