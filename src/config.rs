@@ -25,7 +25,8 @@ pub struct Settings {
     pub retention: Duration,
     /// How long a start's idempotency key is remembered.
     pub idempotency_retention: Duration,
-    /// How long a reply stream outlives the last daemon that read it.
+    /// How long a reply stream outlives the last daemon that read it (at
+    /// least a minute: a live daemon renews it every few seconds).
     pub reply_retention: Duration,
     /// Approximate cap on each command stream (`XADD MAXLEN ~`): a bound on
     /// memory when handlers are down; commands beyond it are lost and their

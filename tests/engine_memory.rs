@@ -70,3 +70,37 @@ async fn after_a_thousand_sagas_every_key_expires_or_is_capped() {
     let owned: Vec<String> = must("KEYS", words("KEYS saga:owned:*").query_async(&mut conn)).await;
     assert!(owned.is_empty(), "{owned:?}");
 }
+
+/// A reply stream's expiry is renewed every few seconds while its daemon
+/// reads it; however short the configured retention, it must never lapse
+/// between two renewals, or unread replies would be lost with the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_reply_stream_never_expires_under_its_reader() {
+    let server = RedisServer::start();
+    let settings = sagaflow::config::Settings {
+        node_id: "short-retention".into(),
+        reply_retention: Duration::from_secs(1),
+        ..test_settings(&server)
+    };
+    let reply_stream = settings.reply_stream();
+    let daemon = start_daemon_with(settings, mission_catalog()).await;
+    let handlers = start_simulated(&server, SimulationOptions::default());
+    let mut conn = server.conn().await;
+    start_mission(
+        &mut conn,
+        "ttl",
+        &serde_json::json!({"area": "a", "robots": 1}),
+    )
+    .await;
+    saga_events(&server, "ttl").await;
+    // Past the first renewal.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let ttl: i64 = must(
+        "TTL",
+        redis::cmd("TTL").arg(&reply_stream).query_async(&mut conn),
+    )
+    .await;
+    handlers.stop().await;
+    daemon.stop().await;
+    assert!(ttl >= 50, "the reply stream expires in {ttl} s");
+}

@@ -15,8 +15,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How often entries already read are trimmed from the reply stream.
+/// How often entries already read are trimmed from the reply stream, and
+/// its expiry renewed.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
+/// The shortest expiry a reply stream gets: many renewals long.
+const MIN_REPLY_TTL: Duration = Duration::from_secs(60);
 
 /// The field of the entries the daemon writes to wake its own reply reader
 /// (and to create a per-request reply stream); they are no replies.
@@ -195,7 +198,9 @@ async fn tidy(shared: &Shared, stream: &str, last_id: Option<&str>) {
             .arg(last_id)
             .ignore();
     }
-    let ttl = shared.settings.reply_retention.as_secs().max(1);
+    // Never so short that the stream could expire between two renewals
+    // while this daemon reads it: unread replies would go with it.
+    let ttl = shared.settings.reply_retention.max(MIN_REPLY_TTL).as_secs();
     pipe.cmd("EXPIRE").arg(stream).arg(ttl).ignore();
     for followed in shared.followed.snapshot() {
         pipe.cmd("EXPIRE").arg(followed).arg(ttl).ignore();
