@@ -24,6 +24,9 @@ pub struct SimulationArgs {
     /// Reply `failed` (not retryable) to this step's compensation.
     #[arg(long, value_name = "STEP")]
     pub fail_compensation: Option<String>,
+    /// Commands handled at once [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<usize>,
 }
 
 impl SimulationArgs {
@@ -34,6 +37,9 @@ impl SimulationArgs {
             hang_step: self.hang_step.clone(),
             work_ms: self.work_ms,
             fail_compensation: self.fail_compensation.clone(),
+            max_in_flight: self
+                .max_in_flight
+                .unwrap_or(SimulationOptions::default().max_in_flight),
             ..SimulationOptions::default()
         }
     }

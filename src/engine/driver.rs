@@ -192,7 +192,7 @@ impl<'a> Driven<'a> {
                 biased;
                 _ = self.epoch.cancel.cancelled() => return,
                 reply = inbox.recv() => match reply {
-                    Some(reply) => Event::Reply(reply),
+                    Some(reply) => Event::Reply(*reply),
                     None => return,
                 },
                 _ = sleep_or_never(sleep) => Event::Tick,

@@ -175,7 +175,7 @@ fn route(shared: &Shared, entry: &Entry) {
     }
     match Reply::from_fields(&entry.fields) {
         Ok(reply) => {
-            if !shared.router.route(reply) {
+            if !shared.router.route(Box::new(reply)) {
                 tracing::debug!(entry_id = %entry.id, "reply for no saga driven here; ignored");
             }
         }

@@ -15,8 +15,10 @@ use tokio::sync::mpsc;
 /// Each saga's inbox is unbounded on purpose: a reply reader that waited on
 /// one slow saga's inbox would hold up every other saga's replies, and a
 /// saga receives only a handful of replies per attempt (start, progress,
-/// final), so the inbox stays small.
-pub type Inbox = mpsc::UnboundedReceiver<Reply>;
+/// final), so the inbox stays small. Replies travel boxed: a channel
+/// allocates its slots in blocks, and with thousands of sagas in flight
+/// pointer-sized slots keep those blocks small.
+pub type Inbox = mpsc::UnboundedReceiver<Box<Reply>>;
 
 /// How many unrouted replies are kept at most, and for how long: enough to
 /// cover a takeover, little enough that garbage costs nothing.
@@ -25,7 +27,7 @@ const KEPT_FOR: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Inner {
-    sagas: HashMap<SagaId, mpsc::UnboundedSender<Reply>>,
+    sagas: HashMap<SagaId, mpsc::UnboundedSender<Box<Reply>>>,
     /// Unrouted replies by saga, and the order they came in, for expiry.
     kept: HashMap<SagaId, Vec<Reply>>,
     kept_order: VecDeque<(Instant, SagaId)>,
@@ -46,7 +48,7 @@ impl Router {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         for reply in inner.kept.remove(&saga_id).unwrap_or_default() {
-            let _ = tx.send(reply);
+            let _ = tx.send(Box::new(reply));
         }
         inner.sagas.insert(saga_id, tx);
         Some(rx)
@@ -62,16 +64,18 @@ impl Router {
 
     /// Delivers a reply to its saga; false when no saga here owns it (it
     /// is kept for a while in case its saga registers).
-    pub fn route(&self, reply: Reply) -> bool {
+    pub fn route(&self, reply: Box<Reply>) -> bool {
         let Some(saga_id) = reply.saga_id.clone() else {
             return false;
         };
         let mut inner = self.inner.lock().expect("router lock");
-        if let Some(tx) = inner.sagas.get(&saga_id) {
-            if tx.send(reply.clone()).is_ok() {
-                return true;
-            }
-        }
+        let reply = match inner.sagas.get(&saga_id) {
+            Some(tx) => match tx.send(reply) {
+                Ok(()) => return true,
+                Err(unsent) => unsent.0,
+            },
+            None => reply,
+        };
         let now = Instant::now();
         while let Some((at, _)) = inner.kept_order.front() {
             if now.duration_since(*at) <= KEPT_FOR && inner.kept_order.len() < KEPT_MAX {
@@ -80,7 +84,7 @@ impl Router {
             let (_, old) = inner.kept_order.pop_front().expect("checked");
             inner.kept.remove(&old);
         }
-        inner.kept.entry(saga_id.clone()).or_default().push(reply);
+        inner.kept.entry(saga_id.clone()).or_default().push(*reply);
         inner.kept_order.push_back((now, saga_id));
         false
     }
@@ -111,12 +115,12 @@ mod tests {
     fn replies_that_come_first_wait_for_their_saga() {
         let router = Router::default();
         let (a, b) = (SagaId::generate(), SagaId::generate());
-        assert!(!router.route(reply(&a)));
-        assert!(!router.route(reply(&b)));
+        assert!(!router.route(Box::new(reply(&a))));
+        assert!(!router.route(Box::new(reply(&b))));
         let mut inbox = router.register(a.clone()).unwrap();
         assert_eq!(inbox.try_recv().unwrap().saga_id.as_ref(), Some(&a));
         assert!(inbox.try_recv().is_err());
-        assert!(router.route(reply(&a)));
+        assert!(router.route(Box::new(reply(&a))));
         assert!(router.register(a.clone()).is_none(), "driven already");
         let mut inbox_b = router.register(b.clone()).unwrap();
         assert_eq!(inbox_b.try_recv().unwrap().saga_id.as_ref(), Some(&b));
@@ -126,7 +130,7 @@ mod tests {
     fn kept_replies_are_bounded() {
         let router = Router::default();
         for _ in 0..KEPT_MAX + 10 {
-            router.route(reply(&SagaId::generate()));
+            router.route(Box::new(reply(&SagaId::generate())));
         }
         let inner = router.inner.lock().unwrap();
         assert!(inner.kept.len() <= KEPT_MAX && inner.kept_order.len() <= KEPT_MAX);

@@ -37,6 +37,8 @@ pub struct SimulationOptions {
     pub fail_compensation: Option<String>,
     /// Consumer group of the simulated services.
     pub group: String,
+    /// Commands handled at once, over all the services.
+    pub max_in_flight: usize,
 }
 
 impl Default for SimulationOptions {
@@ -48,6 +50,7 @@ impl Default for SimulationOptions {
             work_ms: 0,
             fail_compensation: None,
             group: "sagaflow-sim".to_owned(),
+            max_in_flight: super::runner::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -79,7 +82,7 @@ pub fn simulated_handlers(client: redis::Client, opts: SimulationOptions) -> Han
     ];
     let opts = Arc::new(opts);
     routes.into_iter().fold(
-        Handlers::new(client, opts.group.clone()),
+        Handlers::new(client, opts.group.clone()).max_in_flight(opts.max_in_flight),
         |handlers, (stream, event_type, compute)| {
             let opts = opts.clone();
             handlers.on(stream, event_type, move |cmd: Command, ctx: Context| {

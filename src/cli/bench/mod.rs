@@ -161,7 +161,18 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
         &max_in_flight,
     ])?;
     let work = args.work_ms.to_string();
-    let _handlers = Process::spawn(&["handlers", "--redis-url", &url, "--work-ms", &work])?;
+    // Enough handler slots for every saga in flight: the handlers must not
+    // be what the benchmark measures.
+    let slots = args.concurrency.max(1024).to_string();
+    let _handlers = Process::spawn(&[
+        "handlers",
+        "--redis-url",
+        &url,
+        "--work-ms",
+        &work,
+        "--max-in-flight",
+        &slots,
+    ])?;
     wait_until_ready(&mut conn).await?;
 
     let before = RedisInfo::read(&mut conn)
