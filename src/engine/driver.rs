@@ -343,7 +343,11 @@ pub(super) async fn write_until_done(
     let mut delay = Duration::from_millis(50);
     let mut conn = shared.conn.clone();
     loop {
-        match transition.write(&mut conn, &shared.settings).await {
+        let written = {
+            let _slot = shared.write_slots.acquire().await.expect("never closed");
+            transition.write(&mut conn, &shared.settings).await
+        };
+        match written {
             Ok(written) => {
                 shared.writes.succeeded();
                 return Some(written);

@@ -60,6 +60,9 @@ pub enum EngineError {
 /// daemon that waits longer than Redis is away only adds to the outage.
 pub(crate) const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 
+/// Transition writes under way at once (see [`Shared::write_slots`]).
+const WRITES_AT_ONCE: usize = 256;
+
 /// What every task of the daemon shares.
 pub(crate) struct Shared {
     pub settings: Settings,
@@ -71,6 +74,10 @@ pub(crate) struct Shared {
     pub tracker: TaskTracker,
     /// One permit per in-flight saga.
     pub permits: Arc<Semaphore>,
+    /// Transition writes under way at once. Beyond a few hundred, writes
+    /// only queue inside the connection, each holding its encoded request:
+    /// ten thousand sagas moving at once would hold ten thousand of them.
+    pub write_slots: Semaphore,
     pub writes: WriteHealth,
     pub followed: replies::FollowedStreams,
     pub pinned: definitions::Pinned,
@@ -169,6 +176,7 @@ impl Daemon {
         let shutdown_for_epoch = shutdown.clone();
         let shared = Arc::new(Shared {
             permits: Arc::new(Semaphore::new(settings.max_in_flight)),
+            write_slots: Semaphore::new(WRITES_AT_ONCE),
             settings,
             catalog,
             client,
