@@ -143,6 +143,25 @@ pub fn decode_range_reply(stream: &str, v: &Value) -> Vec<Entry> {
     }
 }
 
+/// The id of the last entry of `stream` (`0-0` when it is empty): where to
+/// start following it without missing what comes next.
+pub async fn last_id<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+) -> RedisResult<String> {
+    let last: Value = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    Ok(decode_range_reply(stream, &last)
+        .pop()
+        .map_or_else(|| "0-0".to_owned(), |e| e.id))
+}
+
 /// Decodes the entries part of an `XAUTOCLAIM` reply: `[cursor, entries, deleted]`.
 pub fn decode_autoclaim_reply(stream: &str, v: &Value) -> (String, Vec<Entry>) {
     let Value::Array(parts) = v else {

@@ -128,18 +128,9 @@ async fn follow_one_mission(
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
     // Read events from the last one before our start, so none is missed.
-    let last: redis::Value = redis::cmd("XREVRANGE")
-        .arg(events_stream)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut conn)
+    let mut from = streams::last_id(&mut conn, events_stream)
         .await
         .map_err(|e| e.to_string())?;
-    let mut from = streams::decode_range_reply(events_stream, &last)
-        .pop()
-        .map_or_else(|| "0-0".to_owned(), |e| e.id);
 
     let correlation_id = CorrelationId::generate();
     let _: String = redis::cmd("XADD")

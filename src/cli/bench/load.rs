@@ -54,18 +54,9 @@ pub async fn run(client: &redis::Client, load: &Load) -> Result<Measured, String
     let (steps_tx, steps_rx) = tokio::sync::oneshot::channel();
     let stop = tokio_util::sync::CancellationToken::new();
     // Follow the audit stream from its last entry before the first start.
-    let last: redis::Value = redis::cmd("XREVRANGE")
-        .arg(&load.events)
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut conn)
+    let from = streams::last_id(&mut conn, &load.events)
         .await
         .map_err(|e| e.to_string())?;
-    let from = streams::decode_range_reply(&load.events, &last)
-        .pop()
-        .map_or_else(|| "0-0".to_owned(), |e| e.id);
     let follower = tokio::spawn(follow(
         client.clone(),
         load.clone(),
