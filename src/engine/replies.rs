@@ -114,13 +114,15 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let stream = cursors.main.clone();
     let mut trimmed_at = Instant::now();
     let mut trimmed_id = String::new();
+    // Whether the stream has had an expiry since it came to exist.
+    let mut expiry_set = false;
     let mut conn = ReadConnection::new("replies");
     loop {
         if shared.shutdown.is_cancelled() {
-            return;
+            break;
         }
         let Some(c) = conn.get(&shared).await else {
-            return;
+            break;
         };
         cursors.follow(shared.followed.snapshot());
         // A plain XREAD takes nothing from anyone: abandoning it on a stop
@@ -128,7 +130,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
         let cmd = cursors.read_command(shared.settings.read_batch, shared.settings.block);
         let read = cmd.query_async::<redis::Value>(c);
         let reply = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.shutdown.cancelled() => break,
             reply = read => reply,
         };
         let value = match reply {
@@ -138,7 +140,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
             }
             Err(e) => {
                 if !conn.failed(&shared, &e).await {
-                    return;
+                    break;
                 }
                 continue;
             }
@@ -151,7 +153,9 @@ pub(super) async fn run(shared: Arc<Shared>) {
         shared
             .replies_read_at
             .store(super::now_ms(), Ordering::Relaxed);
-        if trimmed_at.elapsed() >= TRIM_EVERY {
+        let exists = cursors.main_id != "0-0";
+        if trimmed_at.elapsed() >= TRIM_EVERY || (exists && !expiry_set) {
+            expiry_set |= exists;
             let progressed = cursors.main_id != trimmed_id;
             tidy(
                 &shared,
@@ -163,6 +167,8 @@ pub(super) async fn run(shared: Arc<Shared>) {
             trimmed_at = Instant::now();
         }
     }
+    // A stream left behind expires, even if this daemon never comes back.
+    let _ = tokio::time::timeout(Duration::from_secs(1), tidy(&shared, &stream, None)).await;
 }
 
 fn route(shared: &Shared, entry: &Entry) {
