@@ -10,6 +10,10 @@ pub struct Settings {
     pub sagas_dir: PathBuf,
     /// Names this daemon instance: its trigger consumer and its reply stream.
     pub node_id: String,
+    /// Set anew by every daemon start: a daemon restarted under the same
+    /// node id gets a reply stream of its own, so that it never trims replies
+    /// that another daemon, which took over its former sagas, has yet to read.
+    pub incarnation: String,
     /// Trigger stream read even when no definition binds it, for starts
     /// that name their saga.
     pub trigger_stream: String,
@@ -60,6 +64,7 @@ impl Default for Settings {
             redis_url: "redis://127.0.0.1:6379".into(),
             sagas_dir: PathBuf::from("sagas"),
             node_id: crate::protocol::ids::new_uuid_hex(),
+            incarnation: new_incarnation(),
             trigger_stream: "mission:start".into(),
             trigger_group: "sagaflow".into(),
             events_stream: "saga:events".into(),
@@ -83,9 +88,18 @@ impl Default for Settings {
     }
 }
 
+/// A short random id for one run of a daemon.
+pub fn new_incarnation() -> String {
+    crate::protocol::ids::new_uuid_hex()[..8].to_owned()
+}
+
 impl Settings {
+    /// `<prefix><node_id>.<incarnation>`.
     pub fn reply_stream(&self) -> String {
-        format!("{}{}", self.reply_stream_prefix, self.node_id)
+        format!(
+            "{}{}.{}",
+            self.reply_stream_prefix, self.node_id, self.incarnation
+        )
     }
 
     /// The record key of a saga, hash-tagged so that everything about one

@@ -82,7 +82,6 @@ async fn a_live_reply_stream_never_expires_under_its_reader() {
         reply_retention: Duration::from_secs(1),
         ..test_settings(&server)
     };
-    let reply_stream = settings.reply_stream();
     let daemon = start_daemon_with(settings, mission_catalog()).await;
     let handlers = start_simulated(&server, SimulationOptions::default());
     let mut conn = server.conn().await;
@@ -95,11 +94,14 @@ async fn a_live_reply_stream_never_expires_under_its_reader() {
     saga_events(&server, "ttl").await;
     // Past the first renewal.
     tokio::time::sleep(Duration::from_millis(5500)).await;
-    let ttl: i64 = must(
-        "TTL",
-        redis::cmd("TTL").arg(&reply_stream).query_async(&mut conn),
-    )
-    .await;
+    let keys = words("KEYS saga:replies:short-retention.*");
+    let streams: Vec<String> = must("KEYS", keys.query_async(&mut conn)).await;
+    let [reply_stream] = streams.as_slice() else {
+        panic!("one reply stream, not {streams:?}")
+    };
+    let mut ttl_of = redis::cmd("TTL");
+    ttl_of.arg(reply_stream);
+    let ttl: i64 = must("TTL", ttl_of.query_async(&mut conn)).await;
     handlers.stop().await;
     daemon.stop().await;
     assert!(ttl >= 50, "the reply stream expires in {ttl} s");

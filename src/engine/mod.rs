@@ -161,6 +161,10 @@ impl Daemon {
         catalog: Catalog,
         shutdown: CancellationToken,
     ) -> Result<Self, EngineError> {
+        let settings = Settings {
+            incarnation: crate::config::new_incarnation(),
+            ..settings
+        };
         let client = redis::Client::open(settings.redis_url.as_str()).map_err(|source| {
             EngineError::BadRedisUrl {
                 url: settings.redis_url.clone(),
@@ -226,6 +230,11 @@ impl Daemon {
             not_ready.push("the lease cannot be renewed in Redis");
         }
         Readiness { not_ready }
+    }
+
+    /// The settings this daemon runs with (its reply stream included).
+    pub fn settings(&self) -> &Settings {
+        &self.shared.settings
     }
 
     /// Sagas being driven right now.

@@ -181,6 +181,8 @@ pub async fn start_daemon_with(settings: Settings, catalog: Catalog) -> Running<
     let token = CancellationToken::new();
     let start = Daemon::start(settings.clone(), catalog, token.clone());
     let daemon = must("the daemon's start", start).await;
+    // What the daemon runs with: its reply stream is its own.
+    let settings = daemon.settings().clone();
     let handle = Some(tokio::spawn(async move {
         daemon.wait().await;
         settings
