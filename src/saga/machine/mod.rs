@@ -1,8 +1,7 @@
 //! The transition function: `start` makes a saga, `apply` moves it on.
 
-use super::backoff::retry_delay;
 use super::ids::IdSource;
-use super::state::{Exchange, Failure, Phase, SagaState, Waiting};
+use super::state::{Exchange, Phase, SagaState, Waiting};
 use crate::definition::template::Context;
 use crate::definition::{ReplyMode, RetryPolicy, SagaDefinition, Template};
 use crate::protocol::{
@@ -134,6 +133,8 @@ struct Machine<'a> {
     ids: &'a mut dyn IdSource,
     effects: Vec<Effect>,
 }
+
+mod failure;
 
 /// How an attempt ended without completing.
 enum Miss {
@@ -480,151 +481,6 @@ impl<'a> Machine<'a> {
                 );
                 self.next_compensation();
             }
-        }
-    }
-
-    /// An attempt that ended without completing: retried if its policy
-    /// allows, else the step (or the compensation) has failed for good.
-    fn on_failed(&mut self, x: &Exchange, step: String, miss: Miss) {
-        let policy = self.policy(x);
-        let (error, retryable, timed_out) = match &miss {
-            Miss::Failed { error, retryable } => (error.clone(), *retryable, false),
-            Miss::TimedOut { reason } => (reason.clone(), true, true),
-        };
-        let any_timeout = x.timed_out || timed_out;
-        if retryable && x.attempt < policy.max_attempts {
-            let delay = ms(retry_delay(&policy, x.attempt));
-            self.state.current = Some(Exchange {
-                waiting: Waiting::Backoff {
-                    until_ms: self.now.saturating_add(delay),
-                },
-                timed_out: any_timeout,
-                ..x.clone()
-            });
-            self.emit_miss(x, &step, &miss);
-            let retrying = match x.kind {
-                CommandKind::Action => EventType::StepRetrying,
-                CommandKind::Compensation => EventType::CompensationRetrying,
-            };
-            self.emit(
-                retrying,
-                Some(&step),
-                json!({ "attempt": x.attempt + 1, "delay_ms": delay }),
-            );
-            return;
-        }
-        self.state.current = None;
-        let reason = if retryable && x.attempt > 1 {
-            format!("{error} (after {} attempts)", x.attempt)
-        } else {
-            error
-        };
-        match x.kind {
-            CommandKind::Action => {
-                self.fail_saga(x.step, reason, any_timeout);
-                self.emit_miss(x, &step, &miss);
-                self.next_compensation();
-            }
-            CommandKind::Compensation => {
-                self.state.phase = Phase::Failed;
-                self.state.ended_at_ms = Some(self.now);
-                self.emit_miss(x, &step, &miss);
-                let failure = self
-                    .state
-                    .failure
-                    .clone()
-                    .expect("compensating implies a failure");
-                let compensation = self.command_name(x).to_owned();
-                self.emit(
-                    EventType::SagaFailed,
-                    Some(&step),
-                    json!({
-                        "failed_step": failure.step,
-                        "reason": failure.reason,
-                        "compensation": step,
-                        "compensation_command": compensation,
-                        "error": reason,
-                        "compensated": self.state.undone,
-                    }),
-                );
-            }
-        }
-    }
-
-    /// The event of an attempt that failed or timed out.
-    fn emit_miss(&mut self, x: &Exchange, step: &str, miss: &Miss) {
-        let action = x.kind == CommandKind::Action;
-        match miss {
-            Miss::TimedOut { .. } => {
-                let event = if action {
-                    EventType::StepTimedOut
-                } else {
-                    EventType::CompensationTimedOut
-                };
-                self.emit(
-                    event,
-                    Some(step),
-                    json!({ "attempt": x.attempt, "request_id": x.request_id }),
-                );
-            }
-            Miss::Failed { error, retryable } => {
-                let event = if action {
-                    EventType::StepFailed
-                } else {
-                    EventType::CompensationFailed
-                };
-                self.emit(
-                    event,
-                    Some(step),
-                    json!({ "attempt": x.attempt, "error": error, "retryable": retryable, "request_id": x.request_id }),
-                );
-            }
-        }
-    }
-
-    /// Records the failure and queues the steps to undo, in reverse order:
-    /// every completed step, and the failing one if its effect is unknown.
-    fn fail_saga(&mut self, index: usize, reason: String, undo_failing_step: bool) {
-        self.state.phase = Phase::Compensating;
-        self.state.failure = Some(Failure {
-            step: self.def.steps[index].name.clone(),
-            reason,
-        });
-        let mut queue: Vec<usize> = (0..index).rev().collect();
-        if undo_failing_step {
-            queue.insert(0, index);
-        }
-        for i in queue {
-            if self.def.steps[i].compensation.is_some() {
-                self.state.to_undo.push(i);
-            } else {
-                self.state.skipped.push(self.def.steps[i].name.clone());
-            }
-        }
-    }
-
-    fn next_compensation(&mut self) {
-        if self.state.to_undo.is_empty() {
-            self.state.phase = Phase::Compensated;
-            self.state.ended_at_ms = Some(self.now);
-            let failure = self
-                .state
-                .failure
-                .clone()
-                .expect("compensating implies a failure");
-            self.emit(
-                EventType::SagaCompensated,
-                None,
-                json!({
-                    "failed_step": failure.step,
-                    "reason": failure.reason,
-                    "compensated": self.state.undone,
-                    "skipped": self.state.skipped,
-                }),
-            );
-        } else {
-            let next = self.state.to_undo.remove(0);
-            self.send_compensation(next, 1);
         }
     }
 }
