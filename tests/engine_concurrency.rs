@@ -20,17 +20,7 @@ async fn two_hundred_sagas_at_once_each_complete_exactly_once() {
     let handlers = start_simulated(&server, opts);
     let mut conn = server.conn().await;
 
-    let mut pipe = redis::pipe();
-    for i in 0..SAGAS {
-        pipe.cmd("XADD")
-            .arg("mission:start")
-            .arg("*")
-            .arg("correlation_id")
-            .arg(format!("load-{i}"))
-            .arg("payload")
-            .arg(r#"{"area": "hall-a", "robots": 2}"#);
-    }
-    let ids: Vec<String> = must("the starts", pipe.query_async(&mut conn)).await;
+    let ids = start_missions(&mut conn, "load", SAGAS).await;
     assert_eq!(ids.len(), SAGAS);
 
     let ended = |events: &[Event]| events.iter().filter(|e| e.is_terminal()).count();

@@ -54,12 +54,8 @@ async fn a_saga_awaiting_a_reply_goes_on_after_a_restart() {
 
     // The same daemon again (same node id, so the same reply stream).
     let daemon = start_daemon_with(settings, catalog(TWO_STEPS)).await;
-    for entry in complete_in_stages(second, &json!({"n": 2})) {
-        let fields: Vec<(&[u8], &[u8])> = entry.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&second["reply_stream"]).arg("*").arg(fields);
-        must("the reply", cmd.query_async::<String>(&mut conn)).await;
-    }
+    let replies = complete_in_stages(second, &json!({"n": 2}));
+    write_replies(&mut conn, &second["reply_stream"], replies).await;
     let ours = |e: &Event| e.correlation_id == "resume";
     let events = wait_for_events(&server, RESUME_WAIT, |events| {
         events.iter().any(|e| ours(e) && e.is_terminal())
@@ -147,12 +143,8 @@ async fn a_saga_finishes_on_the_definition_it_started_with() {
     // The file changes: a third step appears. The running saga keeps two.
     let changed = format!("{TWO_STEPS}  - name: third\n    stream: resume:commands\n");
     let daemon = start_daemon_with(settings, catalog(&changed)).await;
-    for entry in complete_in_stages(second, &json!({"n": 2})) {
-        let fields: Vec<(&[u8], &[u8])> = entry.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&second["reply_stream"]).arg("*").arg(fields);
-        must("the reply", cmd.query_async::<String>(&mut conn)).await;
-    }
+    let replies = complete_in_stages(second, &json!({"n": 2}));
+    write_replies(&mut conn, &second["reply_stream"], replies).await;
     let ours = |e: &Event| e.correlation_id == "pinned";
     let events = wait_for_events(&server, RESUME_WAIT, |events| {
         events.iter().any(|e| ours(e) && e.is_terminal())

@@ -318,7 +318,7 @@ async fn sigterm_exits_cleanly_and_hands_the_sagas_over_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_complete_across_a_restart_of_redis_with_an_append_only_file() {
-    let mut redis = AofRedis::start();
+    let mut redis = RedisServer::start_with_aof();
     let url = redis.url();
     let _handlers = Child::handlers(&url, &["--work-ms", "300"]);
     let daemons = [Child::daemon(&url, "node-a"), Child::daemon(&url, "node-b")];
@@ -335,7 +335,9 @@ async fn sagas_complete_across_a_restart_of_redis_with_an_append_only_file() {
         .await
         .len();
 
-    redis.restart(Duration::from_millis(500));
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.revive();
     log.wait_all_ended(&ids, END_WAIT).await;
     let events = log.settle(SETTLE).await;
     assert!(events.len() > before);

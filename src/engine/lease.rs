@@ -16,7 +16,7 @@
 use super::{driver, housekeeping, intake, now_ms, Shared};
 use crate::streams;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +63,9 @@ end
 redis.call('DEL', KEYS[2])
 return moved
 "#;
+
+static RENEW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW));
+static CLAIM_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CLAIM));
 
 /// Registers the current epoch's lease.
 pub(super) async fn register(shared: &Shared) -> redis::RedisResult<()> {
@@ -126,7 +129,7 @@ async fn renew(shared: &Shared) -> redis::RedisResult<()> {
     let owner = shared.epoch().owner.clone();
     let expiry = now_ms() + shared.settings.lease_ttl.as_millis() as u64;
     let mut conn = shared.conn.clone();
-    let kept: i64 = redis::Script::new(RENEW)
+    let kept: i64 = RENEW_SCRIPT
         .key(shared.settings.leases_key())
         .arg(&owner)
         .arg(expiry)
@@ -157,7 +160,7 @@ async fn take_over_sagas(shared: &Arc<Shared>) -> redis::RedisResult<()> {
         if dead == epoch.owner {
             continue; // ours, late: the next renewal keeps or loses it
         }
-        let moved: Vec<String> = redis::Script::new(CLAIM)
+        let moved: Vec<String> = CLAIM_SCRIPT
             .key(shared.settings.leases_key())
             .key(shared.settings.owned_key(&dead))
             .key(shared.settings.owned_key(&epoch.owner))

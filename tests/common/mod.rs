@@ -286,6 +286,38 @@ where
     Running { token, handle }
 }
 
+/// Starts `n` reference missions in one round trip; their correlation ids
+/// are `<prefix>-000`, `<prefix>-001`, ...
+pub async fn start_missions(
+    conn: &mut MultiplexedConnection,
+    prefix: &str,
+    n: usize,
+) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i:03}")).collect();
+    let payload = r#"{"area":"hall-a","robots":2}"#;
+    let mut pipe = redis::pipe();
+    for id in &ids {
+        pipe.cmd("XADD")
+            .arg("mission:start")
+            .arg("*")
+            .arg("payload")
+            .arg(payload)
+            .arg("correlation_id")
+            .arg(id);
+    }
+    let _: Vec<String> = must("the starts", pipe.query_async(conn)).await;
+    ids
+}
+
+/// Writes replies, in order, to a reply stream, as a handler would.
+pub async fn write_replies(conn: &mut MultiplexedConnection, stream: &str, replies: Vec<RawEntry>) {
+    for reply in replies {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream).arg("*").arg(reply);
+        must("a reply", cmd.query_async::<String>(conn)).await;
+    }
+}
+
 /// An entry from text pairs.
 pub fn entry(pairs: &[(&str, &str)]) -> RawEntry {
     let bytes = |s: &str| s.as_bytes().to_vec();

@@ -17,10 +17,26 @@ pub struct RedisServer {
     child: Child,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Arguments after the defaults (later ones win in redis-server).
+    extra: &'static [&'static str],
 }
+
+/// Persist every write, so that a restart on the same port and dir loses
+/// nothing that was acknowledged.
+const APPEND_ONLY: &[&str] = &["--appendonly", "yes", "--appendfsync", "always"];
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server with an append-only file: [`Self::kill`] then
+    /// [`Self::revive`] is a crash and a restart that keep the data.
+    pub fn start_with_aof() -> Self {
+        Self::start_with(APPEND_ONLY)
+    }
+
+    fn start_with(extra: &'static [&'static str]) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
         for _ in 0..10 {
             let port = TcpListener::bind("127.0.0.1:0")
@@ -29,27 +45,33 @@ impl RedisServer {
                 .port();
             assert_ne!(port, 6379, "never the default Redis port");
             // None: the port was taken meanwhile; try another one.
-            if let Some(child) = spawn(port, dir.path()) {
-                return Self { child, port, dir };
+            if let Some(child) = spawn(port, dir.path(), extra) {
+                return Self {
+                    child,
+                    port,
+                    dir,
+                    extra,
+                };
             }
         }
         panic!("redis-server did not start on any free port");
     }
 
-    /// Kills the server and starts a new, empty one on the same port.
+    /// Kills the server and starts it again on the same port (empty, unless
+    /// it keeps an append-only file).
     pub fn restart(&mut self) {
         self.kill();
         self.revive();
     }
 
-    /// Kills the server; [`Self::revive`] starts a new, empty one.
+    /// Kills the server (SIGKILL: a crash); [`Self::revive`] starts it again.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     pub fn revive(&mut self) {
-        self.child = spawn(self.port, self.dir.path()).expect("redis-server restarts");
+        self.child = spawn(self.port, self.dir.path(), self.extra).expect("redis-server restarts");
     }
 
     pub fn url(&self) -> String {
@@ -82,11 +104,12 @@ impl Drop for RedisServer {
 }
 
 /// Starts redis-server on `port` and waits until it answers PING.
-fn spawn(port: u16, dir: &Path) -> Option<Child> {
+fn spawn(port: u16, dir: &Path, extra: &[&str]) -> Option<Child> {
     let mut child = std::process::Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--dir"])
         .arg(dir)
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

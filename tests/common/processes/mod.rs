@@ -10,18 +10,17 @@ use redis::AsyncConnectionConfig;
 use sagaflow::streams::decode_range_reply;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 mod events;
-mod redis_aof;
+mod redis_io;
 
 #[allow(unused_imports)] // not every test file uses every helper
 pub use events::*;
 #[allow(unused_imports)]
-pub use redis_aof::*;
+pub use redis_io::*;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sagaflow");
 
