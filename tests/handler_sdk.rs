@@ -232,12 +232,13 @@ async fn a_repeated_request_is_answered_from_the_record() {
     daemon.send(&cmd).await;
     let both = daemon.until_final(&cmd.reply_stream, 2).await;
 
+    // A redelivered command gets `start` again, then the recorded reply.
     assert_eq!(
         statuses(&both),
-        ["start", "progress", "completed", "completed"]
+        ["start", "progress", "completed", "start", "completed"]
     );
-    assert_eq!(both[3], first[2], "the recorded final reply, unchanged");
-    assert_eq!(result(&both[3]), json!({"robot_ids": ["robot-1"]}));
+    assert_eq!(both[4], first[2], "the recorded final reply, unchanged");
+    assert_eq!(result(&both[4]), json!({"robot_ids": ["robot-1"]}));
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     daemon.until_acked("counting").await;
     running.stop().await;

@@ -6,20 +6,21 @@
 //! groups of their own, and each group sees every entry); a command that
 //! does not parse is logged and acknowledged; a command past its
 //! `deadline_ms` is acknowledged without a reply (the daemon has already
-//! counted it as timed out); a `request_id` with a recorded final reply gets
-//! that reply again without running the handler. Everything else gets
-//! `start`, runs, and gets `completed` or `failed`, recorded, then
-//! acknowledged.
+//! counted it as timed out). Everything else gets `start`; a `request_id`
+//! with a recorded final reply then gets that reply again without running
+//! the handler, and any other runs and gets `completed` or `failed`,
+//! recorded, then acknowledged.
 //!
 //! The record covers redelivery after a final reply. Two deliveries of one
 //! `request_id` handled at the same moment both run, which the contract
 //! asks handlers to tolerate (they must be idempotent).
 
-use super::redis_io::{retrying, xadd};
+use super::outbox::{add_xadds, Outbox};
+use super::redis_io::retrying;
 use super::runner::{Routes, Shared};
 use super::{now_ms, Context, Handle, HandlerError};
 use crate::protocol::reply::reply_fields;
-use crate::protocol::{fields as f, text_field, Command, ReplyStatus};
+use crate::protocol::{fields as f, text_field, Command, ReplyStatus, TraceParent};
 use crate::streams::Entry;
 use redis::aio::ConnectionManager;
 use redis::RedisResult;
@@ -78,14 +79,21 @@ pub(super) async fn handle_entry(
         return ack(&mut conn, &shared, &stream, &id).await;
     }
     let key = done_key(&shared.group, command.request_id.as_str());
-    let Some(recorded) = retrying(&shared.shutdown, "read a recorded reply", || {
+    let span = command.child_traceparent();
+    // The record is read and `start` sent in one round trip. A command
+    // answered before thus gets `start` again ahead of its replayed final
+    // reply, as any redelivered command does.
+    let start = reply_fields(&command, &span, &ReplyStatus::Start, now_ms());
+    let Some((recorded,)) = retrying(&shared.shutdown, "read a recorded reply", || {
         let (mut conn, key) = (conn.clone(), key.clone());
-        async move {
-            redis::cmd("GET")
-                .arg(key)
-                .query_async::<Option<String>>(&mut conn)
-                .await
-        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(key);
+        add_xadds(
+            &mut pipe,
+            &command.reply_stream,
+            std::slice::from_ref(&start),
+        );
+        async move { pipe.query_async::<(Option<String>,)>(&mut conn).await }
     })
     .await
     else {
@@ -93,27 +101,36 @@ pub(super) async fn handle_entry(
     };
     let recorded =
         recorded.and_then(|json| serde_json::from_str::<BTreeMap<String, String>>(&json).ok());
+    let outbox = Outbox::new(
+        &command.reply_stream,
+        command.request_id.as_str(),
+        conn.clone(),
+    );
     let final_fields: Vec<(String, String)> = match recorded {
         Some(fields) => {
             tracing::info!(request_id = %command.request_id, "already answered; replaying the final reply");
             fields.into_iter().collect()
         }
-        None => match run_handler(&shared, &handler, &command).await {
+        None => match run_handler(&shared, &handler, &command, span, &outbox).await {
             Some(fields) => fields,
             None => return, // left unanswered: pending, unrecorded
         },
     };
     let json = record_json(&final_fields);
-    // The record, the final reply and the acknowledgement in one MULTI:
-    // a crash leaves either all three (the command is done) or none (it is
-    // redelivered, and the record, if any, replayed).
+    // The progress still queued, the record, the final reply and the
+    // acknowledgement in one MULTI: a crash leaves either all of them (the
+    // command is done) or none (it is redelivered, and the record, if any,
+    // replayed).
+    let (_writing, progress) = outbox.take_for_final().await;
     let finish = || {
         let (mut conn, key, json) = (conn.clone(), key.clone(), json.clone());
         let (reply_stream, fields) = (command.reply_stream.clone(), final_fields.clone());
         let (stream, group, id) = (stream.to_string(), shared.group.clone(), id.clone());
+        let progress = &progress;
         async move {
             let mut pipe = redis::pipe();
             pipe.atomic();
+            add_xadds(&mut pipe, &reply_stream, progress);
             pipe.cmd("SET")
                 .arg(key)
                 .arg(json)
@@ -132,23 +149,20 @@ pub(super) async fn handle_entry(
     retrying(&shared.shutdown, "send a final reply", finish).await;
 }
 
-/// `start`, the handler, then the final reply's fields; `None` when the
-/// handler leaves the command unanswered.
+/// The handler, then the final reply's fields; `None` when the handler
+/// leaves the command unanswered.
 async fn run_handler(
     shared: &Shared,
     handler: &Arc<dyn Handle>,
     command: &Command,
+    span: TraceParent,
+    outbox: &Outbox,
 ) -> Option<Vec<(String, String)>> {
-    let span = command.child_traceparent();
     let shared_command = Arc::new(command.clone());
-    let start = reply_fields(command, &span, &ReplyStatus::Start, now_ms());
-    if let Err(e) = xadd(&mut shared.writer.clone(), &command.reply_stream, &start).await {
-        tracing::warn!(request_id = %command.request_id, error = %e, "could not write the start reply");
-    }
     let ctx = Context::new(
         shared_command,
         span.clone(),
-        shared.writer.clone(),
+        outbox.clone(),
         shared.shutdown.clone(),
     );
     // In a task of its own so that a panicking handler fails its command

@@ -32,6 +32,7 @@
 
 mod exchange;
 pub mod mission;
+mod outbox;
 mod redis_io;
 pub mod runner;
 pub mod simulated;
@@ -100,7 +101,7 @@ where
 pub struct Context {
     command: std::sync::Arc<Command>,
     span: TraceParent,
-    writer: redis::aio::ConnectionManager,
+    outbox: outbox::Outbox,
     shutdown: CancellationToken,
 }
 
@@ -108,13 +109,13 @@ impl Context {
     pub(crate) fn new(
         command: std::sync::Arc<Command>,
         span: TraceParent,
-        writer: redis::aio::ConnectionManager,
+        outbox: outbox::Outbox,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             command,
             span,
-            writer,
+            outbox,
             shutdown,
         }
     }
@@ -130,7 +131,9 @@ impl Context {
         &self.shutdown
     }
 
-    /// Writes a `progress` reply (`percent` is clamped to 0..=100).
+    /// Sends a `progress` reply (`percent` is clamped to 0..=100). It
+    /// does not wait for the write: the reply is written in the background,
+    /// or with the final reply if that comes first, and always ahead of it.
     /// Progress is optional in the contract, so a failed write is logged,
     /// not returned: it must not fail the work it reports on.
     pub async fn progress(&self, percent: f64) {
@@ -143,17 +146,12 @@ impl Context {
             percent: Some(percent),
             details: Value::Null,
         };
-        let fields =
-            crate::protocol::reply::reply_fields(&self.command, &self.span, &status, now_ms());
-        let mut conn = self.writer.clone();
-        if let Err(e) = redis_io::xadd(&mut conn, &self.command.reply_stream, &fields).await {
-            tracing::warn!(
-                request_id = %self.command.request_id,
-                reply_stream = %self.command.reply_stream,
-                error = %e,
-                "could not write a progress reply"
-            );
-        }
+        self.outbox.push(crate::protocol::reply::reply_fields(
+            &self.command,
+            &self.span,
+            &status,
+            now_ms(),
+        ));
     }
 }
 

@@ -1,7 +1,6 @@
 //! The runner's Redis edge: replies written, and retry with backoff.
 //! Entries are decoded by [`crate::streams`].
 
-use redis::aio::ConnectionManager;
 use redis::{RedisError, RedisResult};
 use std::future::Future;
 use std::time::Duration;
@@ -9,20 +8,6 @@ use tokio_util::sync::CancellationToken;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// `XADD stream * field value ...`.
-pub(crate) async fn xadd<K: AsRef<str>, V: AsRef<str>>(
-    conn: &mut ConnectionManager,
-    stream: &str,
-    fields: &[(K, V)],
-) -> RedisResult<String> {
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(stream).arg("*");
-    for (k, v) in fields {
-        cmd.arg(k.as_ref()).arg(v.as_ref());
-    }
-    cmd.query_async(conn).await
-}
 
 /// Runs `op` until it succeeds, backing off between failures; gives up
 /// (`None`) only when shutdown is requested, leaving the entry pending.

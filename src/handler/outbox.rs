@@ -1,0 +1,105 @@
+//! A command's `progress` replies, on their way to its reply stream.
+//!
+//! A handler reporting progress does not wait for the write: the reply is
+//! queued and written in the background within [`LINGER`]. If the final
+//! reply comes first, the queued ones go with it, ahead of it in the same round trip. In
+//! both cases every reply reaches the stream in the order it was made: a
+//! background write and the final reply take the same write lock, and the
+//! final reply takes whatever is still queued.
+//!
+//! So a handler that answers at once sends `progress` and `completed`
+//! together, and the daemon reads and records them together.
+
+use redis::aio::ConnectionManager;
+use std::sync::{Arc, Mutex};
+
+pub(crate) type Fields = Vec<(&'static str, String)>;
+
+/// How long a queued reply waits for others, or for the final reply, to be
+/// written with: a handler that answers within it costs one round trip.
+pub(crate) const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    reply_stream: String,
+    request_id: String,
+    conn: ConnectionManager,
+    queued: Mutex<Vec<Fields>>,
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl Outbox {
+    pub(crate) fn new(reply_stream: &str, request_id: &str, conn: ConnectionManager) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                reply_stream: reply_stream.to_owned(),
+                request_id: request_id.to_owned(),
+                conn,
+                queued: Mutex::new(Vec::new()),
+                writing: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    /// Queues a reply and makes sure a background write will take it.
+    pub(crate) fn push(&self, fields: Fields) {
+        let first = {
+            let mut queued = self.inner.queued.lock().expect("outbox lock");
+            queued.push(fields);
+            queued.len() == 1
+        };
+        if first {
+            let inner = self.inner.clone();
+            tokio::spawn(async move { inner.flush().await });
+        }
+    }
+
+    /// Holds back background writes and takes what is still queued: the
+    /// caller writes it ahead of the final reply, then drops the guard.
+    pub(crate) async fn take_for_final(&self) -> (tokio::sync::MutexGuard<'_, ()>, Vec<Fields>) {
+        let guard = self.inner.writing.lock().await;
+        (guard, self.inner.take())
+    }
+}
+
+impl Inner {
+    fn take(&self) -> Vec<Fields> {
+        std::mem::take(&mut *self.queued.lock().expect("outbox lock"))
+    }
+
+    async fn flush(&self) {
+        tokio::time::sleep(LINGER).await;
+        let _writing = self.writing.lock().await;
+        let replies = self.take();
+        if replies.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        add_xadds(&mut pipe, &self.reply_stream, &replies);
+        // Progress is optional in the contract: a failed write is logged
+        // and must not fail the work it reports on.
+        if let Err(e) = pipe.query_async::<()>(&mut self.conn.clone()).await {
+            tracing::warn!(
+                request_id = %self.request_id,
+                reply_stream = %self.reply_stream,
+                error = %e,
+                "could not write a progress reply"
+            );
+        }
+    }
+}
+
+/// Adds one `XADD reply_stream * ...` per reply to `pipe`, results ignored.
+pub(crate) fn add_xadds(pipe: &mut redis::Pipeline, reply_stream: &str, replies: &[Fields]) {
+    for fields in replies {
+        let xadd = pipe.cmd("XADD").arg(reply_stream).arg("*");
+        for (k, v) in fields {
+            xadd.arg(*k).arg(v);
+        }
+        xadd.ignore();
+    }
+}
