@@ -32,6 +32,11 @@ pub struct Settings {
     /// How long a reply stream outlives the last daemon that read it (at
     /// least a minute: a live daemon renews it every few seconds).
     pub reply_retention: Duration,
+    /// How long entries of the command, event and trigger streams are
+    /// kept. A command stream keeps its entries at least a minute past the
+    /// longest timeout of the commands sent to it, and a start not yet
+    /// taken by this daemon group is never trimmed.
+    pub stream_retention: Duration,
     /// Approximate cap on each command stream (`XADD MAXLEN ~`): a bound on
     /// memory when handlers are down; commands beyond it are lost and their
     /// attempts time out.
@@ -75,6 +80,7 @@ impl Default for Settings {
             idempotency_retention: Duration::from_secs(24 * 3600),
             reply_retention: Duration::from_secs(15 * 60),
             commands_maxlen: 100_000,
+            stream_retention: Duration::from_secs(24 * 3600),
             max_deliveries: 5,
             dead_letter_stream: "saga:dead-letter".into(),
             max_in_flight: 10_000,

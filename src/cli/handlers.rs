@@ -27,6 +27,10 @@ pub struct SimulationArgs {
     /// Commands handled at once [default: 1024].
     #[arg(long, value_name = "N")]
     pub max_in_flight: Option<usize>,
+    /// How long final replies are remembered, to be replayed to a command
+    /// sent again [default: 24h].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub record_ttl: Option<std::time::Duration>,
 }
 
 impl SimulationArgs {
@@ -40,6 +44,9 @@ impl SimulationArgs {
             max_in_flight: self
                 .max_in_flight
                 .unwrap_or(SimulationOptions::default().max_in_flight),
+            record_ttl: self
+                .record_ttl
+                .unwrap_or(SimulationOptions::default().record_ttl),
             ..SimulationOptions::default()
         }
     }

@@ -53,6 +53,10 @@ pub struct RunArgs {
     /// How long a reply stream outlives the last daemon reading it [default: 15m].
     #[arg(long, env = "SAGAFLOW_REPLY_RETENTION", value_parser = humantime::parse_duration)]
     reply_retention: Option<Duration>,
+    /// How long entries of the command, event and trigger streams are kept
+    /// [default: 24h].
+    #[arg(long, env = "SAGAFLOW_STREAM_RETENTION", value_parser = humantime::parse_duration)]
+    stream_retention: Option<Duration>,
     /// Approximate cap on `saga:events` [default: 100000].
     #[arg(long, env = "SAGAFLOW_EVENTS_MAXLEN")]
     events_maxlen: Option<usize>,
@@ -96,6 +100,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         reply_retention: args.reply_retention.unwrap_or(defaults.reply_retention),
         events_maxlen: args.events_maxlen.unwrap_or(defaults.events_maxlen),
         commands_maxlen: args.commands_maxlen.unwrap_or(defaults.commands_maxlen),
+        stream_retention: args.stream_retention.unwrap_or(defaults.stream_retention),
         max_deliveries: args
             .max_deliveries
             .unwrap_or(defaults.max_deliveries)

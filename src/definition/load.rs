@@ -77,6 +77,27 @@ impl Catalog {
         out
     }
 
+    /// Every command stream a step or compensation sends to, with the
+    /// longest timeout of the commands sent there, sorted by stream.
+    pub fn command_streams(&self) -> Vec<(String, std::time::Duration)> {
+        let mut out: HashMap<String, std::time::Duration> = HashMap::new();
+        let mut note = |stream: &str, timeout| {
+            let longest = out.entry(stream.to_owned()).or_default();
+            *longest = (*longest).max(timeout);
+        };
+        for def in self.by_name.values() {
+            for step in &def.steps {
+                note(&step.stream, step.timeout);
+                if let Some(c) = &step.compensation {
+                    note(&c.stream, c.timeout);
+                }
+            }
+        }
+        let mut out: Vec<_> = out.into_iter().collect();
+        out.sort();
+        out
+    }
+
     pub fn names(&self) -> Vec<&str> {
         let mut out: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
         out.sort();

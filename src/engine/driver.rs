@@ -14,7 +14,7 @@ use crate::protocol::{SagaEvent, SagaId, StartRequest, TraceId};
 use crate::saga::{self, Effect, Event, RandomIds, SagaInit, SagaState};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, SemaphorePermit};
 use tracing::Instrument;
 
 /// Starts a saga from a valid start entry and drives it to its end. The
@@ -69,7 +69,7 @@ pub(super) async fn start(
             return; // this daemon drives it already
         };
         let mut saga = Driven::new(&shared, &def, state, 0, shared.epoch(), permit);
-        match saga.perform(effects, Some(&at)).await {
+        match Box::pin(saga.perform(effects, Some(&at), None)).await {
             Some(Written::Done | Written::AlreadyDone) => {
                 tracing::info!(entry_id = %at.id, "saga started");
                 saga.drive(inbox).await;
@@ -203,6 +203,15 @@ impl<'a> Driven<'a> {
                 self.timer = Some(now_ms() + HOLD_TIMEOUT_FOR);
                 continue;
             }
+            // The write slot is taken before the transition is worked out:
+            // sagas waiting for one (a burst of replies) hold only their
+            // replies, not the commands and events those would make.
+            let slot = self
+                .shared
+                .write_slots
+                .acquire()
+                .await
+                .expect("never closed");
             let mut effects =
                 saga::apply(&mut self.state, self.def, event, now_ms(), &mut RandomIds);
             self.take_waiting_replies(&mut inbox, &mut effects);
@@ -212,7 +221,9 @@ impl<'a> Driven<'a> {
                 self.timer = self.state.wake_at();
                 continue;
             }
-            match self.perform(effects, None).await {
+            // Boxed: the write's state lives on the heap only while it is
+            // under way, so that an idle saga's task stays small.
+            match Box::pin(self.perform(effects, None, Some(slot))).await {
                 Some(Written::Done | Written::AlreadyDone) => {}
                 Some(Written::NotOurs) => {
                     return tracing::warn!("saga taken over by another daemon; this one lets go")
@@ -254,7 +265,12 @@ impl<'a> Driven<'a> {
 
     /// Writes one transition's effects in one go. `None` when the daemon
     /// stopped before the write could be made.
-    async fn perform(&mut self, effects: Vec<Effect>, ack: Option<&EntryRef>) -> Option<Written> {
+    async fn perform(
+        &mut self,
+        effects: Vec<Effect>,
+        ack: Option<&EntryRef>,
+        slot: Option<SemaphorePermit<'_>>,
+    ) -> Option<Written> {
         // The reader follows a new attempt's own reply stream before its
         // command exists, so no reply can come before the reader looks.
         self.follow_reply_stream();
@@ -295,7 +311,7 @@ impl<'a> Driven<'a> {
             ack,
             own_reply_streams: own_streams,
         };
-        let written = write_until_done(self.shared, &transition).await;
+        let written = write_until_done(self.shared, &transition, slot).await;
         drop(transition);
         if matches!(written, Some(Written::Done | Written::AlreadyDone)) {
             self.seq += 1;
@@ -364,15 +380,20 @@ fn log_event(event: &SagaEvent) {
 /// Writes a transition, retrying with capped backoff while Redis fails.
 /// `None` only if the daemon stopped first; the saga then stays as last
 /// written, and its start entry unacknowledged.
+/// `slot`, when given, is a write slot the caller took already.
 pub(super) async fn write_until_done(
     shared: &Shared,
     transition: &Transition<'_>,
+    mut slot: Option<SemaphorePermit<'_>>,
 ) -> Option<Written> {
     let mut delay = Duration::from_millis(50);
     let mut conn = shared.conn.clone();
     loop {
         let written = {
-            let _slot = shared.write_slots.acquire().await.expect("never closed");
+            let _slot = match slot.take() {
+                Some(slot) => slot,
+                None => shared.write_slots.acquire().await.expect("never closed"),
+            };
             transition.write(&mut conn, &shared.settings).await
         };
         match written {

@@ -1,5 +1,6 @@
-//! Keeping the trigger groups bounded: starts that keep failing go to the
-//! dead-letter stream, and consumers of daemons long gone are forgotten.
+//! Keeping Redis bounded: starts that keep failing go to the dead-letter
+//! stream, consumers of daemons long gone are forgotten, and the command,
+//! event and trigger streams lose their entries older than the retention.
 
 use super::Shared;
 use crate::streams;
@@ -119,4 +120,144 @@ pub(super) async fn forget_idle_consumers(shared: &Shared) -> redis::RedisResult
         }
     }
     Ok(())
+}
+
+/// How often the streams are trimmed: a quarter of the retention, between
+/// a second and a minute.
+pub(super) fn trim_every(settings: &crate::config::Settings) -> Duration {
+    (settings.stream_retention / 4).clamp(Duration::from_secs(1), CLEAN_EVERY)
+}
+
+/// A command stream keeps its entries this long past the longest timeout
+/// of the commands sent to it, for clocks that differ between hosts: a
+/// handler never misses a command that is still awaited.
+const COMMAND_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a command stream keeps its entries, given the longest timeout
+/// of the commands sent to it.
+pub fn command_stream_keep(retention: Duration, longest_timeout: Duration) -> Duration {
+    retention.max(longest_timeout + COMMAND_GRACE)
+}
+
+/// Trims the streams the daemon writes to entries younger than
+/// `stream_retention` (`XTRIM MINID ~`, so a little more may stay). A
+/// command stream keeps its commands until a little past their longest
+/// timeout; a trigger stream keeps every start the daemon group has not yet
+/// read or not yet finished with. Other daemons do the same: trimming twice
+/// is harmless.
+pub(super) async fn trim_streams(shared: &Shared) -> redis::RedisResult<()> {
+    let mut conn = shared.conn.clone();
+    let settings = &shared.settings;
+    let now = super::now_ms();
+    let cut = |keep: Duration| StreamId(now.saturating_sub(keep.as_millis() as u64), 0);
+    let mut pipe = redis::pipe();
+    let mut trim = |stream: &str, below: StreamId| {
+        pipe.cmd("XTRIM")
+            .arg(stream)
+            .arg("MINID")
+            .arg("~")
+            .arg(below.to_string())
+            // `~` alone removes at most 10,000 entries a call, fewer than
+            // a busy second adds.
+            .arg("LIMIT")
+            .arg(0)
+            .ignore();
+    };
+    trim(&settings.events_stream, cut(settings.stream_retention));
+    for (stream, longest) in shared.catalog.command_streams() {
+        trim(
+            &stream,
+            cut(command_stream_keep(settings.stream_retention, longest)),
+        );
+    }
+    for stream in super::trigger_streams(settings, &shared.catalog) {
+        if let Some(unfinished) = oldest_unfinished(&mut conn, &stream, settings).await? {
+            trim(&stream, cut(settings.stream_retention).min(unfinished));
+        }
+    }
+    pipe.query_async::<()>(&mut conn).await
+}
+
+/// The oldest entry of a trigger stream that the daemon group has not read
+/// or not acknowledged; `None` when the group does not exist (yet), and the
+/// stream must be left alone.
+async fn oldest_unfinished(
+    conn: &mut redis::aio::ConnectionManager,
+    stream: &str,
+    settings: &crate::config::Settings,
+) -> redis::RedisResult<Option<StreamId>> {
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = match redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await
+    {
+        // "no such key": no stream yet, so nothing to trim.
+        Err(e) if e.code() == Some("ERR") => return Ok(None),
+        other => other?,
+    };
+    let last_read = groups.iter().find_map(|g| {
+        let name = text(g.get("name")?)?;
+        (name == settings.trigger_group)
+            .then(|| StreamId::parse(&text(g.get("last-delivered-id")?)?))
+            .flatten()
+    });
+    let Some(last_read) = last_read else {
+        return Ok(None);
+    };
+    // XPENDING's summary: count, smallest id, greatest id, consumers.
+    let (count, smallest): (u64, Option<String>) = {
+        let summary: (u64, Option<String>, redis::Value, redis::Value) = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(&settings.trigger_group)
+            .query_async(conn)
+            .await?;
+        (summary.0, summary.1)
+    };
+    let pending = smallest
+        .filter(|_| count > 0)
+        .and_then(|id| StreamId::parse(&id));
+    // Entries after `last_read` are unread; MINID keeps the one given.
+    let unread = StreamId(last_read.0, last_read.1.saturating_add(1));
+    Ok(Some(pending.map_or(unread, |p| p.min(unread))))
+}
+
+fn text(v: &redis::Value) -> Option<String> {
+    match v {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// A stream entry id, ordered as Redis orders them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct StreamId(u64, u64);
+
+impl StreamId {
+    fn parse(id: &str) -> Option<Self> {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StreamId;
+
+    #[test]
+    fn stream_ids_order_as_redis_orders_them() {
+        let id = |s| StreamId::parse(s).unwrap();
+        assert!(id("9-5") < id("10-0"));
+        assert!(id("10-2") < id("10-10"));
+        assert_eq!(id("10"), id("10-0"));
+        assert_eq!(id("1700000000000-3").to_string(), "1700000000000-3");
+        assert_eq!(StreamId::parse("x-1"), None);
+    }
 }

@@ -76,5 +76,5 @@ pub(super) async fn duplicate(
         ack: Some(at),
         ..Default::default()
     };
-    write_until_done(shared, &transition).await;
+    write_until_done(shared, &transition, None).await;
 }

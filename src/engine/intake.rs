@@ -163,5 +163,5 @@ async fn reject(shared: &Shared, at: &EntryRef, error: StartError, saga: &str) {
         ack: Some(at),
         ..Default::default()
     };
-    driver::write_until_done(shared, &transition).await;
+    driver::write_until_done(shared, &transition, None).await;
 }

@@ -86,6 +86,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let renew_every = shared.settings.lease_ttl / 3;
     let mut renewed_at = Instant::now();
     let mut cleaned_at = Instant::now();
+    let mut trimmed_at = Instant::now();
     let mut failing = false;
     loop {
         tokio::select! {
@@ -102,6 +103,10 @@ pub(super) async fn run(shared: Arc<Shared>) {
             if cleaned_at.elapsed() >= housekeeping::CLEAN_EVERY {
                 housekeeping::forget_idle_consumers(&shared).await?;
                 cleaned_at = Instant::now();
+            }
+            if trimmed_at.elapsed() >= housekeeping::trim_every(&shared.settings) {
+                housekeeping::trim_streams(&shared).await?;
+                trimmed_at = Instant::now();
             }
             Ok::<(), redis::RedisError>(())
         }

@@ -21,6 +21,7 @@ mod reconnect;
 mod replies;
 mod router;
 pub mod store;
+pub use housekeeping::command_stream_keep;
 
 use crate::config::Settings;
 use crate::definition::Catalog;

@@ -29,10 +29,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
-/// How long a final reply is remembered for deduplication: far longer than
-/// the daemon keeps resending one `request_id` after a crash.
-pub const DONE_TTL_SECS: u64 = 86_400;
-
 /// The Redis key that records the final reply to `request_id` for `group`.
 /// The hash tag keeps a group's records together in a cluster.
 pub fn done_key(group: &str, request_id: &str) -> String {
@@ -122,6 +118,7 @@ pub(super) async fn handle_entry(
     // command is done) or none (it is redelivered, and the record, if any,
     // replayed).
     let (_writing, progress) = outbox.take_for_final().await;
+    let ttl = shared.record_ttl_secs;
     let finish = || {
         let (mut conn, key, json) = (conn.clone(), key.clone(), json.clone());
         let (reply_stream, fields) = (command.reply_stream.clone(), final_fields.clone());
@@ -135,7 +132,7 @@ pub(super) async fn handle_entry(
                 .arg(key)
                 .arg(json)
                 .arg("EX")
-                .arg(DONE_TTL_SECS)
+                .arg(ttl)
                 .ignore();
             let xadd = pipe.cmd("XADD").arg(reply_stream).arg("*");
             for (k, v) in &fields {

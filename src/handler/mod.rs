@@ -37,7 +37,7 @@ mod redis_io;
 pub mod runner;
 pub mod simulated;
 
-pub use exchange::{done_key, DONE_TTL_SECS};
+pub use exchange::done_key;
 pub use runner::Handlers;
 pub use simulated::{run_simulated_handlers, simulated_handlers, SimulationOptions};
 

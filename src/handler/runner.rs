@@ -31,6 +31,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// the group is taken over at start-up: long enough not to steal the work of
 /// a live instance that is merely slow to reply.
 pub const DEFAULT_RECLAIM_IDLE: Duration = Duration::from_secs(30);
+/// Default time a final reply is remembered for deduplication: far longer
+/// than the daemon keeps sending one `request_id` again after a crash.
+pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(86_400);
 
 pub(super) type Routes = HashMap<String, Arc<dyn Handle>>;
 
@@ -43,6 +46,7 @@ pub struct Handlers {
     streams: BTreeMap<String, Routes>,
     max_in_flight: usize,
     reclaim_idle: Duration,
+    record_ttl: Duration,
 }
 
 impl Handlers {
@@ -56,6 +60,7 @@ impl Handlers {
             streams: BTreeMap::new(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             reclaim_idle: DEFAULT_RECLAIM_IDLE,
+            record_ttl: DEFAULT_RECORD_TTL,
         }
     }
 
@@ -101,6 +106,15 @@ impl Handlers {
         self
     }
 
+    /// How long the final reply to a `request_id` is remembered, to be
+    /// replayed if the command comes again (at least a second). It must be
+    /// longer than the daemon may send a command again after a crash: its
+    /// lease plus the command's timeout.
+    pub fn record_ttl(mut self, ttl: Duration) -> Self {
+        self.record_ttl = ttl.max(Duration::from_secs(1));
+        self
+    }
+
     pub fn group_name(&self) -> &str {
         &self.group
     }
@@ -123,6 +137,7 @@ impl Handlers {
             shutdown,
             tasks: TaskTracker::new(),
             permits: Arc::new(Semaphore::new(self.max_in_flight)),
+            record_ttl_secs: self.record_ttl.as_secs().max(1),
         });
         let readers = TaskTracker::new();
         for (stream, routes) in self.streams {
@@ -155,6 +170,7 @@ pub(super) struct Shared {
     pub(super) shutdown: CancellationToken,
     pub(super) tasks: TaskTracker,
     pub(super) permits: Arc<Semaphore>,
+    pub(super) record_ttl_secs: u64,
 }
 
 /// The reading loop of one stream, on a connection of its own so that its

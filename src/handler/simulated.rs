@@ -39,6 +39,8 @@ pub struct SimulationOptions {
     pub group: String,
     /// Commands handled at once, over all the services.
     pub max_in_flight: usize,
+    /// How long final replies are remembered for deduplication.
+    pub record_ttl: std::time::Duration,
 }
 
 impl Default for SimulationOptions {
@@ -51,6 +53,7 @@ impl Default for SimulationOptions {
             fail_compensation: None,
             group: "sagaflow-sim".to_owned(),
             max_in_flight: super::runner::DEFAULT_MAX_IN_FLIGHT,
+            record_ttl: super::runner::DEFAULT_RECORD_TTL,
         }
     }
 }
@@ -82,7 +85,9 @@ pub fn simulated_handlers(client: redis::Client, opts: SimulationOptions) -> Han
     ];
     let opts = Arc::new(opts);
     routes.into_iter().fold(
-        Handlers::new(client, opts.group.clone()).max_in_flight(opts.max_in_flight),
+        Handlers::new(client, opts.group.clone())
+            .max_in_flight(opts.max_in_flight)
+            .record_ttl(opts.record_ttl),
         |handlers, (stream, event_type, compute)| {
             let opts = opts.clone();
             handlers.on(stream, event_type, move |cmd: Command, ctx: Context| {

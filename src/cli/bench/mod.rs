@@ -157,6 +157,8 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
         &retention,
         "--idempotency-retention",
         &retention,
+        "--stream-retention",
+        &retention,
         "--max-in-flight",
         &max_in_flight,
     ])?;
@@ -172,6 +174,8 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
         &work,
         "--max-in-flight",
         &slots,
+        "--record-ttl",
+        &retention,
     ])?;
     wait_until_ready(&mut conn).await?;
 
@@ -213,7 +217,7 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
     let retained = if args.no_retention_wait {
         None
     } else {
-        tokio::time::sleep(RETENTION + Duration::from_secs(6)).await;
+        tokio::time::sleep(retention_wait()?).await;
         Some(
             RedisInfo::read(&mut conn)
                 .await
@@ -314,4 +318,21 @@ async fn sample_peak_memory(client: redis::Client, peak: Arc<AtomicU64>) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// How long after a run everything it left should be gone: the longest any
+/// stream keeps an entry, and then two trims.
+fn retention_wait() -> Result<Duration, String> {
+    let catalog = crate::definition::catalog_from_str(
+        std::path::Path::new("mission_start.yaml"),
+        REFERENCE_MISSION,
+    )
+    .map_err(|e| e.to_string())?;
+    let longest = catalog
+        .command_streams()
+        .into_iter()
+        .map(|(_, timeout)| crate::engine::command_stream_keep(RETENTION, timeout))
+        .max()
+        .unwrap_or(RETENTION);
+    Ok(longest + Duration::from_secs(4))
 }
