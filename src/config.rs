@@ -33,7 +33,7 @@ pub struct Settings {
     /// least a minute: a live daemon renews it every few seconds).
     pub reply_retention: Duration,
     /// How long entries of the command, event and trigger streams are
-    /// kept. A command stream keeps its entries at least a minute past the
+    /// kept. A command stream keeps its entries at least a little past the
     /// longest timeout of the commands sent to it, and a start not yet
     /// taken by this daemon group is never trimmed.
     pub stream_retention: Duration,

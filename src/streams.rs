@@ -47,7 +47,8 @@ pub async fn command_connection(
     client.get_connection_manager_with_config(config).await
 }
 
-fn text(v: &Value) -> Option<String> {
+/// A reply value as text: bulk and simple strings, and integers.
+pub(crate) fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
@@ -183,6 +184,33 @@ pub fn is_busygroup(e: &redis::RedisError) -> bool {
     e.code() == Some("BUSYGROUP") || e.to_string().contains("BUSYGROUP")
 }
 
+/// A stream entry id, ordered as Redis orders them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct StreamId(u64, u64);
+
+impl StreamId {
+    pub(crate) fn parse(id: &str) -> Option<Self> {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
+    }
+
+    /// The first id of a millisecond.
+    pub(crate) fn at_ms(ms: u64) -> Self {
+        Self(ms, 0)
+    }
+
+    /// The id right after this one.
+    pub(crate) fn next(self) -> Self {
+        Self(self.0, self.1.saturating_add(1))
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,5 +243,15 @@ mod tests {
         assert!(entries[1].malformed.as_deref().unwrap().contains("UTF-8"));
         assert!(entries[2].malformed.is_some());
         assert!(decode_read_reply(&Value::Nil).is_empty());
+    }
+
+    #[test]
+    fn stream_ids_order_as_redis_orders_them() {
+        let id = |s| StreamId::parse(s).unwrap();
+        assert!(id("9-5") < id("10-0"));
+        assert!(id("10-2") < id("10-10"));
+        assert_eq!(id("10"), id("10-0"));
+        assert_eq!(id("1700000000000-3").to_string(), "1700000000000-3");
+        assert_eq!(StreamId::parse("x-1"), None);
     }
 }

@@ -3,7 +3,7 @@
 //! event and trigger streams lose their entries older than the retention.
 
 use super::Shared;
-use crate::streams;
+use crate::streams::{self, text, StreamId};
 use std::time::Duration;
 
 /// Moves starts that were delivered `max_deliveries` times without ever
@@ -149,7 +149,7 @@ pub(super) async fn trim_streams(shared: &Shared) -> redis::RedisResult<()> {
     let mut conn = shared.conn.clone();
     let settings = &shared.settings;
     let now = super::now_ms();
-    let cut = |keep: Duration| StreamId(now.saturating_sub(keep.as_millis() as u64), 0);
+    let cut = |keep: Duration| StreamId::at_ms(now.saturating_sub(keep.as_millis() as u64));
     let mut pipe = redis::pipe();
     let mut trim = |stream: &str, below: StreamId| {
         pipe.cmd("XTRIM")
@@ -206,58 +206,14 @@ async fn oldest_unfinished(
         return Ok(None);
     };
     // XPENDING's summary: count, smallest id, greatest id, consumers.
-    let (count, smallest): (u64, Option<String>) = {
-        let summary: (u64, Option<String>, redis::Value, redis::Value) = redis::cmd("XPENDING")
+    let (_, smallest, _, _): (u64, Option<String>, redis::Value, redis::Value) =
+        redis::cmd("XPENDING")
             .arg(stream)
             .arg(&settings.trigger_group)
             .query_async(conn)
             .await?;
-        (summary.0, summary.1)
-    };
-    let pending = smallest
-        .filter(|_| count > 0)
-        .and_then(|id| StreamId::parse(&id));
+    let pending = smallest.and_then(|id| StreamId::parse(&id));
     // Entries after `last_read` are unread; MINID keeps the one given.
-    let unread = StreamId(last_read.0, last_read.1.saturating_add(1));
+    let unread = last_read.next();
     Ok(Some(pending.map_or(unread, |p| p.min(unread))))
-}
-
-fn text(v: &redis::Value) -> Option<String> {
-    match v {
-        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-        redis::Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
-}
-
-/// A stream entry id, ordered as Redis orders them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct StreamId(u64, u64);
-
-impl StreamId {
-    fn parse(id: &str) -> Option<Self> {
-        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
-    }
-}
-
-impl std::fmt::Display for StreamId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.0, self.1)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::StreamId;
-
-    #[test]
-    fn stream_ids_order_as_redis_orders_them() {
-        let id = |s| StreamId::parse(s).unwrap();
-        assert!(id("9-5") < id("10-0"));
-        assert!(id("10-2") < id("10-10"));
-        assert_eq!(id("10"), id("10-0"));
-        assert_eq!(id("1700000000000-3").to_string(), "1700000000000-3");
-        assert_eq!(StreamId::parse("x-1"), None);
-    }
 }

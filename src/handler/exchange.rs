@@ -134,11 +134,7 @@ pub(super) async fn handle_entry(
                 .arg("EX")
                 .arg(ttl)
                 .ignore();
-            let xadd = pipe.cmd("XADD").arg(reply_stream).arg("*");
-            for (k, v) in &fields {
-                xadd.arg(k).arg(v);
-            }
-            xadd.ignore();
+            add_xadds(&mut pipe, &reply_stream, std::slice::from_ref(&fields));
             pipe.cmd("XACK").arg(stream).arg(group).arg(id).ignore();
             pipe.query_async::<()>(&mut conn).await
         }

@@ -94,11 +94,15 @@ impl Inner {
 }
 
 /// Adds one `XADD reply_stream * ...` per reply to `pipe`, results ignored.
-pub(crate) fn add_xadds(pipe: &mut redis::Pipeline, reply_stream: &str, replies: &[Fields]) {
+pub(crate) fn add_xadds<K: AsRef<str>, V: AsRef<str>>(
+    pipe: &mut redis::Pipeline,
+    reply_stream: &str,
+    replies: &[Vec<(K, V)>],
+) {
     for fields in replies {
         let xadd = pipe.cmd("XADD").arg(reply_stream).arg("*");
         for (k, v) in fields {
-            xadd.arg(*k).arg(v);
+            xadd.arg(k.as_ref()).arg(v.as_ref());
         }
         xadd.ignore();
     }
