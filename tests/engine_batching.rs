@@ -141,3 +141,106 @@ async fn streams_lose_what_is_older_than_their_retention() {
     handler.stop().await;
     daemon.stop().await;
 }
+
+// A start taken by a daemon that died before finishing it stays in the
+// trigger stream, however old, until another daemon has taken it over and
+// finished it; the finished starts before it are trimmed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_starts_outlive_the_retention() {
+    let server = RedisServer::start();
+    let mut conn = server.conn().await;
+    must(
+        "the group",
+        words("XGROUP CREATE mission:start sagaflow 0 MKSTREAM").query_async::<()>(&mut conn),
+    )
+    .await;
+    let settings = sagaflow::config::Settings {
+        stream_retention: Duration::from_secs(1),
+        // The dead daemon's start is taken over once idle this long.
+        lease_ttl: Duration::from_secs(8),
+        ..test_settings(&server)
+    };
+    // Trimming is approximate (`MINID ~`): it drops whole stream nodes, so
+    // there must be more than a node's worth of finished starts.
+    let early = start_missions(&mut conn, "early", 300).await;
+    let daemon = start_daemon_with(settings.clone(), catalog(TWO_STEPS)).await;
+    let handler = spawn_raw_handler(&server, &["batched:commands"], "handlers", |cmd| {
+        complete_in_stages(cmd, &json!({"ok": true}))
+    })
+    .await;
+    all_completed(&server, "early-", early.len()).await;
+    daemon.stop().await;
+
+    // A daemon reads a start and dies.
+    xadd(
+        &mut conn,
+        "mission:start",
+        &[("correlation_id", "held"), ("payload", "{}")],
+    )
+    .await;
+    let read = words("XREADGROUP GROUP sagaflow dead COUNT 1 STREAMS mission:start >");
+    let taken =
+        decode_read_reply(&must("the dead daemon's read", read.query_async(&mut conn)).await);
+    assert_eq!(lossy(&taken[0].fields)["correlation_id"], "held");
+    let held_id = taken[0].id.clone();
+
+    let daemon = start_daemon_with(settings, catalog(TWO_STEPS)).await;
+    let late = start_missions(&mut conn, "late", 3).await;
+    all_completed(&server, "late-", late.len()).await;
+    let starts = || {
+        let mut conn = conn.clone();
+        async move {
+            xrange(&mut conn, "mission:start")
+                .await
+                .into_iter()
+                .map(|f| f["correlation_id"].clone())
+                .collect::<Vec<_>>()
+        }
+    };
+    // The early starts go with the retention; the held one and those after
+    // it stay while it is unfinished.
+    let kept = bounded("the early starts trimmed", async {
+        loop {
+            let kept = starts().await;
+            if kept.first().is_some_and(|c| c != "early-000") {
+                return kept;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        kept.len() < 300,
+        "some early starts trimmed: {}",
+        kept.len()
+    );
+    assert_eq!(
+        kept[kept.len() - 4..],
+        ["held", "late-000", "late-001", "late-002"],
+        "held start {held_id} kept"
+    );
+
+    // Taken over, finished, then trimmed like the others.
+    let events = saga_events(&server, "held").await;
+    assert_eq!(events.last().unwrap().event_type, "saga_completed");
+    bounded("every start trimmed", async {
+        while !starts().await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    handler.stop().await;
+    daemon.stop().await;
+}
+
+/// Waits for `n` sagas whose correlation ids start with `prefix` to
+/// complete, reading the events as they come (they are trimmed soon after).
+async fn all_completed(server: &RedisServer, prefix: &str, n: usize) {
+    wait_for_events(server, SAGA_WAIT, |events| {
+        let done = events
+            .iter()
+            .filter(|e| e.event_type == "saga_completed" && e.correlation_id.starts_with(prefix));
+        done.count() == n
+    })
+    .await;
+}

@@ -8,6 +8,7 @@
 //! value's JSON type; otherwise values are spliced in as text. `$${` writes
 //! a literal `${`. Path segments that are numbers index arrays.
 
+use crate::protocol::Json;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -53,8 +54,8 @@ pub struct Scope<'a> {
 
 /// The values a template renders from.
 pub struct Context<'a> {
-    pub input: &'a Value,
-    pub results: &'a BTreeMap<String, Value>,
+    pub input: &'a Json,
+    pub results: &'a BTreeMap<String, Json>,
     pub saga_id: &'a str,
     pub correlation_id: &'a str,
     pub failure: Option<(&'a str, &'a str)>,
@@ -246,8 +247,8 @@ fn walk(mut value: &Value, path: &[String]) -> Option<Value> {
 
 fn lookup(expr: &Expr, ctx: &Context<'_>) -> Option<Value> {
     match expr {
-        Expr::Input(path) => walk(ctx.input, path),
-        Expr::StepResult { step, path } => walk(ctx.results.get(step)?, path),
+        Expr::Input(path) => walk(&ctx.input.value(), path),
+        Expr::StepResult { step, path } => walk(&ctx.results.get(step)?.value(), path),
         Expr::SagaId => Some(Value::String(ctx.saga_id.to_owned())),
         Expr::CorrelationId => Some(Value::String(ctx.correlation_id.to_owned())),
         Expr::FailureStep => ctx.failure.map(|(step, _)| Value::String(step.to_owned())),
@@ -279,9 +280,12 @@ mod tests {
     }
 
     fn ctx_render(t: &Template, lenient: bool) -> Result<Value, TemplateError> {
-        let input = json!({"area": "hall-a", "robots": 2, "tags": ["x", "y"]});
+        let input = Json::of(&json!({"area": "hall-a", "robots": 2, "tags": ["x", "y"]}));
         let mut results = BTreeMap::new();
-        results.insert("allocate".to_owned(), json!({"robot_ids": ["r1", "r2"]}));
+        results.insert(
+            "allocate".to_owned(),
+            Json::of(&json!({"robot_ids": ["r1", "r2"]})),
+        );
         t.render(
             &Context {
                 input: &input,

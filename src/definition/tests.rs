@@ -216,7 +216,7 @@ fn template_literals_keep_their_types() {
         .unwrap()
         .render(
             &template::Context {
-                input: &serde_json::json!({"area": "a"}),
+                input: &crate::protocol::Json::of(&serde_json::json!({"area": "a"})),
                 results: &Default::default(),
                 saga_id: "s",
                 correlation_id: "c",

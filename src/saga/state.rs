@@ -2,10 +2,9 @@
 //! so that a store can persist it and another process can resume it.
 
 use crate::protocol::{
-    CommandKind, CorrelationId, RequestId, SagaId, SagaStatus, SpanId, TraceId, UnixMillis,
+    CommandKind, CorrelationId, Json, RequestId, SagaId, SagaStatus, SpanId, TraceId, UnixMillis,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::collections::BTreeMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,9 +87,10 @@ pub struct SagaState {
     pub parent_span_id: Option<SpanId>,
     /// Where handlers send their replies for this saga.
     pub reply_stream: String,
-    pub input: Value,
+    /// The saga's input (its start's payload).
+    pub input: Json,
     /// Results of completed steps, by step name.
-    pub results: BTreeMap<String, Value>,
+    pub results: BTreeMap<String, Json>,
     pub phase: Phase,
     pub current: Option<Exchange>,
     pub failure: Option<Failure>,

@@ -532,7 +532,10 @@ fn legacy_replies_match_by_command_name() {
         timestamp_ms: None,
     };
     h.apply(Event::Reply(reply));
-    assert_eq!(h.state.results["allocate"], json!({"robot_ids": ["r1"]}));
+    assert_eq!(
+        h.state.results["allocate"].value(),
+        json!({"robot_ids": ["r1"]})
+    );
 }
 
 #[test]

@@ -5,8 +5,8 @@ use super::state::{Exchange, Phase, SagaState, Waiting};
 use crate::definition::template::Context;
 use crate::definition::{ReplyMode, RetryPolicy, SagaDefinition, Template};
 use crate::protocol::{
-    Command, CommandKind, CorrelationId, EventType, Reply, ReplyStatus, SagaEvent, SagaId, SpanId,
-    TraceId, TraceParent, UnixMillis,
+    Command, CommandKind, CorrelationId, EventType, Json, Reply, ReplyStatus, SagaEvent, SagaId,
+    SpanId, TraceId, TraceParent, UnixMillis,
 };
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -72,7 +72,7 @@ pub fn start(
         trace_id: init.trace_id,
         parent_span_id: init.parent_span_id,
         reply_stream: init.reply_stream,
-        input: init.input,
+        input: Json::of(&init.input),
         results: Default::default(),
         phase: Phase::Running,
         current: None,
@@ -90,11 +90,10 @@ pub fn start(
         ids,
         effects: Vec::new(),
     };
-    let input = m.state.input.clone();
     m.emit(
         EventType::SagaStarted,
         None,
-        json!({ "input": input, "trace_id": m.state.trace_id }),
+        json!({ "input": init.input, "trace_id": m.state.trace_id }),
     );
     m.send_action(0, 1, false);
     let effects = m.finish();
@@ -202,9 +201,9 @@ impl<'a> Machine<'a> {
             .state
             .results
             .iter()
-            .map(|(name, result)| (name.clone(), json!({ "result": result })))
+            .map(|(name, result)| (name.clone(), json!({ "result": result.value() })))
             .collect();
-        let mut ctx = json!({ "input": self.state.input, "steps": steps });
+        let mut ctx = json!({ "input": self.state.input.value(), "steps": steps });
         if let (true, Some(f)) = (with_failure, &self.state.failure) {
             ctx["failure"] = json!({ "step": f.step, "reason": f.reason });
         }
@@ -450,7 +449,7 @@ impl<'a> Machine<'a> {
         self.state.current = None;
         match x.kind {
             CommandKind::Action => {
-                self.state.results.insert(step.clone(), result.clone());
+                self.state.results.insert(step.clone(), Json::of(&result));
                 let last = x.step + 1 == self.def.steps.len();
                 if last {
                     self.state.phase = Phase::Completed;
@@ -462,7 +461,9 @@ impl<'a> Machine<'a> {
                     json!({ "attempt": x.attempt, "result": result }),
                 );
                 if last {
-                    let results = json!(self.state.results);
+                    let results: Map<String, Value> = (self.state.results.iter())
+                        .map(|(name, result)| (name.clone(), result.value()))
+                        .collect();
                     self.emit(
                         EventType::SagaCompleted,
                         None,
