@@ -33,6 +33,10 @@ fn a_small_benchmark_reports_every_figure() {
         report["redis_commands_per_saga"].as_f64().unwrap() >= 8.0,
         "{report}"
     );
+    let cpu = &report["cpu_ms_per_saga"];
+    for process in ["redis", "daemon", "handlers", "load_generator"] {
+        assert!(cpu[process].as_f64().unwrap() >= 0.0, "{report}");
+    }
     assert!(
         report["daemon_peak_rss_mib"].as_f64().unwrap() > 0.0,
         "{report}"

@@ -17,7 +17,6 @@ use crate::config::Settings;
 use crate::protocol::{Command, SagaEvent};
 use crate::saga::SagaState;
 use redis::aio::ConnectionManager;
-use serde_json::json;
 use std::sync::LazyLock;
 
 /// The trigger entry a transition acknowledges.
@@ -60,31 +59,42 @@ pub enum Written {
     NotOurs,
 }
 
+/// The arguments, flat so that nothing is encoded twice: `owner`, `seq`,
+/// `saga_id`, `state` (empty: unchanged), `expire` (seconds, 0: none), the
+/// owned-set key, `own` (`add`, `remove` or empty), the acknowledgement
+/// (stream, group, id; empty stream: none), then the number of `XADD`s, each
+/// as its argument count and arguments, then the number of `EXPIRE`s, each
+/// as key and seconds.
 const SCRIPT: &str = r#"
-local t = cjson.decode(ARGV[1])
+local owner_arg, seq_arg, saga_id, state = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local record = redis.call('HMGET', KEYS[1], 'owner', 'seq')
 local owner, seq = record[1], tonumber(record[2] or '0')
-if t.seq == 1 and not owner then
-  redis.call('HSET', KEYS[1], 'owner', t.owner)
-  owner = t.owner
+if seq_arg == 1 and not owner then
+  redis.call('HSET', KEYS[1], 'owner', owner_arg)
+  owner = owner_arg
 end
-if owner ~= t.owner then return 0 end
-if seq >= t.seq then return 2 end
-if t.state ~= cjson.null then
-  redis.call('HSET', KEYS[1], 'seq', t.seq, 'state', t.state)
+if owner ~= owner_arg then return 0 end
+if seq >= seq_arg then return 2 end
+if state ~= '' then
+  redis.call('HSET', KEYS[1], 'seq', seq_arg, 'state', state)
 else
-  redis.call('HSET', KEYS[1], 'seq', t.seq)
+  redis.call('HSET', KEYS[1], 'seq', seq_arg)
 end
-if t.expire > 0 then redis.call('EXPIRE', KEYS[1], t.expire) end
-if t.own_add then redis.call('SADD', t.owned, t.saga_id) end
-if t.own_remove then redis.call('SREM', t.owned, t.saga_id) end
-for _, x in ipairs(t.xadds) do
-  redis.call('XADD', unpack(x))
+local expire = tonumber(ARGV[5])
+if expire > 0 then redis.call('EXPIRE', KEYS[1], expire) end
+if ARGV[7] == 'add' then redis.call('SADD', ARGV[6], saga_id) end
+if ARGV[7] == 'remove' then redis.call('SREM', ARGV[6], saga_id) end
+local i = 12
+for _ = 1, tonumber(ARGV[11]) do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
 end
-for _, x in ipairs(t.expires) do
-  redis.call('EXPIRE', x[1], x[2])
+for _ = 1, tonumber(ARGV[i]) do
+  redis.call('EXPIRE', ARGV[i + 1], ARGV[i + 2])
+  i = i + 2
 end
-if t.ack ~= cjson.null then redis.call('XACK', t.ack[1], t.ack[2], t.ack[3]) end
+if ARGV[8] ~= '' then redis.call('XACK', ARGV[8], ARGV[9], ARGV[10]) end
 return 1
 "#;
 
@@ -149,24 +159,42 @@ impl Transition<'_> {
                 .map(|()| Written::Done);
         };
         let terminal = self.state.is_some_and(|s| s.phase.is_terminal());
-        let args = json!({
-            "owner": fence.owner,
-            "seq": fence.seq,
-            "saga_id": saga_id,
-            "state": self.state.map(|s| serde_json::to_string(s).expect("saga state serializes")),
-            "expire": if terminal { settings.retention.as_secs().max(1) } else { 0 },
-            "owned": settings.owned_key(fence.owner),
-            "own_add": fence.seq == 1,
-            "own_remove": terminal,
-            "xadds": self.stream_writes(settings),
-            "expires": self.own_reply_streams.iter().map(|(s, ttl)| json!([s, ttl])).collect::<Vec<_>>(),
-            "ack": self.ack.map(|a| json!([a.stream, settings.trigger_group, a.id])),
-        });
-        let code: i64 = FENCED_WRITE
-            .key(settings.saga_key(saga_id))
-            .arg(args.to_string())
-            .invoke_async(conn)
-            .await?;
+        let state = self
+            .state
+            .map(|s| serde_json::to_string(s).expect("saga state serializes"));
+        // The set of sagas this owner drives, for takeover: a saga that
+        // ends in its first transition never joins it.
+        let own = match (fence.seq == 1, terminal) {
+            (true, false) => "add",
+            (false, true) => "remove",
+            _ => "",
+        };
+        let (ack_stream, ack_id) = self.ack.map_or(("", ""), |a| (&a.stream[..], &a.id[..]));
+        let writes = self.stream_writes(settings);
+        let mut call = FENCED_WRITE.key(settings.saga_key(saga_id));
+        call.arg(fence.owner)
+            .arg(fence.seq)
+            .arg(saga_id)
+            .arg(state.as_deref().unwrap_or(""))
+            .arg(if terminal {
+                settings.retention.as_secs().max(1)
+            } else {
+                0
+            })
+            .arg(settings.owned_key(fence.owner))
+            .arg(own)
+            .arg(ack_stream)
+            .arg(&settings.trigger_group)
+            .arg(ack_id)
+            .arg(writes.len());
+        for args in &writes {
+            call.arg(args.len()).arg(args);
+        }
+        call.arg(self.own_reply_streams.len());
+        for (stream, ttl) in &self.own_reply_streams {
+            call.arg(stream).arg(ttl);
+        }
+        let code: i64 = call.invoke_async(conn).await?;
         Ok(match code {
             1 => Written::Done,
             2 => Written::AlreadyDone,

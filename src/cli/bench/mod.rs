@@ -13,7 +13,7 @@ use crate::local_redis::LocalRedis;
 use clap::Args;
 use load::Load;
 use redis_info::RedisInfo;
-use stats::{Percentiles, RedisMemory, Report, StepOverhead};
+use stats::{CpuPerSaga, Percentiles, RedisMemory, Report, StepOverhead};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -94,6 +94,10 @@ impl Process {
             .map_err(|e| format!("cannot start `sagaflow {}`: {e}", args[0]))
     }
 
+    fn cpu_secs(&self) -> f64 {
+        cpu_secs(&self.0.id().to_string())
+    }
+
     /// Peak resident memory (VmHWM), in MiB.
     fn peak_rss_mib(&self) -> f64 {
         let status =
@@ -105,6 +109,26 @@ impl Process {
             .map_or(0.0, |kb| kb / 1024.0)
     }
 }
+
+/// CPU time used so far by process `pid` (or `self`), all its threads, user
+/// and system, from `/proc/<pid>/stat`; 0 where that cannot be read.
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces: utime and stime are the 12th and 13th of them.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / USER_HZ
+}
+
+/// The unit of `/proc/<pid>/stat` times: 100 on Linux, whatever the kernel's
+/// own tick rate.
+const USER_HZ: f64 = 100.0;
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -166,7 +190,7 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
     // Enough handler slots for every saga in flight: the handlers must not
     // be what the benchmark measures.
     let slots = args.concurrency.max(1024).to_string();
-    let _handlers = Process::spawn(&[
+    let handlers = Process::spawn(&[
         "handlers",
         "--redis-url",
         &url,
@@ -193,7 +217,9 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
         events: "saga:events".into(),
         work_ms: args.work_ms,
     };
+    let cpu_before = [daemon.cpu_secs(), handlers.cpu_secs(), cpu_secs("self")];
     let measured = load::run(&client, &load).await?;
+    let cpu_after = [daemon.cpu_secs(), handlers.cpu_secs(), cpu_secs("self")];
     let after = RedisInfo::read(&mut conn)
         .await
         .map_err(|e| e.to_string())?;
@@ -271,7 +297,15 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
             .iter()
             .map(|(name, c)| (name.clone(), *c as f64 / n))
             .collect(),
-        redis_cpu_ms_per_saga: (after.cpu_secs - before.cpu_secs) * 1000.0 / n,
+        cpu_ms_per_saga: {
+            let per_saga = |i: usize| (cpu_after[i] - cpu_before[i]) * 1000.0 / n;
+            CpuPerSaga {
+                redis: (after.cpu_secs - before.cpu_secs) * 1000.0 / n,
+                daemon: per_saga(0),
+                handlers: per_saga(1),
+                load_generator: per_saga(2),
+            }
+        },
         daemon_peak_rss_mib: daemon_rss,
         redis_memory_mib: RedisMemory {
             before: mib(before.used_memory),

@@ -53,9 +53,25 @@ pub struct Report {
     pub steps: Vec<StepOverhead>,
     pub redis_commands_per_saga: f64,
     pub redis_commands_by_name: Vec<(String, f64)>,
-    pub redis_cpu_ms_per_saga: f64,
+    pub cpu_ms_per_saga: CpuPerSaga,
     pub daemon_peak_rss_mib: f64,
     pub redis_memory_mib: RedisMemory,
+}
+
+/// CPU time per saga, by process, in ms: what bounds the throughput when
+/// they all share the machine's cores.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CpuPerSaga {
+    pub redis: f64,
+    pub daemon: f64,
+    pub handlers: f64,
+    pub load_generator: f64,
+}
+
+impl CpuPerSaga {
+    pub fn total(&self) -> f64 {
+        self.redis + self.daemon + self.handlers + self.load_generator
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -116,9 +132,18 @@ impl Report {
             .map(|(name, n)| format!("{name} {n:.1}"))
             .collect();
         line("  by command", top.join(", "));
+        let c = &self.cpu_ms_per_saga;
+        line("Redis CPU per saga", format!("{:.3} ms", c.redis));
         line(
-            "Redis CPU per saga",
-            format!("{:.3} ms", self.redis_cpu_ms_per_saga),
+            "CPU per saga, all processes (ms)",
+            format!(
+                "{:.2}: Redis {:.2}, daemon {:.2}, handlers {:.2}, load generator {:.2}",
+                c.total(),
+                c.redis,
+                c.daemon,
+                c.handlers,
+                c.load_generator
+            ),
         );
         line(
             "daemon peak RSS",
