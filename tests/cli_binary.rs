@@ -31,6 +31,7 @@ impl Proc {
             .env_remove("SAGAFLOW_REDIS_URL")
             .env_remove("SAGAFLOW_SAGAS")
             .env_remove("SAGAFLOW_NODE_ID")
+            .env("SAGAFLOW_HTTP_ADDR", "none")
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).unwrap())
             .stderr(File::create(&stderr).unwrap())

@@ -8,6 +8,7 @@ use crate::config::Settings;
 use crate::handler::simulated::run_simulated_handlers;
 use crate::local_redis::LocalRedis;
 use crate::protocol::{fields as f, CorrelationId};
+use crate::telemetry::LogFormat;
 use crate::{definition, engine, streams};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -38,17 +39,24 @@ pub struct DevArgs {
     timeout: Duration,
     #[command(flatten)]
     sim: SimulationArgs,
+    #[command(flatten)]
+    log: logging::LogArgs,
 }
 
 pub async fn run(args: DevArgs) -> ExitCode {
-    logging::init("warn");
-    match demo(args).await {
+    let log = logging::LogArgs {
+        log_format: Some(args.log.log_format.unwrap_or(LogFormat::Pretty)),
+    };
+    let telemetry = logging::init("warn", &log, "sagaflow", true);
+    let code = match demo(args).await {
         Ok(code) => code,
         Err(message) => {
             eprintln!("sagaflow dev: {message}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }
 
 async fn demo(args: DevArgs) -> Result<ExitCode, String> {

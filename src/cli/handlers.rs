@@ -70,10 +70,12 @@ pub struct HandlersArgs {
     redis: RedisArgs,
     #[command(flatten)]
     sim: SimulationArgs,
+    #[command(flatten)]
+    log: logging::LogArgs,
 }
 
 pub async fn run(args: HandlersArgs) -> ExitCode {
-    logging::init("info");
+    let telemetry = logging::init("info", &args.log, "sagaflow-handlers", true);
     let client = match redis::Client::open(args.redis.redis_url.as_str()) {
         Ok(c) => c,
         Err(e) => {
@@ -86,11 +88,13 @@ pub async fn run(args: HandlersArgs) -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     signals::on_stop_signal(shutdown.clone());
-    match run_simulated_handlers(client, args.sim.options(), shutdown).await {
+    let code = match run_simulated_handlers(client, args.sim.options(), shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sagaflow: {e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown().await;
+    code
 }

@@ -1,14 +1,29 @@
-//! The `tracing` subscriber of the command line.
+//! Logs and traces of the command line: see [`crate::telemetry`].
 
-use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
+use crate::telemetry::{self, LogFormat, Telemetry};
+use clap::Args;
 
-/// Logs to stderr, filtered by `RUST_LOG` (else `default`).
-pub fn init(default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+/// The log flags of the long-running subcommands.
+#[derive(Debug, Args, Clone, Default)]
+pub struct LogArgs {
+    /// Log lines as JSON objects or for people [default: pretty on a
+    /// terminal, json otherwise]. The level comes from `RUST_LOG`.
+    #[arg(long, env = "SAGAFLOW_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (else `default_level`), and
+/// exports spans over OTLP when an endpoint is configured.
+pub fn init(
+    default_level: &'static str,
+    log: &LogArgs,
+    service_name: &'static str,
+    bridge_tracing_spans: bool,
+) -> Telemetry {
+    telemetry::init(telemetry::Options {
+        default_level,
+        log_format: log.log_format,
+        service_name,
+        bridge_tracing_spans,
+    })
 }

@@ -2,10 +2,12 @@
 
 use super::{logging, signals};
 use crate::config::Settings;
-use crate::{definition, engine};
+use crate::http::{self, HttpAddr};
+use crate::{definition, engine, telemetry};
 use clap::Args;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -66,10 +68,15 @@ pub struct RunArgs {
     /// Deliveries after which a start is moved to the dead-letter stream [default: 5].
     #[arg(long, env = "SAGAFLOW_MAX_DELIVERIES")]
     max_deliveries: Option<u64>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `none` for nowhere.
+    #[arg(long, env = "SAGAFLOW_HTTP_ADDR", default_value = "127.0.0.1:9464")]
+    http_addr: HttpAddr,
+    #[command(flatten)]
+    log: logging::LogArgs,
 }
 
 pub async fn run(args: RunArgs) -> ExitCode {
-    logging::init("info");
+    let telemetry = logging::init("info", &args.log, "sagaflow", false);
     // Definitions are checked before anything touches Redis.
     let catalog = match definition::load_dir(&args.sagas) {
         Ok(c) => c,
@@ -109,12 +116,55 @@ pub async fn run(args: RunArgs) -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     signals::on_stop_signal(shutdown.clone());
-    match engine::run(settings, catalog, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
+    // The endpoints come up first: until Redis is reached, `/readyz` says
+    // so.
+    let daemon: Arc<OnceLock<engine::Daemon>> = Arc::default();
+    let http = match args.http_addr.0 {
+        Some(addr) => match http::bind(addr).await {
+            Ok(listener) => {
+                let metrics = telemetry::metrics::install();
+                let (daemon, stopping) = (daemon.clone(), shutdown.clone());
+                let readiness: http::Readiness = Arc::new(move || match daemon.get() {
+                    Some(d) => d
+                        .readiness()
+                        .not_ready
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect(),
+                    None if stopping.is_cancelled() => vec!["stopping".into()],
+                    None => vec!["connecting to Redis".into()],
+                });
+                tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+                Some(tokio::spawn(http::serve(
+                    listener,
+                    metrics,
+                    readiness,
+                    shutdown.clone(),
+                )))
+            }
+            Err(e) => {
+                eprintln!("sagaflow: {e} (set --http-addr none to serve nothing)");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let code = match engine::Daemon::start(settings, catalog, shutdown.clone()).await {
+        Ok(started) => {
+            let _ = daemon.set(started.clone());
+            started.wait().await;
+            ExitCode::SUCCESS
+        }
         Err(engine::EngineError::StoppedBeforeReady { .. }) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sagaflow: {e}");
             ExitCode::FAILURE
         }
+    };
+    shutdown.cancel();
+    if let Some(http) = http {
+        let _ = http.await;
     }
+    telemetry.shutdown().await;
+    code
 }

@@ -12,6 +12,8 @@ use super::{now_ms, pause, Shared};
 use crate::definition::SagaDefinition;
 use crate::protocol::{SagaEvent, SagaId, StartRequest, TraceId};
 use crate::saga::{self, Effect, Event, RandomIds, SagaInit, SagaState};
+use crate::telemetry::metrics::InFlight;
+use crate::telemetry::saga::SagaTelemetry;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, SemaphorePermit};
@@ -27,11 +29,23 @@ pub(super) async fn start(
     permit: OwnedSemaphorePermit,
 ) {
     let saga_id = SagaId::for_start(&at.stream, &at.id);
+    let trace_id = request
+        .traceparent
+        .as_ref()
+        .map(|tp| tp.trace_id.clone())
+        .or_else(|| {
+            request
+                .correlation_id
+                .as_trace_id()
+                .and_then(|t| TraceId::parse(&t))
+        })
+        .unwrap_or_else(TraceId::generate);
     let span = tracing::info_span!(
         "saga",
         saga = %def.name,
         saga_id = %saga_id,
         correlation_id = %request.correlation_id,
+        trace_id = %trace_id,
     );
     async move {
         if let Some(key) = &request.idempotency_key {
@@ -45,17 +59,6 @@ pub(super) async fn start(
                 None => return,
             }
         }
-        let trace_id = request
-            .traceparent
-            .as_ref()
-            .map(|tp| tp.trace_id.clone())
-            .or_else(|| {
-                request
-                    .correlation_id
-                    .as_trace_id()
-                    .and_then(|t| TraceId::parse(&t))
-            })
-            .unwrap_or_else(TraceId::generate);
         let init = SagaInit {
             saga_id: saga_id.clone(),
             correlation_id: request.correlation_id.clone(),
@@ -69,6 +72,7 @@ pub(super) async fn start(
             return; // this daemon drives it already
         };
         let mut saga = Driven::new(&shared, &def, state, 0, shared.epoch(), permit);
+        saga.telemetry = SagaTelemetry::default();
         match Box::pin(saga.perform(effects, Some(&at), None)).await {
             Some(Written::Done | Written::AlreadyDone) => {
                 tracing::info!(entry_id = %at.id, "saga started");
@@ -106,6 +110,7 @@ pub(super) async fn resume(shared: Arc<Shared>, saga_id: String, epoch: Arc<Epoc
         saga = %def.name,
         saga_id = %saga_id,
         correlation_id = %state.correlation_id,
+        trace_id = %state.trace_id,
     );
     async move {
         // Its next commands name this daemon's reply stream; the attempt
@@ -156,6 +161,9 @@ struct Driven<'a> {
     /// A reply stream other than this daemon's that the current attempt's
     /// replies go to, followed by the reply reader while it is awaited.
     followed: Option<String>,
+    /// Its spans and metrics, from the transitions written.
+    telemetry: SagaTelemetry,
+    _in_flight: InFlight,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -169,6 +177,8 @@ impl<'a> Driven<'a> {
         permit: OwnedSemaphorePermit,
     ) -> Self {
         let timer = state.wake_at();
+        // A saga resumed with an attempt under way ends that attempt's span.
+        let telemetry = SagaTelemetry::resumed(&state, def);
         Self {
             shared,
             def,
@@ -177,6 +187,8 @@ impl<'a> Driven<'a> {
             epoch,
             timer,
             followed: None,
+            telemetry,
+            _in_flight: InFlight::enter(),
             _permit: permit,
         }
     }
@@ -315,6 +327,7 @@ impl<'a> Driven<'a> {
         drop(transition);
         if matches!(written, Some(Written::Done | Written::AlreadyDone)) {
             self.seq += 1;
+            self.telemetry.observe(&self.state, &effects);
         }
         written
     }

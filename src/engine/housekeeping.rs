@@ -4,6 +4,7 @@
 
 use super::Shared;
 use crate::streams::{self, text, StreamId};
+use crate::telemetry::metrics;
 use std::time::Duration;
 
 /// Moves starts that were delivered `max_deliveries` times without ever
@@ -216,4 +217,38 @@ async fn oldest_unfinished(
     // Entries after `last_read` are unread; MINID keeps the one given.
     let unread = last_read.next();
     Ok(Some(pending.map_or(unread, |p| p.min(unread))))
+}
+
+/// How often the pending entries of the streams are measured.
+pub(super) const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Sets the pending-entries gauge of every consumer group on the trigger
+/// and command streams: the daemons' starts under way, and the commands
+/// handlers took and have not answered.
+pub(super) async fn report_pending(shared: &Shared) -> redis::RedisResult<()> {
+    let mut conn = shared.conn.clone();
+    let mut streams = super::trigger_streams(&shared.settings, &shared.catalog);
+    streams.extend(shared.catalog.command_streams().into_iter().map(|(s, _)| s));
+    for stream in streams {
+        let groups: Vec<std::collections::HashMap<String, redis::Value>> = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&stream)
+            .query_async(&mut conn)
+            .await
+        {
+            // "no such key": no stream yet.
+            Err(e) if e.code() == Some("ERR") => continue,
+            other => other?,
+        };
+        for g in &groups {
+            let name = g.get("name").and_then(text);
+            let pending = g
+                .get("pending")
+                .and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok());
+            if let (Some(name), Some(pending)) = (name, pending) {
+                metrics::pending_entries(&stream, &name, pending);
+            }
+        }
+    }
+    Ok(())
 }

@@ -76,5 +76,7 @@ pub(super) async fn duplicate(
         ack: Some(at),
         ..Default::default()
     };
-    write_until_done(shared, &transition, None).await;
+    if write_until_done(shared, &transition, None).await.is_some() {
+        crate::telemetry::metrics::saga_duplicate(&def.name);
+    }
 }

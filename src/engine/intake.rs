@@ -163,5 +163,10 @@ async fn reject(shared: &Shared, at: &EntryRef, error: StartError, saga: &str) {
         ack: Some(at),
         ..Default::default()
     };
-    driver::write_until_done(shared, &transition, None).await;
+    if driver::write_until_done(shared, &transition, None)
+        .await
+        .is_some()
+    {
+        crate::telemetry::metrics::saga_rejected(saga);
+    }
 }

@@ -87,6 +87,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let mut renewed_at = Instant::now();
     let mut cleaned_at = Instant::now();
     let mut trimmed_at = Instant::now();
+    let mut reported_at: Option<Instant> = None;
     let mut failing = false;
     loop {
         tokio::select! {
@@ -107,6 +108,10 @@ pub(super) async fn run(shared: Arc<Shared>) {
             if trimmed_at.elapsed() >= housekeeping::trim_every(&shared.settings) {
                 housekeeping::trim_streams(&shared).await?;
                 trimmed_at = Instant::now();
+            }
+            if reported_at.is_none_or(|at| at.elapsed() >= housekeeping::REPORT_EVERY) {
+                housekeeping::report_pending(&shared).await?;
+                reported_at = Some(Instant::now());
             }
             Ok::<(), redis::RedisError>(())
         }

@@ -26,6 +26,7 @@ pub use housekeeping::command_stream_keep;
 use crate::config::Settings;
 use crate::definition::Catalog;
 use crate::streams;
+use crate::telemetry::metrics;
 use lease::Epoch;
 use redis::aio::ConnectionManager;
 use router::Router;
@@ -124,6 +125,7 @@ impl WriteHealth {
     }
 
     pub fn failed(&self, error: &redis::RedisError) {
+        metrics::redis_error("write");
         if !self.failing.swap(true, Ordering::Relaxed) {
             tracing::warn!(%error, "writing saga transitions fails; sagas wait and retry");
         }
@@ -132,6 +134,7 @@ impl WriteHealth {
     pub fn succeeded(&self) {
         if self.failing.swap(false, Ordering::Relaxed) {
             tracing::info!("saga transitions are written again");
+            metrics::redis_reconnected("write");
         }
     }
 }

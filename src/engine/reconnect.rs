@@ -5,6 +5,7 @@
 
 use super::{pause, Shared, RECONNECT_MAX_DELAY};
 use crate::streams;
+use crate::telemetry::metrics;
 use redis::aio::MultiplexedConnection;
 use std::time::Duration;
 
@@ -46,6 +47,7 @@ impl ReadConnection {
     pub fn succeeded(&mut self) {
         if self.failing {
             tracing::info!(reader = self.what, "reading from Redis again");
+            metrics::redis_reconnected(self.what);
             self.failing = false;
         }
         self.delay = FIRST_DELAY;
@@ -54,6 +56,7 @@ impl ReadConnection {
     /// Drops the connection and waits before the next try; false if the
     /// daemon stopped meanwhile.
     pub async fn failed(&mut self, shared: &Shared, error: &redis::RedisError) -> bool {
+        metrics::redis_error(self.what);
         if !self.failing {
             tracing::warn!(reader = self.what, %error, "cannot read from Redis; retrying");
             self.failing = true;

@@ -22,12 +22,14 @@ use super::{now_ms, Context, Handle, HandlerError};
 use crate::protocol::reply::reply_fields;
 use crate::protocol::{fields as f, text_field, Command, ReplyStatus, TraceParent};
 use crate::streams::Entry;
+use crate::telemetry;
 use redis::aio::ConnectionManager;
 use redis::RedisResult;
 use serde_json::Map;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 
 /// The Redis key that records the final reply to `request_id` for `group`.
 /// The hash tag keeps a group's records together in a cluster.
@@ -74,8 +76,25 @@ pub(super) async fn handle_entry(
         tracing::info!(%stream, entry_id = %id, request_id = %command.request_id, "deadline passed; skipped");
         return ack(&mut conn, &shared, &stream, &id).await;
     }
-    let key = done_key(&shared.group, command.request_id.as_str());
     let span = command.child_traceparent();
+    let traced = telemetry::handler::command_span(&command, &stream, &shared.group, &span);
+    answer(shared, stream, handler, command, span, id)
+        .instrument(traced)
+        .await;
+}
+
+/// Everything after the checks: `start`, the handler or the recorded
+/// reply, then the final reply, the record and the acknowledgement.
+async fn answer(
+    shared: Arc<Shared>,
+    stream: Arc<str>,
+    handler: Arc<dyn Handle>,
+    command: Command,
+    span: TraceParent,
+    id: String,
+) {
+    let conn = shared.writer.clone();
+    let key = done_key(&shared.group, command.request_id.as_str());
     // The record is read and `start` sent in one round trip. A command
     // answered before thus gets `start` again ahead of its replayed final
     // reply, as any redelivered command does.
@@ -160,7 +179,12 @@ async fn run_handler(
     );
     // In a task of its own so that a panicking handler fails its command
     // instead of leaving it pending.
-    let outcome = tokio::spawn(handler.handle(command.clone(), ctx)).await;
+    let outcome = tokio::spawn(
+        handler
+            .handle(command.clone(), ctx)
+            .instrument(tracing::Span::current()),
+    )
+    .await;
     let status = match outcome {
         Ok(Ok(result)) => ReplyStatus::Completed { result },
         Ok(Err(HandlerError::Retryable(error))) => ReplyStatus::Failed {
@@ -180,6 +204,9 @@ async fn run_handler(
             retryable: false,
         },
     };
+    if let ReplyStatus::Failed { error, .. } = &status {
+        telemetry::handler::failed(error);
+    }
     let fields = reply_fields(command, &span, &status, now_ms());
     Some(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }

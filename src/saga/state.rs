@@ -85,6 +85,11 @@ pub struct SagaState {
     pub trace_id: TraceId,
     /// The caller's span when the start carried one: the saga's parent.
     pub parent_span_id: Option<SpanId>,
+    /// The saga's own span, parent of every attempt's span; kept so that a
+    /// daemon resuming the saga ends the same span. Absent in records
+    /// written before it was kept.
+    #[serde(default)]
+    pub span_id: Option<SpanId>,
     /// Where handlers send their replies for this saga.
     pub reply_stream: String,
     /// The saga's input (its start's payload).

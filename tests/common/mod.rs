@@ -38,6 +38,7 @@ pub const MISSION_STEPS: [&str; 4] = [
     "integrate_maps",
 ];
 
+pub mod otlp;
 pub mod processes;
 mod redis_server;
 pub use redis_server::RedisServer;

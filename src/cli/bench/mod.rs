@@ -58,7 +58,7 @@ pub struct BenchArgs {
 const RETENTION: Duration = Duration::from_secs(5);
 
 pub async fn run(args: BenchArgs) -> ExitCode {
-    super::logging::init("warn");
+    let _telemetry = super::logging::init("warn", &Default::default(), "sagaflow-bench", false);
     match bench(args).await {
         Ok((report, json)) => {
             if json {
@@ -185,6 +185,8 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
         &retention,
         "--max-in-flight",
         &max_in_flight,
+        "--http-addr",
+        "none",
     ])?;
     let work = args.work_ms.to_string();
     // Enough handler slots for every saga in flight: the handlers must not

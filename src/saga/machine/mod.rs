@@ -71,6 +71,7 @@ pub fn start(
         correlation_id: init.correlation_id,
         trace_id: init.trace_id,
         parent_span_id: init.parent_span_id,
+        span_id: Some(ids.span_id()),
         reply_stream: init.reply_stream,
         input: Json::of(&init.input),
         results: Default::default(),

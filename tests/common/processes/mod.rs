@@ -254,6 +254,15 @@ fn launch(
         }
     }
     cmd.env("RUST_LOG", "info");
+    // Many daemons run at once: none serves HTTP unless a test asks, and
+    // none exports spans unless a test gives an endpoint.
+    cmd.env("SAGAFLOW_HTTP_ADDR", "none");
+    for key in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ] {
+        cmd.env_remove(key);
+    }
     for (key, value) in env {
         cmd.env(key, value);
     }

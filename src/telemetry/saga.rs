@@ -1,0 +1,293 @@
+//! A saga's spans and metrics, worked out from the effects of its
+//! transitions once they are written.
+//!
+//! One trace per saga: a root span (`saga <name>`) from the start to the
+//! terminal event, and under it a span per step attempt and per compensation
+//! attempt, whose id is the parent id of that command's `traceparent`.
+//! Handlers' spans hang under the attempt's.
+//!
+//! Spans are built when they end, from what the saga keeps (its ids and
+//! start times are in its record), never before: a daemon that stops or
+//! dies with a saga under way exports nothing of it, and the daemon that
+//! resumes the saga ends the root span and the interrupted attempt's span
+//! under their first ids and start times. Each span is thus exported once.
+//! Progress replies seen by the daemon that ends an attempt become events of
+//! its span.
+
+use super::ids::with_ids;
+use super::metrics;
+use super::names::attr;
+use crate::definition::SagaDefinition;
+use crate::protocol::{self, CommandKind, EventType, SagaEvent, UnixMillis};
+use crate::saga::{Effect, SagaState, Waiting};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
+};
+use opentelemetry::{global, Context, KeyValue};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What one saga task knows of its saga's telemetry.
+#[derive(Default)]
+pub struct SagaTelemetry {
+    attempt: Option<Attempt>,
+}
+
+/// The attempt under way: its span, not built yet.
+struct Attempt {
+    span_id: protocol::SpanId,
+    step: String,
+    command: String,
+    kind: CommandKind,
+    attempt: u32,
+    request_id: String,
+    stream: String,
+    started_ms: UnixMillis,
+    progress: Vec<(UnixMillis, f64)>,
+}
+
+impl SagaTelemetry {
+    /// For a saga taken over with an attempt under way: its span is ended by
+    /// this daemon, under its first id and start time.
+    pub fn resumed(state: &SagaState, def: &SagaDefinition) -> Self {
+        let attempt = state.current.as_ref().and_then(|x| {
+            if !matches!(x.waiting, Waiting::Reply { .. }) {
+                return None;
+            }
+            let step = def.steps.get(x.step)?;
+            let (command, stream) = match x.kind {
+                CommandKind::Action => (&step.command, &step.stream),
+                CommandKind::Compensation => {
+                    let comp = step.compensation.as_ref()?;
+                    (&comp.command, &comp.stream)
+                }
+            };
+            Some(Attempt {
+                span_id: x.span_id.clone(),
+                step: step.name.clone(),
+                command: command.clone(),
+                kind: x.kind,
+                attempt: x.attempt,
+                request_id: x.request_id.to_string(),
+                stream: stream.clone(),
+                started_ms: x.sent_at_ms,
+                progress: Vec::new(),
+            })
+        });
+        Self { attempt }
+    }
+
+    /// Takes in the effects of a transition just written; `state` is the
+    /// state it wrote.
+    pub fn observe(&mut self, state: &SagaState, effects: &[Effect]) {
+        for effect in effects {
+            match effect {
+                Effect::Send { stream, command } => {
+                    self.attempt = Some(Attempt {
+                        span_id: command.traceparent.span_id.clone(),
+                        step: command.step.clone(),
+                        command: command.event_type.clone(),
+                        kind: command.kind,
+                        attempt: command.attempt,
+                        request_id: command.request_id.to_string(),
+                        stream: stream.clone(),
+                        started_ms: state
+                            .current
+                            .as_ref()
+                            .filter(|x| x.request_id == command.request_id)
+                            .map_or(state.started_at_ms, |x| x.sent_at_ms),
+                        progress: Vec::new(),
+                    });
+                }
+                Effect::Emit(event) => self.on_event(state, event),
+                _ => {}
+            }
+        }
+    }
+
+    fn on_event(&mut self, state: &SagaState, event: &SagaEvent) {
+        let saga = state.saga.as_str();
+        match event.event_type {
+            EventType::SagaStarted => metrics::saga_started(saga),
+            EventType::StepProgress | EventType::CompensationProgress => {
+                if let Some(a) = &mut self.attempt {
+                    let percent = event.payload["progress"].as_f64().unwrap_or(0.0);
+                    a.progress.push((event.timestamp, percent));
+                }
+            }
+            EventType::StepCompleted | EventType::CompensationCompleted => {
+                self.end_attempt(state, event, "completed", None);
+            }
+            EventType::StepFailed | EventType::CompensationFailed => {
+                let error = event.payload["error"].as_str().unwrap_or("failed");
+                self.end_attempt(state, event, "failed", Some(error.to_owned()));
+            }
+            EventType::StepTimedOut | EventType::CompensationTimedOut => {
+                let attempt = event.payload["attempt"].as_u64().unwrap_or(0);
+                let why = format!("attempt {attempt} timed out");
+                self.end_attempt(state, event, "timed_out", Some(why));
+            }
+            EventType::StepRetrying | EventType::CompensationRetrying => {
+                let kind = kind_of(event.event_type);
+                metrics::step_retried(saga, event.step.as_deref().unwrap_or(""), kind);
+            }
+            EventType::SagaCompleted | EventType::SagaCompensated | EventType::SagaFailed => {
+                self.attempt = None;
+                end_root(state, event);
+            }
+            _ => {}
+        }
+    }
+
+    fn end_attempt(
+        &mut self,
+        state: &SagaState,
+        event: &SagaEvent,
+        outcome: &'static str,
+        error: Option<String>,
+    ) {
+        let Some(a) = self.attempt.take() else {
+            return;
+        };
+        let kind = kind_of(event.event_type);
+        let elapsed = Duration::from_millis(event.timestamp.saturating_sub(a.started_ms));
+        metrics::step_ended(&state.saga, &a.step, kind, outcome, elapsed);
+        let tracer = global::tracer(super::TRACER_NAME);
+        let verb = match a.kind {
+            CommandKind::Action => "step",
+            CommandKind::Compensation => "compensate",
+        };
+        let mut attributes = saga_attributes(state);
+        attributes.extend([
+            KeyValue::new(attr::STEP, a.step.clone()),
+            KeyValue::new(attr::COMMAND, a.command),
+            KeyValue::new(attr::KIND, kind),
+            KeyValue::new(attr::ATTEMPT, i64::from(a.attempt)),
+            KeyValue::new(attr::REQUEST_ID, a.request_id.clone()),
+            KeyValue::new(attr::OUTCOME, outcome),
+            KeyValue::new(attr::MESSAGING_SYSTEM, attr::REDIS),
+            KeyValue::new(attr::MESSAGING_DESTINATION, a.stream),
+            KeyValue::new(attr::MESSAGING_OPERATION, "publish"),
+            KeyValue::new(attr::MESSAGING_OPERATION_TYPE, "send"),
+            KeyValue::new(attr::MESSAGING_MESSAGE_ID, a.request_id),
+        ]);
+        let builder = tracer
+            .span_builder(format!("{verb} {}", a.step))
+            .with_kind(SpanKind::Producer)
+            .with_start_time(time(a.started_ms))
+            .with_attributes(attributes);
+        let parent = root_context(state);
+        let mut span = with_ids(trace_id(state), span_id(&a.span_id), || {
+            builder.start_with_context(&tracer, &parent)
+        });
+        for (at, percent) in a.progress {
+            span.add_event_with_timestamp(
+                "progress",
+                time(at),
+                vec![KeyValue::new(attr::PROGRESS, percent)],
+            );
+        }
+        if let Some(error) = error {
+            span.set_status(Status::error(error));
+        }
+        span.end_with_timestamp(time(event.timestamp));
+    }
+}
+
+fn end_root(state: &SagaState, event: &SagaEvent) {
+    let (outcome, status) = match event.event_type {
+        EventType::SagaCompleted => ("completed", Status::Ok),
+        EventType::SagaCompensated => ("compensated", Status::error(failure(state))),
+        _ => (
+            "failed",
+            Status::error(format!("compensation failed: {}", failure(state))),
+        ),
+    };
+    let elapsed = Duration::from_millis(event.timestamp.saturating_sub(state.started_at_ms));
+    metrics::saga_ended(&state.saga, outcome, elapsed);
+    let tracer = global::tracer(super::TRACER_NAME);
+    let mut attributes = saga_attributes(state);
+    attributes.push(KeyValue::new(attr::OUTCOME, outcome));
+    attributes.push(KeyValue::new(
+        attr::DEFINITION_VERSION,
+        state.definition_version.clone(),
+    ));
+    let builder = tracer
+        .span_builder(format!("saga {}", state.saga))
+        .with_kind(SpanKind::Consumer)
+        .with_start_time(time(state.started_at_ms))
+        .with_attributes(attributes);
+    // The caller's span, when the start carried a traceparent.
+    let parent = match &state.parent_span_id {
+        Some(parent) => Context::new().with_remote_span_context(SpanContext::new(
+            trace_id(state),
+            span_id(parent),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        )),
+        None => Context::new(),
+    };
+    let build = || builder.start_with_context(&tracer, &parent);
+    let mut span = match &state.span_id {
+        Some(id) => with_ids(trace_id(state), span_id(id), build),
+        None => build(),
+    };
+    span.set_status(status);
+    span.end_with_timestamp(time(event.timestamp));
+}
+
+fn failure(state: &SagaState) -> String {
+    state.failure.as_ref().map_or_else(
+        || "failed".to_owned(),
+        |f| format!("step {} failed: {}", f.step, f.reason),
+    )
+}
+
+/// The saga's root span, as the parent of its attempts' spans.
+fn root_context(state: &SagaState) -> Context {
+    let root = state
+        .span_id
+        .as_ref()
+        .map_or(opentelemetry::trace::SpanId::INVALID, span_id);
+    Context::new().with_remote_span_context(SpanContext::new(
+        trace_id(state),
+        root,
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    ))
+}
+
+fn saga_attributes(state: &SagaState) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new(attr::SAGA_NAME, state.saga.clone()),
+        KeyValue::new(attr::SAGA_ID, state.saga_id.to_string()),
+        KeyValue::new(attr::CORRELATION_ID, state.correlation_id.to_string()),
+    ]
+}
+
+fn kind_of(event_type: EventType) -> &'static str {
+    match event_type {
+        EventType::CompensationCompleted
+        | EventType::CompensationFailed
+        | EventType::CompensationTimedOut
+        | EventType::CompensationRetrying
+        | EventType::CompensationProgress
+        | EventType::CompensationStarted => "compensation",
+        _ => "action",
+    }
+}
+
+fn trace_id(state: &SagaState) -> opentelemetry::trace::TraceId {
+    opentelemetry::trace::TraceId::from_hex(state.trace_id.as_str())
+        .unwrap_or(opentelemetry::trace::TraceId::INVALID)
+}
+
+fn span_id(id: &protocol::SpanId) -> opentelemetry::trace::SpanId {
+    opentelemetry::trace::SpanId::from_hex(id.as_str())
+        .unwrap_or(opentelemetry::trace::SpanId::INVALID)
+}
+
+fn time(ms: UnixMillis) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}

@@ -1,0 +1,336 @@
+//! Every saga is one trace: the spans a daemon and the simulated handlers
+//! export over OTLP (gRPC and HTTP/protobuf) to a receiver run by the test.
+
+mod common;
+
+use common::otlp::{OtlpReceiver, Protocol, ReceivedSpan};
+use common::processes::{Child, LEASE_TTL};
+use common::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+const CONSUMER: i32 = 5;
+const PRODUCER: i32 = 4;
+const OK: i32 = 1;
+const ERROR: i32 = 2;
+
+struct System {
+    server: RedisServer,
+    receiver: OtlpReceiver,
+    daemon: Child,
+    _handlers: Child,
+}
+
+impl System {
+    async fn start(protocol: Protocol, handler_flags: &[&str]) -> Self {
+        let receiver = OtlpReceiver::start(protocol).await;
+        let server = RedisServer::start();
+        let env = receiver.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let daemon =
+            Child::daemon_with(&server.url(), "traced-1", &["--lease-ttl", LEASE_TTL], &env);
+        let url = server.url();
+        let mut args = vec!["handlers", "--redis-url", &url];
+        args.extend(handler_flags);
+        let handlers = Child::spawn("handlers", &args, &env);
+        Self {
+            server,
+            receiver,
+            daemon,
+            _handlers: handlers,
+        }
+    }
+
+    /// Starts a mission under the caller's span.
+    async fn start_mission(&self, correlation_id: &str) {
+        let mut conn = self.server.conn().await;
+        let traceparent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+        xadd(
+            &mut conn,
+            "mission:start",
+            &[
+                ("correlation_id", correlation_id),
+                ("payload", r#"{"area":"hall-a","robots":2}"#),
+                ("traceparent", &traceparent),
+            ],
+        )
+        .await;
+    }
+
+    /// The traceparent of every command sent to `saga_id`, by request id.
+    async fn command_traceparents(&self, saga_id: &str) -> BTreeMap<String, String> {
+        let mut conn = self.server.conn().await;
+        let mut out = BTreeMap::new();
+        for stream in [
+            "resources:commands",
+            "routing:commands",
+            "exploration:commands",
+            "mapping:commands",
+        ] {
+            for cmd in xrange(&mut conn, stream).await {
+                if cmd["saga_id"] == saga_id {
+                    out.insert(cmd["request_id"].clone(), cmd["traceparent"].clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// The traceparents of the handlers' replies for `saga_id`, by status.
+    async fn reply_traceparents(&self, saga_id: &str) -> Vec<(String, String)> {
+        let mut conn = self.server.conn().await;
+        let streams: Vec<String> = must(
+            "the reply streams",
+            words("KEYS saga:replies:*").query_async(&mut conn),
+        )
+        .await;
+        let mut out = Vec::new();
+        for stream in streams {
+            for reply in xrange(&mut conn, &stream).await {
+                if reply.get("saga_id").is_some_and(|s| s == saga_id) {
+                    out.push((reply["status"].clone(), reply["traceparent"].clone()));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn parent_id(traceparent: &str) -> &str {
+    traceparent.split('-').nth(2).unwrap_or("")
+}
+
+fn named<'a>(spans: &'a [ReceivedSpan], prefix: &str) -> Vec<&'a ReceivedSpan> {
+    spans
+        .iter()
+        .filter(|s| s.name.starts_with(prefix))
+        .collect()
+}
+
+fn assert_unique(spans: &[ReceivedSpan]) {
+    let ids: BTreeSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    assert_eq!(
+        ids.len(),
+        spans.len(),
+        "a span exported twice:\n{}",
+        common::otlp::describe(spans)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_saga_is_one_trace_over_grpc() {
+    let system = System::start(Protocol::Grpc, &[]).await;
+    system.start_mission("traced").await;
+    let events = saga_events(&system.server, "traced").await;
+    assert_eq!(events.last().unwrap().event_type, "saga_completed");
+    let saga_id = events[0].saga_id.clone();
+
+    // The root, a span per step, a span per handled command.
+    let spans = system
+        .receiver
+        .wait_for(SAGA_WAIT, |s| {
+            s.iter().filter(|s| s.trace_id == CALLER_TRACE).count() >= 9
+        })
+        .await;
+    assert!(
+        spans.iter().all(|s| s.trace_id == CALLER_TRACE),
+        "one trace"
+    );
+    assert_eq!(spans.len(), 9, "{}", common::otlp::describe(&spans));
+    assert_unique(&spans);
+
+    let roots = named(&spans, "saga ");
+    assert_eq!(roots.len(), 1);
+    let root = roots[0];
+    assert_eq!(root.name, "saga mission_start");
+    assert_eq!(
+        root.parent_span_id, CALLER_SPAN,
+        "the caller's span is the saga's parent"
+    );
+    assert_eq!((root.kind, root.status_code), (CONSUMER, OK));
+    assert_eq!(root.service, "sagaflow");
+    assert_eq!(root.attr("saga.name"), "mission_start");
+    assert_eq!(root.attr("saga.id"), saga_id);
+    assert_eq!(root.attr("saga.correlation_id"), "traced");
+    assert_eq!(root.attr("saga.outcome"), "completed");
+
+    let traceparents = system.command_traceparents(&saga_id).await;
+    let steps = named(&spans, "step ");
+    assert_eq!(
+        steps
+            .iter()
+            .map(|s| s.attr("saga.step"))
+            .collect::<BTreeSet<_>>(),
+        MISSION_STEPS.into_iter().collect::<BTreeSet<_>>()
+    );
+    for step in &steps {
+        assert_eq!(step.parent_span_id, root.span_id, "{}", step.name);
+        assert_eq!(
+            (step.kind, step.status_code),
+            (PRODUCER, 0),
+            "{}",
+            step.name
+        );
+        assert_eq!(step.attr("saga.attempt"), "1");
+        assert_eq!(step.attr("saga.command.kind"), "action");
+        assert_eq!(step.attr("messaging.system"), "redis");
+        assert!(step
+            .attr("messaging.destination.name")
+            .ends_with(":commands"));
+        assert_eq!(step.attr("messaging.operation"), "publish");
+        // The command's traceparent names this span as its parent.
+        let sent = &traceparents[step.attr("saga.request_id")];
+        assert_eq!(parent_id(sent), step.span_id, "{}", step.name);
+        assert_eq!(
+            step.events.iter().filter(|(n, _)| n == "progress").count(),
+            1
+        );
+        assert!(
+            root.start_unix_nano <= step.start_unix_nano
+                && step.end_unix_nano <= root.end_unix_nano
+        );
+    }
+
+    // The handlers' spans hang under the steps' and their replies carry them.
+    let handled = named(&spans, "process ");
+    assert_eq!(handled.len(), 4);
+    let replies = system.reply_traceparents(&saga_id).await;
+    for h in &handled {
+        let step = steps
+            .iter()
+            .find(|s| s.span_id == h.parent_span_id)
+            .unwrap_or_else(|| panic!("{} has no step parent", h.name));
+        assert_eq!(h.service, "sagaflow-handlers");
+        assert_eq!(h.kind, CONSUMER);
+        assert_eq!(h.attr("saga.step"), step.attr("saga.step"));
+        assert_eq!(h.attr("messaging.operation"), "process");
+        assert!(
+            replies
+                .iter()
+                .any(|(status, tp)| status == "completed" && parent_id(tp) == h.span_id),
+            "a completed reply carries the span of {}",
+            h.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compensated_saga_marks_its_errors_over_http() {
+    let system = System::start(Protocol::HttpProtobuf, &["--fail-step", "integrate_maps"]).await;
+    system.start_mission("unwound").await;
+    let events = saga_events(&system.server, "unwound").await;
+    assert_eq!(events.last().unwrap().event_type, "saga_compensated");
+
+    // Root, 4 steps, 3 compensations; 7 handled commands.
+    let spans = system.receiver.wait_for(SAGA_WAIT, |s| s.len() >= 15).await;
+    assert_eq!(spans.len(), 15, "{}", common::otlp::describe(&spans));
+    assert_unique(&spans);
+    let root = named(&spans, "saga ")[0];
+    assert_eq!(root.status_code, ERROR);
+    assert!(
+        root.status_message.contains("integrate_maps"),
+        "{}",
+        root.status_message
+    );
+    assert_eq!(root.attr("saga.outcome"), "compensated");
+
+    let failed = named(&spans, "step integrate_maps")[0];
+    assert_eq!(failed.status_code, ERROR);
+    assert_eq!(failed.attr("saga.outcome"), "failed");
+    let compensations = named(&spans, "compensate ");
+    assert_eq!(
+        compensations
+            .iter()
+            .map(|s| s.attr("saga.step"))
+            .collect::<BTreeSet<_>>(),
+        ["allocate_resources", "perform_exploration", "plan_route"]
+            .into_iter()
+            .collect()
+    );
+    for c in &compensations {
+        assert_eq!(c.parent_span_id, root.span_id);
+        assert_eq!(c.attr("saga.command.kind"), "compensation");
+        assert!(
+            c.start_unix_nano >= failed.end_unix_nano,
+            "compensations come after the failure"
+        );
+    }
+    let failed_handling = spans
+        .iter()
+        .find(|s| s.parent_span_id == failed.span_id)
+        .expect("the failing handler's span");
+    assert_eq!(failed_handling.status_code, ERROR);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_resumed_after_a_kill_keeps_its_spans() {
+    let mut system = System::start(Protocol::Grpc, &["--work-ms", "1500"]).await;
+    system.start_mission("resumed").await;
+    let mut conn = system.server.conn().await;
+    // Killed while plan_route is under way.
+    let events = wait_for_events(&system.server, SAGA_WAIT, |events| {
+        events
+            .iter()
+            .any(|e| e.event_type == "step_started" && e.step.as_deref() == Some("plan_route"))
+    })
+    .await;
+    let saga_id = events[0].saga_id.clone();
+    let record: String = must(
+        "the saga record",
+        redis::cmd("HGET")
+            .arg(format!("saga:{{{saga_id}}}"))
+            .arg("state")
+            .query_async(&mut conn),
+    )
+    .await;
+    let state: serde_json::Value = serde_json::from_str(&record).unwrap();
+    let root_id = state["span_id"]
+        .as_str()
+        .expect("the root span id is kept")
+        .to_owned();
+    let started_ms = state["started_at_ms"].as_u64().unwrap();
+    let attempt_id = state["current"]["span_id"].as_str().unwrap().to_owned();
+    let sent_ms = state["current"]["sent_at_ms"].as_u64().unwrap();
+    system.daemon.kill9();
+
+    let env = system.receiver.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _taker = Child::daemon_with(
+        &system.server.url(),
+        "traced-2",
+        &["--lease-ttl", LEASE_TTL],
+        &env,
+    );
+    let ended = wait_for_events(&system.server, Duration::from_secs(30), |events| {
+        events
+            .iter()
+            .any(|e| e.correlation_id == "resumed" && e.is_terminal())
+    })
+    .await;
+    assert_eq!(ended.last().unwrap().event_type, "saga_completed");
+
+    let spans = system
+        .receiver
+        .wait_for(SAGA_WAIT, |s| {
+            s.iter().any(|s| s.span_id == root_id) && named(s, "step integrate_maps").len() == 1
+        })
+        .await;
+    assert_unique(&spans);
+    let root = spans.iter().find(|s| s.span_id == root_id).unwrap();
+    assert_eq!(
+        root.start_unix_nano / 1_000_000,
+        started_ms,
+        "the root keeps its start"
+    );
+    assert_eq!(root.status_code, OK);
+    let interrupted: Vec<_> = spans.iter().filter(|s| s.span_id == attempt_id).collect();
+    assert_eq!(interrupted.len(), 1, "the interrupted attempt's span, once");
+    assert_eq!(interrupted[0].name, "step plan_route");
+    assert_eq!(interrupted[0].parent_span_id, root_id);
+    assert_eq!(interrupted[0].start_unix_nano / 1_000_000, sent_ms);
+    assert!(named(&spans, "step ")
+        .iter()
+        .all(|s| s.parent_span_id == root_id));
+}
