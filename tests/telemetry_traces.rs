@@ -334,3 +334,69 @@ async fn a_saga_resumed_after_a_kill_keeps_its_spans() {
         .iter()
         .all(|s| s.parent_span_id == root_id));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_costs_one_warning() {
+    let server = RedisServer::start();
+    // Nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ];
+    let mut daemon =
+        Child::daemon_with(&server.url(), "unheard", &["--lease-ttl", LEASE_TTL], &env);
+    let _handlers = Child::handlers(&server.url(), &[]);
+    let mut conn = server.conn().await;
+    let ids = start_missions(&mut conn, "unheard", 5).await;
+    for id in &ids {
+        let events = saga_events(&server, id).await;
+        assert_eq!(events.last().unwrap().event_type, "saga_completed");
+    }
+    // Several batches failed meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.term();
+    daemon.wait_exit(STOP_WAIT).await.expect("a prompt stop");
+    let log = daemon.stderr();
+    assert_eq!(
+        log.matches("cannot export spans").count(),
+        1,
+        "one warning:\n{log}"
+    );
+    assert!(
+        !log.contains("opentelemetry"),
+        "no noise from the SDK:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_flushed_on_a_graceful_stop() {
+    let receiver = OtlpReceiver::start(Protocol::HttpProtobuf).await;
+    let server = RedisServer::start();
+    let mut env = receiver.env();
+    // Batches would wait a minute: only the stop sends them.
+    env.retain(|(k, _)| *k != "OTEL_BSP_SCHEDULE_DELAY");
+    env.push(("OTEL_BSP_SCHEDULE_DELAY", "60000".to_owned()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut daemon =
+        Child::daemon_with(&server.url(), "flushed", &["--lease-ttl", LEASE_TTL], &env);
+    let _handlers = Child::handlers(&server.url(), &[]);
+    let mut conn = server.conn().await;
+    start_mission(
+        &mut conn,
+        "flushed",
+        &serde_json::json!({"area": "a", "robots": 1}),
+    )
+    .await;
+    saga_events(&server, "flushed").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(receiver.spans().is_empty(), "nothing sent before the stop");
+    daemon.term();
+    daemon.wait_exit(STOP_WAIT).await.expect("a prompt stop");
+    let spans = receiver.wait_for(STOP_WAIT, |s| s.len() >= 5).await;
+    assert_eq!(named(&spans, "saga ").len(), 1);
+    assert_eq!(named(&spans, "step ").len(), 4);
+}

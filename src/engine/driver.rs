@@ -290,6 +290,9 @@ impl<'a> Driven<'a> {
         let mut commands = Vec::new();
         let mut events = Vec::new();
         let mut own_streams = Vec::new();
+        // The attempt each event is about: the one under way, until the
+        // transition sends the next.
+        let mut request_id = self.telemetry.request_id().map(str::to_owned);
         for effect in &effects {
             match effect {
                 Effect::Persist => persist = true,
@@ -299,10 +302,11 @@ impl<'a> Driven<'a> {
                             + OWN_STREAM_GRACE_SECS;
                         own_streams.push((command.reply_stream.as_str(), ttl));
                     }
+                    request_id = Some(command.request_id.to_string());
                     commands.push((stream.as_str(), command));
                 }
                 Effect::Emit(event) => {
-                    log_event(event);
+                    log_event(event, request_id.as_deref());
                     events.push(event);
                 }
                 Effect::ArmTimer { at_ms } => self.timer = Some(*at_ms),
@@ -380,9 +384,10 @@ async fn sleep_or_never(d: Option<Duration>) {
     }
 }
 
-fn log_event(event: &SagaEvent) {
+fn log_event(event: &SagaEvent, request_id: Option<&str>) {
     tracing::debug!(
         event_type = event.event_type.as_str(),
+        request_id = request_id.unwrap_or(""),
         status = event.status.as_str(),
         step = event.step.as_deref().unwrap_or(""),
         payload = %event.payload,

@@ -76,6 +76,11 @@ impl SagaTelemetry {
         Self { attempt }
     }
 
+    /// The request id of the attempt under way, if any.
+    pub fn request_id(&self) -> Option<&str> {
+        self.attempt.as_ref().map(|a| a.request_id.as_str())
+    }
+
     /// Takes in the effects of a transition just written; `state` is the
     /// state it wrote.
     pub fn observe(&mut self, state: &SagaState, effects: &[Effect]) {

@@ -5,6 +5,7 @@
 //! reads Redis's own statistics before and after.
 
 mod load;
+mod otlp_sink;
 mod redis_info;
 mod stats;
 
@@ -12,6 +13,7 @@ use super::REFERENCE_MISSION;
 use crate::local_redis::LocalRedis;
 use clap::Args;
 use load::Load;
+use otlp_sink::OtlpSink;
 use redis_info::RedisInfo;
 use stats::{CpuPerSaga, Percentiles, RedisMemory, Report, StepOverhead};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -51,6 +53,11 @@ pub struct BenchArgs {
     /// Do not wait for the retention to pass to measure the memory left.
     #[arg(long)]
     no_retention_wait: bool,
+    /// Export spans over OTLP (HTTP/protobuf, batched, every span sampled)
+    /// to a sink in this process that counts them, to measure what tracing
+    /// costs. Without it, nothing is exported.
+    #[arg(long)]
+    otlp: bool,
 }
 
 /// Retention given to the benchmark's daemon, so that the memory left
@@ -82,9 +89,20 @@ pub async fn run(args: BenchArgs) -> ExitCode {
 struct Process(Child);
 
 impl Process {
-    fn spawn(args: &[&str]) -> Result<Self, String> {
+    fn spawn(args: &[&str], otlp: Option<&str>) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
-        Command::new(exe)
+        let mut command = Command::new(exe);
+        command.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+        command.env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+        if let Some(endpoint) = otlp {
+            command
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+                .env("OTEL_TRACES_SAMPLER", "always_on")
+                // Room for a few seconds of spans at full speed.
+                .env("OTEL_BSP_MAX_QUEUE_SIZE", "65536");
+        }
+        command
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -167,42 +185,53 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
     std::fs::create_dir_all(&sagas_dir).map_err(|e| e.to_string())?;
     std::fs::write(sagas_dir.join("mission_start.yaml"), REFERENCE_MISSION)
         .map_err(|e| e.to_string())?;
+    let sink = match args.otlp {
+        true => Some(OtlpSink::start().await?),
+        false => None,
+    };
+    let otlp = sink.as_ref().map(|s| s.endpoint.as_str());
     let retention = format!("{}s", RETENTION.as_secs());
     let max_in_flight = (args.concurrency * 2).max(100).to_string();
-    let daemon = Process::spawn(&[
-        "run",
-        "--redis-url",
-        &url,
-        "--sagas",
-        sagas_dir.to_str().ok_or("a temp dir that is not UTF-8")?,
-        "--retention",
-        &retention,
-        "--reply-retention",
-        &retention,
-        "--idempotency-retention",
-        &retention,
-        "--stream-retention",
-        &retention,
-        "--max-in-flight",
-        &max_in_flight,
-        "--http-addr",
-        "none",
-    ])?;
+    let daemon = Process::spawn(
+        &[
+            "run",
+            "--redis-url",
+            &url,
+            "--sagas",
+            sagas_dir.to_str().ok_or("a temp dir that is not UTF-8")?,
+            "--retention",
+            &retention,
+            "--reply-retention",
+            &retention,
+            "--idempotency-retention",
+            &retention,
+            "--stream-retention",
+            &retention,
+            "--max-in-flight",
+            &max_in_flight,
+            "--http-addr",
+            "none",
+        ],
+        otlp,
+    )?;
     let work = args.work_ms.to_string();
     // Enough handler slots for every saga in flight: the handlers must not
     // be what the benchmark measures.
     let slots = args.concurrency.max(1024).to_string();
-    let handlers = Process::spawn(&[
-        "handlers",
-        "--redis-url",
-        &url,
-        "--work-ms",
-        &work,
-        "--max-in-flight",
-        &slots,
-        "--record-ttl",
-        &retention,
-    ])?;
+    let handlers = Process::spawn(
+        &[
+            "handlers",
+            "--redis-url",
+            &url,
+            "--work-ms",
+            &work,
+            "--max-in-flight",
+            &slots,
+            "--record-ttl",
+            &retention,
+        ],
+        otlp,
+    )?;
     wait_until_ready(&mut conn).await?;
 
     let before = RedisInfo::read(&mut conn)
@@ -222,6 +251,10 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
     let cpu_before = [daemon.cpu_secs(), handlers.cpu_secs(), cpu_secs("self")];
     let measured = load::run(&client, &load).await?;
     let cpu_after = [daemon.cpu_secs(), handlers.cpu_secs(), cpu_secs("self")];
+    let spans = match &sink {
+        Some(sink) => Some(settled_count(sink).await),
+        None => None,
+    };
     let after = RedisInfo::read(&mut conn)
         .await
         .map_err(|e| e.to_string())?;
@@ -309,6 +342,7 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
             }
         },
         daemon_peak_rss_mib: daemon_rss,
+        spans_per_saga: spans.map(|s| s as f64 / n),
         redis_memory_mib: RedisMemory {
             before: mib(before.used_memory),
             peak: mib(peak_memory),
@@ -317,6 +351,21 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
         },
     };
     Ok((report, args.json))
+}
+
+/// The spans the sink received, once the last batches are in: the count
+/// has not moved for a second (a few seconds at most).
+async fn settled_count(sink: &OtlpSink) -> u64 {
+    let mut last = sink.spans();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = sink.spans();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
 }
 
 /// Waits until the daemon holds its lease and the handlers' groups exist.

@@ -55,6 +55,10 @@ pub struct Report {
     pub redis_commands_by_name: Vec<(String, f64)>,
     pub cpu_ms_per_saga: CpuPerSaga,
     pub daemon_peak_rss_mib: f64,
+    /// With `--otlp`: spans exported per saga, by the daemon and the
+    /// handlers together (9 for the reference mission: the saga, its 4
+    /// attempts and the 4 handled commands).
+    pub spans_per_saga: Option<f64>,
     pub redis_memory_mib: RedisMemory,
 }
 
@@ -145,6 +149,9 @@ impl Report {
                 c.load_generator
             ),
         );
+        if let Some(spans) = self.spans_per_saga {
+            line("spans exported per saga (OTLP)", format!("{spans:.2}"));
+        }
         line(
             "daemon peak RSS",
             format!("{:.1} MiB", self.daemon_peak_rss_mib),

@@ -1,0 +1,186 @@
+//! The daemon's HTTP endpoints: `/metrics` counts what happened, `/healthz`
+//! answers while the process lives, `/readyz` follows Redis.
+
+mod common;
+
+use common::processes::{Child, LEASE_TTL};
+use common::*;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A free loopback port, for the daemon to take.
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// `GET path`: the status code and the body, or `None` when nothing answers.
+async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((status, body.to_owned()))
+}
+
+/// Polls `path` until `ok` holds for its answer, or panics with the last.
+async fn until(addr: &str, path: &str, ok: impl Fn(u16, &str) -> bool) -> String {
+    let mut last = None;
+    for _ in 0..100 {
+        last = get(addr, path).await;
+        if let Some((status, body)) = &last {
+            if ok(*status, body) {
+                return body.clone();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} never answered as expected; last: {last:?}");
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text page.
+fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            let matches = metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            matches.then(|| value.parse().ok()).flatten()
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_and_readiness_follows_redis() {
+    let mut server = RedisServer::start();
+    let addr = free_addr();
+    let _daemon = Child::daemon_with(
+        &server.url(),
+        "metered",
+        &["--lease-ttl", LEASE_TTL, "--http-addr", &addr],
+        &[],
+    );
+    let _handlers = Child::handlers(&server.url(), &[]);
+    assert_eq!(until(&addr, "/healthz", |s, _| s == 200).await, "ok\n");
+    until(&addr, "/readyz", |s, b| s == 200 && b == "ready\n").await;
+
+    let mut conn = server.conn().await;
+    start_mission(
+        &mut conn,
+        "metered-ok",
+        &serde_json::json!({"area": "a", "robots": 2}),
+    )
+    .await;
+    xadd(&mut conn, "mission:start", &[("payload", "{not json")]).await;
+    let events = saga_events(&server, "metered-ok").await;
+    assert_eq!(events.last().unwrap().event_type, "saga_completed");
+
+    let saga = [("saga", "mission_start")];
+    let page = until(&addr, "/metrics", |s, page| {
+        s == 200
+            && sample(page, "sagaflow_sagas_ended_total", &saga).is_some()
+            && sample(page, "sagaflow_sagas_rejected_total", &[]).is_some()
+    })
+    .await;
+    assert_eq!(
+        sample(&page, "sagaflow_sagas_started_total", &saga),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "sagaflow_sagas_ended_total",
+            &[("saga", "mission_start"), ("outcome", "completed")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&page, "sagaflow_sagas_rejected_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(sample(&page, "sagaflow_sagas_in_flight", &[]), Some(0.0));
+    for step in MISSION_STEPS {
+        let labels = [("step", step), ("kind", "action"), ("outcome", "completed")];
+        assert_eq!(
+            sample(&page, "sagaflow_step_duration_seconds_count", &labels),
+            Some(1.0),
+            "{step}\n{page}"
+        );
+    }
+    assert_eq!(
+        sample(&page, "sagaflow_saga_duration_seconds_count", &saga),
+        Some(1.0)
+    );
+    // Measured every few seconds.
+    let pending = [("stream", "mission:start"), ("group", "sagaflow")];
+    let page_later = until(&addr, "/metrics", |_, page| {
+        sample(page, "sagaflow_stream_pending_entries", &pending).is_some()
+    })
+    .await;
+    assert_eq!(
+        sample(&page_later, "sagaflow_stream_pending_entries", &pending),
+        Some(0.0)
+    );
+    assert_eq!(sample(&page, "sagaflow_ready", &[]), Some(1.0));
+    assert!(
+        page.contains("# HELP sagaflow_step_duration_seconds"),
+        "described"
+    );
+
+    // Redis goes away: not ready, errors counted; back: ready again.
+    server.kill();
+    let not_ready = until(&addr, "/readyz", |s, _| s == 503).await;
+    assert!(not_ready.contains("Redis"), "{not_ready}");
+    assert_eq!(
+        get(&addr, "/healthz").await.map(|r| r.0),
+        Some(200),
+        "alive all the same"
+    );
+    let page = until(&addr, "/metrics", |_, page| {
+        sample(page, "sagaflow_redis_errors_total", &[]).is_some()
+    })
+    .await;
+    assert_eq!(sample(&page, "sagaflow_ready", &[]), Some(0.0));
+    server.revive();
+    until(&addr, "/readyz", |s, _| s == 200).await;
+    let page = until(&addr, "/metrics", |_, page| {
+        sample(page, "sagaflow_redis_reconnects_total", &[]).is_some()
+    })
+    .await;
+    assert_eq!(sample(&page, "sagaflow_ready", &[]), Some(1.0));
+}
+
+#[tokio::test]
+async fn a_taken_http_address_stops_the_daemon_with_a_clear_error() {
+    let server = RedisServer::start();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut daemon = Child::daemon_with(&server.url(), "clash", &["--http-addr", &addr], &[]);
+    let status = daemon.wait_exit(STOP_WAIT).await.expect("exits");
+    assert!(!status.success());
+    let log = daemon.stderr();
+    assert!(
+        log.contains(&format!("cannot serve HTTP on {addr}")),
+        "{log}"
+    );
+    assert!(log.contains("--http-addr none"), "{log}");
+}
+
+#[tokio::test]
+async fn a_bad_http_address_is_refused() {
+    let server = RedisServer::start();
+    let mut daemon = Child::daemon_with(&server.url(), "bad", &["--http-addr", "nowhere"], &[]);
+    let status = daemon.wait_exit(STOP_WAIT).await.expect("exits");
+    assert!(!status.success());
+    assert!(
+        daemon.stderr().contains("`nowhere` is not an address"),
+        "{}",
+        daemon.stderr()
+    );
+}
