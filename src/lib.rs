@@ -35,6 +35,7 @@ pub mod engine;
 pub mod handler;
 pub mod http;
 pub mod local_redis;
+pub mod operator;
 pub mod protocol;
 pub mod saga;
 pub mod streams;

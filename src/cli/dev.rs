@@ -3,17 +3,18 @@
 //! handlers in this process, starts one mission and prints its events.
 
 use super::handlers::SimulationArgs;
-use super::{logging, render};
+use super::{follow, logging};
 use crate::config::Settings;
 use crate::handler::simulated::run_simulated_handlers;
 use crate::local_redis::LocalRedis;
-use crate::protocol::{fields as f, CorrelationId};
+use crate::operator;
+use crate::protocol::CorrelationId;
 use crate::telemetry::LogFormat;
 use crate::{definition, engine, streams};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
@@ -129,78 +130,50 @@ async fn follow_one_mission(
     args: &DevArgs,
     shutdown: &CancellationToken,
 ) -> Result<ExitCode, String> {
-    let mut conn = streams::command_connection(client, Duration::from_secs(5))
-        .await
-        .map_err(|e| format!("cannot reach Redis: {e}"))?;
-    let mut reader = streams::blocking_connection(client, Duration::from_secs(1))
+    let mut conn = streams::blocking_connection(client, Duration::from_secs(5))
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
     // Read events from the last one before our start, so none is missed.
-    let mut from = streams::last_id(&mut conn, events_stream)
+    let from = streams::last_id(&mut conn, events_stream)
         .await
         .map_err(|e| e.to_string())?;
-
     let correlation_id = CorrelationId::generate();
-    let _: String = redis::cmd("XADD")
-        .arg(trigger_stream)
-        .arg("*")
-        .arg(f::SAGA)
-        .arg(&args.saga)
-        .arg(f::PAYLOAD)
-        .arg(&args.payload)
-        .arg(f::CORRELATION_ID)
-        .arg(correlation_id.as_str())
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| format!("cannot start the mission: {e}"))?;
+    let started = operator::start(
+        &mut conn,
+        trigger_stream,
+        &operator::Start {
+            saga: Some(args.saga.clone()),
+            payload: args.payload.clone(),
+            correlation_id: Some(correlation_id.to_string()),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| format!("cannot start the mission: {e}"))?;
     println!(
         "started saga `{}` with correlation id {correlation_id}\n",
         args.saga
     );
-
-    let started = Instant::now();
-    while started.elapsed() < args.timeout && !shutdown.is_cancelled() {
-        let value: redis::Value = redis::cmd("XREAD")
-            .arg("BLOCK")
-            .arg(500)
-            .arg("STREAMS")
-            .arg(events_stream)
-            .arg(&from)
-            .query_async(&mut reader)
-            .await
-            .map_err(|e| format!("reading events failed: {e}"))?;
-        for entry in streams::decode_read_reply(&value) {
-            from = entry.id.clone();
-            if entry.fields.get(f::CORRELATION_ID).map(Vec::as_slice)
-                != Some(correlation_id.as_str().as_bytes())
-            {
-                continue;
-            }
-            println!(
-                "{}",
-                render::event_line(&entry.fields, started.elapsed().as_millis() as u64)
-            );
-            let event = entry
-                .fields
-                .get(f::EVENT_TYPE)
-                .map(|s| String::from_utf8_lossy(s).into_owned());
-            match event.as_deref() {
-                Some("saga_completed") => {
-                    println!("\nthe mission completed");
-                    return Ok(ExitCode::SUCCESS);
-                }
-                Some(
-                    e @ ("saga_compensated" | "saga_failed" | "saga_rejected" | "saga_duplicate"),
-                ) => {
-                    println!(
-                        "\nthe mission did not complete: {}",
-                        e.trim_start_matches("saga_")
-                    );
-                    return Ok(ExitCode::from(1));
-                }
-                _ => {}
-            }
-        }
+    let target = follow::Target {
+        saga_id: started.saga_id.to_string(),
+        entry_id: started.entry_id,
+    };
+    let outcome = follow::follow(
+        client,
+        events_stream,
+        from,
+        target,
+        Some(args.timeout),
+        shutdown,
+    )
+    .await?;
+    match &outcome {
+        follow::Outcome::Completed => println!("\nthe mission completed"),
+        other => println!("\nthe mission did not complete: {other:?}"),
     }
-    Err(format!("the saga did not end within {:?}", args.timeout))
+    // 0 completed, 1 otherwise, as before `start --wait` told them apart.
+    Ok(match outcome {
+        follow::Outcome::Completed => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
 }

@@ -2,12 +2,17 @@
 
 mod bench;
 mod dev;
+mod follow;
 mod handlers;
+mod list;
 mod logging;
 mod render;
 mod run;
 mod signals;
+mod start;
+mod status;
 mod validate;
+mod watch;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -35,6 +40,14 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Check saga definitions without starting anything.
     Validate(validate::ValidateArgs),
+    /// Start a saga; with --wait, follow it live to its end.
+    Start(start::StartArgs),
+    /// Show one saga: its state, each step's attempts, results and errors.
+    Status(status::StatusArgs),
+    /// List sagas, filtered by state, definition and age.
+    List(list::ListArgs),
+    /// Follow saga:events live, in readable lines.
+    Watch(watch::WatchArgs),
 }
 
 /// The reference mission, used when no sagas directory is at hand and by
@@ -61,6 +74,23 @@ pub fn main() -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Validate(args) => validate::run(args),
             Command::Bench(args) => bench::run(args).await,
+            Command::Start(args) => start::run(args).await,
+            Command::Status(args) => status::run(args).await,
+            Command::List(args) => list::run(args).await,
+            Command::Watch(args) => watch::run(args).await,
         }
     })
+}
+
+/// A client and a connection for one operator command, or a message
+/// saying why Redis cannot be used.
+pub(crate) async fn connect(
+    url: &str,
+) -> Result<(redis::Client, redis::aio::MultiplexedConnection), String> {
+    let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL `{url}`: {e}"))?;
+    // Responses may take a few seconds: a scan of many sagas.
+    let conn = crate::streams::blocking_connection(&client, std::time::Duration::from_secs(5))
+        .await
+        .map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
+    Ok((client, conn))
 }

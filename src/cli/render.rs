@@ -1,4 +1,4 @@
-//! Human-readable lines for saga events, for `dev` (and later `watch`).
+//! Human-readable lines for saga events, for `dev`, `start --wait` and `watch`.
 
 use crate::protocol::fields as f;
 use crate::protocol::RawFields;
@@ -24,8 +24,18 @@ fn brief(v: &Value, limit: usize) -> String {
     }
 }
 
-/// One line describing an event entry of `saga:events`.
+/// One line describing an event entry of `saga:events`, after the time
+/// since the saga was started.
 pub fn event_line(fields: &RawFields, elapsed_ms: u64) -> String {
+    format!(
+        "{:>7.3}s  {}",
+        elapsed_ms as f64 / 1000.0,
+        event_columns(fields)
+    )
+}
+
+/// The state, event, step and what happened, in columns.
+pub fn event_columns(fields: &RawFields) -> String {
     let event = text(fields, f::EVENT_TYPE);
     let step = text(fields, f::STEP);
     let payload: Value = serde_json::from_str(text(fields, f::PAYLOAD)).unwrap_or(Value::Null);
@@ -85,8 +95,7 @@ pub fn event_line(fields: &RawFields, elapsed_ms: u64) -> String {
         _ => brief(&payload, 100),
     };
     format!(
-        "{:>7.3}s  {:<12} {:<22} {:<20} {detail}",
-        elapsed_ms as f64 / 1000.0,
+        "{:<12} {:<22} {:<20} {detail}",
         text(fields, f::STATUS),
         event,
         step

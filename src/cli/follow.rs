@@ -1,0 +1,218 @@
+//! Following one saga live on `saga:events`, for `start --wait` and `dev`:
+//! lines for logs and pipes, a progress bar per step on a terminal.
+
+use super::render;
+use crate::protocol::{fields as f, RawFields};
+use crate::streams;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How a followed saga ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Completed,
+    Compensated,
+    /// A compensation failed for good: an operator is needed.
+    Failed,
+    Rejected(String),
+}
+
+impl Outcome {
+    /// 0 completed, 1 compensated, 2 failed or rejected.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            Outcome::Completed => 0,
+            Outcome::Compensated => 1,
+            Outcome::Failed | Outcome::Rejected(_) => 2,
+        })
+    }
+}
+
+/// Which events belong to the followed saga.
+pub struct Target {
+    /// The saga's id; replaced by the existing saga's when the start turns
+    /// out to be a duplicate.
+    pub saga_id: String,
+    /// The start entry, for `saga_rejected` and `saga_duplicate`, which
+    /// carry no saga id.
+    pub entry_id: String,
+}
+
+/// Reads `events_stream` after `from` until the saga ends, showing each of
+/// its events. `Err` when Redis fails, the wait times out or a stop comes.
+pub async fn follow(
+    client: &redis::Client,
+    events_stream: &str,
+    mut from: String,
+    mut target: Target,
+    timeout: Option<Duration>,
+    shutdown: &CancellationToken,
+) -> Result<Outcome, String> {
+    let mut reader = streams::blocking_connection(client, Duration::from_secs(1))
+        .await
+        .map_err(|e| format!("cannot reach Redis: {e}"))?;
+    let mut view = View::new();
+    let started = Instant::now();
+    loop {
+        if shutdown.is_cancelled() {
+            return Err("stopped before the saga ended".into());
+        }
+        if timeout.is_some_and(|t| started.elapsed() >= t) {
+            return Err(format!(
+                "the saga {} did not end within {}",
+                target.saga_id,
+                humantime::format_duration(timeout.unwrap_or_default())
+            ));
+        }
+        let value: redis::Value = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(500)
+            .arg("STREAMS")
+            .arg(events_stream)
+            .arg(&from)
+            .query_async(&mut reader)
+            .await
+            .map_err(|e| format!("reading {events_stream} failed: {e}"))?;
+        for entry in streams::decode_read_reply(&value) {
+            from = entry.id.clone();
+            let fields = &entry.fields;
+            let event = text(fields, f::EVENT_TYPE);
+            let payload: Value =
+                serde_json::from_str(text(fields, f::PAYLOAD)).unwrap_or(Value::Null);
+            let about_start = payload["entry_id"].as_str() == Some(target.entry_id.as_str());
+            if event == "saga_duplicate" && about_start {
+                let existing = payload["existing_saga_id"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                view.note(&format!(
+                    "a saga with this idempotency key exists already: {existing}; following it"
+                ));
+                target.saga_id = existing;
+                // Its events may be older than ours: read it from the start.
+                from = "0-0".into();
+                continue;
+            }
+            if event == "saga_rejected" && about_start {
+                view.event(fields, started.elapsed());
+                let reason = payload["reason"].as_str().unwrap_or("?").to_owned();
+                return Ok(Outcome::Rejected(reason));
+            }
+            if text(fields, f::SAGA_ID) != target.saga_id {
+                continue;
+            }
+            view.event(fields, started.elapsed());
+            match event {
+                "saga_completed" => return Ok(Outcome::Completed),
+                "saga_compensated" => return Ok(Outcome::Compensated),
+                "saga_failed" => return Ok(Outcome::Failed),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn text<'a>(fields: &'a RawFields, name: &str) -> &'a str {
+    fields
+        .get(name)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or("")
+}
+
+/// Lines when stdout is not a terminal; bars when it is.
+enum View {
+    Lines,
+    Bars {
+        multi: MultiProgress,
+        bars: HashMap<String, ProgressBar>,
+    },
+}
+
+impl View {
+    fn new() -> Self {
+        if std::io::stdout().is_terminal() {
+            View::Bars {
+                multi: MultiProgress::new(),
+                bars: HashMap::new(),
+            }
+        } else {
+            View::Lines
+        }
+    }
+
+    fn note(&self, line: &str) {
+        match self {
+            View::Lines => println!("{line}"),
+            View::Bars { multi, .. } => {
+                let _ = multi.println(line);
+            }
+        }
+    }
+
+    fn event(&mut self, fields: &RawFields, elapsed: Duration) {
+        let (multi, bars) = match self {
+            View::Lines => {
+                return println!("{}", render::event_line(fields, elapsed.as_millis() as u64))
+            }
+            View::Bars { multi, bars } => (multi, bars),
+        };
+        let event = text(fields, f::EVENT_TYPE);
+        let step = text(fields, f::STEP);
+        let payload: Value = serde_json::from_str(text(fields, f::PAYLOAD)).unwrap_or(Value::Null);
+        let compensation = event.starts_with("compensation_");
+        let key = format!("{}{step}", if compensation { "undo " } else { "" });
+        let bar = |bars: &mut HashMap<String, ProgressBar>| {
+            bars.entry(key.clone())
+                .or_insert_with(|| {
+                    let bar = multi.add(ProgressBar::new(100));
+                    bar.set_style(
+                        ProgressStyle::with_template("{prefix:<28} [{bar:30}] {pos:>3}% {msg}")
+                            .expect("a valid template")
+                            .progress_chars("=> "),
+                    );
+                    bar.set_prefix(key.clone());
+                    bar
+                })
+                .clone()
+        };
+        match event {
+            "step_started" | "compensation_started" => {
+                let attempt = payload["attempt"].as_u64().unwrap_or(1);
+                let b = bar(bars);
+                b.set_position(0);
+                b.set_message(format!("attempt {attempt}"));
+            }
+            "step_progress" | "compensation_progress" => {
+                let b = bar(bars);
+                b.set_position(payload["progress"].as_f64().unwrap_or(0.0) as u64);
+            }
+            "step_completed" | "compensation_completed" => {
+                let b = bar(bars);
+                b.set_position(100);
+                b.finish_with_message("done");
+            }
+            "step_failed" | "compensation_failed" => {
+                let b = bar(bars);
+                b.set_message(format!(
+                    "failed: {}",
+                    payload["error"].as_str().unwrap_or("?")
+                ));
+            }
+            "step_timed_out" | "compensation_timed_out" => {
+                bar(bars).set_message("timed out");
+            }
+            "step_retrying" | "compensation_retrying" => {
+                let attempt = payload["attempt"].as_u64().unwrap_or(0);
+                bar(bars).set_message(format!("retrying: attempt {attempt}"));
+            }
+            _ => {
+                let _ = multi.println(render::event_line(fields, elapsed.as_millis() as u64));
+            }
+        }
+    }
+}
