@@ -19,6 +19,9 @@ pub struct Settings {
     pub trigger_stream: String,
     pub trigger_group: String,
     pub events_stream: String,
+    /// Where operators' requests about sagas (cancel, retry, skip,
+    /// abandon) are written; every daemon reads it.
+    pub control_stream: String,
     /// Approximate cap on the events stream (`XADD MAXLEN ~`).
     pub events_maxlen: usize,
     /// Reply streams are `<prefix><node_id>`.
@@ -73,6 +76,7 @@ impl Default for Settings {
             trigger_stream: "mission:start".into(),
             trigger_group: "sagaflow".into(),
             events_stream: "saga:events".into(),
+            control_stream: "saga:control".into(),
             events_maxlen: 100_000,
             reply_stream_prefix: "saga:replies:".into(),
             saga_key_prefix: "saga:".into(),

@@ -78,7 +78,7 @@ async fn list(args: ListArgs) -> Result<(), String> {
             Some(StateFilter::Completed) => s.phase == Phase::Completed,
             Some(StateFilter::Compensated) => s.phase == Phase::Compensated,
             Some(StateFilter::Failed) => s.phase == Phase::Failed,
-            Some(StateFilter::Stuck) => s.phase == Phase::Failed || orphan,
+            Some(StateFilter::Stuck) => (s.phase == Phase::Failed && !s.abandoned) || orphan,
         };
         if keep {
             rows.push((record, orphan));
@@ -98,10 +98,10 @@ async fn list(args: ListArgs) -> Result<(), String> {
             (None, Some(f)) if s.phase == Phase::Failed => format!("failed: {}", f.step),
             _ => String::new(),
         };
-        let state = if *orphan {
-            "orphaned"
-        } else {
-            s.phase.status().as_str()
+        let state = match (orphan, s.abandoned) {
+            (true, _) => "orphaned",
+            (_, true) => "abandoned",
+            _ => s.phase.status().as_str(),
         };
         println!(
             "{:<32}  {:<16} {:<12} {:>10} {:>9}  {:<22} {}",

@@ -6,6 +6,7 @@ mod follow;
 mod handlers;
 mod list;
 mod logging;
+mod operate;
 mod render;
 mod run;
 mod signals;
@@ -48,6 +49,14 @@ enum Command {
     List(list::ListArgs),
     /// Follow saga:events live, in readable lines.
     Watch(watch::WatchArgs),
+    /// Stop a running saga: it compensates what it did.
+    Cancel(operate::CancelArgs),
+    /// Run a stuck saga's failed compensation again, and carry on.
+    Retry(operate::RetryArgs),
+    /// Mark a stuck saga's failed compensation as done by hand, and carry on.
+    Skip(operate::SkipArgs),
+    /// Give a stuck saga up.
+    Abandon(operate::AbandonArgs),
 }
 
 /// The reference mission, used when no sagas directory is at hand and by
@@ -78,6 +87,10 @@ pub fn main() -> ExitCode {
             Command::Status(args) => status::run(args).await,
             Command::List(args) => list::run(args).await,
             Command::Watch(args) => watch::run(args).await,
+            Command::Cancel(args) => operate::cancel(args).await,
+            Command::Retry(args) => operate::retry(args).await,
+            Command::Skip(args) => operate::skip(args).await,
+            Command::Abandon(args) => operate::abandon(args).await,
         }
     })
 }

@@ -79,7 +79,14 @@ async fn status(args: StatusArgs) -> Result<(), String> {
     let line = |k: &str, v: String| println!("{k:<18} {v}");
     line("saga", format!("{} ({})", s.saga, s.saga_id));
     line("definition", format!("version {}", s.definition_version));
-    line("state", s.phase.status().as_str().to_owned());
+    let note = if s.abandoned {
+        " (abandoned by an operator)"
+    } else if s.phase == crate::saga::Phase::Failed {
+        " (stuck: `sagaflow retry`, `skip` or `abandon` it)"
+    } else {
+        ""
+    };
+    line("state", format!("{}{note}", s.phase.status().as_str()));
     line("correlation id", s.correlation_id.to_string());
     line("trace id", s.trace_id.to_string());
     line("started", timestamp(s.started_at_ms));

@@ -6,12 +6,12 @@
 use super::definitions;
 use super::idempotency::{claim_idempotency_key, duplicate, Claim};
 use super::lease::Epoch;
-use super::router::Inbox;
+use super::router::{Inbound, Inbox};
 use super::store::{EntryRef, Fence, Transition, Written};
 use super::{now_ms, pause, Shared};
 use crate::definition::SagaDefinition;
 use crate::protocol::{SagaEvent, SagaId, StartRequest, TraceId};
-use crate::saga::{self, Effect, Event, RandomIds, SagaInit, SagaState};
+use crate::saga::{self, Effect, Event, OperatorRequest, RandomIds, SagaInit, SagaState};
 use crate::telemetry::metrics::InFlight;
 use crate::telemetry::saga::SagaTelemetry;
 use std::sync::Arc;
@@ -130,6 +130,107 @@ pub(super) async fn resume(shared: Arc<Shared>, saga_id: String, epoch: Arc<Epoc
     .await
 }
 
+/// Takes up a saga stuck on a failed compensation, which no daemon drives,
+/// to carry out an operator's request about it. The saga is claimed first
+/// (its owner changed from the one read, atomically), so that of the daemons
+/// that all read the request, one acts.
+pub(super) async fn adopt(shared: Arc<Shared>, saga_id: String, request: OperatorRequest) {
+    let Ok(permit) = shared.permits.clone().acquire_owned().await else {
+        return;
+    };
+    let (mut state, seq) = match load(&shared, &saga_id).await {
+        Ok(Some(record)) => record,
+        Ok(None) => {
+            return tracing::warn!(%saga_id, "an operator's request names no saga here; ignored")
+        }
+        Err(e) => {
+            return tracing::error!(%saga_id, error = %e, "cannot read a saga for an operator's request")
+        }
+    };
+    if state.phase != saga::Phase::Failed {
+        // Ended otherwise, or driven by a daemon, which takes the request.
+        return;
+    }
+    let epoch = shared.epoch();
+    match claim(&shared, &saga_id, &epoch.owner).await {
+        Ok(true) => {}
+        Ok(false) => return, // another daemon took it
+        Err(e) => {
+            return tracing::error!(%saga_id, error = %e, "cannot claim a saga for an operator's request")
+        }
+    }
+    let def = match definitions::resolve(&shared, &state.saga, &state.definition_version).await {
+        Ok(def) => def,
+        Err(why) => {
+            return tracing::error!(%saga_id, %why, "an operator's request cannot be carried out")
+        }
+    };
+    let span = tracing::info_span!(
+        "saga",
+        saga = %def.name,
+        saga_id = %saga_id,
+        correlation_id = %state.correlation_id,
+        trace_id = %state.trace_id,
+    );
+    async move {
+        state.reply_stream = shared.settings.reply_stream();
+        let Some(inbox) = shared.router.register(state.saga_id.clone()) else {
+            return;
+        };
+        tracing::info!(action = request.action.name(), by = %request.by, "operator's request");
+        let id = state.saga_id.clone();
+        let mut saga = Driven::new(&shared, &def, state, seq, epoch, permit);
+        let effects = saga::apply(
+            &mut saga.state,
+            saga.def,
+            Event::Operator(request),
+            now_ms(),
+            &mut RandomIds,
+        );
+        let written = Box::pin(saga.perform(effects, None, None)).await;
+        if matches!(written, Some(Written::Done | Written::AlreadyDone)) {
+            saga.drive(inbox).await;
+        }
+        shared.router.remove(&id);
+    }
+    .instrument(span)
+    .await
+}
+
+/// Makes `owner` the owner of a saga record still owned by whoever owned it
+/// when read, and adds the saga to `owner`'s set for takeover. False when
+/// another daemon claimed it first.
+async fn claim(shared: &Shared, saga_id: &str, owner: &str) -> redis::RedisResult<bool> {
+    let key = shared.settings.saga_key(saga_id);
+    let mut conn = shared.conn.clone();
+    let before: Option<String> = redis::cmd("HGET")
+        .arg(&key)
+        .arg("owner")
+        .query_async(&mut conn)
+        .await?;
+    let claimed: i64 = CLAIM
+        .key(&key)
+        .key(shared.settings.owned_key(owner))
+        .arg(before.unwrap_or_default())
+        .arg(owner)
+        .arg(saga_id)
+        .invoke_async(&mut conn)
+        .await?;
+    Ok(claimed == 1)
+}
+
+static CLAIM: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"
+if (redis.call('HGET', KEYS[1], 'owner') or '') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2])
+redis.call('PERSIST', KEYS[1])
+redis.call('SADD', KEYS[2], ARGV[3])
+return 1
+",
+    )
+});
+
 /// A saga's record: its state and the number of its last transition.
 async fn load(shared: &Shared, saga_id: &str) -> redis::RedisResult<Option<(SagaState, u64)>> {
     let mut conn = shared.conn.clone();
@@ -203,8 +304,8 @@ impl<'a> Driven<'a> {
                 // a deadline seen at the same moment.
                 biased;
                 _ = self.epoch.cancel.cancelled() => return,
-                reply = inbox.recv() => match reply {
-                    Some(reply) => Event::Reply(*reply),
+                inbound = inbox.recv() => match inbound {
+                    Some(inbound) => event_of(inbound),
                     None => return,
                 },
                 _ = sleep_or_never(sleep) => Event::Tick,
@@ -256,11 +357,13 @@ impl<'a> Driven<'a> {
             if self.state.phase.is_terminal() {
                 return;
             }
-            let Ok(reply) = inbox.try_recv() else { return };
+            let Ok(inbound) = inbox.try_recv() else {
+                return;
+            };
             let more = saga::apply(
                 &mut self.state,
                 self.def,
-                Event::Reply(*reply),
+                event_of(inbound),
                 now_ms(),
                 &mut RandomIds,
             );
@@ -363,6 +466,13 @@ impl Drop for Driven<'_> {
         if let Some(stream) = self.followed.take() {
             self.shared.followed.remove(&stream);
         }
+    }
+}
+
+fn event_of(inbound: Inbound) -> Event {
+    match inbound {
+        Inbound::Reply(reply) => Event::Reply(*reply),
+        Inbound::Operator(request) => Event::Operator(*request),
     }
 }
 

@@ -11,6 +11,7 @@
 //!  reply stream ──XREAD──▶ reply reader ──router────────┘
 //! ```
 
+mod control;
 mod definitions;
 mod driver;
 mod housekeeping;
@@ -212,6 +213,7 @@ impl Daemon {
         shared.tracker.spawn(lease::run(shared.clone()));
         shared.tracker.spawn(replies::run(shared.clone()));
         shared.tracker.spawn(intake::run(shared.clone()));
+        shared.tracker.spawn(control::run(shared.clone()));
         Ok(Self { shared })
     }
 

@@ -7,6 +7,7 @@
 //! for a while, and handed over when a saga of that id registers.
 
 use crate::protocol::{Reply, SagaId};
+use crate::saga::OperatorRequest;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -18,7 +19,14 @@ use tokio::sync::mpsc;
 /// final), so the inbox stays small. Replies travel boxed: a channel
 /// allocates its slots in blocks, and with thousands of sagas in flight
 /// pointer-sized slots keep those blocks small.
-pub type Inbox = mpsc::UnboundedReceiver<Box<Reply>>;
+pub type Inbox = mpsc::UnboundedReceiver<Inbound>;
+
+/// What a saga's task receives.
+#[derive(Debug)]
+pub enum Inbound {
+    Reply(Box<Reply>),
+    Operator(Box<OperatorRequest>),
+}
 
 /// How many unrouted replies are kept at most, and for how long: enough to
 /// cover a takeover, little enough that garbage costs nothing.
@@ -27,7 +35,7 @@ const KEPT_FOR: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Inner {
-    sagas: HashMap<SagaId, mpsc::UnboundedSender<Box<Reply>>>,
+    sagas: HashMap<SagaId, mpsc::UnboundedSender<Inbound>>,
     /// Unrouted replies by saga, and the order they came in, for expiry.
     kept: HashMap<SagaId, Vec<Reply>>,
     kept_order: VecDeque<(Instant, SagaId)>,
@@ -48,7 +56,7 @@ impl Router {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         for reply in inner.kept.remove(&saga_id).unwrap_or_default() {
-            let _ = tx.send(Box::new(reply));
+            let _ = tx.send(Inbound::Reply(Box::new(reply)));
         }
         inner.sagas.insert(saga_id, tx);
         Some(rx)
@@ -70,9 +78,12 @@ impl Router {
         };
         let mut inner = self.inner.lock().expect("router lock");
         let reply = match inner.sagas.get(&saga_id) {
-            Some(tx) => match tx.send(reply) {
+            Some(tx) => match tx.send(Inbound::Reply(reply)) {
                 Ok(()) => return true,
-                Err(unsent) => unsent.0,
+                Err(unsent) => match unsent.0 {
+                    Inbound::Reply(reply) => reply,
+                    Inbound::Operator(_) => unreachable!("a reply was sent"),
+                },
             },
             None => reply,
         };
@@ -87,6 +98,16 @@ impl Router {
         inner.kept.entry(saga_id.clone()).or_default().push(*reply);
         inner.kept_order.push_back((now, saga_id));
         false
+    }
+
+    /// Hands an operator's request to its saga's task; false when no task
+    /// of this daemon drives that saga.
+    pub fn route_operator(&self, saga_id: &SagaId, request: OperatorRequest) -> bool {
+        let inner = self.inner.lock().expect("router lock");
+        inner
+            .sagas
+            .get(saga_id)
+            .is_some_and(|tx| tx.send(Inbound::Operator(Box::new(request))).is_ok())
     }
 
     pub fn len(&self) -> usize {
@@ -118,12 +139,18 @@ mod tests {
         assert!(!router.route(Box::new(reply(&a))));
         assert!(!router.route(Box::new(reply(&b))));
         let mut inbox = router.register(a.clone()).unwrap();
-        assert_eq!(inbox.try_recv().unwrap().saga_id.as_ref(), Some(&a));
+        let Inbound::Reply(first) = inbox.try_recv().unwrap() else {
+            panic!("a reply")
+        };
+        assert_eq!(first.saga_id.as_ref(), Some(&a));
         assert!(inbox.try_recv().is_err());
         assert!(router.route(Box::new(reply(&a))));
         assert!(router.register(a.clone()).is_none(), "driven already");
         let mut inbox_b = router.register(b.clone()).unwrap();
-        assert_eq!(inbox_b.try_recv().unwrap().saga_id.as_ref(), Some(&b));
+        let Inbound::Reply(first) = inbox_b.try_recv().unwrap() else {
+            panic!("a reply")
+        };
+        assert_eq!(first.saga_id.as_ref(), Some(&b));
     }
 
     #[test]

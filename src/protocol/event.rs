@@ -59,6 +59,8 @@ pub enum EventType {
     SagaCompleted,
     SagaCompensated,
     SagaFailed,
+    /// An operator's request, accepted or refused (`refused` says why).
+    OperatorAction,
 }
 
 impl EventType {
@@ -82,6 +84,7 @@ impl EventType {
             EventType::SagaCompleted => "saga_completed",
             EventType::SagaCompensated => "saga_compensated",
             EventType::SagaFailed => "saga_failed",
+            EventType::OperatorAction => "operator_action",
         }
     }
 }

@@ -11,7 +11,7 @@ mod state;
 
 pub use backoff::retry_delay;
 pub use ids::{IdSource, RandomIds};
-pub use machine::{apply, start, Effect, Event, SagaInit};
+pub use machine::{apply, start, Action, Effect, Event, OperatorRequest, SagaInit};
 pub use state::{Exchange, Failure, Phase, SagaState, Waiting};
 
 #[cfg(test)]

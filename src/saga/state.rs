@@ -103,8 +103,18 @@ pub struct SagaState {
     pub to_undo: Vec<usize>,
     /// Steps undone so far, in the order undone.
     pub undone: Vec<String>,
-    /// Steps that had to be undone but define no compensation.
+    /// Steps that had to be undone but define no compensation, or whose
+    /// failed compensation an operator marked as done by hand.
     pub skipped: Vec<String>,
+    /// While failed: the step whose compensation failed for good.
+    #[serde(default)]
+    pub stuck_at: Option<usize>,
+    /// Set when an operator gave the failed saga up.
+    #[serde(default)]
+    pub abandoned: bool,
+    /// Times an operator set the saga going again after it failed.
+    #[serde(default)]
+    pub rescues: u32,
     pub started_at_ms: UnixMillis,
     pub ended_at_ms: Option<UnixMillis>,
 }

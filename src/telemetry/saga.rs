@@ -199,6 +199,12 @@ impl SagaTelemetry {
 }
 
 fn end_root(state: &SagaState, event: &SagaEvent) {
+    if state.rescues > 0 {
+        // The saga's span was exported when it failed; what an operator
+        // set going again hangs under it, and it is not exported twice.
+        let elapsed = Duration::from_millis(event.timestamp.saturating_sub(state.started_at_ms));
+        return metrics::saga_ended(&state.saga, outcome_of(event.event_type), elapsed);
+    }
     let (outcome, status) = match event.event_type {
         EventType::SagaCompleted => ("completed", Status::Ok),
         EventType::SagaCompensated => ("compensated", Status::error(failure(state))),
@@ -295,4 +301,12 @@ fn span_id(id: &protocol::SpanId) -> opentelemetry::trace::SpanId {
 
 fn time(ms: UnixMillis) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn outcome_of(event_type: EventType) -> &'static str {
+    match event_type {
+        EventType::SagaCompleted => "completed",
+        EventType::SagaCompensated => "compensated",
+        _ => "failed",
+    }
 }

@@ -55,6 +55,7 @@ impl Machine<'_> {
             CommandKind::Compensation => {
                 self.state.phase = Phase::Failed;
                 self.state.ended_at_ms = Some(self.now);
+                self.state.stuck_at = Some(x.step);
                 self.emit_miss(x, &step, &miss);
                 let failure = self
                     .state

@@ -21,6 +21,8 @@ pub enum Event {
     Reply(Reply),
     /// Time passed: a deadline or a backoff may be due.
     Tick,
+    /// An operator's request: cancel, retry, skip, abandon.
+    Operator(OperatorRequest),
 }
 
 /// What the driver must do, in order, after a transition.
@@ -79,6 +81,9 @@ pub fn start(
         current: None,
         failure: None,
         to_undo: Vec::new(),
+        stuck_at: None,
+        abandoned: false,
+        rescues: 0,
         undone: Vec::new(),
         skipped: Vec::new(),
         started_at_ms: now,
@@ -109,7 +114,9 @@ pub fn apply(
     now: UnixMillis,
     ids: &mut dyn IdSource,
 ) -> Vec<Effect> {
-    if state.phase.is_terminal() {
+    // Operators may rescue a saga that failed; nothing else moves an ended
+    // saga.
+    if state.phase.is_terminal() && !matches!(event, Event::Operator(_)) {
         return Vec::new();
     }
     let mut m = Machine {
@@ -122,6 +129,7 @@ pub fn apply(
     match event {
         Event::Reply(reply) => m.on_reply(reply),
         Event::Tick => m.on_tick(),
+        Event::Operator(request) => m.on_operator(request),
     }
     m.finish()
 }
@@ -135,6 +143,9 @@ struct Machine<'a> {
 }
 
 mod failure;
+mod operator;
+
+pub use operator::{Action, OperatorRequest};
 
 /// How an attempt ended without completing.
 enum Miss {

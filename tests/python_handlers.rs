@@ -1,0 +1,271 @@
+//! The hand-written Python handlers of `examples/python/` against the real
+//! daemon (`sagaflow run` on the reference mission), each test on a
+//! redis-server of its own.
+
+mod common;
+
+use common::processes::Child;
+use common::*;
+use serde_json::{json, Value};
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SCRIPT: &str = "examples/python/mission_handlers.py";
+/// The consumer group the program uses by default.
+const GROUP: &str = "python-handlers";
+/// Interpreters tried in turn: the `python3` on PATH, then the system's,
+/// where `apt-get install python3-redis` puts redis-py.
+const PYTHONS: [&str; 2] = ["python3", "/usr/bin/python3"];
+
+/// The first interpreter that can import redis-py; a clear failure if none.
+fn python() -> &'static str {
+    let has_redis = |python: &&str| {
+        Command::new(python)
+            .args(["-c", "import redis"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    PYTHONS.iter().copied().find(has_redis).unwrap_or_else(|| {
+        panic!(
+            "these tests run {SCRIPT} and need Python 3 with redis-py: \
+             `apt-get install -y python3 python3-redis` (scripts/test installs them)"
+        )
+    })
+}
+
+/// The Python handlers as a child process, killed when dropped. Their log
+/// is printed when a test fails.
+struct PythonHandlers {
+    process: std::process::Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl PythonHandlers {
+    fn spawn(redis_url: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let log = dir.path().join("mission_handlers.log");
+        // The program logs to stderr.
+        let process = Command::new(python())
+            .arg(SCRIPT)
+            .args(["--redis-url", redis_url])
+            .args(extra)
+            .current_dir(manifest_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("a log file"))
+            .spawn()
+            .expect("python3 runs");
+        Self {
+            process,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the program must exit with success within `STOP_WAIT`.
+    async fn stop(mut self) {
+        let pid = self.process.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.expect("kill runs").success(), "kill -TERM {pid}");
+        let deadline = Instant::now() + STOP_WAIT;
+        let status = loop {
+            if let Some(status) = self.process.try_wait().expect("waitpid") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit within {STOP_WAIT:?} of SIGTERM; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "{status}; log:\n{}", self.log());
+        assert!(self.log().contains("stopped"), "log:\n{}", self.log());
+    }
+}
+
+impl Drop for PythonHandlers {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        if std::thread::panicking() {
+            eprintln!("python handlers' log:\n{}", self.log());
+        }
+    }
+}
+
+/// A daemon on `server`, running.
+async fn daemon(server: &RedisServer, node_id: &str) -> Child {
+    let daemon = Child::daemon(&server.url(), node_id);
+    daemon.wait_started().await;
+    daemon
+}
+
+fn result_of<'a>(events: &'a [Event], event_type: &str, step: &str) -> &'a Value {
+    &the_event(events, event_type, Some(step)).payload["result"]
+}
+
+fn robots_in(items: &Value) -> Vec<&str> {
+    let items = items.as_array().expect("a list");
+    items
+        .iter()
+        .map(|i| i["robot_id"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mission_completes_with_the_python_handlers() {
+    let server = RedisServer::start();
+    let handlers = PythonHandlers::spawn(&server.url(), &[]);
+    let _daemon = daemon(&server, "py-complete").await;
+    let mut conn = server.conn().await;
+
+    start_mission(&mut conn, "py-1", &json!({"area": "hall-a", "robots": 3})).await;
+    let events = saga_events(&server, "py-1").await;
+
+    let mut expected = vec!["saga_started".to_owned()];
+    for step in MISSION_STEPS {
+        for event in ["step_started", "step_progress", "step_completed"] {
+            expected.push(format!("{event}:{step}"));
+        }
+    }
+    expected.push("saga_completed".to_owned());
+    assert_eq!(labels(&events), expected, "\n{}", describe(&events));
+    let progress = the_event(&events, "step_progress", Some("plan_route"));
+    assert_eq!(progress.payload["progress"].as_f64(), Some(50.0));
+
+    // Each result is made from the one before, through the step templates.
+    let robots = ["robot-1", "robot-2", "robot-3"];
+    let allocated = result_of(&events, "step_completed", "allocate_resources");
+    assert_eq!(*allocated, json!({"robot_ids": robots, "area": "hall-a"}));
+    let planned = result_of(&events, "step_completed", "plan_route");
+    assert_eq!(robots_in(&planned["routes"]), robots);
+    assert_eq!(planned["area"], "hall-a");
+    let explored = result_of(&events, "step_completed", "perform_exploration");
+    assert_eq!(robots_in(&explored["partial_maps"]), robots);
+    let merged = result_of(&events, "step_completed", "integrate_maps");
+    assert_eq!(merged["merged_from"], 3);
+    assert!(merged["map_id"].as_str().unwrap().starts_with("map-"));
+
+    let end = the_event(&events, "saga_completed", None);
+    assert_eq!(end.payload["results"]["integrate_maps"], *merged);
+    for stream in [
+        "resources:commands",
+        "routing:commands",
+        "exploration:commands",
+        "mapping:commands",
+    ] {
+        assert_eq!(pending_count(&mut conn, stream, GROUP).await, 0, "{stream}");
+    }
+    handlers.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_last_step_is_compensated() {
+    let server = RedisServer::start();
+    let _handlers = PythonHandlers::spawn(&server.url(), &["--fail-step", "integrate_maps"]);
+    let _daemon = daemon(&server, "py-compensate").await;
+    let mut conn = server.conn().await;
+
+    start_mission(&mut conn, "py-2", &json!({"area": "hall-b", "robots": 2})).await;
+    let events = saga_events(&server, "py-2").await;
+
+    let failed = the_event(&events, "step_failed", Some("integrate_maps"));
+    assert_eq!(
+        failed.payload["retryable"],
+        false,
+        "\n{}",
+        describe(&events)
+    );
+    let undone = ["perform_exploration", "plan_route", "allocate_resources"];
+    let end = the_event(&events, "saga_compensated", None);
+    assert_eq!(end.payload["failed_step"], "integrate_maps");
+    assert_eq!(end.payload["compensated"], json!(undone));
+    let completed: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event_type == "compensation_completed")
+        .map(|e| e.step.as_deref().unwrap())
+        .collect();
+    assert_eq!(completed, undone, "\n{}", describe(&events));
+
+    // The compensations get the default context and find the robots in it.
+    let robots = json!(["robot-1", "robot-2"]);
+    let compensated = |step| result_of(&events, "compensation_completed", step);
+    assert_eq!(compensated("allocate_resources")["released"], robots);
+    assert_eq!(compensated("plan_route")["cancelled"], robots);
+    assert_eq!(compensated("perform_exploration")["aborted"], robots);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_delivered_twice_is_answered_from_the_record() {
+    let server = RedisServer::start();
+    let handlers = PythonHandlers::spawn(&server.url(), &[]);
+    let _daemon = daemon(&server, "py-dedupe").await;
+    let mut conn = server.conn().await;
+
+    start_mission(&mut conn, "py-3", &json!({"area": "hall-c", "robots": 2})).await;
+    let events = saga_events(&server, "py-3").await;
+    the_event(&events, "saga_completed", None);
+    // Exploring makes fresh map ids at every run: a second run would show.
+    let explored = result_of(&events, "step_completed", "perform_exploration").clone();
+
+    // The answered command again, as after a daemon crash: same fields, same
+    // request_id. Only its reply stream is one this test reads, as the
+    // daemon trims its own once it has read it.
+    let stream = "exploration:commands";
+    let commands = xrange(&mut conn, stream).await;
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    let mut again = commands[0].clone();
+    let replayed = "test:replies:replayed";
+    again.insert("reply_stream".into(), replayed.into());
+    let fields: Vec<(&str, &str)> = again.iter().map(|(k, v)| (&**k, &**v)).collect();
+    xadd(&mut conn, stream, &fields).await;
+
+    let deadline = Instant::now() + STOP_WAIT;
+    while pending_count(&mut conn, stream, GROUP).await > 0
+        || xrange(&mut conn, replayed).await.is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the repeated command is not answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let replies = xrange(&mut conn, replayed).await;
+    // The recorded final reply alone: no `start`, no `progress`, no new run.
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    let reply = &replies[0];
+    assert_eq!(reply["status"], "completed");
+    let result: Value = serde_json::from_str(&reply["result"]).unwrap();
+    assert_eq!(result, explored);
+    for id in ["correlation_id", "saga_id", "request_id", "event_type"] {
+        assert_eq!(reply[id], again[id], "{id}");
+    }
+    // The handler's span: in the command's trace, with a span id of its own.
+    let command_span: Vec<&str> = again["traceparent"].split('-').collect();
+    let reply_span: Vec<&str> = reply["traceparent"].split('-').collect();
+    assert_eq!(reply_span.len(), 4, "{}", reply["traceparent"]);
+    assert_eq!(reply_span[1], command_span[1]);
+    assert!(is_lower_hex(reply_span[2], 16) && reply_span[2] != command_span[2]);
+    assert_eq!(reply["parent_span_id"], reply_span[2]);
+    let timestamp: u64 = reply["timestamp"].parse().unwrap();
+    let sent: u64 = again["timestamp"].parse().unwrap();
+    assert!((sent..=now_ms()).contains(&timestamp), "{timestamp} ms");
+
+    let log = handlers.log();
+    assert_eq!(log.matches("perform_exploration").count(), 2, "{log}");
+    assert_eq!(
+        log.matches("replaying the recorded reply").count(),
+        1,
+        "{log}"
+    );
+}
