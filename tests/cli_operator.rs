@@ -68,7 +68,9 @@ async fn start_wait_follows_the_saga_and_exits_with_its_outcome() {
         text.contains("step_completed         integrate_maps"),
         "{text}"
     );
-    assert!(text.trim_end().ends_with("completed"), "{text}");
+    let last = text.trim_end().lines().last().unwrap_or("");
+    assert!(last.starts_with("completed; results: {"), "{text}");
+    assert!(last.contains("\"integrate_maps\""), "{text}");
     assert!(
         !text.contains('\u{1b}'),
         "no colours or bars off a terminal"
@@ -112,7 +114,11 @@ async fn start_wait_follows_the_saga_and_exits_with_its_outcome() {
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
     assert!(text.contains("compensation_completed"), "{text}");
-    assert!(text.contains("compensated"), "{text}");
+    assert!(
+        text.contains("compensated: step integrate_maps failed")
+            && text.contains("undone: perform_exploration, plan_route, allocate_resources"),
+        "the compensation story: {text}"
+    );
 
     // A start the daemon refuses: exit 2 with the reason.
     let out = sagaflow(&[

@@ -168,12 +168,11 @@ async fn follow_one_mission(
     )
     .await?;
     match &outcome {
-        follow::Outcome::Completed => println!("\nthe mission completed"),
-        other => println!("\nthe mission did not complete: {other:?}"),
+        follow::Outcome::Completed(_) => println!("\nthe mission completed"),
+        other => println!("\nthe mission did not complete: {}", other.summary()),
     }
-    // 0 completed, 1 otherwise, as before `start --wait` told them apart.
     Ok(match outcome {
-        follow::Outcome::Completed => ExitCode::SUCCESS,
+        follow::Outcome::Completed(_) => ExitCode::SUCCESS,
         _ => ExitCode::from(1),
     })
 }

@@ -15,10 +15,12 @@ use tokio_util::sync::CancellationToken;
 /// How a followed saga ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Completed,
-    Compensated,
+    /// With the steps' results.
+    Completed(Value),
+    /// With the failed step, the reason, what was undone.
+    Compensated(Value),
     /// A compensation failed for good: an operator is needed.
-    Failed,
+    Failed(Value),
     Rejected(String),
 }
 
@@ -26,9 +28,9 @@ impl Outcome {
     /// 0 completed, 1 compensated, 2 failed or rejected.
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
-            Outcome::Completed => 0,
-            Outcome::Compensated => 1,
-            Outcome::Failed | Outcome::Rejected(_) => 2,
+            Outcome::Completed(_) => 0,
+            Outcome::Compensated(_) => 1,
+            Outcome::Failed(_) | Outcome::Rejected(_) => 2,
         })
     }
 }
@@ -108,9 +110,9 @@ pub async fn follow(
             }
             view.event(fields, started.elapsed());
             match event {
-                "saga_completed" => return Ok(Outcome::Completed),
-                "saga_compensated" => return Ok(Outcome::Compensated),
-                "saga_failed" => return Ok(Outcome::Failed),
+                "saga_completed" => return Ok(Outcome::Completed(payload)),
+                "saga_compensated" => return Ok(Outcome::Compensated(payload)),
+                "saga_failed" => return Ok(Outcome::Failed(payload)),
                 _ => {}
             }
         }
@@ -213,6 +215,43 @@ impl View {
             _ => {
                 let _ = multi.println(render::event_line(fields, elapsed.as_millis() as u64));
             }
+        }
+    }
+}
+
+impl Outcome {
+    /// The end of the story, for people.
+    pub fn summary(&self) -> String {
+        let list = |v: &Value| {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "nothing".into())
+        };
+        match self {
+            Outcome::Completed(p) => format!("completed; results: {}", p["results"]),
+            Outcome::Compensated(p) => format!(
+                "compensated: step {} failed ({}); undone: {}; without compensation: {}",
+                p["failed_step"].as_str().unwrap_or("?"),
+                p["reason"].as_str().unwrap_or("?"),
+                list(&p["compensated"]),
+                list(&p["skipped"]),
+            ),
+            Outcome::Failed(p) => format!(
+                "failed: step {} failed ({}), then its compensation {} failed ({}); undone before: {}. \
+                 See `sagaflow status`, then `retry`, `skip` or `abandon` it",
+                p["failed_step"].as_str().unwrap_or("?"),
+                p["reason"].as_str().unwrap_or("?"),
+                p["compensation"].as_str().unwrap_or("?"),
+                p["error"].as_str().unwrap_or("?"),
+                list(&p["compensated"]),
+            ),
+            Outcome::Rejected(reason) => format!("rejected: {reason}"),
         }
     }
 }

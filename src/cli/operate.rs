@@ -224,6 +224,7 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
         &shutdown,
     )
     .await?;
+    println!("\n{}", outcome.summary());
     Ok(outcome.exit_code())
 }
 

@@ -110,15 +110,7 @@ async fn start(args: StartArgs) -> Result<ExitCode, String> {
         &shutdown,
     )
     .await?;
-    println!();
-    match &outcome {
-        follow::Outcome::Completed => println!("completed"),
-        follow::Outcome::Compensated => println!("compensated: the steps done were undone"),
-        follow::Outcome::Failed => {
-            println!("failed: a compensation could not complete; see `sagaflow status`")
-        }
-        follow::Outcome::Rejected(reason) => println!("rejected: {reason}"),
-    }
+    println!("\n{}", outcome.summary());
     Ok(outcome.exit_code())
 }
 

@@ -662,3 +662,117 @@ fn per_request_steps_get_a_reply_stream_of_their_own() {
         "saga:replies:test"
     );
 }
+
+fn operator(action: Action) -> Event {
+    Event::Operator(OperatorRequest {
+        action,
+        by: "ops@host".into(),
+        reason: "because".into(),
+    })
+}
+
+#[test]
+fn a_cancelled_saga_undoes_its_steps_and_the_one_under_way() {
+    let (mut h, _) = Harness::new();
+    h.complete_steps(1);
+    let effects = h.apply(operator(Action::Cancel));
+    assert_eq!(
+        types(&effects),
+        [
+            "persist",
+            "operator_action",
+            "compensation_started",
+            "send cancel_route#1",
+            "timer"
+        ]
+    );
+    let p = h.last_event_payload(EventType::OperatorAction);
+    assert_eq!(
+        p,
+        json!({"action": "cancel", "by": "ops@host", "reason": "because"})
+    );
+    assert_eq!(h.state.phase, Phase::Compensating);
+    assert_eq!(
+        h.state.failure.as_ref().unwrap().reason,
+        "cancelled by ops@host: because"
+    );
+    // A late reply of the cancelled attempt changes nothing.
+    let stale = h.state.current.clone();
+    h.complete(json!({}));
+    h.complete(json!({}));
+    assert_eq!(h.state.phase, Phase::Compensated);
+    assert_eq!(h.state.undone, ["plan", "allocate"]);
+    assert!(stale.is_some());
+
+    // Compensating already: refused, recorded.
+    let (mut h, _) = Harness::new();
+    h.complete_steps(1);
+    h.fail(false);
+    let effects = h.apply(operator(Action::Cancel));
+    assert_eq!(types(&effects), ["operator_action"]);
+    let p = h.last_event_payload(EventType::OperatorAction);
+    assert!(p["refused"].as_str().unwrap().contains("compensating"));
+}
+
+/// A saga stuck: plan failed, then allocate's compensation failed for good.
+fn stuck() -> Harness {
+    let (mut h, _) = Harness::new();
+    h.complete_steps(1);
+    h.fail(false);
+    h.fail(false);
+    assert_eq!(h.state.phase, Phase::Failed);
+    assert_eq!(h.state.stuck_at, Some(0));
+    h
+}
+
+#[test]
+fn a_stuck_saga_is_retried_skipped_or_abandoned() {
+    let mut h = stuck();
+    let effects = h.apply(operator(Action::Retry));
+    assert_eq!(
+        types(&effects),
+        [
+            "persist",
+            "operator_action",
+            "compensation_started",
+            "send release#1",
+            "timer"
+        ]
+    );
+    assert_eq!((h.state.phase, h.state.rescues), (Phase::Compensating, 1));
+    h.complete(json!({}));
+    assert_eq!(h.state.phase, Phase::Compensated);
+    assert_eq!(h.state.undone, ["allocate"]);
+
+    let mut h = stuck();
+    let effects = h.apply(operator(Action::Skip {
+        step: "plan".into(),
+    }));
+    assert_eq!(
+        types(&effects),
+        ["operator_action", "finish"],
+        "the wrong step is refused"
+    );
+    let effects = h.apply(operator(Action::Skip {
+        step: "allocate".into(),
+    }));
+    assert_eq!(
+        types(&effects),
+        ["persist", "operator_action", "saga_compensated", "finish"]
+    );
+    assert_eq!(
+        h.last_event_payload(EventType::SagaCompensated)["skipped"],
+        json!(["allocate"])
+    );
+
+    let mut h = stuck();
+    let effects = h.apply(operator(Action::Abandon));
+    assert_eq!(types(&effects), ["persist", "operator_action", "finish"]);
+    assert!(h.state.abandoned && h.state.phase == Phase::Failed);
+    let effects = h.apply(operator(Action::Retry));
+    assert_eq!(
+        types(&effects),
+        ["operator_action", "finish"],
+        "abandoned: refused"
+    );
+}

@@ -64,6 +64,14 @@ pub struct Telemetry {
 /// The name of the instrumentation scope of every span made here.
 pub const TRACER_NAME: &str = "sagaflow";
 
+/// Set once spans are exported: without it, sagas build no spans at all.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process exports spans.
+pub fn exporting_spans() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installs the subscriber, and the tracer provider when an endpoint is
 /// configured. Call it once, inside the Tokio runtime (the gRPC exporter
 /// needs it).
@@ -71,6 +79,7 @@ pub fn init(opts: Options) -> Telemetry {
     let provider = exporting().then(|| build_provider(opts.service_name));
     if let Some(provider) = &provider {
         opentelemetry::global::set_tracer_provider(provider.clone());
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     let format = opts.log_format.unwrap_or_else(LogFormat::detect);
     let fmt = match format {

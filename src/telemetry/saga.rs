@@ -156,6 +156,9 @@ impl SagaTelemetry {
         let kind = kind_of(event.event_type);
         let elapsed = Duration::from_millis(event.timestamp.saturating_sub(a.started_ms));
         metrics::step_ended(&state.saga, &a.step, kind, outcome, elapsed);
+        if !super::exporting_spans() {
+            return;
+        }
         let tracer = global::tracer(super::TRACER_NAME);
         let verb = match a.kind {
             CommandKind::Action => "step",
@@ -215,6 +218,9 @@ fn end_root(state: &SagaState, event: &SagaEvent) {
     };
     let elapsed = Duration::from_millis(event.timestamp.saturating_sub(state.started_at_ms));
     metrics::saga_ended(&state.saga, outcome, elapsed);
+    if !super::exporting_spans() {
+        return;
+    }
     let tracer = global::tracer(super::TRACER_NAME);
     let mut attributes = saga_attributes(state);
     attributes.push(KeyValue::new(attr::OUTCOME, outcome));

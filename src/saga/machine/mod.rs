@@ -176,12 +176,13 @@ impl<'a> Machine<'a> {
         if self.effects.is_empty() {
             return self.effects;
         }
-        // Progress is recorded on the audit stream but changes no state.
+        // Progress, and an operator's request refused, are recorded on the
+        // audit stream but change no state.
         let changed = !self.effects.iter().all(|e| {
             matches!(e, Effect::Emit(ev) if matches!(
                 ev.event_type,
                 EventType::StepProgress | EventType::CompensationProgress
-            ))
+            ) || (ev.event_type == EventType::OperatorAction && ev.payload.get("refused").is_some()))
         });
         if changed {
             self.effects.insert(0, Effect::Persist);
