@@ -11,18 +11,8 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sagaflow");
 
-/// Runs `sagaflow <args>` to its end, stdout not a terminal.
 async fn sagaflow(args: &[&str]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .env_remove("SAGAFLOW_REDIS_URL")
-        .env("RUST_LOG", "warn");
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .expect("sagaflow runs");
-    out
+    sagaflow_cli(args).await
 }
 
 fn stdout(out: &Output) -> String {
@@ -289,7 +279,9 @@ async fn clear_errors_for_a_missing_saga_an_unreachable_redis_and_a_bad_flag() {
     assert_eq!(out.status.code(), Some(2), "clap's usage error");
     assert!(stderr(&out).contains("sideways"), "{}", stderr(&out));
 
-    for command in ["start", "status", "list", "watch"] {
+    for command in [
+        "start", "status", "list", "watch", "cancel", "retry", "skip", "abandon", "validate",
+    ] {
         let out = sagaflow(&[command, "--help"]).await;
         assert!(
             stdout(&out).contains("Example"),

@@ -6,20 +6,10 @@ mod common;
 
 use common::processes::Child;
 use common::*;
-use std::process::{Command, Output, Stdio};
-
-const BIN: &str = env!("CARGO_BIN_EXE_sagaflow");
+use std::process::Output;
 
 async fn sagaflow(args: &[&str]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .env_remove("SAGAFLOW_REDIS_URL")
-        .env("RUST_LOG", "warn");
-    tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .expect("sagaflow runs")
+    sagaflow_cli(args).await
 }
 
 fn out(o: &Output) -> String {

@@ -40,12 +40,11 @@ pub(super) async fn start(
                 .and_then(|t| TraceId::parse(&t))
         })
         .unwrap_or_else(TraceId::generate);
-    let span = tracing::info_span!(
-        "saga",
-        saga = %def.name,
-        saga_id = %saga_id,
-        correlation_id = %request.correlation_id,
-        trace_id = %trace_id,
+    let span = saga_span(
+        &def.name,
+        saga_id.as_str(),
+        &request.correlation_id,
+        &trace_id,
     );
     async move {
         if let Some(key) = &request.idempotency_key {
@@ -105,13 +104,7 @@ pub(super) async fn resume(shared: Arc<Shared>, saga_id: String, epoch: Arc<Epoc
             return tracing::error!(%saga_id, saga = %state.saga, %why, "a saga taken over cannot be resumed; left as it is")
         }
     };
-    let span = tracing::info_span!(
-        "saga",
-        saga = %def.name,
-        saga_id = %saga_id,
-        correlation_id = %state.correlation_id,
-        trace_id = %state.trace_id,
-    );
+    let span = saga_span(&def.name, &saga_id, &state.correlation_id, &state.trace_id);
     async move {
         // Its next commands name this daemon's reply stream; the attempt
         // under way keeps its own until it ends.
@@ -165,13 +158,7 @@ pub(super) async fn adopt(shared: Arc<Shared>, saga_id: String, request: Operato
             return tracing::error!(%saga_id, %why, "an operator's request cannot be carried out")
         }
     };
-    let span = tracing::info_span!(
-        "saga",
-        saga = %def.name,
-        saga_id = %saga_id,
-        correlation_id = %state.correlation_id,
-        trace_id = %state.trace_id,
-    );
+    let span = saga_span(&def.name, &saga_id, &state.correlation_id, &state.trace_id);
     async move {
         state.reply_stream = shared.settings.reply_stream();
         let Some(inbox) = shared.router.register(state.saga_id.clone()) else {
@@ -230,6 +217,22 @@ return 1
 ",
     )
 });
+
+/// The span every log line about a saga is written in.
+fn saga_span(
+    saga: &str,
+    saga_id: &str,
+    correlation_id: &crate::protocol::CorrelationId,
+    trace_id: &TraceId,
+) -> tracing::Span {
+    tracing::info_span!(
+        "saga",
+        saga = %saga,
+        saga_id = %saga_id,
+        correlation_id = %correlation_id,
+        trace_id = %trace_id,
+    )
+}
 
 /// A saga's record: its state and the number of its last transition.
 async fn load(shared: &Shared, saga_id: &str) -> redis::RedisResult<Option<(SagaState, u64)>> {

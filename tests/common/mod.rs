@@ -484,3 +484,19 @@ pub fn the_event<'a>(events: &'a [Event], event_type: &str, step: Option<&str>) 
     );
     found[0]
 }
+
+// ------------------------------------------------------------ the CLI
+
+/// Runs `sagaflow <args>` to its end, stdin closed and stdout not a
+/// terminal, without the test's own `SAGAFLOW_REDIS_URL`.
+pub async fn sagaflow_cli(args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(processes::BIN);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .env_remove("SAGAFLOW_REDIS_URL")
+        .env("RUST_LOG", "warn");
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("the command's thread")
+        .expect("sagaflow runs")
+}
