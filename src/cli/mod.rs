@@ -4,6 +4,7 @@ mod bench;
 mod dev;
 mod follow;
 mod handlers;
+mod health;
 mod list;
 mod logging;
 mod operate;
@@ -57,6 +58,8 @@ enum Command {
     Skip(operate::SkipArgs),
     /// Give a stuck saga up.
     Abandon(operate::AbandonArgs),
+    /// Ask a daemon whether it is alive (or ready): for container health checks.
+    Health(health::HealthArgs),
 }
 
 /// The reference mission, used when no sagas directory is at hand and by
@@ -91,6 +94,7 @@ pub fn main() -> ExitCode {
             Command::Retry(args) => operate::retry(args).await,
             Command::Skip(args) => operate::skip(args).await,
             Command::Abandon(args) => operate::abandon(args).await,
+            Command::Health(args) => health::run(args).await,
         }
     })
 }

@@ -123,6 +123,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Some(addr) => match http::bind(addr).await {
             Ok(listener) => {
                 let metrics = telemetry::metrics::install();
+                telemetry::metrics::register_sagas(&catalog);
                 let (daemon, stopping) = (daemon.clone(), shutdown.clone());
                 let readiness: http::Readiness = Arc::new(move || match daemon.get() {
                     Some(d) => d

@@ -145,3 +145,41 @@ pub fn redis_reconnected(doing: &'static str) {
 pub fn ready(ready: bool) {
     gauge!(m::READY).set(if ready { 1.0 } else { 0.0 });
 }
+
+/// Puts every counter of the daemon's sagas on `/metrics` at zero, so that
+/// dashboards and alerts see a series from the start, not "no data" until
+/// the first retry or timeout.
+pub fn register_sagas(catalog: &crate::definition::Catalog) {
+    gauge!(m::SAGAS_IN_FLIGHT).increment(0.0);
+    for doing in ["write", "starts", "replies", "control"] {
+        counter!(m::REDIS_ERRORS, "operation" => doing).increment(0);
+        counter!(m::REDIS_RECONNECTS, "operation" => doing).increment(0);
+    }
+    for name in catalog.names() {
+        let Some(def) = catalog.get(name) else {
+            continue;
+        };
+        let name = name.to_owned();
+        counter!(m::SAGAS_STARTED, "saga" => name.clone()).increment(0);
+        counter!(m::SAGAS_REJECTED, "saga" => name.clone()).increment(0);
+        counter!(m::SAGAS_DUPLICATE, "saga" => name.clone()).increment(0);
+        for outcome in ["completed", "compensated", "failed"] {
+            counter!(m::SAGAS_ENDED, "saga" => name.clone(), "outcome" => outcome).increment(0);
+        }
+        for step in &def.steps {
+            let mut kinds = vec!["action"];
+            if step.compensation.is_some() {
+                kinds.push("compensation");
+            }
+            for kind in kinds {
+                let labels = [
+                    ("saga", name.clone()),
+                    ("step", step.name.clone()),
+                    ("kind", kind.to_owned()),
+                ];
+                counter!(m::STEP_RETRIES, &labels).increment(0);
+                counter!(m::STEP_TIMEOUTS, &labels).increment(0);
+            }
+        }
+    }
+}
