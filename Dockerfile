@@ -22,7 +22,9 @@ RUN apt-get update \
     && useradd --system --uid 10001 --user-group --no-create-home sagaflow
 COPY --from=builder /usr/local/bin/sagaflow /usr/local/bin/sagaflow
 COPY sagas/ /etc/sagaflow/sagas/
-ENV SAGAFLOW_SAGAS=/etc/sagaflow/sagas \
+COPY config/sagaflow.yaml /etc/sagaflow/sagaflow.yaml
+ENV SAGAFLOW_CONFIG=/etc/sagaflow/sagaflow.yaml \
+    SAGAFLOW_SAGAS=/etc/sagaflow/sagas \
     SAGAFLOW_HTTP_ADDR=0.0.0.0:9464 \
     SAGAFLOW_LOG_FORMAT=json
 USER sagaflow

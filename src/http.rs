@@ -40,6 +40,13 @@ impl std::str::FromStr for HttpAddr {
     }
 }
 
+/// The address of the `http_addr` setting: `None` for `none`.
+pub fn parse_addr(s: &str) -> Result<Option<SocketAddr>, String> {
+    s.parse::<HttpAddr>()
+        .map(|a| a.0)
+        .map_err(|why| format!("http_addr: {why}"))
+}
+
 /// Takes the address, so that a port in use is an error at start-up.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr)

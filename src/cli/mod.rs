@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand. `main` only calls [`main`].
 
 mod bench;
+mod config;
 mod dev;
 mod follow;
 mod handlers;
@@ -16,7 +17,7 @@ mod status;
 mod validate;
 mod watch;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
@@ -34,6 +35,8 @@ struct Cli {
 enum Command {
     /// Run the daemon: load the sagas, take starts, drive sagas.
     Run(run::RunArgs),
+    /// Print the daemon's effective settings and where each comes from.
+    Config(run::RunArgs),
     /// Run the simulated mission handlers (resources, routing, exploration, mapping).
     Handlers(handlers::HandlersArgs),
     /// Run one demo mission end to end, with a private Redis if none is given.
@@ -68,7 +71,15 @@ pub(crate) const REFERENCE_MISSION: &str = include_str!("../../sagas/mission_sta
 
 /// Parses the command line and runs the subcommand.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let sub = matches
+        .subcommand()
+        .map(|(_, m)| m.clone())
+        .unwrap_or_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -81,7 +92,8 @@ pub fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run::run(args).await,
+            Command::Run(args) => run::run(args, &sub).await,
+            Command::Config(args) => config::run(&args, &sub),
             Command::Handlers(args) => handlers::run(args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Validate(args) => validate::run(args),

@@ -1,10 +1,13 @@
 //! `sagaflow run`: the daemon.
 
 use super::{logging, signals};
-use crate::config::Settings;
+use crate::config::layers::{self, Resolved};
 use crate::http::{self, HttpAddr};
 use crate::{definition, engine, telemetry};
+use clap::parser::ValueSource;
+use clap::ArgMatches;
 use clap::Args;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
@@ -23,62 +26,86 @@ pub struct RedisArgs {
     pub redis_url: String,
 }
 
+/// The daemon's flags. Their values are read, with the other layers, from
+/// the parsed command line by [`settings_from`]: the fields are there for
+/// `--help` and for clap's checks.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  sagaflow run --redis-url redis://127.0.0.1:6379 --sagas ./sagas"
+    after_help = "Every flag has a key in the configuration file and a SAGAFLOW_<KEY> environment\nvariable (--lease-ttl: lease_ttl, SAGAFLOW_LEASE_TTL); flags win over the environment,\nwhich wins over the file. `sagaflow config` shows the result; config/sagaflow.yaml\nlists every setting.\n\nExamples:\n  sagaflow run --redis-url redis://127.0.0.1:6379 --sagas ./sagas\n  sagaflow run --config config/sagaflow.yaml --lease-ttl 5s"
 )]
+#[allow(dead_code)]
 pub struct RunArgs {
+    /// The configuration file: settings under the environment and the flags
+    /// (`sagaflow config` shows the result).
+    #[arg(long, env = "SAGAFLOW_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     redis: RedisArgs,
     /// Directory of saga definitions (*.yaml, *.yml).
-    #[arg(long, env = "SAGAFLOW_SAGAS", default_value = "sagas")]
-    sagas: PathBuf,
+    #[arg(long)]
+    sagas: Option<PathBuf>,
     /// Name of this daemon instance (its consumer name and reply stream); random by default.
-    #[arg(long, env = "SAGAFLOW_NODE_ID")]
+    #[arg(long)]
     node_id: Option<String>,
     /// Sagas driven at once by this daemon; further starts wait [default: 10000].
-    #[arg(long, env = "SAGAFLOW_MAX_IN_FLIGHT")]
+    #[arg(long)]
     max_in_flight: Option<usize>,
     /// How long this daemon's lease on its sagas lasts; another daemon takes
     /// them over about this long after this one dies [default: 10s].
-    #[arg(long, env = "SAGAFLOW_LEASE_TTL", value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     lease_ttl: Option<Duration>,
     /// How long a stop may take to bring sagas to a persisted point [default: 10s].
-    #[arg(long, env = "SAGAFLOW_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     shutdown_grace: Option<Duration>,
     /// How long a saga's record is kept after it ends [default: 7d].
-    #[arg(long, env = "SAGAFLOW_RETENTION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     retention: Option<Duration>,
     /// How long a start's idempotency key is remembered [default: 24h].
-    #[arg(long, env = "SAGAFLOW_IDEMPOTENCY_RETENTION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     idempotency_retention: Option<Duration>,
     /// How long a reply stream outlives the last daemon reading it [default: 15m].
-    #[arg(long, env = "SAGAFLOW_REPLY_RETENTION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     reply_retention: Option<Duration>,
     /// How long entries of the command, event and trigger streams are kept
     /// [default: 24h].
-    #[arg(long, env = "SAGAFLOW_STREAM_RETENTION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration)]
     stream_retention: Option<Duration>,
     /// Approximate cap on `saga:events` [default: 100000].
-    #[arg(long, env = "SAGAFLOW_EVENTS_MAXLEN")]
+    #[arg(long)]
     events_maxlen: Option<usize>,
     /// Approximate cap on each command stream [default: 100000].
-    #[arg(long, env = "SAGAFLOW_COMMANDS_MAXLEN")]
+    #[arg(long)]
     commands_maxlen: Option<usize>,
     /// Deliveries after which a start is moved to the dead-letter stream [default: 5].
-    #[arg(long, env = "SAGAFLOW_MAX_DELIVERIES")]
+    #[arg(long)]
     max_deliveries: Option<u64>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `none` for nowhere.
-    #[arg(long, env = "SAGAFLOW_HTTP_ADDR", default_value = "127.0.0.1:9464")]
-    http_addr: HttpAddr,
-    #[command(flatten)]
-    log: logging::LogArgs,
+    /// [default: 127.0.0.1:9464]
+    #[arg(long)]
+    http_addr: Option<HttpAddr>,
+    /// Log lines as `json`, `pretty`, or `auto` (pretty on a terminal).
+    #[arg(long)]
+    log_format: Option<String>,
 }
 
-pub async fn run(args: RunArgs) -> ExitCode {
-    let telemetry = logging::init("info", &args.log, "sagaflow", false);
+pub async fn run(args: RunArgs, matches: &ArgMatches) -> ExitCode {
+    let settings = match settings_from(&args, matches) {
+        Ok(resolved) => resolved.settings,
+        Err(e) => {
+            eprintln!("sagaflow: bad configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let log = logging::LogArgs {
+        log_format: match settings.log_format.as_str() {
+            "json" => Some(telemetry::LogFormat::Json),
+            "pretty" => Some(telemetry::LogFormat::Pretty),
+            _ => None,
+        },
+    };
+    let telemetry = logging::init("info", &log, "sagaflow", false);
     // Definitions are checked before anything touches Redis.
-    let catalog = match definition::load_dir(&args.sagas) {
+    let catalog = match definition::load_dir(&settings.sagas_dir) {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
@@ -89,37 +116,13 @@ pub async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let defaults = Settings::default();
-    let settings = Settings {
-        redis_url: args.redis.redis_url,
-        sagas_dir: args.sagas,
-        node_id: args.node_id.unwrap_or(defaults.node_id.clone()),
-        max_in_flight: args.max_in_flight.unwrap_or(defaults.max_in_flight).max(1),
-        lease_ttl: args
-            .lease_ttl
-            .unwrap_or(defaults.lease_ttl)
-            .max(Duration::from_millis(300)),
-        shutdown_grace: args.shutdown_grace.unwrap_or(defaults.shutdown_grace),
-        retention: args.retention.unwrap_or(defaults.retention),
-        idempotency_retention: args
-            .idempotency_retention
-            .unwrap_or(defaults.idempotency_retention),
-        reply_retention: args.reply_retention.unwrap_or(defaults.reply_retention),
-        events_maxlen: args.events_maxlen.unwrap_or(defaults.events_maxlen),
-        commands_maxlen: args.commands_maxlen.unwrap_or(defaults.commands_maxlen),
-        stream_retention: args.stream_retention.unwrap_or(defaults.stream_retention),
-        max_deliveries: args
-            .max_deliveries
-            .unwrap_or(defaults.max_deliveries)
-            .max(1),
-        ..defaults
-    };
+    let http_addr = http::parse_addr(&settings.http_addr).expect("checked with the settings");
     let shutdown = CancellationToken::new();
     signals::on_stop_signal(shutdown.clone());
     // The endpoints come up first: until Redis is reached, `/readyz` says
     // so.
     let daemon: Arc<OnceLock<engine::Daemon>> = Arc::default();
-    let http = match args.http_addr.0 {
+    let http = match http_addr {
         Some(addr) => match http::bind(addr).await {
             Ok(listener) => {
                 let metrics = telemetry::metrics::install();
@@ -168,4 +171,21 @@ pub async fn run(args: RunArgs) -> ExitCode {
     }
     telemetry.shutdown().await;
     code
+}
+
+/// The daemon's settings from their layers: defaults, the file, the
+/// environment, and the flags given on this command line.
+pub fn settings_from(args: &RunArgs, matches: &ArgMatches) -> Result<Resolved, String> {
+    // Settings without a flag are in the file and the environment only.
+    let given: Vec<&str> = matches.ids().map(|id| id.as_str()).collect();
+    let flags: BTreeMap<String, String> = layers::keys()
+        .filter(|key| given.contains(key))
+        .filter(|key| matches.value_source(key) == Some(ValueSource::CommandLine))
+        .filter_map(|key| {
+            let raw = matches.try_get_raw(key).ok()??.next()?;
+            Some((key.to_owned(), raw.to_string_lossy().into_owned()))
+        })
+        .collect();
+    let env = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
+    layers::resolve(args.config.as_deref(), &env, &flags)
 }

@@ -1,4 +1,9 @@
-//! The daemon's settings, with every default in one place.
+//! The daemon's settings, with every default in one place, and how they
+//! are layered: built-in defaults, then the configuration file, then
+//! `SAGAFLOW_*` environment variables, then command-line flags
+//! ([`layers`]).
+
+pub mod layers;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -64,6 +69,11 @@ pub struct Settings {
     pub lease_ttl: Duration,
     /// How often a daemon looks for daemons whose lease ran out.
     pub takeover_every: Duration,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `none` for
+    /// nowhere.
+    pub http_addr: String,
+    /// `json`, `pretty`, or `auto` (pretty on a terminal, json otherwise).
+    pub log_format: String,
 }
 
 impl Default for Settings {
@@ -94,6 +104,8 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(10),
             lease_ttl: Duration::from_secs(10),
             takeover_every: Duration::from_secs(1),
+            http_addr: "127.0.0.1:9464".into(),
+            log_format: "auto".into(),
         }
     }
 }
