@@ -81,7 +81,7 @@ pub async fn run(args: HandlersArgs) -> ExitCode {
         Err(e) => {
             eprintln!(
                 "sagaflow: invalid Redis URL `{}`: {e}",
-                args.redis.redis_url
+                crate::config::redacted(&args.redis.redis_url)
             );
             return ExitCode::FAILURE;
         }

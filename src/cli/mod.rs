@@ -116,10 +116,12 @@ pub fn main() -> ExitCode {
 pub(crate) async fn connect(
     url: &str,
 ) -> Result<(redis::Client, redis::aio::MultiplexedConnection), String> {
-    let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL `{url}`: {e}"))?;
+    let shown = crate::config::redacted(url);
+    let client =
+        redis::Client::open(url).map_err(|e| format!("invalid Redis URL `{shown}`: {e}"))?;
     // Responses may take a few seconds: a scan of many sagas.
     let conn = crate::streams::blocking_connection(&client, std::time::Duration::from_secs(5))
         .await
-        .map_err(|e| format!("cannot reach Redis at {url}: {e}"))?;
+        .map_err(|e| format!("cannot reach Redis at {shown}: {e}"))?;
     Ok((client, conn))
 }

@@ -186,7 +186,11 @@ pub fn resolve(
             }
             None => Source::Default,
         };
-        sources.push((key.name, (key.show)(&settings), source));
+        let mut shown = (key.show)(&settings);
+        if key.name == "redis_url" {
+            shown = super::redacted(&shown);
+        }
+        sources.push((key.name, shown, source));
     }
     check(&settings)?;
     Ok(Resolved { settings, sources })

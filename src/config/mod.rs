@@ -150,3 +150,30 @@ impl Settings {
         format!("{}idempotency:{{{saga}}}:{key}", self.saga_key_prefix)
     }
 }
+
+/// A Redis URL fit for logs and messages: its password, if any, replaced
+/// by `***`.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+    format!("{scheme}://{user}:***@{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        use super::redacted;
+        assert_eq!(
+            redacted("rediss://:s3cret@host:6380/0"),
+            "rediss://:***@host:6380/0"
+        );
+        assert_eq!(redacted("redis://app:pw@host"), "redis://app:***@host");
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

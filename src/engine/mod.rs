@@ -172,7 +172,7 @@ impl Daemon {
         };
         let client = redis::Client::open(settings.redis_url.as_str()).map_err(|source| {
             EngineError::BadRedisUrl {
-                url: settings.redis_url.clone(),
+                url: crate::config::redacted(&settings.redis_url),
                 source,
             }
         })?;
@@ -300,19 +300,19 @@ async fn connect_with_retry(
         match streams::command_connection(client, settings.redis_response_timeout).await {
             Ok(conn) => {
                 if warned {
-                    tracing::info!(url = %settings.redis_url, "Redis is reachable");
+                    tracing::info!(url = %crate::config::redacted(&settings.redis_url), "Redis is reachable");
                 }
                 return Ok(conn);
             }
             Err(e) => {
                 if !warned {
-                    tracing::warn!(url = %settings.redis_url, error = %e, "waiting for Redis");
+                    tracing::warn!(url = %crate::config::redacted(&settings.redis_url), error = %e, "waiting for Redis");
                     warned = true;
                 }
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return Err(EngineError::StoppedBeforeReady { url: settings.redis_url.clone() }),
+            _ = shutdown.cancelled() => return Err(EngineError::StoppedBeforeReady { url: crate::config::redacted(&settings.redis_url) }),
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(RECONNECT_MAX_DELAY);
