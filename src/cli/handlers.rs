@@ -76,12 +76,19 @@ pub struct HandlersArgs {
 
 pub async fn run(args: HandlersArgs) -> ExitCode {
     let telemetry = logging::init("info", &args.log, "sagaflow-handlers", true);
-    let client = match redis::Client::open(args.redis.redis_url.as_str()) {
+    let redis_url = match args.redis.settings() {
+        Ok(settings) => settings.redis_url,
+        Err(e) => {
+            eprintln!("sagaflow: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let client = match redis::Client::open(redis_url.as_str()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!(
                 "sagaflow: invalid Redis URL `{}`: {e}",
-                crate::config::redacted(&args.redis.redis_url)
+                crate::config::redacted(&redis_url)
             );
             return ExitCode::FAILURE;
         }

@@ -56,8 +56,8 @@ pub async fn run(args: ListArgs) -> ExitCode {
 }
 
 async fn list(args: ListArgs) -> Result<(), String> {
-    let (_client, mut conn) = connect(&args.redis.redis_url).await?;
-    let settings = Settings::default();
+    let settings = args.redis.settings()?;
+    let (_client, mut conn) = connect(&settings.redis_url).await?;
     let now = crate::handler::now_ms();
     let mut rows = Vec::new();
     for record in operator::list(&mut conn, &settings).await? {

@@ -5,7 +5,6 @@
 use super::follow::{self, Target};
 use super::run::RedisArgs;
 use super::{connect, signals};
-use crate::config::Settings;
 use crate::operator;
 use crate::protocol::fields as f;
 use crate::saga::Phase;
@@ -110,8 +109,8 @@ async fn request(action: &str, step: Option<String>, args: Common) -> ExitCode {
 }
 
 async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCode, String> {
-    let (client, mut conn) = connect(&args.redis.redis_url).await?;
-    let settings = Settings::default();
+    let settings = args.redis.settings()?;
+    let (client, mut conn) = connect(&settings.redis_url).await?;
     let saga_id = args.saga_id.trim().replace('-', "");
     let record = operator::read(&mut conn, &settings, &saga_id)
         .await?

@@ -2,6 +2,7 @@
 
 use super::{logging, signals};
 use crate::config::layers::{self, Resolved};
+use crate::config::Settings;
 use crate::http::{self, HttpAddr};
 use crate::{definition, engine, telemetry};
 use clap::parser::ValueSource;
@@ -17,13 +18,29 @@ use tokio_util::sync::CancellationToken;
 /// Flags shared by every subcommand that talks to Redis.
 #[derive(Debug, Args, Clone)]
 pub struct RedisArgs {
-    /// Redis to use.
-    #[arg(
-        long,
-        env = "SAGAFLOW_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
+    /// The configuration file (config/sagaflow.yaml lists every setting):
+    /// under the environment and the flags.
+    #[arg(long, env = "SAGAFLOW_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Redis to use: redis://[user:password@]host:port, rediss:// for TLS
+    /// [default: redis://127.0.0.1:6379].
+    #[arg(long, env = "SAGAFLOW_REDIS_URL")]
+    pub redis_url: Option<String>,
+}
+
+impl RedisArgs {
+    /// The settings of this deployment: the file, the environment, and
+    /// `--redis-url`.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let mut flags = BTreeMap::new();
+        if let Some(url) = &self.redis_url {
+            flags.insert("redis_url".to_owned(), url.clone());
+        }
+        let env = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
+        layers::resolve(self.config.as_deref(), &env, &flags)
+            .map(|r| r.settings)
+            .map_err(|e| format!("bad configuration: {e}"))
+    }
 }
 
 /// The daemon's flags. Their values are read, with the other layers, from
@@ -35,10 +52,6 @@ pub struct RedisArgs {
 )]
 #[allow(dead_code)]
 pub struct RunArgs {
-    /// The configuration file: settings under the environment and the flags
-    /// (`sagaflow config` shows the result).
-    #[arg(long, env = "SAGAFLOW_CONFIG")]
-    pub config: Option<PathBuf>,
     #[command(flatten)]
     redis: RedisArgs,
     /// Directory of saga definitions (*.yaml, *.yml).
@@ -187,5 +200,5 @@ pub fn settings_from(args: &RunArgs, matches: &ArgMatches) -> Result<Resolved, S
         })
         .collect();
     let env = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
-    layers::resolve(args.config.as_deref(), &env, &flags)
+    layers::resolve(args.redis.config.as_deref(), &env, &flags)
 }

@@ -4,7 +4,6 @@
 use super::follow::{self, Target};
 use super::run::RedisArgs;
 use super::{connect, signals};
-use crate::config::Settings;
 use crate::operator::{self, Start};
 use crate::protocol::{CorrelationId, TraceParent};
 use crate::streams;
@@ -38,9 +37,10 @@ pub struct StartArgs {
     /// The caller's span (W3C `00-<trace id>-<span id>-<flags>`): the saga joins its trace.
     #[arg(long)]
     traceparent: Option<String>,
-    /// The trigger stream to write to.
-    #[arg(long, env = "SAGAFLOW_TRIGGER_STREAM", default_value = "mission:start")]
-    stream: String,
+    /// The trigger stream to write to [default: the `trigger_stream` setting,
+    /// mission:start].
+    #[arg(long)]
+    stream: Option<String>,
     /// Follow the saga until it ends, and exit with its outcome.
     #[arg(long)]
     wait: bool,
@@ -65,8 +65,12 @@ async fn start(args: StartArgs) -> Result<ExitCode, String> {
         TraceParent::parse(tp)
             .ok_or_else(|| format!("--traceparent `{tp}` is not 00-<32 hex>-<16 hex>-<2 hex>"))?;
     }
-    let (client, mut conn) = connect(&args.redis.redis_url).await?;
-    let settings = Settings::default();
+    let settings = args.redis.settings()?;
+    let (client, mut conn) = connect(&settings.redis_url).await?;
+    let stream = args
+        .stream
+        .clone()
+        .unwrap_or(settings.trigger_stream.clone());
     let correlation_id = args
         .correlation_id
         .clone()
@@ -77,7 +81,7 @@ async fn start(args: StartArgs) -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())?;
     let started = operator::start(
         &mut conn,
-        &args.stream,
+        &stream,
         &Start {
             saga: args.saga.clone(),
             payload,
@@ -87,10 +91,10 @@ async fn start(args: StartArgs) -> Result<ExitCode, String> {
         },
     )
     .await
-    .map_err(|e| format!("cannot write the start to {}: {e}", args.stream))?;
+    .map_err(|e| format!("cannot write the start to {stream}: {e}"))?;
     println!("saga id         {}", started.saga_id);
     println!("correlation id  {correlation_id}");
-    println!("start entry     {} {}", args.stream, started.entry_id);
+    println!("start entry     {stream} {}", started.entry_id);
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
     }

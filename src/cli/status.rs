@@ -2,7 +2,6 @@
 
 use super::connect;
 use super::run::RedisArgs;
-use crate::config::Settings;
 use crate::operator;
 use crate::protocol::fields as f;
 use crate::saga::Waiting;
@@ -49,8 +48,8 @@ struct Exchange {
 }
 
 async fn status(args: StatusArgs) -> Result<(), String> {
-    let (_client, mut conn) = connect(&args.redis.redis_url).await?;
-    let settings = Settings::default();
+    let settings = args.redis.settings()?;
+    let (_client, mut conn) = connect(&settings.redis_url).await?;
     let id = args.saga_id.trim().replace('-', "");
     let record = operator::read(&mut conn, &settings, &id)
         .await?

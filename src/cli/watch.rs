@@ -2,7 +2,6 @@
 
 use super::run::RedisArgs;
 use super::{connect, render, signals};
-use crate::config::Settings;
 use crate::protocol::fields as f;
 use crate::streams;
 use clap::Args;
@@ -41,8 +40,8 @@ pub async fn run(args: WatchArgs) -> ExitCode {
 }
 
 async fn watch(args: WatchArgs) -> Result<(), String> {
-    let (client, _conn) = connect(&args.redis.redis_url).await?;
-    let settings = Settings::default();
+    let settings = args.redis.settings()?;
+    let (client, _conn) = connect(&settings.redis_url).await?;
     let mut reader = streams::blocking_connection(&client, Duration::from_secs(1))
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
