@@ -93,6 +93,19 @@ pub async fn read(
     }))
 }
 
+/// The record of `saga_id` (dashes allowed), or a message saying there is
+/// none.
+pub async fn read_existing(
+    conn: &mut MultiplexedConnection,
+    settings: &Settings,
+    saga_id: &str,
+) -> Result<Record, String> {
+    let id = saga_id.trim().replace('-', "");
+    read(conn, settings, &id).await?.ok_or_else(|| {
+        format!("no saga `{id}`: never started, or its record expired after the retention")
+    })
+}
+
 /// Every saga record, in no order. Scans the keyspace: meant for operators,
 /// not for a hot path.
 pub async fn list(

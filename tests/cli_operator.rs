@@ -15,6 +15,16 @@ async fn sagaflow(args: &[&str]) -> Output {
     sagaflow_cli(args).await
 }
 
+/// Asserts the exit code and a part of stderr.
+fn fails_with(out: &Output, code: i32, says: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", stderr(out));
+    assert!(
+        stderr(out).contains(says),
+        "`{says}` not in: {}",
+        stderr(out)
+    );
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -252,28 +262,13 @@ async fn clear_errors_for_a_missing_saga_an_unreachable_redis_and_a_bad_flag() {
         "0123456789abcdef0123456789abcdef",
     ])
     .await;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("no saga `0123456789abcdef0123456789abcdef`"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, 1, "no saga `0123456789abcdef0123456789abcdef`");
 
     let out = sagaflow(&["list", "--redis-url", "redis://127.0.0.1:1"]).await;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("cannot reach Redis at redis://127.0.0.1:1"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, 1, "cannot reach Redis at redis://127.0.0.1:1");
 
     let out = sagaflow(&["start", "--redis-url", &url, "--payload", "[1, 2]"]).await;
-    assert_eq!(out.status.code(), Some(3));
-    assert!(
-        stderr(&out).contains("--payload must be a JSON object"),
-        "{}",
-        stderr(&out)
-    );
+    fails_with(&out, 3, "--payload must be a JSON object");
 
     let out = sagaflow(&["list", "--state", "sideways"]).await;
     assert_eq!(out.status.code(), Some(2), "clap's usage error");

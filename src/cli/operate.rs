@@ -111,12 +111,8 @@ async fn request(action: &str, step: Option<String>, args: Common) -> ExitCode {
 async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCode, String> {
     let settings = args.redis.settings()?;
     let (client, mut conn) = connect(&settings.redis_url).await?;
-    let saga_id = args.saga_id.trim().replace('-', "");
-    let record = operator::read(&mut conn, &settings, &saga_id)
-        .await?
-        .ok_or_else(|| {
-            format!("no saga `{saga_id}`: never started, or its record expired after the retention")
-        })?;
+    let record = operator::read_existing(&mut conn, &settings, &args.saga_id).await?;
+    let saga_id = record.state.saga_id.to_string();
     let phase = record.state.phase;
     let allowed = match action {
         "cancel" => phase == Phase::Running,

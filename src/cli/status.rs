@@ -50,12 +50,8 @@ struct Exchange {
 async fn status(args: StatusArgs) -> Result<(), String> {
     let settings = args.redis.settings()?;
     let (_client, mut conn) = connect(&settings.redis_url).await?;
-    let id = args.saga_id.trim().replace('-', "");
-    let record = operator::read(&mut conn, &settings, &id)
-        .await?
-        .ok_or_else(|| {
-            format!("no saga `{id}`: never started, or its record expired after the retention")
-        })?;
+    let record = operator::read_existing(&mut conn, &settings, &args.saga_id).await?;
+    let id = record.state.saga_id.to_string();
     let events = operator::events(&mut conn, &settings, &id).await?;
     let s = &record.state;
     if args.json {
