@@ -191,18 +191,18 @@ pub async fn events(
     Ok(out)
 }
 
-/// Whether the lease of `owner` is alive now.
-pub async fn owner_alive(
+/// The owners whose lease is alive at `now_ms`, read in one call.
+pub async fn live_owners(
     conn: &mut MultiplexedConnection,
     settings: &Settings,
-    owner: &str,
     now_ms: u64,
-) -> Result<bool, String> {
-    let until: Option<f64> = redis::cmd("ZSCORE")
+) -> Result<std::collections::HashSet<String>, String> {
+    let owners: Vec<String> = redis::cmd("ZRANGEBYSCORE")
         .arg(settings.leases_key())
-        .arg(owner)
+        .arg(format!("({now_ms}"))
+        .arg("+inf")
         .query_async(conn)
         .await
         .map_err(|e| format!("cannot read the leases: {e}"))?;
-    Ok(until.is_some_and(|u| u as u64 > now_ms))
+    Ok(owners.into_iter().collect())
 }

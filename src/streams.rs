@@ -163,6 +163,31 @@ pub async fn last_id<C: redis::aio::ConnectionLike + Send>(
         .map_or_else(|| "0-0".to_owned(), |e| e.id))
 }
 
+/// The entries of `stream` after id `after`, at most `count` of them
+/// (`None`: no bound), waiting up to `block` for one: the step of every
+/// reader that follows one stream without a group.
+pub async fn read_after<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    after: &str,
+    count: Option<usize>,
+    block: Duration,
+) -> RedisResult<Vec<Entry>> {
+    let mut cmd = redis::cmd("XREAD");
+    if let Some(count) = count {
+        cmd.arg("COUNT").arg(count);
+    }
+    let value: Value = cmd
+        .arg("BLOCK")
+        .arg(block.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(after)
+        .query_async(conn)
+        .await?;
+    Ok(decode_read_reply(&value))
+}
+
 /// Decodes the entries part of an `XAUTOCLAIM` reply: `[cursor, entries, deleted]`.
 pub fn decode_autoclaim_reply(stream: &str, v: &Value) -> (String, Vec<Entry>) {
     let Value::Array(parts) = v else {

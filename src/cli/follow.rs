@@ -12,6 +12,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+/// How long one read of the events waits: a stop or a timeout is seen
+/// within this.
+pub const POLL: Duration = Duration::from_millis(500);
+
 /// How a followed saga ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -71,16 +75,10 @@ pub async fn follow(
                 humantime::format_duration(timeout.unwrap_or_default())
             ));
         }
-        let value: redis::Value = redis::cmd("XREAD")
-            .arg("BLOCK")
-            .arg(500)
-            .arg("STREAMS")
-            .arg(events_stream)
-            .arg(&from)
-            .query_async(&mut reader)
+        let entries = streams::read_after(&mut reader, events_stream, &from, None, POLL)
             .await
             .map_err(|e| format!("reading {events_stream} failed: {e}"))?;
-        for entry in streams::decode_read_reply(&value) {
+        for entry in entries {
             from = entry.id.clone();
             let fields = &entry.fields;
             let event = text(fields, f::EVENT_TYPE);

@@ -2,8 +2,7 @@
 
 use super::connect;
 use super::run::RedisArgs;
-use crate::config::Settings;
-use crate::operator::{self, Record};
+use crate::operator;
 use crate::saga::Phase;
 use clap::{Args, ValueEnum};
 use std::process::ExitCode;
@@ -60,6 +59,7 @@ async fn list(args: ListArgs) -> Result<(), String> {
     let (_client, mut conn) = connect(&settings.redis_url).await?;
     let now = crate::handler::now_ms();
     let mut rows = Vec::new();
+    let live = operator::live_owners(&mut conn, &settings, now).await?;
     for record in operator::list(&mut conn, &settings).await? {
         let s = &record.state;
         if args.saga.as_ref().is_some_and(|name| *name != s.saga) {
@@ -71,7 +71,8 @@ async fn list(args: ListArgs) -> Result<(), String> {
         {
             continue;
         }
-        let orphan = !s.phase.is_terminal() && !owned(&mut conn, &settings, &record, now).await?;
+        let owned = record.owner.as_ref().is_some_and(|o| live.contains(o));
+        let orphan = !s.phase.is_terminal() && !owned;
         let keep = match args.state {
             None => true,
             Some(StateFilter::Running) => !s.phase.is_terminal(),
@@ -118,19 +119,6 @@ async fn list(args: ListArgs) -> Result<(), String> {
         println!("({} more; raise --limit)", total - args.limit);
     }
     Ok(())
-}
-
-/// Whether a live daemon holds the saga.
-async fn owned(
-    conn: &mut redis::aio::MultiplexedConnection,
-    settings: &Settings,
-    record: &Record,
-    now: u64,
-) -> Result<bool, String> {
-    match &record.owner {
-        Some(owner) => operator::owner_alive(conn, settings, owner, now).await,
-        None => Ok(false),
-    }
 }
 
 fn human(ms: u64) -> String {

@@ -170,28 +170,26 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
                 ANSWER_WITHIN.as_secs()
             ));
         }
-        let value: redis::Value = redis::cmd("XREAD")
-            .arg("BLOCK")
-            .arg(500)
-            .arg("STREAMS")
-            .arg(&settings.events_stream)
-            .arg(&after)
-            .query_async(&mut reader)
-            .await
-            .map_err(|e| format!("reading {} failed: {e}", settings.events_stream))?;
-        let found = streams::decode_read_reply(&value)
-            .into_iter()
-            .find_map(|e| {
-                after = e.id.clone();
-                let text = |k: &str| {
-                    e.fields
-                        .get(k)
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                };
-                let ours = text(f::SAGA_ID).as_deref() == Some(saga_id.as_str())
-                    && text(f::EVENT_TYPE).as_deref() == Some("operator_action");
-                ours.then(|| serde_json::from_str::<Value>(&text(f::PAYLOAD).unwrap_or_default()))
-            });
+        let entries = streams::read_after(
+            &mut reader,
+            &settings.events_stream,
+            &after,
+            None,
+            follow::POLL,
+        )
+        .await
+        .map_err(|e| format!("reading {} failed: {e}", settings.events_stream))?;
+        let found = entries.into_iter().find_map(|e| {
+            after = e.id.clone();
+            let text = |k: &str| {
+                e.fields
+                    .get(k)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            };
+            let ours = text(f::SAGA_ID).as_deref() == Some(saga_id.as_str())
+                && text(f::EVENT_TYPE).as_deref() == Some("operator_action");
+            ours.then(|| serde_json::from_str::<Value>(&text(f::PAYLOAD).unwrap_or_default()))
+        });
         if let Some(payload) = found {
             break payload.unwrap_or(Value::Null);
         }

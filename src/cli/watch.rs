@@ -1,7 +1,7 @@
 //! `sagaflow watch`: a live, readable tail of `saga:events`.
 
 use super::run::RedisArgs;
-use super::{connect, render, signals};
+use super::{connect, follow, render, signals};
 use crate::protocol::fields as f;
 use crate::streams;
 use clap::Args;
@@ -53,16 +53,16 @@ async fn watch(args: WatchArgs) -> Result<(), String> {
             .is_none_or(|w| fields.get(name).map(Vec::as_slice) == Some(w.as_bytes()))
     };
     while !shutdown.is_cancelled() {
-        let value: redis::Value = redis::cmd("XREAD")
-            .arg("BLOCK")
-            .arg(500)
-            .arg("STREAMS")
-            .arg(&settings.events_stream)
-            .arg(&from)
-            .query_async(&mut reader)
-            .await
-            .map_err(|e| format!("reading {} failed: {e}", settings.events_stream))?;
-        for entry in streams::decode_read_reply(&value) {
+        let entries = streams::read_after(
+            &mut reader,
+            &settings.events_stream,
+            &from,
+            None,
+            follow::POLL,
+        )
+        .await
+        .map_err(|e| format!("reading {} failed: {e}", settings.events_stream))?;
+        for entry in entries {
             from = entry.id.clone();
             let fields = &entry.fields;
             if !matches(fields, f::SAGA, &args.saga)

@@ -36,25 +36,18 @@ pub(super) async fn run(shared: Arc<Shared>) {
             },
         };
         from = Some(after.clone());
-        let read: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
-            .arg("BLOCK")
-            .arg(shared.settings.block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg(&after)
-            .query_async(c)
-            .await;
-        let value = match read {
-            Ok(v) => {
+        let read = streams::read_after(c, &stream, &after, None, shared.settings.block).await;
+        let entries = match read {
+            Ok(entries) => {
                 conn.succeeded();
-                v
+                entries
             }
             Err(e) => {
                 conn.failed(&shared, &e).await;
                 continue;
             }
         };
-        for entry in streams::decode_read_reply(&value) {
+        for entry in entries {
             from = Some(entry.id.clone());
             match parse(&entry.fields) {
                 Ok((saga_id, request)) => dispatch(&shared, saga_id, request),

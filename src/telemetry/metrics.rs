@@ -6,6 +6,14 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::time::Duration;
 
+/// Set once the recorder is installed: until then the per-saga functions
+/// below return at once, without building their labels.
+static RECORDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn recording() -> bool {
+    RECORDING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installs the Prometheus recorder; its handle renders `/metrics`.
 /// `None` if a recorder is installed already.
 pub fn install() -> Option<PrometheusHandle> {
@@ -19,6 +27,7 @@ pub fn install() -> Option<PrometheusHandle> {
         .install_recorder()
         .ok()?;
     describe();
+    RECORDING.store(true, std::sync::atomic::Ordering::Relaxed);
     Some(handle)
 }
 
@@ -72,10 +81,16 @@ fn describe() {
 }
 
 pub fn saga_started(saga: &str) {
+    if !recording() {
+        return;
+    }
     counter!(m::SAGAS_STARTED, "saga" => saga.to_owned()).increment(1);
 }
 
 pub fn saga_ended(saga: &str, outcome: &'static str, elapsed: Duration) {
+    if !recording() {
+        return;
+    }
     counter!(m::SAGAS_ENDED, "saga" => saga.to_owned(), "outcome" => outcome).increment(1);
     histogram!(m::SAGA_DURATION, "saga" => saga.to_owned(), "outcome" => outcome)
         .record(elapsed.as_secs_f64());
@@ -96,6 +111,9 @@ pub fn step_ended(
     outcome: &'static str,
     elapsed: Duration,
 ) {
+    if !recording() {
+        return;
+    }
     let labels = [
         ("saga", saga.to_owned()),
         ("step", step.to_owned()),
@@ -109,6 +127,9 @@ pub fn step_ended(
 }
 
 pub fn step_retried(saga: &str, step: &str, kind: &'static str) {
+    if !recording() {
+        return;
+    }
     counter!(m::STEP_RETRIES, "saga" => saga.to_owned(), "step" => step.to_owned(), "kind" => kind)
         .increment(1);
 }

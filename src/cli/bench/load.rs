@@ -157,18 +157,16 @@ async fn follow(
     };
     let mut last = from;
     while !stop.is_cancelled() {
-        let read = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(5000)
-            .arg("BLOCK")
-            .arg(200)
-            .arg("STREAMS")
-            .arg(&load.events)
-            .arg(&last)
-            .query_async::<redis::Value>(&mut conn)
-            .await;
-        let Ok(value) = read else { continue };
-        for entry in streams::decode_read_reply(&value) {
+        let read = streams::read_after(
+            &mut conn,
+            &load.events,
+            &last,
+            Some(5000),
+            Duration::from_millis(200),
+        )
+        .await;
+        let Ok(entries) = read else { continue };
+        for entry in entries {
             last = entry.id.clone();
             let text = |k: &str| {
                 entry
