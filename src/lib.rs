@@ -12,7 +12,7 @@
 //!       │                                            │  saga::apply decides │
 //!       └──XADD──▶ saga:replies:<node> ──XREAD──────▶│  store writes state, │
 //!                                                    │  commands and events │
-//!                  saga:events ◀──XADD───────────────│  in one MULTI/EXEC   │
+//!                  saga:events ◀──XADD───────────────│  in one script       │
 //!                                                    └──────────────────────┘
 //! ```
 //!
@@ -22,6 +22,8 @@
 //!   sagas: intake of starts, saga tasks, the reply reader, atomic writes.
 //! - [`handler`]: the handler SDK and the simulated mission services; it
 //!   shares only [`protocol`] and [`streams`] with the daemon.
+//! - [`store`]: the Lua scripts that change sagas, leases and streams
+//!   atomically, and bounded reads; the only code that knows the scripts.
 //! - [`saga`]: the saga rules as a pure state machine (no IO, no clock).
 //! - [`definition`]: saga YAML, its checks with `file:line:column`, templates.
 //! - [`config`]: every default setting in one place.
@@ -38,5 +40,6 @@ pub mod local_redis;
 pub mod operator;
 pub mod protocol;
 pub mod saga;
+pub mod store;
 pub mod streams;
 pub mod telemetry;

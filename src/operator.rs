@@ -191,12 +191,22 @@ pub async fn events(
     Ok(out)
 }
 
-/// The owners whose lease is alive at `now_ms`, read in one call.
+/// Redis's time, in unix ms: what leases and deadlines are measured on,
+/// whatever this host's clock says.
+pub async fn redis_now_ms(conn: &mut MultiplexedConnection) -> Result<u64, String> {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME")
+        .query_async(conn)
+        .await
+        .map_err(|e| format!("cannot read Redis's clock: {e}"))?;
+    Ok(secs * 1000 + micros / 1000)
+}
+
+/// The owners whose lease is alive now on Redis's clock.
 pub async fn live_owners(
     conn: &mut MultiplexedConnection,
     settings: &Settings,
-    now_ms: u64,
 ) -> Result<std::collections::HashSet<String>, String> {
+    let now_ms = redis_now_ms(conn).await?;
     let owners: Vec<String> = redis::cmd("ZRANGEBYSCORE")
         .arg(settings.leases_key())
         .arg(format!("({now_ms}"))

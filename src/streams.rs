@@ -263,21 +263,21 @@ pub fn is_busygroup(e: &redis::RedisError) -> bool {
 
 /// A stream entry id, ordered as Redis orders them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct StreamId(u64, u64);
+pub struct StreamId(u64, u64);
 
 impl StreamId {
-    pub(crate) fn parse(id: &str) -> Option<Self> {
+    pub fn parse(id: &str) -> Option<Self> {
         let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
         Some(Self(ms.parse().ok()?, seq.parse().ok()?))
     }
 
     /// The first id of a millisecond.
-    pub(crate) fn at_ms(ms: u64) -> Self {
+    pub fn at_ms(ms: u64) -> Self {
         Self(ms, 0)
     }
 
     /// The id right after this one.
-    pub(crate) fn next(self) -> Self {
+    pub fn next(self) -> Self {
         Self(self.0, self.1.saturating_add(1))
     }
 }

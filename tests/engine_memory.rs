@@ -12,13 +12,14 @@ const SAGAS: usize = 1000;
 
 /// Streams written with `XADD MAXLEN ~`, and keys whose size is bounded by
 /// the number of daemons, not of sagas.
-const CAPPED_OR_BOUNDED: [&str; 7] = [
+const CAPPED_OR_BOUNDED: [&str; 8] = [
     "saga:events",
     "resources:commands",
     "routing:commands",
     "exploration:commands",
     "mapping:commands",
     "saga:leases",
+    "saga:owners",
     // written by the starter (this test), not by the daemon
     "mission:start",
 ];

@@ -46,13 +46,13 @@ async fn a_saga_awaiting_a_reply_goes_on_after_a_restart() {
     };
     wait_for_events(&server, SAGA_WAIT, second_sent).await;
     handler.stop().await;
-    let settings = daemon.stop().await;
+    let settings = daemon.stop().await.settings;
     // The command as sent (the handler may not have read it yet).
     let sent = xrange(&mut conn, "resume:commands").await;
     let second = sent.last().expect("the second command");
     assert_eq!(second["step"], "second");
 
-    // The same daemon again (same node id, so the same reply stream).
+    // The same daemon again (same node id).
     let daemon = start_daemon_with(settings, catalog(TWO_STEPS)).await;
     let replies = complete_in_stages(second, &json!({"n": 2}));
     write_replies(&mut conn, &second["reply_stream"], replies).await;
@@ -135,7 +135,7 @@ async fn a_saga_finishes_on_the_definition_it_started_with() {
     };
     wait_for_events(&server, SAGA_WAIT, second_sent).await;
     handler.stop().await;
-    let settings = daemon.stop().await;
+    let settings = daemon.stop().await.settings;
     let sent = xrange(&mut conn, "resume:commands").await;
     let second = sent.last().expect("the second command");
     assert_eq!(second["step"], "second");

@@ -119,7 +119,7 @@ async fn mission_with_raw_handler(start: &[(&str, &str)], correlation_id: &str) 
 
     let events = saga_events(&server, correlation_id).await;
     let commands = handler.stop().await;
-    let reply_stream = daemon.stop().await.reply_stream();
+    let reply_stream = daemon.stop().await.reply_stream;
 
     let done = events.last().unwrap();
     assert_eq!(done.event_type, "saga_completed", "\n{}", describe(&events));

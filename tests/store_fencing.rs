@@ -1,14 +1,21 @@
-//! The fenced transition write against a real Redis: only the saga's owner
-//! writes, a retried write is applied once, and a creation cannot replace a
-//! saga that exists.
+//! The store's scripts against a real Redis: the fenced transition (only
+//! the owner writes, a retried write is applied once, a creation cannot
+//! replace a saga that exists, a daemon whose lease ran out creates
+//! nothing, a key of the wrong kind refuses the whole transition), and the
+//! leases on Redis's clock (renewal, claims, orphans).
 
 mod common;
 
 use common::*;
+use redis::aio::ConnectionManager;
 use sagaflow::config::Settings;
-use sagaflow::engine::store::{Fence, Transition, Written};
 use sagaflow::protocol::{CorrelationId, EventType, SagaEvent, SagaId, SagaStatus};
+use sagaflow::store::lease::{self, OwnerClaim, Renewal, SagaClaim};
+use sagaflow::store::{Fence, Ownership, Transition, WriteError, Written};
 use serde_json::json;
+use std::time::Duration;
+
+const TTL: Duration = Duration::from_secs(10);
 
 fn event(saga_id: &SagaId, n: u64) -> SagaEvent {
     SagaEvent {
@@ -23,28 +30,67 @@ fn event(saga_id: &SagaId, n: u64) -> SagaEvent {
     }
 }
 
-async fn write(server: &RedisServer, saga_id: &SagaId, owner: &str, seq: u64) -> Written {
-    let settings = Settings {
+fn settings(server: &RedisServer) -> Settings {
+    Settings {
         redis_url: server.url(),
         ..Settings::default()
-    };
+    }
+}
+
+async fn manager(server: &RedisServer) -> ConnectionManager {
     let client = server.client();
-    let mut conn =
-        sagaflow::streams::command_connection(&client, std::time::Duration::from_secs(5))
-            .await
-            .unwrap();
+    sagaflow::streams::command_connection(&client, Duration::from_secs(5))
+        .await
+        .unwrap()
+}
+
+async fn write_with(
+    server: &RedisServer,
+    saga_id: &SagaId,
+    owner: &str,
+    seq: u64,
+    ownership: Ownership,
+) -> Result<Written, WriteError> {
+    let mut conn = manager(server).await;
     let e = event(saga_id, seq);
     let transition = Transition {
-        saga: Some((saga_id.as_str(), Fence { owner, seq })),
+        saga: Some((
+            saga_id.as_str(),
+            Fence {
+                owner,
+                seq,
+                ownership,
+            },
+        )),
         events: vec![&e],
         ..Default::default()
     };
-    transition.write(&mut conn, &settings).await.unwrap()
+    transition.write(&mut conn, &settings(server)).await
+}
+
+async fn write(server: &RedisServer, saga_id: &SagaId, owner: &str, seq: u64) -> Written {
+    let ownership = if seq == 1 {
+        Ownership::Join
+    } else {
+        Ownership::Stay
+    };
+    write_with(server, saga_id, owner, seq, ownership)
+        .await
+        .unwrap()
+}
+
+async fn register(server: &RedisServer, owner: &str, ttl: Duration) {
+    let mut conn = manager(server).await;
+    lease::register(&mut conn, &settings(server), owner, ttl)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_owner_writes_and_each_transition_once() {
     let server = RedisServer::start();
+    register(&server, "node-a.1", TTL).await;
+    register(&server, "node-b.1", TTL).await;
     let saga = SagaId::generate();
     assert_eq!(write(&server, &saga, "node-a.1", 1).await, Written::Done);
     assert_eq!(
@@ -74,5 +120,200 @@ async fn only_the_owner_writes_and_each_transition_once() {
         ns,
         [r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#],
         "each write once, only the owner's"
+    );
+    let owned: Vec<String> = must(
+        "SMEMBERS",
+        redis::cmd("SMEMBERS")
+            .arg("saga:owned:{node-a.1}")
+            .query_async(&mut conn),
+    )
+    .await;
+    assert_eq!(
+        owned,
+        [saga.to_string()],
+        "the creation joined its owner's set"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_whose_lease_ran_out_creates_nothing() {
+    let server = RedisServer::start();
+    let saga = SagaId::generate();
+    // Never registered: no lease at all.
+    assert_eq!(
+        write(&server, &saga, "ghost.1", 1).await,
+        Written::LeaseLost
+    );
+    // Registered, then run out (on Redis's clock).
+    register(&server, "late.1", Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(write(&server, &saga, "late.1", 1).await, Written::LeaseLost);
+    let mut conn = server.conn().await;
+    let exists: i64 = must(
+        "EXISTS",
+        redis::cmd("EXISTS")
+            .arg(format!("saga:{{{saga}}}"))
+            .arg("saga:events")
+            .arg("saga:owned:{late.1}")
+            .query_async(&mut conn),
+    )
+    .await;
+    assert_eq!(exists, 0, "nothing at all was written");
+    // A transition that ends the saga at once needs no live lease: the saga
+    // is over, nobody has to drive it.
+    let ended = write_with(&server, &saga, "late.1", 1, Ownership::Leave).await;
+    assert_eq!(ended.unwrap(), Written::Done);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_the_wrong_kind_refuses_the_whole_transition() {
+    let server = RedisServer::start();
+    register(&server, "node-a.1", TTL).await;
+    let mut conn = server.conn().await;
+    must(
+        "HSET",
+        redis::cmd("HSET")
+            .arg("saga:events")
+            .arg("not")
+            .arg("a stream")
+            .query_async::<i64>(&mut conn),
+    )
+    .await;
+    let saga = SagaId::generate();
+    let refused = write_with(&server, &saga, "node-a.1", 1, Ownership::Join).await;
+    match refused {
+        Err(e @ WriteError::WrongType { .. }) => {
+            assert!(e.is_permanent());
+            assert!(e.to_string().contains("saga:events"), "{e}");
+        }
+        other => panic!("expected a wrong-type refusal, got {other:?}"),
+    }
+    let exists: i64 = must(
+        "EXISTS",
+        redis::cmd("EXISTS")
+            .arg(format!("saga:{{{saga}}}"))
+            .arg("saga:owned:{node-a.1}")
+            .query_async(&mut conn),
+    )
+    .await;
+    assert_eq!(exists, 0, "no half-written transition");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_judged_on_redis_clock_and_claims_move_sagas() {
+    let server = RedisServer::start();
+    let s = settings(&server);
+    let mut conn = manager(&server).await;
+    register(&server, "alive.1", TTL).await;
+    register(&server, "dying.1", Duration::from_millis(50)).await;
+    let saga = SagaId::generate();
+    assert_eq!(write(&server, &saga, "dying.1", 1).await, Written::Done);
+
+    // The live one renews; the dying one cannot once its lease ran out.
+    let (kept, now) = lease::renew(&mut conn, &s, "alive.1", TTL).await.unwrap();
+    assert_eq!(kept, Renewal::Kept);
+    assert!(now.abs_diff(now_ms()) < 5_000, "Redis's time in ms: {now}");
+    assert_eq!(
+        lease::claim_owner(&mut conn, &s, "dying.1", "alive.1")
+            .await
+            .unwrap(),
+        OwnerClaim::Alive,
+        "not yet run out"
+    );
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let (lost, _) = lease::renew(&mut conn, &s, "dying.1", TTL).await.unwrap();
+    assert_eq!(lost, Renewal::Lost, "a lease that ran out is never renewed");
+    let (_, dead) = lease::dead_owners(&mut conn, &s, 16).await.unwrap();
+    assert_eq!(dead, ["dying.1"]);
+    // A claimer without a live lease claims nothing.
+    assert_eq!(
+        lease::claim_owner(&mut conn, &s, "dying.1", "nobody.1")
+            .await
+            .unwrap(),
+        OwnerClaim::ClaimerLost
+    );
+    assert_eq!(
+        lease::claim_owner(&mut conn, &s, "dying.1", "alive.1")
+            .await
+            .unwrap(),
+        OwnerClaim::Moved(vec![saga.to_string()])
+    );
+    assert_eq!(write(&server, &saga, "dying.1", 2).await, Written::NotOurs);
+    assert_eq!(write(&server, &saga, "alive.1", 2).await, Written::Done);
+    let (_, dead) = lease::dead_owners(&mut conn, &s, 16).await.unwrap();
+    assert!(dead.is_empty(), "claimed owners are forgotten: {dead:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphan_is_found_and_claimed() {
+    let server = RedisServer::start();
+    let s = settings(&server);
+    let mut conn = manager(&server).await;
+    register(&server, "alive.1", TTL).await;
+    // An older version's orphan: a saga in the set of an owner that has no
+    // lease at all and that the registry of owners does not know.
+    let saga = SagaId::generate();
+    register(&server, "old.1", TTL).await;
+    assert_eq!(write(&server, &saga, "old.1", 1).await, Written::Done);
+    let mut raw = server.conn().await;
+    for cmd in [
+        redis::cmd("ZREM").arg("saga:leases").arg("old.1").clone(),
+        redis::cmd("SREM").arg("saga:owners").arg("old.1").clone(),
+    ] {
+        must("forget the owner", cmd.query_async::<i64>(&mut raw)).await;
+    }
+    let (_, dead) = lease::dead_owners(&mut conn, &s, 16).await.unwrap();
+    assert!(dead.is_empty(), "unknown until registered: {dead:?}");
+    // What a daemon does at start: registers the owners of the sets found.
+    must(
+        "SADD",
+        redis::cmd("SADD")
+            .arg("saga:owners")
+            .arg("old.1")
+            .query_async::<i64>(&mut raw),
+    )
+    .await;
+    let (_, dead) = lease::dead_owners(&mut conn, &s, 16).await.unwrap();
+    assert_eq!(dead, ["old.1"]);
+    assert_eq!(
+        lease::claim_owner(&mut conn, &s, "old.1", "alive.1")
+            .await
+            .unwrap(),
+        OwnerClaim::Moved(vec![saga.to_string()])
+    );
+
+    // A record edited by hand to name an owner that does not exist.
+    let other = SagaId::generate();
+    assert_eq!(write(&server, &other, "alive.1", 1).await, Written::Done);
+    must(
+        "HSET",
+        redis::cmd("HSET")
+            .arg(format!("saga:{{{other}}}"))
+            .arg("owner")
+            .arg("nobody.9")
+            .query_async::<i64>(&mut raw),
+    )
+    .await;
+    register(&server, "alive.2", TTL).await;
+    let claim = |from| {
+        let s = s.clone();
+        let mut conn = conn.clone();
+        let other = other.clone();
+        async move {
+            lease::claim_saga(&mut conn, &s, other.as_str(), "alive.2", from, true)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        claim(lease::From::Owner("someone.1")).await,
+        SagaClaim::NotClaimed,
+        "the owner changed since read"
+    );
+    assert_eq!(claim(lease::From::AnyDead).await, SagaClaim::Claimed);
+    assert_eq!(
+        claim(lease::From::AnyDead).await,
+        SagaClaim::NotClaimed,
+        "a live owner keeps it"
     );
 }

@@ -57,9 +57,9 @@ pub async fn run(args: ListArgs) -> ExitCode {
 async fn list(args: ListArgs) -> Result<(), String> {
     let settings = args.redis.settings()?;
     let (_client, mut conn) = connect(&settings.redis_url).await?;
-    let now = crate::handler::now_ms();
+    let now = operator::redis_now_ms(&mut conn).await?;
     let mut rows = Vec::new();
-    let live = operator::live_owners(&mut conn, &settings, now).await?;
+    let live = operator::live_owners(&mut conn, &settings).await?;
     for record in operator::list(&mut conn, &settings).await? {
         let s = &record.state;
         if args.saga.as_ref().is_some_and(|name| *name != s.saga) {

@@ -67,6 +67,8 @@ keys! {
     "reply_retention" => reply_retention: duration,
     "stream_retention" => stream_retention: duration,
     "events_maxlen" => events_maxlen: count,
+    "triggers_maxlen" => triggers_maxlen: count,
+    "control_maxlen" => control_maxlen: count,
     "commands_maxlen" => commands_maxlen: count,
     "max_deliveries" => max_deliveries: count64,
     "max_in_flight" => max_in_flight: count,
@@ -219,6 +221,8 @@ fn check(s: &Settings) -> Result<(), String> {
         ("max_in_flight", s.max_in_flight),
         ("read_batch", s.read_batch),
         ("events_maxlen", s.events_maxlen),
+        ("triggers_maxlen", s.triggers_maxlen),
+        ("control_maxlen", s.control_maxlen),
         ("commands_maxlen", s.commands_maxlen),
     ] {
         if v == 0 {

@@ -13,12 +13,9 @@ use std::time::Duration;
 pub struct Settings {
     pub redis_url: String,
     pub sagas_dir: PathBuf,
-    /// Names this daemon instance: its trigger consumer and its reply stream.
+    /// Names this daemon instance: its trigger consumer, and the start of
+    /// its owner tokens and reply streams.
     pub node_id: String,
-    /// Set anew by every daemon start: a daemon restarted under the same
-    /// node id gets a reply stream of its own, so that it never trims replies
-    /// that another daemon, which took over its former sagas, has yet to read.
-    pub incarnation: String,
     /// Trigger stream read even when no definition binds it, for starts
     /// that name their saga.
     pub trigger_stream: String,
@@ -29,6 +26,12 @@ pub struct Settings {
     pub control_stream: String,
     /// Approximate cap on the events stream (`XADD MAXLEN ~`).
     pub events_maxlen: usize,
+    /// Cap on each trigger stream, by count: starts the daemon group has
+    /// finished with are trimmed beyond it (and by age, see
+    /// `stream_retention`); starts not finished with never are.
+    pub triggers_maxlen: usize,
+    /// Approximate cap on the control stream of operators' requests.
+    pub control_maxlen: usize,
     /// Reply streams are `<prefix><node_id>`.
     pub reply_stream_prefix: String,
     /// Saga records are `<prefix>{<saga_id>}`.
@@ -82,12 +85,13 @@ impl Default for Settings {
             redis_url: "redis://127.0.0.1:6379".into(),
             sagas_dir: PathBuf::from("sagas"),
             node_id: crate::protocol::ids::new_uuid_hex(),
-            incarnation: new_incarnation(),
             trigger_stream: "mission:start".into(),
             trigger_group: "sagaflow".into(),
             events_stream: "saga:events".into(),
             control_stream: "saga:control".into(),
             events_maxlen: 100_000,
+            triggers_maxlen: 100_000,
+            control_maxlen: 10_000,
             reply_stream_prefix: "saga:replies:".into(),
             saga_key_prefix: "saga:".into(),
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -110,18 +114,13 @@ impl Default for Settings {
     }
 }
 
-/// A short random id for one run of a daemon.
-pub fn new_incarnation() -> String {
-    crate::protocol::ids::new_uuid_hex()[..8].to_owned()
-}
-
 impl Settings {
-    /// `<prefix><node_id>.<incarnation>`.
-    pub fn reply_stream(&self) -> String {
-        format!(
-            "{}{}.{}",
-            self.reply_stream_prefix, self.node_id, self.incarnation
-        )
+    /// The reply stream of one owner token (`<node_id>.<epoch>`): each
+    /// period of a daemon's ownership has its own, so that a daemon never
+    /// trims replies that another, which took its former sagas over, has
+    /// yet to read.
+    pub fn reply_stream(&self, owner: &str) -> String {
+        format!("{}{owner}", self.reply_stream_prefix)
     }
 
     /// The record key of a saga, hash-tagged so that everything about one
@@ -136,9 +135,22 @@ impl Settings {
         format!("{}leases", self.saga_key_prefix)
     }
 
+    /// The set of every owner token whose sagas may still exist.
+    pub fn owners_key(&self) -> String {
+        format!("{}owners", self.saga_key_prefix)
+    }
+
     /// The set of the sagas held under one owner token.
     pub fn owned_key(&self, owner: &str) -> String {
         format!("{}owned:{{{owner}}}", self.saga_key_prefix)
+    }
+
+    /// The owner token of a key made by [`Self::owned_key`].
+    pub fn owner_of_owned_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.saga_key_prefix)?
+            .strip_prefix("owned:{")?
+            .strip_suffix('}')
+            .filter(|owner| !owner.is_empty())
     }
 
     /// Where the text of one version of a definition is kept.

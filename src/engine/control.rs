@@ -11,8 +11,17 @@ use super::reconnect::ReadConnection;
 use super::{driver, Shared};
 use crate::protocol::{text_field, RawFields, SagaId};
 use crate::saga::{Action, OperatorRequest};
-use crate::streams;
+use crate::store::read;
 use std::sync::Arc;
+
+/// Requests read at once. Operators write a handful; a flood (a million
+/// entries written in one go) is read a batch at a time, never in one read.
+const CONTROL_BATCH: usize = 100;
+
+/// Largest request read, all fields together: a saga id, an action, a step
+/// name, who and why. A larger entry is not a request anyone sent through
+/// `sagaflow`; it is refused unread.
+pub const MAX_CONTROL_BYTES: usize = 16 << 10;
 
 pub(super) async fn run(shared: Arc<Shared>) {
     let stream = shared.settings.control_stream.clone();
@@ -27,7 +36,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
         };
         let after = match &from {
             Some(id) => id.clone(),
-            None => match streams::last_id(c, &stream).await {
+            None => match read::last_id(c, &stream).await {
                 Ok(id) => id,
                 Err(e) => {
                     conn.failed(&shared, &e).await;
@@ -36,11 +45,13 @@ pub(super) async fn run(shared: Arc<Shared>) {
             },
         };
         from = Some(after.clone());
-        let read = streams::read_after(c, &stream, &after, None, shared.settings.block).await;
+        let streams = [(stream.as_str(), after.as_str())];
+        let block = shared.settings.block;
+        let read = read::after(c, &streams, CONTROL_BATCH, block, MAX_CONTROL_BYTES).await;
         let entries = match read {
-            Ok(entries) => {
+            Ok(read) => {
                 conn.succeeded();
-                entries
+                read.entries
             }
             Err(e) => {
                 conn.failed(&shared, &e).await;
@@ -49,8 +60,12 @@ pub(super) async fn run(shared: Arc<Shared>) {
         };
         for entry in entries {
             from = Some(entry.id.clone());
+            if let Some(size) = read::oversized(&entry) {
+                tracing::warn!(entry_id = %entry.id, size, "an operator's request larger than {MAX_CONTROL_BYTES} bytes; ignored");
+                continue;
+            }
             match parse(&entry.fields) {
-                Ok((saga_id, request)) => dispatch(&shared, saga_id, request),
+                Ok((saga_id, request)) => dispatch(&shared, saga_id, request).await,
                 Err(why) => {
                     tracing::warn!(entry_id = %entry.id, %why, "an operator's request cannot be read; ignored")
                 }
@@ -59,16 +74,24 @@ pub(super) async fn run(shared: Arc<Shared>) {
     }
 }
 
-fn dispatch(shared: &Arc<Shared>, saga_id: SagaId, request: OperatorRequest) {
+async fn dispatch(shared: &Arc<Shared>, saga_id: SagaId, request: OperatorRequest) {
     if shared.router.route_operator(&saga_id, request.clone()) {
         return;
     }
     // Not driven here: a saga driven by another daemon is that daemon's to
     // handle; one stuck on a failed compensation is claimed by one of us.
+    // The reader waits for a slot: a flood of requests about sagas nobody
+    // drives is looked into a few at a time, not all at once.
     if request.action != Action::Cancel {
-        shared
-            .tracker
-            .spawn(driver::adopt(shared.clone(), saga_id.to_string(), request));
+        let Ok(slot) = shared.adoptions.clone().acquire_owned().await else {
+            return;
+        };
+        shared.tracker.spawn(driver::adopt(
+            shared.clone(),
+            saga_id.to_string(),
+            request,
+            slot,
+        ));
     }
 }
 

@@ -1,32 +1,46 @@
 //! One task per saga: feeds the state machine with replies and timer ticks
 //! and performs its effects, each transition in one fenced, atomic write.
-//! A saga task starts from a start entry ([`start`]) or from the record of a
-//! saga taken over from another daemon ([`resume`]).
+//! A saga task starts from a start entry ([`start`]), from the record of a
+//! saga taken over from another daemon ([`resume`]), or from an operator's
+//! request about a saga no daemon drives ([`adopt`]).
+//!
+//! A transition that Redis refuses for good (a key of the wrong kind, a
+//! state too large) is never retried: a start is moved to the dead-letter
+//! stream and rejected; a saga under way is parked as failed from its last
+//! written state (see [`crate::saga::park`]), with a note on the
+//! dead-letter stream. Transient failures are retried with capped backoff.
 
 use super::definitions;
 use super::idempotency::{claim_idempotency_key, duplicate, Claim};
 use super::lease::Epoch;
+use super::replies::Receipt;
 use super::router::{Inbound, Inbox};
-use super::store::{EntryRef, Fence, Transition, Written};
-use super::{now_ms, pause, Shared};
+use super::{pause, Shared};
 use crate::definition::SagaDefinition;
-use crate::protocol::{SagaEvent, SagaId, StartRequest, TraceId};
-use crate::saga::{self, Effect, Event, OperatorRequest, RandomIds, SagaInit, SagaState};
-use crate::telemetry::metrics::InFlight;
+use crate::protocol::{
+    CorrelationId, EventType, SagaEvent, SagaId, SagaStatus, StartRequest, TraceId,
+};
+use crate::saga::{self, Effect, Event, OperatorRequest, Phase, RandomIds, SagaInit, SagaState};
+use crate::store::lease::{self as leases, SagaClaim};
+use crate::store::{maintain, EntryRef, Fence, Ownership, Transition, WriteError, Written};
+use crate::telemetry::metrics::{self, InFlight};
 use crate::telemetry::saga::SagaTelemetry;
+use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, SemaphorePermit};
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
 /// Starts a saga from a valid start entry and drives it to its end. The
-/// permit is held for the saga's life.
+/// permit is held for the saga's life; `creating` until its first write.
 pub(super) async fn start(
     shared: Arc<Shared>,
     def: Arc<SagaDefinition>,
     request: StartRequest,
     at: EntryRef,
     permit: OwnedSemaphorePermit,
+    creating: TaskTrackerToken,
 ) {
     let saga_id = SagaId::for_start(&at.stream, &at.id);
     let trace_id = request
@@ -49,42 +63,134 @@ pub(super) async fn start(
     async move {
         if let Some(key) = &request.idempotency_key {
             match claim_idempotency_key(&shared, &def.name, key, &saga_id).await {
-                Some(Claim::Ours) => {}
+                Ok(Claim::Ours) => {}
                 // This very start, taken again after a crash.
-                Some(Claim::Taken(existing)) if existing == saga_id.as_str() => {}
-                Some(Claim::Taken(existing)) => {
+                Ok(Claim::Taken(existing)) if existing == saga_id.as_str() => {}
+                Ok(Claim::Taken(existing)) => {
                     return duplicate(&shared, &def, &request, key, existing, &at).await
                 }
-                None => return,
+                Err(Some(e)) => {
+                    return refuse_start(&shared, &def.name, &request.correlation_id, &at, &e)
+                        .await
+                }
+                Err(None) => return,
             }
         }
+        let epoch = shared.epoch();
         let init = SagaInit {
             saga_id: saga_id.clone(),
             correlation_id: request.correlation_id.clone(),
             trace_id,
             parent_span_id: request.traceparent.as_ref().map(|tp| tp.span_id.clone()),
-            reply_stream: shared.settings.reply_stream(),
+            reply_stream: epoch.reply_stream.clone(),
             input: request.input,
         };
-        let (state, effects) = saga::start(&def, init, now_ms(), &mut RandomIds);
+        let (state, effects) = saga::start(&def, init, shared.now_ms(), &mut RandomIds);
         let Some(inbox) = shared.router.register(saga_id.clone()) else {
             return; // this daemon drives it already
         };
-        let mut saga = Driven::new(&shared, &def, state, 0, shared.epoch(), permit);
+        let mut saga = Driven::new(&shared, &def, state, 0, epoch, permit);
+        saga.persisted = None;
         saga.telemetry = SagaTelemetry::default();
-        match Box::pin(saga.perform(effects, Some(&at), None)).await {
-            Some(Written::Done | Written::AlreadyDone) => {
+        let outcome = Box::pin(saga.perform(effects, Some(&at), None, Vec::new())).await;
+        drop(creating);
+        let mut ended = Ended::Done;
+        match outcome {
+            Outcome::Written(Written::Done | Written::AlreadyDone) => {
                 tracing::info!(entry_id = %at.id, "saga started");
-                saga.drive(inbox).await;
+                ended = saga.drive(inbox).await;
             }
             // Started already by another daemon that took this entry too.
-            Some(Written::NotOurs) => tracing::info!(entry_id = %at.id, "saga started elsewhere"),
-            None => {}
+            Outcome::Written(Written::NotOurs) => {
+                tracing::info!(entry_id = %at.id, "saga started elsewhere")
+            }
+            // Left pending: taken again, under a live lease, by this daemon
+            // or another.
+            Outcome::Written(Written::LeaseLost) => {
+                tracing::warn!(entry_id = %at.id, "the lease ran out before the saga was created; the start is taken again");
+                shared.renew_now.notify_one();
+            }
+            Outcome::Refused(e) => {
+                refuse_start(&shared, &def.name, &saga.state.correlation_id, &at, &e).await
+            }
+            Outcome::Stopped => {}
         }
         shared.router.remove(&saga_id);
+        after_drive(&shared, ended, &saga_id);
     }
     .instrument(span)
     .await
+}
+
+/// A start whose first write can never be made: moved to the dead-letter
+/// stream (a bounded copy, acknowledged), and rejected on the audit stream
+/// if that can be written.
+async fn refuse_start(
+    shared: &Shared,
+    saga: &str,
+    correlation_id: &CorrelationId,
+    at: &EntryRef,
+    error: &WriteError,
+) {
+    let reason = format!("the saga cannot be written: {error}");
+    if !dead_letter_entry(shared, at, &reason).await {
+        return;
+    }
+    let event = SagaEvent {
+        correlation_id: correlation_id.clone(),
+        saga_id: None,
+        saga: saga.to_owned(),
+        event_type: EventType::SagaRejected,
+        status: SagaStatus::Rejected,
+        step: None,
+        payload: json!({ "entry_id": at.id, "stream": at.stream, "reason": reason }),
+        timestamp: shared.now_ms(),
+    };
+    let transition = Transition {
+        events: vec![&event],
+        ..Default::default()
+    };
+    if let Err(WriteOutcome::Refused(e)) = write_until_done(shared, &transition, None).await {
+        tracing::error!(error = %e, "the rejection cannot be recorded on the audit stream");
+    }
+}
+
+/// Moves a start entry that can never be processed to the dead-letter
+/// stream, as a bounded copy with `reason`, and acknowledges it; retried
+/// while Redis fails. False if it could not be done (the daemon stopped, or
+/// Redis refuses even that): the entry is then left pending.
+pub(super) async fn dead_letter_entry(shared: &Shared, at: &EntryRef, reason: &str) -> bool {
+    tracing::error!(entry_id = %at.id, stream = %at.stream, %reason, "start moved to the dead-letter stream");
+    let group = Some(shared.settings.trigger_group.as_str());
+    let mut delay = Duration::from_millis(50);
+    let mut conn = shared.conn.clone();
+    loop {
+        let moved = maintain::dead_letter(
+            &mut conn,
+            &shared.settings,
+            &at.stream,
+            group,
+            &at.id,
+            reason,
+        )
+        .await;
+        match moved {
+            Ok(_) => {
+                metrics::dead_lettered("start");
+                return true;
+            }
+            Err(e) if crate::streams::is_permanent(&e) => {
+                tracing::error!(error = %e, entry_id = %at.id, "the start cannot be dead-lettered either; left pending");
+                return false;
+            }
+            Err(_) => {
+                if !pause(&shared.shutdown, delay).await {
+                    return false;
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// Resumes a saga taken over from another daemon, from its record.
@@ -108,7 +214,7 @@ pub(super) async fn resume(shared: Arc<Shared>, saga_id: String, epoch: Arc<Epoc
     async move {
         // Its next commands name this daemon's reply stream; the attempt
         // under way keeps its own until it ends.
-        state.reply_stream = shared.settings.reply_stream();
+        state.reply_stream = epoch.reply_stream.clone();
         let Some(inbox) = shared.router.register(state.saga_id.clone()) else {
             return;
         };
@@ -116,22 +222,49 @@ pub(super) async fn resume(shared: Arc<Shared>, saga_id: String, epoch: Arc<Epoc
         let id = state.saga_id.clone();
         let mut saga = Driven::new(&shared, &def, state, seq, epoch, permit);
         saga.follow_reply_stream();
-        saga.drive(inbox).await;
+        let ended = saga.drive(inbox).await;
         shared.router.remove(&id);
+        after_drive(&shared, ended, &id);
     }
     .instrument(span)
     .await
 }
 
-/// Takes up a saga stuck on a failed compensation, which no daemon drives,
-/// to carry out an operator's request about it. The saga is claimed first
-/// (its owner changed from the one read, atomically), so that of the daemons
-/// that all read the request, one acts.
-pub(super) async fn adopt(shared: Arc<Shared>, saga_id: String, request: OperatorRequest) {
-    let Ok(permit) = shared.permits.clone().acquire_owned().await else {
-        return;
-    };
-    let (mut state, seq) = match load(&shared, &saga_id).await {
+/// Takes up a saga whose record names an owner without a live lease (the
+/// record was edited, or left by an older version): it is claimed for this
+/// daemon and resumed.
+async fn adopt_orphan(shared: Arc<Shared>, saga_id: String) {
+    let epoch = shared.epoch();
+    let mut conn = shared.conn.clone();
+    let claimed = leases::claim_saga(
+        &mut conn,
+        &shared.settings,
+        &saga_id,
+        &epoch.owner,
+        leases::From::AnyDead,
+        true,
+    )
+    .await;
+    if matches!(claimed, Ok(SagaClaim::Claimed)) {
+        tracing::warn!(%saga_id, "a saga whose owner has no live lease was taken over");
+        resume(shared, saga_id, epoch).await;
+    }
+}
+
+/// Takes up a saga stuck on a failed compensation (or parked), which no
+/// daemon drives, to answer an operator's request about it. Whether the
+/// request is accepted is worked out first, on the record as read; the saga
+/// is then claimed (its owner changed from the one read, atomically), so
+/// that of the daemons that all read the request, one answers. A refused
+/// request changes nothing but the audit: the record keeps its expiry and
+/// joins no daemon's sagas.
+pub(super) async fn adopt(
+    shared: Arc<Shared>,
+    saga_id: String,
+    request: OperatorRequest,
+    _slot: OwnedSemaphorePermit,
+) {
+    let (state, seq, owner) = match load_with_owner(&shared, &saga_id).await {
         Ok(Some(record)) => record,
         Ok(None) => {
             return tracing::warn!(%saga_id, "an operator's request names no saga here; ignored")
@@ -140,17 +273,9 @@ pub(super) async fn adopt(shared: Arc<Shared>, saga_id: String, request: Operato
             return tracing::error!(%saga_id, error = %e, "cannot read a saga for an operator's request")
         }
     };
-    if state.phase != saga::Phase::Failed {
+    if state.phase != Phase::Failed {
         // Ended otherwise, or driven by a daemon, which takes the request.
         return;
-    }
-    let epoch = shared.epoch();
-    match claim(&shared, &saga_id, &epoch.owner).await {
-        Ok(true) => {}
-        Ok(false) => return, // another daemon took it
-        Err(e) => {
-            return tracing::error!(%saga_id, error = %e, "cannot claim a saga for an operator's request")
-        }
     }
     let def = match definitions::resolve(&shared, &state.saga, &state.definition_version).await {
         Ok(def) => def,
@@ -158,9 +283,37 @@ pub(super) async fn adopt(shared: Arc<Shared>, saga_id: String, request: Operato
             return tracing::error!(%saga_id, %why, "an operator's request cannot be carried out")
         }
     };
+    let epoch = shared.epoch();
+    let mut conn = shared.conn.clone();
+    let from = match owner.as_deref() {
+        Some(owner) => leases::From::Owner(owner),
+        None => leases::From::AnyDead,
+    };
+    match leases::claim_saga(
+        &mut conn,
+        &shared.settings,
+        &saga_id,
+        &epoch.owner,
+        from,
+        false,
+    )
+    .await
+    {
+        Ok(SagaClaim::Claimed) => {}
+        Ok(SagaClaim::NotClaimed) => return, // another daemon took it
+        Ok(SagaClaim::ClaimerLost) => return shared.renew_now.notify_one(),
+        Err(e) => {
+            return tracing::error!(%saga_id, error = %e, "cannot claim a saga for an operator's request")
+        }
+    }
+    // A saga that goes on needs a permit like any other.
+    let Ok(permit) = shared.permits.clone().acquire_owned().await else {
+        return;
+    };
     let span = saga_span(&def.name, &saga_id, &state.correlation_id, &state.trace_id);
     async move {
-        state.reply_stream = shared.settings.reply_stream();
+        let mut state = state;
+        state.reply_stream = epoch.reply_stream.clone();
         let Some(inbox) = shared.router.register(state.saga_id.clone()) else {
             return;
         };
@@ -171,58 +324,29 @@ pub(super) async fn adopt(shared: Arc<Shared>, saga_id: String, request: Operato
             &mut saga.state,
             saga.def,
             Event::Operator(request),
-            now_ms(),
+            shared.now_ms(),
             &mut RandomIds,
         );
-        let written = Box::pin(saga.perform(effects, None, None)).await;
-        if matches!(written, Some(Written::Done | Written::AlreadyDone)) {
-            saga.drive(inbox).await;
+        let written = Box::pin(saga.perform(effects, None, None, Vec::new())).await;
+        let mut ended = Ended::Done;
+        if matches!(
+            written,
+            Outcome::Written(Written::Done | Written::AlreadyDone)
+        ) {
+            ended = saga.drive(inbox).await;
         }
         shared.router.remove(&id);
+        after_drive(&shared, ended, &id);
     }
     .instrument(span)
     .await
 }
 
-/// Makes `owner` the owner of a saga record still owned by whoever owned it
-/// when read, and adds the saga to `owner`'s set for takeover. False when
-/// another daemon claimed it first.
-async fn claim(shared: &Shared, saga_id: &str, owner: &str) -> redis::RedisResult<bool> {
-    let key = shared.settings.saga_key(saga_id);
-    let mut conn = shared.conn.clone();
-    let before: Option<String> = redis::cmd("HGET")
-        .arg(&key)
-        .arg("owner")
-        .query_async(&mut conn)
-        .await?;
-    let claimed: i64 = CLAIM
-        .key(&key)
-        .key(shared.settings.owned_key(owner))
-        .arg(before.unwrap_or_default())
-        .arg(owner)
-        .arg(saga_id)
-        .invoke_async(&mut conn)
-        .await?;
-    Ok(claimed == 1)
-}
-
-static CLAIM: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        r"
-if (redis.call('HGET', KEYS[1], 'owner') or '') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'owner', ARGV[2])
-redis.call('PERSIST', KEYS[1])
-redis.call('SADD', KEYS[2], ARGV[3])
-return 1
-",
-    )
-});
-
 /// The span every log line about a saga is written in.
 fn saga_span(
     saga: &str,
     saga_id: &str,
-    correlation_id: &crate::protocol::CorrelationId,
+    correlation_id: &CorrelationId,
     trace_id: &TraceId,
 ) -> tracing::Span {
     tracing::info_span!(
@@ -236,21 +360,63 @@ fn saga_span(
 
 /// A saga's record: its state and the number of its last transition.
 async fn load(shared: &Shared, saga_id: &str) -> redis::RedisResult<Option<(SagaState, u64)>> {
+    Ok(load_with_owner(shared, saga_id)
+        .await?
+        .map(|(state, seq, _)| (state, seq)))
+}
+
+/// A saga's record, with the owner it names.
+async fn load_with_owner(
+    shared: &Shared,
+    saga_id: &str,
+) -> redis::RedisResult<Option<(SagaState, u64, Option<String>)>> {
     let mut conn = shared.conn.clone();
-    let (state, seq): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+    let (state, seq, owner): (Option<String>, Option<u64>, Option<String>) = redis::cmd("HMGET")
         .arg(shared.settings.saga_key(saga_id))
         .arg("state")
         .arg("seq")
+        .arg("owner")
         .query_async(&mut conn)
         .await?;
     let Some(state) = state else { return Ok(None) };
     match serde_json::from_str(&state) {
-        Ok(state) => Ok(Some((state, seq.unwrap_or(0)))),
+        Ok(state) => Ok(Some((state, seq.unwrap_or(0), owner))),
         Err(e) => {
             tracing::error!(%saga_id, error = %e, "a saga record cannot be read; left as it is");
             Ok(None)
         }
     }
+}
+
+/// Why a saga task stopped driving its saga.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// The saga ended (or was parked).
+    Done,
+    /// The daemon stopped, or its lease period ended.
+    Stopped,
+    /// Its record names another owner now.
+    LetGo,
+}
+
+/// After a saga task let its saga go because the record names another
+/// owner: if that owner has no live lease, nobody else will drive the saga,
+/// so it is taken back.
+fn after_drive(shared: &Arc<Shared>, ended: Ended, saga_id: &SagaId) {
+    if ended == Ended::LetGo {
+        shared
+            .tracker
+            .spawn(adopt_orphan(shared.clone(), saga_id.to_string()));
+    }
+}
+
+/// What became of a transition.
+enum Outcome {
+    Written(Written),
+    /// Redis refused it for good: it was not written, and never will be.
+    Refused(WriteError),
+    /// The daemon stopped before it could be written.
+    Stopped,
 }
 
 /// A saga being driven by this daemon.
@@ -260,6 +426,8 @@ struct Driven<'a> {
     state: SagaState,
     /// Number of the last transition written.
     seq: u64,
+    /// The phase of the state last written (`None` before the creation).
+    persisted: Option<Phase>,
     epoch: Arc<Epoch>,
     timer: Option<u64>,
     /// A reply stream other than this daemon's that the current attempt's
@@ -286,6 +454,7 @@ impl<'a> Driven<'a> {
         Self {
             shared,
             def,
+            persisted: Some(state.phase),
             state,
             seq,
             epoch,
@@ -297,26 +466,27 @@ impl<'a> Driven<'a> {
         }
     }
 
-    async fn drive(&mut self, mut inbox: Inbox) {
+    async fn drive(&mut self, mut inbox: Inbox) -> Ended {
         while !self.state.phase.is_terminal() {
+            let now = self.shared.now_ms();
             let sleep = self
                 .timer
-                .map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
-            let event = tokio::select! {
+                .map(|at| Duration::from_millis(at.saturating_sub(now)));
+            let (event, receipt) = tokio::select! {
                 // Replies before ticks: a reply that came in time wins over
                 // a deadline seen at the same moment.
                 biased;
-                _ = self.epoch.cancel.cancelled() => return,
+                _ = self.epoch.cancel.cancelled() => return Ended::Stopped,
                 inbound = inbox.recv() => match inbound {
                     Some(inbound) => event_of(inbound),
-                    None => return,
+                    None => return Ended::Stopped,
                 },
-                _ = sleep_or_never(sleep) => Event::Tick,
+                _ = sleep_or_never(sleep) => (Event::Tick, None),
             };
-            if event == Event::Tick && self.awaiting_reply() && !self.shared.replies_readable() {
+            if event == Event::Tick && self.reply_may_be_unread() {
                 // The reply may be in Redis, unread: hold the timeout until
-                // the reader reads again.
-                self.timer = Some(now_ms() + HOLD_TIMEOUT_FOR);
+                // the reader has read its stream through the deadline.
+                self.timer = Some(self.shared.now_ms() + HOLD_TIMEOUT_FOR);
                 continue;
             }
             // The write slot is taken before the transition is worked out:
@@ -328,9 +498,15 @@ impl<'a> Driven<'a> {
                 .acquire()
                 .await
                 .expect("never closed");
-            let mut effects =
-                saga::apply(&mut self.state, self.def, event, now_ms(), &mut RandomIds);
-            self.take_waiting_replies(&mut inbox, &mut effects);
+            let mut receipts: Vec<Receipt> = receipt.into_iter().collect();
+            let mut effects = saga::apply(
+                &mut self.state,
+                self.def,
+                event,
+                self.shared.now_ms(),
+                &mut RandomIds,
+            );
+            self.take_waiting_replies(&mut inbox, &mut effects, &mut receipts);
             if effects.is_empty() {
                 // A tick that found nothing due (the clocks of the timer and
                 // of the state differ by a little): wait for what is due next.
@@ -339,15 +515,39 @@ impl<'a> Driven<'a> {
             }
             // Boxed: the write's state lives on the heap only while it is
             // under way, so that an idle saga's task stays small.
-            match Box::pin(self.perform(effects, None, Some(slot))).await {
-                Some(Written::Done | Written::AlreadyDone) => {}
-                Some(Written::NotOurs) => {
-                    return tracing::warn!("saga taken over by another daemon; this one lets go")
+            match Box::pin(self.perform(effects, None, Some(slot), receipts)).await {
+                Outcome::Written(Written::Done | Written::AlreadyDone) => {}
+                Outcome::Written(Written::NotOurs) => {
+                    tracing::warn!("saga taken over by another daemon; this one lets go");
+                    return Ended::LetGo;
                 }
-                None => return,
+                Outcome::Written(Written::LeaseLost) => {
+                    self.shared.renew_now.notify_one();
+                    return Ended::Stopped;
+                }
+                Outcome::Refused(e) => {
+                    self.park(e).await;
+                    return Ended::Done;
+                }
+                Outcome::Stopped => return Ended::Stopped,
             }
         }
         tracing::info!(status = self.state.phase.status().as_str(), "saga ended");
+        Ended::Done
+    }
+
+    /// True when a timeout is due but the reply stream of the attempt has
+    /// not been read through its deadline yet: after a restart, or while
+    /// Redis cannot be read, the reply may be waiting there.
+    fn reply_may_be_unread(&self) -> bool {
+        let Some(x) = &self.state.current else {
+            return false;
+        };
+        let saga::Waiting::Reply { deadline_ms } = x.waiting else {
+            return false;
+        };
+        self.shared.now_ms() >= deadline_ms
+            && self.shared.replies.read_through(&x.reply_stream) < deadline_ms
     }
 
     /// Applies the replies already waiting in the inbox, so that their
@@ -355,7 +555,12 @@ impl<'a> Driven<'a> {
     /// `start`, `progress` and `completed`, read in one batch, cost one
     /// write instead of three. The effects are kept in order; the state
     /// written is the last one, under one transition number.
-    fn take_waiting_replies(&mut self, inbox: &mut Inbox, effects: &mut Vec<Effect>) {
+    fn take_waiting_replies(
+        &mut self,
+        inbox: &mut Inbox,
+        effects: &mut Vec<Effect>,
+        receipts: &mut Vec<Receipt>,
+    ) {
         for _ in 0..MERGED_REPLIES_MAX {
             if self.state.phase.is_terminal() {
                 return;
@@ -363,32 +568,28 @@ impl<'a> Driven<'a> {
             let Ok(inbound) = inbox.try_recv() else {
                 return;
             };
+            let (event, receipt) = event_of(inbound);
+            receipts.extend(receipt);
             let more = saga::apply(
                 &mut self.state,
                 self.def,
-                event_of(inbound),
-                now_ms(),
+                event,
+                self.shared.now_ms(),
                 &mut RandomIds,
             );
             effects.extend(more);
         }
     }
 
-    fn awaiting_reply(&self) -> bool {
-        matches!(
-            self.state.current.as_ref().map(|x| &x.waiting),
-            Some(saga::Waiting::Reply { .. })
-        )
-    }
-
-    /// Writes one transition's effects in one go. `None` when the daemon
-    /// stopped before the write could be made.
+    /// Writes one transition's effects in one go. `receipts` are the
+    /// replies the transition applies: released once it is written.
     async fn perform(
         &mut self,
         effects: Vec<Effect>,
         ack: Option<&EntryRef>,
         slot: Option<SemaphorePermit<'_>>,
-    ) -> Option<Written> {
+        receipts: Vec<Receipt>,
+    ) -> Outcome {
         // The reader follows a new attempt's own reply stream before its
         // command exists, so no reply can come before the reader looks.
         self.follow_reply_stream();
@@ -399,13 +600,14 @@ impl<'a> Driven<'a> {
         // The attempt each event is about: the one under way, until the
         // transition sends the next.
         let mut request_id = self.telemetry.request_id().map(str::to_owned);
+        let now = self.shared.now_ms();
         for effect in &effects {
             match effect {
                 Effect::Persist => persist = true,
                 Effect::Send { stream, command } => {
                     if command.reply_stream != self.state.reply_stream {
-                        let ttl = command.deadline_ms.saturating_sub(now_ms()) / 1000
-                            + OWN_STREAM_GRACE_SECS;
+                        let ttl =
+                            command.deadline_ms.saturating_sub(now) / 1000 + OWN_STREAM_GRACE_SECS;
                         own_streams.push((command.reply_stream.as_str(), ttl));
                     }
                     request_id = Some(command.request_id.to_string());
@@ -419,12 +621,21 @@ impl<'a> Driven<'a> {
                 Effect::Finish => {}
             }
         }
+        let phase = self.state.phase;
+        let ownership = match (self.persisted, persist) {
+            (_, false) => Ownership::Stay,
+            (_, true) if phase.is_terminal() => Ownership::Leave,
+            (None, true) => Ownership::Join,
+            (Some(before), true) if before.is_terminal() => Ownership::Join,
+            _ => Ownership::Stay,
+        };
         let transition = Transition {
             saga: Some((
                 self.state.saga_id.as_str(),
                 Fence {
                     owner: &self.epoch.owner,
                     seq: self.seq + 1,
+                    ownership,
                 },
             )),
             state: persist.then_some(&self.state),
@@ -432,14 +643,119 @@ impl<'a> Driven<'a> {
             events,
             ack,
             own_reply_streams: own_streams,
+            wake: Some(&self.epoch.reply_stream),
         };
         let written = write_until_done(self.shared, &transition, slot).await;
         drop(transition);
-        if matches!(written, Some(Written::Done | Written::AlreadyDone)) {
-            self.seq += 1;
-            self.telemetry.observe(&self.state, &effects);
+        match written {
+            Ok(written) => {
+                if matches!(written, Written::Done | Written::AlreadyDone) {
+                    self.seq += 1;
+                    if persist {
+                        self.persisted = Some(phase);
+                    }
+                    self.telemetry.observe(&self.state, &effects);
+                }
+                // Applied: the replies may go from the stream now.
+                drop(receipts);
+                Outcome::Written(written)
+            }
+            Err(WriteOutcome::Refused(e)) => Outcome::Refused(e),
+            Err(WriteOutcome::Stopped) => Outcome::Stopped,
         }
-        written
+    }
+
+    /// Sets the saga aside as failed, from its last written state: its next
+    /// transition can never be written. Noted on the dead-letter stream.
+    async fn park(&mut self, error: WriteError) {
+        let reason = format!("a transition cannot be written: {error}");
+        tracing::error!(%reason, "saga parked as failed");
+        let Some((mut state, seq)) = self.reload().await else {
+            return;
+        };
+        let effects = saga::park(
+            &mut state,
+            self.def,
+            reason.clone(),
+            self.shared.now_ms(),
+            &mut RandomIds,
+        );
+        let events: Vec<&SagaEvent> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Emit(event) => Some(event),
+                _ => None,
+            })
+            .collect();
+        let mut transition = Transition {
+            saga: Some((
+                state.saga_id.as_str(),
+                Fence {
+                    owner: &self.epoch.owner,
+                    seq: seq + 1,
+                    ownership: Ownership::Leave,
+                },
+            )),
+            state: Some(&state),
+            events,
+            ..Default::default()
+        };
+        if let Err(WriteOutcome::Refused(e)) =
+            write_until_done(self.shared, &transition, None).await
+        {
+            // Even the audit event cannot be written: the record alone.
+            tracing::error!(error = %e, "the parked saga's event cannot be written either");
+            transition.events.clear();
+            if let Err(WriteOutcome::Refused(e)) =
+                write_until_done(self.shared, &transition, None).await
+            {
+                tracing::error!(error = %e, "the parked saga cannot be recorded; left as last written");
+            }
+        }
+        drop(transition);
+        metrics::dead_lettered("saga");
+        let mut conn = self.shared.conn.clone();
+        let noted: redis::RedisResult<()> = redis::cmd("XADD")
+            .arg(&self.shared.settings.dead_letter_stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.shared.settings.events_maxlen)
+            .arg("*")
+            .arg("saga_id")
+            .arg(state.saga_id.as_str())
+            .arg("saga")
+            .arg(&state.saga)
+            .arg("reason")
+            .arg(&reason)
+            .arg("from")
+            .arg("transition")
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = noted {
+            tracing::error!(error = %e, "the parked saga cannot be noted on the dead-letter stream");
+        }
+        self.state = state;
+    }
+
+    /// The saga's last written state, read back (retrying while Redis
+    /// fails); `None` if it cannot be read or the daemon stops.
+    async fn reload(&self) -> Option<(SagaState, u64)> {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match load(self.shared, self.state.saga_id.as_str()).await {
+                Ok(record) => return record,
+                Err(e) if crate::streams::is_permanent(&e) => {
+                    tracing::error!(error = %e, "the saga's record cannot be read");
+                    return None;
+                }
+                Err(_) => {
+                    if !pause(&self.shared.shutdown, delay).await {
+                        return None;
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
     }
 
     /// Keeps the reply reader on the stream the current attempt's replies go
@@ -454,10 +770,10 @@ impl<'a> Driven<'a> {
             .filter(|s| s != main);
         if now != self.followed {
             if let Some(old) = self.followed.take() {
-                self.shared.followed.remove(&old);
+                self.shared.replies.unfollow(&old);
             }
             if let Some(new) = &now {
-                self.shared.followed.add(new);
+                self.shared.replies.follow(new);
             }
             self.followed = now;
         }
@@ -467,15 +783,15 @@ impl<'a> Driven<'a> {
 impl Drop for Driven<'_> {
     fn drop(&mut self) {
         if let Some(stream) = self.followed.take() {
-            self.shared.followed.remove(&stream);
+            self.shared.replies.unfollow(&stream);
         }
     }
 }
 
-fn event_of(inbound: Inbound) -> Event {
+fn event_of(inbound: Inbound) -> (Event, Option<Receipt>) {
     match inbound {
-        Inbound::Reply(reply) => Event::Reply(*reply),
-        Inbound::Operator(request) => Event::Operator(*request),
+        Inbound::Reply(reply, receipt) => (Event::Reply(*reply), receipt),
+        Inbound::Operator(request) => (Event::Operator(*request), None),
     }
 }
 
@@ -483,7 +799,7 @@ fn event_of(inbound: Inbound) -> Event {
 /// saga: bounds the size of one write.
 const MERGED_REPLIES_MAX: usize = 32;
 
-/// How often a held timeout looks again whether replies can be read.
+/// How often a held timeout looks again whether its replies were read.
 const HOLD_TIMEOUT_FOR: u64 = 100;
 
 /// How long a per-request reply stream outlives its command's deadline: late
@@ -508,15 +824,23 @@ fn log_event(event: &SagaEvent, request_id: Option<&str>) {
     );
 }
 
-/// Writes a transition, retrying with capped backoff while Redis fails.
-/// `None` only if the daemon stopped first; the saga then stays as last
-/// written, and its start entry unacknowledged.
+/// Why a write was not made.
+pub(super) enum WriteOutcome {
+    /// Redis refused it for good.
+    Refused(WriteError),
+    /// The daemon stopped first; the saga stays as last written, and its
+    /// start entry unacknowledged.
+    Stopped,
+}
+
+/// Writes a transition, retrying with capped backoff while Redis fails for
+/// a reason that may pass; a refusal that cannot pass is returned at once.
 /// `slot`, when given, is a write slot the caller took already.
 pub(super) async fn write_until_done(
     shared: &Shared,
     transition: &Transition<'_>,
     mut slot: Option<SemaphorePermit<'_>>,
-) -> Option<Written> {
+) -> Result<Written, WriteOutcome> {
     let mut delay = Duration::from_millis(50);
     let mut conn = shared.conn.clone();
     loop {
@@ -530,15 +854,20 @@ pub(super) async fn write_until_done(
         match written {
             Ok(written) => {
                 shared.writes.succeeded();
-                return Some(written);
+                return Ok(written);
             }
-            Err(e) => {
+            Err(e) if e.is_permanent() => {
+                metrics::redis_error("write");
+                return Err(WriteOutcome::Refused(e));
+            }
+            Err(WriteError::Redis(e)) => {
                 shared.writes.failed(&e);
                 if !pause(&shared.shutdown, delay).await {
-                    return None;
+                    return Err(WriteOutcome::Stopped);
                 }
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
+            Err(e) => return Err(WriteOutcome::Refused(e)),
         }
     }
 }

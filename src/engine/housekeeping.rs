@@ -1,85 +1,153 @@
-//! Keeping Redis bounded: starts that keep failing go to the dead-letter
-//! stream, consumers of daemons long gone are forgotten, and the command,
-//! event and trigger streams lose their entries older than the retention.
+//! Keeping Redis bounded, in a task of its own: consumers of daemons long
+//! gone are forgotten, the command, event, control and trigger streams lose
+//! their entries older than the retention or beyond their caps, owners left
+//! by older versions are registered so that their sagas are claimed, and
+//! the pending entries are measured. Its failures are its own: they are
+//! logged and counted, and never delay a lease renewal or a saga.
 
-use super::Shared;
-use crate::streams::{self, text, StreamId};
+use super::{pause, Shared};
+use crate::store::maintain;
+use crate::streams::{text, StreamId};
 use crate::telemetry::metrics;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// Moves starts that were delivered `max_deliveries` times without ever
-/// being acknowledged (each time, the daemon that took one died or failed
-/// on it) to the dead-letter stream, with the reason, and acknowledges them.
-pub(super) async fn dead_letter_poison(
+/// How often the housekeeping looks at what is due.
+const TICK: Duration = Duration::from_secs(1);
+
+/// How often trigger streams are trimmed: often, since starters may write
+/// thousands a second and only a trim caps them; a trim under the cap costs
+/// three short commands.
+const TRIGGER_TRIM_EVERY: Duration = Duration::from_secs(1);
+
+pub(super) async fn run(shared: Arc<Shared>) {
+    let mut conn = shared.conn.clone();
+    let mut cleaned_at = Instant::now();
+    let mut trimmed_at: Option<Instant> = None;
+    let mut triggers_trimmed_at: Option<Instant> = None;
+    let mut reported_at: Option<Instant> = None;
+    let mut registered = false;
+    let mut failing = false;
+    while pause(&shared.shutdown, TICK).await {
+        let result = async {
+            if !registered {
+                register_unknown_owners(&shared, &mut conn).await?;
+                registered = true;
+            }
+            if triggers_trimmed_at.is_none_or(|at| at.elapsed() >= TRIGGER_TRIM_EVERY) {
+                trim_triggers(&shared, &mut conn).await?;
+                triggers_trimmed_at = Some(Instant::now());
+            }
+            if trimmed_at.is_none_or(|at| at.elapsed() >= trim_every(&shared.settings)) {
+                trim_streams(&shared).await?;
+                trimmed_at = Some(Instant::now());
+            }
+            if cleaned_at.elapsed() >= CLEAN_EVERY {
+                forget_idle_consumers(&shared).await?;
+                cleaned_at = Instant::now();
+            }
+            if reported_at.is_none_or(|at| at.elapsed() >= REPORT_EVERY) {
+                report_pending(&shared).await?;
+                reported_at = Some(Instant::now());
+            }
+            Ok::<(), redis::RedisError>(())
+        }
+        .await;
+        match result {
+            Ok(()) if failing => {
+                tracing::info!("housekeeping works again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                metrics::redis_error("housekeeping");
+                if !failing {
+                    tracing::warn!(error = %e, "housekeeping fails (trimming, clean-up); retrying");
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Keys looked at per SCAN call when looking for owners of older versions.
+const SCAN_COUNT: usize = 1000;
+
+/// Registers the owner of every set of sagas found in Redis that the
+/// registry of owners does not know (left by a version that kept no
+/// registry, or edited by hand), so that the takeover claims their sagas
+/// if no live lease holds them. Done once per start, a SCAN page at a
+/// time.
+async fn register_unknown_owners(
     shared: &Shared,
     conn: &mut redis::aio::ConnectionManager,
-    stream: &str,
-    min_idle: u64,
 ) -> redis::RedisResult<()> {
     let settings = &shared.settings;
-    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(&settings.trigger_group)
-        .arg("IDLE")
-        .arg(min_idle)
-        .arg("-")
-        .arg("+")
-        .arg(settings.read_batch)
-        .query_async(conn)
-        .await?;
-    for (id, consumer, _, deliveries) in pending {
-        if deliveries < settings.max_deliveries {
-            continue;
-        }
-        let entry: redis::Value = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(&id)
-            .arg(&id)
+    let pattern = settings.owned_key("*");
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .arg("TYPE")
+            .arg("set")
             .query_async(conn)
             .await?;
-        let fields = streams::decode_range_reply(stream, &entry)
-            .pop()
-            .map(|e| {
-                e.fields
-                    .iter()
-                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-                    .collect::<std::collections::BTreeMap<_, _>>()
-            })
-            .unwrap_or_default();
-        let reason =
-            format!("delivered {deliveries} times without being processed (last to {consumer})");
-        tracing::error!(%stream, entry_id = %id, %reason, "start moved to the dead-letter stream");
-        redis::pipe()
-            .atomic()
-            .cmd("XADD")
-            .arg(&settings.dead_letter_stream)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(settings.events_maxlen)
-            .arg("*")
-            .arg("stream")
-            .arg(stream)
-            .arg("entry_id")
-            .arg(&id)
-            .arg("reason")
-            .arg(&reason)
-            .arg("fields")
-            .arg(serde_json::to_string(&fields).expect("strings serialize"))
-            .ignore()
-            .cmd("XACK")
-            .arg(stream)
-            .arg(&settings.trigger_group)
-            .arg(&id)
-            .ignore()
-            .query_async::<()>(conn)
+        let owners: Vec<&str> = keys
+            .iter()
+            .filter_map(|k| settings.owner_of_owned_key(k))
+            .collect();
+        if !owners.is_empty() {
+            redis::cmd("SADD")
+                .arg(settings.owners_key())
+                .arg(&owners)
+                .query_async::<()>(conn)
+                .await?;
+        }
+        if next == 0 || shared.shutdown.is_cancelled() {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// Trims each trigger stream by age and by count, keeping every start the
+/// daemon group has not finished with.
+async fn trim_triggers(
+    shared: &Shared,
+    conn: &mut redis::aio::ConnectionManager,
+) -> redis::RedisResult<()> {
+    let settings = &shared.settings;
+    let below_age = cut(shared.now_ms(), settings.stream_retention);
+    for stream in super::trigger_streams(settings, &shared.catalog) {
+        if let Some(unfinished) = oldest_unfinished(conn, &stream, settings).await? {
+            let removed = maintain::trim_trigger(
+                conn,
+                &stream,
+                below_age,
+                unfinished,
+                settings.triggers_maxlen,
+            )
             .await?;
+            if removed > 0 {
+                tracing::debug!(%stream, removed, "trigger stream trimmed");
+            }
+        }
     }
     Ok(())
 }
 
+/// The first id of entries younger than `keep`, at `now`.
+fn cut(now: u64, keep: Duration) -> StreamId {
+    StreamId::at_ms(now.saturating_sub(keep.as_millis() as u64))
+}
+
 /// How often consumers of daemons long gone are removed from the trigger
 /// groups.
-pub(super) const CLEAN_EVERY: Duration = Duration::from_secs(60);
+const CLEAN_EVERY: Duration = Duration::from_secs(60);
 
 /// Removes from the trigger groups the consumers (daemons) that hold no
 /// pending entry and have not read for a hundred leases: each daemon started
@@ -125,7 +193,7 @@ pub(super) async fn forget_idle_consumers(shared: &Shared) -> redis::RedisResult
 
 /// How often the streams are trimmed: a quarter of the retention, between
 /// a second and a minute.
-pub(super) fn trim_every(settings: &crate::config::Settings) -> Duration {
+fn trim_every(settings: &crate::config::Settings) -> Duration {
     (settings.stream_retention / 4).clamp(Duration::from_secs(1), CLEAN_EVERY)
 }
 
@@ -141,16 +209,15 @@ pub fn command_stream_keep(retention: Duration, longest_timeout: Duration) -> Du
 }
 
 /// Trims the streams the daemon writes to entries younger than
-/// `stream_retention` (`XTRIM MINID ~`, so a little more may stay). A
-/// command stream keeps its commands until a little past their longest
-/// timeout; a trigger stream keeps every start the daemon group has not yet
-/// read or not yet finished with. Other daemons do the same: trimming twice
-/// is harmless.
+/// `stream_retention` (`XTRIM MINID ~`, so a little more may stay), and the
+/// control stream to its cap too (operators' requests come from outside,
+/// not always through an `XADD` that caps it). A command stream keeps its
+/// commands until a little past their longest timeout. Other daemons do
+/// the same: trimming twice is harmless.
 pub(super) async fn trim_streams(shared: &Shared) -> redis::RedisResult<()> {
     let mut conn = shared.conn.clone();
     let settings = &shared.settings;
-    let now = super::now_ms();
-    let cut = |keep: Duration| StreamId::at_ms(now.saturating_sub(keep.as_millis() as u64));
+    let now = shared.now_ms();
     let mut pipe = redis::pipe();
     let mut trim = |stream: &str, below: StreamId| {
         pipe.cmd("XTRIM")
@@ -164,18 +231,23 @@ pub(super) async fn trim_streams(shared: &Shared) -> redis::RedisResult<()> {
             .arg(0)
             .ignore();
     };
-    trim(&settings.events_stream, cut(settings.stream_retention));
+    trim(&settings.events_stream, cut(now, settings.stream_retention));
+    trim(
+        &settings.control_stream,
+        cut(now, settings.stream_retention),
+    );
     for (stream, longest) in shared.catalog.command_streams() {
         trim(
             &stream,
-            cut(command_stream_keep(settings.stream_retention, longest)),
+            cut(now, command_stream_keep(settings.stream_retention, longest)),
         );
     }
-    for stream in super::trigger_streams(settings, &shared.catalog) {
-        if let Some(unfinished) = oldest_unfinished(&mut conn, &stream, settings).await? {
-            trim(&stream, cut(settings.stream_retention).min(unfinished));
-        }
-    }
+    pipe.cmd("XTRIM")
+        .arg(&settings.control_stream)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(settings.control_maxlen)
+        .ignore();
     pipe.query_async::<()>(&mut conn).await
 }
 
@@ -220,7 +292,7 @@ async fn oldest_unfinished(
 }
 
 /// How often the pending entries of the streams are measured.
-pub(super) const REPORT_EVERY: Duration = Duration::from_secs(5);
+const REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// Sets the pending-entries gauge of every consumer group on the trigger
 /// and command streams: the daemons' starts under way, and the commands

@@ -1,11 +1,11 @@
 //! Idempotency keys of starts: a key seen again within the retention starts
 //! nothing, and the repeat is recorded as `saga_duplicate`.
 
-use super::driver::write_until_done;
-use super::store::{EntryRef, Transition};
-use super::{now_ms, pause, Shared};
+use super::driver::{write_until_done, WriteOutcome};
+use super::{pause, Shared};
 use crate::definition::SagaDefinition;
 use crate::protocol::{EventType, SagaEvent, SagaId, SagaStatus, StartRequest};
+use crate::store::{EntryRef, Transition, WriteError};
 use serde_json::json;
 use std::time::Duration;
 
@@ -16,13 +16,15 @@ pub(super) enum Claim {
 }
 
 /// Claims an idempotency key for this saga: `SET NX`, so two daemons
-/// taking the same key at once cannot both win.
+/// taking the same key at once cannot both win. `Err(None)` when the
+/// daemon stopped first; `Err(Some(_))` when Redis refuses the claim for
+/// good (the key's name holds another kind of key).
 pub(super) async fn claim_idempotency_key(
     shared: &Shared,
     saga: &str,
     key: &str,
     saga_id: &SagaId,
-) -> Option<Claim> {
+) -> Result<Claim, Option<WriteError>> {
     let redis_key = shared.settings.idempotency_key(saga, key);
     let mut conn = shared.conn.clone();
     let mut delay = Duration::from_millis(50);
@@ -39,12 +41,13 @@ pub(super) async fn claim_idempotency_key(
             .query_async(&mut conn)
             .await;
         match claimed {
-            Ok((Some(_), _)) => return Some(Claim::Ours),
-            Ok((None, existing)) => return Some(Claim::Taken(existing.unwrap_or_default())),
+            Ok((Some(_), _)) => return Ok(Claim::Ours),
+            Ok((None, existing)) => return Ok(Claim::Taken(existing.unwrap_or_default())),
+            Err(e) if crate::streams::is_permanent(&e) => return Err(Some(e.into())),
             Err(e) => {
                 shared.writes.failed(&e);
                 if !pause(&shared.shutdown, delay).await {
-                    return None;
+                    return Err(None);
                 }
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
@@ -69,14 +72,19 @@ pub(super) async fn duplicate(
         status: SagaStatus::Duplicate,
         step: None,
         payload: json!({ "entry_id": at.id, "idempotency_key": key, "existing_saga_id": existing }),
-        timestamp: now_ms(),
+        timestamp: shared.now_ms(),
     };
     let transition = Transition {
         events: vec![&event],
         ack: Some(at),
         ..Default::default()
     };
-    if write_until_done(shared, &transition, None).await.is_some() {
-        crate::telemetry::metrics::saga_duplicate(&def.name);
+    match write_until_done(shared, &transition, None).await {
+        Ok(_) => crate::telemetry::metrics::saga_duplicate(&def.name),
+        Err(WriteOutcome::Refused(e)) => {
+            let reason = format!("the duplicate start cannot be recorded: {e}");
+            super::driver::dead_letter_entry(shared, at, &reason).await;
+        }
+        Err(WriteOutcome::Stopped) => {}
     }
 }

@@ -1,18 +1,30 @@
 //! Intake: reads the trigger streams through the consumer group, turns each
 //! valid entry into a saga task and answers each bad one with a
-//! `saga_rejected` event. Never stops on bad input.
+//! `saga_rejected` event. Never stops on bad input. Reads are bounded: at
+//! most `read_batch` entries (and no more than there are free saga
+//! permits), each at most [`MAX_START_BYTES`]; a larger entry never leaves
+//! Redis whole and is rejected by its size.
 
-use super::driver;
+use super::driver::{self, WriteOutcome};
 use super::reconnect::ReadConnection;
-use super::store::{EntryRef, Transition};
-use super::{now_ms, Shared};
+use super::Shared;
+use crate::protocol::start::MAX_START_BYTES;
 use crate::protocol::{CorrelationId, EventType, SagaEvent, SagaStatus, StartError, StartRequest};
-use crate::streams::{self, Entry};
+use crate::store::read::{self, oversized};
+use crate::store::{EntryRef, Transition};
+use crate::streams::Entry;
 use serde_json::json;
+use std::collections::HashSet;
 use std::sync::Arc;
+use tokio::sync::OwnedSemaphorePermit;
 
+/// Reads starts until the daemon stops. A read under way is never
+/// abandoned (an abandoned XREADGROUP stays live on the server and can move
+/// an entry into our pending list unseen): it ends within `block`, and
+/// what it took is created, under the lease still held, before the lease
+/// keeper gives the lease up.
 pub(super) async fn run(shared: Arc<Shared>) {
-    let triggers = super::trigger_streams(&shared.settings, &shared.catalog);
+    let mut triggers = super::trigger_streams(&shared.settings, &shared.catalog);
     let mut conn = ReadConnection::new("starts");
     while !shared.shutdown.is_cancelled() {
         // Take no more entries than there is room for sagas.
@@ -30,34 +42,42 @@ pub(super) async fn run(shared: Arc<Shared>) {
         let Some(c) = conn.get(&shared).await else {
             return;
         };
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&shared.settings.trigger_group)
-            .arg(&shared.settings.node_id)
-            .arg("COUNT")
-            .arg(room)
-            .arg("BLOCK")
-            .arg(shared.settings.block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&triggers);
-        for _ in &triggers {
-            cmd.arg(">");
-        }
-        // The read is never abandoned for a stop: an abandoned XREADGROUP
-        // stays live on the server and can move an entry into our pending
-        // list unseen. It ends within `block`, and what it took is started.
-        let reply = cmd.query_async::<redis::Value>(c).await;
+        let reply = read::group(
+            c,
+            &triggers,
+            &shared.settings.trigger_group,
+            &shared.settings.node_id,
+            room,
+            shared.settings.block,
+            MAX_START_BYTES,
+        )
+        .await;
         match reply {
-            Ok(value) => {
+            Ok(entries) => {
                 conn.succeeded();
-                for entry in streams::decode_read_reply(&value) {
+                for entry in entries {
                     take(&shared, entry).await;
                 }
             }
+            Err(e) if super::is_nogroup(&e) => recreate_groups(&shared).await,
+            Err(e) if crate::streams::is_permanent(&e) => {
+                // A trigger stream replaced by another kind of key: read
+                // the others.
+                let names: Vec<&str> = triggers.iter().map(String::as_str).collect();
+                let bad: HashSet<String> = match conn.get(&shared).await {
+                    Some(c) => read::not_streams(c, &names).await.unwrap_or_default(),
+                    None => return,
+                }
+                .into_iter()
+                .collect();
+                tracing::error!(streams = ?bad, error = %e, "trigger streams that are not streams are no longer read");
+                triggers.retain(|t| !bad.contains(t));
+                if bad.is_empty() && !conn.failed(&shared, &e).await {
+                    return;
+                }
+            }
             Err(e) => {
-                if super::is_nogroup(&e) {
-                    recreate_groups(&shared).await;
-                } else if !conn.failed(&shared, &e).await {
+                if !conn.failed(&shared, &e).await {
                     return;
                 }
             }
@@ -77,37 +97,50 @@ async fn recreate_groups(shared: &Shared) {
     }
 }
 
-/// Starts a saga for a valid entry, rejects a bad one.
+/// Starts a saga for a valid entry, rejects a bad one; waits for a saga
+/// permit first.
 pub(super) async fn take(shared: &Arc<Shared>, entry: Entry) {
+    let Ok(permit) = shared.permits.clone().acquire_owned().await else {
+        return;
+    };
+    take_with(shared, entry, permit).await;
+}
+
+/// [`take`], with the permit in hand.
+pub(super) async fn take_with(shared: &Arc<Shared>, entry: Entry, permit: OwnedSemaphorePermit) {
     let at = EntryRef {
         stream: entry.stream.clone(),
         id: entry.id.clone(),
     };
-    if let Some(why) = entry.malformed {
-        return reject(
-            shared,
-            &at,
-            StartError {
-                reason: why,
-                correlation_id: None,
-            },
-            "",
-        )
-        .await;
+    let named = |field: &str| {
+        crate::protocol::text_field(&entry.fields, field)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+            .chars()
+            .take(128)
+            .collect::<String>()
+    };
+    if let Some(why) = &entry.malformed {
+        let error = StartError {
+            reason: why.clone(),
+            correlation_id: None,
+        };
+        return reject(shared, &at, error, "").await;
+    }
+    if let Some(size) = oversized(&entry) {
+        let error = StartError {
+            reason: format!("the start entry is {size} bytes, the limit is {MAX_START_BYTES}"),
+            correlation_id: CorrelationId::parse(&named(crate::protocol::fields::CORRELATION_ID))
+                .ok(),
+        };
+        return reject(shared, &at, error, &named(crate::protocol::fields::SAGA)).await;
     }
     let request = match StartRequest::from_fields(&entry.fields) {
         Ok(r) => r,
-        Err(e) => {
-            let saga = crate::protocol::text_field(&entry.fields, crate::protocol::fields::SAGA)
-                .ok()
-                .flatten()
-                .unwrap_or_default()
-                .chars()
-                .take(128)
-                .collect::<String>();
-            return reject(shared, &at, e, &saga).await;
-        }
+        Err(e) => return reject(shared, &at, e, &named(crate::protocol::fields::SAGA)).await,
     };
+    drop(entry);
     let def = match &request.saga {
         Some(name) => shared.catalog.get(name).cloned().ok_or_else(|| {
             format!(
@@ -137,13 +170,15 @@ pub(super) async fn take(shared: &Arc<Shared>, entry: Entry) {
             return reject(shared, &at, error, &saga).await;
         }
     };
-    let permit = match shared.permits.clone().acquire_owned().await {
-        Ok(p) => p,
-        Err(_) => return,
-    };
-    shared
-        .tracker
-        .spawn(driver::start(shared.clone(), def, request, at, permit));
+    let creating = shared.creating.token();
+    shared.tracker.spawn(driver::start(
+        shared.clone(),
+        def,
+        request,
+        at,
+        permit,
+        creating,
+    ));
 }
 
 async fn reject(shared: &Shared, at: &EntryRef, error: StartError, saga: &str) {
@@ -156,17 +191,19 @@ async fn reject(shared: &Shared, at: &EntryRef, error: StartError, saga: &str) {
         status: SagaStatus::Rejected,
         step: None,
         payload: json!({ "entry_id": at.id, "stream": at.stream, "reason": error.reason }),
-        timestamp: now_ms(),
+        timestamp: shared.now_ms(),
     };
     let transition = Transition {
         events: vec![&event],
         ack: Some(at),
         ..Default::default()
     };
-    if driver::write_until_done(shared, &transition, None)
-        .await
-        .is_some()
-    {
-        crate::telemetry::metrics::saga_rejected(saga);
+    match driver::write_until_done(shared, &transition, None).await {
+        Ok(_) => crate::telemetry::metrics::saga_rejected(saga),
+        Err(WriteOutcome::Refused(e)) => {
+            let reason = format!("{} (the rejection cannot be recorded: {e})", error.reason);
+            driver::dead_letter_entry(shared, at, &reason).await;
+        }
+        Err(WriteOutcome::Stopped) => {}
     }
 }

@@ -1,242 +1,163 @@
-//! Leases: which daemon drives which saga. Each daemon holds one lease under
-//! an owner token (`<node_id>.<epoch>`), a member of the sorted set
-//! `saga:leases` scored by the unix ms at which it runs out, and renews it
-//! every third of its time to live. The sagas it drives are listed in
-//! `saga:owned:{<owner>}` and their records name it as `owner`.
+//! The lease keeper: renews this daemon's lease and nothing else, on a
+//! connection of its own, so that nothing a saga does (capacity, a burst of
+//! writes, a slow takeover) can delay a renewal. Each renewal also reads
+//! Redis's clock, which keeps [`super::clock::Clock`] in step.
 //!
-//! Every daemon looks for leases that ran out. Claiming one moves its sagas
-//! to the claimer's token in one script, after which the former owner's
-//! writes are fenced off (see [`super::store`]); the claimer then resumes
-//! them from their records. Starts a dead daemon had read but not
-//! acknowledged are taken over from the trigger groups' pending lists.
+//! A renewal that finds the lease lost (it ran out on Redis's clock: the
+//! daemon was paused, cut off, or its renewals failed for longer than the
+//! lease) ends the epoch: the sagas of the old owner token stop here and
+//! are claimed by whichever daemon looks first, maybe this one under its
+//! new token.
 //!
-//! A daemon that finds its own lease claimed (it was paused or cut off for
-//! longer than the lease) drops its sagas and starts a new epoch.
+//! On a stop, the keeper gives the lease up last: first the intake and the
+//! takeover finish what they read, and the creations under way are written
+//! (under the lease still held), so that no saga is ever created under a
+//! lease already given up.
 
-use super::{driver, housekeeping, intake, now_ms, Shared};
-use crate::streams;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, LazyLock};
+use super::clock::host_ms;
+use super::Shared;
+use crate::config::Settings;
+use crate::store::lease::{self, Renewal};
+use redis::aio::ConnectionManager;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// One period of a daemon's ownership: sagas started or taken over in it
-/// stop when it ends.
+/// stop when it ends. It has its own owner token and its own reply stream.
 pub(crate) struct Epoch {
     pub owner: String,
+    pub reply_stream: String,
     pub cancel: CancellationToken,
 }
 
 impl Epoch {
-    pub fn new(node_id: &str, shutdown: &CancellationToken) -> Self {
+    pub fn new(settings: &Settings, shutdown: &CancellationToken) -> Self {
         let epoch = &crate::protocol::ids::new_uuid_hex()[..8];
+        let owner = format!("{}.{epoch}", settings.node_id);
         Self {
-            owner: format!("{node_id}.{epoch}"),
+            reply_stream: settings.reply_stream(&owner),
+            owner,
             cancel: shutdown.child_token(),
         }
     }
 }
 
-const RENEW: &str = r#"
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-  return 1
-end
-return 0
-"#;
-
-/// Moves the sagas of a lease that ran out to a new owner. Returns the ids
-/// of the sagas moved; none if the lease was renewed meanwhile.
-const CLAIM: &str = r#"
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return {} end
-redis.call('ZREM', KEYS[1], ARGV[1])
-local moved = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  local key = ARGV[4] .. '{' .. id .. '}'
-  if redis.call('HGET', key, 'owner') == ARGV[1] then
-    redis.call('HSET', key, 'owner', ARGV[3])
-    redis.call('SADD', KEYS[3], id)
-    table.insert(moved, id)
-  end
-end
-redis.call('DEL', KEYS[2])
-return moved
-"#;
-
-static RENEW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW));
-static CLAIM_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CLAIM));
-
-/// Registers the current epoch's lease.
-pub(super) async fn register(shared: &Shared) -> redis::RedisResult<()> {
-    let owner = shared.epoch().owner.clone();
-    let expiry = now_ms() + shared.settings.lease_ttl.as_millis() as u64;
-    let mut conn = shared.conn.clone();
-    redis::cmd("ZADD")
-        .arg(shared.settings.leases_key())
-        .arg(expiry)
-        .arg(&owner)
-        .query_async(&mut conn)
-        .await
+/// When the lease was last renewed, for readiness.
+pub(crate) struct Health {
+    started: Instant,
+    /// Ms after `started` of the last renewal.
+    renewed_at: AtomicU64,
+    /// Longer than this without a renewal, the daemon is not ready: half
+    /// the lease, so that readiness fails well before the lease runs out.
+    stale_after: Duration,
 }
 
-/// Renews the lease, takes over what dead daemons left, until the daemon
-/// stops; then gives the lease up so that others take its sagas at once.
-pub(super) async fn run(shared: Arc<Shared>) {
+impl Health {
+    pub fn new(lease_ttl: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            renewed_at: AtomicU64::new(0),
+            stale_after: lease_ttl / 2,
+        }
+    }
+
+    fn renewed(&self) {
+        let at = self.started.elapsed().as_millis() as u64;
+        self.renewed_at.store(at, Ordering::Relaxed);
+    }
+
+    pub fn is_fresh(&self) -> bool {
+        let since =
+            self.started.elapsed().as_millis() as u64 - self.renewed_at.load(Ordering::Relaxed);
+        since <= self.stale_after.as_millis() as u64
+    }
+}
+
+/// Registers the current epoch's lease.
+pub(super) async fn register(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+) -> redis::RedisResult<()> {
+    let owner = shared.epoch().owner.clone();
+    let sent = host_ms();
+    let now = lease::register(conn, &shared.settings, &owner, shared.settings.lease_ttl).await?;
+    shared.clock.observe(now, sent, host_ms());
+    shared.lease.renewed();
+    Ok(())
+}
+
+/// Renews the lease every third of its time to live (or at once when a
+/// write found it lost), until the daemon stops; then gives it up.
+pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager) {
     let renew_every = shared.settings.lease_ttl / 3;
-    let mut renewed_at = Instant::now();
-    let mut cleaned_at = Instant::now();
-    let mut trimmed_at = Instant::now();
-    let mut reported_at: Option<Instant> = None;
     let mut failing = false;
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => break,
-            _ = tokio::time::sleep(shared.settings.takeover_every.min(renew_every)) => {}
+            _ = tokio::time::sleep(renew_every) => {}
+            _ = shared.renew_now.notified() => {}
         }
-        let result = async {
-            if renewed_at.elapsed() >= renew_every {
-                renew(&shared).await?;
-                renewed_at = Instant::now();
-            }
-            take_over_sagas(&shared).await?;
-            take_over_starts(&shared).await?;
-            if cleaned_at.elapsed() >= housekeeping::CLEAN_EVERY {
-                housekeeping::forget_idle_consumers(&shared).await?;
-                cleaned_at = Instant::now();
-            }
-            if trimmed_at.elapsed() >= housekeeping::trim_every(&shared.settings) {
-                housekeeping::trim_streams(&shared).await?;
-                trimmed_at = Instant::now();
-            }
-            if reported_at.is_none_or(|at| at.elapsed() >= housekeeping::REPORT_EVERY) {
-                housekeeping::report_pending(&shared).await?;
-                reported_at = Some(Instant::now());
-            }
-            Ok::<(), redis::RedisError>(())
-        }
-        .await;
-        shared
-            .lease_failing
-            .store(result.is_err(), Ordering::Relaxed);
-        match result {
+        match renew(&shared, &mut conn).await {
             Ok(()) if failing => {
-                tracing::info!("leases are kept again");
+                tracing::info!("the lease is renewed again");
                 failing = false;
             }
             Ok(()) => {}
-            Err(e) if !failing => {
-                tracing::warn!(error = %e, "cannot keep leases while Redis fails; retrying");
-                failing = true;
+            Err(e) => {
+                crate::telemetry::metrics::redis_error("lease");
+                if !failing {
+                    tracing::warn!(error = %e, "cannot renew the lease while Redis fails; retrying");
+                    failing = true;
+                }
             }
-            Err(_) => {}
         }
     }
-    release(&shared).await;
+    hand_over(&shared, &mut conn).await;
 }
 
-async fn renew(shared: &Shared) -> redis::RedisResult<()> {
+async fn renew(shared: &Shared, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
     let owner = shared.epoch().owner.clone();
-    let expiry = now_ms() + shared.settings.lease_ttl.as_millis() as u64;
-    let mut conn = shared.conn.clone();
-    let kept: i64 = RENEW_SCRIPT
-        .key(shared.settings.leases_key())
-        .arg(&owner)
-        .arg(expiry)
-        .invoke_async(&mut conn)
-        .await?;
-    if kept == 0 {
-        tracing::warn!(%owner, "this daemon's lease was taken over; dropping its sagas and starting anew");
-        shared.new_epoch();
-        register(shared).await?;
-    }
-    Ok(())
-}
-
-/// Claims the leases that ran out and resumes their sagas.
-async fn take_over_sagas(shared: &Arc<Shared>) -> redis::RedisResult<()> {
-    let mut conn = shared.conn.clone();
-    let expired: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-        .arg(shared.settings.leases_key())
-        .arg("-inf")
-        .arg(now_ms())
-        .arg("LIMIT")
-        .arg(0)
-        .arg(16)
-        .query_async(&mut conn)
-        .await?;
-    for dead in expired {
-        let epoch = shared.epoch();
-        if dead == epoch.owner {
-            continue; // ours, late: the next renewal keeps or loses it
-        }
-        let moved: Vec<String> = CLAIM_SCRIPT
-            .key(shared.settings.leases_key())
-            .key(shared.settings.owned_key(&dead))
-            .key(shared.settings.owned_key(&epoch.owner))
-            .arg(&dead)
-            .arg(now_ms())
-            .arg(&epoch.owner)
-            .arg(&shared.settings.saga_key_prefix)
-            .invoke_async(&mut conn)
-            .await?;
-        if !moved.is_empty() {
-            tracing::info!(from = %dead, sagas = moved.len(), "took over the sagas of a daemon whose lease ran out");
-        }
-        for saga_id in moved {
-            shared
-                .tracker
-                .spawn(driver::resume(shared.clone(), saga_id, epoch.clone()));
+    let sent = host_ms();
+    let (renewal, now) =
+        lease::renew(conn, &shared.settings, &owner, shared.settings.lease_ttl).await?;
+    shared.clock.observe(now, sent, host_ms());
+    match renewal {
+        Renewal::Kept => shared.lease.renewed(),
+        Renewal::Lost => {
+            tracing::warn!(%owner, "this daemon's lease ran out; its sagas go to whoever claims them, and it starts anew");
+            let epoch = shared.new_epoch();
+            crate::telemetry::metrics::lease_lost();
+            register(shared, conn).await?;
+            tracing::info!(owner = %epoch.owner, reply_stream = %epoch.reply_stream, "new lease");
         }
     }
     Ok(())
 }
 
-/// Takes the starts that were read but never acknowledged by a daemon that
-/// died, once they have been idle for a lease's time. Taking a start twice
-/// is harmless: a start's saga id is derived from its entry.
-async fn take_over_starts(shared: &Arc<Shared>) -> redis::RedisResult<()> {
-    let mut conn = shared.conn.clone();
-    let min_idle = shared.settings.lease_ttl.as_millis() as u64;
-    for stream in super::trigger_streams(&shared.settings, &shared.catalog) {
-        match housekeeping::dead_letter_poison(shared, &mut conn, &stream, min_idle).await {
-            // The intake creates lost groups again; nothing is pending in them.
-            Err(e) if super::is_nogroup(&e) => continue,
-            other => other?,
-        }
-        let reply: redis::Value = redis::cmd("XAUTOCLAIM")
-            .arg(&stream)
-            .arg(&shared.settings.trigger_group)
-            .arg(&shared.settings.node_id)
-            .arg(min_idle)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(shared.settings.read_batch)
-            .query_async(&mut conn)
-            .await?;
-        let (_, entries) = streams::decode_autoclaim_reply(&stream, &reply);
-        if !entries.is_empty() {
-            tracing::info!(%stream, count = entries.len(), "took over starts left unacknowledged");
-        }
-        for entry in entries {
-            intake::take(shared, entry).await;
-        }
+/// The end of a stop: no more starts are taken, what was taken is created,
+/// then the lease is given up so that others take its sagas at once.
+async fn hand_over(shared: &Shared, conn: &mut ConnectionManager) {
+    let grace = shared.settings.shutdown_grace;
+    shared.feeders.close();
+    if tokio::time::timeout(grace, shared.feeders.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the intake did not stop in time");
     }
-    Ok(())
-}
-
-/// Marks the lease as run out, so that other daemons take over at once.
-async fn release(shared: &Shared) {
+    shared.creating.close();
+    if tokio::time::timeout(grace, shared.creating.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sagas being created were not written in time");
+    }
     let owner = shared.epoch().owner.clone();
-    let mut conn = shared.conn.clone();
     let released = tokio::time::timeout(
         Duration::from_secs(2),
-        redis::cmd("ZADD")
-            .arg(shared.settings.leases_key())
-            .arg("XX")
-            .arg(0)
-            .arg(&owner)
-            .query_async::<()>(&mut conn),
+        lease::release(conn, &shared.settings, &owner),
     )
     .await;
     match released {

@@ -11,6 +11,7 @@
 //!  reply stream ──XREAD──▶ reply reader ──router────────┘
 //! ```
 
+mod clock;
 mod control;
 mod definitions;
 mod driver;
@@ -21,20 +22,21 @@ mod lease;
 mod reconnect;
 mod replies;
 mod router;
-pub mod store;
+mod takeover;
 pub use housekeeping::command_stream_keep;
 
 use crate::config::Settings;
 use crate::definition::Catalog;
 use crate::streams;
 use crate::telemetry::metrics;
+use clock::Clock;
 use lease::Epoch;
 use redis::aio::ConnectionManager;
 use router::Router;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -66,6 +68,11 @@ pub(crate) const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 /// Transition writes under way at once (see [`Shared::write_slots`]).
 const WRITES_AT_ONCE: usize = 256;
 
+/// Operators' requests about sagas no task of this daemon drives, looked
+/// into at once: each reads a record, and a flood of forged requests must
+/// not become a flood of tasks.
+const ADOPTIONS_AT_ONCE: usize = 16;
+
 /// What every task of the daemon shares.
 pub(crate) struct Shared {
     pub settings: Settings,
@@ -74,45 +81,52 @@ pub(crate) struct Shared {
     pub conn: ConnectionManager,
     pub router: Router,
     pub shutdown: CancellationToken,
+    /// Every task of the daemon.
     pub tracker: TaskTracker,
+    /// The tasks that take new sagas (intake, takeover): a stop waits for
+    /// them to finish what they read before the lease is given up.
+    pub feeders: TaskTracker,
+    /// Creations under way: a stop waits for them too, so that no saga is
+    /// created under a lease already given up.
+    pub creating: TaskTracker,
     /// One permit per in-flight saga.
     pub permits: Arc<Semaphore>,
+    /// See [`ADOPTIONS_AT_ONCE`].
+    pub adoptions: Arc<Semaphore>,
     /// Transition writes under way at once. Beyond a few hundred, writes
     /// only queue inside the connection, each holding its encoded request:
     /// ten thousand sagas moving at once would hold ten thousand of them.
     pub write_slots: Semaphore,
     pub writes: WriteHealth,
-    pub followed: replies::FollowedStreams,
+    pub replies: replies::ReplyState,
     pub pinned: definitions::Pinned,
+    /// Redis's clock: every deadline and timestamp is taken on it.
+    pub clock: Clock,
     /// The current period of this daemon's lease.
     epoch: RwLock<Arc<Epoch>>,
-    /// Unix ms of the reply reader's last successful read.
-    pub replies_read_at: AtomicU64,
-    /// Set while the lease loop cannot reach Redis.
-    pub lease_failing: AtomicBool,
+    pub lease: lease::Health,
+    /// Asks the lease keeper to renew now: a write found the lease lost.
+    pub renew_now: Notify,
 }
 
 impl Shared {
-    /// False while the reply reader cannot read (Redis is unreachable):
-    /// timeouts are then held, since their replies may be waiting unread.
-    pub fn replies_readable(&self) -> bool {
-        let read_at = self.replies_read_at.load(Ordering::Relaxed);
-        let stalled_after = self.settings.block + Duration::from_secs(2);
-        now_ms().saturating_sub(read_at) <= stalled_after.as_millis() as u64
-    }
-
     pub fn epoch(&self) -> Arc<Epoch> {
         self.epoch.read().expect("epoch lock").clone()
     }
 
     /// Ends the current epoch (its saga tasks stop) and begins a new one.
-    pub fn new_epoch(&self) {
-        let next = Arc::new(Epoch::new(&self.settings.node_id, &self.shutdown));
-        let old = std::mem::replace(&mut *self.epoch.write().expect("epoch lock"), next);
+    pub fn new_epoch(&self) -> Arc<Epoch> {
+        let next = Arc::new(Epoch::new(&self.settings, &self.shutdown));
+        let old = std::mem::replace(&mut *self.epoch.write().expect("epoch lock"), next.clone());
         old.cancel.cancel();
+        next
+    }
+
+    /// Unix ms on Redis's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 }
-
 /// Whether saga writes are failing, so that thousands of sagas waiting on
 /// one Redis outage log it once when it starts and once when it ends.
 #[derive(Default)]
@@ -166,10 +180,6 @@ impl Daemon {
         catalog: Catalog,
         shutdown: CancellationToken,
     ) -> Result<Self, EngineError> {
-        let settings = Settings {
-            incarnation: crate::config::new_incarnation(),
-            ..settings
-        };
         let client = redis::Client::open(settings.redis_url.as_str()).map_err(|source| {
             EngineError::BadRedisUrl {
                 url: crate::config::redacted(&settings.redis_url),
@@ -181,11 +191,15 @@ impl Daemon {
         definitions::publish(&mut conn, &settings, &catalog)
             .await
             .map_err(|source| EngineError::Publish { source })?;
-        let settings_node_id = settings.node_id.clone();
-        let shutdown_for_epoch = shutdown.clone();
+        // The lease keeper's own connection: a renewal never waits behind
+        // the writes of thousands of sagas.
+        let lease_conn = connect_with_retry(&client, &settings, &shutdown).await?;
+        let epoch = Arc::new(Epoch::new(&settings, &shutdown));
         let shared = Arc::new(Shared {
             permits: Arc::new(Semaphore::new(settings.max_in_flight)),
+            adoptions: Arc::new(Semaphore::new(ADOPTIONS_AT_ONCE)),
             write_slots: Semaphore::new(WRITES_AT_ONCE),
+            lease: lease::Health::new(settings.lease_ttl),
             settings,
             catalog,
             client,
@@ -193,27 +207,33 @@ impl Daemon {
             router: Router::default(),
             shutdown,
             tracker: TaskTracker::new(),
+            feeders: TaskTracker::new(),
+            creating: TaskTracker::new(),
             writes: WriteHealth::default(),
-            followed: replies::FollowedStreams::default(),
+            replies: replies::ReplyState::default(),
             pinned: definitions::Pinned::default(),
-            replies_read_at: AtomicU64::new(now_ms()),
-            lease_failing: AtomicBool::new(false),
-            epoch: RwLock::new(Arc::new(Epoch::new(&settings_node_id, &shutdown_for_epoch))),
+            clock: Clock::default(),
+            epoch: RwLock::new(epoch),
+            renew_now: Notify::new(),
         });
-        tracing::info!(
-            node_id = %shared.settings.node_id,
-            sagas = ?shared.catalog.names(),
-            triggers = ?trigger_streams(&shared.settings, &shared.catalog),
-            reply_stream = %shared.settings.reply_stream(),
-            "sagaflow daemon started"
-        );
-        lease::register(&shared)
+        let mut lease_conn = lease_conn;
+        lease::register(&shared, &mut lease_conn)
             .await
             .map_err(|source| EngineError::Lease { source })?;
-        shared.tracker.spawn(lease::run(shared.clone()));
+        tracing::info!(
+            node_id = %shared.settings.node_id,
+            owner = %shared.epoch().owner,
+            sagas = ?shared.catalog.names(),
+            triggers = ?trigger_streams(&shared.settings, &shared.catalog),
+            reply_stream = %shared.epoch().reply_stream,
+            "sagaflow daemon started"
+        );
+        shared.tracker.spawn(lease::run(shared.clone(), lease_conn));
         shared.tracker.spawn(replies::run(shared.clone()));
-        shared.tracker.spawn(intake::run(shared.clone()));
         shared.tracker.spawn(control::run(shared.clone()));
+        shared.tracker.spawn(housekeeping::run(shared.clone()));
+        shared.feeders.spawn(intake::run(shared.clone()));
+        shared.feeders.spawn(takeover::run(shared.clone()));
         Ok(Self { shared })
     }
 
@@ -226,21 +246,31 @@ impl Daemon {
         if shared.shutdown.is_cancelled() {
             not_ready.push("stopping");
         }
-        if !shared.replies_readable() {
+        if !shared.replies.readable(&shared.settings) {
             not_ready.push("replies cannot be read from Redis");
         }
         if shared.writes.is_failing() {
             not_ready.push("saga transitions cannot be written to Redis");
         }
-        if shared.lease_failing.load(Ordering::Relaxed) {
-            not_ready.push("the lease cannot be renewed in Redis");
+        if !shared.lease.is_fresh() {
+            not_ready.push("the lease has not been renewed in Redis in time");
         }
         Readiness { not_ready }
     }
 
-    /// The settings this daemon runs with (its reply stream included).
+    /// The settings this daemon runs with.
     pub fn settings(&self) -> &Settings {
         &self.shared.settings
+    }
+
+    /// The reply stream of this daemon's current lease period.
+    pub fn reply_stream(&self) -> String {
+        self.shared.epoch().reply_stream.clone()
+    }
+
+    /// This daemon's current owner token.
+    pub fn owner(&self) -> String {
+        self.shared.epoch().owner.clone()
     }
 
     /// Sagas being driven right now.
@@ -368,12 +398,4 @@ pub(crate) async fn pause(shutdown: &CancellationToken, delay: Duration) -> bool
         _ = shutdown.cancelled() => false,
         _ = tokio::time::sleep(delay) => true,
     }
-}
-
-/// Unix time in ms from the wall clock: deadlines cross process boundaries.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

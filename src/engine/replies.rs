@@ -1,29 +1,102 @@
-//! The reply reader: one blocking `XREAD` loop over this daemon's reply
-//! stream, whatever the number of sagas in flight, plus the streams of the
-//! commands that have one of their own (`reply_stream: per_request`). Each
-//! entry is parsed once and handed to its saga's task; what belongs to no
-//! saga here is stray and skipped. Read entries are trimmed away now and
-//! then, and the stream expires once its daemon is gone for longer than the
-//! reply retention.
+//! The reply reader: one loop over this daemon's reply stream (one per
+//! lease period), whatever the number of sagas in flight, plus the streams
+//! that attempts under way reply to besides it (per-request streams, and
+//! those of daemons whose sagas were taken over). Reads are bounded: at
+//! most `read_batch` entries, each at most [`MAX_REPLY_BYTES`] (a larger
+//! reply never leaves Redis whole; see [`crate::store::read`]). Each entry
+//! is parsed once and handed to its saga's task; what belongs to no saga
+//! here is stray and skipped.
+//!
+//! Two promises rest on this reader:
+//! - A reply is removed from the stream only once it has been applied (its
+//!   transition written, or found to change nothing): the stream is
+//!   trimmed up to the oldest reply still in hand ([`Receipt`]), so a
+//!   daemon killed while its writes lag loses no reply.
+//! - A timeout never wins over a reply that reached Redis before the
+//!   deadline: the reader records, per stream, the time (on Redis's clock)
+//!   up to which it has read everything ([`ReplyState::read_through`]); a
+//!   saga's timeout waits until its reply stream has been read through its
+//!   deadline, after any downtime.
 
 use super::reconnect::ReadConnection;
 use super::Shared;
 use crate::protocol::Reply;
-use crate::streams::{self, Entry};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::Ordering;
+use crate::store::read::{self, oversized};
+use crate::store::transition::WAKE_FIELD;
+use crate::streams::{Entry, StreamId};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How often entries already read are trimmed from the reply stream, and
-/// its expiry renewed.
+/// Largest reply entry read, all fields together. A final reply over it
+/// counts as a failure of its attempt that retrying cannot mend (the
+/// handler would send the same result again); other replies over it are
+/// skipped. Results are step outputs that later steps and the saga's record
+/// carry along: ids and parameters, not bulk data.
+pub const MAX_REPLY_BYTES: usize = 1 << 20;
+
+/// How often entries already applied are trimmed from the reply stream,
+/// and its expiry renewed.
 const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// The shortest expiry a reply stream gets: many renewals long.
 const MIN_REPLY_TTL: Duration = Duration::from_secs(60);
 
-/// The field of the entries the daemon writes to wake its own reply reader
-/// (and to create a per-request reply stream); they are no replies.
-pub(crate) const WAKE_FIELD: &str = "sagaflow_wake";
+/// What the reader shares with the saga tasks.
+pub(crate) struct ReplyState {
+    followed: FollowedStreams,
+    /// Per stream, the time (Redis's clock, unix ms) up to which every
+    /// entry has been read and routed.
+    read_through: Mutex<HashMap<String, u64>>,
+    unapplied: Arc<Unapplied>,
+    /// Host ms of the last successful read.
+    read_at: AtomicU64,
+}
+
+impl Default for ReplyState {
+    fn default() -> Self {
+        Self {
+            followed: FollowedStreams::default(),
+            read_through: Mutex::default(),
+            unapplied: Arc::default(),
+            // Readable until a read says otherwise.
+            read_at: AtomicU64::new(super::clock::host_ms()),
+        }
+    }
+}
+
+impl ReplyState {
+    /// The time up to which every reply on `stream` has been routed to its
+    /// saga (0 when the stream has not been read yet).
+    pub fn read_through(&self, stream: &str) -> u64 {
+        let read = self.read_through.lock().expect("read-through lock");
+        read.get(stream).copied().unwrap_or(0)
+    }
+
+    pub fn follow(&self, stream: &str) {
+        self.followed.add(stream);
+    }
+
+    pub fn unfollow(&self, stream: &str) {
+        self.followed.remove(stream);
+    }
+
+    /// False while the reader cannot read (Redis is unreachable).
+    pub fn readable(&self, settings: &crate::config::Settings) -> bool {
+        let read_at = self.read_at.load(Ordering::Relaxed);
+        let stalled_after = settings.block + Duration::from_secs(2);
+        super::clock::host_ms().saturating_sub(read_at) <= stalled_after.as_millis() as u64
+    }
+
+    fn mark_read(&self, streams: &[&str], through: u64) {
+        let mut read = self.read_through.lock().expect("read-through lock");
+        read.retain(|stream, _| streams.contains(&stream.as_str()));
+        for stream in streams {
+            let at = read.entry((*stream).to_owned()).or_insert(0);
+            *at = (*at).max(through);
+        }
+    }
+}
 
 /// The reply streams besides this daemon's own that are awaited right now:
 /// per-request streams, and the streams of daemons whose sagas were taken
@@ -31,12 +104,12 @@ pub(crate) const WAKE_FIELD: &str = "sagaflow_wake";
 /// several sagas may await one stream; the reader follows the set at each
 /// read.
 #[derive(Default)]
-pub(crate) struct FollowedStreams {
+struct FollowedStreams {
     streams: Mutex<HashMap<String, usize>>,
 }
 
 impl FollowedStreams {
-    pub fn add(&self, stream: &str) {
+    fn add(&self, stream: &str) {
         *self
             .streams
             .lock()
@@ -45,7 +118,7 @@ impl FollowedStreams {
             .or_insert(0) += 1;
     }
 
-    pub fn remove(&self, stream: &str) {
+    fn remove(&self, stream: &str) {
         let mut streams = self.streams.lock().expect("followed streams lock");
         if let Some(count) = streams.get_mut(stream) {
             *count -= 1;
@@ -65,35 +138,117 @@ impl FollowedStreams {
     }
 }
 
+/// The replies of this daemon's own stream that are routed and not yet
+/// applied, by entry id: the stream is never trimmed past the oldest.
+#[derive(Default)]
+pub(crate) struct Unapplied {
+    inner: Mutex<UnappliedInner>,
+}
+
+#[derive(Default)]
+struct UnappliedInner {
+    /// Bumped when the stream changes (a new lease period): receipts of the
+    /// former stream then release nothing.
+    generation: u64,
+    ids: BTreeMap<StreamId, usize>,
+}
+
+impl Unapplied {
+    fn hold(self: &Arc<Self>, id: StreamId) -> Receipt {
+        let mut inner = self.inner.lock().expect("unapplied lock");
+        *inner.ids.entry(id).or_insert(0) += 1;
+        Receipt {
+            unapplied: self.clone(),
+            generation: inner.generation,
+            id,
+        }
+    }
+
+    fn oldest(&self) -> Option<StreamId> {
+        let inner = self.inner.lock().expect("unapplied lock");
+        inner.ids.keys().next().copied()
+    }
+
+    fn reset(&self) {
+        let mut inner = self.inner.lock().expect("unapplied lock");
+        inner.generation += 1;
+        inner.ids.clear();
+    }
+}
+
+/// A reply routed and not yet applied: while it lives, its entry stays in
+/// the reply stream. Dropped once the reply's transition is written (or the
+/// reply is found to change nothing, or its saga is gone from here).
+pub(crate) struct Receipt {
+    unapplied: Arc<Unapplied>,
+    generation: u64,
+    id: StreamId,
+}
+
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Receipt({})", self.id)
+    }
+}
+
+impl Drop for Receipt {
+    fn drop(&mut self) {
+        let mut inner = self.unapplied.inner.lock().expect("unapplied lock");
+        if inner.generation != self.generation {
+            return;
+        }
+        if let Some(count) = inner.ids.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                inner.ids.remove(&self.id);
+            }
+        }
+    }
+}
+
 /// Where the reader stands in each stream it reads.
 struct Cursors {
     main: String,
     main_id: String,
     own: BTreeMap<String, String>,
+    /// Keys that turned out not to be streams: never read again (there is
+    /// nothing to read in them).
+    skipped: HashSet<String>,
 }
 
 impl Cursors {
-    /// Follows the set of awaited per-request streams: new ones are read
-    /// from their start, finished ones dropped.
-    fn follow(&mut self, awaited: BTreeSet<String>) {
-        self.own.retain(|stream, _| awaited.contains(stream));
-        for stream in awaited {
-            self.own.entry(stream).or_insert_with(|| "0-0".to_owned());
+    fn new(main: String) -> Self {
+        Self {
+            main,
+            main_id: "0-0".to_owned(),
+            own: BTreeMap::new(),
+            skipped: HashSet::new(),
         }
     }
 
-    fn read_command(&self, batch: usize, block: Duration) -> redis::Cmd {
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(batch)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&self.main);
-        cmd.arg(self.own.keys().collect::<Vec<_>>());
-        cmd.arg(&self.main_id);
-        cmd.arg(self.own.values().collect::<Vec<_>>());
-        cmd
+    /// Follows the set of awaited streams: new ones are read from their
+    /// start, finished ones dropped.
+    fn follow(&mut self, awaited: BTreeSet<String>) {
+        self.own.retain(|stream, _| awaited.contains(stream));
+        for stream in awaited {
+            if stream != self.main {
+                self.own.entry(stream).or_insert_with(|| "0-0".to_owned());
+            }
+        }
+    }
+
+    /// Every stream read, with the id to read after.
+    fn streams(&self) -> Vec<(&str, &str)> {
+        std::iter::once((self.main.as_str(), self.main_id.as_str()))
+            .chain(self.own.iter().map(|(s, id)| (s.as_str(), id.as_str())))
+            .filter(|(s, _)| !self.skipped.contains(*s))
+            .collect()
+    }
+
+    fn names(&self) -> Vec<&str> {
+        std::iter::once(self.main.as_str())
+            .chain(self.own.keys().map(String::as_str))
+            .collect()
     }
 
     fn advance(&mut self, entry: &Entry) {
@@ -106,37 +261,58 @@ impl Cursors {
 }
 
 pub(super) async fn run(shared: Arc<Shared>) {
-    let mut cursors = Cursors {
-        main: shared.settings.reply_stream(),
-        main_id: "0-0".to_owned(),
-        own: BTreeMap::new(),
-    };
-    let stream = cursors.main.clone();
+    let mut cursors = Cursors::new(shared.epoch().reply_stream.clone());
     let mut trimmed_at = Instant::now();
-    let mut trimmed_id = String::new();
+    let mut trimmed_below: Option<StreamId> = None;
     // Whether the stream has had an expiry since it came to exist.
     let mut expiry_set = false;
     let mut conn = ReadConnection::new("replies");
+    let state = &shared.replies;
     loop {
         if shared.shutdown.is_cancelled() {
             break;
         }
+        let epoch_stream = shared.epoch().reply_stream.clone();
+        if epoch_stream != cursors.main {
+            // A new lease period: the former stream is left to whoever took
+            // its sagas over (they follow it), and expires by itself.
+            tidy(&shared, &cursors.main, None).await;
+            state.unapplied.reset();
+            cursors = Cursors::new(epoch_stream);
+            trimmed_below = None;
+            expiry_set = false;
+        }
         let Some(c) = conn.get(&shared).await else {
             break;
         };
-        cursors.follow(shared.followed.snapshot());
+        cursors.follow(state.followed.snapshot());
+        // Everything that reached Redis before this moment is in this read
+        // or an earlier one, if the read drains the streams.
+        let through = shared
+            .now_ms()
+            .saturating_sub(shared.clock.uncertainty_ms());
+        let streams = cursors.streams();
         // A plain XREAD takes nothing from anyone: abandoning it on a stop
         // loses nothing.
-        let cmd = cursors.read_command(shared.settings.read_batch, shared.settings.block);
-        let read = cmd.query_async::<redis::Value>(c);
+        let read = read::after(
+            c,
+            &streams,
+            shared.settings.read_batch,
+            shared.settings.block,
+            MAX_REPLY_BYTES,
+        );
         let reply = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
             reply = read => reply,
         };
-        let value = match reply {
-            Ok(v) => {
+        let read = match reply {
+            Ok(read) => {
                 conn.succeeded();
-                v
+                read
+            }
+            Err(e) if crate::streams::is_permanent(&e) => {
+                skip_wrong_kinds(&shared, &mut conn, &mut cursors, &e).await;
+                continue;
             }
             Err(e) => {
                 if !conn.failed(&shared, &e).await {
@@ -145,33 +321,61 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 continue;
             }
         };
-        for entry in streams::decode_read_reply(&value) {
-            cursors.advance(&entry);
-            route(&shared, &entry);
+        for entry in &read.entries {
+            cursors.advance(entry);
+            route(&shared, &cursors.main, entry);
         }
         // After routing: a saga that sees this time has its replies in hand.
-        shared
-            .replies_read_at
-            .store(super::now_ms(), Ordering::Relaxed);
+        if read.drained {
+            state.mark_read(&cursors.names(), through);
+        }
+        state
+            .read_at
+            .store(super::clock::host_ms(), Ordering::Relaxed);
         let exists = cursors.main_id != "0-0";
         if trimmed_at.elapsed() >= TRIM_EVERY || (exists && !expiry_set) {
             expiry_set |= exists;
-            let progressed = cursors.main_id != trimmed_id;
-            tidy(
-                &shared,
-                &stream,
-                progressed.then_some(cursors.main_id.as_str()),
-            )
-            .await;
-            trimmed_id = cursors.main_id.clone();
+            // Up to the oldest reply not yet applied, else all that was read.
+            let below = state
+                .unapplied
+                .oldest()
+                .or_else(|| StreamId::parse(&cursors.main_id));
+            let progressed = below.is_some() && below != trimmed_below;
+            tidy(&shared, &cursors.main, below.filter(|_| progressed)).await;
+            trimmed_below = below;
             trimmed_at = Instant::now();
         }
     }
     // A stream left behind expires, even if this daemon never comes back.
-    let _ = tokio::time::timeout(Duration::from_secs(1), tidy(&shared, &stream, None)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), tidy(&shared, &cursors.main, None)).await;
 }
 
-fn route(shared: &Shared, entry: &Entry) {
+/// A read failed for good: some key read is not a stream (replaced by
+/// another kind). Such keys are left out from then on, and count as read
+/// through (they hold no reply).
+async fn skip_wrong_kinds(
+    shared: &Shared,
+    conn: &mut ReadConnection,
+    cursors: &mut Cursors,
+    error: &redis::RedisError,
+) {
+    let Some(c) = conn.get(shared).await else {
+        return;
+    };
+    let names: Vec<&str> = cursors.names();
+    match read::not_streams(c, &names).await {
+        Ok(bad) if !bad.is_empty() => {
+            tracing::error!(keys = ?bad, %error, "reply streams replaced by other kinds of keys are no longer read");
+            cursors.skipped.extend(bad);
+        }
+        _ => {
+            tracing::warn!(%error, "reading the reply streams failed; retrying");
+            super::pause(&shared.shutdown, Duration::from_secs(1)).await;
+        }
+    }
+}
+
+fn route(shared: &Shared, main: &str, entry: &Entry) {
     if entry.fields.contains_key(WAKE_FIELD) {
         return;
     }
@@ -179,9 +383,22 @@ fn route(shared: &Shared, entry: &Entry) {
         tracing::warn!(entry_id = %entry.id, stream = %entry.stream, reason = %why, "skipping a malformed reply");
         return;
     }
-    match Reply::from_fields(&entry.fields) {
+    let parsed = match oversized(entry) {
+        Some(size) => Reply::oversized(&entry.fields, size, MAX_REPLY_BYTES),
+        None => Reply::from_fields(&entry.fields),
+    };
+    match parsed {
         Ok(reply) => {
-            if !shared.router.route(Box::new(reply)) {
+            // Only this daemon's own stream is trimmed by it: the replies
+            // on it are held until applied.
+            let receipt = (entry.stream == main)
+                .then(|| StreamId::parse(&entry.id))
+                .flatten()
+                .map(|id| shared.replies.unapplied.hold(id));
+            if !shared
+                .router
+                .route(Box::new(reply), receipt, read::entry_bytes(entry))
+            {
                 tracing::debug!(entry_id = %entry.id, "reply for no saga driven here; ignored");
             }
         }
@@ -191,24 +408,24 @@ fn route(shared: &Shared, entry: &Entry) {
     }
 }
 
-/// Removes the entries before `last_id` (they have been routed already),
-/// and renews the expiry of the streams read: the stream of a daemon that
-/// is gone for good disappears once the reply retention has passed.
-async fn tidy(shared: &Shared, stream: &str, last_id: Option<&str>) {
+/// Removes the entries below `below` (routed and applied already), and
+/// renews the expiry of the streams read: the stream of a daemon that is
+/// gone for good disappears once the reply retention has passed.
+async fn tidy(shared: &Shared, stream: &str, below: Option<StreamId>) {
     let mut conn = shared.conn.clone();
     let mut pipe = redis::pipe();
-    if let Some(last_id) = last_id {
+    if let Some(below) = below {
         pipe.cmd("XTRIM")
             .arg(stream)
             .arg("MINID")
-            .arg(last_id)
+            .arg(below.to_string())
             .ignore();
     }
     // Never so short that the stream could expire between two renewals
     // while this daemon reads it: unread replies would go with it.
     let ttl = shared.settings.reply_retention.max(MIN_REPLY_TTL).as_secs();
     pipe.cmd("EXPIRE").arg(stream).arg(ttl).ignore();
-    for followed in shared.followed.snapshot() {
+    for followed in shared.replies.followed.snapshot() {
         pipe.cmd("EXPIRE").arg(followed).arg(ttl).ignore();
     }
     if let Err(e) = pipe.query_async::<()>(&mut conn).await {

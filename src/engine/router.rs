@@ -6,6 +6,7 @@
 //! what was waiting for it. Replies that belong to no saga are therefore kept
 //! for a while, and handed over when a saga of that id registers.
 
+use super::replies::Receipt;
 use crate::protocol::{Reply, SagaId};
 use crate::saga::OperatorRequest;
 use std::collections::{HashMap, VecDeque};
@@ -21,24 +22,32 @@ use tokio::sync::mpsc;
 /// pointer-sized slots keep those blocks small.
 pub type Inbox = mpsc::UnboundedReceiver<Inbound>;
 
-/// What a saga's task receives.
+/// What a saga's task receives. A reply read from this daemon's own
+/// stream comes with its [`Receipt`]: the task drops it once the reply is
+/// applied, and only then may the entry be trimmed.
 #[derive(Debug)]
 pub enum Inbound {
-    Reply(Box<Reply>),
+    Reply(Box<Reply>, Option<Receipt>),
     Operator(Box<OperatorRequest>),
 }
 
-/// How many unrouted replies are kept at most, and for how long: enough to
-/// cover a takeover, little enough that garbage costs nothing.
+/// How many unrouted replies are kept at most, how many bytes of entries
+/// in all, and for how long: enough to cover a takeover, little enough
+/// that garbage (replies for sagas that will never come) costs little.
 const KEPT_MAX: usize = 10_000;
+const KEPT_BYTES_MAX: usize = 64 << 20;
 const KEPT_FOR: Duration = Duration::from_secs(60);
+
+/// A reply waiting for its saga, with its entry's size.
+type Kept = (Reply, Option<Receipt>, usize);
 
 #[derive(Default)]
 struct Inner {
     sagas: HashMap<SagaId, mpsc::UnboundedSender<Inbound>>,
     /// Unrouted replies by saga, and the order they came in, for expiry.
-    kept: HashMap<SagaId, Vec<Reply>>,
-    kept_order: VecDeque<(Instant, SagaId)>,
+    kept: HashMap<SagaId, Vec<Kept>>,
+    kept_order: VecDeque<(Instant, SagaId, usize)>,
+    kept_bytes: usize,
 }
 
 #[derive(Default)]
@@ -55,8 +64,9 @@ impl Router {
             return None;
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        for reply in inner.kept.remove(&saga_id).unwrap_or_default() {
-            let _ = tx.send(Inbound::Reply(Box::new(reply)));
+        for (reply, receipt, bytes) in inner.kept.remove(&saga_id).unwrap_or_default() {
+            inner.kept_bytes -= bytes;
+            let _ = tx.send(Inbound::Reply(Box::new(reply), receipt));
         }
         inner.sagas.insert(saga_id, tx);
         Some(rx)
@@ -71,32 +81,47 @@ impl Router {
     }
 
     /// Delivers a reply to its saga; false when no saga here owns it (it
-    /// is kept for a while in case its saga registers).
-    pub fn route(&self, reply: Box<Reply>) -> bool {
+    /// is kept for a while in case its saga registers). `bytes` is the size
+    /// of its entry, for the bound on what is kept.
+    pub fn route(&self, reply: Box<Reply>, receipt: Option<Receipt>, bytes: usize) -> bool {
         let Some(saga_id) = reply.saga_id.clone() else {
             return false;
         };
         let mut inner = self.inner.lock().expect("router lock");
-        let reply = match inner.sagas.get(&saga_id) {
-            Some(tx) => match tx.send(Inbound::Reply(reply)) {
+        let (reply, receipt) = match inner.sagas.get(&saga_id) {
+            Some(tx) => match tx.send(Inbound::Reply(reply, receipt)) {
                 Ok(()) => return true,
                 Err(unsent) => match unsent.0 {
-                    Inbound::Reply(reply) => reply,
+                    Inbound::Reply(reply, receipt) => (reply, receipt),
                     Inbound::Operator(_) => unreachable!("a reply was sent"),
                 },
             },
-            None => reply,
+            None => (reply, receipt),
         };
         let now = Instant::now();
-        while let Some((at, _)) = inner.kept_order.front() {
-            if now.duration_since(*at) <= KEPT_FOR && inner.kept_order.len() < KEPT_MAX {
+        while let Some((at, _, _)) = inner.kept_order.front() {
+            let fits =
+                inner.kept_order.len() < KEPT_MAX && inner.kept_bytes + bytes <= KEPT_BYTES_MAX;
+            if now.duration_since(*at) <= KEPT_FOR && fits {
                 break;
             }
-            let (_, old) = inner.kept_order.pop_front().expect("checked");
-            inner.kept.remove(&old);
+            let (_, old, _) = inner.kept_order.pop_front().expect("checked");
+            let dropped: usize = inner
+                .kept
+                .remove(&old)
+                .map_or(0, |replies| replies.iter().map(|(_, _, bytes)| bytes).sum());
+            inner.kept_bytes -= dropped;
         }
-        inner.kept.entry(saga_id.clone()).or_default().push(*reply);
-        inner.kept_order.push_back((now, saga_id));
+        if bytes > KEPT_BYTES_MAX {
+            return false;
+        }
+        inner.kept_bytes += bytes;
+        inner
+            .kept
+            .entry(saga_id.clone())
+            .or_default()
+            .push((*reply, receipt, bytes));
+        inner.kept_order.push_back((now, saga_id, bytes));
         false
     }
 
@@ -136,18 +161,18 @@ mod tests {
     fn replies_that_come_first_wait_for_their_saga() {
         let router = Router::default();
         let (a, b) = (SagaId::generate(), SagaId::generate());
-        assert!(!router.route(Box::new(reply(&a))));
-        assert!(!router.route(Box::new(reply(&b))));
+        assert!(!router.route(Box::new(reply(&a)), None, 100));
+        assert!(!router.route(Box::new(reply(&b)), None, 100));
         let mut inbox = router.register(a.clone()).unwrap();
-        let Inbound::Reply(first) = inbox.try_recv().unwrap() else {
+        let Inbound::Reply(first, _) = inbox.try_recv().unwrap() else {
             panic!("a reply")
         };
         assert_eq!(first.saga_id.as_ref(), Some(&a));
         assert!(inbox.try_recv().is_err());
-        assert!(router.route(Box::new(reply(&a))));
+        assert!(router.route(Box::new(reply(&a)), None, 100));
         assert!(router.register(a.clone()).is_none(), "driven already");
         let mut inbox_b = router.register(b.clone()).unwrap();
-        let Inbound::Reply(first) = inbox_b.try_recv().unwrap() else {
+        let Inbound::Reply(first, _) = inbox_b.try_recv().unwrap() else {
             panic!("a reply")
         };
         assert_eq!(first.saga_id.as_ref(), Some(&b));
@@ -157,9 +182,17 @@ mod tests {
     fn kept_replies_are_bounded() {
         let router = Router::default();
         for _ in 0..KEPT_MAX + 10 {
-            router.route(Box::new(reply(&SagaId::generate())));
+            router.route(Box::new(reply(&SagaId::generate())), None, 100);
+        }
+        {
+            let inner = router.inner.lock().unwrap();
+            assert!(inner.kept.len() <= KEPT_MAX && inner.kept_order.len() <= KEPT_MAX);
+        }
+        // A hundred replies of 1 MiB for sagas never seen: bounded by bytes.
+        for _ in 0..100 {
+            router.route(Box::new(reply(&SagaId::generate())), None, 1 << 20);
         }
         let inner = router.inner.lock().unwrap();
-        assert!(inner.kept.len() <= KEPT_MAX && inner.kept_order.len() <= KEPT_MAX);
+        assert!(inner.kept_bytes <= KEPT_BYTES_MAX, "{}", inner.kept_bytes);
     }
 }

@@ -104,6 +104,28 @@ impl Reply {
     }
 }
 
+impl Reply {
+    /// The reply of an entry that was over the size limit when read, of
+    /// which only its short identifying fields are left. A final reply
+    /// (`completed`, `failed`) still ends its attempt: as a failure that
+    /// retrying cannot mend, since the handler would answer the same way.
+    /// Anything else is stray.
+    pub fn oversized(fields: &RawFields, size: usize, limit: usize) -> Result<Self, String> {
+        let status = text_field(fields, f::STATUS)?;
+        if !matches!(status, Some("completed" | "failed")) {
+            return Err(format!(
+                "a reply of {size} bytes (the limit is {limit}) that is not a final reply"
+            ));
+        }
+        let mut reply = Reply::from_fields(fields)?;
+        reply.status = ReplyStatus::Failed {
+            error: format!("the reply is {size} bytes, the limit is {limit}"),
+            retryable: false,
+        };
+        Ok(reply)
+    }
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }

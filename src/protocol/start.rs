@@ -6,6 +6,10 @@ use serde_json::{Map, Value};
 
 /// Longest saga name or idempotency key accepted on a start.
 pub const MAX_NAME_LEN: usize = 128;
+/// Largest start entry accepted, all its field names and values together,
+/// in any form: a start carries ids and parameters, and everything in it is
+/// kept in the saga's record and repeated in its events.
+pub const MAX_START_BYTES: usize = 1 << 20;
 /// Largest `payload` accepted on a start: sagas carry ids and parameters,
 /// not bulk data, and every command of the saga repeats parts of it.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;

@@ -11,8 +11,8 @@ mod state;
 
 pub use backoff::retry_delay;
 pub use ids::{IdSource, RandomIds};
-pub use machine::{apply, start, Action, Effect, Event, OperatorRequest, SagaInit};
-pub use state::{Exchange, Failure, Phase, SagaState, Waiting};
+pub use machine::{apply, park, start, Action, Effect, Event, OperatorRequest, SagaInit};
+pub use state::{Exchange, Failure, Parked, Phase, SagaState, Waiting};
 
 #[cfg(test)]
 mod tests;

@@ -72,6 +72,15 @@ pub struct Failure {
     pub reason: String,
 }
 
+/// Why a saga was set aside as failed: one of its transitions could never
+/// be written (a key of the wrong kind, a state too large). It keeps the
+/// phase it was in, to carry on from there when an operator retries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parked {
+    pub phase: Phase,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SagaState {
     pub saga_id: SagaId,
@@ -115,6 +124,10 @@ pub struct SagaState {
     /// Times an operator set the saga going again after it failed.
     #[serde(default)]
     pub rescues: u32,
+    /// Set while the saga is failed because a transition of it could never
+    /// be written.
+    #[serde(default)]
+    pub parked: Option<Parked>,
     pub started_at_ms: UnixMillis,
     pub ended_at_ms: Option<UnixMillis>,
 }

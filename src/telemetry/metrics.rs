@@ -74,6 +74,14 @@ fn describe() {
         m::REDIS_RECONNECTS,
         "Times Redis became reachable again after failing, by what the daemon was doing"
     );
+    describe_counter!(
+        m::DEAD_LETTERED,
+        "Entries and sagas moved to the dead-letter stream because they can never be processed or written, by what they were (start, saga)"
+    );
+    describe_counter!(
+        m::LEASES_LOST,
+        "Times this daemon found its lease run out (paused, cut off) and started a new one"
+    );
     describe_gauge!(
         m::READY,
         "1 when the daemon is ready (Redis reachable, definitions loaded, not stopping)"
@@ -163,6 +171,17 @@ pub fn redis_reconnected(doing: &'static str) {
     counter!(m::REDIS_RECONNECTS, "operation" => doing).increment(1);
 }
 
+/// Counts entries and sagas moved to the dead-letter stream, by what they
+/// were (`start`, `saga`).
+pub fn dead_lettered(what: &'static str) {
+    counter!(m::DEAD_LETTERED, "what" => what).increment(1);
+}
+
+/// Counts the times this daemon found its lease run out and started anew.
+pub fn lease_lost() {
+    counter!(m::LEASES_LOST).increment(1);
+}
+
 pub fn ready(ready: bool) {
     gauge!(m::READY).set(if ready { 1.0 } else { 0.0 });
 }
@@ -172,7 +191,19 @@ pub fn ready(ready: bool) {
 /// the first retry or timeout.
 pub fn register_sagas(catalog: &crate::definition::Catalog) {
     gauge!(m::SAGAS_IN_FLIGHT).increment(0.0);
-    for doing in ["write", "starts", "replies", "control"] {
+    counter!(m::LEASES_LOST).increment(0);
+    for what in ["start", "saga"] {
+        counter!(m::DEAD_LETTERED, "what" => what).increment(0);
+    }
+    for doing in [
+        "write",
+        "starts",
+        "replies",
+        "control",
+        "lease",
+        "takeover",
+        "housekeeping",
+    ] {
         counter!(m::REDIS_ERRORS, "operation" => doing).increment(0);
         counter!(m::REDIS_RECONNECTS, "operation" => doing).increment(0);
     }

@@ -40,5 +40,7 @@ pub mod metric {
     pub const STREAM_PENDING: &str = "sagaflow_stream_pending_entries";
     pub const REDIS_ERRORS: &str = "sagaflow_redis_errors_total";
     pub const REDIS_RECONNECTS: &str = "sagaflow_redis_reconnects_total";
+    pub const DEAD_LETTERED: &str = "sagaflow_dead_lettered_total";
+    pub const LEASES_LOST: &str = "sagaflow_leases_lost_total";
     pub const READY: &str = "sagaflow_ready";
 }

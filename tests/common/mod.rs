@@ -173,20 +173,37 @@ impl<T> Drop for Running<T> {
     }
 }
 
-/// Starts the daemon in this process; stopping it gives back its settings.
-pub async fn start_daemon(server: &RedisServer, catalog: Catalog) -> Running<Settings> {
+/// What a stopped daemon ran with.
+pub struct Ran {
+    pub settings: Settings,
+    /// The reply stream of its last lease period.
+    pub reply_stream: String,
+}
+
+/// Starts the daemon in this process; stopping it says what it ran with.
+pub async fn start_daemon(server: &RedisServer, catalog: Catalog) -> Running<Ran> {
     start_daemon_with(test_settings(server), catalog).await
 }
 
-pub async fn start_daemon_with(settings: Settings, catalog: Catalog) -> Running<Settings> {
+pub async fn start_daemon_with(settings: Settings, catalog: Catalog) -> Running<Ran> {
+    // `TEST_LOG=sagaflow=debug` shows the daemon's logs of a failing test.
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
     let token = CancellationToken::new();
     let start = Daemon::start(settings.clone(), catalog, token.clone());
     let daemon = must("the daemon's start", start).await;
-    // What the daemon runs with: its reply stream is its own.
-    let settings = daemon.settings().clone();
     let handle = Some(tokio::spawn(async move {
+        let settings = daemon.settings().clone();
+        let handle = daemon.clone();
         daemon.wait().await;
-        settings
+        Ran {
+            settings,
+            reply_stream: handle.reply_stream(),
+        }
     }));
     Running { token, handle }
 }

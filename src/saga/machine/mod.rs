@@ -84,6 +84,7 @@ pub fn start(
         stuck_at: None,
         abandoned: false,
         rescues: 0,
+        parked: None,
         undone: Vec::new(),
         skipped: Vec::new(),
         started_at_ms: now,
@@ -131,6 +132,31 @@ pub fn apply(
         Event::Tick => m.on_tick(),
         Event::Operator(request) => m.on_operator(request),
     }
+    m.finish()
+}
+
+/// Sets a saga aside as failed because one of its transitions can never
+/// be written: `state` is its last state written, `reason` why the next
+/// one cannot be. It ends `saga_failed` (an operator can retry it once the
+/// cause is mended, or abandon it), keeping the phase it was in.
+pub fn park(
+    state: &mut SagaState,
+    def: &SagaDefinition,
+    reason: String,
+    now: UnixMillis,
+    ids: &mut dyn IdSource,
+) -> Vec<Effect> {
+    if state.phase.is_terminal() {
+        return Vec::new();
+    }
+    let mut m = Machine {
+        state,
+        def,
+        now,
+        ids,
+        effects: Vec::new(),
+    };
+    m.park(reason);
     m.finish()
 }
 
@@ -187,10 +213,11 @@ impl<'a> Machine<'a> {
         if changed {
             self.effects.insert(0, Effect::Persist);
         }
-        if let Some(at_ms) = self.state.wake_at().filter(|_| changed) {
+        let terminal = self.state.phase.is_terminal();
+        if let Some(at_ms) = self.state.wake_at().filter(|_| changed && !terminal) {
             self.effects.push(Effect::ArmTimer { at_ms });
         }
-        if self.state.phase.is_terminal() {
+        if terminal {
             self.effects.push(Effect::Finish);
         }
         self.effects

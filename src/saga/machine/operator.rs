@@ -6,7 +6,7 @@
 
 use super::Machine;
 use crate::protocol::EventType;
-use crate::saga::state::{Phase, Waiting};
+use crate::saga::state::{Parked, Phase, Waiting};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -71,6 +71,29 @@ impl Machine<'_> {
                 self.emit_action(request, None, Some(&step));
                 self.next_compensation();
             }
+            Action::Retry | Action::Skip { .. } | Action::Abandon
+                if self.state.parked.is_some()
+                    && phase == Phase::Failed
+                    && !self.state.abandoned =>
+            {
+                let step = self.current_step();
+                match &request.action {
+                    Action::Retry => {
+                        self.unpark();
+                        self.emit_action(request, None, step.as_deref());
+                    }
+                    Action::Abandon => {
+                        self.state.abandoned = true;
+                        self.emit_action(request, None, step.as_deref());
+                    }
+                    _ => {
+                        return Err(
+                            "the saga was set aside because a transition of it could not be written, not on a failed compensation: retry or abandon it"
+                                .into(),
+                        )
+                    }
+                }
+            }
             Action::Retry | Action::Skip { .. } | Action::Abandon => {
                 let stuck = self.stuck_compensation(phase)?;
                 let step = self.def.steps[stuck].name.clone();
@@ -114,6 +137,48 @@ impl Machine<'_> {
         self.state
             .stuck_at
             .ok_or_else(|| "the record does not say which compensation failed".to_owned())
+    }
+
+    /// Sets a saga aside as failed (see [`crate::saga::park`]).
+    pub(in crate::saga) fn park(&mut self, reason: String) {
+        let phase = self.state.phase;
+        let step = self.current_step();
+        let compensating = phase == Phase::Compensating;
+        self.state.parked = Some(Parked {
+            phase,
+            reason: reason.clone(),
+        });
+        self.state.phase = Phase::Failed;
+        self.state.ended_at_ms = Some(self.now);
+        let failed_step = match &self.state.failure {
+            Some(f) => f.step.clone(),
+            None => step.clone().unwrap_or_default(),
+        };
+        let payload = json!({
+            "failed_step": failed_step,
+            "reason": reason,
+            "compensation": if compensating { step.clone() } else { None },
+            "error": reason,
+            "parked": true,
+            "compensated": self.state.undone,
+        });
+        self.emit(EventType::SagaFailed, step.as_deref(), payload);
+    }
+
+    /// Back to the phase a parked saga was in; its attempt under way (if
+    /// any) goes on from its recorded deadline or backoff.
+    fn unpark(&mut self) {
+        if let Some(parked) = self.state.parked.take() {
+            self.state.rescues += 1;
+            self.state.phase = parked.phase;
+            self.state.ended_at_ms = None;
+        }
+    }
+
+    /// The step of the exchange under way, if any.
+    fn current_step(&self) -> Option<String> {
+        let x = self.state.current.as_ref()?;
+        Some(self.def.steps[x.step].name.clone())
     }
 
     /// Back to compensating, from failed.

@@ -1,0 +1,164 @@
+//! The takeover worker: every `takeover_every` it claims the sagas of dead
+//! owners (leases that ran out on Redis's clock, and registered owners
+//! with no lease at all: the orphan detector) and resumes them, and takes
+//! over the starts that dead daemons read and never acknowledged. It sits
+//! beside the intake, above the lease keeper, which it never delays.
+//!
+//! It takes only what this daemon has room for: with no saga permit free,
+//! it claims nothing and leaves the work to a daemon with room; starts are
+//! claimed no more than the permits it holds for them.
+
+use super::{driver, intake, pause, Shared};
+use crate::protocol::start::MAX_START_BYTES;
+use crate::store::{lease, maintain, read};
+use redis::aio::ConnectionManager;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Dead owners looked at per round: each claim moves all of one owner's
+/// sagas, so a few per second clear any number of dead daemons quickly.
+const OWNERS_PER_ROUND: usize = 16;
+
+pub(super) async fn run(shared: Arc<Shared>) {
+    let mut conn = shared.conn.clone();
+    let mut failing = false;
+    while pause(&shared.shutdown, shared.settings.takeover_every).await {
+        let result = async {
+            take_over_sagas(&shared, &mut conn).await?;
+            take_over_starts(&shared, &mut conn).await
+        }
+        .await;
+        match result {
+            Ok(()) if failing => {
+                tracing::info!("taking over from dead daemons works again");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                crate::telemetry::metrics::redis_error("takeover");
+                if !failing {
+                    tracing::warn!(error = %e, "cannot look for dead daemons' work while Redis fails; retrying");
+                    failing = true;
+                }
+            }
+        }
+    }
+}
+
+/// Claims the sagas of dead owners and resumes them.
+async fn take_over_sagas(
+    shared: &Arc<Shared>,
+    conn: &mut ConnectionManager,
+) -> redis::RedisResult<()> {
+    if shared.permits.available_permits() == 0 {
+        return Ok(());
+    }
+    let (_, dead) = lease::dead_owners(conn, &shared.settings, OWNERS_PER_ROUND).await?;
+    for dead in dead {
+        let epoch = shared.epoch();
+        if dead == epoch.owner {
+            continue; // ours, late: the keeper's next renewal says what became of it
+        }
+        match lease::claim_owner(conn, &shared.settings, &dead, &epoch.owner).await? {
+            lease::OwnerClaim::Moved(moved) => {
+                if !moved.is_empty() {
+                    tracing::info!(from = %dead, sagas = moved.len(), "took over the sagas of a daemon whose lease ran out");
+                }
+                for saga_id in moved {
+                    shared
+                        .tracker
+                        .spawn(driver::resume(shared.clone(), saga_id, epoch.clone()));
+                }
+            }
+            lease::OwnerClaim::Alive => {}
+            lease::OwnerClaim::ClaimerLost => {
+                shared.renew_now.notify_one();
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Takes the starts that were read but never acknowledged by a daemon that
+/// died, once they have been idle for a lease's time; those delivered too
+/// often without being processed go to the dead-letter stream instead.
+/// Taking a start twice is harmless: a start's saga id is derived from its
+/// entry.
+async fn take_over_starts(
+    shared: &Arc<Shared>,
+    conn: &mut ConnectionManager,
+) -> redis::RedisResult<()> {
+    let min_idle = shared.settings.lease_ttl;
+    for stream in super::trigger_streams(&shared.settings, &shared.catalog) {
+        match dead_letter_poison(shared, conn, &stream, min_idle).await {
+            // The intake creates lost groups again; nothing is pending in them.
+            Err(e) if super::is_nogroup(&e) => continue,
+            other => other?,
+        }
+        let room = shared
+            .permits
+            .available_permits()
+            .min(shared.settings.read_batch);
+        if room == 0 {
+            return Ok(());
+        }
+        let Ok(permits) = shared.permits.clone().try_acquire_many_owned(room as u32) else {
+            return Ok(());
+        };
+        let entries = read::claim_idle(
+            conn,
+            &stream,
+            &shared.settings.trigger_group,
+            &shared.settings.node_id,
+            min_idle,
+            room,
+            MAX_START_BYTES,
+        )
+        .await?;
+        if !entries.is_empty() {
+            tracing::info!(%stream, count = entries.len(), "took over starts left unacknowledged");
+        }
+        let mut permits = permits;
+        for entry in entries {
+            let permit = permits.split(1).expect("one permit per entry claimed");
+            intake::take_with(shared, entry, permit).await;
+        }
+    }
+    Ok(())
+}
+
+/// Moves starts that were delivered `max_deliveries` times without ever
+/// being acknowledged (each time, the daemon that took one died or failed
+/// on it) to the dead-letter stream, as bounded copies with the reason,
+/// and acknowledges them.
+async fn dead_letter_poison(
+    shared: &Shared,
+    conn: &mut ConnectionManager,
+    stream: &str,
+    min_idle: Duration,
+) -> redis::RedisResult<()> {
+    let settings = &shared.settings;
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(&settings.trigger_group)
+        .arg("IDLE")
+        .arg(min_idle.as_millis() as u64)
+        .arg("-")
+        .arg("+")
+        .arg(settings.read_batch)
+        .query_async(conn)
+        .await?;
+    for (id, consumer, _, deliveries) in pending {
+        if deliveries < settings.max_deliveries {
+            continue;
+        }
+        let reason =
+            format!("delivered {deliveries} times without being processed (last to {consumer})");
+        tracing::error!(%stream, entry_id = %id, %reason, "start moved to the dead-letter stream");
+        let group = Some(settings.trigger_group.as_str());
+        maintain::dead_letter(conn, settings, stream, group, &id, &reason).await?;
+        crate::telemetry::metrics::dead_lettered("start");
+    }
+    Ok(())
+}

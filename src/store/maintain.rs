@@ -1,0 +1,68 @@
+//! Keeping streams bounded: entries that can never be processed go to the
+//! dead-letter stream as bounded copies, and trigger streams (written by
+//! starters, so capped by no `XADD` of ours) are trimmed by age and by
+//! count without losing a start the daemons have not finished with.
+
+use super::scripts::{DEAD_LETTER, TRIM_TRIGGER};
+use crate::config::Settings;
+use crate::streams::StreamId;
+use redis::aio::ConnectionLike;
+use redis::RedisResult;
+
+/// Bytes kept of each field value in a dead-letter copy: enough to
+/// recognise the entry, never enough to carry its bulk along.
+pub const DEAD_LETTER_VALUE_BYTES: usize = 256;
+/// Fields kept in a dead-letter copy.
+pub const DEAD_LETTER_FIELDS: usize = 32;
+
+/// Moves entry `id` of `stream` to the dead-letter stream as a bounded
+/// copy with `reason`, and acknowledges it in `group` (if any). Returns
+/// false when the dead-letter stream cannot take it (the entry is
+/// acknowledged all the same).
+pub async fn dead_letter<C: ConnectionLike + Send>(
+    conn: &mut C,
+    settings: &Settings,
+    stream: &str,
+    group: Option<&str>,
+    id: &str,
+    reason: &str,
+) -> RedisResult<bool> {
+    let copied: i64 = DEAD_LETTER
+        .key(stream)
+        .key(&settings.dead_letter_stream)
+        .arg(group.unwrap_or(""))
+        .arg(id)
+        .arg(reason)
+        .arg(settings.events_maxlen)
+        .arg(DEAD_LETTER_VALUE_BYTES)
+        .arg(DEAD_LETTER_FIELDS)
+        .invoke_async(conn)
+        .await?;
+    Ok(copied == 1)
+}
+
+/// Pages of 1,000 entries one trim of a trigger stream looks through, at
+/// most, to find where its cap cuts: bounds the time Redis spends in one
+/// call (a few milliseconds); a stream far over its cap is brought under it
+/// over several calls.
+const TRIM_PAGES: usize = 20;
+
+/// Trims a trigger stream to the entries younger than `below_age` and
+/// within `maxlen` of its end, never removing `keep_from` or anything after
+/// it. Returns the number of entries removed.
+pub async fn trim_trigger<C: ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    below_age: StreamId,
+    keep_from: StreamId,
+    maxlen: usize,
+) -> RedisResult<u64> {
+    TRIM_TRIGGER
+        .key(stream)
+        .arg(below_age.to_string())
+        .arg(keep_from.to_string())
+        .arg(maxlen)
+        .arg(TRIM_PAGES)
+        .invoke_async(conn)
+        .await
+}

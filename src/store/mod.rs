@@ -1,0 +1,25 @@
+//! The saga store: the Lua scripts that change sagas, leases and streams
+//! atomically, each in its own file under `scripts/` with its keys and
+//! named arguments documented at its top, and the typed calls that run
+//! them. Everything two daemons compare in time is decided here on
+//! Redis's clock (`TIME` inside the scripts), never on a host's.
+//!
+//! - [`lease`]: leases of owner tokens, their renewal, and the claims that
+//!   move sagas from a dead owner to a live one.
+//! - [`transition`]: the one atomic, fenced write of a saga transition.
+//! - [`read`]: bounded reads of streams: at most a given number of entries,
+//!   each at most a given size (larger ones never leave Redis whole).
+//! - [`maintain`]: dead-lettering and trimming of the streams.
+
+pub mod lease;
+pub mod maintain;
+pub mod read;
+mod scripts;
+pub mod transition;
+
+pub use transition::{EntryRef, Fence, Ownership, Transition, WriteError, Written};
+
+/// Unix ms from Redis's `TIME` reply of a script, which is a Lua number.
+fn millis(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}

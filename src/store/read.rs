@@ -1,0 +1,216 @@
+//! Bounded reads of streams. A read takes at most a given number of
+//! entries, and an entry larger than a given size never leaves Redis whole:
+//! a script (`scripts/read_group.lua`, `scripts/read_streams.lua`) reads
+//! without blocking and returns such an entry as a marker (its size and its
+//! short identifying fields, see [`OVERSIZED_FIELD`]). Only when that finds
+//! nothing does the reader block, for one entry per stream, which it checks
+//! the same way when it arrives; so what a reader holds is bounded by
+//! `count` entries of `max_bytes`, plus while idle one entry per stream
+//! (whose size Redis's `proto-max-bulk-len` bounds).
+
+use super::scripts::{CLAIM_GROUP, LAST_ID, READ_GROUP, READ_STREAMS};
+use crate::streams::{decode_autoclaim_reply, decode_read_reply, Entry};
+use redis::aio::ConnectionLike;
+use redis::RedisResult;
+use std::time::Duration;
+
+/// The field of the marker that stands for an entry over the size limit:
+/// its value is the entry's size in bytes.
+pub const OVERSIZED_FIELD: &str = "sagaflow_oversized";
+
+/// Identifying fields kept in a marker when they are short (128 bytes at
+/// most), so that the refusal can name what it refused.
+const KEPT: [&str; 7] = [
+    "saga",
+    "saga_id",
+    "request_id",
+    "correlation_id",
+    "event_type",
+    "status",
+    "idempotency_key",
+];
+
+/// The size of an entry as the scripts count it: field names and values.
+pub fn entry_bytes(entry: &Entry) -> usize {
+    entry.fields.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// The size an entry had when it was read, if it was over the limit.
+pub fn oversized(entry: &Entry) -> Option<usize> {
+    let value = entry.fields.get(OVERSIZED_FIELD)?;
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// Replaces an entry over `max_bytes` by its marker, as the scripts do.
+fn shrink(entry: &mut Entry, max_bytes: usize) {
+    let size = entry_bytes(entry);
+    if size <= max_bytes {
+        return;
+    }
+    let mut fields = std::mem::take(&mut entry.fields);
+    fields.retain(|k, v| KEPT.contains(&k.as_str()) && v.len() <= 128);
+    fields.insert(OVERSIZED_FIELD.to_owned(), size.to_string().into_bytes());
+    entry.fields = fields;
+}
+
+/// New entries of `streams` through `group`, at most `count`, without
+/// blocking.
+pub async fn group_now<C: ConnectionLike + Send>(
+    conn: &mut C,
+    streams: &[String],
+    group: &str,
+    consumer: &str,
+    count: usize,
+    max_bytes: usize,
+) -> RedisResult<Vec<Entry>> {
+    let mut call = READ_GROUP.prepare_invoke();
+    for stream in streams {
+        call.key(stream);
+    }
+    call.arg(group).arg(consumer).arg(count).arg(max_bytes);
+    let reply: redis::Value = call.invoke_async(conn).await?;
+    Ok(decode_read_reply(&reply))
+}
+
+/// New entries of `streams` through `group`: those there now (at most
+/// `count`), else the first to come within `block`, one per stream at most.
+pub async fn group<C: ConnectionLike + Send>(
+    conn: &mut C,
+    streams: &[String],
+    group: &str,
+    consumer: &str,
+    count: usize,
+    block: Duration,
+    max_bytes: usize,
+) -> RedisResult<Vec<Entry>> {
+    let now = group_now(conn, streams, group, consumer, count, max_bytes).await?;
+    if !now.is_empty() {
+        return Ok(now);
+    }
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(1)
+        .arg("BLOCK")
+        .arg(block.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(streams);
+    for _ in streams {
+        cmd.arg(">");
+    }
+    let reply: redis::Value = cmd.query_async(conn).await?;
+    let mut entries = decode_read_reply(&reply);
+    for entry in &mut entries {
+        shrink(entry, max_bytes);
+    }
+    Ok(entries)
+}
+
+/// Takes over at most `count` entries of `stream` that other consumers of
+/// `group` left unacknowledged for `min_idle`: each such take counts as a
+/// delivery, which is how entries that keep failing are found.
+pub async fn claim_idle<C: ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    min_idle: Duration,
+    count: usize,
+    max_bytes: usize,
+) -> RedisResult<Vec<Entry>> {
+    let reply: redis::Value = CLAIM_GROUP
+        .key(stream)
+        .arg(group)
+        .arg(consumer)
+        .arg(min_idle.as_millis() as u64)
+        .arg(count)
+        .arg(max_bytes)
+        .invoke_async(conn)
+        .await?;
+    Ok(decode_autoclaim_reply(stream, &reply).1)
+}
+
+/// What a read of streams after given ids found.
+#[derive(Debug, Default)]
+pub struct Read {
+    pub entries: Vec<Entry>,
+    /// True when the read took everything the streams held when it began:
+    /// no entry added before that is left unread.
+    pub drained: bool,
+}
+
+/// The entries of each `(stream, after id)`: those there now (at most
+/// `count` in all), else the first to come within `block`, one per stream
+/// at most.
+pub async fn after<C: ConnectionLike + Send>(
+    conn: &mut C,
+    streams: &[(&str, &str)],
+    count: usize,
+    block: Duration,
+    max_bytes: usize,
+) -> RedisResult<Read> {
+    let mut call = READ_STREAMS.prepare_invoke();
+    for (stream, _) in streams {
+        call.key(*stream);
+    }
+    call.arg(count).arg(max_bytes);
+    for (_, id) in streams {
+        call.arg(*id);
+    }
+    let reply: redis::Value = call.invoke_async(conn).await?;
+    let entries = decode_read_reply(&reply);
+    if !entries.is_empty() {
+        return Ok(Read {
+            drained: entries.len() < count,
+            entries,
+        });
+    }
+    let mut cmd = redis::cmd("XREAD");
+    cmd.arg("COUNT")
+        .arg(1)
+        .arg("BLOCK")
+        .arg(block.as_millis() as u64)
+        .arg("STREAMS");
+    for (stream, _) in streams {
+        cmd.arg(*stream);
+    }
+    for (_, id) in streams {
+        cmd.arg(*id);
+    }
+    let reply: redis::Value = cmd.query_async(conn).await?;
+    let mut entries = decode_read_reply(&reply);
+    for entry in &mut entries {
+        shrink(entry, max_bytes);
+    }
+    Ok(Read {
+        drained: entries.is_empty(),
+        entries,
+    })
+}
+
+/// The id of the last entry of `stream` (`0-0` when it is empty), read
+/// without the entry: where to start following a stream others write.
+pub async fn last_id<C: ConnectionLike + Send>(conn: &mut C, stream: &str) -> RedisResult<String> {
+    LAST_ID.key(stream).invoke_async(conn).await
+}
+
+/// The keys among `keys` that hold something other than a stream: a read
+/// that fails with WRONGTYPE leaves them out from then on.
+pub async fn not_streams<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &[&str],
+) -> RedisResult<Vec<String>> {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("TYPE").arg(*key);
+    }
+    let kinds: Vec<String> = pipe.query_async(conn).await?;
+    Ok(keys
+        .iter()
+        .zip(kinds)
+        .filter(|(_, kind)| kind != "stream" && kind != "none")
+        .map(|(key, _)| (*key).to_owned())
+        .collect())
+}

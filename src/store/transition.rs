@@ -1,0 +1,216 @@
+//! Writing saga transitions. Everything one transition does (the saga's new
+//! state, the commands it sends, its audit events, the acknowledgement of
+//! its start entry) is written by one script (`scripts/transition.lua`),
+//! which checks every key before it writes any: no reader ever sees a
+//! command without its recorded state or the reverse, and a key of the
+//! wrong kind refuses the whole transition.
+//!
+//! The write is fenced: it happens only if the saga's record still names
+//! the writer's owner token, so a daemon that lost its lease cannot touch a
+//! saga another daemon took over. Each write carries the saga's transition
+//! number, so a write retried after a lost answer is not applied twice. A
+//! transition that makes the writer the saga's driver (its creation, or an
+//! operator reopening a failed saga) also needs the writer's lease alive on
+//! Redis's clock: a daemon whose lease ran out creates nothing.
+//!
+//! The saga record is a hash at `saga:{<saga_id>}`: `owner`, `seq` (the last
+//! transition written) and `state` (JSON).
+
+use super::scripts::TRANSITION;
+use crate::config::Settings;
+use crate::protocol::{Command, SagaEvent};
+use crate::saga::SagaState;
+use redis::aio::ConnectionLike;
+
+/// The largest transition sent to Redis, all arguments together. A saga's
+/// input and each step's result are bounded (1 MiB each, see the protocol
+/// docs), so only a saga with dozens of large results comes near it; past
+/// it the transition can never be written (Redis would refuse the request
+/// and drop the connection every other saga's writes share), and the saga
+/// is parked instead.
+pub const MAX_TRANSITION_BYTES: usize = 32 << 20;
+
+/// The field of the entries the daemon writes to wake its own reply reader
+/// (and to create a per-request reply stream); they are no replies.
+pub const WAKE_FIELD: &str = "sagaflow_wake";
+
+/// The trigger entry a transition acknowledges.
+#[derive(Clone, Debug)]
+pub struct EntryRef {
+    pub stream: String,
+    pub id: String,
+}
+
+/// What a transition does to the saga's place among the sagas driven.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// The writer drives the saga from now on (it is created, or reopened
+    /// from failed): its lease must be alive; the record loses any expiry.
+    Join,
+    /// The saga has ended: it expires after the retention.
+    Leave,
+    Stay,
+}
+
+/// Whose saga a transition writes, and where it stands.
+#[derive(Clone, Copy, Debug)]
+pub struct Fence<'a> {
+    pub owner: &'a str,
+    /// The number of this transition: 1 for the one that creates the saga.
+    pub seq: u64,
+    pub ownership: Ownership,
+}
+
+/// Everything one transition writes.
+#[derive(Default)]
+pub struct Transition<'a> {
+    /// The saga written to; `None` for a write about no saga (a rejected
+    /// start), which needs no fence.
+    pub saga: Option<(&'a str, Fence<'a>)>,
+    pub state: Option<&'a SagaState>,
+    pub commands: Vec<(&'a str, &'a Command)>,
+    pub events: Vec<&'a SagaEvent>,
+    pub ack: Option<&'a EntryRef>,
+    /// Per-request reply streams to create, with their time to live in
+    /// seconds: created by us, they carry a TTL that the handlers' `XADD`s
+    /// keep, so they go away by themselves.
+    pub own_reply_streams: Vec<(&'a str, u64)>,
+    /// The writer's own reply stream, woken when per-request streams are
+    /// created so that its reader starts reading them now.
+    pub wake: Option<&'a str>,
+}
+
+/// What became of a fenced write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    Done,
+    /// Written before: a retry after an answer that was lost.
+    AlreadyDone,
+    /// The saga belongs to another owner now (or, for a creation, exists).
+    NotOurs,
+    /// The writer's lease ran out: it may not take the saga; nothing was
+    /// written.
+    LeaseLost,
+}
+
+/// Why a transition was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("`{key}` is not the kind of key the transition writes (someone replaced it)")]
+    WrongType { key: String },
+    #[error("the transition is {bytes} bytes, the limit is {MAX_TRANSITION_BYTES}")]
+    TooLarge { bytes: usize },
+    #[error("the saga's state cannot be encoded: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl WriteError {
+    /// True when trying again cannot help: the write must be given up.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            WriteError::Redis(e) => crate::streams::is_permanent(e),
+            _ => true,
+        }
+    }
+}
+
+/// The arguments of one `XADD`.
+fn xadd(stream: &str, maxlen: Option<usize>, fields: Vec<(&'static str, String)>) -> Vec<String> {
+    let mut args = vec![stream.to_owned()];
+    if let Some(maxlen) = maxlen {
+        args.extend(["MAXLEN".to_owned(), "~".to_owned(), maxlen.to_string()]);
+    }
+    args.push("*".to_owned());
+    for (k, v) in fields {
+        args.push(k.to_owned());
+        args.push(v);
+    }
+    args
+}
+
+impl Transition<'_> {
+    fn stream_writes(&self, settings: &Settings) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        for (stream, command) in &self.commands {
+            out.push(xadd(
+                stream,
+                Some(settings.commands_maxlen),
+                command.to_fields(),
+            ));
+        }
+        for event in &self.events {
+            out.push(xadd(
+                &settings.events_stream,
+                Some(settings.events_maxlen),
+                event.to_fields(),
+            ));
+        }
+        for (stream, _) in &self.own_reply_streams {
+            out.push(xadd(stream, None, vec![(WAKE_FIELD, "1".into())]));
+        }
+        if let (false, Some(wake)) = (self.own_reply_streams.is_empty(), self.wake) {
+            // Wakes the reply reader, blocked on the shared stream, so that
+            // it starts reading the new streams now.
+            out.push(xadd(wake, None, vec![(WAKE_FIELD, "1".into())]));
+        }
+        out
+    }
+
+    /// Writes the transition.
+    pub async fn write<C: ConnectionLike + Send>(
+        &self,
+        conn: &mut C,
+        settings: &Settings,
+    ) -> Result<Written, WriteError> {
+        let state = self.state.map(serde_json::to_string).transpose()?;
+        let writes = self.stream_writes(settings);
+        let bytes = state.as_ref().map_or(0, String::len)
+            + writes.iter().flatten().map(String::len).sum::<usize>();
+        if bytes > MAX_TRANSITION_BYTES {
+            return Err(WriteError::TooLarge { bytes });
+        }
+        let mut call = TRANSITION.prepare_invoke();
+        let (owner, seq, saga_id, ownership) = match &self.saga {
+            Some((saga_id, fence)) => {
+                call.key(settings.saga_key(saga_id))
+                    .key(settings.leases_key())
+                    .key(settings.owned_key(fence.owner));
+                let ownership = match fence.ownership {
+                    Ownership::Join => "join",
+                    Ownership::Leave => "leave",
+                    Ownership::Stay => "",
+                };
+                (fence.owner, fence.seq, *saga_id, ownership)
+            }
+            None => ("", 0, "", ""),
+        };
+        let (ack_stream, ack_id) = self.ack.map_or(("", ""), |a| (&a.stream[..], &a.id[..]));
+        call.arg(owner)
+            .arg(seq)
+            .arg(saga_id)
+            .arg(state.as_deref().unwrap_or(""))
+            .arg(ownership)
+            .arg(settings.retention.as_secs().max(1))
+            .arg(ack_stream)
+            .arg(&settings.trigger_group)
+            .arg(ack_id)
+            .arg(writes.len());
+        for args in &writes {
+            call.arg(args.len()).arg(args);
+        }
+        call.arg(self.own_reply_streams.len());
+        for (stream, ttl) in &self.own_reply_streams {
+            call.arg(stream).arg(ttl);
+        }
+        let (code, detail): (i64, String) = call.invoke_async(conn).await?;
+        match code {
+            1 => Ok(Written::Done),
+            2 => Ok(Written::AlreadyDone),
+            3 => Ok(Written::LeaseLost),
+            4 => Err(WriteError::WrongType { key: detail }),
+            _ => Ok(Written::NotOurs),
+        }
+    }
+}
