@@ -1,5 +1,6 @@
 //! The command line: one module per subcommand. `main` only calls [`main`].
 
+mod acl;
 mod bench;
 mod config;
 mod dev;
@@ -63,6 +64,8 @@ enum Command {
     Abandon(operate::AbandonArgs),
     /// Ask a daemon whether it is alive (or ready): for container health checks.
     Health(health::HealthArgs),
+    /// Print the Redis ACL users of a least-privilege deployment, one per role.
+    Acl(acl::AclArgs),
 }
 
 /// The reference mission, used when no sagas directory is at hand and by
@@ -107,6 +110,7 @@ pub fn main() -> ExitCode {
             Command::Skip(args) => operate::skip(args).await,
             Command::Abandon(args) => operate::abandon(args).await,
             Command::Health(args) => health::run(args).await,
+            Command::Acl(args) => acl::run(args),
         }
     })
 }
