@@ -55,7 +55,11 @@ const DAEMON_COMMANDS: &[&str] = &[
     "xread",
     "xreadgroup",
     "xtrim",
-    // Saga records, leases, owned sets, pinned definitions, idempotency keys.
+    // Saga records, leases, owned sets, pinned definitions, idempotency keys;
+    // scripts check the kind of every key before they write, and a daemon
+    // looks once for the sets of owners it does not know.
+    "type",
+    "scan",
     "del",
     "expire",
     "persist",
@@ -93,6 +97,7 @@ const HANDLER_ON_OWN_KEYS: &[&str] = &["get", "set", "xadd"];
 /// What `status`, `list` and `watch` send: reads only (`SCAN` names no key).
 const VIEW_COMMANDS: &[&str] = &[
     "ping",
+    "time",
     "scan",
     "hmget",
     "ttl",
@@ -244,7 +249,7 @@ fn roles(
         .into_iter()
         .map(|(s, _)| s)
         .collect();
-    let mut out = vec![daemon(settings, catalog)];
+    let mut out = vec![daemon(settings, catalog)?];
     if matches!(handler_roles, HandlerRoles::PerService | HandlerRoles::Both) {
         let mut taken = Vec::new();
         for stream in &streams {
@@ -307,11 +312,12 @@ fn roles(
 }
 
 /// The daemon: everything it uses, and no write to the control stream.
-fn daemon(settings: &Settings, catalog: &Catalog) -> Role {
+fn daemon(settings: &Settings, catalog: &Catalog) -> Result<Role, String> {
     let mut rules = commands_rule(DAEMON_COMMANDS);
     let owned = [
         shaped(&settings.saga_key(MARK)),
         literal(&settings.leases_key()),
+        literal(&settings.owners_key()),
         shaped(&settings.owned_key(MARK)),
         shaped(&settings.definition_key(MARK, MARK)),
         shaped(&settings.idempotency_key(MARK, MARK)),
@@ -325,13 +331,32 @@ fn daemon(settings: &Settings, catalog: &Catalog) -> Role {
     for pattern in owned.into_iter().chain(streams) {
         rules.push(key(Access::ReadWrite, &pattern));
     }
-    rules.push(key(Access::Read, &literal(&settings.control_stream)));
-    rules.push(key(Access::Write, &literal(&settings.dead_letter_stream)));
-    Role {
+    // The control stream is read (through scripts, which Redis counts as
+    // writing their keys) and trimmed (operators' requests may come through
+    // an XADD that does not cap it), but never added to; the dead-letter
+    // stream is written, and its kind checked first.
+    let control = literal(&settings.control_stream);
+    rules.push(selector(
+        &[
+            "evalsha",
+            "eval",
+            "type",
+            "xread",
+            "xrange",
+            "xrevrange",
+            "xtrim",
+        ],
+        &[key(Access::ReadWrite, &control)],
+    )?);
+    rules.push(key(
+        Access::ReadWrite,
+        &literal(&settings.dead_letter_stream),
+    ));
+    Ok(Role {
         name: "daemon".into(),
         who: "the daemons (sagaflow run)".into(),
         rules,
-    }
+    })
 }
 
 /// A handler of `streams`: keyless commands at the root, then a selector
