@@ -276,6 +276,12 @@ impl StreamId {
         Self(ms, 0)
     }
 
+    /// The unix ms the id was made at (on Redis's clock, for ids Redis
+    /// chose).
+    pub fn ms(self) -> u64 {
+        self.0
+    }
+
     /// The id right after this one.
     pub fn next(self) -> Self {
         Self(self.0, self.1.saturating_add(1))

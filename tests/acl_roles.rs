@@ -64,9 +64,26 @@ async fn run(program: &str, args: &[&str], input: &str) -> Output {
     }
 }
 
+/// `sagaflow <args>`, as the test operator where a request is signed.
 async fn sagaflow(args: &[&str]) -> Output {
-    run(BIN, args, "").await
+    let mut with_key = args.to_vec();
+    if matches!(
+        args.first(),
+        Some(&"cancel" | &"retry" | &"skip" | &"abandon")
+    ) {
+        with_key.extend(["--config", OPERATOR_CONFIG.path().to_str().expect("UTF-8")]);
+    }
+    run(BIN, &with_key, "").await
 }
+
+/// A configuration file holding the test operator's key.
+static OPERATOR_CONFIG: std::sync::LazyLock<tempfile::NamedTempFile> =
+    std::sync::LazyLock::new(|| {
+        let file = tempfile::NamedTempFile::new().expect("a temp file");
+        std::fs::write(file.path(), format!("operator_key: \"{OPERATOR_KEY}\"\n"))
+            .expect("the operator's key written");
+        file
+    });
 
 fn text(o: &Output) -> String {
     format!(

@@ -84,8 +84,6 @@ async fn a_running_saga_is_cancelled_and_compensates() {
         &url,
         "--reason",
         "customer withdrew",
-        "--by",
-        "ops@test",
         "--wait",
     ])
     .await;
@@ -97,6 +95,7 @@ async fn a_running_saga_is_cancelled_and_compensates() {
     assert_eq!(actions.len(), 1);
     assert_eq!(actions[0].payload["action"], "cancel");
     assert_eq!(actions[0].payload["by"], "ops@test");
+    assert_eq!(actions[0].payload["verified"], true);
     assert_eq!(actions[0].payload["reason"], "customer withdrew");
     let end = events.last().unwrap();
     assert_eq!(end.event_type, "saga_compensated");
@@ -226,4 +225,131 @@ async fn a_stuck_saga_is_abandoned() {
     let o = sagaflow(&["retry", &saga_id, "--redis-url", &url]).await;
     assert_eq!(o.status.code(), Some(1));
     assert!(out(&o).contains("abandoned"), "{}", out(&o));
+}
+
+/// The audit entries of `saga_id` on saga:events of one event type.
+async fn actions_of(server: &RedisServer, saga_id: &str) -> Vec<serde_json::Value> {
+    let mut conn = server.conn().await;
+    xrange(&mut conn, "saga:events")
+        .await
+        .into_iter()
+        .filter(|e| e["saga_id"] == saga_id && e["event_type"] == "operator_action")
+        .map(|e| serde_json::from_str(&e["payload"]).unwrap())
+        .collect()
+}
+
+/// Waits for the `n`th operator_action of `saga_id`.
+async fn nth_action(server: &RedisServer, saga_id: &str, n: usize) -> serde_json::Value {
+    bounded("the daemon's answer", async {
+        loop {
+            let actions = actions_of(server, saga_id).await;
+            if actions.len() >= n {
+                return actions[n - 1].clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+// Anyone who can write Redis could write saga:control: a request written by
+// hand under an operator's name, one signed with a key the daemons do not
+// hold, and a real operator's request written again are all refused,
+// recorded as refused, and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_replayed_requests_are_refused_and_recorded() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let _daemon = Child::daemon(&url, "ops");
+    let (saga_id, _broken) = stuck_saga(&server, "stuck-forged").await;
+    let mut conn = server.conn().await;
+    let key = format!("saga:{{{saga_id}}}");
+    let ttl = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut cmd = redis::cmd("TTL");
+        cmd.arg(&key);
+        let mut conn = conn.clone();
+        async move { must("TTL", cmd.query_async::<i64>(&mut conn)).await }
+    };
+    let ttl_before = ttl(&mut conn).await;
+    assert!(ttl_before > 0, "a failed saga's record expires");
+
+    // Written by hand, under a name that is not proven.
+    xadd(
+        &mut conn,
+        "saga:control",
+        &[
+            ("saga_id", saga_id.as_str()),
+            ("action", "skip"),
+            ("step", "allocate_resources"),
+            ("by", "cfo@example.com"),
+            ("reason", "approved"),
+        ],
+    )
+    .await;
+    let refused = nth_action(&server, &saga_id, 1).await;
+    assert_eq!(refused["by"], "cfo@example.com");
+    assert_eq!(refused["verified"], false);
+    assert!(
+        refused["refused"].as_str().unwrap().contains("unsigned"),
+        "{refused}"
+    );
+
+    // Signed with a key the daemons do not hold.
+    let o = as_stranger(&["abandon", &saga_id, "--redis-url", &url]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    let refused = nth_action(&server, &saga_id, 2).await;
+    assert_eq!(refused["by"], "mallory");
+    assert!(
+        refused["refused"]
+            .as_str()
+            .unwrap()
+            .contains("no operator key"),
+        "{refused}"
+    );
+
+    // A real operator's retry, then the same entry written again.
+    let o = sagaflow(&["retry", &saga_id, "--redis-url", &url, "--wait"]).await;
+    assert_eq!(o.status.code(), Some(2), "failed again:\n{}", out(&o));
+    let accepted = nth_action(&server, &saga_id, 3).await;
+    assert_eq!(accepted["verified"], true);
+    assert!(accepted.get("refused").is_none(), "{accepted}");
+    let sent = xrange(&mut conn, "saga:control").await;
+    let retry = sent.iter().find(|e| e["action"] == "retry").unwrap();
+    let fields: Vec<(&str, &str)> = retry.iter().map(|(k, v)| (&**k, &**v)).collect();
+    xadd(&mut conn, "saga:control", &fields).await;
+    let replayed = nth_action(&server, &saga_id, 4).await;
+    assert!(
+        replayed["refused"].as_str().unwrap().contains("replay"),
+        "{replayed}"
+    );
+
+    // Refusals changed nothing: still failed, still expiring, driven by no
+    // daemon.
+    let o = sagaflow(&["list", "--redis-url", &url, "--state", "stuck"]).await;
+    assert!(out(&o).contains(&saga_id), "{}", out(&o));
+    assert!(ttl(&mut conn).await > 0, "the record keeps its expiry");
+    let owned: Vec<String> = must("KEYS", words("KEYS saga:owned:*").query_async(&mut conn)).await;
+    for set in owned {
+        let mut cmd = redis::cmd("SISMEMBER");
+        cmd.arg(&set).arg(&saga_id);
+        let member: i64 = must("SISMEMBER", cmd.query_async(&mut conn)).await;
+        assert_eq!(member, 0, "{set} holds the failed saga");
+    }
+}
+
+/// `sagaflow <args>` signed with a key no daemon holds.
+async fn as_stranger(args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(common::processes::BIN);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .env_remove("SAGAFLOW_REDIS_URL")
+        .env(
+            "SAGAFLOW_OPERATOR_KEY",
+            "mallory:00000000000000000000000000000000",
+        )
+        .env("RUST_LOG", "warn");
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("the command's thread")
+        .expect("sagaflow runs")
 }

@@ -321,6 +321,7 @@ fn daemon(settings: &Settings, catalog: &Catalog) -> Result<Role, String> {
         shaped(&settings.owned_key(MARK)),
         shaped(&settings.definition_key(MARK, MARK)),
         shaped(&settings.idempotency_key(MARK, MARK)),
+        shaped(&settings.nonce_key(MARK)),
         literal(&settings.events_stream),
         prefix(&settings.reply_stream_prefix),
     ];

@@ -6,6 +6,7 @@ use super::follow::{self, Target};
 use super::run::RedisArgs;
 use super::{connect, signals};
 use crate::operator;
+use crate::protocol::control::{ControlRequest, MAX_REASON_LEN};
 use crate::protocol::fields as f;
 use crate::saga::Phase;
 use crate::streams;
@@ -22,12 +23,9 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 pub struct Common {
     /// The saga's id.
     saga_id: String,
-    /// Why: recorded on saga:events with the request.
+    /// Why: recorded on saga:events with the request (at most 1024 bytes).
     #[arg(long, default_value = "")]
     reason: String,
-    /// Who asks [default: $USER@hostname].
-    #[arg(long)]
-    by: Option<String>,
     /// Follow the saga to its end and exit with its outcome (0 completed,
     /// 1 compensated, 2 failed).
     #[arg(long)]
@@ -134,23 +132,31 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
             }
         ));
     }
-    let by = args.by.clone().unwrap_or_else(who);
+    let key = settings.operator_key.as_ref().ok_or(
+        "no operator key: set SAGAFLOW_OPERATOR_KEY=<name>:<secret> (or operator_key in the \
+         configuration file); the daemons hold every operator's key in operator_keys",
+    )?;
+    if args.reason.len() > MAX_REASON_LEN {
+        return Err(format!(
+            "--reason is {} bytes, the limit is {MAX_REASON_LEN}",
+            args.reason.len()
+        ));
+    }
     let from = streams::last_id(&mut conn, &settings.events_stream)
         .await
         .map_err(|e| e.to_string())?;
+    // Signed on Redis's clock, which the daemons compare it with.
+    let issued_ms = operator::redis_now_ms(&mut conn).await?;
+    let saga = crate::protocol::SagaId::from_trusted(saga_id.clone());
+    let request = ControlRequest::signed(key, saga, action, step, &args.reason, issued_ms);
     let mut cmd = redis::cmd("XADD");
     cmd.arg(&settings.control_stream)
-        .arg("*")
-        .arg(f::SAGA_ID)
-        .arg(&saga_id)
-        .arg("action")
-        .arg(action)
-        .arg("by")
-        .arg(&by)
-        .arg("reason")
-        .arg(&args.reason);
-    if let Some(step) = &step {
-        cmd.arg(f::STEP).arg(step);
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(settings.control_maxlen)
+        .arg("*");
+    for (name, value) in request.to_fields() {
+        cmd.arg(name).arg(value);
     }
     let _: String = cmd
         .query_async(&mut conn)
@@ -198,7 +204,7 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
         println!("refused: {refused}");
         return Ok(ExitCode::FAILURE);
     }
-    println!("{action} of saga {saga_id} accepted (by {by})");
+    println!("{action} of saga {saga_id} accepted (by {})", key.name);
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
     }
@@ -219,17 +225,4 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
     .await?;
     println!("\n{}", outcome.summary());
     Ok(outcome.exit_code())
-}
-
-/// `$USER@hostname`, as far as the environment tells.
-fn who() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "someone".into());
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    if host.is_empty() {
-        user
-    } else {
-        format!("{user}@{host}")
-    }
 }

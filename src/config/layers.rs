@@ -80,6 +80,8 @@ keys! {
     "takeover_every" => takeover_every: duration,
     "http_addr" => http_addr: text,
     "log_format" => log_format: text,
+    "operator_keys" => operator_keys: keys,
+    "operator_key" => operator_key: key,
 }
 
 mod text {
@@ -109,6 +111,35 @@ mod duration {
     }
     pub fn show(v: &Duration) -> String {
         humantime::format_duration(*v).to_string()
+    }
+}
+
+/// Operators' keys: shown by name only, never their secrets.
+mod keys {
+    use crate::protocol::control::OperatorKeys;
+    pub fn parse(v: &str) -> Result<OperatorKeys, String> {
+        OperatorKeys::parse(v)
+    }
+    pub fn show(v: &OperatorKeys) -> String {
+        v.names()
+            .iter()
+            .map(|name| format!("{name}:***"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+mod key {
+    use crate::protocol::control::OperatorKey;
+    pub fn parse(v: &str) -> Result<Option<OperatorKey>, String> {
+        if v.trim().is_empty() {
+            return Ok(None);
+        }
+        OperatorKey::parse(v).map(Some)
+    }
+    pub fn show(v: &Option<OperatorKey>) -> String {
+        v.as_ref()
+            .map_or_else(String::new, |key| format!("{}:***", key.name))
     }
 }
 

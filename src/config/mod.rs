@@ -77,6 +77,12 @@ pub struct Settings {
     pub http_addr: String,
     /// `json`, `pretty`, or `auto` (pretty on a terminal, json otherwise).
     pub log_format: String,
+    /// The daemons: every operator's key (`name:secret,...`); requests not
+    /// signed with one of them are refused.
+    pub operator_keys: crate::protocol::control::OperatorKeys,
+    /// The operator commands: the key this operator signs requests with
+    /// (`name:secret`).
+    pub operator_key: Option<crate::protocol::control::OperatorKey>,
 }
 
 impl Default for Settings {
@@ -110,6 +116,8 @@ impl Default for Settings {
             takeover_every: Duration::from_secs(1),
             http_addr: "127.0.0.1:9464".into(),
             log_format: "auto".into(),
+            operator_keys: Default::default(),
+            operator_key: None,
         }
     }
 }
@@ -143,6 +151,11 @@ impl Settings {
     /// The set of the sagas held under one owner token.
     pub fn owned_key(&self, owner: &str) -> String {
         format!("{}owned:{{{owner}}}", self.saga_key_prefix)
+    }
+
+    /// Marks an operator's request as carried out, by its nonce.
+    pub fn nonce_key(&self, nonce: &str) -> String {
+        format!("{}control:nonce:{{{nonce}}}", self.saga_key_prefix)
     }
 
     /// The owner token of a key made by [`Self::owned_key`].

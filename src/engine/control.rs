@@ -4,14 +4,20 @@
 //! is claimed by one daemon, which carries the request out.
 //!
 //! A request is an entry of `saga_id`, `action` (`cancel`, `retry`, `skip`,
-//! `abandon`), `step` (for `skip`), `by` and `reason`. Its outcome, accepted
-//! or refused, is an `operator_action` event of the saga.
+//! `abandon`), `step` (for `skip`), `by` and `reason`, signed with the key
+//! of the operator `by` names (see [`crate::protocol::control`]). Every
+//! daemon checks the signature and the freshness; the daemon that acts on
+//! the request checks that its nonce was never used before. A request that
+//! fails a check is refused; its outcome, accepted or refused, is an
+//! `operator_action` event of the saga (with `verified`).
 
 use super::reconnect::ReadConnection;
 use super::{driver, Shared};
-use crate::protocol::{text_field, RawFields, SagaId};
+use crate::protocol::control::{ControlRequest, FRESH_FOR};
+use crate::protocol::SagaId;
 use crate::saga::{Action, OperatorRequest};
 use crate::store::read;
+use crate::streams::StreamId;
 use std::sync::Arc;
 
 /// Requests read at once. Operators write a handful; a flood (a million
@@ -64,8 +70,13 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 tracing::warn!(entry_id = %entry.id, size, "an operator's request larger than {MAX_CONTROL_BYTES} bytes; ignored");
                 continue;
             }
-            match parse(&entry.fields) {
-                Ok((saga_id, request)) => dispatch(&shared, saga_id, request).await,
+            match ControlRequest::from_fields(&entry.fields) {
+                Ok(request) => {
+                    let written_ms = StreamId::parse(&entry.id).map_or(0, |id| id.ms());
+                    let nonce = request.nonce.clone();
+                    let (saga_id, request) = check(&shared, request, written_ms);
+                    dispatch(&shared, saga_id, request, nonce).await
+                }
                 Err(why) => {
                     tracing::warn!(entry_id = %entry.id, %why, "an operator's request cannot be read; ignored")
                 }
@@ -74,7 +85,65 @@ pub(super) async fn run(shared: Arc<Shared>) {
     }
 }
 
-async fn dispatch(shared: &Arc<Shared>, saga_id: SagaId, request: OperatorRequest) {
+/// The request as the saga's rules take it: proven to come from an
+/// operator, or refused with the reason.
+fn check(shared: &Shared, request: ControlRequest, written_ms: u64) -> (SagaId, OperatorRequest) {
+    let unproven = request
+        .verify(&shared.settings.operator_keys, written_ms)
+        .err();
+    if let Some(why) = &unproven {
+        tracing::warn!(saga_id = %request.saga_id, by = %request.by, %why, "an operator's request is refused");
+        crate::telemetry::metrics::operator_request_refused();
+    }
+    let action = match request.action.as_str() {
+        "cancel" => Action::Cancel,
+        "retry" => Action::Retry,
+        "abandon" => Action::Abandon,
+        _ => Action::Skip {
+            step: request.step.clone().unwrap_or_default(),
+        },
+    };
+    let saga_id = request.saga_id.clone();
+    let operator = OperatorRequest {
+        action,
+        by: request.by,
+        reason: request.reason,
+        unproven,
+    };
+    (saga_id, operator)
+}
+
+/// True the first time a request's nonce is seen: a request read from the
+/// stream and written again is refused as a replay. Kept for twice the
+/// time a request stays fresh. On a Redis error, false: the request is
+/// refused rather than perhaps carried out twice.
+pub(super) async fn first_use(shared: &Shared, nonce: &str) -> bool {
+    let mut conn = shared.conn.clone();
+    let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
+        .arg(shared.settings.nonce_key(nonce))
+        .arg("1")
+        .arg("NX")
+        .arg("EX")
+        .arg((FRESH_FOR * 2).as_secs())
+        .query_async(&mut conn)
+        .await;
+    matches!(set, Ok(Some(_)))
+}
+
+async fn dispatch(
+    shared: &Arc<Shared>,
+    saga_id: SagaId,
+    mut request: OperatorRequest,
+    nonce: String,
+) {
+    // The daemon that acts on a request is the one that checks its nonce.
+    let mut nonce_checked = false;
+    if request.unproven.is_none() && shared.router.drives(&saga_id) {
+        nonce_checked = true;
+        if !first_use(shared, &nonce).await {
+            request.unproven = Some(REPLAYED.into());
+        }
+    }
     if shared.router.route_operator(&saga_id, request.clone()) {
         return;
     }
@@ -86,40 +155,16 @@ async fn dispatch(shared: &Arc<Shared>, saga_id: SagaId, request: OperatorReques
         let Ok(slot) = shared.adoptions.clone().acquire_owned().await else {
             return;
         };
+        let nonce = (!nonce_checked).then_some(nonce);
         shared.tracker.spawn(driver::adopt(
             shared.clone(),
             saga_id.to_string(),
             request,
+            nonce,
             slot,
         ));
     }
 }
 
-fn parse(fields: &RawFields) -> Result<(SagaId, OperatorRequest), String> {
-    let text = |name: &str| -> Result<String, String> {
-        Ok(text_field(fields, name)?.unwrap_or("").trim().to_owned())
-    };
-    let saga_id = SagaId::parse(&text("saga_id")?).ok_or("`saga_id` is not a saga id")?;
-    let action = match text("action")?.as_str() {
-        "cancel" => Action::Cancel,
-        "retry" => Action::Retry,
-        "abandon" => Action::Abandon,
-        "skip" => Action::Skip {
-            step: Some(text("step")?)
-                .filter(|s| !s.is_empty())
-                .ok_or("`skip` needs a `step`")?,
-        },
-        other => return Err(format!("unknown action `{other}`")),
-    };
-    let by = Some(text("by")?)
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into());
-    Ok((
-        saga_id,
-        OperatorRequest {
-            action,
-            by,
-            reason: text("reason")?,
-        },
-    ))
-}
+/// Why a request whose nonce was seen before is refused.
+pub(super) const REPLAYED: &str = "its nonce was used before: a replay";

@@ -261,7 +261,8 @@ async fn adopt_orphan(shared: Arc<Shared>, saga_id: String) {
 pub(super) async fn adopt(
     shared: Arc<Shared>,
     saga_id: String,
-    request: OperatorRequest,
+    mut request: OperatorRequest,
+    nonce: Option<String>,
     _slot: OwnedSemaphorePermit,
 ) {
     let (state, seq, owner) = match load_with_owner(&shared, &saga_id).await {
@@ -304,6 +305,12 @@ pub(super) async fn adopt(
         Ok(SagaClaim::ClaimerLost) => return shared.renew_now.notify_one(),
         Err(e) => {
             return tracing::error!(%saga_id, error = %e, "cannot claim a saga for an operator's request")
+        }
+    }
+    // This daemon acts on the request: it checks that it is no replay.
+    if let (None, Some(nonce)) = (&request.unproven, &nonce) {
+        if !super::control::first_use(&shared, nonce).await {
+            request.unproven = Some(super::control::REPLAYED.into());
         }
     }
     // A saga that goes on needs a permit like any other.

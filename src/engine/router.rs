@@ -125,6 +125,12 @@ impl Router {
         false
     }
 
+    /// True when a task of this daemon drives `saga_id`.
+    pub fn drives(&self, saga_id: &SagaId) -> bool {
+        let inner = self.inner.lock().expect("router lock");
+        inner.sagas.get(saga_id).is_some_and(|tx| !tx.is_closed())
+    }
+
     /// Hands an operator's request to its saga's task; false when no task
     /// of this daemon drives that saga.
     pub fn route_operator(&self, saga_id: &SagaId, request: OperatorRequest) -> bool {

@@ -7,6 +7,7 @@
 //! panics.
 
 pub mod command;
+pub mod control;
 pub mod event;
 pub mod fields;
 pub mod ids;

@@ -668,6 +668,7 @@ fn operator(action: Action) -> Event {
         action,
         by: "ops@host".into(),
         reason: "because".into(),
+        unproven: None,
     })
 }
 

@@ -79,6 +79,10 @@ fn describe() {
         "Entries and sagas moved to the dead-letter stream because they can never be processed or written, by what they were (start, saga)"
     );
     describe_counter!(
+        m::OPERATOR_REFUSED,
+        "Operators' requests refused as unproven: unsigned, badly signed, stale or replayed"
+    );
+    describe_counter!(
         m::LEASES_LOST,
         "Times this daemon found its lease run out (paused, cut off) and started a new one"
     );
@@ -177,6 +181,12 @@ pub fn dead_lettered(what: &'static str) {
     counter!(m::DEAD_LETTERED, "what" => what).increment(1);
 }
 
+/// Counts operators' requests refused because they are not proven to come
+/// from an operator (unsigned, a bad signature, stale, replayed).
+pub fn operator_request_refused() {
+    counter!(m::OPERATOR_REFUSED).increment(1);
+}
+
 /// Counts the times this daemon found its lease run out and started anew.
 pub fn lease_lost() {
     counter!(m::LEASES_LOST).increment(1);
@@ -192,6 +202,7 @@ pub fn ready(ready: bool) {
 pub fn register_sagas(catalog: &crate::definition::Catalog) {
     gauge!(m::SAGAS_IN_FLIGHT).increment(0.0);
     counter!(m::LEASES_LOST).increment(0);
+    counter!(m::OPERATOR_REFUSED).increment(0);
     for what in ["start", "saga"] {
         counter!(m::DEAD_LETTERED, "what" => what).increment(0);
     }

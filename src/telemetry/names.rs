@@ -42,5 +42,6 @@ pub mod metric {
     pub const REDIS_RECONNECTS: &str = "sagaflow_redis_reconnects_total";
     pub const DEAD_LETTERED: &str = "sagaflow_dead_lettered_total";
     pub const LEASES_LOST: &str = "sagaflow_leases_lost_total";
+    pub const OPERATOR_REFUSED: &str = "sagaflow_operator_requests_refused_total";
     pub const READY: &str = "sagaflow_ready";
 }

@@ -140,10 +140,16 @@ pub fn catalog(yaml: &str) -> Catalog {
 
 // ------------------------------------------------- daemon and handlers
 
+/// The key of the operator of the tests (`name:secret`): test daemons hold
+/// it, and the CLI run by [`sagaflow_cli`] signs its requests with it.
+pub const OPERATOR_KEY: &str = "ops@test:5f1c0e7a9b3d4c2e8f6a1b0c9d8e7f6a";
+
 /// Settings for a test daemon: short blocking reads so that stops are quick.
 pub fn test_settings(server: &RedisServer) -> Settings {
     Settings {
         redis_url: server.url(),
+        operator_keys: sagaflow::protocol::control::OperatorKeys::parse(OPERATOR_KEY)
+            .expect("the test operator's key"),
         block: Duration::from_millis(200),
         shutdown_grace: Duration::from_secs(2),
         lease_ttl: Duration::from_secs(1),
@@ -505,12 +511,14 @@ pub fn the_event<'a>(events: &'a [Event], event_type: &str, step: Option<&str>) 
 // ------------------------------------------------------------ the CLI
 
 /// Runs `sagaflow <args>` to its end, stdin closed and stdout not a
-/// terminal, without the test's own `SAGAFLOW_REDIS_URL`.
+/// terminal, without the test's own `SAGAFLOW_REDIS_URL`, as the test
+/// operator ([`OPERATOR_KEY`]).
 pub async fn sagaflow_cli(args: &[&str]) -> std::process::Output {
     let mut cmd = std::process::Command::new(processes::BIN);
     cmd.args(args)
         .stdin(std::process::Stdio::null())
         .env_remove("SAGAFLOW_REDIS_URL")
+        .env("SAGAFLOW_OPERATOR_KEY", OPERATOR_KEY)
         .env("RUST_LOG", "warn");
     tokio::task::spawn_blocking(move || cmd.output())
         .await

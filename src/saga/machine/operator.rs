@@ -14,9 +14,13 @@ use serde_json::json;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperatorRequest {
     pub action: Action,
-    /// Who asked (`user@host` by default).
+    /// Who asked: the name of the operator's key it is signed with.
     pub by: String,
     pub reason: String,
+    /// Why the request is not proven to come from `by` (unsigned, a bad
+    /// signature, a replay): it is refused, and the refusal recorded.
+    #[serde(default)]
+    pub unproven: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +50,10 @@ impl Action {
 
 impl Machine<'_> {
     pub(super) fn on_operator(&mut self, request: OperatorRequest) {
+        if let Some(why) = &request.unproven {
+            let refused = format!("not an operator's request: {why}");
+            return self.emit_action(&request, Some(&refused), None);
+        }
         if let Err(refused) = self.operate(&request) {
             self.emit_action(&request, Some(&refused), None);
         }
@@ -199,6 +207,7 @@ impl Machine<'_> {
             "action": request.action.name(),
             "by": request.by,
             "reason": request.reason,
+            "verified": request.unproven.is_none(),
         });
         if let Some(refused) = refused {
             payload["refused"] = json!(refused);

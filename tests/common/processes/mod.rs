@@ -88,7 +88,8 @@ impl Child {
         Self::daemon_with(redis_url, node_id, &["--lease-ttl", LEASE_TTL], &[])
     }
 
-    /// `sagaflow run` on the reference mission with more flags and env.
+    /// `sagaflow run` on the reference mission with more flags and env;
+    /// it accepts the requests of the test operator (`super::OPERATOR_KEY`).
     pub fn daemon_with(
         redis_url: &str,
         node_id: &str,
@@ -99,7 +100,11 @@ impl Child {
         let mut args = vec!["run", "--redis-url", redis_url, "--node-id", node_id];
         args.extend(["--sagas", sagas.to_str().expect("a UTF-8 path")]);
         args.extend(extra);
-        Self::spawn(node_id, &args, env)
+        let mut env = env.to_vec();
+        if !env.iter().any(|(k, _)| *k == "SAGAFLOW_OPERATOR_KEYS") {
+            env.push(("SAGAFLOW_OPERATOR_KEYS", super::OPERATOR_KEY));
+        }
+        Self::spawn(node_id, &args, &env)
     }
 
     /// `sagaflow handlers` (the simulated mission services) with `extra`.
