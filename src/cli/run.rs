@@ -2,7 +2,7 @@
 
 use super::{logging, signals};
 use crate::config::layers::{self, Resolved};
-use crate::config::Settings;
+use crate::config::{RedisUrl, Settings};
 use crate::http::{self, HttpAddr};
 use crate::{definition, engine, telemetry};
 use clap::parser::ValueSource;
@@ -22,10 +22,11 @@ pub struct RedisArgs {
     /// under the environment and the flags.
     #[arg(long, env = "SAGAFLOW_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Redis to use: redis://[user:password@]host:port, rediss:// for TLS
+    /// Redis to use: redis://[user:password@]host:port, rediss:// for TLS,
+    /// unix:///path/redis.sock?pass=password for a socket
     /// [default: redis://127.0.0.1:6379].
     #[arg(long, env = "SAGAFLOW_REDIS_URL")]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<RedisUrl>,
 }
 
 impl RedisArgs {
@@ -34,7 +35,7 @@ impl RedisArgs {
     pub fn settings(&self) -> Result<Settings, String> {
         let mut flags = BTreeMap::new();
         if let Some(url) = &self.redis_url {
-            flags.insert("redis_url".to_owned(), url.clone());
+            flags.insert("redis_url".to_owned(), url.expose().to_owned());
         }
         let env = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
         layers::resolve(self.config.as_deref(), &env, &flags)

@@ -137,6 +137,18 @@ pub fn keys() -> impl Iterator<Item = &'static str> {
     KEYS.iter().map(|k| k.name)
 }
 
+/// Every setting's key and its value as shown to people, the Redis URL
+/// [`redacted`](super::redacted).
+pub fn shown(settings: &Settings) -> impl Iterator<Item = (&'static str, String)> + '_ {
+    KEYS.iter().map(|key| {
+        let value = (key.show)(settings);
+        match key.name {
+            "redis_url" => (key.name, super::redacted(&value)),
+            _ => (key.name, value),
+        }
+    })
+}
+
 /// The settings, and where each came from, in key order.
 #[derive(Debug)]
 pub struct Resolved {
@@ -162,7 +174,7 @@ pub fn resolve(
         return Err(format!("no setting `{unknown}`"));
     }
     let mut settings = Settings::default();
-    let mut sources = Vec::new();
+    let mut chosen_sources = Vec::new();
     for key in KEYS {
         let var = format!("SAGAFLOW_{}", key.name.to_uppercase());
         let chosen = if let Some(v) = flags.get(key.name) {
@@ -186,13 +198,13 @@ pub fn resolve(
             }
             None => Source::Default,
         };
-        let mut shown = (key.show)(&settings);
-        if key.name == "redis_url" {
-            shown = super::redacted(&shown);
-        }
-        sources.push((key.name, shown, source));
+        chosen_sources.push(source);
     }
     check(&settings)?;
+    let sources = shown(&settings)
+        .zip(chosen_sources)
+        .map(|((key, value), source)| (key, value, source))
+        .collect();
     Ok(Resolved { settings, sources })
 }
 
