@@ -186,3 +186,39 @@ async fn a_bad_http_address_is_refused() {
         daemon.stderr()
     );
 }
+
+/// The address the daemon serves on, from its log line.
+fn served_addr(log: &str) -> Option<String> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "serving /metrics, /healthz and /readyz")
+        .and_then(|l| l["fields"]["addr"].as_str().map(str::to_owned))
+}
+
+/// Several daemons on one host can each take a port of the system's
+/// choosing (`--http-addr 127.0.0.1:0`): the log says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_on_port_zero_logs_the_port_it_took() {
+    let server = RedisServer::start();
+    let extra = ["--http-addr", "127.0.0.1:0", "--log-format", "json"];
+    let daemons = [
+        Child::daemon_with(&server.url(), "any-port-1", &extra, &[]),
+        Child::daemon_with(&server.url(), "any-port-2", &extra, &[]),
+    ];
+    let mut addrs = Vec::new();
+    for daemon in &daemons {
+        daemon.wait_started().await;
+        let log = daemon.stderr();
+        let addr = served_addr(&log).unwrap_or_else(|| panic!("no address in:\n{log}"));
+        let port: u16 = addr
+            .strip_prefix("127.0.0.1:")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("`{addr}` is not 127.0.0.1:<port>"));
+        assert_ne!(port, 0, "the port taken, not the one asked for");
+        assert_eq!(until(&addr, "/healthz", |s, _| s == 200).await, "ok\n");
+        let page = until(&addr, "/metrics", |s, _| s == 200).await;
+        assert!(page.contains("sagaflow_sagas_started_total"), "{page}");
+        addrs.push(addr);
+    }
+    assert_ne!(addrs[0], addrs[1], "a port each");
+}

@@ -93,8 +93,8 @@ pub struct RunArgs {
     /// Deliveries after which a start is moved to the dead-letter stream [default: 5].
     #[arg(long)]
     max_deliveries: Option<u64>,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served; `none` for nowhere.
-    /// [default: 127.0.0.1:9464]
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `none` for nowhere;
+    /// port 0 for a free port, which the log names [default: 127.0.0.1:9464].
     #[arg(long)]
     http_addr: Option<HttpAddr>,
     /// Log lines as `json`, `pretty`, or `auto` (pretty on a terminal).
@@ -138,7 +138,7 @@ pub async fn run(args: RunArgs, matches: &ArgMatches) -> ExitCode {
     let daemon: Arc<OnceLock<engine::Daemon>> = Arc::default();
     let http = match http_addr {
         Some(addr) => match http::bind(addr).await {
-            Ok(listener) => {
+            Ok((listener, addr)) => {
                 let metrics = telemetry::metrics::install();
                 telemetry::metrics::register_sagas(&catalog);
                 let (daemon, stopping) = (daemon.clone(), shutdown.clone());
