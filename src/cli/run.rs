@@ -140,7 +140,7 @@ pub async fn run(args: RunArgs, matches: &ArgMatches) -> ExitCode {
         Some(addr) => match http::bind(addr).await {
             Ok((listener, addr)) => {
                 let metrics = telemetry::metrics::install();
-                telemetry::metrics::register_sagas(&catalog);
+                telemetry::metrics::register(&catalog, &settings);
                 let (daemon, stopping) = (daemon.clone(), shutdown.clone());
                 let readiness: http::Readiness = Arc::new(move || match daemon.get() {
                     Some(d) => d
