@@ -274,3 +274,49 @@ async fn an_unusable_url_is_refused_without_its_password() {
 fn mission_sagas_dir() -> String {
     manifest_dir().join("sagas").to_str().unwrap().to_owned()
 }
+
+#[tokio::test]
+async fn a_broken_configuration_file_shows_no_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("redis://:{SECRET}@127.0.0.1:6379");
+    for (name, yaml, says) in [
+        (
+            "syntax.yaml",
+            format!("redis_url: {url}\nblock: [1s\nlease_ttl: 3s\n"),
+            "syntax.yaml: not a YAML mapping of settings: illegal placement of ':' indicator at line 3, column 10",
+        ),
+        (
+            "quote.yaml",
+            format!("redis_url: \"{url}\n"),
+            "unclosed quote",
+        ),
+        (
+            "twice.yaml",
+            format!("redis_url: {url}\nredis_url: {url}\n"),
+            "duplicate mapping key: redis_url",
+        ),
+        (
+            "list.yaml",
+            format!("redis_url:\n  - {url}\n"),
+            "list.yaml:1: redis_url: a list or a mapping is not a single value",
+        ),
+    ] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, yaml).unwrap();
+        for command in ["config", "run", "list"] {
+            let out = sagaflow(&[command, "--config", file.to_str().unwrap()], &[]).await;
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{command} {name}: {}",
+                text(&out)
+            );
+            assert!(
+                text(&out).contains(says),
+                "{command} {name}: {}",
+                text(&out)
+            );
+            assert_no_secret(&text(&out), &format!("{command} on {name}"));
+        }
+    }
+}

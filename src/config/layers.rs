@@ -254,8 +254,12 @@ fn check(s: &Settings) -> Result<(), String> {
 fn read_file(path: &Path) -> Result<BTreeMap<String, (String, usize)>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the configuration file {}: {e}", path.display()))?;
-    let map: BTreeMap<String, serde_json::Value> = serde_saphyr::from_str(&text)
-        .map_err(|e| format!("{}: not a YAML mapping of settings: {e}", path.display()))?;
+    // Without the parser's snippet of the lines around a mistake: they may
+    // hold the password of `redis_url`.
+    let map: BTreeMap<String, serde_json::Value> = serde_saphyr::from_str(&text).map_err(|e| {
+        let e = e.without_snippet();
+        format!("{}: not a YAML mapping of settings: {e}", path.display())
+    })?;
     let line_of = |key: &str| {
         text.lines()
             .position(|l| l.trim_start().starts_with(&format!("{key}:")))
@@ -275,9 +279,10 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, (String, usize)>, String> {
             serde_json::Value::Number(n) => n.to_string(),
             serde_json::Value::Bool(b) => b.to_string(),
             serde_json::Value::Null => continue,
-            other => {
+            // Not quoted: it may be the password of `redis_url`.
+            serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
                 return Err(format!(
-                    "{}:{line}: {key}: `{other}` is not a single value",
+                    "{}:{line}: {key}: a list or a mapping is not a single value",
                     path.display()
                 ))
             }
