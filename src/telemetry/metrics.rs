@@ -31,15 +31,13 @@ pub const UNKNOWN: &str = "unknown";
 /// reading it (the daemons on a trigger stream, a step's handlers on its
 /// command stream), a few with fan-out readers: 16 leaves room for those
 /// while anyone able to run `XGROUP CREATE` can make at most 16 series a
-/// stream. Groups beyond it, first seen last, are summed under
-/// [`OTHER_GROUPS`].
+/// stream. The groups seen after those are summed under [`OTHER_GROUPS`].
 pub const MAX_GROUPS_PER_STREAM: usize = 16;
 
 /// The `group` label of the groups beyond [`MAX_GROUPS_PER_STREAM`].
 pub const OTHER_GROUPS: &str = "other";
 
 /// What this daemon loaded: the label values it reports by name.
-#[derive(Default)]
 struct Known {
     /// Saga names, each with its steps.
     sagas: BTreeMap<String, BTreeSet<String>>,
@@ -59,9 +57,10 @@ fn known() -> std::sync::RwLockReadGuard<'static, Known> {
 
 /// The `saga` label of `saga`.
 fn saga_label(saga: &str) -> String {
-    match known().sagas.contains_key(saga) {
-        true => saga.to_owned(),
-        false => UNKNOWN.to_owned(),
+    if known().sagas.contains_key(saga) {
+        saga.to_owned()
+    } else {
+        UNKNOWN.to_owned()
     }
 }
 
@@ -107,7 +106,7 @@ fn describe() {
     );
     describe_counter!(
         m::SAGAS_REJECTED,
-        "Starts refused (malformed, unknown saga), by saga name when known"
+        "Starts refused (malformed, unknown saga), by saga name, `unknown` for a saga not loaded here"
     );
     describe_counter!(
         m::SAGAS_DUPLICATE,
@@ -132,7 +131,7 @@ fn describe() {
     );
     describe_gauge!(
         m::STREAM_PENDING,
-        "Entries delivered to a consumer group and not acknowledged yet, by stream and group"
+        "Entries delivered to a consumer group and not acknowledged yet, by stream and group (16 groups a stream by name besides the daemons', the rest summed as `other`)"
     );
     describe_counter!(
         m::REDIS_ERRORS,
