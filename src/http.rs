@@ -48,10 +48,16 @@ pub fn parse_addr(s: &str) -> Result<Option<SocketAddr>, String> {
 }
 
 /// Takes the address, so that a port in use is an error at start-up.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
+/// Returns the listener and the address it took: with port 0, the port
+/// the system chose, which is what scrapers need to know.
+pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot serve HTTP on {addr}: {e}"))
+        .map_err(|e| format!("cannot serve HTTP on {addr}: {e}"))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot tell the address HTTP is served on ({addr}): {e}"))?;
+    Ok((listener, bound))
 }
 
 /// Serves the endpoints until `shutdown`.

@@ -284,3 +284,69 @@ async fn clear_errors_for_a_missing_saga_an_unreachable_redis_and_a_bad_flag() {
         );
     }
 }
+
+/// A correlation id with a space (`X-Request-ID: order 42`) is given to
+/// `start`, followed by `start --wait`, and picked out by `watch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correlation_id_with_a_space_is_started_followed_and_watched() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let _daemon = Child::daemon_with(&url, "spaced", &["--lease-ttl", LEASE_TTL], &[]);
+    let _handlers = Child::handlers(&url, &[]);
+    let watch = Command::new(BIN)
+        .args(["watch", "--redis-url", &url, "--correlation-id", "order 42"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = sagaflow(&[
+        "start",
+        "--redis-url",
+        &url,
+        "--payload",
+        PAYLOAD,
+        "--correlation-id",
+        "order 42",
+        "--wait",
+        "--timeout",
+        "20s",
+    ])
+    .await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    assert_eq!(field(&text, "correlation id"), "order 42");
+    let events = saga_events(&server, "order 42").await;
+    assert_eq!(events.last().unwrap().event_type, "saga_completed");
+    let saga_id = field(&text, "saga id");
+    let out = sagaflow(&["status", "--redis-url", &url, &saga_id]).await;
+    assert_eq!(field(&stdout(&out), "correlation id"), "order 42");
+    let out = sagaflow(&["list", "--redis-url", &url]).await;
+    let list = stdout(&out);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&saga_id) && l.ends_with(" order 42")),
+        "{list}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(watch.id().to_string())
+        .status();
+    let out = tokio::task::spawn_blocking(move || watch.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let watched = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(watched.lines().count(), 14, "{watched}");
+
+    // What the contract refuses is refused before anything is written.
+    for (id, why) in [
+        ("order\t42", "a tab (0x09) at character 6"),
+        ("ordér 42", "a non-ASCII character `é` at character 4"),
+    ] {
+        let out = sagaflow(&["start", "--redis-url", &url, "--correlation-id", id]).await;
+        fails_with(&out, 3, why);
+    }
+}

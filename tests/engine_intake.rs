@@ -286,3 +286,89 @@ async fn starts_written_before_the_daemon_ran_are_taken() {
     handlers.stop().await;
     daemon.stop().await;
 }
+
+/// The contract allows any printable ASCII in a correlation id, space
+/// included (`X-Request-ID: order 42`): the id runs through the saga, its
+/// commands and its replies as it was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correlation_id_with_spaces_is_kept_verbatim() {
+    let server = RedisServer::start();
+    let daemon = start_daemon(&server, mission_catalog()).await;
+    let handlers = start_simulated(&server, SimulationOptions::default());
+    let mut conn = server.conn().await;
+    let ids = ["order 42", "  padded  ", "quote \" and ~!"];
+    for id in ids {
+        start_mission(&mut conn, id, &json!({"area": "hall-a", "robots": 1})).await;
+    }
+    for id in ids {
+        let events = saga_events(&server, id).await;
+        assert_eq!(
+            events.len(),
+            14,
+            "every event of `{id}`:\n{}",
+            describe(&events)
+        );
+        assert_eq!(events.last().unwrap().event_type, "saga_completed");
+        assert!(events.iter().all(|e| e.correlation_id == id));
+    }
+    for stream in [
+        "resources:commands",
+        "routing:commands",
+        "exploration:commands",
+        "mapping:commands",
+    ] {
+        let commands = xrange(&mut conn, stream).await;
+        for id in ids {
+            let sent = commands.iter().filter(|c| c["correlation_id"] == id);
+            assert_eq!(sent.count(), 1, "the command on {stream} of `{id}`");
+        }
+    }
+    let replies: Vec<String> =
+        must("KEYS", words("KEYS saga:replies:*").query_async(&mut conn)).await;
+    let mut replied = Vec::new();
+    for stream in &replies {
+        replied.extend(xrange(&mut conn, stream).await);
+    }
+    for id in ids {
+        let theirs = replied.iter().filter(|r| r["correlation_id"] == id).count();
+        // start, progress and completed for each of the four steps.
+        assert_eq!(theirs, 12, "the replies of `{id}`");
+    }
+
+    // What the contract refuses is still refused, with the reason.
+    let long = "a".repeat(129);
+    let cases: [(&[u8], &str); 4] = [
+        (b"order\t42", "a tab (0x09) at character 6"),
+        (b"order\x7f42", "a control character (0x7F) at character 6"),
+        (
+            "ordér 42".as_bytes(),
+            "a non-ASCII character `é` at character 4",
+        ),
+        (long.as_bytes(), "129 characters long, the limit is 128"),
+    ];
+    let mut entry_ids = Vec::new();
+    for (id, _) in &cases {
+        let fields = [raw("correlation_id", id), raw("payload", b"{}")];
+        entry_ids.push(xadd(&mut conn, "mission:start", &fields).await);
+    }
+    let events = wait_for_events(&server, SAGA_WAIT, |events| {
+        let rejected = |id: &String| {
+            events
+                .iter()
+                .any(|e| e.event_type == "saga_rejected" && e.payload["entry_id"] == id.as_str())
+        };
+        entry_ids.iter().all(rejected)
+    })
+    .await;
+    for ((_, why), entry_id) in cases.iter().zip(&entry_ids) {
+        let e = events
+            .iter()
+            .find(|e| e.payload["entry_id"] == entry_id.as_str())
+            .unwrap();
+        let reason = e.payload["reason"].as_str().unwrap_or("");
+        assert!(reason.contains(why), "`{why}` not in: {reason}");
+    }
+
+    handlers.stop().await;
+    daemon.stop().await;
+}

@@ -66,3 +66,71 @@ async fn json_log_lines_carry_the_sagas_ids() {
         assert_eq!(line["fields"]["request_id"], request_id.as_str(), "{line}");
     }
 }
+
+/// A correlation id may hold spaces: in JSON it is a string like any other,
+/// and in pretty lines it is quoted, so that a reader sees where it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correlation_id_with_spaces_is_logged_whole() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let extra = |format| ["--lease-ttl", LEASE_TTL, "--log-format", format];
+    let env = [("RUST_LOG", "info,sagaflow::engine=debug")];
+    let mut json = Child::daemon_with(&url, "json", &extra("json"), &env);
+    let mut pretty = Child::daemon_with(&url, "pretty", &extra("pretty"), &env);
+    let mut handlers = Child::handlers(&url, &[]);
+    let mut conn = server.conn().await;
+    let input = serde_json::json!({"area": "a", "robots": 1});
+    for id in ["order 42", "order 43", "order 44", "order 45"] {
+        start_mission(&mut conn, id, &input).await;
+        saga_events(&server, id).await;
+    }
+    // A handler's lines about a command are in the command's span: one
+    // that leaves a command unanswered says so at info.
+    handlers.term();
+    handlers.wait_exit(STOP_WAIT).await.expect("a prompt stop");
+    let hang = [
+        "--log-format",
+        "pretty",
+        "--hang-step",
+        "allocate_resources",
+    ];
+    let hanging = Child::handlers(&url, &hang);
+    start_mission(&mut conn, "order 46", &input).await;
+    hanging.wait_for_log("left unanswered", STOP_WAIT).await;
+    for child in [&mut json, &mut pretty] {
+        child.term();
+        child.wait_exit(STOP_WAIT).await.expect("a prompt stop");
+    }
+
+    let json_log = json.stderr();
+    let pretty_log = pretty.stderr();
+    let in_json: Vec<Value> = json_log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["span"]["correlation_id"].is_string())
+        .collect();
+    let in_pretty: Vec<&str> = pretty_log
+        .lines()
+        .filter(|l| l.contains("correlation_id"))
+        .collect();
+    assert!(
+        !in_json.is_empty() && !in_pretty.is_empty(),
+        "each daemon drove a saga:\n{json_log}\n{pretty_log}"
+    );
+    for line in &in_json {
+        let id = line["span"]["correlation_id"].as_str().unwrap();
+        assert!(id.starts_with("order 4") && id.len() == 8, "{line}");
+    }
+    for line in &in_pretty {
+        assert!(line.contains("correlation_id=\"order 4"), "quoted: {line}");
+    }
+    let handler_log = hanging.stderr();
+    let unanswered = handler_log
+        .lines()
+        .find(|l| l.contains("left unanswered"))
+        .unwrap();
+    assert!(
+        unanswered.contains("saga.correlation_id=\"order 46\""),
+        "quoted: {unanswered}"
+    );
+}

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::processes::{Child, LEASE_TTL};
+use common::processes::{mission_sagas, Child, LEASE_TTL};
 use common::*;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -101,9 +101,13 @@ async fn metrics_move_and_readiness_follows_redis() {
         Some(1.0)
     );
     assert_eq!(
-        // A start naming no saga is counted under an empty name; the
+        // A start naming no saga is counted under `unknown`; the
         // definitions' own counters start at zero.
-        sample(&page, "sagaflow_sagas_rejected_total", &[("saga", "")]),
+        sample(
+            &page,
+            "sagaflow_sagas_rejected_total",
+            &[("saga", "unknown")]
+        ),
         Some(1.0)
     );
     assert_eq!(sample(&page, "sagaflow_sagas_in_flight", &[]), Some(0.0));
@@ -184,5 +188,198 @@ async fn a_bad_http_address_is_refused() {
         daemon.stderr().contains("`nowhere` is not an address"),
         "{}",
         daemon.stderr()
+    );
+}
+
+/// The address the daemon serves on, from its log line.
+fn served_addr(log: &str) -> Option<String> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "serving /metrics, /healthz and /readyz")
+        .and_then(|l| l["fields"]["addr"].as_str().map(str::to_owned))
+}
+
+/// Several daemons on one host can each take a port of the system's
+/// choosing (`--http-addr 127.0.0.1:0`): the log says which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_on_port_zero_logs_the_port_it_took() {
+    let server = RedisServer::start();
+    let extra = ["--http-addr", "127.0.0.1:0", "--log-format", "json"];
+    let daemons = [
+        Child::daemon_with(&server.url(), "any-port-1", &extra, &[]),
+        Child::daemon_with(&server.url(), "any-port-2", &extra, &[]),
+    ];
+    let mut addrs = Vec::new();
+    for daemon in &daemons {
+        daemon.wait_started().await;
+        let log = daemon.stderr();
+        let addr = served_addr(&log).unwrap_or_else(|| panic!("no address in:\n{log}"));
+        let port: u16 = addr
+            .strip_prefix("127.0.0.1:")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("`{addr}` is not 127.0.0.1:<port>"));
+        assert_ne!(port, 0, "the port taken, not the one asked for");
+        assert_eq!(until(&addr, "/healthz", |s, _| s == 200).await, "ok\n");
+        let page = until(&addr, "/metrics", |s, _| s == 200).await;
+        assert!(page.contains("sagaflow_sagas_started_total"), "{page}");
+        addrs.push(addr);
+    }
+    assert_ne!(addrs[0], addrs[1], "a port each");
+}
+
+/// Every sample of `name`: its labels as written, and its value.
+fn series(page: &str, name: &str) -> Vec<(String, f64)> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name).then(|| (labels.to_owned(), value.parse().unwrap_or(f64::NAN)))
+        })
+        .collect()
+}
+
+/// Names from outside (the `saga` field of starts, consumer groups anyone
+/// can create) make no series of their own: a daemon's memory and its
+/// `/metrics` page stay bounded whatever is written to Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_from_outside_make_a_bounded_number_of_series() {
+    let server = RedisServer::start();
+    let sagas = tempfile::tempdir().unwrap();
+    let mission = std::fs::read_to_string(mission_sagas().join("mission_start.yaml")).unwrap();
+    std::fs::write(sagas.path().join("mission_start.yaml"), &mission).unwrap();
+    let second = mission
+        .replace("name: mission_start", "name: second_mission")
+        .replace("trigger: mission:start", "trigger: second:start");
+    assert_ne!(second, mission);
+    std::fs::write(sagas.path().join("second.yaml"), second).unwrap();
+    let loaded = ["mission_start", "second_mission"];
+    let addr = free_addr();
+    let _daemon = Child::spawn(
+        "bounded",
+        &[
+            "run",
+            "--redis-url",
+            &server.url(),
+            "--node-id",
+            "bounded",
+            "--sagas",
+            sagas.path().to_str().unwrap(),
+            "--http-addr",
+            &addr,
+        ],
+        &[],
+    );
+    until(&addr, "/readyz", |s, _| s == 200).await;
+
+    // Consumer groups made by someone else on the trigger stream.
+    let mut conn = server.conn().await;
+    let mut groups = redis::pipe();
+    for i in 0..100 {
+        groups
+            .cmd("XGROUP")
+            .arg("CREATE")
+            .arg("mission:start")
+            .arg(format!("g{i:03}"))
+            .arg("$")
+            .ignore();
+    }
+    must("XGROUP CREATE", groups.query_async::<()>(&mut conn)).await;
+
+    // Starts naming sagas nobody loaded, each a different one, and starts
+    // naming none with a payload that is no object.
+    const STARTS: usize = 3000;
+    let mut starts = redis::pipe();
+    for i in 0..STARTS {
+        let fields: Vec<(&str, String)> = match i % 10 {
+            0 => vec![("payload", "[]".to_owned())],
+            _ => vec![("saga", format!("ghost-{i}")), ("payload", "{}".to_owned())],
+        };
+        starts
+            .cmd("XADD")
+            .arg("mission:start")
+            .arg("*")
+            .arg(&fields)
+            .ignore();
+    }
+    must("XADD", starts.query_async::<()>(&mut conn)).await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let page = loop {
+        let page = get(&addr, "/metrics")
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default();
+        let rejected: f64 = series(&page, "sagaflow_sagas_rejected_total")
+            .iter()
+            .map(|s| s.1)
+            .sum();
+        if rejected >= STARTS as f64 {
+            break page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{rejected} of {STARTS} starts rejected in time"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let rejected = series(&page, "sagaflow_sagas_rejected_total");
+    assert_eq!(
+        rejected.len(),
+        loaded.len() + 1,
+        "a series per loaded saga and one for the rest: {:?}",
+        &rejected[..rejected.len().min(10)]
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "sagaflow_sagas_rejected_total",
+            &[("saga", "unknown")]
+        ),
+        Some(STARTS as f64)
+    );
+    for saga in loaded {
+        let labels = [("saga", saga)];
+        assert_eq!(
+            sample(&page, "sagaflow_sagas_rejected_total", &labels),
+            Some(0.0)
+        );
+    }
+    assert!(!page.contains("ghost-"), "no outside saga name on the page");
+
+    // Groups: the daemons' own, and at most the bound of others by name;
+    // the rest are summed under `other`. Measured every few seconds.
+    let bound = sagaflow::telemetry::metrics::MAX_GROUPS_PER_STREAM;
+    let on_trigger = |page: &str| {
+        series(page, "sagaflow_stream_pending_entries")
+            .into_iter()
+            .filter(|(labels, _)| labels.contains("stream=\"mission:start\""))
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let page = loop {
+        let page = get(&addr, "/metrics")
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default();
+        if on_trigger(&page).len() > 1 {
+            break page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no groups reported:\n{page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let reported = on_trigger(&page);
+    assert_eq!(reported.len(), bound + 2, "{reported:?}");
+    let group = |name: &str| format!("group=\"{name}\"");
+    assert!(
+        reported.iter().any(|(l, _)| l.contains(&group("sagaflow"))),
+        "{reported:?}"
+    );
+    assert!(
+        reported.iter().any(|(l, _)| l.contains(&group("other"))),
+        "{reported:?}"
     );
 }

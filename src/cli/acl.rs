@@ -589,8 +589,9 @@ mod tests {
             "~r:*",
             "~mission:start",
             "~resources:commands",
-            "%R~ctl",
-            "%W~saga:dead-letter",
+            "~app\\*:owners",
+            "(+evalsha +eval +type +xread +xrange +xrevrange +xtrim ~ctl)",
+            "~saga:dead-letter",
             "+evalsha",
         ] {
             assert!(daemon.contains(&rule.to_owned()), "{rule} in {daemon:?}");

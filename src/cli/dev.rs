@@ -4,7 +4,7 @@
 
 use super::handlers::SimulationArgs;
 use super::{follow, logging};
-use crate::config::Settings;
+use crate::config::{RedisUrl, Settings};
 use crate::handler::simulated::run_simulated_handlers;
 use crate::local_redis::LocalRedis;
 use crate::operator;
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 pub struct DevArgs {
     /// Use this Redis instead of starting a private redis-server.
     #[arg(long, env = "SAGAFLOW_REDIS_URL")]
-    redis_url: Option<String>,
+    redis_url: Option<RedisUrl>,
     /// Directory of saga definitions; the built-in mission if it does not exist.
     #[arg(long, env = "SAGAFLOW_SAGAS", default_value = "sagas")]
     sagas: PathBuf,
@@ -82,7 +82,7 @@ async fn demo(args: DevArgs) -> Result<ExitCode, String> {
         .map_err(|e| format!("--payload is not a JSON object: {e}"))?;
 
     let (redis_url, _redis) = match args.redis_url.clone() {
-        Some(url) => (url, None),
+        Some(url) => (url.expose().to_owned(), None),
         None => {
             let child = LocalRedis::start(&[])?;
             println!("started a private redis-server on {}", child.url);
@@ -94,8 +94,7 @@ async fn demo(args: DevArgs) -> Result<ExitCode, String> {
         sagas_dir: args.sagas.clone(),
         ..Settings::default()
     };
-    let client =
-        redis::Client::open(redis_url.as_str()).map_err(|e| format!("invalid Redis URL: {e}"))?;
+    let client = crate::config::client(&redis_url).map_err(|e| e.to_string())?;
 
     let shutdown = CancellationToken::new();
     super::signals::on_stop_signal(shutdown.clone());

@@ -83,13 +83,10 @@ pub async fn run(args: HandlersArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client = match redis::Client::open(redis_url.as_str()) {
+    let client = match crate::config::client(&redis_url) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!(
-                "sagaflow: invalid Redis URL `{}`: {e}",
-                crate::config::redacted(&redis_url)
-            );
+            eprintln!("sagaflow: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -74,7 +74,7 @@ pub(crate) const REFERENCE_MISSION: &str = include_str!("../../sagas/mission_sta
 
 /// Parses the command line and runs the subcommand.
 pub fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -115,14 +115,24 @@ pub fn main() -> ExitCode {
     })
 }
 
+/// The command line. No help shows the value of an environment variable:
+/// clap would print `[env: SAGAFLOW_REDIS_URL=redis://:password@...]`.
+fn command() -> clap::Command {
+    fn hide_env_values(command: clap::Command) -> clap::Command {
+        command
+            .mut_args(|arg| arg.hide_env_values(true))
+            .mut_subcommands(hide_env_values)
+    }
+    hide_env_values(Cli::command())
+}
+
 /// A client and a connection for one operator command, or a message
 /// saying why Redis cannot be used.
 pub(crate) async fn connect(
     url: &str,
 ) -> Result<(redis::Client, redis::aio::MultiplexedConnection), String> {
     let shown = crate::config::redacted(url);
-    let client =
-        redis::Client::open(url).map_err(|e| format!("invalid Redis URL `{shown}`: {e}"))?;
+    let client = crate::config::client(url).map_err(|e| e.to_string())?;
     // Responses may take a few seconds: a scan of many sagas.
     let conn = crate::streams::blocking_connection(&client, std::time::Duration::from_secs(5))
         .await

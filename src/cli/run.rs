@@ -2,7 +2,7 @@
 
 use super::{logging, signals};
 use crate::config::layers::{self, Resolved};
-use crate::config::Settings;
+use crate::config::{RedisUrl, Settings};
 use crate::http::{self, HttpAddr};
 use crate::{definition, engine, telemetry};
 use clap::parser::ValueSource;
@@ -22,10 +22,11 @@ pub struct RedisArgs {
     /// under the environment and the flags.
     #[arg(long, env = "SAGAFLOW_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Redis to use: redis://[user:password@]host:port, rediss:// for TLS
+    /// Redis to use: redis://[user:password@]host:port, rediss:// for TLS,
+    /// unix:///path/redis.sock?pass=password for a socket
     /// [default: redis://127.0.0.1:6379].
     #[arg(long, env = "SAGAFLOW_REDIS_URL")]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<RedisUrl>,
 }
 
 impl RedisArgs {
@@ -34,7 +35,7 @@ impl RedisArgs {
     pub fn settings(&self) -> Result<Settings, String> {
         let mut flags = BTreeMap::new();
         if let Some(url) = &self.redis_url {
-            flags.insert("redis_url".to_owned(), url.clone());
+            flags.insert("redis_url".to_owned(), url.expose().to_owned());
         }
         let env = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
         layers::resolve(self.config.as_deref(), &env, &flags)
@@ -92,8 +93,8 @@ pub struct RunArgs {
     /// Deliveries after which a start is moved to the dead-letter stream [default: 5].
     #[arg(long)]
     max_deliveries: Option<u64>,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served; `none` for nowhere.
-    /// [default: 127.0.0.1:9464]
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `none` for nowhere;
+    /// port 0 for a free port, which the log names [default: 127.0.0.1:9464].
     #[arg(long)]
     http_addr: Option<HttpAddr>,
     /// Log lines as `json`, `pretty`, or `auto` (pretty on a terminal).
@@ -137,9 +138,9 @@ pub async fn run(args: RunArgs, matches: &ArgMatches) -> ExitCode {
     let daemon: Arc<OnceLock<engine::Daemon>> = Arc::default();
     let http = match http_addr {
         Some(addr) => match http::bind(addr).await {
-            Ok(listener) => {
+            Ok((listener, addr)) => {
                 let metrics = telemetry::metrics::install();
-                telemetry::metrics::register_sagas(&catalog);
+                telemetry::metrics::register(&catalog, &settings);
                 let (daemon, stopping) = (daemon.clone(), shutdown.clone());
                 let readiness: http::Readiness = Arc::new(move || match daemon.get() {
                     Some(d) => d

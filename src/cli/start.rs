@@ -28,7 +28,8 @@ pub struct StartArgs {
     /// The saga's input: a JSON object, or @FILE to read it from a file.
     #[arg(long, default_value = "{}")]
     payload: String,
-    /// Ties the saga's events and traces together [default: a new UUID].
+    /// Ties the saga's events and traces together: up to 128 printable
+    /// ASCII characters, spaces included (quote them) [default: a new UUID].
     #[arg(long)]
     correlation_id: Option<String>,
     /// A start with a key seen before starts nothing new.
@@ -65,16 +66,17 @@ async fn start(args: StartArgs) -> Result<ExitCode, String> {
         TraceParent::parse(tp)
             .ok_or_else(|| format!("--traceparent `{tp}` is not 00-<32 hex>-<16 hex>-<2 hex>"))?;
     }
+    // Refused here rather than by the daemon, before anything is written.
+    let correlation_id = match &args.correlation_id {
+        Some(id) => CorrelationId::parse(id).map_err(|why| format!("--correlation-id: {why}"))?,
+        None => CorrelationId::generate(),
+    };
     let settings = args.redis.settings()?;
     let (client, mut conn) = connect(&settings.redis_url).await?;
     let stream = args
         .stream
         .clone()
         .unwrap_or(settings.trigger_stream.clone());
-    let correlation_id = args
-        .correlation_id
-        .clone()
-        .unwrap_or_else(|| CorrelationId::generate().to_string());
     // Events are read from the last one before the start, so none is missed.
     let from = streams::last_id(&mut conn, &settings.events_stream)
         .await
@@ -85,7 +87,7 @@ async fn start(args: StartArgs) -> Result<ExitCode, String> {
         &Start {
             saga: args.saga.clone(),
             payload,
-            correlation_id: Some(correlation_id.clone()),
+            correlation_id: Some(correlation_id.to_string()),
             idempotency_key: args.idempotency_key.clone(),
             traceparent: args.traceparent.clone(),
         },

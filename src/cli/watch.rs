@@ -3,6 +3,7 @@
 use super::run::RedisArgs;
 use super::{connect, follow, render, signals};
 use crate::protocol::fields as f;
+use crate::protocol::CorrelationId;
 use crate::streams;
 use clap::Args;
 use std::io::Write;
@@ -14,14 +15,15 @@ use tokio_util::sync::CancellationToken;
 #[command(after_help = "Examples:
   sagaflow watch
   sagaflow watch --saga mission_start
-  sagaflow watch --correlation-id order-42 --from-start")]
+  sagaflow watch --correlation-id order-42 --from-start
+  sagaflow watch --correlation-id 'order 42'")]
 pub struct WatchArgs {
     #[command(flatten)]
     redis: RedisArgs,
     /// Only events of sagas of this definition.
     #[arg(long)]
     saga: Option<String>,
-    /// Only events with this correlation id.
+    /// Only events with this correlation id (exactly: spaces included).
     #[arg(long)]
     correlation_id: Option<String>,
     /// Begin with the oldest event still on the stream, not with the next one.
@@ -40,6 +42,9 @@ pub async fn run(args: WatchArgs) -> ExitCode {
 }
 
 async fn watch(args: WatchArgs) -> Result<(), String> {
+    if let Some(id) = &args.correlation_id {
+        CorrelationId::parse(id).map_err(|why| format!("--correlation-id: {why}"))?;
+    }
     let settings = args.redis.settings()?;
     let (client, _conn) = connect(&settings.redis_url).await?;
     let mut reader = streams::blocking_connection(&client, Duration::from_secs(1))

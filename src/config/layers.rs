@@ -121,6 +121,9 @@ mod keys {
         OperatorKeys::parse(v)
     }
     pub fn show(v: &OperatorKeys) -> String {
+        if v.is_empty() {
+            return "(none)".into();
+        }
         v.names()
             .iter()
             .map(|name| format!("{name}:***"))
@@ -139,7 +142,7 @@ mod key {
     }
     pub fn show(v: &Option<OperatorKey>) -> String {
         v.as_ref()
-            .map_or_else(String::new, |key| format!("{}:***", key.name))
+            .map_or_else(|| "(none)".into(), |key| format!("{}:***", key.name))
     }
 }
 
@@ -170,6 +173,18 @@ pub fn keys() -> impl Iterator<Item = &'static str> {
     KEYS.iter().map(|k| k.name)
 }
 
+/// Every setting's key and its value as shown to people, the Redis URL
+/// [`redacted`](super::redacted).
+pub fn shown(settings: &Settings) -> impl Iterator<Item = (&'static str, String)> + '_ {
+    KEYS.iter().map(|key| {
+        let value = (key.show)(settings);
+        match key.name {
+            "redis_url" => (key.name, super::redacted(&value)),
+            _ => (key.name, value),
+        }
+    })
+}
+
 /// The settings, and where each came from, in key order.
 #[derive(Debug)]
 pub struct Resolved {
@@ -195,7 +210,7 @@ pub fn resolve(
         return Err(format!("no setting `{unknown}`"));
     }
     let mut settings = Settings::default();
-    let mut sources = Vec::new();
+    let mut chosen_sources = Vec::new();
     for key in KEYS {
         let var = format!("SAGAFLOW_{}", key.name.to_uppercase());
         let chosen = if let Some(v) = flags.get(key.name) {
@@ -219,13 +234,13 @@ pub fn resolve(
             }
             None => Source::Default,
         };
-        let mut shown = (key.show)(&settings);
-        if key.name == "redis_url" {
-            shown = super::redacted(&shown);
-        }
-        sources.push((key.name, shown, source));
+        chosen_sources.push(source);
     }
     check(&settings)?;
+    let sources = shown(&settings)
+        .zip(chosen_sources)
+        .map(|((key, value), source)| (key, value, source))
+        .collect();
     Ok(Resolved { settings, sources })
 }
 
@@ -277,8 +292,12 @@ fn check(s: &Settings) -> Result<(), String> {
 fn read_file(path: &Path) -> Result<BTreeMap<String, (String, usize)>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read the configuration file {}: {e}", path.display()))?;
-    let map: BTreeMap<String, serde_json::Value> = serde_saphyr::from_str(&text)
-        .map_err(|e| format!("{}: not a YAML mapping of settings: {e}", path.display()))?;
+    // Without the parser's snippet of the lines around a mistake: they may
+    // hold the password of `redis_url`.
+    let map: BTreeMap<String, serde_json::Value> = serde_saphyr::from_str(&text).map_err(|e| {
+        let e = e.without_snippet();
+        format!("{}: not a YAML mapping of settings: {e}", path.display())
+    })?;
     let line_of = |key: &str| {
         text.lines()
             .position(|l| l.trim_start().starts_with(&format!("{key}:")))
@@ -298,9 +317,10 @@ fn read_file(path: &Path) -> Result<BTreeMap<String, (String, usize)>, String> {
             serde_json::Value::Number(n) => n.to_string(),
             serde_json::Value::Bool(b) => b.to_string(),
             serde_json::Value::Null => continue,
-            other => {
+            // Not quoted: it may be the password of `redis_url`.
+            serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
                 return Err(format!(
-                    "{}:{line}: {key}: `{other}` is not a single value",
+                    "{}:{line}: {key}: a list or a mapping is not a single value",
                     path.display()
                 ))
             }

@@ -4,12 +4,16 @@
 //! ([`layers`]).
 
 pub mod layers;
+mod redis_url;
+
+pub use redis_url::{client, redacted, InvalidRedisUrl, RedisUrl, MASK};
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Everything the daemon needs to know besides the saga definitions.
-#[derive(Clone, Debug)]
+/// Everything the daemon needs to know besides the saga definitions. Its
+/// `Debug` shows the Redis URL [`redacted`].
+#[derive(Clone)]
 pub struct Settings {
     pub redis_url: String,
     pub sagas_dir: PathBuf,
@@ -122,6 +126,16 @@ impl Default for Settings {
     }
 }
 
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = f.debug_struct("Settings");
+        for (key, value) in layers::shown(self) {
+            out.field(key, &value);
+        }
+        out.finish()
+    }
+}
+
 impl Settings {
     /// The reply stream of one owner token (`<node_id>.<epoch>`): each
     /// period of a daemon's ownership has its own, so that a daemon never
@@ -176,29 +190,17 @@ impl Settings {
     }
 }
 
-/// A Redis URL fit for logs and messages: its password, if any, replaced
-/// by `***`.
-pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-    format!("{scheme}://{user}:***@{host}")
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
-    fn passwords_stay_out_of_messages() {
-        use super::redacted;
-        assert_eq!(
-            redacted("rediss://:s3cret@host:6380/0"),
-            "rediss://:***@host:6380/0"
-        );
-        assert_eq!(redacted("redis://app:pw@host"), "redis://app:***@host");
-        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    fn settings_print_no_password() {
+        let settings = super::Settings {
+            redis_url: "unix:///r.sock?pass=s3cret".into(),
+            ..super::Settings::default()
+        };
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("unix:///r.sock?pass=***"), "{debug}");
+        assert!(debug.contains("lease_ttl"), "{debug}");
     }
 }

@@ -360,7 +360,7 @@ fn saga_span(
         "saga",
         saga = %saga,
         saga_id = %saga_id,
-        correlation_id = %correlation_id,
+        correlation_id = correlation_id.as_str(),
         trace_id = %trace_id,
     )
 }

@@ -312,15 +312,15 @@ pub(super) async fn report_pending(shared: &Shared) -> redis::RedisResult<()> {
             Err(e) if e.code() == Some("ERR") => continue,
             other => other?,
         };
-        for g in &groups {
-            let name = g.get("name").and_then(text);
-            let pending = g
-                .get("pending")
-                .and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok());
-            if let (Some(name), Some(pending)) = (name, pending) {
-                metrics::pending_entries(&stream, &name, pending);
-            }
-        }
+        let pending: Vec<(String, u64)> = groups
+            .iter()
+            .filter_map(|g| {
+                let name = g.get("name").and_then(text)?;
+                let pending = redis::from_redis_value::<u64>(g.get("pending")?.clone()).ok()?;
+                Some((name, pending))
+            })
+            .collect();
+        metrics::pending_entries(&stream, &pending);
     }
     Ok(())
 }

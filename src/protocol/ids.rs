@@ -93,19 +93,32 @@ impl CorrelationId {
         Self(new_uuid_hex())
     }
 
-    /// Non-empty, at most 128 printable ASCII characters (space excluded).
+    /// Non-empty, at most 128 printable ASCII characters (0x20 to 0x7E),
+    /// space included, as the contract and HTTP header values such as
+    /// `X-Request-ID` have them. Kept verbatim: no trimming.
     pub fn parse(s: &str) -> Result<Self, String> {
         if s.is_empty() {
             return Err("correlation_id is empty".into());
+        }
+        // The characters first: a long run of non-ASCII text is refused
+        // for what it is, not for its length in bytes.
+        if let Some((at, c)) = s.chars().enumerate().find(|(_, c)| !matches!(c, ' '..='~')) {
+            let what = match c {
+                '\t' => "a tab (0x09)".to_owned(),
+                '\n' | '\r' => format!("a line break (0x{:02X})", u32::from(c)),
+                c if c.is_ascii() => format!("a control character (0x{:02X})", u32::from(c)),
+                c => format!("a non-ASCII character `{}`", c.escape_debug()),
+            };
+            return Err(format!(
+                "correlation_id has {what} at character {}: only printable ASCII (0x20 to 0x7E, space included) is allowed",
+                at + 1
+            ));
         }
         if s.len() > MAX_CORRELATION_ID_LEN {
             return Err(format!(
                 "correlation_id is {} characters long, the limit is {MAX_CORRELATION_ID_LEN}",
                 s.len()
             ));
-        }
-        if !s.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("correlation_id has characters that are not printable ASCII".into());
         }
         Ok(Self(s.to_owned()))
     }
@@ -164,12 +177,44 @@ mod tests {
     #[test]
     fn correlation_ids_are_checked() {
         assert!(CorrelationId::parse("trace-demo-123").is_ok());
-        assert!(CorrelationId::parse("").is_err());
-        assert!(CorrelationId::parse(&"a".repeat(129)).is_err());
         assert!(CorrelationId::parse(&"a".repeat(128)).is_ok());
-        assert!(CorrelationId::parse("has space").is_err());
-        assert!(CorrelationId::parse("tab\there").is_err());
-        assert!(CorrelationId::parse("é").is_err());
+        let refused = |s: &str| CorrelationId::parse(s).unwrap_err();
+        assert_eq!(refused(""), "correlation_id is empty");
+        assert_eq!(
+            refused(&"a".repeat(129)),
+            "correlation_id is 129 characters long, the limit is 128"
+        );
+        assert_eq!(
+            refused("tab\there"),
+            "correlation_id has a tab (0x09) at character 4: only printable ASCII (0x20 to 0x7E, space included) is allowed"
+        );
+        assert_eq!(
+            refused("del\u{7f}"),
+            "correlation_id has a control character (0x7F) at character 4: only printable ASCII (0x20 to 0x7E, space included) is allowed"
+        );
+        assert_eq!(
+            refused("ordér 42"),
+            "correlation_id has a non-ASCII character `é` at character 4: only printable ASCII (0x20 to 0x7E, space included) is allowed"
+        );
+        assert!(refused("line\nbreak").contains("a line break (0x0A) at character 5"));
+        // 128 characters of 2 bytes each are 256 bytes: still refused for
+        // what they are, not for their length in bytes.
+        assert!(refused(&"é".repeat(100)).contains("non-ASCII"));
+    }
+
+    #[test]
+    fn a_space_is_part_of_a_correlation_id() {
+        // The contract follows HTTP header values (`X-Request-ID: order 42`).
+        for id in ["order 42", " ", "  padded  ", "a b\"c'd ~!"] {
+            let parsed = CorrelationId::parse(id).unwrap();
+            assert_eq!(parsed.as_str(), id, "kept verbatim");
+            assert_eq!(parsed.to_string(), id);
+        }
+        assert!(CorrelationId::parse(&" ".repeat(128)).is_ok());
+        assert!(CorrelationId::parse("order 42")
+            .unwrap()
+            .as_trace_id()
+            .is_none());
     }
 
     #[test]

@@ -690,7 +690,7 @@ fn a_cancelled_saga_undoes_its_steps_and_the_one_under_way() {
     let p = h.last_event_payload(EventType::OperatorAction);
     assert_eq!(
         p,
-        json!({"action": "cancel", "by": "ops@host", "reason": "because"})
+        json!({"action": "cancel", "by": "ops@host", "reason": "because", "verified": true})
     );
     assert_eq!(h.state.phase, Phase::Compensating);
     assert_eq!(

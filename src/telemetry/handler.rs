@@ -36,7 +36,7 @@ pub fn command_span(
         saga.command.kind = command.kind.as_str(),
         saga.attempt = command.attempt,
         saga.request_id = %command.request_id,
-        saga.correlation_id = %command.correlation_id,
+        saga.correlation_id = command.correlation_id.as_str(),
         trace_id = %command.traceparent.trace_id,
     );
     let (Some(trace_id), Some(parent), Some(own_id)) = (

@@ -1,10 +1,77 @@
 //! The daemon's Prometheus metrics, through the `metrics` facade: without
 //! an installed recorder (no `--http-addr`), recording is a no-op.
+//!
+//! Every label value is bounded: a series, once made, lives as long as the
+//! daemon, so a label holding names from outside (the `saga` field of a
+//! start, a consumer group anyone can create) would grow the daemon's
+//! memory and its `/metrics` page with every new name. Saga and step
+//! names are reported only for the definitions this daemon loaded (the
+//! rest under [`UNKNOWN`]), consumer groups up to
+//! [`MAX_GROUPS_PER_STREAM`] a stream (the rest under [`OTHER_GROUPS`]);
+//! streams come from the settings and the definitions, the other labels
+//! are fixed words.
 
 use super::names::metric as m;
+use crate::config::Settings;
+use crate::definition::Catalog;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
+
+/// The `saga` label of a saga this daemon has not loaded (a start naming
+/// an unknown saga, or none; a saga taken over whose definition is loaded
+/// by other daemons only), and the `step` label of a step its loaded
+/// definition does not have (a version pinned before a change).
+pub const UNKNOWN: &str = "unknown";
+
+/// Consumer groups whose pending entries are reported by name, per stream,
+/// besides the daemons' own group. A stream has one group per service
+/// reading it (the daemons on a trigger stream, a step's handlers on its
+/// command stream), a few with fan-out readers: 16 leaves room for those
+/// while anyone able to run `XGROUP CREATE` can make at most 16 series a
+/// stream. The groups seen after those are summed under [`OTHER_GROUPS`].
+pub const MAX_GROUPS_PER_STREAM: usize = 16;
+
+/// The `group` label of the groups beyond [`MAX_GROUPS_PER_STREAM`].
+pub const OTHER_GROUPS: &str = "other";
+
+/// What this daemon loaded: the label values it reports by name.
+struct Known {
+    /// Saga names, each with its steps.
+    sagas: BTreeMap<String, BTreeSet<String>>,
+    /// The daemons' consumer group, always reported.
+    trigger_group: Option<String>,
+}
+
+static KNOWN: RwLock<Known> = RwLock::new(Known {
+    sagas: BTreeMap::new(),
+    trigger_group: None,
+});
+
+fn known() -> std::sync::RwLockReadGuard<'static, Known> {
+    // Poisoned only by a panic while registering: what was written is whole.
+    KNOWN.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The `saga` label of `saga`.
+fn saga_label(saga: &str) -> String {
+    if known().sagas.contains_key(saga) {
+        saga.to_owned()
+    } else {
+        UNKNOWN.to_owned()
+    }
+}
+
+/// The `saga` and `step` labels of a step of `saga`.
+fn step_labels(saga: &str, step: &str) -> (String, String) {
+    match known().sagas.get(saga) {
+        Some(steps) if steps.contains(step) => (saga.to_owned(), step.to_owned()),
+        Some(_) => (saga.to_owned(), UNKNOWN.to_owned()),
+        None => (UNKNOWN.to_owned(), UNKNOWN.to_owned()),
+    }
+}
 
 /// Set once the recorder is installed: until then the per-saga functions
 /// below return at once, without building their labels.
@@ -39,7 +106,7 @@ fn describe() {
     );
     describe_counter!(
         m::SAGAS_REJECTED,
-        "Starts refused (malformed, unknown saga), by saga name when known"
+        "Starts refused (malformed, unknown saga), by saga name, `unknown` for a saga not loaded here"
     );
     describe_counter!(
         m::SAGAS_DUPLICATE,
@@ -64,7 +131,7 @@ fn describe() {
     );
     describe_gauge!(
         m::STREAM_PENDING,
-        "Entries delivered to a consumer group and not acknowledged yet, by stream and group"
+        "Entries delivered to a consumer group and not acknowledged yet, by stream and group (16 groups a stream by name besides the daemons', the rest summed as `other`)"
     );
     describe_counter!(
         m::REDIS_ERRORS,
@@ -96,24 +163,33 @@ pub fn saga_started(saga: &str) {
     if !recording() {
         return;
     }
-    counter!(m::SAGAS_STARTED, "saga" => saga.to_owned()).increment(1);
+    counter!(m::SAGAS_STARTED, "saga" => saga_label(saga)).increment(1);
 }
 
 pub fn saga_ended(saga: &str, outcome: &'static str, elapsed: Duration) {
     if !recording() {
         return;
     }
-    counter!(m::SAGAS_ENDED, "saga" => saga.to_owned(), "outcome" => outcome).increment(1);
-    histogram!(m::SAGA_DURATION, "saga" => saga.to_owned(), "outcome" => outcome)
+    let saga = saga_label(saga);
+    counter!(m::SAGAS_ENDED, "saga" => saga.clone(), "outcome" => outcome).increment(1);
+    histogram!(m::SAGA_DURATION, "saga" => saga, "outcome" => outcome)
         .record(elapsed.as_secs_f64());
 }
 
+/// A refused start; `saga` is what it named (empty for nothing), which
+/// anyone writing to the trigger stream chooses.
 pub fn saga_rejected(saga: &str) {
-    counter!(m::SAGAS_REJECTED, "saga" => saga.to_owned()).increment(1);
+    if !recording() {
+        return;
+    }
+    counter!(m::SAGAS_REJECTED, "saga" => saga_label(saga)).increment(1);
 }
 
 pub fn saga_duplicate(saga: &str) {
-    counter!(m::SAGAS_DUPLICATE, "saga" => saga.to_owned()).increment(1);
+    if !recording() {
+        return;
+    }
+    counter!(m::SAGAS_DUPLICATE, "saga" => saga_label(saga)).increment(1);
 }
 
 pub fn step_ended(
@@ -126,9 +202,10 @@ pub fn step_ended(
     if !recording() {
         return;
     }
+    let (saga, step) = step_labels(saga, step);
     let labels = [
-        ("saga", saga.to_owned()),
-        ("step", step.to_owned()),
+        ("saga", saga),
+        ("step", step),
         ("kind", kind.to_owned()),
         ("outcome", outcome.to_owned()),
     ];
@@ -142,8 +219,8 @@ pub fn step_retried(saga: &str, step: &str, kind: &'static str) {
     if !recording() {
         return;
     }
-    counter!(m::STEP_RETRIES, "saga" => saga.to_owned(), "step" => step.to_owned(), "kind" => kind)
-        .increment(1);
+    let (saga, step) = step_labels(saga, step);
+    counter!(m::STEP_RETRIES, "saga" => saga, "step" => step, "kind" => kind).increment(1);
 }
 
 /// Counts a saga task for as long as it lives.
@@ -162,9 +239,69 @@ impl Drop for InFlight {
     }
 }
 
-pub fn pending_entries(stream: &str, group: &str, pending: u64) {
-    gauge!(m::STREAM_PENDING, "stream" => stream.to_owned(), "group" => group.to_owned())
-        .set(pending as f64);
+/// The groups of one stream that have a series.
+#[derive(Default)]
+struct StreamGroups {
+    named: BTreeSet<String>,
+    other: bool,
+}
+
+impl StreamGroups {
+    /// The gauges to set from one `XINFO GROUPS`: by group name (0 for a
+    /// group reported before and gone now: nothing of it is pending), and
+    /// the sum of the groups beyond the bound, or `None` if no group was
+    /// ever beyond it. `ours` is the daemons' group, always by name.
+    fn fold(
+        &mut self,
+        groups: &[(String, u64)],
+        ours: &str,
+    ) -> (BTreeMap<String, u64>, Option<u64>) {
+        let mut values: BTreeMap<String, u64> = self.named.iter().map(|g| (g.clone(), 0)).collect();
+        let mut others = None;
+        for (group, pending) in groups {
+            let others_named = self.named.iter().filter(|g| *g != ours).count();
+            let by_name = group != OTHER_GROUPS
+                && (self.named.contains(group)
+                    || group == ours
+                    || others_named < MAX_GROUPS_PER_STREAM);
+            if by_name {
+                self.named.insert(group.clone());
+                values.insert(group.clone(), *pending);
+            } else {
+                *others.get_or_insert(0) += pending;
+            }
+        }
+        self.other |= others.is_some();
+        (values, self.other.then(|| others.unwrap_or(0)))
+    }
+}
+
+/// By stream, the groups reported so far.
+static GROUPS: Mutex<BTreeMap<String, StreamGroups>> = Mutex::new(BTreeMap::new());
+
+/// Sets the pending-entries gauge of the consumer groups of `stream`, as
+/// `XINFO GROUPS` lists them: by name for the daemons' group and the first
+/// [`MAX_GROUPS_PER_STREAM`] others seen, summed under [`OTHER_GROUPS`] for
+/// the rest (and for a group named `other`).
+pub fn pending_entries(stream: &str, groups: &[(String, u64)]) {
+    if !recording() {
+        return;
+    }
+    let ours = known().trigger_group.clone().unwrap_or_default();
+    let (named, others) = GROUPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(stream.to_owned())
+        .or_default()
+        .fold(groups, &ours);
+    for (group, pending) in named {
+        gauge!(m::STREAM_PENDING, "stream" => stream.to_owned(), "group" => group)
+            .set(pending as f64);
+    }
+    if let Some(pending) = others {
+        gauge!(m::STREAM_PENDING, "stream" => stream.to_owned(), "group" => OTHER_GROUPS)
+            .set(pending as f64);
+    }
 }
 
 pub fn redis_error(doing: &'static str) {
@@ -196,10 +333,28 @@ pub fn ready(ready: bool) {
     gauge!(m::READY).set(if ready { 1.0 } else { 0.0 });
 }
 
-/// Puts every counter of the daemon's sagas on `/metrics` at zero, so that
-/// dashboards and alerts see a series from the start, not "no data" until
-/// the first retry or timeout.
-pub fn register_sagas(catalog: &crate::definition::Catalog) {
+/// Records the sagas and steps of `catalog` as the names this daemon
+/// reports, and `settings`' trigger group as always reported; puts every
+/// counter of them on `/metrics` at zero, so that dashboards and alerts
+/// see a series from the start, not "no data" until the first retry or
+/// timeout.
+pub fn register(catalog: &Catalog, settings: &Settings) {
+    {
+        let mut known = KNOWN.write().unwrap_or_else(|e| e.into_inner());
+        for name in catalog.names() {
+            let steps = catalog
+                .get(name)
+                .map(|def| &def.steps)
+                .into_iter()
+                .flatten();
+            known
+                .sagas
+                .entry(name.to_owned())
+                .or_default()
+                .extend(steps.map(|s| s.name.clone()));
+        }
+        known.trigger_group = Some(settings.trigger_group.clone());
+    }
     gauge!(m::SAGAS_IN_FLIGHT).increment(0.0);
     counter!(m::LEASES_LOST).increment(0);
     counter!(m::OPERATOR_REFUSED).increment(0);
@@ -218,6 +373,7 @@ pub fn register_sagas(catalog: &crate::definition::Catalog) {
         counter!(m::REDIS_ERRORS, "operation" => doing).increment(0);
         counter!(m::REDIS_RECONNECTS, "operation" => doing).increment(0);
     }
+    counter!(m::SAGAS_REJECTED, "saga" => UNKNOWN).increment(0);
     for name in catalog.names() {
         let Some(def) = catalog.get(name) else {
             continue;
@@ -244,5 +400,73 @@ pub fn register_sagas(catalog: &crate::definition::Catalog) {
                 counter!(m::STEP_TIMEOUTS, &labels).increment(0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_not_loaded_fold_into_unknown() {
+        let catalog = crate::definition::catalog_from_str(
+            std::path::Path::new("labels.yaml"),
+            &include_str!("../../sagas/mission_start.yaml")
+                .replace("name: mission_start", "name: labelled"),
+        )
+        .unwrap();
+        register(&catalog, &Settings::default());
+        assert_eq!(saga_label("labelled"), "labelled");
+        assert_eq!(saga_label("ghost"), UNKNOWN);
+        assert_eq!(saga_label(""), UNKNOWN);
+        let labels = step_labels;
+        assert_eq!(
+            labels("labelled", "plan_route"),
+            ("labelled".into(), "plan_route".into())
+        );
+        // A step of a pinned version the loaded one does not have.
+        assert_eq!(
+            labels("labelled", "gone_step"),
+            ("labelled".into(), UNKNOWN.into())
+        );
+        assert_eq!(
+            labels("ghost", "plan_route"),
+            (UNKNOWN.into(), UNKNOWN.into())
+        );
+    }
+
+    #[test]
+    fn groups_beyond_the_bound_are_summed_under_other() {
+        let mut stream = StreamGroups::default();
+        let few: Vec<(String, u64)> = vec![("sagaflow".into(), 3), ("handlers".into(), 1)];
+        let (named, others) = stream.fold(&few, "sagaflow");
+        assert_eq!(named.len(), 2);
+        assert_eq!(others, None, "no series for `other` until needed");
+
+        let mut many = few.clone();
+        many.extend((0..40).map(|i| (format!("g{i:02}"), 2)));
+        many.push(("other".into(), 5));
+        let (named, others) = stream.fold(&many, "sagaflow");
+        assert_eq!(named.len(), MAX_GROUPS_PER_STREAM + 1, "{named:?}");
+        assert_eq!(named["sagaflow"], 3);
+        assert!(named.contains_key("handlers"), "seen first, kept");
+        // `handlers` and g00 to g14 make 16 by name; g15 to g39 (25 of 2)
+        // and the group named `other` (5) are summed.
+        assert_eq!(others, Some(25 * 2 + 5));
+
+        // Groups gone: theirs read 0, and so does `other`, which stays.
+        let (named, others) = stream.fold(&few, "sagaflow");
+        assert_eq!(named.len(), MAX_GROUPS_PER_STREAM + 1);
+        assert_eq!(named["g00"], 0);
+        assert_eq!(others, Some(0));
+
+        // The daemons' group is reported by name even when others came first.
+        let mut crowded = StreamGroups::default();
+        let mut groups: Vec<(String, u64)> = (0..40).map(|i| (format!("a{i:02}"), 1)).collect();
+        groups.push(("sagaflow".into(), 7));
+        let (named, others) = crowded.fold(&groups, "sagaflow");
+        assert_eq!(named["sagaflow"], 7);
+        assert_eq!(named.len(), MAX_GROUPS_PER_STREAM + 1);
+        assert_eq!(others, Some(40 - MAX_GROUPS_PER_STREAM as u64));
     }
 }

@@ -10,6 +10,7 @@ mod redis_info;
 mod stats;
 
 use super::REFERENCE_MISSION;
+use crate::config::RedisUrl;
 use crate::local_redis::LocalRedis;
 use clap::Args;
 use load::Load;
@@ -28,7 +29,7 @@ use std::time::Duration;
 pub struct BenchArgs {
     /// Use this Redis instead of a private redis-server (its data is kept).
     #[arg(long)]
-    redis_url: Option<String>,
+    redis_url: Option<RedisUrl>,
     /// Sagas to run (ignored with --duration).
     #[arg(long, default_value_t = 2000)]
     sagas: usize,
@@ -89,9 +90,13 @@ pub async fn run(args: BenchArgs) -> ExitCode {
 struct Process(Child);
 
 impl Process {
-    fn spawn(args: &[&str], otlp: Option<&str>) -> Result<Self, String> {
+    /// `sagaflow <args>` on the Redis at `redis_url`, given in the
+    /// environment: any user of the host can read a process's arguments,
+    /// only its owner its environment.
+    fn spawn(args: &[&str], redis_url: &str, otlp: Option<&str>) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
         let mut command = Command::new(exe);
+        command.env("SAGAFLOW_REDIS_URL", redis_url);
         command.env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
         command.env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
         if let Some(endpoint) = otlp {
@@ -168,14 +173,13 @@ impl Drop for Process {
 async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
     let durable_args = ["--appendonly", "yes", "--appendfsync", "everysec"];
     let (url, _redis) = match &args.redis_url {
-        Some(url) => (url.clone(), None),
+        Some(url) => (url.expose().to_owned(), None),
         None => {
             let redis = LocalRedis::start(if args.durable { &durable_args } else { &[] })?;
             (redis.url.clone(), Some(redis))
         }
     };
-    let client =
-        redis::Client::open(url.as_str()).map_err(|e| format!("invalid Redis URL: {e}"))?;
+    let client = crate::config::client(&url).map_err(|e| e.to_string())?;
     let mut conn = client
         .get_multiplexed_async_connection()
         .await
@@ -195,8 +199,6 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
     let daemon = Process::spawn(
         &[
             "run",
-            "--redis-url",
-            &url,
             "--sagas",
             sagas_dir.to_str().ok_or("a temp dir that is not UTF-8")?,
             "--retention",
@@ -212,6 +214,7 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
             "--http-addr",
             "none",
         ],
+        &url,
         otlp,
     )?;
     let work = args.work_ms.to_string();
@@ -221,8 +224,6 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
     let handlers = Process::spawn(
         &[
             "handlers",
-            "--redis-url",
-            &url,
             "--work-ms",
             &work,
             "--max-in-flight",
@@ -230,6 +231,7 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
             "--record-ttl",
             &retention,
         ],
+        &url,
         otlp,
     )?;
     wait_until_ready(&mut conn).await?;
