@@ -30,16 +30,23 @@
 //! orchestrator, so that it reads as a reference for handlers written in
 //! any language.
 
+pub mod dead_letter;
 mod exchange;
 pub mod mission;
 mod outbox;
 mod redis_io;
+pub mod reply_stream;
 pub mod runner;
 pub mod simulated;
+mod stats;
 
+pub use dead_letter::dead_letter_key;
 pub use exchange::done_key;
+pub use outbox::MAX_QUEUED_PROGRESS;
+pub use reply_stream::{ReplyStreams, DEFAULT_REPLY_STREAM_PREFIX, MAX_REPLY_STREAM_BYTES};
 pub use runner::Handlers;
 pub use simulated::{run_simulated_handlers, simulated_handlers, SimulationOptions};
+pub use stats::{Counts, HandlerStats};
 
 use crate::protocol::{Command, ReplyStatus, TraceParent};
 use serde_json::Value;
@@ -71,6 +78,8 @@ pub enum RunError {
     NoHandlers,
     #[error("cannot set up the Redis connection: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    ReplyStreamPrefix(#[from] reply_stream::BadPrefix),
 }
 
 /// What a handler returns.
@@ -135,7 +144,9 @@ impl Context {
     /// does not wait for the write: the reply is written in the background,
     /// or with the final reply if that comes first, and always ahead of it.
     /// Progress is optional in the contract, so a failed write is logged,
-    /// not returned: it must not fail the work it reports on.
+    /// not returned: it must not fail the work it reports on. At most
+    /// [`MAX_QUEUED_PROGRESS`] wait to be written; past that the oldest
+    /// waiting one is dropped.
     pub async fn progress(&self, percent: f64) {
         let percent = if percent.is_finite() {
             percent.clamp(0.0, 100.0)
@@ -155,7 +166,7 @@ impl Context {
     }
 }
 
-/// Unix time in milliseconds.
+/// Unix time in milliseconds on this host's clock.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
