@@ -7,7 +7,7 @@
 //! stream under groups of their own, and each group sees every entry); a
 //! command whose `reply_stream` is no reply stream of the daemon's (see
 //! `reply_stream.rs`) is dead-lettered without a write to it; a command past
-//! its `deadline_ms` is acknowledged without a reply (the
+//! its `deadline_ms` on Redis's clock is acknowledged without a reply (the
 //! daemon has already counted it as timed out). Everything else gets
 //! `start`; a `request_id` with a recorded final reply then gets that reply
 //! again without running the handler, and any other runs and gets
@@ -26,7 +26,7 @@ use super::outbox::{add_xadds, Outbox};
 use super::redis_io::{retrying, Tried};
 use super::runner::{Routes, Shared};
 use super::stats::GaveUp;
-use super::{now_ms, Context, Handle, HandlerError};
+use super::{Context, Handle, HandlerError};
 use crate::protocol::reply::reply_fields;
 use crate::protocol::{fields as f, text_field, Command, RawFields, ReplyStatus, TraceParent};
 use crate::streams::Entry;
@@ -89,7 +89,7 @@ pub(super) async fn handle_entry(
         return give_up(&shared, &stream, &id, &fields, GaveUp::Refused, &why).await;
     }
     drop(fields);
-    if command.deadline_ms < now_ms() {
+    if command.deadline_ms < shared.clock.now_ms() {
         tracing::info!(%stream, entry_id = %id, request_id = %command.request_id, "deadline passed; skipped");
         return ack(&mut conn, &shared, &stream, &id).await;
     }
@@ -115,7 +115,7 @@ async fn answer(
     // The record is read and `start` sent in one round trip. A command
     // answered before thus gets `start` again ahead of its replayed final
     // reply, as any redelivered command does.
-    let start = reply_fields(&command, &span, &ReplyStatus::Start, now_ms());
+    let start = reply_fields(&command, &span, &ReplyStatus::Start, shared.clock.now_ms());
     let read = retrying(&shared.shutdown, "read a recorded reply", || {
         let (mut conn, key) = (conn.clone(), key.clone());
         let mut pipe = redis::pipe();
@@ -202,6 +202,7 @@ async fn run_handler(
         span.clone(),
         outbox.clone(),
         shared.shutdown.clone(),
+        shared.clock.clone(),
     );
     // In a task of its own so that a panicking handler fails its command
     // instead of leaving it pending.
@@ -233,7 +234,7 @@ async fn run_handler(
     if let ReplyStatus::Failed { error, .. } = &status {
         telemetry::handler::failed(error);
     }
-    let fields = reply_fields(command, &span, &status, now_ms());
+    let fields = reply_fields(command, &span, &status, shared.clock.now_ms());
     Some(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }
 

@@ -30,6 +30,7 @@
 //! orchestrator, so that it reads as a reference for handlers written in
 //! any language.
 
+mod clock;
 pub mod dead_letter;
 mod exchange;
 pub mod mission;
@@ -40,6 +41,7 @@ pub mod runner;
 pub mod simulated;
 mod stats;
 
+pub use clock::RESYNC_EVERY;
 pub use dead_letter::dead_letter_key;
 pub use exchange::done_key;
 pub use outbox::MAX_QUEUED_PROGRESS;
@@ -112,6 +114,7 @@ pub struct Context {
     span: TraceParent,
     outbox: outbox::Outbox,
     shutdown: CancellationToken,
+    clock: std::sync::Arc<clock::RedisClock>,
 }
 
 impl Context {
@@ -120,12 +123,14 @@ impl Context {
         span: TraceParent,
         outbox: outbox::Outbox,
         shutdown: CancellationToken,
+        clock: std::sync::Arc<clock::RedisClock>,
     ) -> Self {
         Self {
             command,
             span,
             outbox,
             shutdown,
+            clock,
         }
     }
 
@@ -161,7 +166,7 @@ impl Context {
             &self.command,
             &self.span,
             &status,
-            now_ms(),
+            self.clock.now_ms(),
         ));
     }
 }

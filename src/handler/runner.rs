@@ -8,6 +8,7 @@
 //! `progress` replies per command, and one dead-letter copy of at most
 //! [`super::dead_letter::MAX_COPY_BYTES`] per command given up on.
 
+use super::clock::{notable, RedisClock, RESYNC_EVERY};
 use super::exchange::handle_entry;
 use super::redis_io::Backoff;
 use super::reply_stream::{ReplyStreams, DEFAULT_REPLY_STREAM_PREFIX};
@@ -152,7 +153,9 @@ impl Handlers {
 
     /// Runs until `shutdown` is cancelled, then stops reading, lets the
     /// commands in flight finish and returns. Redis errors never end it:
-    /// they are logged and retried with backoff.
+    /// they are logged and retried with backoff. It first measures the
+    /// offset of Redis's clock (see [`super::RESYNC_EVERY`]), waiting for
+    /// Redis if need be.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RunError> {
         if self.streams.is_empty() {
             return Err(RunError::NoHandlers);
@@ -162,6 +165,11 @@ impl Handlers {
             self.client.clone(),
             ConnectionManagerConfig::new(),
         )?;
+        let clock = Arc::new(RedisClock::default());
+        first_sync(&clock, &writer, &shutdown).await;
+        let background = TaskTracker::new();
+        background.spawn(resync(clock.clone(), writer.clone(), shutdown.clone()));
+        background.close();
         let shared = Arc::new(Shared {
             group: self.group,
             consumer: self.consumer,
@@ -171,6 +179,7 @@ impl Handlers {
             permits: Arc::new(Semaphore::new(self.max_in_flight)),
             record_ttl_secs: self.record_ttl.as_secs().max(1),
             reply_streams,
+            clock,
             stats: self.stats,
         });
         let readers = TaskTracker::new();
@@ -191,7 +200,64 @@ impl Handlers {
         readers.wait().await;
         shared.tasks.close();
         shared.tasks.wait().await;
+        background.wait().await;
         Ok(())
+    }
+}
+
+/// The first measurement of Redis's clock, before any command is read, so
+/// that commands waiting since before the start are judged on it too. A
+/// Redis that refuses `TIME` (renamed away, or not allowed to this user)
+/// leaves deadlines on the host's clock, which is what handlers did before.
+async fn first_sync(clock: &RedisClock, writer: &ConnectionManager, shutdown: &CancellationToken) {
+    let mut backoff = Backoff::default();
+    let what = "read Redis's clock";
+    loop {
+        match clock.sync(&mut writer.clone()).await {
+            Ok((offset_ms, _)) => {
+                backoff.succeeded(what);
+                if notable(offset_ms) {
+                    tracing::warn!(
+                        offset_ms,
+                        "this host's clock is off Redis's; deadlines are read on Redis's clock"
+                    );
+                } else {
+                    tracing::info!(offset_ms, "deadlines are read on Redis's clock");
+                }
+                return;
+            }
+            Err(error) if streams::is_permanent(&error) || error.code() == Some("NOPERM") => {
+                tracing::warn!(%error, "cannot read Redis's clock (TIME); deadlines are read on this host's clock");
+                return;
+            }
+            Err(error) => {
+                let delay = backoff.failed(what, &error);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Measures the offset again every [`RESYNC_EVERY`]; a failed measurement
+/// keeps the last offset until the next.
+async fn resync(clock: Arc<RedisClock>, writer: ConnectionManager, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RESYNC_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match clock.sync(&mut writer.clone()).await {
+            Ok((offset_ms, before)) if notable(offset_ms - before) => {
+                tracing::warn!(offset_ms, before, "the offset to Redis's clock moved");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(%error, offset_ms = clock.offset_ms(), "cannot read Redis's clock; keeping the last offset");
+            }
+        }
     }
 }
 
@@ -207,6 +273,8 @@ pub(super) struct Shared {
     pub(super) record_ttl_secs: u64,
     /// Where replies may go.
     pub(super) reply_streams: ReplyStreams,
+    /// Redis's time, for deadlines and reply timestamps.
+    pub(super) clock: Arc<RedisClock>,
     pub(super) stats: Arc<HandlerStats>,
 }
 
