@@ -8,6 +8,19 @@
 //! deduplication on `request_id`, deadlines, acknowledgement, recovery of
 //! entries a crashed instance left pending, and graceful shutdown.
 //!
+//! Commands are untrusted input. Replies go only to the daemon's reply
+//! streams ([`ReplyStreams`], under [`Handlers::reply_stream_prefix`]), so
+//! a forged `reply_stream` cannot make a handler write to another key.
+//! `deadline_ms` is read on Redis's clock (`TIME`, see [`RESYNC_EVERY`]),
+//! as the daemon writes it. A command that can never be answered
+//! (malformed, a refused `reply_stream`, a write Redis refuses as such) is
+//! logged, counted ([`Handlers::stats`]), copied in bounded form to
+//! [`dead_letter_key`] and acknowledged, so it never holds up the others.
+//! What a runner holds is bounded: [`runner::BATCH`] read entries per
+//! stream, `max_in_flight` commands ([`runner::DEFAULT_MAX_IN_FLIGHT`]),
+//! [`MAX_QUEUED_PROGRESS`] unwritten `progress` replies per command, and
+//! dead-letter copies of at most [`dead_letter::MAX_COPY_BYTES`].
+//!
 //! ```no_run
 //! # async fn demo(client: redis::Client, shutdown: tokio_util::sync::CancellationToken) {
 //! use sagaflow::handler::{Context, HandlerError, Handlers};

@@ -24,7 +24,7 @@ pub(crate) type Fields = Vec<(&'static str, String)>;
 pub(crate) const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Progress replies waiting to be written for one command. A background
-/// write takes all of them every [`LINGER`] plus a round trip, so only a
+/// write takes all of them every 2 ms (`LINGER`) plus a round trip, so only a
 /// handler reporting hundreds of times a second, or a Redis that is slow or
 /// away, fills it. Each report supersedes the ones before, so dropping the
 /// oldest loses nothing the daemon needs, and the bound keeps a handler
