@@ -40,7 +40,8 @@ fn command(event_type: &str, payload: Value) -> Command {
         step: event_type.into(),
         kind: CommandKind::Action,
         attempt: 1,
-        reply_stream: format!("saga:replies:{}", RequestId::generate()),
+        // A reply stream of its own, in the daemon's shared form.
+        reply_stream: format!("saga:replies:test-{}.0a1b2c3d", RequestId::generate()),
         payload,
         deadline_ms: now_ms() + 60_000,
         timestamp: now_ms(),
@@ -332,6 +333,22 @@ async fn garbage_on_the_stream_stops_nothing() {
     );
     daemon.until_acked("sagaflow-sim").await;
     assert!(daemon.replies(&other.reply_stream).await.is_empty());
+    // What is no command is kept for a look in the dead-letter stream;
+    // someone else's command is not.
+    let dead = daemon.replies("handler:{sagaflow-sim}:dead-letter").await;
+    let reasons: Vec<&str> = dead.iter().map(|d| d["reason"].as_str()).collect();
+    let count = |needle: &str| reasons.iter().filter(|r| r.contains(needle)).count();
+    assert_eq!(reasons.len(), 4, "{dead:?}");
+    assert_eq!(
+        count("malformed command: field `traceparent` is missing"),
+        2
+    );
+    assert_eq!(count("malformed entry: a field name is not valid UTF-8"), 1);
+    assert_eq!(count("malformed command: field `payload` is not JSON"), 1);
+    let hello = dead
+        .iter()
+        .filter(|d| d.get("command.hello").map(String::as_str) == Some("world"));
+    assert_eq!(hello.count(), 1, "{dead:?}");
     running.stop().await;
 }
 

@@ -225,7 +225,7 @@ async fn a_command_delivered_twice_is_answered_from_the_record() {
     let commands = xrange(&mut conn, stream).await;
     assert_eq!(commands.len(), 1, "{commands:?}");
     let mut again = commands[0].clone();
-    let replayed = "test:replies:replayed";
+    let replayed = "saga:replies:replayed.0a1b2c3d";
     again.insert("reply_stream".into(), replayed.into());
     let fields: Vec<(&str, &str)> = again.iter().map(|(k, v)| (&**k, &**v)).collect();
     xadd(&mut conn, stream, &fields).await;
@@ -268,4 +268,103 @@ async fn a_command_delivered_twice_is_answered_from_the_record() {
         1,
         "{log}"
     );
+}
+
+/// Commands whose `reply_stream` is no reply stream of the daemon's (the
+/// trigger stream, the lease set) are refused without a write: acknowledged
+/// and copied to the group's dead-letter stream, while a valid command is
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_reply_streams_are_refused() {
+    let server = RedisServer::start();
+    let handlers = PythonHandlers::spawn(&server.url(), &[]);
+    let mut conn = server.conn().await;
+    let add = words("ZADD saga:leases 4102444800000 owner-1");
+    must::<i64, _>("ZADD", add.query_async(&mut conn)).await;
+
+    let command = |reply_stream: &str| {
+        let request_id = uuid::Uuid::new_v4().simple().to_string();
+        let deadline = (now_ms() + 60_000).to_string();
+        let fields: Vec<(String, String)> = [
+            ("correlation_id", "forged"),
+            ("saga_id", &uuid::Uuid::new_v4().simple().to_string()),
+            ("request_id", &request_id),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("parent_span_id", "b7ad6b7169203331"),
+            ("event_type", "allocate_resources"),
+            ("step", "allocate_resources"),
+            ("kind", "action"),
+            ("attempt", "1"),
+            ("reply_stream", reply_stream),
+            ("payload", r#"{"robots": 1}"#),
+            ("deadline_ms", &deadline),
+            ("timestamp", &now_ms().to_string()),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        fields
+    };
+    let send = |fields: Vec<(String, String)>| {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg("resources:commands").arg("*").arg(fields);
+        cmd
+    };
+    for forged in [
+        "mission:start",
+        "saga:leases",
+        "saga:replies:node 1.0a1b2c3d",
+    ] {
+        must::<String, _>("XADD", send(command(forged)).query_async(&mut conn)).await;
+    }
+    let valid = "saga:replies:node-1.0a1b2c3d";
+    must::<String, _>("XADD", send(command(valid)).query_async(&mut conn)).await;
+
+    let deadline = Instant::now() + STOP_WAIT;
+    while !xrange(&mut conn, valid)
+        .await
+        .iter()
+        .any(|r| r["status"] == "completed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the valid command is not answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        pending_count(&mut conn, "resources:commands", GROUP).await,
+        0
+    );
+    assert!(xrange(&mut conn, "mission:start").await.is_empty());
+    let leases: Vec<String> = must(
+        "ZRANGE",
+        words("ZRANGE saga:leases 0 -1").query_async(&mut conn),
+    )
+    .await;
+    assert_eq!(leases, ["owner-1"]);
+    let dead = xrange(&mut conn, "handler:{python-handlers}:dead-letter").await;
+    let refused: Vec<&str> = dead
+        .iter()
+        .map(|d| d["command.reply_stream"].as_str())
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            "mission:start",
+            "saga:leases",
+            "saga:replies:node 1.0a1b2c3d"
+        ],
+        "{dead:?}"
+    );
+    for entry in &dead {
+        assert!(entry["reason"].contains("reply_stream"), "{entry:?}");
+        assert_eq!(entry["stream"], "resources:commands");
+    }
+    let log = handlers.log();
+    assert_eq!(log.matches("refused").count(), 3, "{log}");
+    handlers.stop().await;
 }

@@ -85,10 +85,43 @@ STREAMS = sorted({stream for stream, _ in HANDLERS.values()})
 REQUIRED = ("correlation_id", "saga_id", "request_id", "traceparent", "event_type",
             "step", "kind", "reply_stream", "payload", "deadline_ms")
 RECORD_TTL_S = 24 * 3600  # far longer than the daemon may send a request_id again
+# "For people writing handlers by hand": the bounds of reply stream names and
+# of the dead-letter stream, the same as the Rust SDK's.
+MAX_REPLY_STREAM_BYTES = 256
+DEAD_LETTER_MAXLEN = 10_000  # XADD MAXLEN ~
+MAX_COPIED_FIELDS, MAX_NAME_BYTES, MAX_VALUE_BYTES, MAX_REASON_BYTES = 32, 64, 256, 512
+CLOCK_RESYNC_S = 60  # clocks move apart slowly; a stepped one is caught within a minute
+
+
+class RedisClock:
+    """"Time": deadline_ms is a time on Redis's clock, which this host's may
+    be ahead of or behind; read the offset with TIME now and then."""
+
+    def __init__(self):
+        self.offset_ms, self.next_sync = 0, 0.0
+
+    def sync(self, r):
+        if time.monotonic() < self.next_sync:
+            return
+        self.next_sync = time.monotonic() + CLOCK_RESYNC_S
+        before = time.time()
+        try:
+            secs, micros = r.time()
+        except redis.ResponseError as e:  # TIME not allowed: keep the last offset
+            log.warning("cannot read Redis's clock (%s); deadlines are read on the last offset", e)
+            return
+        after = time.time()  # Redis read its clock about half way through
+        self.offset_ms = int((secs + micros / 1e6 - (before + after) / 2) * 1000)
+
+    def now_ms(self):
+        return int(time.time() * 1000) + self.offset_ms
+
+
+CLOCK = RedisClock()
 
 
 def now_ms():
-    return int(time.time() * 1000)
+    return CLOCK.now_ms()
 
 
 # --- The exchange ------------------------------------------------------------
@@ -112,12 +145,65 @@ def reply(cmd, span, status, **extra):
     return fields
 
 
+def reply_stream_refusal(prefix, reply_stream, request_id):
+    """Why `reply_stream` is no reply stream of the daemon's, or None: only
+    `<prefix><node>.<epoch>` and `<prefix><node>.<epoch>:<request_id>` (this
+    command's own) are, so that a forged command cannot make us write to any
+    other key (a trigger stream would start sagas)."""
+    if len(reply_stream.encode()) > MAX_REPLY_STREAM_BYTES:
+        return f"reply_stream is over {MAX_REPLY_STREAM_BYTES} bytes"
+    if any(c.isspace() or not c.isprintable() for c in reply_stream):
+        return "reply_stream holds whitespace or a control character"
+    if not reply_stream.startswith(prefix):
+        return f"reply_stream does not start with the reply streams' prefix `{prefix}`"
+    rest = reply_stream[len(prefix):]
+    if rest.endswith(":" + request_id):
+        rest = rest[:-len(request_id) - 1]
+    node, dot, epoch = rest.rpartition(".")
+    if not (node and dot and epoch) or ":" in epoch:
+        return "reply_stream is not of the form `<prefix><node>.<epoch>[:<request_id>]`"
+    return None
+
+
+def cut(text, limit):
+    """At most `limit` bytes of `text`, on a character boundary."""
+    return text.encode()[:limit].decode("utf-8", "ignore")
+
+
+def dead_letter(r, args, stream, entry_id, raw, reason):
+    """A command that can never be answered: a bounded copy of it goes to the
+    group's dead-letter stream and it is acknowledged, in one MULTI/EXEC."""
+    raw = raw or {}
+    text = lambda b: b.decode("utf-8", "replace")  # noqa: E731
+    names = sorted(raw, key=lambda k: (text(k) not in REQUIRED, text(k)))
+    copy = {"reason": cut(reason, MAX_REASON_BYTES), "stream": stream,
+            "entry_id": entry_id.decode(), "field_count": str(len(raw))}
+    cut_short = len(names) > MAX_COPIED_FIELDS
+    for name in names[:MAX_COPIED_FIELDS]:
+        short_name, short_value = cut(text(name), MAX_NAME_BYTES), cut(text(raw[name]), MAX_VALUE_BYTES)
+        cut_short |= short_name != text(name) or short_value != text(raw[name])
+        copy["command." + short_name] = short_value
+    copy["truncated"] = str(cut_short).lower()
+    pipe = r.pipeline(transaction=True)
+    pipe.xadd(f"handler:{{{args.group}}}:dead-letter", copy, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+    pipe.xack(stream, args.group, entry_id)
+    try:
+        pipe.execute()
+    except redis.ResponseError as e:  # refused for good (a key of another type): still acknowledge
+        log.error("%s %s: cannot dead-letter (%s); acknowledged without a copy", stream, entry_id.decode(), e)
+        r.xack(stream, args.group, entry_id)
+    COUNTS["dead_lettered"] += 1
+
+
+COUNTS = {"dead_lettered": 0}
+
+
 def handle(r, args, stream, entry_id, raw):
     """Takes one command entry through the contract, ending with its XACK."""
     def ack():
         r.xack(stream, args.group, entry_id)
 
-    try:  # "General rules": a malformed entry is reported and skipped
+    try:  # "General rules": a malformed entry is reported and dead-lettered
         cmd = {k.decode(): v.decode() for k, v in (raw or {}).items()}
         route = HANDLERS.get(cmd.get("event_type"))
         if route is None or route[0] != stream:
@@ -129,10 +215,15 @@ def handle(r, args, stream, entry_id, raw):
         if not isinstance(payload, dict):
             raise ValueError("payload is not a JSON object")
     except (UnicodeDecodeError, ValueError) as e:
-        log.warning("%s %s: malformed command skipped (%s)", stream, entry_id.decode(), e)
-        return ack()
+        log.warning("%s %s: malformed command dead-lettered (%s)", stream, entry_id.decode(), e)
+        return dead_letter(r, args, stream, entry_id, raw, f"malformed command: {e}")
     name, request_id = cmd["event_type"], cmd["request_id"]
-    if now_ms() > deadline_ms:  # the daemon has stopped waiting: silence is a timeout
+    refusal = reply_stream_refusal(args.reply_stream_prefix, cmd["reply_stream"], request_id)
+    if refusal:  # written nowhere: neither `start` nor a final reply
+        reason = cut(f"{refusal}: {cmd['reply_stream']!r}", MAX_REASON_BYTES)
+        log.warning("%s %s: refused, dead-lettered (%s)", stream, entry_id.decode(), reason)
+        return dead_letter(r, args, stream, entry_id, raw, reason)
+    if now_ms() > deadline_ms:  # on Redis's clock; the daemon has stopped waiting: silence is a timeout
         log.info("%s %s: deadline passed, skipped", name, request_id)
         return ack()
 
@@ -171,6 +262,8 @@ def main():
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379")
     parser.add_argument("--group", default="python-handlers", help="our consumer group on each stream")
     parser.add_argument("--fail-step", metavar="STEP", help="answer STEP's action `failed`, not retryable")
+    parser.add_argument("--reply-stream-prefix", default="saga:replies:",
+                        help="the daemon's reply_stream_prefix: replies go to no other streams")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     consumer = f"{socket.gethostname()}-{os.getpid()}"
@@ -192,6 +285,7 @@ def main():
                         if "BUSYGROUP" not in str(e):
                             raise
                 groups_ready = True
+            CLOCK.sync(r)
             # BLOCK bounds how long a stop waits for the read in progress.
             batches = r.xreadgroup(args.group, consumer, {s: ">" for s in STREAMS}, count=16, block=1000)
             for stream, entries in batches:
@@ -204,7 +298,7 @@ def main():
             log.warning("redis: %s; retrying in 1s", e)
             groups_ready = False
             time.sleep(1)
-    log.info("stopped")
+    log.info("stopped (%d commands dead-lettered)", COUNTS["dead_lettered"])
 
 
 if __name__ == "__main__":

@@ -99,11 +99,13 @@ async fn demo(args: DevArgs) -> Result<ExitCode, String> {
     let shutdown = CancellationToken::new();
     super::signals::on_stop_signal(shutdown.clone());
     let events_stream = settings.events_stream.clone();
+    let reply_stream_prefix = settings.reply_stream_prefix.clone();
     let trigger_stream = settings.trigger_stream.clone();
     let daemon = engine::Daemon::start(settings, catalog, shutdown.clone())
         .await
         .map_err(|e| e.to_string())?;
     let mut sim = args.sim.options();
+    sim.reply_stream_prefix = reply_stream_prefix;
     if args.fail_at.is_some() {
         sim.fail_step = args.fail_at.clone();
     }

@@ -76,8 +76,8 @@ pub struct HandlersArgs {
 
 pub async fn run(args: HandlersArgs) -> ExitCode {
     let telemetry = logging::init("info", &args.log, "sagaflow-handlers", true);
-    let redis_url = match args.redis.settings() {
-        Ok(settings) => settings.redis_url,
+    let (redis_url, reply_stream_prefix) = match args.redis.settings() {
+        Ok(settings) => (settings.redis_url, settings.reply_stream_prefix),
         Err(e) => {
             eprintln!("sagaflow: {e}");
             return ExitCode::FAILURE;
@@ -92,7 +92,12 @@ pub async fn run(args: HandlersArgs) -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     signals::on_stop_signal(shutdown.clone());
-    let code = match run_simulated_handlers(client, args.sim.options(), shutdown).await {
+    // Replies go only to the reply streams of daemons sharing these settings.
+    let options = SimulationOptions {
+        reply_stream_prefix,
+        ..args.sim.options()
+    };
+    let code = match run_simulated_handlers(client, options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sagaflow: {e}");

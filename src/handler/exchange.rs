@@ -1,30 +1,38 @@
 //! One request/reply exchange: the way a single command entry is taken
 //! through the contract, from checks to acknowledgement.
 //!
-//! Order of the checks: a command whose `event_type` has no route is
-//! acknowledged and ignored (other services may share the stream under
-//! groups of their own, and each group sees every entry); a command that
-//! does not parse is logged and acknowledged; a command past its
-//! `deadline_ms` is acknowledged without a reply (the daemon has already
-//! counted it as timed out). Everything else gets `start`; a `request_id`
-//! with a recorded final reply then gets that reply again without running
-//! the handler, and any other runs and gets `completed` or `failed`,
-//! recorded, then acknowledged.
+//! Order of the checks: an entry that is no command at all (not fields, a
+//! field missing or invalid) is dead-lettered; a command whose `event_type`
+//! has no route is acknowledged and ignored (other services may share the
+//! stream under groups of their own, and each group sees every entry); a
+//! command whose `reply_stream` is no reply stream of the daemon's (see
+//! `reply_stream.rs`) is dead-lettered without a write to it; a command past
+//! its `deadline_ms` on Redis's clock is acknowledged without a reply (the
+//! daemon has already counted it as timed out). Everything else gets
+//! `start`; a `request_id` with a recorded final reply then gets that reply
+//! again without running the handler, and any other runs and gets
+//! `completed` or `failed`, recorded, then acknowledged.
+//!
+//! A write Redis refuses for good (a key of another type) is not tried
+//! again: the command is dead-lettered, so that it never holds a slot of
+//! `max_in_flight` for good. Transient errors are retried with backoff.
 //!
 //! The record covers redelivery after a final reply. Two deliveries of one
 //! `request_id` handled at the same moment both run, which the contract
 //! asks handlers to tolerate (they must be idempotent).
 
+use super::dead_letter::{self, dead_letter_key, DEAD_LETTER_MAXLEN, MAX_REASON_BYTES};
 use super::outbox::{add_xadds, Outbox};
-use super::redis_io::retrying;
+use super::redis_io::{retrying, Tried};
 use super::runner::{Routes, Shared};
-use super::{now_ms, Context, Handle, HandlerError};
+use super::stats::GaveUp;
+use super::{Context, Handle, HandlerError};
 use crate::protocol::reply::reply_fields;
-use crate::protocol::{fields as f, text_field, Command, ReplyStatus, TraceParent};
+use crate::protocol::{fields as f, text_field, Command, RawFields, ReplyStatus, TraceParent};
 use crate::streams::Entry;
 use crate::telemetry;
 use redis::aio::ConnectionManager;
-use redis::RedisResult;
+use redis::{RedisError, RedisResult};
 use serde_json::Map;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -53,8 +61,8 @@ pub(super) async fn handle_entry(
     } = entry;
     let mut conn = shared.writer.clone();
     if let Some(reason) = malformed {
-        tracing::warn!(%stream, entry_id = %id, %reason, "malformed command skipped");
-        return ack(&mut conn, &shared, &stream, &id).await;
+        let why = format!("malformed entry: {reason}");
+        return give_up(&shared, &stream, &id, &fields, GaveUp::Malformed, &why).await;
     }
     if let Ok(Some(event_type)) = text_field(&fields, f::EVENT_TYPE) {
         if !routes.contains_key(event_type) {
@@ -65,14 +73,23 @@ pub(super) async fn handle_entry(
     let command = match Command::from_fields(&fields) {
         Ok(command) => command,
         Err(reason) => {
-            tracing::warn!(%stream, entry_id = %id, %reason, "malformed command skipped");
-            return ack(&mut conn, &shared, &stream, &id).await;
+            let why = format!("malformed command: {reason}");
+            return give_up(&shared, &stream, &id, &fields, GaveUp::Malformed, &why).await;
         }
     };
     let Some(handler) = routes.get(&command.event_type).cloned() else {
         return ack(&mut conn, &shared, &stream, &id).await;
     };
-    if command.deadline_ms < now_ms() {
+    let request_id = command.request_id.as_str();
+    if let Err(refusal) = shared
+        .reply_streams
+        .check(&command.reply_stream, request_id)
+    {
+        let why = format!("{refusal}: {:?}", command.reply_stream);
+        return give_up(&shared, &stream, &id, &fields, GaveUp::Refused, &why).await;
+    }
+    drop(fields);
+    if command.deadline_ms < shared.clock.now_ms() {
         tracing::info!(%stream, entry_id = %id, request_id = %command.request_id, "deadline passed; skipped");
         return ack(&mut conn, &shared, &stream, &id).await;
     }
@@ -98,8 +115,8 @@ async fn answer(
     // The record is read and `start` sent in one round trip. A command
     // answered before thus gets `start` again ahead of its replayed final
     // reply, as any redelivered command does.
-    let start = reply_fields(&command, &span, &ReplyStatus::Start, now_ms());
-    let Some((recorded,)) = retrying(&shared.shutdown, "read a recorded reply", || {
+    let start = reply_fields(&command, &span, &ReplyStatus::Start, shared.clock.now_ms());
+    let read = retrying(&shared.shutdown, "read a recorded reply", || {
         let (mut conn, key) = (conn.clone(), key.clone());
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(key);
@@ -110,9 +127,14 @@ async fn answer(
         );
         async move { pipe.query_async::<(Option<String>,)>(&mut conn).await }
     })
-    .await
-    else {
-        return;
+    .await;
+    let recorded = match read {
+        Tried::Done((recorded,)) => recorded,
+        Tried::Refused(e) => {
+            let what = "write `start` or read the recorded reply";
+            return unwritable(&shared, &stream, &id, &command, what, e).await;
+        }
+        Tried::Stopped => return,
     };
     let recorded =
         recorded.and_then(|json| serde_json::from_str::<BTreeMap<String, String>>(&json).ok());
@@ -158,7 +180,11 @@ async fn answer(
             pipe.query_async::<()>(&mut conn).await
         }
     };
-    retrying(&shared.shutdown, "send a final reply", finish).await;
+    if let Tried::Refused(e) = retrying(&shared.shutdown, "send a final reply", finish).await {
+        // Redis ran what it could of the MULTI: the record and the
+        // acknowledgement may be in place, the reply is not.
+        unwritable(&shared, &stream, &id, &command, "write the final reply", e).await;
+    }
 }
 
 /// The handler, then the final reply's fields; `None` when the handler
@@ -176,6 +202,7 @@ async fn run_handler(
         span.clone(),
         outbox.clone(),
         shared.shutdown.clone(),
+        shared.clock.clone(),
     );
     // In a task of its own so that a panicking handler fails its command
     // instead of leaving it pending.
@@ -207,7 +234,7 @@ async fn run_handler(
     if let ReplyStatus::Failed { error, .. } = &status {
         telemetry::handler::failed(error);
     }
-    let fields = reply_fields(command, &span, &status, now_ms());
+    let fields = reply_fields(command, &span, &status, shared.clock.now_ms());
     Some(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }
 
@@ -221,6 +248,72 @@ async fn ack(conn: &mut ConnectionManager, shared: &Shared, stream: &str, id: &s
     if let Err(e) = acked {
         // Left pending: taken over and handled again at a later start.
         tracing::warn!(%stream, entry_id = %id, error = %e, "could not acknowledge");
+    }
+}
+
+/// Gives up on a command Redis will not let us answer.
+async fn unwritable(
+    shared: &Shared,
+    stream: &str,
+    id: &str,
+    command: &Command,
+    what: &str,
+    error: RedisError,
+) {
+    let fields: RawFields = command
+        .to_fields()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+        .collect();
+    let why = format!("Redis refuses for good to {what}: {error}");
+    give_up(shared, stream, id, &fields, GaveUp::Unwritable, &why).await;
+}
+
+/// Gives up on a command that can never be answered: logs and counts it,
+/// then copies it to the group's dead-letter stream and acknowledges it in
+/// one MULTI. Should Redis refuse the copy for good as well, the command is
+/// acknowledged without one, so that it is never read again.
+async fn give_up(
+    shared: &Shared,
+    stream: &str,
+    id: &str,
+    fields: &RawFields,
+    kind: GaveUp,
+    why: &str,
+) {
+    shared.stats.gave_up(kind);
+    let (reason, _) = dead_letter::cut(why, MAX_REASON_BYTES);
+    tracing::warn!(%stream, entry_id = %id, reason = %reason.escape_debug(), "command not answered; dead-lettered");
+    let copy = dead_letter::entry(stream, id, &shared.consumer, fields, reason);
+    let key = dead_letter_key(&shared.group);
+    let write = || {
+        let mut conn = shared.writer.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("XADD")
+            .arg(&key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(DEAD_LETTER_MAXLEN)
+            .arg("*")
+            .arg(&copy)
+            .ignore();
+        pipe.cmd("XACK")
+            .arg(stream)
+            .arg(&shared.group)
+            .arg(id)
+            .ignore();
+        async move { pipe.query_async::<()>(&mut conn).await }
+    };
+    match retrying(&shared.shutdown, "dead-letter a command", write).await {
+        Tried::Done(()) => shared.stats.dead_lettered(true),
+        Tried::Refused(error) => {
+            shared.stats.dead_lettered(false);
+            tracing::error!(%stream, entry_id = %id, dead_letter = %key, %error, "cannot dead-letter a command; acknowledged without a copy");
+            ack(&mut shared.writer.clone(), shared, stream, id).await;
+        }
+        // Left pending: taken over and given up on again at a later start.
+        Tried::Stopped => {}
     }
 }
 

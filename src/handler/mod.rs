@@ -8,6 +8,19 @@
 //! deduplication on `request_id`, deadlines, acknowledgement, recovery of
 //! entries a crashed instance left pending, and graceful shutdown.
 //!
+//! Commands are untrusted input. Replies go only to the daemon's reply
+//! streams ([`ReplyStreams`], under [`Handlers::reply_stream_prefix`]), so
+//! a forged `reply_stream` cannot make a handler write to another key.
+//! `deadline_ms` is read on Redis's clock (`TIME`, see [`RESYNC_EVERY`]),
+//! as the daemon writes it. A command that can never be answered
+//! (malformed, a refused `reply_stream`, a write Redis refuses as such) is
+//! logged, counted ([`Handlers::stats`]), copied in bounded form to
+//! [`dead_letter_key`] and acknowledged, so it never holds up the others.
+//! What a runner holds is bounded: [`runner::BATCH`] read entries per
+//! stream, `max_in_flight` commands ([`runner::DEFAULT_MAX_IN_FLIGHT`]),
+//! [`MAX_QUEUED_PROGRESS`] unwritten `progress` replies per command, and
+//! dead-letter copies of at most [`dead_letter::MAX_COPY_BYTES`].
+//!
 //! ```no_run
 //! # async fn demo(client: redis::Client, shutdown: tokio_util::sync::CancellationToken) {
 //! use sagaflow::handler::{Context, HandlerError, Handlers};
@@ -30,16 +43,25 @@
 //! orchestrator, so that it reads as a reference for handlers written in
 //! any language.
 
+mod clock;
+pub mod dead_letter;
 mod exchange;
 pub mod mission;
 mod outbox;
 mod redis_io;
+pub mod reply_stream;
 pub mod runner;
 pub mod simulated;
+mod stats;
 
+pub use clock::RESYNC_EVERY;
+pub use dead_letter::dead_letter_key;
 pub use exchange::done_key;
+pub use outbox::MAX_QUEUED_PROGRESS;
+pub use reply_stream::{ReplyStreams, DEFAULT_REPLY_STREAM_PREFIX, MAX_REPLY_STREAM_BYTES};
 pub use runner::Handlers;
 pub use simulated::{run_simulated_handlers, simulated_handlers, SimulationOptions};
+pub use stats::{Counts, HandlerStats};
 
 use crate::protocol::{Command, ReplyStatus, TraceParent};
 use serde_json::Value;
@@ -71,6 +93,8 @@ pub enum RunError {
     NoHandlers,
     #[error("cannot set up the Redis connection: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    ReplyStreamPrefix(#[from] reply_stream::BadPrefix),
 }
 
 /// What a handler returns.
@@ -103,6 +127,7 @@ pub struct Context {
     span: TraceParent,
     outbox: outbox::Outbox,
     shutdown: CancellationToken,
+    clock: std::sync::Arc<clock::RedisClock>,
 }
 
 impl Context {
@@ -111,12 +136,14 @@ impl Context {
         span: TraceParent,
         outbox: outbox::Outbox,
         shutdown: CancellationToken,
+        clock: std::sync::Arc<clock::RedisClock>,
     ) -> Self {
         Self {
             command,
             span,
             outbox,
             shutdown,
+            clock,
         }
     }
 
@@ -135,7 +162,9 @@ impl Context {
     /// does not wait for the write: the reply is written in the background,
     /// or with the final reply if that comes first, and always ahead of it.
     /// Progress is optional in the contract, so a failed write is logged,
-    /// not returned: it must not fail the work it reports on.
+    /// not returned: it must not fail the work it reports on. At most
+    /// [`MAX_QUEUED_PROGRESS`] wait to be written; past that the oldest
+    /// waiting one is dropped.
     pub async fn progress(&self, percent: f64) {
         let percent = if percent.is_finite() {
             percent.clamp(0.0, 100.0)
@@ -150,12 +179,12 @@ impl Context {
             &self.command,
             &self.span,
             &status,
-            now_ms(),
+            self.clock.now_ms(),
         ));
     }
 }
 
-/// Unix time in milliseconds.
+/// Unix time in milliseconds on this host's clock.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -9,6 +9,10 @@
 //!
 //! So a handler that answers at once sends `progress` and `completed`
 //! together, and the daemon reads and records them together.
+//!
+//! At most [`MAX_QUEUED_PROGRESS`] replies wait per command: a handler
+//! reporting faster than Redis takes the writes (or while Redis is away)
+//! has its oldest waiting reports dropped, the newest kept.
 
 use redis::aio::ConnectionManager;
 use std::sync::{Arc, Mutex};
@@ -18,6 +22,14 @@ pub(crate) type Fields = Vec<(&'static str, String)>;
 /// How long a queued reply waits for others, or for the final reply, to be
 /// written with: a handler that answers within it costs one round trip.
 pub(crate) const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Progress replies waiting to be written for one command. A background
+/// write takes all of them every 2 ms (`LINGER`) plus a round trip, so only a
+/// handler reporting hundreds of times a second, or a Redis that is slow or
+/// away, fills it. Each report supersedes the ones before, so dropping the
+/// oldest loses nothing the daemon needs, and the bound keeps a handler
+/// looping on `progress` from growing memory without limit.
+pub const MAX_QUEUED_PROGRESS: usize = 16;
 
 #[derive(Clone)]
 pub(crate) struct Outbox {
@@ -49,6 +61,10 @@ impl Outbox {
     pub(crate) fn push(&self, fields: Fields) {
         let first = {
             let mut queued = self.inner.queued.lock().expect("outbox lock");
+            if queued.len() >= MAX_QUEUED_PROGRESS {
+                queued.remove(0);
+                tracing::debug!(request_id = %self.inner.request_id, "progress reports queue up; the oldest is dropped");
+            }
             queued.push(fields);
             queued.len() == 1
         };
@@ -105,5 +121,29 @@ pub(crate) fn add_xadds<K: AsRef<str>, V: AsRef<str>>(
             xadd.arg(k.as_ref()).arg(v.as_ref());
         }
         xadd.ignore();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::aio::ConnectionManagerConfig;
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_waiting_to_be_written_is_bounded() {
+        // Never connected: nothing is written before the queue is taken.
+        let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
+        let conn = ConnectionManager::new_lazy_with_config(client, ConnectionManagerConfig::new())
+            .unwrap();
+        let outbox = Outbox::new("saga:replies:n.e", "r", conn);
+        for i in 0..1000 {
+            outbox.push(vec![("progress", i.to_string())]);
+        }
+        let (_writing, queued) = outbox.take_for_final().await;
+        let kept: Vec<&str> = queued.iter().map(|r| r[0].1.as_str()).collect();
+        let newest: Vec<String> = (1000 - MAX_QUEUED_PROGRESS..1000)
+            .map(|i| i.to_string())
+            .collect();
+        assert_eq!(kept, newest);
     }
 }

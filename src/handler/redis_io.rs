@@ -1,5 +1,6 @@
-//! The runner's Redis edge: replies written, and retry with backoff.
-//! Entries are decoded by [`crate::streams`].
+//! The runner's Redis edge: retry with backoff for what may pass, and an
+//! end to retrying for what never will. Entries are decoded by
+//! [`crate::streams`].
 
 use redis::{RedisError, RedisResult};
 use std::future::Future;
@@ -7,15 +8,28 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// The longest wait between two tries: a Redis that comes back is used
+/// again within this long.
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Runs `op` until it succeeds, backing off between failures; gives up
-/// (`None`) only when shutdown is requested, leaving the entry pending.
+/// How a retried call ended.
+pub(super) enum Tried<T> {
+    Done(T),
+    /// Redis refused the call itself ([`crate::streams::is_permanent`]):
+    /// trying it again cannot help, and would hold up the work behind it.
+    Refused(RedisError),
+    /// Shutdown was requested while the call was still failing.
+    Stopped,
+}
+
+/// Runs `op` until it succeeds or fails permanently, backing off between
+/// transient failures (Redis away, busy, loading); stops trying when
+/// shutdown is requested, leaving the entry pending.
 pub(super) async fn retrying<T, F, Fut>(
     shutdown: &CancellationToken,
     what: &str,
     mut op: F,
-) -> Option<T>
+) -> Tried<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = RedisResult<T>>,
@@ -25,13 +39,14 @@ where
         match op().await {
             Ok(value) => {
                 backoff.succeeded(what);
-                return Some(value);
+                return Tried::Done(value);
             }
+            Err(e) if crate::streams::is_permanent(&e) => return Tried::Refused(e),
             Err(e) => {
                 let delay = backoff.failed(what, &e);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => return None,
+                    _ = shutdown.cancelled() => return Tried::Stopped,
                 }
             }
         }

@@ -1,9 +1,18 @@
 //! The runner: reads each command stream through the group on a
 //! connection of its own, takes over what a crashed instance left pending,
 //! and hands every entry to a task of its own (see `exchange.rs`).
+//!
+//! What one runner holds at most: [`BATCH`] entries per stream read and
+//! waiting for a slot, `max_in_flight` commands being handled (default
+//! [`DEFAULT_MAX_IN_FLIGHT`]), [`super::MAX_QUEUED_PROGRESS`] unwritten
+//! `progress` replies per command, and one dead-letter copy of at most
+//! [`super::dead_letter::MAX_COPY_BYTES`] per command given up on.
 
+use super::clock::{notable, RedisClock, RESYNC_EVERY};
 use super::exchange::handle_entry;
 use super::redis_io::Backoff;
+use super::reply_stream::{ReplyStreams, DEFAULT_REPLY_STREAM_PREFIX};
+use super::stats::HandlerStats;
 use super::{Handle, RunError};
 use crate::protocol::ids::new_uuid_hex;
 use crate::streams::{self, decode_autoclaim_reply, decode_read_reply, Entry};
@@ -16,8 +25,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Entries taken per XREADGROUP or XAUTOCLAIM call.
-const BATCH: usize = 64;
+/// Entries taken per XREADGROUP or XAUTOCLAIM call. A reader hands them
+/// out one by one as slots of `max_in_flight` free up, so this is also how
+/// many read entries it holds beyond those in flight: enough to keep the
+/// slots busy between two reads, few enough to weigh nothing.
+pub const BATCH: usize = 64;
 /// How long one XREADGROUP blocks. A read in progress is never abandoned
 /// (an abandoned read stays live on the server and can move an entry into
 /// the pending list unseen), so this is the longest a stop waits for it.
@@ -25,7 +37,9 @@ const BLOCK: Duration = Duration::from_millis(1000);
 /// Default bound on commands handled at once. Handlers mostly wait on IO,
 /// so many can run together; the bound keeps a flooded stream from growing
 /// tasks and memory without limit (the reader stops reading until a slot is
-/// free, and unread entries simply wait in the stream).
+/// free, and unread entries simply wait in the stream). A command holds its
+/// slot only while it can make progress: one Redis refuses to answer is
+/// dead-lettered at once.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// Default idle time after which an entry pending for another consumer of
 /// the group is taken over at start-up: long enough not to steal the work of
@@ -47,6 +61,8 @@ pub struct Handlers {
     max_in_flight: usize,
     reclaim_idle: Duration,
     record_ttl: Duration,
+    reply_stream_prefix: String,
+    stats: Arc<HandlerStats>,
 }
 
 impl Handlers {
@@ -61,6 +77,8 @@ impl Handlers {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             reclaim_idle: DEFAULT_RECLAIM_IDLE,
             record_ttl: DEFAULT_RECORD_TTL,
+            reply_stream_prefix: DEFAULT_REPLY_STREAM_PREFIX.to_owned(),
+            stats: Arc::default(),
         }
     }
 
@@ -115,21 +133,43 @@ impl Handlers {
         self
     }
 
+    /// The daemon's `reply_stream_prefix` setting (default
+    /// `saga:replies:`): replies go only to streams named
+    /// `<prefix><node>.<epoch>` or `<prefix><node>.<epoch>:<request_id>`
+    /// (see [`ReplyStreams`]); a command naming any other is dead-lettered.
+    pub fn reply_stream_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.reply_stream_prefix = prefix.into();
+        self
+    }
+
     pub fn group_name(&self) -> &str {
         &self.group
     }
 
+    /// Counts of the commands this runner gives up on, live while it runs.
+    pub fn stats(&self) -> Arc<HandlerStats> {
+        self.stats.clone()
+    }
+
     /// Runs until `shutdown` is cancelled, then stops reading, lets the
     /// commands in flight finish and returns. Redis errors never end it:
-    /// they are logged and retried with backoff.
+    /// they are logged and retried with backoff. It first measures the
+    /// offset of Redis's clock (see [`super::RESYNC_EVERY`]), waiting for
+    /// Redis if need be.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RunError> {
         if self.streams.is_empty() {
             return Err(RunError::NoHandlers);
         }
+        let reply_streams = ReplyStreams::new(&self.reply_stream_prefix)?;
         let writer = ConnectionManager::new_lazy_with_config(
             self.client.clone(),
             ConnectionManagerConfig::new(),
         )?;
+        let clock = Arc::new(RedisClock::default());
+        first_sync(&clock, &writer, &shutdown).await;
+        let background = TaskTracker::new();
+        background.spawn(resync(clock.clone(), writer.clone(), shutdown.clone()));
+        background.close();
         let shared = Arc::new(Shared {
             group: self.group,
             consumer: self.consumer,
@@ -138,6 +178,9 @@ impl Handlers {
             tasks: TaskTracker::new(),
             permits: Arc::new(Semaphore::new(self.max_in_flight)),
             record_ttl_secs: self.record_ttl.as_secs().max(1),
+            reply_streams,
+            clock,
+            stats: self.stats,
         });
         let readers = TaskTracker::new();
         for (stream, routes) in self.streams {
@@ -157,7 +200,64 @@ impl Handlers {
         readers.wait().await;
         shared.tasks.close();
         shared.tasks.wait().await;
+        background.wait().await;
         Ok(())
+    }
+}
+
+/// The first measurement of Redis's clock, before any command is read, so
+/// that commands waiting since before the start are judged on it too. A
+/// Redis that refuses `TIME` (renamed away, or not allowed to this user)
+/// leaves deadlines on the host's clock, which is what handlers did before.
+async fn first_sync(clock: &RedisClock, writer: &ConnectionManager, shutdown: &CancellationToken) {
+    let mut backoff = Backoff::default();
+    let what = "read Redis's clock";
+    loop {
+        match clock.sync(&mut writer.clone()).await {
+            Ok((offset_ms, _)) => {
+                backoff.succeeded(what);
+                if notable(offset_ms) {
+                    tracing::warn!(
+                        offset_ms,
+                        "this host's clock is off Redis's; deadlines are read on Redis's clock"
+                    );
+                } else {
+                    tracing::info!(offset_ms, "deadlines are read on Redis's clock");
+                }
+                return;
+            }
+            Err(error) if streams::is_permanent(&error) || error.code() == Some("NOPERM") => {
+                tracing::warn!(%error, "cannot read Redis's clock (TIME); deadlines are read on this host's clock");
+                return;
+            }
+            Err(error) => {
+                let delay = backoff.failed(what, &error);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Measures the offset again every [`RESYNC_EVERY`]; a failed measurement
+/// keeps the last offset until the next.
+async fn resync(clock: Arc<RedisClock>, writer: ConnectionManager, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(RESYNC_EVERY) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match clock.sync(&mut writer.clone()).await {
+            Ok((offset_ms, before)) if notable(offset_ms - before) => {
+                tracing::warn!(offset_ms, before, "the offset to Redis's clock moved");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(%error, offset_ms = clock.offset_ms(), "cannot read Redis's clock; keeping the last offset");
+            }
+        }
     }
 }
 
@@ -171,6 +271,11 @@ pub(super) struct Shared {
     pub(super) tasks: TaskTracker,
     pub(super) permits: Arc<Semaphore>,
     pub(super) record_ttl_secs: u64,
+    /// Where replies may go.
+    pub(super) reply_streams: ReplyStreams,
+    /// Redis's time, for deadlines and reply timestamps.
+    pub(super) clock: Arc<RedisClock>,
+    pub(super) stats: Arc<HandlerStats>,
 }
 
 /// The reading loop of one stream, on a connection of its own so that its

@@ -41,6 +41,8 @@ pub struct SimulationOptions {
     pub max_in_flight: usize,
     /// How long final replies are remembered for deduplication.
     pub record_ttl: std::time::Duration,
+    /// The daemon's `reply_stream_prefix`: replies go only to streams under it.
+    pub reply_stream_prefix: String,
 }
 
 impl Default for SimulationOptions {
@@ -54,6 +56,7 @@ impl Default for SimulationOptions {
             group: "sagaflow-sim".to_owned(),
             max_in_flight: super::runner::DEFAULT_MAX_IN_FLIGHT,
             record_ttl: super::runner::DEFAULT_RECORD_TTL,
+            reply_stream_prefix: super::DEFAULT_REPLY_STREAM_PREFIX.to_owned(),
         }
     }
 }
@@ -87,7 +90,8 @@ pub fn simulated_handlers(client: redis::Client, opts: SimulationOptions) -> Han
     routes.into_iter().fold(
         Handlers::new(client, opts.group.clone())
             .max_in_flight(opts.max_in_flight)
-            .record_ttl(opts.record_ttl),
+            .record_ttl(opts.record_ttl)
+            .reply_stream_prefix(opts.reply_stream_prefix.clone()),
         |handlers, (stream, event_type, compute)| {
             let opts = opts.clone();
             handlers.on(stream, event_type, move |cmd: Command, ctx: Context| {

@@ -1,0 +1,86 @@
+//! The handlers' idea of time: `deadline_ms` is a time on Redis's clock,
+//! so a handler host whose clock is ahead must still answer. The real
+//! `sagaflow handlers` runs under libfaketime (`apt-get install faketime`,
+//! which scripts/test does), 15 s ahead of the daemon and of Redis.
+
+mod common;
+
+use common::processes::Child;
+use common::*;
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// How far ahead the handlers' clock is: more than the mission's step
+/// timeouts (10 s), so a handler comparing deadlines with its own clock
+/// skips every command.
+const SKEW: &str = "+15s";
+
+/// libfaketime's library, wherever the Debian package put it for this
+/// architecture (`dpkg -L libfaketime`).
+fn libfaketime() -> PathBuf {
+    let mut dirs = vec![PathBuf::from("/usr/lib/faketime")];
+    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
+        dirs.extend(entries.flatten().map(|e| e.path().join("faketime")));
+    }
+    dirs.into_iter()
+        .map(|dir| dir.join("libfaketime.so.1"))
+        .find(|lib| lib.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "this test needs libfaketime: `apt-get install -y faketime` \
+                 (scripts/test installs it)"
+            )
+        })
+}
+
+fn skewed_env(lib: &str) -> [(&'static str, &str); 3] {
+    [
+        ("LD_PRELOAD", lib),
+        ("FAKETIME", SKEW),
+        // Timers and timeouts run on the monotonic clock, which stays true.
+        ("DONT_FAKE_MONOTONIC", "1"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_with_a_clock_ahead_still_answer_in_time() {
+    let lib = libfaketime();
+    let lib = lib.to_str().expect("a UTF-8 path");
+    // The library does skew a process's clock on this machine.
+    let date = Command::new("date")
+        .arg("+%s")
+        .envs(skewed_env(lib))
+        .output()
+        .expect("date runs");
+    let skewed: u64 = String::from_utf8_lossy(&date.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let ahead = skewed as i64 - (now_ms() / 1000) as i64;
+    assert!((14..=16).contains(&ahead), "faketime skews by {ahead} s");
+
+    let server = RedisServer::start();
+    let url = server.url();
+    let handlers = Child::spawn(
+        "skewed-handlers",
+        &["handlers", "--redis-url", &url],
+        &skewed_env(lib),
+    );
+    let daemon = Child::daemon(&url, "clock-true");
+    daemon.wait_started().await;
+    let mut conn = server.conn().await;
+
+    start_mission(
+        &mut conn,
+        "skewed-1",
+        &json!({"area": "hall-a", "robots": 2}),
+    )
+    .await;
+    let events = saga_events(&server, "skewed-1").await;
+    let end = events.last().expect("a terminal event");
+    assert_eq!(end.event_type, "saga_completed", "\n{}", describe(&events));
+    let log = handlers.stderr();
+    assert!(!log.contains("deadline passed"), "{log}");
+    assert!(log.contains("deadlines are read on Redis's clock"), "{log}");
+}
