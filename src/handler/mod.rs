@@ -67,7 +67,6 @@ use crate::protocol::{Command, ReplyStatus, TraceParent};
 use serde_json::Value;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 /// Why a handler did not produce a result.
@@ -182,12 +181,4 @@ impl Context {
             self.clock.now_ms(),
         ));
     }
-}
-
-/// Unix time in milliseconds on this host's clock.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
