@@ -40,6 +40,14 @@ pub const MAX_NAME_LEN: usize = 128;
 /// result.
 pub const MAX_REPLY_ENTRY_BYTES: usize = 1 << 20;
 
+/// Most bytes a saga input or a step result may take as compact JSON, the
+/// form in which it is stored and sent. Its text is at most 1 MiB (the
+/// entry's bound), but storing can lengthen it: the original starters'
+/// fields gain quotes and braces, `1e5` is written `100000.0`, a control
+/// character `\u0001`. Twice the entry's bound lets any ordinary input
+/// through and stops the sixfold growth of escaped text.
+pub const MAX_STORED_JSON_BYTES: usize = 2 << 20;
+
 /// Longest `error` text kept from a `failed` reply; a longer one is cut to
 /// this length (marked as cut), not refused. The error is copied into
 /// `step_failed`, the saga's failure reason, `saga_compensated` or
@@ -55,9 +63,10 @@ pub const MAX_PROGRESS_DETAILS_BYTES: usize = 4096;
 
 /// Largest command entry, counting every field name and value, as a
 /// handler reads it. The daemon writes commands: a step's default payload
-/// holds the saga input and every earlier result, each at most 1 MiB, so
-/// 16 MiB leaves room for fifteen of them at their largest, beyond any
-/// real saga, while bounding what one command costs a handler.
+/// holds the saga input and every earlier result, each at most 1 MiB of
+/// text (2 MiB as stored at the very worst), so 16 MiB leaves room for
+/// fifteen of them at their usual largest, beyond any real saga, while
+/// bounding what one command costs a handler.
 pub const MAX_COMMAND_ENTRY_BYTES: usize = 16 << 20;
 
 /// Longest `reply_stream` a handler accepts on a command: it writes to that
@@ -82,6 +91,26 @@ pub fn entry_bytes(fields: &RawFields) -> usize {
     fields
         .iter()
         .fold(0usize, |n, (k, v)| n.saturating_add(k.len() + v.len()))
+}
+
+/// How many bytes `value` takes as compact JSON, the form it is stored and
+/// sent in, without building that text. It can exceed the text it was
+/// parsed from (`1e5` is stored as `100000.0`, a control character in a
+/// string as `\u0001`), so bounds on what is kept are checked on this.
+pub fn json_len(value: &serde_json::Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).expect("a Value always serializes");
+    count.0
 }
 
 /// `s`, cut to at most `max` bytes on a character boundary, with a note of
@@ -165,5 +194,12 @@ mod tests {
         assert_eq!(quote(&"x".repeat(100)).len(), 67);
         assert_eq!(quote("ok"), "ok");
         assert!(bounded_reason("r".repeat(10_000)).len() <= MAX_REASON_LEN);
+    }
+
+    #[test]
+    fn json_len_is_the_stored_length() {
+        let v: serde_json::Value = serde_json::from_str(r#"[1e5, "\u0001", {"a": null}]"#).unwrap();
+        assert_eq!(json_len(&v), v.to_string().len());
+        assert_eq!(v.to_string(), r#"[100000.0,"\u0001",{"a":null}]"#);
     }
 }

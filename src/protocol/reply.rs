@@ -3,8 +3,9 @@
 
 use super::fields as f;
 use super::limits::{
-    bounded_reason, entry_bytes, parse_json, quote, too_large, truncate_text, MAX_ERROR_LEN,
-    MAX_NAME_LEN, MAX_PROGRESS_DETAILS_BYTES, MAX_REPLY_ENTRY_BYTES,
+    bounded_reason, entry_bytes, json_len, parse_json, quote, too_large, truncate_text,
+    MAX_ERROR_LEN, MAX_NAME_LEN, MAX_PROGRESS_DETAILS_BYTES, MAX_REPLY_ENTRY_BYTES,
+    MAX_STORED_JSON_BYTES,
 };
 use super::{text_field, CorrelationId, RawFields, RequestId, SagaId, TraceParent, UnixMillis};
 use serde_json::Value;
@@ -120,6 +121,17 @@ impl Reply {
                 ReplyStatus::Unreadable { reason } => ReplyStatus::Unreadable {
                     reason: bounded_reason(reason),
                 },
+                // As stored, a result may take more than its text did.
+                ReplyStatus::Completed { result } if json_len(&result) > MAX_STORED_JSON_BYTES => {
+                    ReplyStatus::Failed {
+                        error: too_large(
+                            "result as stored",
+                            json_len(&result),
+                            MAX_STORED_JSON_BYTES,
+                        ),
+                        retryable: false,
+                    }
+                }
                 status => status,
             }
         };
@@ -226,7 +238,7 @@ fn read_progress(fields: &RawFields) -> Result<ReplyStatus, String> {
     }
     // Progress is optional: details too large to repeat in an event are
     // dropped, the progress itself is kept.
-    if payload.to_string().len() > MAX_PROGRESS_DETAILS_BYTES {
+    if json_len(&payload) > MAX_PROGRESS_DETAILS_BYTES {
         payload = Value::Null;
     }
     Ok(ReplyStatus::Progress {
@@ -556,6 +568,22 @@ mod tests {
         assert!(matches!(
             r.status,
             ReplyStatus::Progress { percent: None, .. }
+        ));
+    }
+
+    #[test]
+    fn a_result_that_grows_when_stored_fails_its_attempt_for_good() {
+        // 1e5 is stored as 100000.0.
+        let result = format!("[{}1e5]", "1e5,".repeat(250_000));
+        let r = Reply::from_fields(&raw(&[
+            ("request_id", REQ),
+            ("status", "completed"),
+            ("result", &result),
+        ]))
+        .unwrap();
+        assert!(matches!(
+            r.status,
+            ReplyStatus::Failed { error, retryable: false } if error.contains("result as stored")
         ));
     }
 }

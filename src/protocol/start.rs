@@ -2,8 +2,8 @@
 
 use super::fields as f;
 use super::limits::{
-    bounded_reason, entry_bytes, parse_json, quote, too_large, MAX_LEGACY_KEY_LEN,
-    MAX_LEGACY_START_FIELDS, MAX_NAME_LEN, MAX_START_ENTRY_BYTES,
+    bounded_reason, entry_bytes, json_len, parse_json, quote, too_large, MAX_LEGACY_KEY_LEN,
+    MAX_LEGACY_START_FIELDS, MAX_NAME_LEN, MAX_START_ENTRY_BYTES, MAX_STORED_JSON_BYTES,
 };
 use super::{text_field, CorrelationId, RawFields, TraceParent};
 use serde_json::{Map, Value};
@@ -123,6 +123,15 @@ impl StartRequest {
             }
             None => legacy_input(fields).map_err(reject)?,
         };
+        // As stored, the input may take more than its text did.
+        let stored = json_len(&input);
+        if stored > MAX_STORED_JSON_BYTES {
+            return Err(reject(too_large(
+                "input as stored",
+                stored,
+                MAX_STORED_JSON_BYTES,
+            )));
+        }
         Ok(Self {
             saga,
             input,
@@ -279,5 +288,21 @@ mod tests {
         let deep = format!(r#"{{"a":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
         let err = StartRequest::from_fields(&raw(&[("payload", &deep)])).unwrap_err();
         assert!(err.reason.contains("limit of 127 levels"), "{}", err.reason);
+    }
+
+    #[test]
+    fn an_input_that_grows_when_stored_is_bounded_as_stored() {
+        // Each control character is stored as six: `\u0001`.
+        let value = "\u{1}".repeat(500_000);
+        let err = StartRequest::from_fields(&raw(&[("area", &value)])).unwrap_err();
+        assert!(
+            err.reason
+                .contains("input as stored is 3000011 bytes, over the limit of 2097152"),
+            "{}",
+            err.reason
+        );
+        let payload = format!("{{\"n\":[{}1e5]}}", "1e5,".repeat(250_000));
+        let err = StartRequest::from_fields(&raw(&[("payload", &payload)])).unwrap_err();
+        assert!(err.reason.contains("input as stored"), "{}", err.reason);
     }
 }
