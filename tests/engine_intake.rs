@@ -23,6 +23,7 @@ async fn bad_starts_are_rejected_acknowledged_and_the_daemon_keeps_going() {
     let mut conn = server.conn().await;
 
     let long_id = "c".repeat(200);
+    let big_field = "x".repeat(2_000_000);
     // (fields, a word the reason must hold, the correlation id it keeps)
     let cases: Vec<Case> = vec![
         (
@@ -64,6 +65,15 @@ async fn bad_starts_are_rejected_acknowledged_and_the_daemon_keeps_going() {
             ],
             "UTF-8",
             Some("bad-6"),
+        ),
+        (
+            // The original form, one field of 2 MB: refused whole.
+            vec![
+                raw("correlation_id", b"bad-7"),
+                raw("area", big_field.as_bytes()),
+            ],
+            "over the limit of 1048576 bytes",
+            Some("bad-7"),
         ),
     ];
     let mut entry_ids = Vec::new();
@@ -109,6 +119,7 @@ async fn bad_starts_are_rejected_acknowledged_and_the_daemon_keeps_going() {
             reason.contains(word),
             "reason of entry {entry_id}: {reason}"
         );
+        assert!(e.payload.to_string().len() < 1024, "{entry_id}");
         match correlation_id {
             Some(id) => assert_eq!(&e.correlation_id, id),
             None => assert!(!e.correlation_id.is_empty() && e.correlation_id.len() <= 128),

@@ -194,6 +194,61 @@ async fn an_unknown_status_without_retries_left_fails_the_step() {
     assert_eq!(events[3].payload["compensated"], json!([]));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_reply_fails_for_good_and_a_long_error_is_cut() {
+    let server = RedisServer::start();
+    let daemon = start_daemon(&server, catalog(ONE_STEP)).await;
+    let big = format!(r#""{}""#, "r".repeat(2_000_000));
+    let error = "e".repeat(100_000);
+    let handler = spawn_raw_handler(
+        &server,
+        &["unreadable:commands"],
+        "unreadable",
+        move |cmd| {
+            if cmd["payload"].contains("big") {
+                // 2 MB of progress details: retrying would bring the same
+                // reply, so the attempt fails though retries are left.
+                vec![reply(
+                    cmd,
+                    "progress",
+                    &[("progress", "10"), ("payload", &big)],
+                )]
+            } else {
+                vec![failed(cmd, &error, false)]
+            }
+        },
+    )
+    .await;
+    let mut conn = server.conn().await;
+    start_mission(&mut conn, "oversized", &json!({"reply": "big"})).await;
+    start_mission(&mut conn, "long-error", &json!({"reply": "long"})).await;
+    let oversized = saga_events(&server, "oversized").await;
+    let long_error = saga_events(&server, "long-error").await;
+    handler.stop().await;
+    daemon.stop().await;
+
+    let expected = [
+        "saga_started",
+        "step_started:reserve",
+        "step_failed:reserve",
+        "saga_compensated",
+    ];
+    for events in [&oversized, &long_error] {
+        assert_eq!(labels(events), expected, "\n{}", describe(events));
+        assert_eq!(events[2].payload["retryable"], false);
+    }
+    let error = oversized[2].payload["error"].as_str().unwrap();
+    assert!(error.contains("over the limit of 1048576 bytes"), "{error}");
+    for e in &oversized {
+        assert!(e.payload.to_string().len() < 1024, "{}", e.event_type);
+    }
+    let error = long_error[2].payload["error"].as_str().unwrap();
+    assert_eq!(error.len(), 4096);
+    assert!(error.ends_with("[cut: 100000 bytes in all]"));
+    let reason = long_error[3].payload["reason"].as_str().unwrap();
+    assert_eq!(reason, error);
+}
+
 // ------------------------------------------------ the original handlers
 
 const PYTHON_STREAMS: [&str; 4] = [

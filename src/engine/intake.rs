@@ -2,13 +2,13 @@
 //! valid entry into a saga task and answers each bad one with a
 //! `saga_rejected` event. Never stops on bad input. Reads are bounded: at
 //! most `read_batch` entries (and no more than there are free saga
-//! permits), each at most [`MAX_START_BYTES`]; a larger entry never leaves
+//! permits), each at most [`MAX_START_ENTRY_BYTES`]; a larger entry never leaves
 //! Redis whole and is rejected by its size.
 
 use super::driver::{self, WriteOutcome};
 use super::reconnect::ReadConnection;
 use super::Shared;
-use crate::protocol::start::MAX_START_BYTES;
+use crate::protocol::limits::{too_large, MAX_START_ENTRY_BYTES};
 use crate::protocol::{CorrelationId, EventType, SagaEvent, SagaStatus, StartError, StartRequest};
 use crate::store::read::{self, oversized};
 use crate::store::{EntryRef, Transition};
@@ -49,7 +49,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
             &shared.settings.node_id,
             room,
             shared.settings.block,
-            MAX_START_BYTES,
+            MAX_START_ENTRY_BYTES,
         )
         .await;
         match reply {
@@ -130,7 +130,7 @@ pub(super) async fn take_with(shared: &Arc<Shared>, entry: Entry, permit: OwnedS
     }
     if let Some(size) = oversized(&entry) {
         let error = StartError {
-            reason: format!("the start entry is {size} bytes, the limit is {MAX_START_BYTES}"),
+            reason: too_large("start entry", size, MAX_START_ENTRY_BYTES),
             correlation_id: CorrelationId::parse(&named(crate::protocol::fields::CORRELATION_ID))
                 .ok(),
         };

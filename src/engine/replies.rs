@@ -2,7 +2,7 @@
 //! lease period), whatever the number of sagas in flight, plus the streams
 //! that attempts under way reply to besides it (per-request streams, and
 //! those of daemons whose sagas were taken over). Reads are bounded: at
-//! most `read_batch` entries, each at most [`MAX_REPLY_BYTES`] (a larger
+//! most `read_batch` entries, each at most [`MAX_REPLY_ENTRY_BYTES`] (a larger
 //! reply never leaves Redis whole; see [`crate::store::read`]). Each entry
 //! is parsed once and handed to its saga's task; what belongs to no saga
 //! here is stray and skipped.
@@ -20,6 +20,7 @@
 
 use super::reconnect::ReadConnection;
 use super::Shared;
+use crate::protocol::limits::MAX_REPLY_ENTRY_BYTES;
 use crate::protocol::Reply;
 use crate::store::read::{self, oversized};
 use crate::store::transition::WAKE_FIELD;
@@ -28,13 +29,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Largest reply entry read, all fields together. A final reply over it
-/// counts as a failure of its attempt that retrying cannot mend (the
-/// handler would send the same result again); other replies over it are
-/// skipped. Results are step outputs that later steps and the saga's record
-/// carry along: ids and parameters, not bulk data.
-pub const MAX_REPLY_BYTES: usize = 1 << 20;
 
 /// How often entries already applied are trimmed from the reply stream,
 /// and its expiry renewed.
@@ -299,7 +293,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
             &streams,
             shared.settings.read_batch,
             shared.settings.block,
-            MAX_REPLY_BYTES,
+            MAX_REPLY_ENTRY_BYTES,
         );
         let reply = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
@@ -384,7 +378,7 @@ fn route(shared: &Shared, main: &str, entry: &Entry) {
         return;
     }
     let parsed = match oversized(entry) {
-        Some(size) => Reply::oversized(&entry.fields, size, MAX_REPLY_BYTES),
+        Some(size) => Reply::oversized(&entry.fields, size),
         None => Reply::from_fields(&entry.fields),
     };
     match parsed {

@@ -9,7 +9,7 @@
 //! claimed no more than the permits it holds for them.
 
 use super::{driver, intake, pause, Shared};
-use crate::protocol::start::MAX_START_BYTES;
+use crate::protocol::limits::MAX_START_ENTRY_BYTES;
 use crate::store::{lease, maintain, read};
 use redis::aio::ConnectionManager;
 use std::sync::Arc;
@@ -113,7 +113,7 @@ async fn take_over_starts(
             &shared.settings.node_id,
             min_idle,
             room,
-            MAX_START_BYTES,
+            MAX_START_ENTRY_BYTES,
         )
         .await?;
         if !entries.is_empty() {

@@ -1,6 +1,10 @@
 //! Commands: the entries the daemon writes to a step's command stream.
 
 use super::fields as f;
+use super::limits::{
+    bounded_reason, entry_bytes, parse_json, too_large, MAX_COMMAND_ENTRY_BYTES, MAX_NAME_LEN,
+    MAX_REPLY_STREAM_LEN,
+};
 use super::{
     text_field, CorrelationId, RawFields, RequestId, SagaId, SpanId, TraceParent, UnixMillis,
 };
@@ -63,10 +67,30 @@ impl Command {
     }
 
     /// Reads a command as a handler receives it. Every field is required;
-    /// the error names the first one missing or malformed.
+    /// the error names the first one missing, malformed or over its bound,
+    /// in at most [`super::limits::MAX_REASON_LEN`] bytes.
     pub fn from_fields(fields: &RawFields) -> Result<Self, String> {
+        Self::read(fields).map_err(bounded_reason)
+    }
+
+    fn read(fields: &RawFields) -> Result<Self, String> {
+        let size = entry_bytes(fields);
+        if size > MAX_COMMAND_ENTRY_BYTES {
+            return Err(too_large("command", size, MAX_COMMAND_ENTRY_BYTES));
+        }
         let text = |name: &str| -> Result<&str, String> {
             text_field(fields, name)?.ok_or_else(|| format!("field `{name}` is missing"))
+        };
+        // Fields a handler copies into its replies and uses as keys.
+        let bounded = |name: &str, limit: usize| -> Result<String, String> {
+            let value = text(name)?;
+            if value.len() > limit {
+                return Err(format!(
+                    "field `{name}` is {} bytes long, over the limit of {limit}",
+                    value.len()
+                ));
+            }
+            Ok(value.to_owned())
         };
         let number = |name: &str| -> Result<u64, String> {
             text(name)?
@@ -80,11 +104,12 @@ impl Command {
             "compensation" => CommandKind::Compensation,
             other => {
                 return Err(format!(
-                    "field `kind` is `{other}`, expected action or compensation"
+                    "field `kind` is `{}`, expected action or compensation",
+                    super::limits::quote(other)
                 ))
             }
         };
-        let payload = serde_json::from_str(text(f::PAYLOAD)?)
+        let payload = parse_json(text(f::PAYLOAD)?)
             .map_err(|e| format!("field `payload` is not JSON: {e}"))?;
         Ok(Self {
             correlation_id: CorrelationId::parse(text(f::CORRELATION_ID)?)?,
@@ -93,12 +118,12 @@ impl Command {
             request_id: RequestId::parse(text(f::REQUEST_ID)?)
                 .ok_or("field `request_id` is not 32 lowercase hex")?,
             traceparent,
-            event_type: text(f::EVENT_TYPE)?.to_owned(),
-            step: text(f::STEP)?.to_owned(),
+            event_type: bounded(f::EVENT_TYPE, MAX_NAME_LEN)?,
+            step: bounded(f::STEP, MAX_NAME_LEN)?,
             kind,
             attempt: u32::try_from(number(f::ATTEMPT)?)
                 .map_err(|_| "field `attempt` is too large")?,
-            reply_stream: text(f::REPLY_STREAM)?.to_owned(),
+            reply_stream: bounded(f::REPLY_STREAM, MAX_REPLY_STREAM_LEN)?,
             payload,
             deadline_ms: number(f::DEADLINE_MS)?,
             timestamp: number(f::TIMESTAMP)?,
@@ -160,5 +185,47 @@ mod tests {
             Command::from_fields(&raw).unwrap_err(),
             "field `reply_stream` is missing"
         );
+    }
+
+    fn raw_of(cmd: &Command) -> RawFields {
+        cmd.to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn a_command_over_the_limit_is_refused() {
+        let mut cmd = sample();
+        cmd.payload = serde_json::json!({"blob": "x".repeat(MAX_COMMAND_ENTRY_BYTES)});
+        let err = Command::from_fields(&raw_of(&cmd)).unwrap_err();
+        assert!(err.contains("over the limit of 16777216 bytes"), "{err}");
+    }
+
+    #[test]
+    fn copied_fields_are_bounded() {
+        for (field, limit) in [
+            (f::EVENT_TYPE, MAX_NAME_LEN),
+            (f::STEP, MAX_NAME_LEN),
+            (f::REPLY_STREAM, MAX_REPLY_STREAM_LEN),
+        ] {
+            let mut raw = raw_of(&sample());
+            raw.insert(field.into(), vec![b'n'; limit]);
+            assert!(Command::from_fields(&raw).is_ok(), "{field}");
+            raw.insert(field.into(), vec![b'n'; limit + 1]);
+            let err = Command::from_fields(&raw).unwrap_err();
+            assert!(
+                err.contains(&format!("over the limit of {limit}")),
+                "{field}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_deeply_nested_payload_is_refused() {
+        let mut raw = raw_of(&sample());
+        raw.insert(f::PAYLOAD.into(), "[".repeat(100_000).into_bytes());
+        let err = Command::from_fields(&raw).unwrap_err();
+        assert!(err.contains("limit of 127 levels"), "{err}");
     }
 }

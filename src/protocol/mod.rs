@@ -12,6 +12,7 @@ pub mod event;
 pub mod fields;
 pub mod ids;
 pub mod json;
+pub mod limits;
 pub mod reply;
 pub mod start;
 pub mod trace;
@@ -40,6 +41,8 @@ pub fn text_field<'a>(fields: &'a RawFields, name: &str) -> Result<Option<&'a st
         None => Ok(None),
         Some(bytes) => std::str::from_utf8(bytes)
             .map(Some)
-            .map_err(|_| format!("field `{name}` is not valid UTF-8")),
+            // Field names of the original starters' form are the sender's:
+            // quoted short, so that a reason never grows with the input.
+            .map_err(|_| format!("field `{}` is not valid UTF-8", limits::quote(name))),
     }
 }

@@ -1,18 +1,12 @@
 //! Starts: the entries a starter writes to a trigger stream.
 
 use super::fields as f;
+use super::limits::{
+    bounded_reason, entry_bytes, json_len, parse_json, quote, too_large, MAX_LEGACY_KEY_LEN,
+    MAX_LEGACY_START_FIELDS, MAX_NAME_LEN, MAX_START_ENTRY_BYTES, MAX_STORED_JSON_BYTES,
+};
 use super::{text_field, CorrelationId, RawFields, TraceParent};
 use serde_json::{Map, Value};
-
-/// Longest saga name or idempotency key accepted on a start.
-pub const MAX_NAME_LEN: usize = 128;
-/// Largest start entry accepted, all its field names and values together,
-/// in any form: a start carries ids and parameters, and everything in it is
-/// kept in the saga's record and repeated in its events.
-pub const MAX_START_BYTES: usize = 1 << 20;
-/// Largest `payload` accepted on a start: sagas carry ids and parameters,
-/// not bulk data, and every command of the saga repeats parts of it.
-pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
 /// A valid start, ready to become a saga.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,6 +46,33 @@ fn check_name(what: &str, s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// The input of a start in the original starters' form: every field that
+/// is not reserved becomes a string key of the input.
+fn legacy_input(fields: &RawFields) -> Result<Value, String> {
+    let keys: Vec<&String> = (fields.keys())
+        .filter(|k| !RESERVED.contains(&k.as_str()))
+        .collect();
+    if keys.len() > MAX_LEGACY_START_FIELDS {
+        return Err(format!(
+            "a start without `payload` has {} input fields, over the limit of {MAX_LEGACY_START_FIELDS}",
+            keys.len()
+        ));
+    }
+    let mut map = Map::new();
+    for key in keys {
+        if key.len() > MAX_LEGACY_KEY_LEN {
+            return Err(format!(
+                "input field `{}` is {} bytes long, over the limit of {MAX_LEGACY_KEY_LEN}",
+                quote(key),
+                key.len()
+            ));
+        }
+        let value = text_field(fields, key)?.unwrap_or_default();
+        map.insert(key.clone(), Value::String(value.to_owned()));
+    }
+    Ok(Value::Object(map))
+}
+
 impl StartRequest {
     pub fn from_fields(fields: &RawFields) -> Result<Self, StartError> {
         // Read the correlation id first so that a rejection can carry it.
@@ -62,9 +83,18 @@ impl StartRequest {
         };
         let valid_correlation = correlation_id.clone().and_then(Result::ok);
         let reject = |reason: String| StartError {
-            reason,
+            reason: bounded_reason(reason),
             correlation_id: valid_correlation.clone(),
         };
+        // Before anything is copied: the entry as a whole, in either form.
+        let size = entry_bytes(fields);
+        if size > MAX_START_ENTRY_BYTES {
+            return Err(reject(too_large(
+                "start entry",
+                size,
+                MAX_START_ENTRY_BYTES,
+            )));
+        }
         let correlation_id = match correlation_id {
             Some(Ok(id)) => id,
             Some(Err(e)) => return Err(reject(e)),
@@ -84,32 +114,24 @@ impl StartRequest {
 
         let input = match text(f::PAYLOAD)? {
             Some(payload) => {
-                if payload.len() > MAX_PAYLOAD_BYTES {
-                    return Err(reject(format!(
-                        "payload is {} bytes, the limit is {MAX_PAYLOAD_BYTES}",
-                        payload.len()
-                    )));
-                }
-                let value: Value = serde_json::from_str(payload)
+                let value = parse_json(payload)
                     .map_err(|e| reject(format!("payload is not valid JSON: {e}")))?;
                 if !value.is_object() {
                     return Err(reject("payload must be a JSON object".into()));
                 }
                 value
             }
-            None => {
-                // The original starters' form: every other field is an input key.
-                let mut map = Map::new();
-                for key in fields.keys() {
-                    if RESERVED.contains(&key.as_str()) {
-                        continue;
-                    }
-                    let value = text(key)?.unwrap_or_default();
-                    map.insert(key.clone(), Value::String(value.to_owned()));
-                }
-                Value::Object(map)
-            }
+            None => legacy_input(fields).map_err(reject)?,
         };
+        // As stored, the input may take more than its text did.
+        let stored = json_len(&input);
+        if stored > MAX_STORED_JSON_BYTES {
+            return Err(reject(too_large(
+                "input as stored",
+                stored,
+                MAX_STORED_JSON_BYTES,
+            )));
+        }
         Ok(Self {
             saga,
             input,
@@ -123,6 +145,7 @@ impl StartRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::limits::MAX_REASON_LEN;
     use serde_json::json;
 
     fn raw(pairs: &[(&str, &str)]) -> RawFields {
@@ -203,5 +226,83 @@ mod tests {
     fn an_invalid_traceparent_is_ignored() {
         let s = StartRequest::from_fields(&raw(&[("traceparent", "00-abc-def-01")])).unwrap();
         assert!(s.traceparent.is_none());
+    }
+
+    #[test]
+    fn an_entry_over_the_limit_is_rejected_in_either_form() {
+        let big = "x".repeat(2_000_000);
+        for name in ["area", "payload", "saga"] {
+            let err = StartRequest::from_fields(&raw(&[("correlation_id", "c-1"), (name, &big)]))
+                .unwrap_err();
+            assert!(
+                err.reason.contains("over the limit of 1048576 bytes"),
+                "{}",
+                err.reason
+            );
+            assert!(err.reason.len() <= MAX_REASON_LEN);
+            assert_eq!(err.correlation_id.unwrap().as_str(), "c-1");
+        }
+        // Just at the limit, the original form is accepted.
+        let value = "x".repeat(MAX_START_ENTRY_BYTES - "area".len());
+        let s = StartRequest::from_fields(&raw(&[("area", &value)])).unwrap();
+        assert_eq!(s.input["area"].as_str().map(str::len), Some(value.len()));
+    }
+
+    #[test]
+    fn the_original_form_is_bounded_in_fields_and_key_length() {
+        let fields: RawFields = (0..=MAX_LEGACY_START_FIELDS)
+            .map(|i| (format!("k{i}"), b"v".to_vec()))
+            .collect();
+        let err = StartRequest::from_fields(&fields).unwrap_err();
+        assert!(
+            err.reason.contains("over the limit of 64"),
+            "{}",
+            err.reason
+        );
+        let mut fields = fields;
+        fields.remove("k0");
+        assert!(StartRequest::from_fields(&fields).is_ok());
+
+        let key = "k".repeat(MAX_LEGACY_KEY_LEN + 1);
+        let err = StartRequest::from_fields(&raw(&[(&key, "v")])).unwrap_err();
+        assert!(
+            err.reason.contains("over the limit of 128"),
+            "{}",
+            err.reason
+        );
+        assert!(err.reason.len() <= MAX_REASON_LEN);
+        let key = "k".repeat(MAX_LEGACY_KEY_LEN);
+        assert!(StartRequest::from_fields(&raw(&[(&key, "v")])).is_ok());
+    }
+
+    #[test]
+    fn a_long_field_name_is_not_echoed() {
+        let mut fields = raw(&[]);
+        fields.insert("k".repeat(500_000), vec![0xff]);
+        let err = StartRequest::from_fields(&fields).unwrap_err();
+        assert!(err.reason.len() <= MAX_REASON_LEN, "{}", err.reason.len());
+    }
+
+    #[test]
+    fn a_deeply_nested_payload_is_rejected() {
+        let deep = format!(r#"{{"a":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        let err = StartRequest::from_fields(&raw(&[("payload", &deep)])).unwrap_err();
+        assert!(err.reason.contains("limit of 127 levels"), "{}", err.reason);
+    }
+
+    #[test]
+    fn an_input_that_grows_when_stored_is_bounded_as_stored() {
+        // Each control character is stored as six: `\u0001`.
+        let value = "\u{1}".repeat(500_000);
+        let err = StartRequest::from_fields(&raw(&[("area", &value)])).unwrap_err();
+        assert!(
+            err.reason
+                .contains("input as stored is 3000011 bytes, over the limit of 2097152"),
+            "{}",
+            err.reason
+        );
+        let payload = format!("{{\"n\":[{}1e5]}}", "1e5,".repeat(250_000));
+        let err = StartRequest::from_fields(&raw(&[("payload", &payload)])).unwrap_err();
+        assert!(err.reason.contains("input as stored"), "{}", err.reason);
     }
 }
