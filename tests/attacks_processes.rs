@@ -37,6 +37,8 @@ const WATCHED_LEASE_MS: u64 = 2000;
 const TOOK_OVER: &str = "took over the sagas of a daemon";
 /// The line a daemon logs when it claims starts another left unacknowledged.
 const TOOK_OVER_STARTS: &str = "took over starts left unacknowledged";
+/// The line a daemon logs when it created a saga for a start.
+const SAGA_CREATED: &str = r#""saga started","entry_id""#;
 /// What a daemon logs when it finds its own lease gone: the first is what
 /// the current daemon says, the second what it said before.
 const LEASE_LOST: [&str; 2] = [
@@ -495,17 +497,25 @@ async fn a_daemon_whose_clock_runs_ahead_takes_no_live_lease() {
             lost[0]
         ));
     }
+    let mut created = Vec::new();
     for daemon in [&mut skewed, &mut plain] {
         if !daemon.is_running() {
             problems.push(format!("{} exited", daemon.name()));
         }
+        created.push((
+            daemon.name().to_owned(),
+            log_lines(daemon, SAGA_CREATED).len(),
+        ));
+    }
+    if created.iter().any(|(_, n)| *n == 0) {
+        problems.push(format!("a daemon created no saga: {created:?}"));
     }
     problems.extend(audit(&events, &ids));
     problems.extend(stuck(&url).await);
     assert_none("two daemons, one 15 s ahead", &problems);
     assert_all_ended_as(&events, &ids, "saga_completed");
     eprintln!(
-        "{} sagas through a skewed daemon: {:?}",
+        "{} sagas through a skewed daemon, created by {created:?}: {:?}",
         ids.len(),
         began.elapsed()
     );
