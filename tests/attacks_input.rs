@@ -422,8 +422,8 @@ async fn a_write_refused_for_good_parks_the_saga_until_an_operator_retries_it() 
     ])
     .await;
     // The attempt under way when the saga was parked goes on from its
-    // recorded deadline: the reply it had is not applied again, so it
-    // times out (10 s) and is sent again.
+    // parked reply: allocate_resources completed once, and is not sent
+    // again.
     let ends_of = |events: &[Event]| -> Vec<String> {
         events
             .iter()
@@ -442,7 +442,24 @@ async fn a_write_refused_for_good_parks_the_saga_until_an_operator_retries_it() 
     handler.stop().await;
     daemon.stop().await;
     assert!(accepted, "retry accepted: {retried:?}");
-    assert_eq!(ends_of(log.poll().await), ["saga_failed", "saga_completed"]);
+    let events = log.poll().await;
+    assert_eq!(ends_of(events), ["saga_failed", "saga_completed"]);
+    let allocations = events
+        .iter()
+        .filter(|e| {
+            e.saga_id == saga_id
+                && e.event_type == "step_started"
+                && e.step.as_deref() == Some("allocate_resources")
+        })
+        .count();
+    assert_eq!(allocations, 1, "{}", describe(events));
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.saga_id == saga_id && e.event_type == "step_timed_out"),
+        "{}",
+        describe(events)
+    );
 }
 
 // -------------------------------------- 6. a refused operator's request

@@ -442,6 +442,8 @@ struct Driven<'a> {
     followed: Option<String>,
     /// Its spans and metrics, from the transitions written.
     telemetry: SagaTelemetry,
+    /// The final replies the transition under way applies.
+    finals: Vec<crate::protocol::Reply>,
     _in_flight: InFlight,
     _permit: OwnedSemaphorePermit,
 }
@@ -468,6 +470,7 @@ impl<'a> Driven<'a> {
             timer,
             followed: None,
             telemetry,
+            finals: Vec::new(),
             _in_flight: InFlight::enter(),
             _permit: permit,
         }
@@ -506,6 +509,8 @@ impl<'a> Driven<'a> {
                 .await
                 .expect("never closed");
             let mut receipts: Vec<Receipt> = receipt.into_iter().collect();
+            self.finals.clear();
+            self.keep_if_final(&event);
             let mut effects = saga::apply(
                 &mut self.state,
                 self.def,
@@ -543,6 +548,17 @@ impl<'a> Driven<'a> {
         Ended::Done
     }
 
+    /// Keeps a copy of a final reply about to be applied: if its transition
+    /// can never be written, the parked saga keeps it, to apply it again
+    /// when retried (the step it completed is not run again).
+    fn keep_if_final(&mut self, event: &Event) {
+        if let Event::Reply(reply) = event {
+            if reply.status.is_final() {
+                self.finals.push(reply.clone());
+            }
+        }
+    }
+
     /// True when a timeout is due but the reply stream of the attempt has
     /// not been read through its deadline yet: after a restart, or while
     /// Redis cannot be read, the reply may be waiting there.
@@ -577,6 +593,7 @@ impl<'a> Driven<'a> {
             };
             let (event, receipt) = event_of(inbound);
             receipts.extend(receipt);
+            self.keep_if_final(&event);
             let more = saga::apply(
                 &mut self.state,
                 self.def,
@@ -684,6 +701,7 @@ impl<'a> Driven<'a> {
             &mut state,
             self.def,
             reason.clone(),
+            std::mem::take(&mut self.finals),
             self.shared.now_ms(),
             &mut RandomIds,
         );
@@ -797,7 +815,7 @@ impl Drop for Driven<'_> {
 
 fn event_of(inbound: Inbound) -> (Event, Option<Receipt>) {
     match inbound {
-        Inbound::Reply(reply, receipt) => (Event::Reply(*reply), receipt),
+        Inbound::Reply(reply, receipt) => (Event::Reply(*reply), Some(receipt)),
         Inbound::Operator(request) => (Event::Operator(*request), None),
     }
 }

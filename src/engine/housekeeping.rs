@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 /// How often the housekeeping looks at what is due.
 const TICK: Duration = Duration::from_secs(1);
 
-/// How often trigger streams are trimmed: often, since starters may write
-/// thousands a second and only a trim caps them; a trim under the cap costs
-/// three short commands.
+/// How often trigger streams and the control stream are trimmed: often,
+/// since outside writers may add thousands a second and only a trim caps
+/// those streams; a trim under the cap costs a few short commands.
 const TRIGGER_TRIM_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) async fn run(shared: Arc<Shared>) {
@@ -36,6 +36,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
             }
             if triggers_trimmed_at.is_none_or(|at| at.elapsed() >= TRIGGER_TRIM_EVERY) {
                 trim_triggers(&shared, &mut conn).await?;
+                trim_control(&shared, &mut conn).await?;
                 triggers_trimmed_at = Some(Instant::now());
             }
             if trimmed_at.is_none_or(|at| at.elapsed() >= trim_every(&shared.settings)) {
@@ -209,10 +210,9 @@ pub fn command_stream_keep(retention: Duration, longest_timeout: Duration) -> Du
 }
 
 /// Trims the streams the daemon writes to entries younger than
-/// `stream_retention` (`XTRIM MINID ~`, so a little more may stay), and the
-/// control stream to its cap too (operators' requests come from outside,
-/// not always through an `XADD` that caps it). A command stream keeps its
-/// commands until a little past their longest timeout. Other daemons do
+/// `stream_retention` (`XTRIM MINID ~`, so a little more may stay). A
+/// command stream keeps its commands until a little past their longest
+/// timeout. Other daemons do
 /// the same: trimming twice is harmless.
 pub(super) async fn trim_streams(shared: &Shared) -> redis::RedisResult<()> {
     let mut conn = shared.conn.clone();
@@ -242,13 +242,38 @@ pub(super) async fn trim_streams(shared: &Shared) -> redis::RedisResult<()> {
             cut(now, command_stream_keep(settings.stream_retention, longest)),
         );
     }
-    pipe.cmd("XTRIM")
+    pipe.query_async::<()>(&mut conn).await
+}
+
+/// Trims the control stream to its cap and its retention, as often as the
+/// trigger streams: operators' requests may come through an `XADD` that
+/// does not cap it, a million at once.
+async fn trim_control(
+    shared: &Shared,
+    conn: &mut redis::aio::ConnectionManager,
+) -> redis::RedisResult<()> {
+    let settings = &shared.settings;
+    let below = cut(shared.now_ms(), settings.stream_retention);
+    redis::pipe()
+        .cmd("XTRIM")
         .arg(&settings.control_stream)
         .arg("MAXLEN")
         .arg("~")
         .arg(settings.control_maxlen)
-        .ignore();
-    pipe.query_async::<()>(&mut conn).await
+        // `~` alone removes at most 10,000 entries a call.
+        .arg("LIMIT")
+        .arg(0)
+        .ignore()
+        .cmd("XTRIM")
+        .arg(&settings.control_stream)
+        .arg("MINID")
+        .arg("~")
+        .arg(below.to_string())
+        .arg("LIMIT")
+        .arg(0)
+        .ignore()
+        .query_async(conn)
+        .await
 }
 
 /// The oldest entry of a trigger stream that the daemon group has not read

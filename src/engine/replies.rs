@@ -21,14 +21,22 @@
 use super::reconnect::ReadConnection;
 use super::Shared;
 use crate::protocol::limits::MAX_REPLY_ENTRY_BYTES;
-use crate::protocol::Reply;
-use crate::store::read::{self, oversized};
+use crate::protocol::{Reply, SagaId};
+use crate::store::read;
 use crate::store::transition::WAKE_FIELD;
 use crate::streams::{Entry, StreamId};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Bytes of reply entries routed to their sagas and not yet applied, at
+/// most: the reader waits (the replies wait in Redis) when sagas are
+/// slower than their replies. Parsed, a reply takes at most about twice its
+/// entry (its JSON is bounded in values, see
+/// [`crate::protocol::limits::MAX_JSON_VALUES`]), so this bounds what
+/// replies cost the daemon at about 128 MiB, whatever handlers send.
+pub(crate) const IN_HAND_BYTES: usize = 64 << 20;
 
 /// How often entries already applied are trimmed from the reply stream,
 /// and its expiry renewed.
@@ -43,6 +51,9 @@ pub(crate) struct ReplyState {
     /// entry has been read and routed.
     read_through: Mutex<HashMap<String, u64>>,
     unapplied: Arc<Unapplied>,
+    /// What the replies routed and not yet applied may take, in KiB of
+    /// their entries (see [`IN_HAND_BYTES`]).
+    in_hand: Arc<tokio::sync::Semaphore>,
     /// Host ms of the last successful read.
     read_at: AtomicU64,
 }
@@ -53,6 +64,7 @@ impl Default for ReplyState {
             followed: FollowedStreams::default(),
             read_through: Mutex::default(),
             unapplied: Arc::default(),
+            in_hand: Arc::new(tokio::sync::Semaphore::new(IN_HAND_BYTES >> 10)),
             // Readable until a read says otherwise.
             read_at: AtomicU64::new(super::clock::host_ms()),
         }
@@ -148,14 +160,10 @@ struct UnappliedInner {
 }
 
 impl Unapplied {
-    fn hold(self: &Arc<Self>, id: StreamId) -> Receipt {
+    fn hold(self: &Arc<Self>, id: StreamId) -> (Arc<Unapplied>, u64, StreamId) {
         let mut inner = self.inner.lock().expect("unapplied lock");
         *inner.ids.entry(id).or_insert(0) += 1;
-        Receipt {
-            unapplied: self.clone(),
-            generation: inner.generation,
-            id,
-        }
+        (self.clone(), inner.generation, id)
     }
 
     fn oldest(&self) -> Option<StreamId> {
@@ -171,30 +179,49 @@ impl Unapplied {
 }
 
 /// A reply routed and not yet applied: while it lives, its entry stays in
-/// the reply stream. Dropped once the reply's transition is written (or the
-/// reply is found to change nothing, or its saga is gone from here).
+/// this daemon's reply stream (if it came from there) and its share of the
+/// budget of replies in hand stays taken. Dropped once the reply's
+/// transition is written (or the reply is found to change nothing, or its
+/// saga is gone from here).
 pub(crate) struct Receipt {
-    unapplied: Arc<Unapplied>,
-    generation: u64,
-    id: StreamId,
+    /// The entry in this daemon's own stream, and the stream's generation.
+    held: Option<(Arc<Unapplied>, u64, StreamId)>,
+    _budget: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Receipt {
+    /// A receipt that holds nothing.
+    #[cfg(test)]
+    pub fn none() -> Self {
+        Self {
+            held: None,
+            _budget: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Receipt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Receipt({})", self.id)
+        match &self.held {
+            Some((_, _, id)) => write!(f, "Receipt({id})"),
+            None => f.write_str("Receipt"),
+        }
     }
 }
 
 impl Drop for Receipt {
     fn drop(&mut self) {
-        let mut inner = self.unapplied.inner.lock().expect("unapplied lock");
-        if inner.generation != self.generation {
+        let Some((unapplied, generation, id)) = &self.held else {
+            return;
+        };
+        let mut inner = unapplied.inner.lock().expect("unapplied lock");
+        if inner.generation != *generation {
             return;
         }
-        if let Some(count) = inner.ids.get_mut(&self.id) {
+        if let Some(count) = inner.ids.get_mut(id) {
             *count -= 1;
             if *count == 0 {
-                inner.ids.remove(&self.id);
+                inner.ids.remove(id);
             }
         }
     }
@@ -315,12 +342,13 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 continue;
             }
         };
-        for entry in &read.entries {
-            cursors.advance(entry);
-            route(&shared, &cursors.main, entry);
+        let drained = read.drained;
+        for entry in read.entries {
+            cursors.advance(&entry);
+            route(&shared, &cursors.main, entry).await;
         }
         // After routing: a saga that sees this time has its replies in hand.
-        if read.drained {
+        if drained {
             state.mark_read(&cursors.names(), through);
         }
         state
@@ -369,7 +397,22 @@ async fn skip_wrong_kinds(
     }
 }
 
-fn route(shared: &Shared, main: &str, entry: &Entry) {
+/// Reads a reply entry (or the marker of one too large to read).
+pub(crate) fn parse_reply(fields: &crate::protocol::RawFields) -> Result<Reply, String> {
+    let size = fields
+        .get(read::OVERSIZED_FIELD)
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+    match size {
+        Some(size) => Reply::oversized(fields, size),
+        None => Reply::from_fields(fields),
+    }
+}
+
+/// Hands one entry to the saga it is for. A reply for a saga driven here is
+/// parsed and delivered, once the budget of replies in hand has room for
+/// it (the reader waits meanwhile); one for a saga not driven here is kept
+/// unparsed for a while.
+async fn route(shared: &Shared, main: &str, entry: Entry) {
     if entry.fields.contains_key(WAKE_FIELD) {
         return;
     }
@@ -377,23 +420,53 @@ fn route(shared: &Shared, main: &str, entry: &Entry) {
         tracing::warn!(entry_id = %entry.id, stream = %entry.stream, reason = %why, "skipping a malformed reply");
         return;
     }
-    let parsed = match oversized(entry) {
-        Some(size) => Reply::oversized(&entry.fields, size),
-        None => Reply::from_fields(&entry.fields),
+    let saga_id = crate::protocol::text_field(&entry.fields, crate::protocol::fields::SAGA_ID)
+        .ok()
+        .flatten()
+        .and_then(SagaId::parse);
+    let Some(saga_id) = saga_id else {
+        // Without a saga id no saga here can take it.
+        return match Reply::from_fields(&entry.fields) {
+            Ok(_) => tracing::debug!(entry_id = %entry.id, "reply without a saga id; ignored"),
+            Err(why) => {
+                tracing::warn!(entry_id = %entry.id, stream = %entry.stream, reason = %why, "skipping a stray reply")
+            }
+        };
     };
-    match parsed {
+    let bytes = read::entry_bytes(&entry);
+    // Only this daemon's own stream is trimmed by it: the replies on it are
+    // held until applied.
+    let held = (entry.stream == main)
+        .then(|| StreamId::parse(&entry.id))
+        .flatten()
+        .map(|id| shared.replies.unapplied.hold(id));
+    if !shared.router.drives(&saga_id) {
+        let receipt = Receipt {
+            held,
+            _budget: None,
+        };
+        tracing::debug!(entry_id = %entry.id, %saga_id, "reply for no saga driven here; kept for a while");
+        return shared.router.keep(saga_id, entry.fields, receipt, bytes);
+    }
+    let kib = u32::try_from(bytes >> 10)
+        .unwrap_or(u32::MAX)
+        .saturating_add(1);
+    let budget = shared
+        .replies
+        .in_hand
+        .clone()
+        .acquire_many_owned(kib)
+        .await
+        .ok();
+    let receipt = Receipt {
+        held,
+        _budget: budget,
+    };
+    match parse_reply(&entry.fields) {
         Ok(reply) => {
-            // Only this daemon's own stream is trimmed by it: the replies
-            // on it are held until applied.
-            let receipt = (entry.stream == main)
-                .then(|| StreamId::parse(&entry.id))
-                .flatten()
-                .map(|id| shared.replies.unapplied.hold(id));
-            if !shared
-                .router
-                .route(Box::new(reply), receipt, read::entry_bytes(entry))
-            {
-                tracing::debug!(entry_id = %entry.id, "reply for no saga driven here; ignored");
+            if let Err((_, receipt)) = shared.router.deliver(&saga_id, Box::new(reply), receipt) {
+                // Its saga went meanwhile: kept, like any reply for no saga.
+                shared.router.keep(saga_id, entry.fields, receipt, bytes);
             }
         }
         Err(why) => {

@@ -3,11 +3,14 @@
 //!
 //! A reply can arrive before its saga's task exists here: a saga being taken
 //! over from another daemon is resumed a moment after the reader has read
-//! what was waiting for it. Replies that belong to no saga are therefore kept
-//! for a while, and handed over when a saga of that id registers.
+//! what was waiting for it. Replies that belong to no saga here are
+//! therefore kept for a while, as the fields they were read as (never
+//! parsed: a reply's JSON can take many times its size once parsed, and
+//! most kept replies are never asked for), and handed over, parsed, when a
+//! saga of that id registers.
 
-use super::replies::Receipt;
-use crate::protocol::{Reply, SagaId};
+use super::replies::{parse_reply, Receipt};
+use crate::protocol::{RawFields, Reply, SagaId};
 use crate::saga::OperatorRequest;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -17,17 +20,19 @@ use tokio::sync::mpsc;
 /// Each saga's inbox is unbounded on purpose: a reply reader that waited on
 /// one slow saga's inbox would hold up every other saga's replies, and a
 /// saga receives only a handful of replies per attempt (start, progress,
-/// final), so the inbox stays small. Replies travel boxed: a channel
+/// final), so the inbox stays small; what all inboxes hold together is
+/// bounded by the reader's budget of replies in hand (see
+/// [`super::replies::IN_HAND_BYTES`]). Replies travel boxed: a channel
 /// allocates its slots in blocks, and with thousands of sagas in flight
 /// pointer-sized slots keep those blocks small.
 pub type Inbox = mpsc::UnboundedReceiver<Inbound>;
 
-/// What a saga's task receives. A reply read from this daemon's own
-/// stream comes with its [`Receipt`]: the task drops it once the reply is
-/// applied, and only then may the entry be trimmed.
+/// What a saga's task receives. A reply comes with its [`Receipt`]: the
+/// task drops it once the reply is applied; only then may its entry be
+/// trimmed, and its share of the reader's budget be used again.
 #[derive(Debug)]
 pub enum Inbound {
-    Reply(Box<Reply>, Option<Receipt>),
+    Reply(Box<Reply>, Receipt),
     Operator(Box<OperatorRequest>),
 }
 
@@ -38,15 +43,16 @@ const KEPT_MAX: usize = 10_000;
 const KEPT_BYTES_MAX: usize = 64 << 20;
 const KEPT_FOR: Duration = Duration::from_secs(60);
 
-/// A reply waiting for its saga, with its entry's size.
-type Kept = (Reply, Option<Receipt>, usize);
+/// A reply waiting for its saga: its fields as read, its receipt, and its
+/// size.
+type Kept = (RawFields, Receipt, usize);
 
 #[derive(Default)]
 struct Inner {
     sagas: HashMap<SagaId, mpsc::UnboundedSender<Inbound>>,
     /// Unrouted replies by saga, and the order they came in, for expiry.
     kept: HashMap<SagaId, Vec<Kept>>,
-    kept_order: VecDeque<(Instant, SagaId, usize)>,
+    kept_order: VecDeque<(Instant, SagaId)>,
     kept_bytes: usize,
 }
 
@@ -64,9 +70,14 @@ impl Router {
             return None;
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        for (reply, receipt, bytes) in inner.kept.remove(&saga_id).unwrap_or_default() {
+        for (fields, receipt, bytes) in inner.kept.remove(&saga_id).unwrap_or_default() {
             inner.kept_bytes -= bytes;
-            let _ = tx.send(Inbound::Reply(Box::new(reply), receipt));
+            match parse_reply(&fields) {
+                Ok(reply) => {
+                    let _ = tx.send(Inbound::Reply(Box::new(reply), receipt));
+                }
+                Err(why) => tracing::warn!(%why, "skipping a stray reply"),
+            }
         }
         inner.sagas.insert(saga_id, tx);
         Some(rx)
@@ -80,32 +91,44 @@ impl Router {
             .remove(saga_id);
     }
 
-    /// Delivers a reply to its saga; false when no saga here owns it (it
-    /// is kept for a while in case its saga registers). `bytes` is the size
-    /// of its entry, for the bound on what is kept.
-    pub fn route(&self, reply: Box<Reply>, receipt: Option<Receipt>, bytes: usize) -> bool {
-        let Some(saga_id) = reply.saga_id.clone() else {
-            return false;
+    /// True when a task of this daemon drives `saga_id`.
+    pub fn drives(&self, saga_id: &SagaId) -> bool {
+        let inner = self.inner.lock().expect("router lock");
+        inner.sagas.get(saga_id).is_some_and(|tx| !tx.is_closed())
+    }
+
+    /// Delivers a parsed reply to the task driving its saga; gives it back
+    /// when there is none (any more).
+    pub fn deliver(
+        &self,
+        saga_id: &SagaId,
+        reply: Box<Reply>,
+        receipt: Receipt,
+    ) -> Result<(), (Box<Reply>, Receipt)> {
+        let inner = self.inner.lock().expect("router lock");
+        let Some(tx) = inner.sagas.get(saga_id) else {
+            return Err((reply, receipt));
         };
+        tx.send(Inbound::Reply(reply, receipt))
+            .map_err(|unsent| match unsent.0 {
+                Inbound::Reply(reply, receipt) => (reply, receipt),
+                Inbound::Operator(_) => unreachable!("a reply was sent"),
+            })
+    }
+
+    /// Keeps a reply for a saga no task here drives, as its fields, in
+    /// case the saga registers soon. `bytes` is the size of its entry, for
+    /// the bound on what is kept; the oldest go first.
+    pub fn keep(&self, saga_id: SagaId, fields: RawFields, receipt: Receipt, bytes: usize) {
         let mut inner = self.inner.lock().expect("router lock");
-        let (reply, receipt) = match inner.sagas.get(&saga_id) {
-            Some(tx) => match tx.send(Inbound::Reply(reply, receipt)) {
-                Ok(()) => return true,
-                Err(unsent) => match unsent.0 {
-                    Inbound::Reply(reply, receipt) => (reply, receipt),
-                    Inbound::Operator(_) => unreachable!("a reply was sent"),
-                },
-            },
-            None => (reply, receipt),
-        };
         let now = Instant::now();
-        while let Some((at, _, _)) = inner.kept_order.front() {
+        while let Some((at, _)) = inner.kept_order.front() {
             let fits =
                 inner.kept_order.len() < KEPT_MAX && inner.kept_bytes + bytes <= KEPT_BYTES_MAX;
             if now.duration_since(*at) <= KEPT_FOR && fits {
                 break;
             }
-            let (_, old, _) = inner.kept_order.pop_front().expect("checked");
+            let (_, old) = inner.kept_order.pop_front().expect("checked");
             let dropped: usize = inner
                 .kept
                 .remove(&old)
@@ -113,22 +136,15 @@ impl Router {
             inner.kept_bytes -= dropped;
         }
         if bytes > KEPT_BYTES_MAX {
-            return false;
+            return;
         }
         inner.kept_bytes += bytes;
         inner
             .kept
             .entry(saga_id.clone())
             .or_default()
-            .push((*reply, receipt, bytes));
-        inner.kept_order.push_back((now, saga_id, bytes));
-        false
-    }
-
-    /// True when a task of this daemon drives `saga_id`.
-    pub fn drives(&self, saga_id: &SagaId) -> bool {
-        let inner = self.inner.lock().expect("router lock");
-        inner.sagas.get(saga_id).is_some_and(|tx| !tx.is_closed())
+            .push((fields, receipt, bytes));
+        inner.kept_order.push_back((now, saga_id));
     }
 
     /// Hands an operator's request to its saga's task; false when no task
@@ -144,38 +160,39 @@ impl Router {
     pub fn len(&self) -> usize {
         self.inner.lock().expect("router lock").sagas.len()
     }
+
+    #[cfg(test)]
+    fn kept_bytes(&self) -> usize {
+        self.inner.lock().expect("router lock").kept_bytes
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::ReplyStatus;
 
-    fn reply(saga: &SagaId) -> Reply {
-        Reply {
-            saga_id: Some(saga.clone()),
-            request_id: None,
-            event_type: None,
-            correlation_id: None,
-            traceparent: None,
-            status: ReplyStatus::Start,
-            timestamp_ms: None,
-        }
+    fn fields(saga: &SagaId, status: &str) -> RawFields {
+        [("saga_id", saga.as_str()), ("status", status)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
+            .collect()
     }
 
     #[test]
     fn replies_that_come_first_wait_for_their_saga() {
         let router = Router::default();
         let (a, b) = (SagaId::generate(), SagaId::generate());
-        assert!(!router.route(Box::new(reply(&a)), None, 100));
-        assert!(!router.route(Box::new(reply(&b)), None, 100));
+        router.keep(a.clone(), fields(&a, "start"), Receipt::none(), 100);
+        router.keep(b.clone(), fields(&b, "start"), Receipt::none(), 100);
         let mut inbox = router.register(a.clone()).unwrap();
         let Inbound::Reply(first, _) = inbox.try_recv().unwrap() else {
             panic!("a reply")
         };
         assert_eq!(first.saga_id.as_ref(), Some(&a));
         assert!(inbox.try_recv().is_err());
-        assert!(router.route(Box::new(reply(&a)), None, 100));
+        assert!(router.drives(&a));
+        let reply = Box::new(parse_reply(&fields(&a, "start")).unwrap());
+        assert!(router.deliver(&a, reply, Receipt::none()).is_ok());
         assert!(router.register(a.clone()).is_none(), "driven already");
         let mut inbox_b = router.register(b.clone()).unwrap();
         let Inbound::Reply(first, _) = inbox_b.try_recv().unwrap() else {
@@ -188,7 +205,8 @@ mod tests {
     fn kept_replies_are_bounded() {
         let router = Router::default();
         for _ in 0..KEPT_MAX + 10 {
-            router.route(Box::new(reply(&SagaId::generate())), None, 100);
+            let saga = SagaId::generate();
+            router.keep(saga.clone(), fields(&saga, "start"), Receipt::none(), 100);
         }
         {
             let inner = router.inner.lock().unwrap();
@@ -196,9 +214,18 @@ mod tests {
         }
         // A hundred replies of 1 MiB for sagas never seen: bounded by bytes.
         for _ in 0..100 {
-            router.route(Box::new(reply(&SagaId::generate())), None, 1 << 20);
+            let saga = SagaId::generate();
+            router.keep(
+                saga.clone(),
+                fields(&saga, "start"),
+                Receipt::none(),
+                1 << 20,
+            );
         }
-        let inner = router.inner.lock().unwrap();
-        assert!(inner.kept_bytes <= KEPT_BYTES_MAX, "{}", inner.kept_bytes);
+        assert!(
+            router.kept_bytes() <= KEPT_BYTES_MAX,
+            "{}",
+            router.kept_bytes()
+        );
     }
 }

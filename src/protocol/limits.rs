@@ -86,6 +86,50 @@ pub const MAX_REASON_LEN: usize = 256;
 /// can exhaust the stack. Real payloads nest a few levels.
 pub const MAX_JSON_DEPTH: usize = 127;
 
+/// Most JSON values (every array element, object member and nested value
+/// counted) in a saga's input or a step's result. Parsed, each value costs
+/// the daemon about a hundred bytes whatever its text: `[0,0,0,...]` of
+/// 1 MiB is half a million values, some 30 MiB in memory. Ten thousand
+/// keeps any input or result within about a megabyte parsed, far above
+/// what ids and parameters need.
+pub const MAX_JSON_VALUES: usize = 10_000;
+
+/// An upper bound on the number of JSON values in `text`, found without
+/// parsing it: one, plus one for every `[`, `{`, `,` and `:` outside
+/// strings.
+pub fn json_values(text: &str) -> usize {
+    let (mut count, mut in_string, mut escaped) = (1usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' | b',' | b':' => count += 1,
+                _ => {}
+            }
+        }
+    }
+    count
+}
+
+/// Parses an input or a result: JSON text within the depth limit and with
+/// at most [`MAX_JSON_VALUES`] values, refused before it is parsed.
+pub fn parse_bounded_json(text: &str) -> Result<serde_json::Value, String> {
+    let values = json_values(text);
+    if values > MAX_JSON_VALUES {
+        return Err(format!(
+            "it holds up to {values} JSON values, over the limit of {MAX_JSON_VALUES}"
+        ));
+    }
+    parse_json(text)
+}
+
 /// How many bytes an entry's field names and values take together.
 pub fn entry_bytes(fields: &RawFields) -> usize {
     fields
@@ -169,6 +213,19 @@ mod tests {
 
     fn nested(depth: usize) -> String {
         format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    #[test]
+    fn json_values_are_counted_without_parsing() {
+        assert_eq!(json_values("1"), 1);
+        assert_eq!(json_values(r#"{"a":[1,2],"b":"x,y:[{"}"#), 7);
+        assert_eq!(json_values(r#""a\"b,c""#), 1);
+        let many = format!("[{}0]", "0,".repeat(MAX_JSON_VALUES));
+        assert!(parse_bounded_json(&many)
+            .unwrap_err()
+            .contains("JSON values"));
+        let fine = format!("[{}0]", "0,".repeat(MAX_JSON_VALUES - 3));
+        assert!(parse_bounded_json(&fine).is_ok());
     }
 
     #[test]

@@ -3,15 +3,17 @@
 
 use super::fields as f;
 use super::limits::{
-    bounded_reason, entry_bytes, json_len, parse_json, quote, too_large, truncate_text,
+    bounded_reason, entry_bytes, json_len, parse_bounded_json, quote, too_large, truncate_text,
     MAX_ERROR_LEN, MAX_NAME_LEN, MAX_PROGRESS_DETAILS_BYTES, MAX_REPLY_ENTRY_BYTES,
     MAX_STORED_JSON_BYTES,
 };
 use super::{text_field, CorrelationId, RawFields, RequestId, SagaId, TraceParent, UnixMillis};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// What a reply says about its exchange.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
 pub enum ReplyStatus {
     /// The handler took the command.
     Start,
@@ -45,8 +47,9 @@ impl ReplyStatus {
     }
 }
 
-/// One reply, parsed once at the edge.
-#[derive(Clone, Debug, PartialEq)]
+/// One reply, parsed once at the edge. Serializable so that a saga set
+/// aside with a reply it could not record keeps that reply in its record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Reply {
     pub saga_id: Option<SagaId>,
     /// Absent in the original handlers' replies: such a reply is matched to
@@ -180,7 +183,7 @@ fn error_text(s: &str) -> String {
 fn legacy_payload(fields: &RawFields) -> Result<Option<Value>, String> {
     match text_field(fields, f::PAYLOAD)? {
         None => Ok(None),
-        Some(text) => parse_json(text)
+        Some(text) => parse_bounded_json(text)
             .map(Some)
             .map_err(|e| format!("payload is not JSON: {e}")),
     }
@@ -196,7 +199,7 @@ fn read_status(fields: &RawFields) -> Result<ReplyStatus, String> {
         "start" => ReplyStatus::Start,
         "progress" => read_progress(fields)?,
         "completed" => match text_field(fields, f::RESULT)? {
-            Some(text) => match parse_json(text) {
+            Some(text) => match parse_bounded_json(text) {
                 Ok(result) => ReplyStatus::Completed { result },
                 Err(e) => ReplyStatus::Unreadable {
                     reason: format!("result is not JSON: {e}"),

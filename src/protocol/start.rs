@@ -2,8 +2,9 @@
 
 use super::fields as f;
 use super::limits::{
-    bounded_reason, entry_bytes, json_len, parse_json, quote, too_large, MAX_LEGACY_KEY_LEN,
-    MAX_LEGACY_START_FIELDS, MAX_NAME_LEN, MAX_START_ENTRY_BYTES, MAX_STORED_JSON_BYTES,
+    bounded_reason, entry_bytes, json_len, parse_bounded_json, quote, too_large,
+    MAX_LEGACY_KEY_LEN, MAX_LEGACY_START_FIELDS, MAX_NAME_LEN, MAX_START_ENTRY_BYTES,
+    MAX_STORED_JSON_BYTES,
 };
 use super::{text_field, CorrelationId, RawFields, TraceParent};
 use serde_json::{Map, Value};
@@ -114,7 +115,7 @@ impl StartRequest {
 
         let input = match text(f::PAYLOAD)? {
             Some(payload) => {
-                let value = parse_json(payload)
+                let value = parse_bounded_json(payload)
                     .map_err(|e| reject(format!("payload is not valid JSON: {e}")))?;
                 if !value.is_object() {
                     return Err(reject("payload must be a JSON object".into()));

@@ -74,11 +74,15 @@ pub struct Failure {
 
 /// Why a saga was set aside as failed: one of its transitions could never
 /// be written (a key of the wrong kind, a state too large). It keeps the
-/// phase it was in, to carry on from there when an operator retries it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// phase it was in, and the final replies that transition would have
+/// recorded, to carry on from there when an operator retries it: a step
+/// that completed is not run again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Parked {
     pub phase: Phase,
     pub reason: String,
+    #[serde(default)]
+    pub replies: Vec<crate::protocol::Reply>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

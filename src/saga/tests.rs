@@ -777,3 +777,64 @@ fn a_stuck_saga_is_retried_skipped_or_abandoned() {
         "abandoned: refused"
     );
 }
+
+#[test]
+fn a_parked_saga_is_retried_with_the_reply_it_could_not_record() {
+    let (mut h, _) = Harness::new();
+    // The last state written: awaiting allocate's reply. Its completion
+    // could not be written (say the next step's stream is the wrong kind).
+    let written = h.state.clone();
+    let request = h.current_request();
+    h.complete(json!({"robot_ids": ["r1"]}));
+    let completed = Reply {
+        saga_id: Some(h.state.saga_id.clone()),
+        request_id: Some(request),
+        event_type: None,
+        correlation_id: None,
+        traceparent: None,
+        status: ReplyStatus::Completed {
+            result: json!({"robot_ids": ["r1"]}),
+        },
+        timestamp_ms: None,
+    };
+    h.state = written;
+    let effects = park(
+        &mut h.state,
+        &h.def,
+        "a transition cannot be written".into(),
+        vec![completed],
+        h.now,
+        &mut h.ids,
+    );
+    h.log.extend(effects.clone());
+    assert_eq!(h.state.phase, Phase::Failed);
+    assert!(effects.contains(&Effect::Finish));
+    let failed = h.last_event_payload(EventType::SagaFailed);
+    assert_eq!(failed["parked"], true);
+    assert_eq!(failed["failed_step"], "allocate");
+    // Parked sagas are not skipped by hand: retried or abandoned.
+    h.apply(operator(Action::Skip {
+        step: "allocate".into(),
+    }));
+    assert!(h.last_event_payload(EventType::OperatorAction)["refused"].is_string());
+    // Retried: allocate's reply is applied, not sent again.
+    let effects = h.apply(operator(Action::Retry));
+    assert_eq!(h.state.phase, Phase::Running);
+    assert!(h.state.parked.is_none());
+    assert_eq!(
+        h.state.results["allocate"].text(),
+        r#"{"robot_ids":["r1"]}"#
+    );
+    let sent: Vec<&str> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send { command, .. } => Some(command.step.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, ["plan"], "the next step, not allocate again");
+    // The record round-trips with its parked replies.
+    let encoded = serde_json::to_string(&h.state).unwrap();
+    let back: SagaState = serde_json::from_str(&encoded).unwrap();
+    assert_eq!(back, h.state);
+}

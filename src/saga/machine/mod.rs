@@ -137,12 +137,14 @@ pub fn apply(
 
 /// Sets a saga aside as failed because one of its transitions can never
 /// be written: `state` is its last state written, `reason` why the next
-/// one cannot be. It ends `saga_failed` (an operator can retry it once the
+/// one cannot be, `replies` the final replies that transition applied
+/// (kept, to be applied again when the saga is retried). It ends `saga_failed` (an operator can retry it once the
 /// cause is mended, or abandon it), keeping the phase it was in.
 pub fn park(
     state: &mut SagaState,
     def: &SagaDefinition,
     reason: String,
+    replies: Vec<Reply>,
     now: UnixMillis,
     ids: &mut dyn IdSource,
 ) -> Vec<Effect> {
@@ -156,7 +158,7 @@ pub fn park(
         ids,
         effects: Vec::new(),
     };
-    m.park(reason);
+    m.park(reason, replies);
     m.finish()
 }
 

@@ -5,7 +5,7 @@
 //! who asked and why.
 
 use super::Machine;
-use crate::protocol::EventType;
+use crate::protocol::{EventType, Reply};
 use crate::saga::state::{Parked, Phase, Waiting};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -87,8 +87,11 @@ impl Machine<'_> {
                 let step = self.current_step();
                 match &request.action {
                     Action::Retry => {
-                        self.unpark();
+                        let replies = self.unpark();
                         self.emit_action(request, None, step.as_deref());
+                        for reply in replies {
+                            self.on_reply(reply);
+                        }
                     }
                     Action::Abandon => {
                         self.state.abandoned = true;
@@ -148,13 +151,14 @@ impl Machine<'_> {
     }
 
     /// Sets a saga aside as failed (see [`crate::saga::park`]).
-    pub(in crate::saga) fn park(&mut self, reason: String) {
+    pub(in crate::saga) fn park(&mut self, reason: String, replies: Vec<Reply>) {
         let phase = self.state.phase;
         let step = self.current_step();
         let compensating = phase == Phase::Compensating;
         self.state.parked = Some(Parked {
             phase,
             reason: reason.clone(),
+            replies,
         });
         self.state.phase = Phase::Failed;
         self.state.ended_at_ms = Some(self.now);
@@ -173,14 +177,18 @@ impl Machine<'_> {
         self.emit(EventType::SagaFailed, step.as_deref(), payload);
     }
 
-    /// Back to the phase a parked saga was in; its attempt under way (if
-    /// any) goes on from its recorded deadline or backoff.
-    fn unpark(&mut self) {
-        if let Some(parked) = self.state.parked.take() {
-            self.state.rescues += 1;
-            self.state.phase = parked.phase;
-            self.state.ended_at_ms = None;
-        }
+    /// Back to the phase a parked saga was in. Returns the final replies
+    /// it could not record, to be applied again; its attempt under way (if
+    /// still under way after them) goes on from its recorded deadline or
+    /// backoff.
+    fn unpark(&mut self) -> Vec<Reply> {
+        let Some(parked) = self.state.parked.take() else {
+            return Vec::new();
+        };
+        self.state.rescues += 1;
+        self.state.phase = parked.phase;
+        self.state.ended_at_ms = None;
+        parked.replies
     }
 
     /// The step of the exchange under way, if any.
