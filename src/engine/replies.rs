@@ -446,7 +446,10 @@ async fn route(shared: &Shared, main: &str, entry: Entry) {
             _budget: None,
         };
         tracing::debug!(entry_id = %entry.id, %saga_id, "reply for no saga driven here; kept for a while");
-        return shared.router.keep(saga_id, entry.fields, receipt, bytes);
+        let reached_ms = StreamId::parse(&entry.id).map(StreamId::ms);
+        return shared
+            .router
+            .keep(saga_id, entry.fields, reached_ms, receipt, bytes);
     }
     let kib = u32::try_from(bytes >> 10)
         .unwrap_or(u32::MAX)
@@ -463,10 +466,14 @@ async fn route(shared: &Shared, main: &str, entry: Entry) {
         _budget: budget,
     };
     match parse_reply(&entry.fields) {
-        Ok(reply) => {
+        Ok(mut reply) => {
+            reply.reached_ms = StreamId::parse(&entry.id).map(StreamId::ms);
             if let Err((_, receipt)) = shared.router.deliver(&saga_id, Box::new(reply), receipt) {
                 // Its saga went meanwhile: kept, like any reply for no saga.
-                shared.router.keep(saga_id, entry.fields, receipt, bytes);
+                let reached_ms = StreamId::parse(&entry.id).map(StreamId::ms);
+                shared
+                    .router
+                    .keep(saga_id, entry.fields, reached_ms, receipt, bytes);
             }
         }
         Err(why) => {

@@ -43,9 +43,9 @@ const KEPT_MAX: usize = 10_000;
 const KEPT_BYTES_MAX: usize = 64 << 20;
 const KEPT_FOR: Duration = Duration::from_secs(60);
 
-/// A reply waiting for its saga: its fields as read, its receipt, and its
-/// size.
-type Kept = (RawFields, Receipt, usize);
+/// A reply waiting for its saga: its fields as read, when it reached Redis,
+/// its receipt, and its size.
+type Kept = (RawFields, Option<u64>, Receipt, usize);
 
 #[derive(Default)]
 struct Inner {
@@ -70,10 +70,12 @@ impl Router {
             return None;
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        for (fields, receipt, bytes) in inner.kept.remove(&saga_id).unwrap_or_default() {
+        for (fields, reached_ms, receipt, bytes) in inner.kept.remove(&saga_id).unwrap_or_default()
+        {
             inner.kept_bytes -= bytes;
             match parse_reply(&fields) {
-                Ok(reply) => {
+                Ok(mut reply) => {
+                    reply.reached_ms = reached_ms;
                     let _ = tx.send(Inbound::Reply(Box::new(reply), receipt));
                 }
                 Err(why) => tracing::warn!(%why, "skipping a stray reply"),
@@ -119,7 +121,14 @@ impl Router {
     /// Keeps a reply for a saga no task here drives, as its fields, in
     /// case the saga registers soon. `bytes` is the size of its entry, for
     /// the bound on what is kept; the oldest go first.
-    pub fn keep(&self, saga_id: SagaId, fields: RawFields, receipt: Receipt, bytes: usize) {
+    pub fn keep(
+        &self,
+        saga_id: SagaId,
+        fields: RawFields,
+        reached_ms: Option<u64>,
+        receipt: Receipt,
+        bytes: usize,
+    ) {
         let mut inner = self.inner.lock().expect("router lock");
         let now = Instant::now();
         while let Some((at, _)) = inner.kept_order.front() {
@@ -129,10 +138,9 @@ impl Router {
                 break;
             }
             let (_, old) = inner.kept_order.pop_front().expect("checked");
-            let dropped: usize = inner
-                .kept
-                .remove(&old)
-                .map_or(0, |replies| replies.iter().map(|(_, _, bytes)| bytes).sum());
+            let dropped: usize = inner.kept.remove(&old).map_or(0, |replies| {
+                replies.iter().map(|(_, _, _, bytes)| bytes).sum()
+            });
             inner.kept_bytes -= dropped;
         }
         if bytes > KEPT_BYTES_MAX {
@@ -143,7 +151,7 @@ impl Router {
             .kept
             .entry(saga_id.clone())
             .or_default()
-            .push((fields, receipt, bytes));
+            .push((fields, reached_ms, receipt, bytes));
         inner.kept_order.push_back((now, saga_id));
     }
 
@@ -182,8 +190,8 @@ mod tests {
     fn replies_that_come_first_wait_for_their_saga() {
         let router = Router::default();
         let (a, b) = (SagaId::generate(), SagaId::generate());
-        router.keep(a.clone(), fields(&a, "start"), Receipt::none(), 100);
-        router.keep(b.clone(), fields(&b, "start"), Receipt::none(), 100);
+        router.keep(a.clone(), fields(&a, "start"), None, Receipt::none(), 100);
+        router.keep(b.clone(), fields(&b, "start"), None, Receipt::none(), 100);
         let mut inbox = router.register(a.clone()).unwrap();
         let Inbound::Reply(first, _) = inbox.try_recv().unwrap() else {
             panic!("a reply")
@@ -206,7 +214,13 @@ mod tests {
         let router = Router::default();
         for _ in 0..KEPT_MAX + 10 {
             let saga = SagaId::generate();
-            router.keep(saga.clone(), fields(&saga, "start"), Receipt::none(), 100);
+            router.keep(
+                saga.clone(),
+                fields(&saga, "start"),
+                None,
+                Receipt::none(),
+                100,
+            );
         }
         {
             let inner = router.inner.lock().unwrap();
@@ -218,6 +232,7 @@ mod tests {
             router.keep(
                 saga.clone(),
                 fields(&saga, "start"),
+                None,
                 Receipt::none(),
                 1 << 20,
             );

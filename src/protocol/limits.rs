@@ -94,11 +94,12 @@ pub const MAX_JSON_DEPTH: usize = 127;
 /// what ids and parameters need.
 pub const MAX_JSON_VALUES: usize = 10_000;
 
-/// An upper bound on the number of JSON values in `text`, found without
-/// parsing it: one, plus one for every `[`, `{`, `,` and `:` outside
-/// strings.
-pub fn json_values(text: &str) -> usize {
-    let (mut count, mut in_string, mut escaped) = (1usize, false, false);
+/// An upper bound on the number of JSON values in `text`, and how deep its
+/// arrays and objects nest, found without parsing it: one value, plus one
+/// for every `[`, `{`, `,` and `:` outside strings.
+pub fn json_shape(text: &str) -> (usize, usize) {
+    let (mut count, mut depth, mut deepest) = (1usize, 0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
     for b in text.bytes() {
         if in_string {
             match b {
@@ -110,23 +111,58 @@ pub fn json_values(text: &str) -> usize {
         } else {
             match b {
                 b'"' => in_string = true,
-                b'[' | b'{' | b',' | b':' => count += 1,
+                b'[' | b'{' => {
+                    count += 1;
+                    depth += 1;
+                    deepest = deepest.max(depth);
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                b',' | b':' => count += 1,
                 _ => {}
             }
         }
     }
-    count
+    (count, deepest)
+}
+
+/// What is wrong with the shape of JSON text, found before it is parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShapeError {
+    /// Nested deeper than [`MAX_JSON_DEPTH`].
+    TooDeep(String),
+    /// More than [`MAX_JSON_VALUES`] values.
+    TooMany(String),
+}
+
+impl std::fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShapeError::TooDeep(why) | ShapeError::TooMany(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Checks the depth and the number of values of JSON text without parsing
+/// it, so that neither a deep nor a vast structure is ever built.
+pub fn check_shape(text: &str) -> Result<(), ShapeError> {
+    let (values, depth) = json_shape(text);
+    if depth > MAX_JSON_DEPTH {
+        return Err(ShapeError::TooDeep(format!(
+            "nested {depth} levels deep, deeper than the limit of {MAX_JSON_DEPTH} levels"
+        )));
+    }
+    if values > MAX_JSON_VALUES {
+        return Err(ShapeError::TooMany(format!(
+            "it holds up to {values} JSON values, over the limit of {MAX_JSON_VALUES}"
+        )));
+    }
+    Ok(())
 }
 
 /// Parses an input or a result: JSON text within the depth limit and with
 /// at most [`MAX_JSON_VALUES`] values, refused before it is parsed.
 pub fn parse_bounded_json(text: &str) -> Result<serde_json::Value, String> {
-    let values = json_values(text);
-    if values > MAX_JSON_VALUES {
-        return Err(format!(
-            "it holds up to {values} JSON values, over the limit of {MAX_JSON_VALUES}"
-        ));
-    }
+    check_shape(text).map_err(|e| e.to_string())?;
     parse_json(text)
 }
 
@@ -217,9 +253,9 @@ mod tests {
 
     #[test]
     fn json_values_are_counted_without_parsing() {
-        assert_eq!(json_values("1"), 1);
-        assert_eq!(json_values(r#"{"a":[1,2],"b":"x,y:[{"}"#), 7);
-        assert_eq!(json_values(r#""a\"b,c""#), 1);
+        assert_eq!(json_shape("1"), (1, 0));
+        assert_eq!(json_shape(r#"{"a":[1,2],"b":"x,y:[{"}"#), (7, 2));
+        assert_eq!(json_shape(r#""a\"b,c""#), (1, 0));
         let many = format!("[{}0]", "0,".repeat(MAX_JSON_VALUES));
         assert!(parse_bounded_json(&many)
             .unwrap_err()

@@ -3,9 +3,9 @@
 
 use super::fields as f;
 use super::limits::{
-    bounded_reason, entry_bytes, json_len, parse_bounded_json, quote, too_large, truncate_text,
-    MAX_ERROR_LEN, MAX_NAME_LEN, MAX_PROGRESS_DETAILS_BYTES, MAX_REPLY_ENTRY_BYTES,
-    MAX_STORED_JSON_BYTES,
+    bounded_reason, check_shape, entry_bytes, json_len, parse_bounded_json, parse_json, quote,
+    too_large, truncate_text, ShapeError, MAX_ERROR_LEN, MAX_NAME_LEN, MAX_PROGRESS_DETAILS_BYTES,
+    MAX_REPLY_ENTRY_BYTES, MAX_STORED_JSON_BYTES,
 };
 use super::{text_field, CorrelationId, RawFields, RequestId, SagaId, TraceParent, UnixMillis};
 use serde::{Deserialize, Serialize};
@@ -64,6 +64,11 @@ pub struct Reply {
     pub status: ReplyStatus,
     /// The handler's clock, in ms (the original handlers write seconds).
     pub timestamp_ms: Option<UnixMillis>,
+    /// When the reply reached Redis, on Redis's clock (its entry id), when
+    /// the reader knows it: a final reply that reached Redis after its
+    /// attempt's deadline is late, whenever it is read.
+    #[serde(default)]
+    pub reached_ms: Option<UnixMillis>,
 }
 
 /// Unix timestamps below this are read as seconds: 10^11 ms is March 1973,
@@ -150,6 +155,7 @@ impl Reply {
             traceparent: text_field(fields, f::TRACEPARENT)?.and_then(TraceParent::parse),
             status,
             timestamp_ms: text_field(fields, f::TIMESTAMP)?.and_then(parse_timestamp),
+            reached_ms: None,
         })
     }
 }
@@ -199,10 +205,21 @@ fn read_status(fields: &RawFields) -> Result<ReplyStatus, String> {
         "start" => ReplyStatus::Start,
         "progress" => read_progress(fields)?,
         "completed" => match text_field(fields, f::RESULT)? {
-            Some(text) => match parse_bounded_json(text) {
-                Ok(result) => ReplyStatus::Completed { result },
-                Err(e) => ReplyStatus::Unreadable {
-                    reason: format!("result is not JSON: {e}"),
+            Some(text) => match check_shape(text) {
+                // It would be refused again: a failure for good, like an
+                // oversized reply.
+                Err(ShapeError::TooMany(why)) => ReplyStatus::Failed {
+                    error: format!("result: {why}"),
+                    retryable: false,
+                },
+                Err(ShapeError::TooDeep(why)) => ReplyStatus::Unreadable {
+                    reason: format!("result is not JSON: {why}"),
+                },
+                Ok(()) => match parse_json(text) {
+                    Ok(result) => ReplyStatus::Completed { result },
+                    Err(e) => ReplyStatus::Unreadable {
+                        reason: format!("result is not JSON: {e}"),
+                    },
                 },
             },
             None => match legacy_payload(fields) {
@@ -601,7 +618,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             r.status,
-            ReplyStatus::Failed { error, retryable: false } if error.contains("result as stored")
+            ReplyStatus::Failed { error, retryable: false } if error.contains("JSON values")
         ));
     }
 }

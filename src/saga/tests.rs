@@ -97,6 +97,7 @@ impl Harness {
             traceparent: None,
             status,
             timestamp_ms: None,
+            reached_ms: None,
         };
         self.apply(Event::Reply(reply))
     }
@@ -369,6 +370,7 @@ fn timeouts_are_retried_with_new_request_ids_then_undone() {
         traceparent: None,
         status: ReplyStatus::Completed { result: json!({}) },
         timestamp_ms: None,
+        reached_ms: None,
     };
     assert!(h.apply(Event::Reply(late)).is_empty());
     let d = h.deadline();
@@ -484,6 +486,7 @@ fn stray_replies_change_nothing() {
         traceparent: None,
         status: ReplyStatus::Completed { result: json!({}) },
         timestamp_ms: None,
+        reached_ms: None,
     };
     assert!(h.apply(Event::Reply(stray.clone())).is_empty());
     stray.request_id = Some(h.current_request());
@@ -530,6 +533,7 @@ fn legacy_replies_match_by_command_name() {
             result: json!({"robot_ids": ["r1"]}),
         },
         timestamp_ms: None,
+        reached_ms: None,
     };
     h.apply(Event::Reply(reply));
     assert_eq!(
@@ -796,6 +800,7 @@ fn a_parked_saga_is_retried_with_the_reply_it_could_not_record() {
             result: json!({"robot_ids": ["r1"]}),
         },
         timestamp_ms: None,
+        reached_ms: None,
     };
     h.state = written;
     let effects = park(
@@ -837,4 +842,30 @@ fn a_parked_saga_is_retried_with_the_reply_it_could_not_record() {
     let encoded = serde_json::to_string(&h.state).unwrap();
     let back: SagaState = serde_json::from_str(&encoded).unwrap();
     assert_eq!(back, h.state);
+}
+
+#[test]
+fn a_reply_that_reached_redis_after_the_deadline_is_late_whenever_it_is_read() {
+    let (mut h, _) = Harness::new();
+    let deadline = h.deadline();
+    let late = |h: &Harness, reached_ms| Reply {
+        saga_id: Some(h.state.saga_id.clone()),
+        request_id: Some(h.current_request()),
+        event_type: None,
+        correlation_id: None,
+        traceparent: None,
+        status: ReplyStatus::Completed { result: json!({}) },
+        timestamp_ms: None,
+        reached_ms: Some(reached_ms),
+    };
+    // Read before the timeout is processed (held while the stream was
+    // read): still late.
+    let reply = late(&h, deadline + 1);
+    assert!(h.apply(Event::Reply(reply)).is_empty());
+    assert!(h.state.results.is_empty());
+    // One that reached Redis in time wins, however late it is read.
+    h.now = deadline + 5_000;
+    let reply = late(&h, deadline);
+    h.apply(Event::Reply(reply));
+    assert!(h.state.results.contains_key("allocate"));
 }

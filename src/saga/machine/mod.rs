@@ -412,6 +412,13 @@ impl<'a> Machine<'a> {
         {
             return None;
         }
+        // A reply that reached Redis after the deadline is late: the
+        // timeout wins, even if it has not been seen yet.
+        if let (Waiting::Reply { deadline_ms }, Some(at)) = (&current.waiting, reply.reached_ms) {
+            if at > *deadline_ms {
+                return None;
+            }
+        }
         let matches = match &reply.request_id {
             Some(id) => *id == current.request_id,
             // The original handlers' replies: matched by the command name
