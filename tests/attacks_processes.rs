@@ -420,22 +420,6 @@ async fn a_daemon_paused_past_its_lease_while_starts_flow_leaves_no_orphan() {
 
 // --------------------------------------------------------- 2. clock skew
 
-/// Where `apt-get install faketime` puts the library that fakes the clock.
-fn libfaketime() -> String {
-    let listed = std::process::Command::new("dpkg")
-        .args(["-L", "libfaketime"])
-        .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
-        .unwrap_or_default();
-    listed
-        .lines()
-        .find(|l| l.ends_with("/libfaketime.so.1"))
-        .map(str::to_owned)
-        .unwrap_or_else(|| {
-            panic!("libfaketime is not installed: apt-get install -y faketime (scripts/test does)")
-        })
-}
-
 /// How far ahead of Redis (and of the other daemon) the skewed daemon's
 /// host clock runs: far more than any lease.
 const SKEW: &str = "+15s";
@@ -446,12 +430,8 @@ async fn a_daemon_whose_clock_runs_ahead_takes_no_live_lease() {
     let server = RedisServer::start();
     let url = server.url();
     let _handlers = Child::handlers(&url, &["--work-ms", "100"]);
-    let library = libfaketime();
-    let skewed_env = [
-        ("LD_PRELOAD", library.as_str()),
-        ("FAKETIME", SKEW),
-        ("DONT_FAKE_MONOTONIC", "1"),
-    ];
+    let skewed_env = skewed_clock(SKEW);
+    let skewed_env: Vec<(&str, &str)> = skewed_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let lease = ["--lease-ttl", WATCHED_LEASE];
     let mut skewed = Child::daemon_with(&url, "skewed", &lease, &skewed_env);
     let mut plain = Child::daemon_with(&url, "plain", &lease, &[]);

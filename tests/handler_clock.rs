@@ -5,10 +5,9 @@
 
 mod common;
 
-use common::processes::Child;
+use common::processes::{skewed_clock, Child};
 use common::*;
 use serde_json::json;
-use std::path::PathBuf;
 use std::process::Command;
 
 /// How far ahead the handlers' clock is: more than the mission's step
@@ -16,41 +15,14 @@ use std::process::Command;
 /// skips every command.
 const SKEW: &str = "+15s";
 
-/// libfaketime's library, wherever the Debian package put it for this
-/// architecture (`dpkg -L libfaketime`).
-fn libfaketime() -> PathBuf {
-    let mut dirs = vec![PathBuf::from("/usr/lib/faketime")];
-    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
-        dirs.extend(entries.flatten().map(|e| e.path().join("faketime")));
-    }
-    dirs.into_iter()
-        .map(|dir| dir.join("libfaketime.so.1"))
-        .find(|lib| lib.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "this test needs libfaketime: `apt-get install -y faketime` \
-                 (scripts/test installs it)"
-            )
-        })
-}
-
-fn skewed_env(lib: &str) -> [(&'static str, &str); 3] {
-    [
-        ("LD_PRELOAD", lib),
-        ("FAKETIME", SKEW),
-        // Timers and timeouts run on the monotonic clock, which stays true.
-        ("DONT_FAKE_MONOTONIC", "1"),
-    ]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handlers_with_a_clock_ahead_still_answer_in_time() {
-    let lib = libfaketime();
-    let lib = lib.to_str().expect("a UTF-8 path");
+    let skewed = skewed_clock(SKEW);
+    let skewed_env: Vec<(&str, &str)> = skewed.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // The library does skew a process's clock on this machine.
     let date = Command::new("date")
         .arg("+%s")
-        .envs(skewed_env(lib))
+        .envs(skewed_env.iter().copied())
         .output()
         .expect("date runs");
     let skewed: u64 = String::from_utf8_lossy(&date.stdout)
@@ -65,7 +37,7 @@ async fn handlers_with_a_clock_ahead_still_answer_in_time() {
     let handlers = Child::spawn(
         "skewed-handlers",
         &["handlers", "--redis-url", &url],
-        &skewed_env(lib),
+        &skewed_env,
     );
     let daemon = Child::daemon(&url, "clock-true");
     daemon.wait_started().await;

@@ -395,6 +395,81 @@ async fn three_daemons_killed_every_few_seconds_for_a_minute() {
     assert_audit(&events, &ids);
 }
 
+// Every fault a deployment meets, at once, for a minute: every daemon in
+// turn stopped with SIGTERM and started again (a rolling restart; now and
+// then a kill -9 instead), one daemon whose host clock runs 15 s ahead (far
+// more than the lease), and one held at its saga capacity. Every saga ends
+// exactly once, completed, and none is left without a live owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run with --ignored before releasing"]
+async fn rolling_restarts_a_skewed_clock_and_a_full_daemon_for_a_minute() {
+    const SAGAS: usize = 400;
+    const RUN_FOR: Duration = Duration::from_secs(60);
+    let server = RedisServer::start();
+    let url = server.url();
+    let _handlers = Child::handlers(&url, &["--work-ms", "100"]);
+    let skewed = skewed_clock("+15s");
+    let skewed: Vec<(&str, &str)> = skewed.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let lease = ["--lease-ttl", LEASE_TTL];
+    let full = ["--lease-ttl", LEASE_TTL, "--max-in-flight", "3"];
+    let mut daemons = vec![
+        Child::daemon_with(&url, "plain-0", &lease, &[]),
+        Child::daemon_with(&url, "plain-1", &lease, &[]),
+        Child::daemon_with(&url, "skewed", &lease, &skewed),
+        Child::daemon_with(&url, "full", &full, &[]),
+    ];
+    for daemon in &daemons {
+        daemon.wait_started().await;
+    }
+    let mut conn = server.conn().await;
+    let mut log = EventLog::new(&url);
+    let mut ids = Vec::new();
+    let began = Instant::now();
+    let pace = RUN_FOR / SAGAS as u32;
+    let mut next_restart = began + Duration::from_millis(2000 + random_below(2000) as u64);
+    let (mut terms, mut kills) = (0, 0);
+    let mut turn = 0;
+    while ids.len() < SAGAS {
+        let batch = format!("roll{:03}", ids.len());
+        ids.extend(start_missions(&mut conn, &batch, 1).await);
+        if Instant::now() >= next_restart {
+            let victim = &mut daemons[turn % 4];
+            turn += 1;
+            // Every fifth restart a crash, the others graceful.
+            if turn % 5 == 0 {
+                victim.restart();
+                kills += 1;
+            } else {
+                victim.term();
+                let exited = victim.wait_exit(Duration::from_secs(15)).await;
+                assert!(
+                    exited.is_some(),
+                    "{} did not stop on SIGTERM",
+                    victim.name()
+                );
+                victim.restart();
+                terms += 1;
+            }
+            next_restart = Instant::now() + Duration::from_millis(2000 + random_below(2000) as u64);
+        }
+        tokio::time::sleep(pace).await;
+    }
+    log.poll().await;
+    eprintln!(
+        "{terms} SIGTERM restarts and {kills} kills in {:?}",
+        began.elapsed()
+    );
+
+    log.wait_all_ended(&ids, Duration::from_secs(90)).await;
+    let events = log.settle(Duration::from_secs(2)).await;
+    assert_all_ended_as(&events, &ids, "saga_completed");
+    assert_audit(&events, &ids);
+    // No saga is left with an owner whose lease is not alive.
+    let listed = sagaflow_cli(&["list", "--redis-url", &url, "--state", "stuck"]).await;
+    let rows = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(rows.lines().count(), 1, "stuck or orphaned:\n{rows}");
+}
+
 // ----------------------------------------------------------- the audit
 
 fn event(

@@ -38,6 +38,36 @@ pub fn mission_sagas() -> PathBuf {
     manifest_dir().join("sagas")
 }
 
+// ------------------------------------------------------------ clocks
+
+/// libfaketime's library, wherever the Debian package put it for this
+/// architecture (`dpkg -L libfaketime`).
+pub fn libfaketime() -> PathBuf {
+    let mut dirs = vec![PathBuf::from("/usr/lib/faketime")];
+    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
+        dirs.extend(entries.flatten().map(|e| e.path().join("faketime")));
+    }
+    dirs.into_iter()
+        .map(|dir| dir.join("libfaketime.so.1"))
+        .find(|lib| lib.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "this test needs libfaketime: `apt-get install -y faketime` \
+                 (scripts/test installs it)"
+            )
+        })
+}
+
+/// The environment that runs a process with its wall clock moved by
+/// `skew` (`+15s`, `-2m`), its monotonic clock (timers, timeouts) true.
+pub fn skewed_clock(skew: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("LD_PRELOAD", libfaketime().to_string_lossy().into_owned()),
+        ("FAKETIME", skew.to_owned()),
+        ("DONT_FAKE_MONOTONIC", "1".to_owned()),
+    ]
+}
+
 // ------------------------------------------------------------ processes
 
 /// A `sagaflow` child process. Its stderr goes to a file in a temp dir of
