@@ -104,8 +104,22 @@ async fn every_readme_command_runs() {
     let commands = readme_commands();
     assert!(commands.len() >= 10, "{commands:?}");
     let mut ran = 0;
+    let secret = OPERATOR_KEY.split_once(':').unwrap().1;
     for command in &commands {
-        let mut argv = words(&command.replace("<saga id>", &saga_id));
+        let line = command
+            .replace("<saga id>", &saga_id)
+            .replace("<secret>", secret);
+        let mut argv = words(&line);
+        // `NAME=value` before the program: its environment.
+        let mut env = Vec::new();
+        while argv.first().is_some_and(|w| {
+            w.split_once('=')
+                .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        }) {
+            let assignment = argv.remove(0);
+            let (name, value) = assignment.split_once('=').unwrap();
+            env.push((name.to_owned(), value.to_owned()));
+        }
         let program = argv.remove(0);
         match program.as_str() {
             "sagaflow" | "./target/release/sagaflow" => {
@@ -121,6 +135,8 @@ async fn every_readme_command_runs() {
                     .args(&argv)
                     .current_dir(manifest_dir())
                     .env("SAGAFLOW_HTTP_ADDR", "none")
+                    .env("SAGAFLOW_OPERATOR_KEY", OPERATOR_KEY)
+                    .envs(env)
                     .stdout(Stdio::null())
                     .stderr(Stdio::piped())
                     .spawn()
@@ -160,6 +176,14 @@ async fn every_readme_command_runs() {
                     out.status.success() && !stdout.starts_with("ERR"),
                     "`{command}`: {stdout}"
                 );
+                ran += 1;
+            }
+            "openssl" => {
+                let out = Command::new("openssl")
+                    .args(&argv)
+                    .output()
+                    .expect("openssl runs");
+                assert!(out.status.success(), "`{command}`");
                 ran += 1;
             }
             // Run by CI (./scripts/test), by every build, or checked by
