@@ -320,3 +320,34 @@ async fn a_broken_configuration_file_shows_no_password() {
         }
     }
 }
+
+/// Operators' secrets stay out of `sagaflow config` and every `--help`,
+/// whether they come from the environment or the configuration file.
+#[tokio::test]
+async fn operators_secrets_are_never_shown() {
+    let secret = format!("{SECRET}{SECRET}{SECRET}");
+    let keys = format!("alice:{secret},bob:{secret}");
+    let key = format!("alice:{secret}");
+    let env = [
+        ("SAGAFLOW_OPERATOR_KEYS", keys.as_str()),
+        ("SAGAFLOW_OPERATOR_KEY", key.as_str()),
+    ];
+    let out = sagaflow(&["config"], &env).await;
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert_no_secret(&shown, "sagaflow config");
+    assert!(shown.contains("alice:***,bob:***"), "{shown}");
+    for sub in subcommands().await {
+        let out = sagaflow(&[&sub, "--help"], &env).await;
+        assert_no_secret(&text(&out), &format!("sagaflow {sub} --help"));
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), format!("operator_keys: \"{keys}\"\n")).unwrap();
+    let path = file.path().to_string_lossy().into_owned();
+    let out = sagaflow(&["config", "--config", &path], &[]).await;
+    assert_no_secret(&text(&out), "sagaflow config --config");
+    // A key too short is refused without being quoted.
+    let out = sagaflow(&["config"], &[("SAGAFLOW_OPERATOR_KEY", "alice:Pa55w0rd")]).await;
+    assert!(!out.status.success());
+    assert_no_secret(&text(&out), "the refusal of a short key");
+}

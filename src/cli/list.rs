@@ -14,9 +14,11 @@ pub enum StateFilter {
     Running,
     Completed,
     Compensated,
-    /// A compensation failed for good (`saga_failed`).
+    /// A compensation failed for good, or a transition could not be written
+    /// (`saga_failed`).
     Failed,
-    /// Needs an operator: failed, or running with no live daemon to drive it.
+    /// Needs an operator: failed (parked included), or running with no live
+    /// daemon to drive it.
     Stuck,
 }
 
@@ -102,6 +104,7 @@ async fn list(args: ListArgs) -> Result<(), String> {
         let state = match (orphan, s.abandoned) {
             (true, _) => "orphaned",
             (_, true) => "abandoned",
+            _ if s.parked.is_some() => "parked",
             _ => s.phase.status().as_str(),
         };
         println!(

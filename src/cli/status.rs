@@ -74,12 +74,17 @@ async fn status(args: StatusArgs) -> Result<(), String> {
     let line = |k: &str, v: String| println!("{k:<18} {v}");
     line("saga", format!("{} ({})", s.saga, s.saga_id));
     line("definition", format!("version {}", s.definition_version));
-    let note = if s.abandoned {
-        " (abandoned by an operator)"
-    } else if s.phase == crate::saga::Phase::Failed {
-        " (stuck: `sagaflow retry`, `skip` or `abandon` it)"
-    } else {
-        ""
+    let note = match &s.parked {
+        _ if s.abandoned => " (abandoned by an operator)".to_owned(),
+        Some(parked) => format!(
+            " (parked while {}: {}; mend the cause, then `sagaflow retry` or `abandon` it)",
+            parked.phase.status().as_str(),
+            parked.reason
+        ),
+        None if s.phase == crate::saga::Phase::Failed => {
+            " (stuck: `sagaflow retry`, `skip` or `abandon` it)".to_owned()
+        }
+        None => String::new(),
     };
     line("state", format!("{}{note}", s.phase.status().as_str()));
     line("correlation id", s.correlation_id.to_string());

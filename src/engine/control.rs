@@ -36,6 +36,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
     // request does not act on it (the operator's command says no daemon
     // answered).
     let mut from: Option<String> = None;
+    let mut drained = false;
     while !shared.shutdown.is_cancelled() {
         let Some(c) = conn.get(&shared).await else {
             return;
@@ -53,10 +54,20 @@ pub(super) async fn run(shared: Arc<Shared>) {
         from = Some(after.clone());
         let streams = [(stream.as_str(), after.as_str())];
         let block = shared.settings.block;
-        let read = read::after(c, &streams, CONTROL_BATCH, block, MAX_CONTROL_BYTES).await;
+        let read = read::after(
+            c,
+            &streams,
+            CONTROL_BATCH,
+            block,
+            MAX_CONTROL_BYTES,
+            drained,
+        )
+        .await;
+        drained = false;
         let entries = match read {
             Ok(read) => {
                 conn.succeeded();
+                drained = read.drained;
                 read.entries
             }
             Err(e) => {

@@ -62,16 +62,18 @@ pub(super) async fn start(
     );
     async move {
         if let Some(key) = &request.idempotency_key {
-            match claim_idempotency_key(&shared, &def.name, key, &saga_id).await {
+            // Boxed, like every rare step here: a saga task's future is as
+            // large as its largest step, and thousands of them wait at once.
+            match Box::pin(claim_idempotency_key(&shared, &def.name, key, &saga_id)).await {
                 Ok(Claim::Ours) => {}
                 // This very start, taken again after a crash.
                 Ok(Claim::Taken(existing)) if existing == saga_id.as_str() => {}
                 Ok(Claim::Taken(existing)) => {
-                    return duplicate(&shared, &def, &request, key, existing, &at).await
+                    return Box::pin(duplicate(&shared, &def, &request, key, existing, &at)).await
                 }
                 Err(Some(e)) => {
-                    return refuse_start(&shared, &def.name, &request.correlation_id, &at, &e)
-                        .await
+                    let refused = refuse_start(&shared, &def.name, &request.correlation_id, &at, &e);
+                    return Box::pin(refused).await;
                 }
                 Err(None) => return,
             }
@@ -111,7 +113,9 @@ pub(super) async fn start(
                 shared.renew_now.notify_one();
             }
             Outcome::Refused(e) => {
-                refuse_start(&shared, &def.name, &saga.state.correlation_id, &at, &e).await
+                let refused =
+                    refuse_start(&shared, &def.name, &saga.state.correlation_id, &at, &e);
+                Box::pin(refused).await
             }
             Outcome::Stopped => {}
         }
@@ -198,13 +202,19 @@ pub(super) async fn resume(shared: Arc<Shared>, saga_id: String, epoch: Arc<Epoc
     let Ok(permit) = shared.permits.clone().acquire_owned().await else {
         return;
     };
-    let record = match load(&shared, &saga_id).await {
+    let record = match Box::pin(load(&shared, &saga_id)).await {
         Ok(Some(record)) => record,
         Ok(None) => return tracing::warn!(%saga_id, "a saga taken over has no record; skipped"),
         Err(e) => return tracing::error!(%saga_id, error = %e, "cannot read a saga taken over"),
     };
     let (mut state, seq) = record;
-    let def = match definitions::resolve(&shared, &state.saga, &state.definition_version).await {
+    let def = match Box::pin(definitions::resolve(
+        &shared,
+        &state.saga,
+        &state.definition_version,
+    ))
+    .await
+    {
         Ok(def) => def,
         Err(why) => {
             return tracing::error!(%saga_id, saga = %state.saga, %why, "a saga taken over cannot be resumed; left as it is")
@@ -265,7 +275,7 @@ pub(super) async fn adopt(
     nonce: Option<String>,
     _slot: OwnedSemaphorePermit,
 ) {
-    let (state, seq, owner) = match load_with_owner(&shared, &saga_id).await {
+    let (state, seq, owner) = match Box::pin(load_with_owner(&shared, &saga_id)).await {
         Ok(Some(record)) => record,
         Ok(None) => {
             return tracing::warn!(%saga_id, "an operator's request names no saga here; ignored")
@@ -278,7 +288,13 @@ pub(super) async fn adopt(
         // Ended otherwise, or driven by a daemon, which takes the request.
         return;
     }
-    let def = match definitions::resolve(&shared, &state.saga, &state.definition_version).await {
+    let def = match Box::pin(definitions::resolve(
+        &shared,
+        &state.saga,
+        &state.definition_version,
+    ))
+    .await
+    {
         Ok(def) => def,
         Err(why) => {
             return tracing::error!(%saga_id, %why, "an operator's request cannot be carried out")
@@ -290,14 +306,14 @@ pub(super) async fn adopt(
         Some(owner) => leases::From::Owner(owner),
         None => leases::From::AnyDead,
     };
-    match leases::claim_saga(
+    match Box::pin(leases::claim_saga(
         &mut conn,
         &shared.settings,
         &saga_id,
         &epoch.owner,
         from,
         false,
-    )
+    ))
     .await
     {
         Ok(SagaClaim::Claimed) => {}
@@ -309,7 +325,7 @@ pub(super) async fn adopt(
     }
     // This daemon acts on the request: it checks that it is no replay.
     if let (None, Some(nonce)) = (&request.unproven, &nonce) {
-        if !super::control::first_use(&shared, nonce).await {
+        if !Box::pin(super::control::first_use(&shared, nonce)).await {
             request.unproven = Some(super::control::REPLAYED.into());
         }
     }
@@ -538,7 +554,7 @@ impl<'a> Driven<'a> {
                     return Ended::Stopped;
                 }
                 Outcome::Refused(e) => {
-                    self.park(e).await;
+                    Box::pin(self.park(e)).await;
                     return Ended::Done;
                 }
                 Outcome::Stopped => return Ended::Stopped,

@@ -26,6 +26,8 @@ use tokio::sync::OwnedSemaphorePermit;
 pub(super) async fn run(shared: Arc<Shared>) {
     let mut triggers = super::trigger_streams(&shared.settings, &shared.catalog);
     let mut conn = ReadConnection::new("starts");
+    // Whether the last read took everything: the next one then waits.
+    let mut drained = false;
     while !shared.shutdown.is_cancelled() {
         // Take no more entries than there is room for sagas.
         let room = shared
@@ -50,12 +52,15 @@ pub(super) async fn run(shared: Arc<Shared>) {
             room,
             shared.settings.block,
             MAX_START_ENTRY_BYTES,
+            drained,
         )
         .await;
+        drained = false;
         match reply {
-            Ok(entries) => {
+            Ok(read) => {
                 conn.succeeded();
-                for entry in entries {
+                drained = read.drained;
+                for entry in read.entries {
                     take(&shared, entry).await;
                 }
             }

@@ -248,14 +248,17 @@ impl Cursors {
     }
 
     /// Follows the set of awaited streams: new ones are read from their
-    /// start, finished ones dropped.
-    fn follow(&mut self, awaited: BTreeSet<String>) {
+    /// start, finished ones dropped. True when a stream was added.
+    fn follow(&mut self, awaited: BTreeSet<String>) -> bool {
         self.own.retain(|stream, _| awaited.contains(stream));
+        let mut added = false;
         for stream in awaited {
-            if stream != self.main {
-                self.own.entry(stream).or_insert_with(|| "0-0".to_owned());
+            if stream != self.main && !self.own.contains_key(&stream) {
+                self.own.insert(stream, "0-0".to_owned());
+                added = true;
             }
         }
+        added
     }
 
     /// Every stream read, with the id to read after.
@@ -289,6 +292,8 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let mut expiry_set = false;
     let mut conn = ReadConnection::new("replies");
     let state = &shared.replies;
+    // Whether the last read took everything: the next one then waits.
+    let mut drained = false;
     loop {
         if shared.shutdown.is_cancelled() {
             break;
@@ -302,11 +307,16 @@ pub(super) async fn run(shared: Arc<Shared>) {
             cursors = Cursors::new(epoch_stream);
             trimmed_below = None;
             expiry_set = false;
+            drained = false;
         }
         let Some(c) = conn.get(&shared).await else {
             break;
         };
-        cursors.follow(state.followed.snapshot());
+        // A stream just followed may hold replies already: look before
+        // waiting.
+        if cursors.follow(state.followed.snapshot()) {
+            drained = false;
+        }
         // Everything that reached Redis before this moment is in this read
         // or an earlier one, if the read drains the streams.
         let through = shared
@@ -321,14 +331,17 @@ pub(super) async fn run(shared: Arc<Shared>) {
             shared.settings.read_batch,
             shared.settings.block,
             MAX_REPLY_ENTRY_BYTES,
+            drained,
         );
         let reply = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
             reply = read => reply,
         };
+        drained = false;
         let read = match reply {
             Ok(read) => {
                 conn.succeeded();
+                drained = read.drained;
                 read
             }
             Err(e) if crate::streams::is_permanent(&e) => {
@@ -342,7 +355,6 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 continue;
             }
         };
-        let drained = read.drained;
         for entry in read.entries {
             cursors.advance(&entry);
             route(&shared, &cursors.main, entry).await;

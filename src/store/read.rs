@@ -3,10 +3,11 @@
 //! a script (`scripts/read_group.lua`, `scripts/read_streams.lua`) reads
 //! without blocking and returns such an entry as a marker (its size and its
 //! short identifying fields, see [`OVERSIZED_FIELD`]). Only when that finds
-//! nothing does the reader block, for one entry per stream, which it checks
-//! the same way when it arrives; so what a reader holds is bounded by
-//! `count` entries of `max_bytes`, plus while idle one entry per stream
-//! (whose size Redis's `proto-max-bulk-len` bounds).
+//! nothing does the reader block, for a few entries per stream
+//! ([`BLOCKING_COUNT`]), which it checks the same way when they arrive; so
+//! what a reader holds is bounded by `count` entries of `max_bytes`, plus
+//! while idle those few entries per stream (whose size Redis's
+//! `proto-max-bulk-len` bounds).
 
 use super::scripts::{CLAIM_GROUP, LAST_ID, READ_GROUP, READ_STREAMS};
 use crate::streams::{decode_autoclaim_reply, decode_read_reply, Entry};
@@ -29,6 +30,13 @@ const KEPT: [&str; 7] = [
     "status",
     "idempotency_key",
 ];
+
+/// Entries per stream a blocking read of streams takes whole (one for a
+/// group read). A handler's `progress` and final reply come together: four
+/// lets them arrive in one read after an idle wait, instead of costing one
+/// round trip each, while keeping what an idle read can bring in whatever
+/// its size to a handful of entries.
+pub const BLOCKING_COUNT: usize = 4;
 
 /// The size of an entry as the scripts count it: field names and values.
 pub fn entry_bytes(entry: &Entry) -> usize {
@@ -74,6 +82,9 @@ pub async fn group_now<C: ConnectionLike + Send>(
 
 /// New entries of `streams` through `group`: those there now (at most
 /// `count`), else the first to come within `block`, one per stream at most.
+/// With `wait_first` (the last read took everything there was), it waits at
+/// once, sparing the look that would find nothing.
+#[allow(clippy::too_many_arguments)]
 pub async fn group<C: ConnectionLike + Send>(
     conn: &mut C,
     streams: &[String],
@@ -82,10 +93,16 @@ pub async fn group<C: ConnectionLike + Send>(
     count: usize,
     block: Duration,
     max_bytes: usize,
-) -> RedisResult<Vec<Entry>> {
-    let now = group_now(conn, streams, group, consumer, count, max_bytes).await?;
-    if !now.is_empty() {
-        return Ok(now);
+    wait_first: bool,
+) -> RedisResult<Read> {
+    if !wait_first {
+        let now = group_now(conn, streams, group, consumer, count, max_bytes).await?;
+        if !now.is_empty() {
+            return Ok(Read {
+                drained: now.len() < count,
+                entries: now,
+            });
+        }
     }
     let mut cmd = redis::cmd("XREADGROUP");
     cmd.arg("GROUP")
@@ -105,7 +122,10 @@ pub async fn group<C: ConnectionLike + Send>(
     for entry in &mut entries {
         shrink(entry, max_bytes);
     }
-    Ok(entries)
+    Ok(Read {
+        drained: entries.is_empty(),
+        entries,
+    })
 }
 
 /// Takes over at most `count` entries of `stream` that other consumers of
@@ -142,34 +162,39 @@ pub struct Read {
 }
 
 /// The entries of each `(stream, after id)`: those there now (at most
-/// `count` in all), else the first to come within `block`, one per stream
-/// at most.
+/// `count` in all), else the first to come within `block`, a few per
+/// stream at most ([`BLOCKING_COUNT`]). With `wait_first` (the last read
+/// took everything there was), it waits at once, sparing the look that
+/// would find nothing.
 pub async fn after<C: ConnectionLike + Send>(
     conn: &mut C,
     streams: &[(&str, &str)],
     count: usize,
     block: Duration,
     max_bytes: usize,
+    wait_first: bool,
 ) -> RedisResult<Read> {
-    let mut call = READ_STREAMS.prepare_invoke();
-    for (stream, _) in streams {
-        call.key(*stream);
-    }
-    call.arg(count).arg(max_bytes);
-    for (_, id) in streams {
-        call.arg(*id);
-    }
-    let reply: redis::Value = call.invoke_async(conn).await?;
-    let entries = decode_read_reply(&reply);
-    if !entries.is_empty() {
-        return Ok(Read {
-            drained: entries.len() < count,
-            entries,
-        });
+    if !wait_first {
+        let mut call = READ_STREAMS.prepare_invoke();
+        for (stream, _) in streams {
+            call.key(*stream);
+        }
+        call.arg(count).arg(max_bytes);
+        for (_, id) in streams {
+            call.arg(*id);
+        }
+        let reply: redis::Value = call.invoke_async(conn).await?;
+        let entries = decode_read_reply(&reply);
+        if !entries.is_empty() {
+            return Ok(Read {
+                drained: entries.len() < count,
+                entries,
+            });
+        }
     }
     let mut cmd = redis::cmd("XREAD");
     cmd.arg("COUNT")
-        .arg(1)
+        .arg(BLOCKING_COUNT)
         .arg("BLOCK")
         .arg(block.as_millis() as u64)
         .arg("STREAMS");
@@ -184,10 +209,14 @@ pub async fn after<C: ConnectionLike + Send>(
     for entry in &mut entries {
         shrink(entry, max_bytes);
     }
-    Ok(Read {
-        drained: entries.is_empty(),
-        entries,
-    })
+    // A stream that gave fewer than it could has nothing more; one that
+    // gave nothing had nothing.
+    let mut per_stream: std::collections::HashMap<&str, usize> = Default::default();
+    for entry in &entries {
+        *per_stream.entry(entry.stream.as_str()).or_default() += 1;
+    }
+    let drained = per_stream.values().all(|n| *n < BLOCKING_COUNT);
+    Ok(Read { drained, entries })
 }
 
 /// The id of the last entry of `stream` (`0-0` when it is empty), read
