@@ -236,8 +236,9 @@ impl ControlRequest {
     /// Reads an entry. Missing signing fields read as empty: such a request
     /// is refused by [`Self::verify`], and the refusal recorded.
     pub fn from_fields(fields: &RawFields) -> Result<Self, String> {
+        // Read as written, untrimmed: every field is signed as it was sent.
         let text = |name: &str| -> Result<String, String> {
-            Ok(text_field(fields, name)?.unwrap_or("").trim().to_owned())
+            Ok(text_field(fields, name)?.unwrap_or("").to_owned())
         };
         let saga_id = SagaId::parse(&text(f::SAGA_ID)?).ok_or("`saga_id` is not a saga id")?;
         let action = text(ACTION)?;
@@ -266,9 +267,20 @@ impl ControlRequest {
             by: if by.is_empty() { "unknown".into() } else { by },
             reason,
             issued_ms: text(ISSUED_MS)?.parse().unwrap_or(0),
-            nonce: text(NONCE)?.chars().take(64).collect(),
-            signature: text(SIGNATURE)?.chars().take(128).collect(),
+            nonce: hex_or_empty(text(NONCE)?, 64),
+            signature: hex_or_empty(text(SIGNATURE)?, 128),
         })
+    }
+}
+
+/// A nonce or a signature as read: lowercase hex of at most `max` digits,
+/// else nothing (the request then fails its check).
+fn hex_or_empty(text: String, max: usize) -> String {
+    let hex = text.len() <= max && text.bytes().all(|b| b.is_ascii_hexdigit());
+    if hex {
+        text
+    } else {
+        String::new()
     }
 }
 

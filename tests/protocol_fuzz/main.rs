@@ -1,4 +1,5 @@
-//! Property tests of the wire parsers: starts, replies and commands built
+//! Property tests of the wire parsers: starts, replies, commands and
+//! operators' requests built
 //! from generated field maps with values just under, at and just over each
 //! bound, bytes that are not UTF-8, many fields, JSON nested far too deep,
 //! empty and missing fields. Whatever comes in, a parser never panics,
@@ -10,11 +11,13 @@
 //! each case, so that a failing case prints as a few words, not megabytes.
 
 mod commands;
+mod controls;
 mod replies;
 mod starts;
 mod values;
 
 use commands::*;
+use controls::*;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
@@ -66,6 +69,20 @@ proptest! {
     #[test]
     fn damaged_commands_are_refused_shortly(cmd in command(), mutations in vec(mutation(), 1..4)) {
         check_command_mutated(&cmd, &mutations);
+    }
+
+    #[test]
+    fn control_entries_are_bounded_and_never_pass_unsigned(case in control_case()) {
+        check_control(&case);
+    }
+
+    #[test]
+    fn signed_requests_pass_and_fail_once_changed(
+        action in prop::sample::select(vec!["cancel", "retry", "abandon"]),
+        reason in values::any_text(200),
+        tamper in tamper(),
+    ) {
+        check_tampered(action, &reason, &tamper);
     }
 
     #[test]
