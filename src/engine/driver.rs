@@ -208,17 +208,8 @@ pub(super) async fn resume(shared: Arc<Shared>, saga_id: String, epoch: Arc<Epoc
         Err(e) => return tracing::error!(%saga_id, error = %e, "cannot read a saga taken over"),
     };
     let (mut state, seq) = record;
-    let def = match Box::pin(definitions::resolve(
-        &shared,
-        &state.saga,
-        &state.definition_version,
-    ))
-    .await
-    {
-        Ok(def) => def,
-        Err(why) => {
-            return tracing::error!(%saga_id, saga = %state.saga, %why, "a saga taken over cannot be resumed; left as it is")
-        }
+    let Some(def) = definition_of(&shared, &state).await else {
+        return;
     };
     let span = saga_span(&def.name, &saga_id, &state.correlation_id, &state.trace_id);
     async move {
@@ -288,17 +279,8 @@ pub(super) async fn adopt(
         // Ended otherwise, or driven by a daemon, which takes the request.
         return;
     }
-    let def = match Box::pin(definitions::resolve(
-        &shared,
-        &state.saga,
-        &state.definition_version,
-    ))
-    .await
-    {
-        Ok(def) => def,
-        Err(why) => {
-            return tracing::error!(%saga_id, %why, "an operator's request cannot be carried out")
-        }
+    let Some(def) = definition_of(&shared, &state).await else {
+        return;
     };
     let epoch = shared.epoch();
     let mut conn = shared.conn.clone();
@@ -363,6 +345,19 @@ pub(super) async fn adopt(
     }
     .instrument(span)
     .await
+}
+
+/// The version of its definition a saga started on; `None`, logged, when
+/// it cannot be had (the saga is then left as it is).
+async fn definition_of(shared: &Shared, state: &SagaState) -> Option<Arc<SagaDefinition>> {
+    let version = &state.definition_version;
+    match Box::pin(definitions::resolve(shared, &state.saga, version)).await {
+        Ok(def) => Some(def),
+        Err(why) => {
+            tracing::error!(saga_id = %state.saga_id, saga = %state.saga, %why, "the saga's definition cannot be had; the saga is left as it is");
+            None
+        }
+    }
 }
 
 /// The span every log line about a saga is written in.

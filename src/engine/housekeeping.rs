@@ -27,7 +27,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let mut triggers_trimmed_at: Option<Instant> = None;
     let mut reported_at: Option<Instant> = None;
     let mut registered = false;
-    let mut failing = false;
+    let mut streak = super::Streak::new("housekeeping");
     while pause(&shared.shutdown, TICK).await {
         let result = async {
             if !registered {
@@ -54,20 +54,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
             Ok::<(), redis::RedisError>(())
         }
         .await;
-        match result {
-            Ok(()) if failing => {
-                tracing::info!("housekeeping works again");
-                failing = false;
-            }
-            Ok(()) => {}
-            Err(e) => {
-                metrics::redis_error("housekeeping");
-                if !failing {
-                    tracing::warn!(error = %e, "housekeeping fails (trimming, clean-up); retrying");
-                    failing = true;
-                }
-            }
-        }
+        streak.record(result, "keep Redis tidy (trimming, clean-up)");
     }
 }
 

@@ -92,27 +92,14 @@ pub(super) async fn register(
 /// write found it lost), until the daemon stops; then gives it up.
 pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager) {
     let renew_every = shared.settings.lease_ttl / 3;
-    let mut failing = false;
+    let mut streak = super::Streak::new("lease");
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => break,
             _ = tokio::time::sleep(renew_every) => {}
             _ = shared.renew_now.notified() => {}
         }
-        match renew(&shared, &mut conn).await {
-            Ok(()) if failing => {
-                tracing::info!("the lease is renewed again");
-                failing = false;
-            }
-            Ok(()) => {}
-            Err(e) => {
-                crate::telemetry::metrics::redis_error("lease");
-                if !failing {
-                    tracing::warn!(error = %e, "cannot renew the lease while Redis fails; retrying");
-                    failing = true;
-                }
-            }
-        }
+        streak.record(renew(&shared, &mut conn).await, "renew the lease");
     }
     hand_over(&shared, &mut conn).await;
 }

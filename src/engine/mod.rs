@@ -154,6 +154,41 @@ impl WriteHealth {
     }
 }
 
+/// A loop's run of failures, logged once when it starts and once when it
+/// ends, each failure counted under the loop's name.
+pub(crate) struct Streak {
+    what: &'static str,
+    failing: bool,
+}
+
+impl Streak {
+    pub fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            failing: false,
+        }
+    }
+
+    /// Takes in one round's outcome; `doing` says what the loop could not
+    /// do, for the warning.
+    pub fn record(&mut self, result: redis::RedisResult<()>, doing: &str) {
+        match result {
+            Ok(()) if self.failing => {
+                tracing::info!(loop = self.what, "works again");
+                self.failing = false;
+            }
+            Ok(()) => {}
+            Err(error) => {
+                metrics::redis_error(self.what);
+                if !self.failing {
+                    tracing::warn!(loop = self.what, %error, "cannot {doing} while Redis fails; retrying");
+                    self.failing = true;
+                }
+            }
+        }
+    }
+}
+
 /// Why a daemon is not ready; empty when it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Readiness {

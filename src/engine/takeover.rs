@@ -21,27 +21,14 @@ const OWNERS_PER_ROUND: usize = 16;
 
 pub(super) async fn run(shared: Arc<Shared>) {
     let mut conn = shared.conn.clone();
-    let mut failing = false;
+    let mut streak = super::Streak::new("takeover");
     while pause(&shared.shutdown, shared.settings.takeover_every).await {
         let result = async {
             take_over_sagas(&shared, &mut conn).await?;
             take_over_starts(&shared, &mut conn).await
         }
         .await;
-        match result {
-            Ok(()) if failing => {
-                tracing::info!("taking over from dead daemons works again");
-                failing = false;
-            }
-            Ok(()) => {}
-            Err(e) => {
-                crate::telemetry::metrics::redis_error("takeover");
-                if !failing {
-                    tracing::warn!(error = %e, "cannot look for dead daemons' work while Redis fails; retrying");
-                    failing = true;
-                }
-            }
-        }
+        streak.record(result, "look for dead daemons' work");
     }
 }
 

@@ -11,13 +11,13 @@ macro_rules! script {
     };
 }
 
-script!(LEASE_REGISTER, "lease_register.lua");
-script!(LEASE_RENEW, "lease_renew.lua");
+script!(LEASE_REGISTER, "clock.lua", "lease_register.lua");
+script!(LEASE_RENEW, "clock.lua", "lease_renew.lua");
 script!(LEASE_RELEASE, "lease_release.lua");
-script!(LEASE_DEAD, "lease_dead.lua");
-script!(LEASE_CLAIM, "lease_claim.lua");
-script!(SAGA_CLAIM, "saga_claim.lua");
-script!(TRANSITION, "transition.lua");
+script!(LEASE_DEAD, "clock.lua", "lease_dead.lua");
+script!(LEASE_CLAIM, "clock.lua", "lease_claim.lua");
+script!(SAGA_CLAIM, "clock.lua", "saga_claim.lua");
+script!(TRANSITION, "clock.lua", "transition.lua");
 script!(DEAD_LETTER, "dead_letter.lua");
 script!(TRIM_TRIGGER, "trim_trigger.lua");
 script!(READ_GROUP, "shrink.lua", "read_group.lua");

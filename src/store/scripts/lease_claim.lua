@@ -17,12 +17,8 @@
 -- Returns {code, saga id, ...}: code 1 claimed (the ids moved follow),
 -- 0 the lease is alive, -1 the claimer's own lease is not alive.
 local dead, claimer, prefix = ARGV[1], ARGV[2], ARGV[3]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function alive(owner)
-  local expiry = redis.call('ZSCORE', KEYS[1], owner)
-  return expiry and tonumber(expiry) > now
-end
+local now = now_ms()
+local function alive(owner) return lease_alive(KEYS[1], owner, now) end
 if not alive(claimer) then return {-1} end
 if alive(dead) then return {0} end
 redis.call('ZREM', KEYS[1], dead)

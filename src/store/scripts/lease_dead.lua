@@ -8,8 +8,7 @@
 --
 -- Returns {now, owner, ...}: Redis's time in unix ms, then the owners.
 local limit = tonumber(ARGV[1])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local out = {now}
 for _, owner in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)) do
   table.insert(out, owner)

@@ -9,8 +9,7 @@
 --
 -- Returns Redis's time, in unix ms.
 local owner, ttl_ms = ARGV[1], tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 redis.call('ZADD', KEYS[1], now + ttl_ms, owner)
 redis.call('SADD', KEYS[2], owner)
 return now

@@ -9,10 +9,8 @@
 -- Returns {kept, now}: kept is 1 when renewed, 0 when the lease is lost;
 -- now is Redis's time in unix ms.
 local owner, ttl_ms = ARGV[1], tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local expiry = redis.call('ZSCORE', KEYS[1], owner)
-if not expiry or tonumber(expiry) <= now then
+local now = now_ms()
+if not lease_alive(KEYS[1], owner, now) then
   return {0, now}
 end
 redis.call('ZADD', KEYS[1], now + ttl_ms, owner)

@@ -14,12 +14,8 @@
 -- Returns 1 claimed, 0 not (no record, another owner, or a live owner),
 -- -1 the claimer's own lease is not alive.
 local claimer, expected, saga_id, join = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function alive(owner)
-  local expiry = redis.call('ZSCORE', KEYS[2], owner)
-  return expiry and tonumber(expiry) > now
-end
+local now = now_ms()
+local function alive(owner) return lease_alive(KEYS[2], owner, now) end
 if not alive(claimer) then return -1 end
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
 local owner = redis.call('HGET', KEYS[1], 'owner') or ''

@@ -69,10 +69,7 @@ if #KEYS > 0 then
   if not creating and owner ~= owner_arg then return {0, ''} end
   if seq >= seq_arg then return {2, ''} end
   if ownership == 'join' then
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-    local expiry = redis.call('ZSCORE', KEYS[2], owner_arg)
-    if not expiry or tonumber(expiry) <= now then return {3, ''} end
+    if not lease_alive(KEYS[2], owner_arg, now_ms()) then return {3, ''} end
   end
   if creating then redis.call('HSET', KEYS[1], 'owner', owner_arg) end
   if state ~= '' then
