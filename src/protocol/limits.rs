@@ -70,7 +70,7 @@ pub const MAX_PROGRESS_DETAILS_BYTES: usize = 4096;
 pub const MAX_COMMAND_ENTRY_BYTES: usize = 16 << 20;
 
 /// Longest `reply_stream` a handler accepts on a command: it writes to that
-/// key. The daemon's are `<prefix><node_id>.<run>[:<request_id>]`, under
+/// key. The daemon's are `<prefix><node_id>.<epoch>[:<request_id>]`, under
 /// 100 bytes with the defaults; 512 leaves room for long prefixes and node
 /// ids.
 pub const MAX_REPLY_STREAM_LEN: usize = 512;
