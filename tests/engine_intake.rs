@@ -383,3 +383,60 @@ async fn a_correlation_id_with_spaces_is_kept_verbatim() {
     handlers.stop().await;
     daemon.stop().await;
 }
+
+// A start whose saga can never be written (its first command's stream is
+// another kind of key) is dead-lettered and rejected at once, not retried;
+// once the key is mended, the same start, with the same idempotency key,
+// starts its saga: the key was given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_can_never_be_written_is_refused_and_its_key_given_back() {
+    let server = RedisServer::start();
+    let mut conn = server.conn().await;
+    must(
+        "HSET",
+        words("HSET resources:commands not a-stream").query_async::<i64>(&mut conn),
+    )
+    .await;
+    let daemon = start_daemon(&server, mission_catalog()).await;
+    let handlers = start_simulated(&server, SimulationOptions::default());
+    let start = |correlation_id: &'static str| {
+        [
+            ("correlation_id", correlation_id),
+            ("idempotency_key", "order-8"),
+            ("payload", r#"{"area": "hall-a", "robots": 1}"#),
+        ]
+    };
+    let entry = xadd(&mut conn, "mission:start", &start("refused-1")).await;
+    let refused = saga_events(&server, "refused-1").await;
+    assert_eq!(
+        labels(&refused),
+        ["saga_rejected"],
+        "\n{}",
+        describe(&refused)
+    );
+    let reason = refused[0].payload["reason"].as_str().unwrap();
+    assert!(reason.contains("resources:commands"), "{reason}");
+    let dead = xrange(&mut conn, "saga:dead-letter").await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["entry_id"], entry);
+    assert_eq!(
+        pending_count(&mut conn, "mission:start", "sagaflow").await,
+        0
+    );
+
+    must(
+        "DEL",
+        words("DEL resources:commands").query_async::<i64>(&mut conn),
+    )
+    .await;
+    xadd(&mut conn, "mission:start", &start("refused-2")).await;
+    let again = saga_events(&server, "refused-2").await;
+    assert_eq!(
+        again.last().unwrap().event_type,
+        "saga_completed",
+        "\n{}",
+        describe(&again)
+    );
+    handlers.stop().await;
+    daemon.stop().await;
+}

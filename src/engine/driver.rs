@@ -115,7 +115,17 @@ pub(super) async fn start(
             Outcome::Refused(e) => {
                 let refused =
                     refuse_start(&shared, &def.name, &saga.state.correlation_id, &at, &e);
-                Box::pin(refused).await
+                Box::pin(refused).await;
+                // The start may be sent again once the cause is mended: its
+                // idempotency key must not name a saga that never was.
+                if let Some(key) = &request.idempotency_key {
+                    let redis_key = shared.settings.idempotency_key(&def.name, key);
+                    let mut conn = shared.conn.clone();
+                    let released = maintain::release_key(&mut conn, &redis_key, saga_id.as_str());
+                    if let Err(e) = Box::pin(released).await {
+                        tracing::warn!(error = %e, idempotency_key = %key, "the idempotency key of a refused start is kept");
+                    }
+                }
             }
             Outcome::Stopped => {}
         }

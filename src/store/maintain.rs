@@ -3,7 +3,7 @@
 //! starters, so capped by no `XADD` of ours) are trimmed by age and by
 //! count without losing a start the daemons have not finished with.
 
-use super::scripts::{DEAD_LETTER, TRIM_TRIGGER};
+use super::scripts::{DEAD_LETTER, RELEASE_KEY, TRIM_TRIGGER};
 use crate::config::Settings;
 use crate::streams::StreamId;
 use redis::aio::ConnectionLike;
@@ -65,4 +65,15 @@ pub async fn trim_trigger<C: ConnectionLike + Send>(
         .arg(TRIM_PAGES)
         .invoke_async(conn)
         .await
+}
+
+/// Removes `key` if it still holds `value`: an idempotency key given back
+/// by a start that could never be created. Returns whether it was removed.
+pub async fn release_key<C: ConnectionLike + Send>(
+    conn: &mut C,
+    key: &str,
+    value: &str,
+) -> RedisResult<bool> {
+    let removed: i64 = RELEASE_KEY.key(key).arg(value).invoke_async(conn).await?;
+    Ok(removed == 1)
 }

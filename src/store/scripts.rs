@@ -24,3 +24,4 @@ script!(READ_GROUP, "shrink.lua", "read_group.lua");
 script!(READ_STREAMS, "shrink.lua", "read_streams.lua");
 script!(CLAIM_GROUP, "shrink.lua", "claim_group.lua");
 script!(LAST_ID, "last_id.lua");
+script!(RELEASE_KEY, "release_key.lua");
