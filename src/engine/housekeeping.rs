@@ -29,32 +29,38 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let mut registered = false;
     let mut streak = super::Streak::new("housekeeping");
     while pause(&shared.shutdown, TICK).await {
-        let result = async {
-            if !registered {
-                register_unknown_owners(&shared, &mut conn).await?;
-                registered = true;
+        // Each job runs when it is due, whatever became of the others: a
+        // stream replaced by another kind of key fails its own trim, not
+        // the whole round. A failed job waits for its next turn.
+        let mut outcome = Ok(());
+        let mut note = |result: redis::RedisResult<()>| {
+            if outcome.is_ok() {
+                outcome = result;
             }
-            if triggers_trimmed_at.is_none_or(|at| at.elapsed() >= TRIGGER_TRIM_EVERY) {
-                trim_triggers(&shared, &mut conn).await?;
-                trim_control(&shared, &mut conn).await?;
-                triggers_trimmed_at = Some(Instant::now());
-            }
-            if trimmed_at.is_none_or(|at| at.elapsed() >= trim_every(&shared.settings)) {
-                trim_streams(&shared).await?;
-                trimmed_at = Some(Instant::now());
-            }
-            if cleaned_at.elapsed() >= CLEAN_EVERY {
-                forget_idle_consumers(&shared).await?;
-                cleaned_at = Instant::now();
-            }
-            if reported_at.is_none_or(|at| at.elapsed() >= REPORT_EVERY) {
-                report_pending(&shared).await?;
-                reported_at = Some(Instant::now());
-            }
-            Ok::<(), redis::RedisError>(())
+        };
+        if !registered {
+            let result = register_unknown_owners(&shared, &mut conn).await;
+            registered = result.is_ok();
+            note(result);
         }
-        .await;
-        streak.record(result, "keep Redis tidy (trimming, clean-up)");
+        if triggers_trimmed_at.is_none_or(|at| at.elapsed() >= TRIGGER_TRIM_EVERY) {
+            note(trim_triggers(&shared, &mut conn).await);
+            note(trim_control(&shared, &mut conn).await);
+            triggers_trimmed_at = Some(Instant::now());
+        }
+        if trimmed_at.is_none_or(|at| at.elapsed() >= trim_every(&shared.settings)) {
+            note(trim_streams(&shared).await);
+            trimmed_at = Some(Instant::now());
+        }
+        if cleaned_at.elapsed() >= CLEAN_EVERY {
+            note(forget_idle_consumers(&shared).await);
+            cleaned_at = Instant::now();
+        }
+        if reported_at.is_none_or(|at| at.elapsed() >= REPORT_EVERY) {
+            note(report_pending(&shared).await);
+            reported_at = Some(Instant::now());
+        }
+        streak.record(outcome, "keep Redis tidy (trimming, clean-up)");
     }
 }
 
@@ -110,22 +116,27 @@ async fn trim_triggers(
 ) -> redis::RedisResult<()> {
     let settings = &shared.settings;
     let below_age = cut(shared.now_ms(), settings.stream_retention);
+    // Every stream is trimmed even if one fails; the first failure is told.
+    let mut outcome = Ok(());
     for stream in super::trigger_streams(settings, &shared.catalog) {
-        if let Some(unfinished) = oldest_unfinished(conn, &stream, settings).await? {
-            let removed = maintain::trim_trigger(
-                conn,
-                &stream,
-                below_age,
-                unfinished,
-                settings.triggers_maxlen,
-            )
-            .await?;
-            if removed > 0 {
-                tracing::debug!(%stream, removed, "trigger stream trimmed");
+        let trimmed = async {
+            let Some(unfinished) = oldest_unfinished(conn, &stream, settings).await? else {
+                return Ok(0);
+            };
+            let maxlen = settings.triggers_maxlen;
+            maintain::trim_trigger(conn, &stream, below_age, unfinished, maxlen).await
+        }
+        .await;
+        match trimmed {
+            Ok(removed) if removed > 0 => {
+                tracing::debug!(%stream, removed, "trigger stream trimmed")
             }
+            Ok(_) => {}
+            Err(e) if outcome.is_ok() => outcome = Err(e),
+            Err(_) => {}
         }
     }
-    Ok(())
+    outcome
 }
 
 /// The first id of entries younger than `keep`, at `now`.
@@ -320,8 +331,8 @@ pub(super) async fn report_pending(shared: &Shared) -> redis::RedisResult<()> {
             .query_async(&mut conn)
             .await
         {
-            // "no such key": no stream yet.
-            Err(e) if e.code() == Some("ERR") => continue,
+            // "no such key": no stream yet; or a key of another kind.
+            Err(e) if e.code() == Some("ERR") || crate::streams::is_permanent(&e) => continue,
             other => other?,
         };
         let pending: Vec<(String, u64)> = groups
