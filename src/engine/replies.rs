@@ -446,6 +446,7 @@ async fn route(shared: &Shared, main: &str, entry: Entry) {
         };
     };
     let bytes = read::entry_bytes(&entry);
+    let reached_ms = StreamId::parse(&entry.id).map(StreamId::ms);
     // Only this daemon's own stream is trimmed by it: the replies on it are
     // held until applied.
     let held = (entry.stream == main)
@@ -458,7 +459,6 @@ async fn route(shared: &Shared, main: &str, entry: Entry) {
             _budget: None,
         };
         tracing::debug!(entry_id = %entry.id, %saga_id, "reply for no saga driven here; kept for a while");
-        let reached_ms = StreamId::parse(&entry.id).map(StreamId::ms);
         return shared
             .router
             .keep(saga_id, entry.fields, reached_ms, receipt, bytes);
@@ -479,10 +479,9 @@ async fn route(shared: &Shared, main: &str, entry: Entry) {
     };
     match parse_reply(&entry.fields) {
         Ok(mut reply) => {
-            reply.reached_ms = StreamId::parse(&entry.id).map(StreamId::ms);
+            reply.reached_ms = reached_ms;
             if let Err((_, receipt)) = shared.router.deliver(&saga_id, Box::new(reply), receipt) {
                 // Its saga went meanwhile: kept, like any reply for no saga.
-                let reached_ms = StreamId::parse(&entry.id).map(StreamId::ms);
                 shared
                     .router
                     .keep(saga_id, entry.fields, reached_ms, receipt, bytes);

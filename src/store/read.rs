@@ -61,6 +61,21 @@ fn shrink(entry: &mut Entry, max_bytes: usize) {
     entry.fields = fields;
 }
 
+/// Runs a blocking read, whose entries come whole, and shrinks those over
+/// `max_bytes` as the scripts would have.
+async fn blocking<C: ConnectionLike + Send>(
+    conn: &mut C,
+    cmd: &redis::Cmd,
+    max_bytes: usize,
+) -> RedisResult<Vec<Entry>> {
+    let reply: redis::Value = cmd.query_async(conn).await?;
+    let mut entries = decode_read_reply(&reply);
+    for entry in &mut entries {
+        shrink(entry, max_bytes);
+    }
+    Ok(entries)
+}
+
 /// New entries of `streams` through `group`, at most `count`, without
 /// blocking.
 pub async fn group_now<C: ConnectionLike + Send>(
@@ -117,11 +132,7 @@ pub async fn group<C: ConnectionLike + Send>(
     for _ in streams {
         cmd.arg(">");
     }
-    let reply: redis::Value = cmd.query_async(conn).await?;
-    let mut entries = decode_read_reply(&reply);
-    for entry in &mut entries {
-        shrink(entry, max_bytes);
-    }
+    let entries = blocking(conn, &cmd, max_bytes).await?;
     Ok(Read {
         drained: entries.is_empty(),
         entries,
@@ -204,11 +215,7 @@ pub async fn after<C: ConnectionLike + Send>(
     for (_, id) in streams {
         cmd.arg(*id);
     }
-    let reply: redis::Value = cmd.query_async(conn).await?;
-    let mut entries = decode_read_reply(&reply);
-    for entry in &mut entries {
-        shrink(entry, max_bytes);
-    }
+    let entries = blocking(conn, &cmd, max_bytes).await?;
     // A stream that gave fewer than it could has nothing more; one that
     // gave nothing had nothing.
     let mut per_stream: std::collections::HashMap<&str, usize> = Default::default();

@@ -90,13 +90,7 @@ pub fn start(
         started_at_ms: now,
         ended_at_ms: None,
     };
-    let mut m = Machine {
-        state: &mut state,
-        def,
-        now,
-        ids,
-        effects: Vec::new(),
-    };
+    let mut m = Machine::new(&mut state, def, now, ids);
     m.emit(
         EventType::SagaStarted,
         None,
@@ -120,13 +114,7 @@ pub fn apply(
     if state.phase.is_terminal() && !matches!(event, Event::Operator(_)) {
         return Vec::new();
     }
-    let mut m = Machine {
-        state,
-        def,
-        now,
-        ids,
-        effects: Vec::new(),
-    };
+    let mut m = Machine::new(state, def, now, ids);
     match event {
         Event::Reply(reply) => m.on_reply(reply),
         Event::Tick => m.on_tick(),
@@ -138,8 +126,9 @@ pub fn apply(
 /// Sets a saga aside as failed because one of its transitions can never
 /// be written: `state` is its last state written, `reason` why the next
 /// one cannot be, `replies` the final replies that transition applied
-/// (kept, to be applied again when the saga is retried). It ends `saga_failed` (an operator can retry it once the
-/// cause is mended, or abandon it), keeping the phase it was in.
+/// (kept, to be applied again when the saga is retried). It ends
+/// `saga_failed` (an operator can retry it once the cause is mended, or
+/// abandon it), keeping the phase it was in.
 pub fn park(
     state: &mut SagaState,
     def: &SagaDefinition,
@@ -151,13 +140,7 @@ pub fn park(
     if state.phase.is_terminal() {
         return Vec::new();
     }
-    let mut m = Machine {
-        state,
-        def,
-        now,
-        ids,
-        effects: Vec::new(),
-    };
+    let mut m = Machine::new(state, def, now, ids);
     m.park(reason, replies);
     m.finish()
 }
@@ -198,6 +181,21 @@ struct Target<'d> {
 }
 
 impl<'a> Machine<'a> {
+    fn new(
+        state: &'a mut SagaState,
+        def: &'a SagaDefinition,
+        now: UnixMillis,
+        ids: &'a mut dyn IdSource,
+    ) -> Self {
+        Self {
+            state,
+            def,
+            now,
+            ids,
+            effects: Vec::new(),
+        }
+    }
+
     /// Orders the effects: persist first, then commands and events, timer
     /// and finish last. The driver writes the first three in one go.
     fn finish(mut self) -> Vec<Effect> {
