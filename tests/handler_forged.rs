@@ -40,6 +40,8 @@ fn command(reply_stream: &str) -> Command {
         payload: json!({"robots": 1}),
         deadline_ms: now_ms() + 60_000,
         timestamp: now_ms(),
+        ack_timeout_ms: None,
+        heartbeat_timeout_ms: None,
     }
 }
 
@@ -377,4 +379,37 @@ async fn the_reply_stream_prefix_is_the_daemons() {
         matches!(refused, Err(RunError::ReplyStreamPrefix(_))),
         "{refused:?}"
     );
+}
+
+/// A command asking for a heartbeat every millisecond gets one every
+/// `MIN_HEARTBEAT_EVERY` at most: a forged clock cannot turn a handler into
+/// a flood of writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_heartbeat_clock_cannot_flood_the_reply_stream() {
+    let server = RedisServer::start();
+    let mut conn = server.conn().await;
+    let handlers = Handlers::new(server.client(), "slow").on(
+        STREAM,
+        "allocate_resources",
+        |_cmd: Command, _ctx: Context| async move {
+            tokio::time::sleep(Duration::from_millis(1_000)).await;
+            Ok::<_, HandlerError>(json!({"done": true}))
+        },
+    );
+    let running = Running::start(handlers);
+    let mut forged = command(REPLIES);
+    forged.heartbeat_timeout_ms = Some(1);
+    send_all(&mut conn, STREAM, &[forged]).await;
+
+    final_reply(&mut conn, REPLIES).await;
+    let replies = xrange(&mut conn, REPLIES).await;
+    let heartbeats = replies.iter().filter(|r| r["status"] == "heartbeat").count();
+    let most = 1_000 / sagaflow::handler::MIN_HEARTBEAT_EVERY.as_millis() as usize + 1;
+    assert!(
+        (1..=most).contains(&heartbeats),
+        "{heartbeats} heartbeats in 1 s, at most {most} expected"
+    );
+    // The final reply comes last: no heartbeat is written after it.
+    assert_eq!(replies.last().unwrap()["status"], "completed");
+    running.stop().await;
 }

@@ -45,6 +45,8 @@ fn command(event_type: &str, payload: Value) -> Command {
         payload,
         deadline_ms: now_ms() + 60_000,
         timestamp: now_ms(),
+        ack_timeout_ms: None,
+        heartbeat_timeout_ms: None,
     }
 }
 

@@ -104,7 +104,7 @@ async fn status(args: StatusArgs) -> Result<(), String> {
     if let Some(x) = &s.current {
         let step = &x.step;
         let what = match x.waiting {
-            Waiting::Reply { deadline_ms } => {
+            Waiting::Reply { deadline_ms, .. } => {
                 format!("awaiting the reply, due {}", timestamp(deadline_ms))
             }
             Waiting::Backoff { until_ms } => format!("retrying at {}", timestamp(until_ms)),

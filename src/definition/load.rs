@@ -300,6 +300,35 @@ impl Checker<'_> {
         }
     }
 
+    /// `ack_timeout` and `heartbeat_timeout`: each shorter than `timeout`,
+    /// or it could never run out first.
+    fn clocks(
+        &mut self,
+        ack: Option<&Spanned<String>>,
+        heartbeat: Option<&Spanned<String>>,
+        timeout: Duration,
+    ) -> Clocks {
+        let mut clock = |what: &str, raw: Option<&Spanned<String>>| {
+            let raw = raw?;
+            let d = self.duration(what, raw);
+            if d >= timeout {
+                self.error(
+                    raw.referenced,
+                    format!(
+                        "{what} ({}) must be shorter than the attempt's timeout ({}), or it never runs out first",
+                        humantime::format_duration(d),
+                        humantime::format_duration(timeout)
+                    ),
+                );
+            }
+            Some(d)
+        };
+        Clocks {
+            ack: clock("ack_timeout", ack),
+            heartbeat: clock("heartbeat_timeout", heartbeat),
+        }
+    }
+
     fn retry(&mut self, raw: &Spanned<RawRetry>) -> RetryPolicy {
         let r = &raw.value;
         let max_attempts = match u32::try_from(r.max_attempts.value) {
@@ -445,6 +474,11 @@ impl Checker<'_> {
             .timeout
             .as_ref()
             .map_or(DEFAULT_STEP_TIMEOUT, |t| self.duration("timeout", t));
+        let clocks = self.clocks(
+            raw.ack_timeout.as_ref(),
+            raw.heartbeat_timeout.as_ref(),
+            timeout,
+        );
         let retry = raw
             .retry
             .as_ref()
@@ -467,6 +501,7 @@ impl Checker<'_> {
             stream,
             command,
             timeout,
+            clocks,
             retry,
             input,
             replies,
@@ -506,16 +541,24 @@ impl Checker<'_> {
             all_steps: all,
             in_compensation: true,
         };
+        let timeout = raw
+            .timeout
+            .as_ref()
+            .map_or(step.timeout, |t| self.duration("timeout", t));
         CompensationDefinition {
             command: self.name("command", &raw.command),
             stream: raw
                 .stream
                 .as_ref()
                 .map_or_else(|| step.stream.clone(), |s| self.name("stream", s)),
-            timeout: raw
-                .timeout
-                .as_ref()
-                .map_or(step.timeout, |t| self.duration("timeout", t)),
+            timeout,
+            // Not taken from the step: an undo is another handler's work,
+            // often quick, and its clocks are its own.
+            clocks: self.clocks(
+                raw.ack_timeout.as_ref(),
+                raw.heartbeat_timeout.as_ref(),
+                timeout,
+            ),
             retry: raw
                 .retry
                 .as_ref()

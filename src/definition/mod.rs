@@ -12,9 +12,9 @@ pub mod template;
 
 pub use load::{catalog_from_str, load_dir, load_str, Catalog, DefinitionError, DefinitionErrors};
 pub use model::{
-    content_version, Backoff, CompensationDefinition, ReplyMode, RetryPolicy, SagaDefinition,
-    StepDefinition, DEFAULT_COMPENSATION_RETRY, DEFAULT_MAX_DELAY, DEFAULT_STEP_RETRY,
-    DEFAULT_STEP_TIMEOUT,
+    content_version, Backoff, Clocks, CompensationDefinition, ReplyMode, RetryPolicy,
+    SagaDefinition, StepDefinition, DEFAULT_COMPENSATION_RETRY, DEFAULT_MAX_DELAY,
+    DEFAULT_STEP_RETRY, DEFAULT_STEP_TIMEOUT,
 };
 pub use template::{Template, TemplateError};
 

@@ -49,6 +49,19 @@ pub enum ReplyMode {
     PerRequest,
 }
 
+/// The two optional clocks of an attempt beside its completion timeout
+/// (`timeout`): each ends the attempt as timed out when it runs out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Clocks {
+    /// No reply at all (`start`, or any other) within this time of the
+    /// command being sent: nobody took the command.
+    pub ack: Option<Duration>,
+    /// No reply within this time of the last one (or of the command, before
+    /// any): the handler is gone. `progress` and `heartbeat` replies keep it
+    /// from running out.
+    pub heartbeat: Option<Duration>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Total attempts, at least 1.
@@ -63,6 +76,7 @@ pub struct CompensationDefinition {
     pub command: String,
     pub stream: String,
     pub timeout: Duration,
+    pub clocks: Clocks,
     pub retry: RetryPolicy,
     pub input: Option<Template>,
     pub replies: ReplyMode,
@@ -75,6 +89,7 @@ pub struct StepDefinition {
     /// The `event_type` of its commands.
     pub command: String,
     pub timeout: Duration,
+    pub clocks: Clocks,
     pub retry: RetryPolicy,
     pub input: Option<Template>,
     pub replies: ReplyMode,

@@ -256,3 +256,38 @@ fn reply_stream_modes_are_read_and_inherited() {
         "{err}"
     );
 }
+
+#[test]
+fn ack_and_heartbeat_timeouts_load_and_are_not_inherited_by_compensations() {
+    let text = GOOD.replace(
+        "    timeout: 10s\n",
+        "    timeout: 10s\n    ack_timeout: 2s\n    heartbeat_timeout: 5s\n",
+    );
+    let def = load_str(Path::new("m.yaml"), &text).unwrap();
+    let alloc = &def.steps[0];
+    assert_eq!(alloc.clocks.ack, Some(std::time::Duration::from_secs(2)));
+    assert_eq!(alloc.clocks.heartbeat, Some(std::time::Duration::from_secs(5)));
+    assert_eq!(alloc.compensation.as_ref().unwrap().clocks, Clocks::default());
+    assert_eq!(def.steps[1].clocks, Clocks::default());
+}
+
+#[test]
+fn a_clock_that_could_never_run_out_first_is_refused() {
+    let text = GOOD.replace(
+        "    timeout: 10s\n",
+        "    timeout: 10s\n    heartbeat_timeout: 10s\n",
+    );
+    assert_eq!(
+        error_of(&text),
+        "sagas/m.yaml:7:24: heartbeat_timeout (10s) must be shorter than the attempt's timeout (10s), or it never runs out first"
+    );
+    // Against the default timeout of 30 s, and on a compensation.
+    let text = GOOD.replace(
+        "      command: release_resources\n",
+        "      command: release_resources\n      timeout: 1s\n      ack_timeout: 1m\n",
+    );
+    assert_eq!(
+        error_of(&text),
+        "sagas/m.yaml:13:20: ack_timeout (1m) must be shorter than the attempt's timeout (1s), or it never runs out first"
+    );
+}

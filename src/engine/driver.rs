@@ -587,11 +587,13 @@ impl<'a> Driven<'a> {
         let Some(x) = &self.state.current else {
             return false;
         };
-        let saga::Waiting::Reply { deadline_ms } = x.waiting else {
+        if !matches!(x.waiting, saga::Waiting::Reply { .. }) {
             return false;
-        };
-        self.shared.now_ms() >= deadline_ms
-            && self.shared.replies.read_through(&x.reply_stream) < deadline_ms
+        }
+        // The earliest of the attempt's clocks: a reply read late may stop
+        // the ack or heartbeat clock as well as the completion one.
+        let due_ms = x.waiting.due_ms();
+        self.shared.now_ms() >= due_ms && self.shared.replies.read_through(&x.reply_stream) < due_ms
     }
 
     /// Applies the replies already waiting in the inbox, so that their

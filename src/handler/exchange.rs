@@ -36,6 +36,7 @@ use redis::{RedisError, RedisResult};
 use serde_json::Map;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
@@ -187,6 +188,39 @@ async fn answer(
     }
 }
 
+/// Waits for the handler's task, sending `heartbeat` replies meanwhile when
+/// the command has a `heartbeat_timeout_ms`: one every third of it (at
+/// most one per [`MIN_HEARTBEAT_EVERY`]), left out when a `progress` reply
+/// went within that time. The last one is never written after the final
+/// reply: both go through the outbox, in order.
+async fn heartbeating(
+    shared: &Shared,
+    command: &Command,
+    span: &TraceParent,
+    outbox: &Outbox,
+    mut task: tokio::task::JoinHandle<super::HandlerResult>,
+) -> Result<super::HandlerResult, tokio::task::JoinError> {
+    let Some(timeout_ms) = command.heartbeat_timeout_ms else {
+        return task.await;
+    };
+    let every = Duration::from_millis(timeout_ms / 3).max(MIN_HEARTBEAT_EVERY);
+    loop {
+        tokio::select! {
+            outcome = &mut task => return outcome,
+            () = tokio::time::sleep(every) => {
+                if outbox.quiet_for(every) {
+                    outbox.push(reply_fields(command, span, &ReplyStatus::Heartbeat, shared.clock.now_ms()));
+                }
+            }
+        }
+    }
+}
+
+/// The shortest time between two heartbeats of one command, whatever its
+/// `heartbeat_timeout_ms` says: a forged command asking for a heartbeat
+/// every millisecond costs ten writes a second at most.
+pub const MIN_HEARTBEAT_EVERY: Duration = Duration::from_millis(100);
+
 /// The handler, then the final reply's fields; `None` when the handler
 /// leaves the command unanswered.
 async fn run_handler(
@@ -206,12 +240,12 @@ async fn run_handler(
     );
     // In a task of its own so that a panicking handler fails its command
     // instead of leaving it pending.
-    let outcome = tokio::spawn(
+    let task = tokio::spawn(
         handler
             .handle(command.clone(), ctx)
             .instrument(tracing::Span::current()),
-    )
-    .await;
+    );
+    let outcome = heartbeating(shared, command, &span, outbox, task).await;
     let status = match outcome {
         Ok(Ok(result)) => ReplyStatus::Completed { result },
         Ok(Err(HandlerError::Retryable(error))) => ReplyStatus::Failed {

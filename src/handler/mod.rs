@@ -56,7 +56,7 @@ mod stats;
 
 pub use clock::RESYNC_EVERY;
 pub use dead_letter::dead_letter_key;
-pub use exchange::done_key;
+pub use exchange::{done_key, MIN_HEARTBEAT_EVERY};
 pub use outbox::MAX_QUEUED_PROGRESS;
 pub use reply_stream::{ReplyStreams, DEFAULT_REPLY_STREAM_PREFIX, MAX_REPLY_STREAM_BYTES};
 pub use runner::Handlers;

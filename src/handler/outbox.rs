@@ -41,6 +41,9 @@ struct Inner {
     request_id: String,
     conn: ConnectionManager,
     queued: Mutex<Vec<Fields>>,
+    /// When a reply was last queued: heartbeats are left out while others
+    /// show the handler is alive.
+    pushed_at: Mutex<tokio::time::Instant>,
     writing: tokio::sync::Mutex<()>,
 }
 
@@ -52,13 +55,20 @@ impl Outbox {
                 request_id: request_id.to_owned(),
                 conn,
                 queued: Mutex::new(Vec::new()),
+                pushed_at: Mutex::new(tokio::time::Instant::now()),
                 writing: tokio::sync::Mutex::new(()),
             }),
         }
     }
 
+    /// True when no reply was queued for `period`.
+    pub(crate) fn quiet_for(&self, period: std::time::Duration) -> bool {
+        self.inner.pushed_at.lock().expect("outbox lock").elapsed() >= period
+    }
+
     /// Queues a reply and makes sure a background write will take it.
     pub(crate) fn push(&self, fields: Fields) {
+        *self.inner.pushed_at.lock().expect("outbox lock") = tokio::time::Instant::now();
         let first = {
             let mut queued = self.inner.queued.lock().expect("outbox lock");
             if queued.len() >= MAX_QUEUED_PROGRESS {

@@ -204,6 +204,8 @@ mod tests {
             payload: json!({}),
             deadline_ms: u64::MAX,
             timestamp: 0,
+            ack_timeout_ms: None,
+            heartbeat_timeout_ms: None,
         }
     }
 

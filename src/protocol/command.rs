@@ -44,12 +44,19 @@ pub struct Command {
     pub payload: Value,
     pub deadline_ms: UnixMillis,
     pub timestamp: UnixMillis,
+    /// Set when the attempt times out without any reply within this many
+    /// milliseconds of being sent (its step's `ack_timeout`).
+    pub ack_timeout_ms: Option<u64>,
+    /// Set when the attempt times out after this many milliseconds without
+    /// a reply (its step's `heartbeat_timeout`): a handler sends `progress`
+    /// or `heartbeat` replies at least this often while it works.
+    pub heartbeat_timeout_ms: Option<u64>,
 }
 
 impl Command {
     /// The entry's fields, in the contract's order.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut fields = vec![
             (f::CORRELATION_ID, self.correlation_id.to_string()),
             (f::SAGA_ID, self.saga_id.to_string()),
             (f::REQUEST_ID, self.request_id.to_string()),
@@ -63,7 +70,16 @@ impl Command {
             (f::PAYLOAD, self.payload.to_string()),
             (f::DEADLINE_MS, self.deadline_ms.to_string()),
             (f::TIMESTAMP, self.timestamp.to_string()),
-        ]
+        ];
+        // Only when set: handlers of the contract's first form see the
+        // fields they always saw.
+        if let Some(ms) = self.ack_timeout_ms {
+            fields.push((f::ACK_TIMEOUT_MS, ms.to_string()));
+        }
+        if let Some(ms) = self.heartbeat_timeout_ms {
+            fields.push((f::HEARTBEAT_TIMEOUT_MS, ms.to_string()));
+        }
+        fields
     }
 
     /// Reads a command as a handler receives it. Every field is required;
@@ -97,6 +113,15 @@ impl Command {
                 .parse::<u64>()
                 .map_err(|_| format!("field `{name}` is not a non-negative integer"))
         };
+        // Optional: sent only for steps that set the clock.
+        let optional_number = |name: &str| -> Result<Option<u64>, String> {
+            text_field(fields, name)?
+                .map(|t| {
+                    t.parse::<u64>()
+                        .map_err(|_| format!("field `{name}` is not a non-negative integer"))
+                })
+                .transpose()
+        };
         let traceparent = TraceParent::parse(text(f::TRACEPARENT)?)
             .ok_or_else(|| "field `traceparent` is not valid W3C trace context".to_owned())?;
         let kind = match text(f::KIND)? {
@@ -127,6 +152,8 @@ impl Command {
             payload,
             deadline_ms: number(f::DEADLINE_MS)?,
             timestamp: number(f::TIMESTAMP)?,
+            ack_timeout_ms: optional_number(f::ACK_TIMEOUT_MS)?,
+            heartbeat_timeout_ms: optional_number(f::HEARTBEAT_TIMEOUT_MS)?,
         })
     }
 
@@ -155,6 +182,8 @@ mod tests {
             payload: serde_json::json!({"area": "hall-a"}),
             deadline_ms: 1_800_000_000_000,
             timestamp: 1_799_999_990_000,
+            ack_timeout_ms: None,
+            heartbeat_timeout_ms: None,
         }
     }
 

@@ -17,6 +17,9 @@ use serde_json::Value;
 pub enum ReplyStatus {
     /// The handler took the command.
     Start,
+    /// The handler is still at work (sagaflow's addition): keeps the
+    /// attempt's `heartbeat_timeout` from running out, writes no event.
+    Heartbeat,
     /// Work under way; `percent` is 0 to 100 when the handler said how far
     /// it got. `details` keeps the rest of a legacy progress payload, when
     /// it is within [`MAX_PROGRESS_DETAILS_BYTES`].
@@ -43,7 +46,10 @@ pub enum ReplyStatus {
 
 impl ReplyStatus {
     pub fn is_final(&self) -> bool {
-        !matches!(self, ReplyStatus::Start | ReplyStatus::Progress { .. })
+        !matches!(
+            self,
+            ReplyStatus::Start | ReplyStatus::Heartbeat | ReplyStatus::Progress { .. }
+        )
     }
 }
 
@@ -203,6 +209,7 @@ fn read_status(fields: &RawFields) -> Result<ReplyStatus, String> {
     };
     Ok(match status {
         "start" => ReplyStatus::Start,
+        "heartbeat" => ReplyStatus::Heartbeat,
         "progress" => read_progress(fields)?,
         "completed" => match text_field(fields, f::RESULT)? {
             Some(text) => match check_shape(text) {
@@ -319,6 +326,7 @@ pub fn reply_fields(
     };
     match status {
         ReplyStatus::Start => out.push((f::STATUS, "start".into())),
+        ReplyStatus::Heartbeat => out.push((f::STATUS, "heartbeat".into())),
         ReplyStatus::Progress { percent, .. } => {
             out.push((f::STATUS, "progress".into()));
             out.push((f::PROGRESS, percent.unwrap_or(0.0).to_string()));

@@ -12,7 +12,7 @@ mod state;
 pub use backoff::retry_delay;
 pub use ids::{IdSource, RandomIds};
 pub use machine::{apply, park, start, Action, Effect, Event, OperatorRequest, SagaInit};
-pub use state::{Exchange, Failure, Parked, Phase, SagaState, Waiting};
+pub use state::{Clock, Exchange, Failure, Parked, Phase, SagaState, Waiting};
 
 #[cfg(test)]
 mod tests;

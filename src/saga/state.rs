@@ -37,8 +37,16 @@ impl Phase {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "for")]
 pub enum Waiting {
-    /// A command was sent; its final reply is due by `deadline_ms`.
-    Reply { deadline_ms: UnixMillis },
+    /// A command was sent; its final reply is due by `deadline_ms`. With
+    /// the step's other clocks: a first reply (any) by `ack_by_ms`, and
+    /// the next reply by `heartbeat_by_ms` (moved on by each reply).
+    Reply {
+        deadline_ms: UnixMillis,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ack_by_ms: Option<UnixMillis>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        heartbeat_by_ms: Option<UnixMillis>,
+    },
     /// The last attempt failed; the next one is sent at `until_ms`.
     Backoff { until_ms: UnixMillis },
 }
@@ -136,12 +144,69 @@ pub struct SagaState {
     pub ended_at_ms: Option<UnixMillis>,
 }
 
+/// Which clock of an attempt ran out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// No reply at all in time: nobody took the command.
+    Ack,
+    /// No reply for `heartbeat_timeout`: the handler is gone.
+    Heartbeat,
+    /// No final reply by the deadline.
+    Completion,
+}
+
+impl Clock {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Clock::Ack => "ack",
+            Clock::Heartbeat => "heartbeat",
+            Clock::Completion => "completion",
+        }
+    }
+}
+
+impl Waiting {
+    /// When this wait is next due: the earliest of its clocks.
+    pub fn due_ms(&self) -> UnixMillis {
+        match *self {
+            Waiting::Reply {
+                deadline_ms,
+                ack_by_ms,
+                heartbeat_by_ms,
+            } => [ack_by_ms, heartbeat_by_ms]
+                .into_iter()
+                .flatten()
+                .fold(deadline_ms, UnixMillis::min),
+            Waiting::Backoff { until_ms } => until_ms,
+        }
+    }
+
+    /// The clock of a reply wait that has run out at `now`, the one that
+    /// ran out first when several have.
+    pub fn expired(&self, now: UnixMillis) -> Option<(Clock, UnixMillis)> {
+        let Waiting::Reply {
+            deadline_ms,
+            ack_by_ms,
+            heartbeat_by_ms,
+        } = *self
+        else {
+            return None;
+        };
+        [
+            (Clock::Ack, ack_by_ms),
+            (Clock::Heartbeat, heartbeat_by_ms),
+            (Clock::Completion, Some(deadline_ms)),
+        ]
+        .into_iter()
+        .filter_map(|(clock, at)| at.map(|at| (clock, at)))
+        .filter(|(_, at)| *at <= now)
+        .min_by_key(|(_, at)| *at)
+    }
+}
+
 impl SagaState {
     /// When the machine next needs a [`super::Event::Tick`], if ever.
     pub fn wake_at(&self) -> Option<UnixMillis> {
-        self.current.as_ref().map(|x| match x.waiting {
-            Waiting::Reply { deadline_ms } => deadline_ms,
-            Waiting::Backoff { until_ms } => until_ms,
-        })
+        self.current.as_ref().map(|x| x.waiting.due_ms())
     }
 }

@@ -57,7 +57,11 @@ struct Harness {
 
 impl Harness {
     fn new() -> (Self, Vec<Effect>) {
-        let def = load_str(Path::new("mission.yaml"), DEF).unwrap();
+        Self::with(DEF)
+    }
+
+    fn with(definition: &str) -> (Self, Vec<Effect>) {
+        let def = load_str(Path::new("mission.yaml"), definition).unwrap();
         let mut ids = SeqIds(0);
         let init = SagaInit {
             saga_id: SagaId::from_trusted("5".repeat(32)),
@@ -84,11 +88,20 @@ impl Harness {
         effects
     }
 
+    fn current_attempt(&self) -> u32 {
+        self.state.current.as_ref().unwrap().attempt
+    }
+
     fn current_request(&self) -> RequestId {
         self.state.current.as_ref().unwrap().request_id.clone()
     }
 
     fn reply(&mut self, status: ReplyStatus) -> Vec<Effect> {
+        self.reply_reached(status, None)
+    }
+
+    /// A reply that reached Redis at `reached_ms`.
+    fn reply_reached(&mut self, status: ReplyStatus, reached_ms: Option<u64>) -> Vec<Effect> {
         let reply = Reply {
             saga_id: Some(self.state.saga_id.clone()),
             request_id: Some(self.current_request()),
@@ -97,7 +110,7 @@ impl Harness {
             traceparent: None,
             status,
             timestamp_ms: None,
-            reached_ms: None,
+            reached_ms,
         };
         self.apply(Event::Reply(reply))
     }
@@ -868,4 +881,180 @@ fn a_reply_that_reached_redis_after_the_deadline_is_late_whenever_it_is_read() {
     let reply = late(&h, deadline);
     h.apply(Event::Reply(reply));
     assert!(h.state.results.contains_key("allocate"));
+}
+
+// The ack and heartbeat clocks.
+
+const CLOCKS: &str = "\
+name: long
+steps:
+  - name: allocate
+    stream: resources:commands
+    timeout: 1h
+    ack_timeout: 2s
+    heartbeat_timeout: 10s
+    retry: { max_attempts: 2, backoff: fixed, initial_delay: 100ms }
+    compensation: { command: release, timeout: 5s, ack_timeout: 1s }
+  - name: explore
+    stream: exploration:commands
+    timeout: 1h
+    heartbeat_timeout: 30s
+";
+
+#[test]
+fn commands_carry_their_clocks_and_wake_at_the_earliest() {
+    let (h, effects) = Harness::with(CLOCKS);
+    let Some(Effect::Send { command, .. }) =
+        effects.iter().find(|e| matches!(e, Effect::Send { .. }))
+    else {
+        panic!("no command sent");
+    };
+    assert_eq!(command.ack_timeout_ms, Some(2_000));
+    assert_eq!(command.heartbeat_timeout_ms, Some(10_000));
+    let fields = command.to_fields();
+    assert!(fields.contains(&("ack_timeout_ms", "2000".into())));
+    assert!(fields.contains(&("heartbeat_timeout_ms", "10000".into())));
+    // The ack clock runs out first.
+    assert_eq!(h.deadline(), 1_000 + 2_000);
+    let started = h.last_event_payload(EventType::StepStarted);
+    assert_eq!(started["ack_timeout_ms"], 2_000);
+    assert_eq!(started["heartbeat_timeout_ms"], 10_000);
+    // Steps without the clocks send neither field: handlers of the first
+    // form of the contract see what they always saw.
+    let (plain, effects) = Harness::new();
+    let Some(Effect::Send { command, .. }) =
+        effects.iter().find(|e| matches!(e, Effect::Send { .. }))
+    else {
+        panic!("no command sent");
+    };
+    assert!(!command
+        .to_fields()
+        .iter()
+        .any(|(k, _)| k.ends_with("_timeout_ms")));
+    assert_eq!(plain.deadline(), 1_000 + 1_000);
+}
+
+#[test]
+fn no_reply_within_the_ack_timeout_times_the_attempt_out_and_retries() {
+    let (mut h, _) = Harness::with(CLOCKS);
+    assert!(h.tick_at(2_999).is_empty());
+    let effects = h.tick_at(3_000);
+    assert_eq!(
+        types(&effects),
+        ["persist", "step_timed_out", "step_retrying", "timer"]
+    );
+    let timed_out = h.last_event_payload(EventType::StepTimedOut);
+    assert_eq!(timed_out["timeout"], "ack");
+    assert_eq!(timed_out["attempt"], 1);
+    // The next attempt gets its clocks anew.
+    h.tick_at(3_100);
+    assert_eq!(h.current_attempt(), 2);
+    assert_eq!(h.deadline(), 3_100 + 2_000);
+}
+
+#[test]
+fn a_start_reply_stops_the_ack_clock_and_is_persisted() {
+    let (mut h, _) = Harness::with(CLOCKS);
+    h.now = 1_500;
+    let effects = h.reply_reached(ReplyStatus::Start, Some(1_400));
+    // No event, but the state changed: written, and the timer moves to
+    // the heartbeat clock, started again by the reply.
+    assert_eq!(types(&effects), ["persist", "timer"]);
+    assert_eq!(h.deadline(), 1_400 + 10_000);
+    assert!(h.tick_at(3_000).is_empty());
+}
+
+#[test]
+fn heartbeats_and_progress_keep_a_long_attempt_alive_and_silence_ends_it() {
+    let (mut h, _) = Harness::with(CLOCKS);
+    h.reply_reached(ReplyStatus::Start, Some(1_000));
+    // Ten minutes of heartbeats, every 5 s.
+    for at in (6_000..600_000).step_by(5_000) {
+        h.now = at;
+        let effects = h.reply_reached(ReplyStatus::Heartbeat, Some(at));
+        assert_eq!(
+            types(&effects),
+            ["persist", "timer"],
+            "a heartbeat writes no event"
+        );
+        assert!(h.tick_at(at + 9_999).is_empty(), "alive at {at}");
+        h.now = at;
+    }
+    h.now = 600_000;
+    let effects = h.reply_reached(
+        ReplyStatus::Progress {
+            percent: Some(40.0),
+            details: Value::Null,
+        },
+        Some(600_000),
+    );
+    assert_eq!(types(&effects), ["persist", "step_progress", "timer"]);
+    assert_eq!(h.deadline(), 610_000);
+    // Then silence: the handler is gone.
+    let effects = h.tick_at(610_000);
+    assert_eq!(
+        types(&effects),
+        ["persist", "step_timed_out", "step_retrying", "timer"]
+    );
+    assert_eq!(
+        h.last_event_payload(EventType::StepTimedOut)["timeout"],
+        "heartbeat"
+    );
+}
+
+#[test]
+fn a_heartbeat_that_reached_redis_after_the_clock_ran_out_is_late() {
+    let (mut h, _) = Harness::with(CLOCKS);
+    h.reply_reached(ReplyStatus::Start, Some(1_000));
+    // Read late (the reader lagged), after the heartbeat clock ran out.
+    h.now = 20_000;
+    assert!(h
+        .reply_reached(ReplyStatus::Heartbeat, Some(11_001))
+        .is_empty());
+    assert!(h
+        .reply_reached(ReplyStatus::Completed { result: json!({}) }, Some(11_001))
+        .is_empty());
+    assert!(h.state.results.is_empty());
+    let effects = h.tick_at(20_000);
+    assert!(types(&effects).contains(&"step_timed_out".to_owned()));
+    // One that reached Redis in time still counts, however late it is read.
+    let (mut h, _) = Harness::with(CLOCKS);
+    h.reply_reached(ReplyStatus::Start, Some(1_000));
+    h.now = 20_000;
+    h.reply_reached(ReplyStatus::Heartbeat, Some(11_000));
+    assert_eq!(h.deadline(), 21_000);
+}
+
+#[test]
+fn an_attempt_lost_to_its_ack_or_heartbeat_clock_is_undone() {
+    // Its effect is unknown, as with any timeout: it is compensated.
+    let (mut h, _) = Harness::with(CLOCKS);
+    h.tick_at(3_000);
+    h.tick_at(3_100);
+    h.tick_at(5_100);
+    assert_eq!(h.state.phase, Phase::Compensating);
+    let sent = h.sent();
+    assert_eq!(
+        sent.last().unwrap(),
+        &("release".to_owned(), CommandKind::Compensation, 1)
+    );
+    // The compensation's own clocks: an ack timeout of 1 s, no heartbeat.
+    assert_eq!(h.deadline(), 5_100 + 1_000);
+    let effects = h.tick_at(6_100);
+    assert!(types(&effects).contains(&"compensation_timed_out".to_owned()));
+    assert_eq!(
+        h.last_event_payload(EventType::CompensationTimedOut)["timeout"],
+        "ack"
+    );
+}
+
+#[test]
+fn a_completion_timeout_names_its_clock() {
+    let (mut h, _) = Harness::new();
+    let deadline = h.deadline();
+    h.tick_at(deadline);
+    assert_eq!(
+        h.last_event_payload(EventType::StepTimedOut)["timeout"],
+        "completion"
+    );
 }

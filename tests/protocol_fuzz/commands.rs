@@ -72,6 +72,10 @@ pub fn command() -> impl Strategy<Value = Command> {
                     payload,
                     deadline_ms: deadline,
                     timestamp: ts,
+                    // The optional clocks, present or not, from bits of
+                    // the values drawn.
+                    ack_timeout_ms: (ts % 3 == 0).then_some(deadline / 7),
+                    heartbeat_timeout_ms: (deadline % 2 == 0).then_some(ts / 5),
                 }
             },
         )
@@ -196,6 +200,7 @@ pub fn check_command_mutated(cmd: &Command, mutations: &[Mutation]) {
 pub fn status() -> impl Strategy<Value = ReplyStatus> {
     prop_oneof![
         3 => Just(ReplyStatus::Start),
+        1 => Just(ReplyStatus::Heartbeat),
         3 => (0..=400u32).prop_map(|p| ReplyStatus::Progress {
             percent: Some(f64::from(p) / 4.0),
             details: Value::Null,
@@ -262,6 +267,7 @@ pub fn check_built_reply(cmd: &Command, status: &ReplyStatus) {
             retryable: true,
         },
         ReplyStatus::Start => ReplyStatus::Start,
+        ReplyStatus::Heartbeat => ReplyStatus::Heartbeat,
     };
     assert!(
         reply.status == expected,

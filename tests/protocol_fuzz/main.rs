@@ -145,6 +145,8 @@ fn json_nested_100000_deep_is_refused_everywhere() {
         payload: Value::Null,
         deadline_ms: 1,
         timestamp: 1,
+        ack_timeout_ms: None,
+        heartbeat_timeout_ms: None,
     };
     let mut fields = raw(cmd.to_fields());
     fields.insert("payload".into(), deep.into_bytes());

@@ -221,6 +221,7 @@ pub fn check_reply(case: &ReplyCase) {
 pub fn kind(status: &ReplyStatus) -> &'static str {
     match status {
         ReplyStatus::Start => "start",
+        ReplyStatus::Heartbeat => "heartbeat",
         ReplyStatus::Progress { .. } => "progress",
         ReplyStatus::Completed { .. } => "completed",
         ReplyStatus::Failed { .. } => "failed",
@@ -230,7 +231,7 @@ pub fn kind(status: &ReplyStatus) -> &'static str {
 
 pub fn check_status(status: &ReplyStatus) {
     match status {
-        ReplyStatus::Start => {}
+        ReplyStatus::Start | ReplyStatus::Heartbeat => {}
         ReplyStatus::Progress { percent, details } => {
             assert!(percent.is_none_or(|p| (0.0..=100.0).contains(&p)));
             assert!(json_len(details) <= MAX_PROGRESS_DETAILS_BYTES);

@@ -16,7 +16,7 @@ impl Machine<'_> {
         let policy = self.policy(x);
         let (error, retryable, timed_out) = match &miss {
             Miss::Failed { error, retryable } => (error.clone(), *retryable, false),
-            Miss::TimedOut { reason } => (reason.clone(), true, true),
+            Miss::TimedOut { reason, .. } => (reason.clone(), true, true),
         };
         let any_timeout = x.timed_out || timed_out;
         if retryable && x.attempt < policy.max_attempts {
@@ -83,7 +83,7 @@ impl Machine<'_> {
     pub(super) fn emit_miss(&mut self, x: &Exchange, step: &str, miss: &Miss) {
         let action = x.kind == CommandKind::Action;
         match miss {
-            Miss::TimedOut { .. } => {
+            Miss::TimedOut { clock, .. } => {
                 let event = if action {
                     EventType::StepTimedOut
                 } else {
@@ -92,7 +92,7 @@ impl Machine<'_> {
                 self.emit(
                     event,
                     Some(step),
-                    json!({ "attempt": x.attempt, "request_id": x.request_id }),
+                    json!({ "attempt": x.attempt, "request_id": x.request_id, "timeout": clock.as_str() }),
                 );
             }
             Miss::Failed { error, retryable } => {

@@ -1,9 +1,9 @@
 //! The transition function: `start` makes a saga, `apply` moves it on.
 
 use super::ids::IdSource;
-use super::state::{Exchange, Phase, SagaState, Waiting};
+use super::state::{Clock, Exchange, Phase, SagaState, Waiting};
 use crate::definition::template::Context;
-use crate::definition::{ReplyMode, RetryPolicy, SagaDefinition, Template};
+use crate::definition::{Clocks, ReplyMode, RetryPolicy, SagaDefinition, Template};
 use crate::protocol::{
     Command, CommandKind, CorrelationId, EventType, Json, Reply, ReplyStatus, SagaEvent, SagaId,
     SpanId, TraceId, TraceParent, UnixMillis,
@@ -151,6 +151,9 @@ struct Machine<'a> {
     now: UnixMillis,
     ids: &'a mut dyn IdSource,
     effects: Vec<Effect>,
+    /// Set when the state changed without an event saying so: a reply
+    /// that moved an attempt's clocks on.
+    touched: bool,
 }
 
 mod failure;
@@ -164,9 +167,10 @@ enum Miss {
         error: String,
         retryable: bool,
     },
-    /// Its deadline passed without a final reply.
+    /// One of its clocks ran out without a final reply.
     TimedOut {
         reason: String,
+        clock: Clock,
     },
 }
 
@@ -175,6 +179,7 @@ struct Target<'d> {
     stream: &'d str,
     command: &'d str,
     timeout: Duration,
+    clocks: Clocks,
     retry: RetryPolicy,
     input: Option<&'d Template>,
     replies: ReplyMode,
@@ -193,18 +198,20 @@ impl<'a> Machine<'a> {
             now,
             ids,
             effects: Vec::new(),
+            touched: false,
         }
     }
 
     /// Orders the effects: persist first, then commands and events, timer
     /// and finish last. The driver writes the first three in one go.
     fn finish(mut self) -> Vec<Effect> {
-        if self.effects.is_empty() {
+        if self.effects.is_empty() && !self.touched {
             return self.effects;
         }
         // Progress, and an operator's request refused, are recorded on the
         // audit stream but change no state.
-        let changed = !self.effects.iter().all(|e| {
+        let changed = self.touched
+            || !self.effects.iter().all(|e| {
             matches!(e, Effect::Emit(ev) if matches!(
                 ev.event_type,
                 EventType::StepProgress | EventType::CompensationProgress
@@ -279,6 +286,7 @@ impl<'a> Machine<'a> {
                 stream: &step.stream,
                 command: &step.command,
                 timeout: step.timeout,
+                clocks: step.clocks,
                 retry: step.retry,
                 input: step.input.as_ref(),
                 replies: step.replies,
@@ -292,6 +300,7 @@ impl<'a> Machine<'a> {
                     stream: &comp.stream,
                     command: &comp.command,
                     timeout: comp.timeout,
+                    clocks: comp.clocks,
                     retry: comp.retry,
                     input: comp.input.as_ref(),
                     replies: comp.replies,
@@ -343,6 +352,8 @@ impl<'a> Machine<'a> {
         let request_id = self.ids.request_id();
         let span_id = self.ids.span_id();
         let deadline_ms = self.now.saturating_add(ms(target.timeout));
+        let ack_timeout_ms = target.clocks.ack.map(ms);
+        let heartbeat_timeout_ms = target.clocks.heartbeat.map(ms);
         let step = self.def.steps[index].name.clone();
         let reply_stream = match target.replies {
             ReplyMode::Shared => self.state.reply_stream.clone(),
@@ -355,7 +366,11 @@ impl<'a> Machine<'a> {
             request_id: request_id.clone(),
             span_id: span_id.clone(),
             sent_at_ms: self.now,
-            waiting: Waiting::Reply { deadline_ms },
+            waiting: Waiting::Reply {
+                deadline_ms,
+                ack_by_ms: ack_timeout_ms.map(|t| self.now.saturating_add(t)),
+                heartbeat_by_ms: heartbeat_timeout_ms.map(|t| self.now.saturating_add(t)),
+            },
             timed_out,
             reply_stream: reply_stream.clone(),
         });
@@ -363,20 +378,23 @@ impl<'a> Machine<'a> {
             CommandKind::Action => EventType::StepStarted,
             CommandKind::Compensation => EventType::CompensationStarted,
         };
-        self.emit(
-            event,
-            Some(&step),
-            json!({
-                "attempt": attempt,
-                "request_id": request_id,
-                "kind": kind.as_str(),
-                "command": target.command,
-                "stream": target.stream,
-                "reply_stream": reply_stream,
-                "span_id": span_id,
-                "deadline_ms": deadline_ms,
-            }),
-        );
+        let mut started = json!({
+            "attempt": attempt,
+            "request_id": request_id,
+            "kind": kind.as_str(),
+            "command": target.command,
+            "stream": target.stream,
+            "reply_stream": reply_stream,
+            "span_id": span_id,
+            "deadline_ms": deadline_ms,
+        });
+        if let Some(t) = ack_timeout_ms {
+            started["ack_timeout_ms"] = t.into();
+        }
+        if let Some(t) = heartbeat_timeout_ms {
+            started["heartbeat_timeout_ms"] = t.into();
+        }
+        self.emit(event, Some(&step), started);
         let command = Command {
             correlation_id: self.state.correlation_id.clone(),
             saga_id: self.state.saga_id.clone(),
@@ -390,6 +408,8 @@ impl<'a> Machine<'a> {
             payload,
             deadline_ms,
             timestamp: self.now,
+            ack_timeout_ms,
+            heartbeat_timeout_ms,
         };
         self.effects.push(Effect::Send {
             stream: target.stream.to_owned(),
@@ -410,12 +430,13 @@ impl<'a> Machine<'a> {
         {
             return None;
         }
-        // A reply that reached Redis after the deadline is late: the
-        // timeout wins, even if it has not been seen yet.
-        if let (Waiting::Reply { deadline_ms }, Some(at)) = (&current.waiting, reply.reached_ms) {
-            if at > *deadline_ms {
-                return None;
-            }
+        // A reply that reached Redis after one of the attempt's clocks ran
+        // out is late: the timeout wins, even if it has not been seen yet.
+        if reply
+            .reached_ms
+            .is_some_and(|at| at > current.waiting.due_ms())
+        {
+            return None;
         }
         let matches = match &reply.request_id {
             Some(id) => *id == current.request_id,
@@ -439,8 +460,9 @@ impl<'a> Machine<'a> {
             return;
         };
         let step = self.def.steps[x.step].name.clone();
+        self.heard_from(&x, reply.reached_ms.unwrap_or(self.now));
         match reply.status {
-            ReplyStatus::Start => {}
+            ReplyStatus::Start | ReplyStatus::Heartbeat => {}
             ReplyStatus::Progress { percent, details } => {
                 let event = match x.kind {
                     CommandKind::Action => EventType::StepProgress,
@@ -470,25 +492,66 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// Any reply of the awaited attempt, reaching Redis at `at`, proves
+    /// that its handler took it and is alive: the ack clock stops, the
+    /// heartbeat clock starts again.
+    fn heard_from(&mut self, x: &Exchange, at: UnixMillis) {
+        let heartbeat = self.target(x.step, x.kind).clocks.heartbeat;
+        let Some(Exchange {
+            waiting:
+                Waiting::Reply {
+                    ack_by_ms,
+                    heartbeat_by_ms,
+                    ..
+                },
+            ..
+        }) = self.state.current.as_mut()
+        else {
+            return;
+        };
+        if ack_by_ms.take().is_some() {
+            self.touched = true;
+        }
+        if let (Some(by), Some(every)) = (heartbeat_by_ms.as_mut(), heartbeat) {
+            let next = at.saturating_add(ms(every));
+            if next > *by {
+                *by = next;
+                self.touched = true;
+            }
+        }
+    }
+
     fn on_tick(&mut self) {
         let Some(x) = self.state.current.clone() else {
             return;
         };
-        match x.waiting {
-            Waiting::Reply { deadline_ms } if self.now >= deadline_ms => {
-                let step = self.def.steps[x.step].name.clone();
-                let reason = format!(
-                    "attempt {} timed out after {} ms",
+        if let Some((clock, at)) = x.waiting.expired(self.now) {
+            let step = self.def.steps[x.step].name.clone();
+            let waited = at.saturating_sub(x.sent_at_ms);
+            let reason = match clock {
+                Clock::Completion => {
+                    format!("attempt {} timed out after {waited} ms", x.attempt)
+                }
+                Clock::Ack => format!(
+                    "attempt {} was not taken: no reply within its ack_timeout of {waited} ms",
+                    x.attempt
+                ),
+                Clock::Heartbeat => format!(
+                    "attempt {} went silent: no reply for its heartbeat_timeout of {} ms",
                     x.attempt,
-                    deadline_ms - x.sent_at_ms
-                );
-                self.on_failed(&x, step, Miss::TimedOut { reason });
+                    self.target(x.step, x.kind).clocks.heartbeat.map_or(0, ms)
+                ),
+            };
+            self.on_failed(&x, step, Miss::TimedOut { reason, clock });
+            return;
+        }
+        if let Waiting::Backoff { until_ms } = x.waiting {
+            if self.now >= until_ms {
+                match x.kind {
+                    CommandKind::Action => self.send_action(x.step, x.attempt + 1, x.timed_out),
+                    CommandKind::Compensation => self.send_compensation(x.step, x.attempt + 1),
+                }
             }
-            Waiting::Backoff { until_ms } if self.now >= until_ms => match x.kind {
-                CommandKind::Action => self.send_action(x.step, x.attempt + 1, x.timed_out),
-                CommandKind::Compensation => self.send_compensation(x.step, x.attempt + 1),
-            },
-            _ => {}
         }
     }
 
