@@ -403,7 +403,10 @@ async fn a_forged_heartbeat_clock_cannot_flood_the_reply_stream() {
 
     final_reply(&mut conn, REPLIES).await;
     let replies = xrange(&mut conn, REPLIES).await;
-    let heartbeats = replies.iter().filter(|r| r["status"] == "heartbeat").count();
+    let heartbeats = replies
+        .iter()
+        .filter(|r| r["status"] == "heartbeat")
+        .count();
     let most = 1_000 / sagaflow::handler::MIN_HEARTBEAT_EVERY.as_millis() as usize + 1;
     assert!(
         (1..=most).contains(&heartbeats),

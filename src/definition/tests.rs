@@ -266,8 +266,14 @@ fn ack_and_heartbeat_timeouts_load_and_are_not_inherited_by_compensations() {
     let def = load_str(Path::new("m.yaml"), &text).unwrap();
     let alloc = &def.steps[0];
     assert_eq!(alloc.clocks.ack, Some(std::time::Duration::from_secs(2)));
-    assert_eq!(alloc.clocks.heartbeat, Some(std::time::Duration::from_secs(5)));
-    assert_eq!(alloc.compensation.as_ref().unwrap().clocks, Clocks::default());
+    assert_eq!(
+        alloc.clocks.heartbeat,
+        Some(std::time::Duration::from_secs(5))
+    );
+    assert_eq!(
+        alloc.compensation.as_ref().unwrap().clocks,
+        Clocks::default()
+    );
     assert_eq!(def.steps[1].clocks, Clocks::default());
 }
 

@@ -6,7 +6,11 @@
 //! does the rest of the contract: consumer groups, `start` / `progress` /
 //! `completed` / `failed` replies with the handler's own span context,
 //! deduplication on `request_id`, deadlines, acknowledgement, recovery of
-//! entries a crashed instance left pending, and graceful shutdown.
+//! entries a crashed instance left pending, and graceful shutdown. While a
+//! handler runs a command that carries `heartbeat_timeout_ms`, the runner
+//! sends `heartbeat` replies on its own, one every third of it (at most one
+//! per [`MIN_HEARTBEAT_EVERY`]), so that a long handler is not taken for a
+//! dead one.
 //!
 //! Commands are untrusted input. Replies go only to the daemon's reply
 //! streams ([`ReplyStreams`], under [`Handlers::reply_stream_prefix`]), so

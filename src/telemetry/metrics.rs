@@ -210,9 +210,17 @@ pub fn step_ended(
         ("outcome", outcome.to_owned()),
     ];
     histogram!(m::STEP_DURATION, &labels).record(elapsed.as_secs_f64());
-    if outcome == "timed_out" {
-        counter!(m::STEP_TIMEOUTS, &labels[..3]).increment(1);
+}
+
+/// An attempt ended by one of its clocks: `completion`, `ack` or
+/// `heartbeat`.
+pub fn step_timed_out(saga: &str, step: &str, kind: &'static str, clock: &'static str) {
+    if !recording() {
+        return;
     }
+    let (saga, step) = step_labels(saga, step);
+    counter!(m::STEP_TIMEOUTS, "saga" => saga, "step" => step, "kind" => kind, "timeout" => clock)
+        .increment(1);
 }
 
 pub fn step_retried(saga: &str, step: &str, kind: &'static str) {
@@ -386,18 +394,25 @@ pub fn register(catalog: &Catalog, settings: &Settings) {
             counter!(m::SAGAS_ENDED, "saga" => name.clone(), "outcome" => outcome).increment(0);
         }
         for step in &def.steps {
-            let mut kinds = vec!["action"];
-            if step.compensation.is_some() {
-                kinds.push("compensation");
+            let mut kinds = vec![("action", step.clocks)];
+            if let Some(c) = &step.compensation {
+                kinds.push(("compensation", c.clocks));
             }
-            for kind in kinds {
+            for (kind, clocks) in kinds {
                 let labels = [
                     ("saga", name.clone()),
                     ("step", step.name.clone()),
                     ("kind", kind.to_owned()),
                 ];
                 counter!(m::STEP_RETRIES, &labels).increment(0);
-                counter!(m::STEP_TIMEOUTS, &labels).increment(0);
+                let mut timeouts = vec!["completion"];
+                timeouts.extend(clocks.ack.map(|_| "ack"));
+                timeouts.extend(clocks.heartbeat.map(|_| "heartbeat"));
+                for clock in timeouts {
+                    let mut labels = labels.to_vec();
+                    labels.push(("timeout", clock.to_owned()));
+                    counter!(m::STEP_TIMEOUTS, &labels).increment(0);
+                }
             }
         }
     }

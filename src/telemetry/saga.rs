@@ -128,7 +128,14 @@ impl SagaTelemetry {
             }
             EventType::StepTimedOut | EventType::CompensationTimedOut => {
                 let attempt = event.payload["attempt"].as_u64().unwrap_or(0);
-                let why = format!("attempt {attempt} timed out");
+                let clock = match event.payload["timeout"].as_str() {
+                    Some("ack") => "ack",
+                    Some("heartbeat") => "heartbeat",
+                    _ => "completion",
+                };
+                let step = event.step.as_deref().unwrap_or("");
+                metrics::step_timed_out(saga, step, kind_of(event.event_type), clock);
+                let why = format!("attempt {attempt} timed out ({clock} timeout)");
                 self.end_attempt(state, event, "timed_out", Some(why));
             }
             EventType::StepRetrying | EventType::CompensationRetrying => {
