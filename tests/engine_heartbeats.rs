@@ -9,8 +9,28 @@ use common::*;
 use sagaflow::handler::{Context, HandlerError, Handlers};
 use sagaflow::protocol::Command;
 use serde_json::json;
+use std::sync::OnceLock;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// The metrics of every daemon of this test binary (one recorder per
+/// process).
+fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| sagaflow::telemetry::metrics::install().expect("the only recorder"))
+}
+
+/// Timeouts of step `explore` counted under clock `timeout`.
+fn timeouts_counted(timeout: &str) -> u64 {
+    let page = metrics().render();
+    let label = format!("timeout=\"{timeout}\"");
+    page.lines()
+        .filter(|l| l.starts_with("sagaflow_step_timeouts_total{"))
+        .filter(|l| l.contains("step=\"explore\"") && l.contains("kind=\"action\""))
+        .filter(|l| l.contains(&label))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
 
 /// One step whose completion timeout is far away, so that only the other
 /// clocks can end an attempt within the test's wait.
@@ -28,6 +48,15 @@ steps:
     compensation: {{ command: abort_exploration }}
 "
     )
+}
+
+/// A daemon whose metrics are recorded, with the saga's names as labels.
+async fn start_recorded(server: &RedisServer, yaml: &str) -> Running<Ran> {
+    metrics();
+    let catalog = catalog(yaml);
+    let settings = test_settings(server);
+    sagaflow::telemetry::metrics::register(&catalog, &settings);
+    start_daemon_with(settings, catalog).await
 }
 
 async fn start_long(conn: &mut redis::aio::MultiplexedConnection, correlation_id: &str) {
@@ -96,7 +125,7 @@ async fn a_long_handler_outlives_its_heartbeat_timeout_on_the_sdks_heartbeats() 
 async fn a_handler_gone_silent_is_timed_out_by_its_heartbeat_clock() {
     let server = RedisServer::start();
     let yaml = long_step("    heartbeat_timeout: 500ms", 1);
-    let daemon = start_daemon(&server, catalog(&yaml)).await;
+    let daemon = start_recorded(&server, &yaml).await;
     // Takes the command, says `start`, then nothing: a handler that died.
     let handler = spawn_raw_handler(&server, &["exploration:commands"], "g", |cmd| {
         match cmd["event_type"].as_str() {
@@ -128,6 +157,7 @@ async fn a_handler_gone_silent_is_timed_out_by_its_heartbeat_clock() {
     let end = events.last().unwrap();
     let reason = end.payload["reason"].as_str().unwrap();
     assert!(reason.contains("heartbeat_timeout of 500 ms"), "{reason}");
+    assert!(timeouts_counted("heartbeat") >= 1, "{}", metrics().render());
     handler.stop().await;
     daemon.stop().await;
 }
@@ -136,7 +166,7 @@ async fn a_handler_gone_silent_is_timed_out_by_its_heartbeat_clock() {
 async fn a_command_nobody_takes_is_retried_after_its_ack_timeout() {
     let server = RedisServer::start();
     let yaml = long_step("    ack_timeout: 400ms", 2);
-    let daemon = start_daemon(&server, catalog(&yaml)).await;
+    let daemon = start_recorded(&server, &yaml).await;
     // The first attempt falls on deaf ears; the second is answered.
     let handler = spawn_raw_handler(&server, &["exploration:commands"], "g", |cmd| {
         if cmd["attempt"] == "1" {
@@ -167,6 +197,7 @@ async fn a_command_nobody_takes_is_retried_after_its_ack_timeout() {
     );
     let timed_out = the_event(&events, "step_timed_out", Some("explore"));
     assert_eq!(timed_out.payload["timeout"], "ack");
+    assert!(timeouts_counted("ack") >= 1, "{}", metrics().render());
     let commands = xrange(&mut conn, "exploration:commands").await;
     assert_eq!(commands[0]["ack_timeout_ms"], "400");
     assert_ne!(commands[0]["request_id"], commands[1]["request_id"]);
