@@ -298,7 +298,8 @@ class App:
         self.threads = threads
         self.stats = Stats()
         self._routes: Dict[str, Dict[str, Handler]] = {}
-        self._stopping = asyncio.Event()
+        # Made in serve(), on the loop that runs it.
+        self._stopping: asyncio.Event = None  # type: ignore[assignment]
         self._clock = RedisClock()
         self._writer: Any = None
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
@@ -372,6 +373,8 @@ class App:
             kwargs["socket_timeout"] = DEFAULT_COMMAND_TIMEOUT
         self._writer = open_client(cls, kwargs)
         readers = {s: open_client(cls, kwargs, socket_timeout=BLOCK_MS / 1000 + READ_TIMEOUT_MARGIN) for s in self._routes}
+        for reader in readers.values():
+            getattr(reader, "response_callbacks", {}).pop("XAUTOCLAIM", None)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.threads or min(32, self.max_in_flight), thread_name_prefix="sagaflow-handler"
         )
@@ -708,8 +711,10 @@ class _Reader:
         app = self.app
         cursor = "0-0"
         while True:
-            reply = await self.conn.xautoclaim(
-                self.stream, app.group, app.consumer, int(app.reclaim_idle * 1000), start_id=cursor, count=BATCH
+            # Raw, as redis-py's parsing of this reply differs between its
+            # versions (4.2 drops the cursor): [cursor, entries, deleted].
+            reply = await self.conn.execute_command(
+                "XAUTOCLAIM", self.stream, app.group, app.consumer, int(app.reclaim_idle * 1000), cursor, "COUNT", BATCH
             )
             cursor = as_text(reply[0])
             taken = decode_entries(reply[1])
