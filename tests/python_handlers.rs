@@ -1,6 +1,9 @@
-//! The hand-written Python handlers of `examples/python/` against the real
-//! daemon (`sagaflow run` on the reference mission), each test on a
-//! redis-server of its own.
+//! The Python mission handlers against the real daemon (`sagaflow run` on
+//! the reference mission), each test on a redis-server of its own: the
+//! program written by hand against the contract
+//! (`examples/python-by-hand/`), and the one on the Python package
+//! (`examples/python/`, with `python/` on `PYTHONPATH`), which must behave
+//! alike.
 
 mod common;
 
@@ -12,7 +15,61 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SCRIPT: &str = "examples/python/mission_handlers.py";
+/// The two programs serving the mission, which every test runs in turn.
+#[derive(Clone, Copy, Debug)]
+enum Program {
+    /// `examples/python-by-hand/`: redis-py alone.
+    ByHand,
+    /// `examples/python/`: on the package in `python/`.
+    Package,
+}
+
+impl Program {
+    fn script(self) -> &'static str {
+        match self {
+            Program::ByHand => "examples/python-by-hand/mission_handlers.py",
+            Program::Package => "examples/python/mission_handlers.py",
+        }
+    }
+
+    /// The replies to a command seen again: the recorded final reply, which
+    /// the package (as the Rust SDK) sends after a `start`.
+    fn replayed(self) -> &'static [&'static str] {
+        match self {
+            Program::ByHand => &["completed"],
+            Program::Package => &["start", "completed"],
+        }
+    }
+}
+
+/// Defines one test per program from `async fn $name(program: Program)`.
+macro_rules! for_both_programs {
+    ($($name:ident),* $(,)?) => {
+        mod by_hand {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Program::ByHand).await
+                }
+            )*
+        }
+        mod package {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Program::Package).await
+                }
+            )*
+        }
+    };
+}
+
+for_both_programs!(
+    a_mission_completes_with_the_python_handlers,
+    a_failed_last_step_is_compensated,
+    a_command_delivered_twice_is_answered_from_the_record,
+    forged_reply_streams_are_refused,
+);
 /// The consumer group the program uses by default.
 const GROUP: &str = "python-handlers";
 /// Interpreters tried in turn: the `python3` on PATH, then the system's,
@@ -31,7 +88,7 @@ fn python() -> &'static str {
     };
     PYTHONS.iter().copied().find(has_redis).unwrap_or_else(|| {
         panic!(
-            "these tests run {SCRIPT} and need Python 3 with redis-py: \
+            "these tests run the Python examples and need Python 3 with redis-py: \
              `apt-get install -y python3 python3-redis` (scripts/test installs them)"
         )
     })
@@ -46,12 +103,19 @@ struct PythonHandlers {
 }
 
 impl PythonHandlers {
-    fn spawn(redis_url: &str, extra: &[&str]) -> Self {
+    fn spawn(program: Program, redis_url: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
         let log = dir.path().join("mission_handlers.log");
+        // The package from the checkout, not an installed one.
+        let mut path = std::ffi::OsString::from(manifest_dir().join("python"));
+        if let Some(more) = std::env::var_os("PYTHONPATH") {
+            path.push(":");
+            path.push(more);
+        }
         // The program logs to stderr.
         let process = Command::new(python())
-            .arg(SCRIPT)
+            .arg(program.script())
+            .env("PYTHONPATH", path)
             .args(["--redis-url", redis_url])
             .args(extra)
             .current_dir(manifest_dir())
@@ -122,10 +186,9 @@ fn robots_in(items: &Value) -> Vec<&str> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mission_completes_with_the_python_handlers() {
+async fn a_mission_completes_with_the_python_handlers(program: Program) {
     let server = RedisServer::start();
-    let handlers = PythonHandlers::spawn(&server.url(), &[]);
+    let handlers = PythonHandlers::spawn(program, &server.url(), &[]);
     let _daemon = daemon(&server, "py-complete").await;
     let mut conn = server.conn().await;
 
@@ -169,10 +232,10 @@ async fn a_mission_completes_with_the_python_handlers() {
     handlers.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_last_step_is_compensated() {
+async fn a_failed_last_step_is_compensated(program: Program) {
     let server = RedisServer::start();
-    let _handlers = PythonHandlers::spawn(&server.url(), &["--fail-step", "integrate_maps"]);
+    let _handlers =
+        PythonHandlers::spawn(program, &server.url(), &["--fail-step", "integrate_maps"]);
     let _daemon = daemon(&server, "py-compensate").await;
     let mut conn = server.conn().await;
 
@@ -205,10 +268,9 @@ async fn a_failed_last_step_is_compensated() {
     assert_eq!(compensated("perform_exploration")["aborted"], robots);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_delivered_twice_is_answered_from_the_record() {
+async fn a_command_delivered_twice_is_answered_from_the_record(program: Program) {
     let server = RedisServer::start();
-    let handlers = PythonHandlers::spawn(&server.url(), &[]);
+    let handlers = PythonHandlers::spawn(program, &server.url(), &[]);
     let _daemon = daemon(&server, "py-dedupe").await;
     let mut conn = server.conn().await;
 
@@ -241,9 +303,10 @@ async fn a_command_delivered_twice_is_answered_from_the_record() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let replies = xrange(&mut conn, replayed).await;
-    // The recorded final reply alone: no `start`, no `progress`, no new run.
-    assert_eq!(replies.len(), 1, "{replies:?}");
-    let reply = &replies[0];
+    // The recorded final reply: no `progress`, no new run.
+    let statuses: Vec<&str> = replies.iter().map(|r| r["status"].as_str()).collect();
+    assert_eq!(statuses, program.replayed(), "{replies:?}");
+    let reply = replies.last().unwrap();
     assert_eq!(reply["status"], "completed");
     let result: Value = serde_json::from_str(&reply["result"]).unwrap();
     assert_eq!(result, explored);
@@ -274,10 +337,9 @@ async fn a_command_delivered_twice_is_answered_from_the_record() {
 /// trigger stream, the lease set) are refused without a write: acknowledged
 /// and copied to the group's dead-letter stream, while a valid command is
 /// answered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_reply_streams_are_refused() {
+async fn forged_reply_streams_are_refused(program: Program) {
     let server = RedisServer::start();
-    let handlers = PythonHandlers::spawn(&server.url(), &[]);
+    let handlers = PythonHandlers::spawn(program, &server.url(), &[]);
     let mut conn = server.conn().await;
     let add = words("ZADD saga:leases 4102444800000 owner-1");
     must::<i64, _>("ZADD", add.query_async(&mut conn)).await;
