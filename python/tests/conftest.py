@@ -44,6 +44,7 @@ steps:
   - name: charge
     stream: pay:commands
     timeout: 5s
+    heartbeat_timeout: 1s
     compensation:
       command: refund
       timeout: 5s

@@ -175,3 +175,45 @@ def test_sigterm_finishes_the_command_in_hand(redis_server, r, daemon, tmp_path)
             child.wait()
     assert handle.wait(timeout=WAIT).status == "completed"
     assert "stopped" in log.read_text()
+
+
+def test_a_long_handler_lives_on_the_sdks_heartbeats(redis_server, r, daemon, serve) -> None:
+    # `charge` has a heartbeat_timeout of 1 s and works 2.5 s, reporting
+    # progress once: the SDK's heartbeats keep the attempt alive.
+    serve(handler_apps.make_app(redis=redis_server.url))
+    handle = client_for(redis_server).start("order", {"slow": 2.5}, stream="order:start")
+    outcome = handle.wait(timeout=WAIT)
+    assert outcome.status == "completed", outcome
+    events = events_of(r, handle.saga_id)
+    started = [e for e in events if e["event_type"] == "step_started" and e["step"] == "charge"]
+    assert len(started) == 1 and started[0]["payload"]["heartbeat_timeout_ms"] == 1000
+    replies = r.xrange(started[0]["payload"]["reply_stream"])
+    beats = [f for _, f in replies if f.get("status") == "heartbeat" and f.get("saga_id") == handle.saga_id]
+    assert len(beats) >= 3, replies
+    assert not any(e["event_type"] == "step_timed_out" for e in events)
+
+
+def test_a_killed_handler_is_noticed_by_its_heartbeat_clock(redis_server, r, daemon, tmp_path) -> None:
+    log = tmp_path / "handlers.log"
+    child = spawn_handlers(redis_server.url, "handler_apps", log, "--group", "shop")
+    try:
+        handle = client_for(redis_server).start("order", {"slow": 30}, stream="order:start")
+        wait_until(
+            "charge starts",
+            lambda: any(e["event_type"] == "step_progress" and e["step"] == "charge" for e in events_of(r, handle.saga_id)),
+        )
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(WAIT)
+        killed = time.monotonic()
+    finally:
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+    # Nobody answers any more: the heartbeat clock (1 s) ends the attempt
+    # long before its 5 s timeout would have.
+    timed_out = wait_until(
+        "the heartbeat clock runs out",
+        lambda: [e for e in events_of(r, handle.saga_id) if e["event_type"] == "step_timed_out"],
+    )
+    assert time.monotonic() - killed < 4.0
+    assert timed_out[0]["step"] == "charge" and timed_out[0]["payload"]["timeout"] == "heartbeat"
