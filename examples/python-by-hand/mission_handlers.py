@@ -7,7 +7,7 @@ languages. Quoted section names in the comments are headings of docs/protocol.md
 
     python3 examples/python-by-hand/mission_handlers.py --redis-url redis://127.0.0.1:6379
 """
-import argparse, json, logging, os, random, secrets, signal, socket, time  # noqa: E401
+import argparse, json, logging, os, random, secrets, signal, socket, threading, time  # noqa: E401
 
 import redis
 
@@ -198,6 +198,28 @@ def dead_letter(r, args, stream, entry_id, raw, reason):
 COUNTS = {"dead_lettered": 0}
 
 
+def with_heartbeats(r, cmd, span, work):
+    """Runs work(); meanwhile, for a step with a heartbeat_timeout (the command
+    carries heartbeat_timeout_ms), a `heartbeat` reply every third of it, so
+    that long work is not taken for a dead handler. None after work() returns."""
+    every_ms = int(cmd.get("heartbeat_timeout_ms") or 0) // 3
+    if every_ms <= 0:
+        return work()
+    done = threading.Event()
+
+    def beat():
+        while not done.wait(max(every_ms, 100) / 1000):
+            r.xadd(cmd["reply_stream"], reply(cmd, span, "heartbeat"))
+
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+    try:
+        return work()
+    finally:
+        done.set()
+        beater.join()
+
+
 def handle(r, args, stream, entry_id, raw):
     """Takes one command entry through the contract, ending with its XACK."""
     def ack():
@@ -242,7 +264,7 @@ def handle(r, args, stream, entry_id, raw):
             final = reply(cmd, span, "failed", error=f"{name} failed on request", retryable="false")
         else:
             try:
-                result = HANDLERS[name][1](payload)
+                result = with_heartbeats(r, cmd, span, lambda: HANDLERS[name][1](payload))
                 final = reply(cmd, span, "completed", result=json.dumps(result))
             except Exception as e:  # a bug or a passing fault: worth another attempt
                 final = reply(cmd, span, "failed", error=f"{type(e).__name__}: {e}", retryable="true")
