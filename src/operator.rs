@@ -3,7 +3,8 @@
 //! `list` and `watch` subcommands.
 
 use crate::config::Settings;
-use crate::protocol::{fields as f, SagaId};
+use crate::definition::SagaDefinition;
+use crate::protocol::{fields as f, CorrelationId, SagaId};
 use crate::saga::SagaState;
 use crate::streams::{self, Entry};
 use redis::aio::MultiplexedConnection;
@@ -93,33 +94,140 @@ pub async fn read(
     }))
 }
 
-/// The record of `saga_id` (dashes allowed), or a message saying there is
-/// none.
-pub async fn read_existing(
-    conn: &mut MultiplexedConnection,
-    settings: &Settings,
-    saga_id: &str,
-) -> Result<Record, String> {
-    let id = saga_id.trim().replace('-', "");
-    read(conn, settings, &id).await?.ok_or_else(|| {
-        format!("no saga `{id}`: never started, or its record expired after the retention")
-    })
-}
-
-/// Every saga record, in no order. Scans the keyspace: meant for operators,
-/// not for a hot path.
+/// Every saga record, in no order. Scans the keyspace (there is no index
+/// of ended sagas): meant for operators, not for a hot path.
 pub async fn list(
     conn: &mut MultiplexedConnection,
     settings: &Settings,
 ) -> Result<Vec<Record>, String> {
     let pattern = format!("{}{{*}}", settings.saga_key_prefix);
+    Ok(scan(conn, &pattern, |_| true, usize::MAX).await?.records)
+}
+
+/// At most this many sagas are read for one name given on the command
+/// line: enough to show why it is ambiguous.
+pub const MAX_MATCHES: usize = 20;
+
+/// How an operator names a saga on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SagaRef {
+    /// Its id, or the start of it (what `watch` and `start --wait` show):
+    /// lowercase hex, dashes dropped.
+    Id(String),
+    /// Its correlation id, exactly.
+    Correlation(CorrelationId),
+}
+
+impl SagaRef {
+    /// An id or the start of one: hex digits (dashes and case ignored), at
+    /// most a whole id's 32.
+    pub fn id(text: &str) -> Result<SagaRef, String> {
+        let id: String = text
+            .trim()
+            .chars()
+            .filter(|c| *c != '-')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if id.is_empty() {
+            return Err("a saga id (or the start of one) is needed".into());
+        }
+        if let Some(bad) = id.chars().find(|c| !c.is_ascii_hexdigit()) {
+            return Err(format!(
+                "`{text}` is not a saga id: `{bad}` is not a hex digit"
+            ));
+        }
+        if id.len() > 32 {
+            return Err(format!(
+                "`{text}` is not a saga id: {} hex digits, an id has 32",
+                id.len()
+            ));
+        }
+        Ok(SagaRef::Id(id))
+    }
+}
+
+impl std::fmt::Display for SagaRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SagaRef::Id(id) if id.len() == 32 => write!(f, "saga `{id}`"),
+            SagaRef::Id(id) => write!(f, "saga id starting `{id}`"),
+            SagaRef::Correlation(c) => write!(f, "correlation id `{c}`"),
+        }
+    }
+}
+
+/// The sagas a [`SagaRef`] names: at most [`MAX_MATCHES`] records, and how
+/// many there are.
+#[derive(Clone, Debug, Default)]
+pub struct Found {
+    pub records: Vec<Record>,
+    pub total: usize,
+}
+
+/// The sagas `which` names. A whole id is one read; the start of one
+/// scans the record keys that begin with it; a correlation id reads every
+/// record, as [`list`] does (no index of correlation ids is kept).
+pub async fn find(
+    conn: &mut MultiplexedConnection,
+    settings: &Settings,
+    which: &SagaRef,
+) -> Result<Found, String> {
+    match which {
+        SagaRef::Id(id) if id.len() == 32 => {
+            let records: Vec<Record> = read(conn, settings, id).await?.into_iter().collect();
+            Ok(Found {
+                total: records.len(),
+                records,
+            })
+        }
+        // Hex digits only: nothing in the pattern is special to MATCH.
+        SagaRef::Id(prefix) => {
+            let pattern = format!("{}{{{prefix}*}}", settings.saga_key_prefix);
+            let mut found = scan(conn, &pattern, |_| true, MAX_MATCHES).await?;
+            if let [only] = found.records.as_slice() {
+                // With its expiry, which a scan does not read.
+                let id = only.state.saga_id.to_string();
+                found.records = read(conn, settings, &id).await?.into_iter().collect();
+            }
+            Ok(found)
+        }
+        SagaRef::Correlation(want) => {
+            let pattern = format!("{}{{*}}", settings.saga_key_prefix);
+            let mut found = scan(
+                conn,
+                &pattern,
+                |r| r.state.correlation_id == *want,
+                MAX_MATCHES,
+            )
+            .await?;
+            found
+                .records
+                .sort_by_key(|r| std::cmp::Reverse(r.state.started_at_ms));
+            if let [only] = found.records.as_slice() {
+                let id = only.state.saga_id.to_string();
+                found.records = read(conn, settings, &id).await?.into_iter().collect();
+            }
+            Ok(found)
+        }
+    }
+}
+
+/// The records of the keys matching `pattern` that `keep` keeps: at most
+/// `max` of them, and how many there are. Keys are read 1000 per `SCAN` and
+/// records 500 per pipeline.
+async fn scan(
+    conn: &mut MultiplexedConnection,
+    pattern: &str,
+    mut keep: impl FnMut(&Record) -> bool,
+    max: usize,
+) -> Result<Found, String> {
     let mut keys = Vec::new();
     let mut cursor: u64 = 0;
     loop {
         let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(&pattern)
+            .arg(pattern)
             .arg("COUNT")
             .arg(1000)
             .arg("TYPE")
@@ -133,7 +241,7 @@ pub async fn list(
         }
         cursor = next;
     }
-    let mut records = Vec::with_capacity(keys.len());
+    let mut found = Found::default();
     for chunk in keys.chunks(500) {
         let mut pipe = redis::pipe();
         for key in chunk {
@@ -145,16 +253,36 @@ pub async fn list(
             .map_err(|e| format!("cannot list sagas: {e}"))?;
         for (state, owner) in rows {
             // A record that expired meanwhile, or that cannot be read.
-            if let Some(state) = state.and_then(|s| serde_json::from_str(&s).ok()) {
-                records.push(Record {
-                    state,
-                    owner,
-                    expires_in: None,
-                });
+            let Some(state) = state.and_then(|s| serde_json::from_str(&s).ok()) else {
+                continue;
+            };
+            let record = Record {
+                state,
+                owner,
+                expires_in: None,
+            };
+            if keep(&record) {
+                found.total += 1;
+                if found.records.len() < max {
+                    found.records.push(record);
+                }
             }
         }
     }
-    Ok(records)
+    Ok(found)
+}
+
+/// The definition `saga` ran on, as the daemons keep each version they
+/// ran; `None` when it is no longer kept or cannot be read (the display
+/// then shows step numbers).
+pub async fn definition(
+    conn: &mut MultiplexedConnection,
+    settings: &Settings,
+    saga: &SagaState,
+) -> Option<SagaDefinition> {
+    let key = settings.definition_key(&saga.saga, &saga.definition_version);
+    let text: Option<String> = redis::cmd("GET").arg(&key).query_async(conn).await.ok()?;
+    crate::definition::load_str(std::path::Path::new(&key), &text?).ok()
 }
 
 /// The events of `saga_id` still on the events stream, oldest first.

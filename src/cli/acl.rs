@@ -10,6 +10,7 @@
 //! or one selector allow it with every key it names. Nothing here talks to
 //! Redis: an administrator reviews the output and applies it.
 
+use super::output::outln;
 use super::run::RedisArgs;
 use crate::config::Settings;
 use crate::definition::{self, Catalog};
@@ -94,9 +95,11 @@ const HANDLER_ON_STREAM: &[&str] = &[
 /// replies, and its dead-letter stream.
 const HANDLER_ON_OWN_KEYS: &[&str] = &["get", "set", "xadd"];
 
-/// What `status`, `list` and `watch` send: reads only (`SCAN` names no key).
+/// What `status`, `list` and `watch` send: reads only (`SCAN` names no key;
+/// `GET` reads the definition versions, for step names).
 const VIEW_COMMANDS: &[&str] = &[
     "ping",
+    "get",
     "time",
     "scan",
     "hmget",
@@ -169,7 +172,7 @@ pub struct AclArgs {
 pub fn run(args: AclArgs) -> ExitCode {
     match commands(&args) {
         Ok(text) => {
-            print!("{text}");
+            outln!("{}", text.trim_end_matches('\n'));
             ExitCode::SUCCESS
         }
         Err(message) => {
@@ -275,6 +278,7 @@ fn roles(
     let records = [
         shaped(&settings.saga_key(MARK)),
         literal(&settings.leases_key()),
+        shaped(&settings.definition_key(MARK, MARK)),
     ];
     let events = literal(&settings.events_stream);
     let mut starter = commands_rule(START_COMMANDS);

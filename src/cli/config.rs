@@ -1,6 +1,7 @@
 //! `sagaflow config`: the settings the daemon would run with, from the
 //! same flags, environment and file, and where each comes from.
 
+use super::output::outln;
 use super::run::{settings_from, RunArgs};
 use clap::ArgMatches;
 use std::process::ExitCode;
@@ -9,7 +10,7 @@ pub fn run(args: &RunArgs, matches: &ArgMatches) -> ExitCode {
     match settings_from(args, matches) {
         Ok(resolved) => {
             for (key, value, source) in &resolved.sources {
-                println!("{key:<24} {value:<32} {source}");
+                outln!("{key:<24} {value:<32} {source}");
             }
             ExitCode::SUCCESS
         }

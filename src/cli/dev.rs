@@ -3,6 +3,7 @@
 //! handlers in this process, starts one mission and prints its events.
 
 use super::handlers::SimulationArgs;
+use super::output::outln;
 use super::{follow, logging};
 use crate::config::{RedisUrl, Settings};
 use crate::handler::simulated::run_simulated_handlers;
@@ -29,8 +30,12 @@ pub struct DevArgs {
     /// Saga to start.
     #[arg(long, default_value = "mission_start")]
     saga: String,
-    /// The mission's input.
-    #[arg(long, default_value = r#"{"area": "hall-a", "robots": 3}"#)]
+    /// The mission's input: a JSON object, or @FILE to read it from a file.
+    #[arg(
+        long,
+        default_value = r#"{"area": "hall-a", "robots": 3}"#,
+        value_parser = super::start::parse_payload
+    )]
     payload: String,
     /// Make this step fail, to watch the compensations run.
     #[arg(long, value_name = "STEP")]
@@ -78,14 +83,12 @@ async fn demo(args: DevArgs) -> Result<ExitCode, String> {
             catalog.names().join(", ")
         ));
     }
-    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&args.payload)
-        .map_err(|e| format!("--payload is not a JSON object: {e}"))?;
 
     let (redis_url, _redis) = match args.redis_url.clone() {
         Some(url) => (url.expose().to_owned(), None),
         None => {
             let child = LocalRedis::start(&[])?;
-            println!("started a private redis-server on {}", child.url);
+            outln!("started a private redis-server on {}", child.url);
             (child.url.clone(), Some(child))
         }
     };
@@ -151,13 +154,14 @@ async fn follow_one_mission(
     )
     .await
     .map_err(|e| format!("cannot start the mission: {e}"))?;
-    println!(
+    outln!(
         "started saga `{}` with correlation id {correlation_id}\n",
         args.saga
     );
     let target = follow::Target {
         saga_id: started.saga_id.to_string(),
         entry_id: started.entry_id,
+        skipped_by_hand: Vec::new(),
     };
     let outcome = follow::follow(
         client,
@@ -166,11 +170,12 @@ async fn follow_one_mission(
         target,
         Some(args.timeout),
         shutdown,
+        follow::Show::People,
     )
     .await?;
     match &outcome {
-        follow::Outcome::Completed(_) => println!("\nthe mission completed"),
-        other => println!("\nthe mission did not complete: {}", other.summary()),
+        follow::Outcome::Completed(_) => outln!("\nthe mission completed"),
+        other => outln!("\nthe mission did not complete: {}", other.summary()),
     }
     Ok(match outcome {
         follow::Outcome::Completed(_) => ExitCode::SUCCESS,

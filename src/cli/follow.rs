@@ -1,6 +1,8 @@
-//! Following one saga live on `saga:events`, for `start --wait` and `dev`:
-//! lines for logs and pipes, a progress bar per step on a terminal.
+//! Following one saga live on `saga:events`, for `start --wait`, the
+//! operator commands' `--wait` and `dev`: lines for logs and pipes, a
+//! progress bar per step on a terminal, JSON lines for machines.
 
+use super::output::{self, outln};
 use super::render;
 use crate::protocol::{fields as f, RawFields};
 use crate::streams;
@@ -16,12 +18,25 @@ use tokio_util::sync::CancellationToken;
 /// within this.
 pub const POLL: Duration = Duration::from_millis(500);
 
+/// How the events of a followed saga are shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Show {
+    /// Bars on a terminal, lines otherwise.
+    People,
+    /// One JSON object per event and line.
+    Json,
+    /// Nothing.
+    Quiet,
+}
+
 /// How a followed saga ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// With the steps' results.
     Completed(Value),
-    /// With the failed step, the reason, what was undone.
+    /// With the failed step, the reason, what was undone; `skipped_by_hand`
+    /// added when an operator marked compensations as done while it was
+    /// followed. A cancelled saga ends so too.
     Compensated(Value),
     /// A compensation failed for good: an operator is needed.
     Failed(Value),
@@ -29,13 +44,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// 0 completed, 1 compensated, 2 failed or rejected.
+    /// 0 completed, 1 compensated (cancelled included), 2 failed or
+    /// rejected.
     pub fn exit_code(&self) -> ExitCode {
-        ExitCode::from(match self {
+        ExitCode::from(self.code())
+    }
+
+    fn code(&self) -> u8 {
+        match self {
             Outcome::Completed(_) => 0,
             Outcome::Compensated(_) => 1,
             Outcome::Failed(_) | Outcome::Rejected(_) => 2,
-        })
+        }
     }
 }
 
@@ -47,6 +67,8 @@ pub struct Target {
     /// The start entry, for `saga_rejected` and `saga_duplicate`, which
     /// carry no saga id.
     pub entry_id: String,
+    /// Steps whose failed compensation an operator marked as done by hand.
+    pub skipped_by_hand: Vec<String>,
 }
 
 /// Reads `events_stream` after `from` until the saga ends, showing each of
@@ -58,11 +80,12 @@ pub async fn follow(
     mut target: Target,
     timeout: Option<Duration>,
     shutdown: &CancellationToken,
+    show: Show,
 ) -> Result<Outcome, String> {
     let mut reader = streams::blocking_connection(client, Duration::from_secs(1))
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
-    let mut view = View::new();
+    let mut view = View::new(show);
     let started = Instant::now();
     loop {
         if shutdown.is_cancelled() {
@@ -99,17 +122,31 @@ pub async fn follow(
                 continue;
             }
             if event == "saga_rejected" && about_start {
-                view.event(fields, started.elapsed());
+                view.event(&entry.id, fields, started.elapsed());
                 let reason = payload["reason"].as_str().unwrap_or("?").to_owned();
                 return Ok(Outcome::Rejected(reason));
             }
             if text(fields, f::SAGA_ID) != target.saga_id {
                 continue;
             }
-            view.event(fields, started.elapsed());
+            view.event(&entry.id, fields, started.elapsed());
+            if event == "operator_action"
+                && payload["action"] == "skip"
+                && payload.get("refused").is_none()
+            {
+                target
+                    .skipped_by_hand
+                    .push(text(fields, f::STEP).to_owned());
+            }
             match event {
                 "saga_completed" => return Ok(Outcome::Completed(payload)),
-                "saga_compensated" => return Ok(Outcome::Compensated(payload)),
+                "saga_compensated" => {
+                    let mut payload = payload;
+                    if !target.skipped_by_hand.is_empty() {
+                        payload["skipped_by_hand"] = serde_json::json!(target.skipped_by_hand);
+                    }
+                    return Ok(Outcome::Compensated(payload));
+                }
                 "saga_failed" => return Ok(Outcome::Failed(payload)),
                 _ => {}
             }
@@ -131,34 +168,40 @@ enum View {
         multi: MultiProgress,
         bars: HashMap<String, ProgressBar>,
     },
+    Json,
+    Quiet,
 }
 
 impl View {
-    fn new() -> Self {
-        if std::io::stdout().is_terminal() {
-            View::Bars {
+    fn new(show: Show) -> Self {
+        match show {
+            Show::Json => View::Json,
+            Show::Quiet => View::Quiet,
+            Show::People if std::io::stdout().is_terminal() => View::Bars {
                 multi: MultiProgress::new(),
                 bars: HashMap::new(),
-            }
-        } else {
-            View::Lines
+            },
+            Show::People => View::Lines,
         }
     }
 
     fn note(&self, line: &str) {
         match self {
-            View::Lines => println!("{line}"),
+            View::Lines => outln!("{line}"),
             View::Bars { multi, .. } => {
                 let _ = multi.println(line);
             }
+            View::Json | View::Quiet => {}
         }
     }
 
-    fn event(&mut self, fields: &RawFields, elapsed: Duration) {
+    fn event(&mut self, entry_id: &str, fields: &RawFields, elapsed: Duration) {
         let (multi, bars) = match self {
             View::Lines => {
-                return println!("{}", render::event_line(fields, elapsed.as_millis() as u64))
+                return outln!("{}", render::event_line(fields, elapsed.as_millis() as u64))
             }
+            View::Json => return output::json_line(&render::event_json(entry_id, fields)),
+            View::Quiet => return,
             View::Bars { multi, bars } => (multi, bars),
         };
         let event = text(fields, f::EVENT_TYPE);
@@ -233,13 +276,43 @@ impl Outcome {
         };
         match self {
             Outcome::Completed(p) => format!("completed; results: {}", p["results"]),
-            Outcome::Compensated(p) => format!(
-                "compensated: step {} failed ({}); undone: {}; without compensation: {}",
-                p["failed_step"].as_str().unwrap_or("?"),
-                p["reason"].as_str().unwrap_or("?"),
-                list(&p["compensated"]),
-                list(&p["skipped"]),
-            ),
+            Outcome::Compensated(p) => {
+                let by_hand: Vec<&str> = p["skipped_by_hand"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let skipped: Vec<&str> = p["skipped"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                let (by_hand, without): (Vec<&str>, Vec<&str>) =
+                    skipped.iter().partition(|s| by_hand.contains(s));
+                let names = |v: Vec<&str>| {
+                    if v.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        v.join(", ")
+                    }
+                };
+                let reason = p["reason"].as_str().unwrap_or("?");
+                let mut out = match reason.strip_prefix("cancelled by ") {
+                    Some(by) => format!(
+                        "cancelled by {by}, during step {}; undone: {}",
+                        p["failed_step"].as_str().unwrap_or("?"),
+                        list(&p["compensated"]),
+                    ),
+                    None => format!(
+                        "compensated: step {} failed ({reason}); undone: {}",
+                        p["failed_step"].as_str().unwrap_or("?"),
+                        list(&p["compensated"]),
+                    ),
+                };
+                if !by_hand.is_empty() {
+                    out.push_str(&format!("; skipped by hand: {}", names(by_hand)));
+                }
+                out.push_str(&format!("; without compensation: {}", names(without)));
+                out
+            }
             Outcome::Failed(p) => format!(
                 "failed: step {} failed ({}), then its compensation {} failed ({}); undone before: {}. \
                  See `sagaflow status`, then `retry`, `skip` or `abandon` it",
@@ -251,5 +324,30 @@ impl Outcome {
             ),
             Outcome::Rejected(reason) => format!("rejected: {reason}"),
         }
+    }
+}
+
+impl Outcome {
+    /// The outcome as one JSON object, for `--json`.
+    pub fn json(&self, saga_id: &str) -> Value {
+        let (outcome, payload) = match self {
+            Outcome::Completed(p) => ("completed", p.clone()),
+            Outcome::Compensated(p)
+                if p["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("cancelled by ")) =>
+            {
+                ("cancelled", p.clone())
+            }
+            Outcome::Compensated(p) => ("compensated", p.clone()),
+            Outcome::Failed(p) => ("failed", p.clone()),
+            Outcome::Rejected(reason) => ("rejected", serde_json::json!({ "reason": reason })),
+        };
+        serde_json::json!({
+            "outcome": outcome,
+            "saga_id": saga_id,
+            "exit_code": self.code(),
+            "payload": payload,
+        })
     }
 }

@@ -2,7 +2,7 @@
 
 use super::run::RedisArgs;
 use super::{logging, signals};
-use crate::handler::simulated::{run_simulated_handlers, SimulationOptions};
+use crate::handler::simulated::{simulated_handlers, SimulationOptions};
 use clap::Args;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -97,7 +97,15 @@ pub async fn run(args: HandlersArgs) -> ExitCode {
         reply_stream_prefix,
         ..args.sim.options()
     };
-    let code = match run_simulated_handlers(client, options, shutdown).await {
+    let handlers = simulated_handlers(client, options);
+    let streams = handlers.streams().join(", ");
+    let handlers = handlers.on_ready(move || {
+        tracing::info!(
+            streams = %streams,
+            "sagaflow handlers ready: consumer groups created, reading the command streams"
+        );
+    });
+    let code = match handlers.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sagaflow: {e}");

@@ -1,6 +1,7 @@
 //! `sagaflow health`: asks a daemon's `/healthz` (or `/readyz`), for
 //! container health checks in an image without curl.
 
+use super::output::outln;
 use clap::Args;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,7 +26,7 @@ pub async fn run(args: HealthArgs) -> ExitCode {
     let path = if args.ready { "/readyz" } else { "/healthz" };
     match tokio::time::timeout(Duration::from_secs(3), get(&args.addr, path)).await {
         Ok(Ok((200, body))) => {
-            print!("{body}");
+            outln!("{}", body.trim_end_matches('\n'));
             ExitCode::SUCCESS
         }
         Ok(Ok((status, body))) => {

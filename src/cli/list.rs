@@ -1,34 +1,54 @@
 //! `sagaflow list`: a table of the sagas whose records Redis holds.
 
 use super::connect;
+use super::output::{self, outln, Failure};
+use super::render::{self, Steps};
 use super::run::RedisArgs;
-use crate::operator;
+use super::status::human;
+use crate::operator::{self, Record};
 use crate::saga::Phase;
 use clap::{Args, ValueEnum};
+use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StateFilter {
-    /// Running or compensating.
+    /// Not ended: running or compensating (orphaned included).
     Running,
     Completed,
+    /// Compensated after a step failed (cancelled ones are `cancelled`).
     Compensated,
-    /// A compensation failed for good, or a transition could not be written
-    /// (`saga_failed`).
+    /// Compensated because an operator cancelled it.
+    Cancelled,
+    /// Ended failed: a compensation failed for good, or a transition could
+    /// not be written (parked); abandoned ones included.
     Failed,
-    /// Needs an operator: failed (parked included), or running with no live
-    /// daemon to drive it.
+    /// Needs an operator: failed and not abandoned (parked included), or
+    /// orphaned.
     Stuck,
+    /// Not ended, and no live daemon holds its lease: none is driving it
+    /// (every daemon is down, or none has taken it over yet).
+    Orphaned,
+    /// Failed, and given up by an operator (`sagaflow abandon`).
+    Abandoned,
 }
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   sagaflow list --state running
   sagaflow list --state stuck --since 24h
-  sagaflow list --saga mission_start --since 1h
+  sagaflow list --saga mission_start --since 1h --json
 
-Records are kept for the retention after a saga ends (7 days by default).")]
+Records are kept for the retention after a saga ends (7 days by default).
+The state column says cancelled, abandoned, parked or orphaned where that is
+what a saga is; `at` names the step under way (`undo STEP` for its
+compensation), or for a failed saga the compensation it is stuck on
+(`undo STEP`: the STEP that `sagaflow skip --step` needs). Every record is read (SCAN): meant for people, not for a hot path.
+
+Exit codes: 0 listed (even none); 1 a bad configuration file; 2 a usage
+error; 3 Redis cannot be reached or read.")]
 pub struct ListArgs {
     #[command(flatten)]
     redis: RedisArgs,
@@ -44,20 +64,23 @@ pub struct ListArgs {
     /// At most this many rows, newest first.
     #[arg(long, default_value_t = 100)]
     limit: usize,
+    /// Print a JSON array of the sagas, one object each, instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 pub async fn run(args: ListArgs) -> ExitCode {
-    match list(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("sagaflow list: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    output::exit("list", list(args).await)
 }
 
-async fn list(args: ListArgs) -> Result<(), String> {
-    let settings = args.redis.settings()?;
+/// Column widths: a column is cut with an ellipsis rather than push the
+/// next one out of line.
+const SAGA_W: usize = 16;
+const STATE_W: usize = 11;
+const AT_W: usize = 28;
+
+async fn list(args: ListArgs) -> Result<ExitCode, Failure> {
+    let settings = args.redis.settings().map_err(Failure::no)?;
     let (_client, mut conn) = connect(&settings.redis_url).await?;
     let now = operator::redis_now_ms(&mut conn).await?;
     let mut rows = Vec::new();
@@ -75,13 +98,17 @@ async fn list(args: ListArgs) -> Result<(), String> {
         }
         let owned = record.owner.as_ref().is_some_and(|o| live.contains(o));
         let orphan = !s.phase.is_terminal() && !owned;
+        let cancelled = render::cancelled_by(s).is_some();
         let keep = match args.state {
             None => true,
             Some(StateFilter::Running) => !s.phase.is_terminal(),
             Some(StateFilter::Completed) => s.phase == Phase::Completed,
-            Some(StateFilter::Compensated) => s.phase == Phase::Compensated,
+            Some(StateFilter::Compensated) => s.phase == Phase::Compensated && !cancelled,
+            Some(StateFilter::Cancelled) => s.phase == Phase::Compensated && cancelled,
             Some(StateFilter::Failed) => s.phase == Phase::Failed,
             Some(StateFilter::Stuck) => (s.phase == Phase::Failed && !s.abandoned) || orphan,
+            Some(StateFilter::Orphaned) => orphan,
+            Some(StateFilter::Abandoned) => s.phase == Phase::Failed && s.abandoned,
         };
         if keep {
             rows.push((record, orphan));
@@ -89,53 +116,77 @@ async fn list(args: ListArgs) -> Result<(), String> {
     }
     rows.sort_by_key(|(r, _)| std::cmp::Reverse(r.state.started_at_ms));
     let total = rows.len();
-    println!(
-        "{:<32}  {:<16} {:<12} {:>10} {:>9}  {:<22} correlation id",
-        "saga id", "saga", "state", "started", "took", "at"
-    );
-    for (record, orphan) in rows.iter().take(args.limit) {
+    rows.truncate(args.limit);
+    // Step names come from the definition versions the sagas run on.
+    let mut definitions: HashMap<(String, String), Steps> = HashMap::new();
+    for (record, _) in &rows {
         let s = &record.state;
-        let end = s.ended_at_ms.unwrap_or(now);
-        let at = match (&s.current, &s.failure) {
-            (Some(x), _) => format!("{} #{}", x.kind.as_str(), x.step),
-            (None, Some(f)) if s.phase == Phase::Failed => format!("failed: {}", f.step),
-            _ => String::new(),
-        };
-        let state = match (orphan, s.abandoned) {
-            (true, _) => "orphaned",
-            (_, true) => "abandoned",
-            _ if s.parked.is_some() => "parked",
-            _ => s.phase.status().as_str(),
-        };
-        println!(
-            "{:<32}  {:<16} {:<12} {:>10} {:>9}  {:<22} {}",
-            s.saga_id.as_str(),
-            s.saga,
-            state,
-            ago(now.saturating_sub(s.started_at_ms)),
-            human(end.saturating_sub(s.started_at_ms)),
-            at,
-            s.correlation_id
+        let key = (s.saga.clone(), s.definition_version.clone());
+        if let std::collections::hash_map::Entry::Vacant(slot) = definitions.entry(key) {
+            let def = operator::definition(&mut conn, &settings, s).await;
+            slot.insert(Steps::new(def));
+        }
+    }
+    let steps_of =
+        |r: &Record| &definitions[&(r.state.saga.clone(), r.state.definition_version.clone())];
+    if args.json {
+        let sagas: Vec<Value> = rows
+            .iter()
+            .map(|(r, orphan)| row_json(r, *orphan, steps_of(r)))
+            .collect();
+        outln!("{}", Value::Array(sagas));
+    } else {
+        outln!(
+            "{:<32}  {:<SAGA_W$} {:<STATE_W$} {:>10} {:>7}  {:<AT_W$} correlation id",
+            "saga id",
+            "saga",
+            "state",
+            "started",
+            "took",
+            "at"
         );
+        for (record, orphan) in &rows {
+            let s = &record.state;
+            let end = s.ended_at_ms.unwrap_or(now);
+            outln!(
+                "{:<32}  {:<SAGA_W$} {:<STATE_W$} {:>10} {:>7}  {:<AT_W$} {}",
+                s.saga_id.as_str(),
+                output::fit(&s.saga, SAGA_W),
+                render::state_label(s, *orphan),
+                format!("{} ago", human(now.saturating_sub(s.started_at_ms))),
+                human(end.saturating_sub(s.started_at_ms)),
+                output::fit(&steps_of(record).at(s), AT_W),
+                s.correlation_id
+            );
+        }
     }
     if total > args.limit {
-        println!("({} more; raise --limit)", total - args.limit);
+        let more = format!("({} more; raise --limit)", total - args.limit);
+        if args.json {
+            eprintln!("{more}");
+        } else {
+            outln!("{more}");
+        }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
-fn human(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else if ms < 3_600_000 {
-        format!("{}m", ms / 60_000)
-    } else {
-        format!("{}h", ms / 3_600_000)
-    }
-}
-
-fn ago(ms: u64) -> String {
-    format!("{} ago", human(ms))
+fn row_json(record: &Record, orphan: bool, steps: &Steps) -> Value {
+    let s = &record.state;
+    json!({
+        "saga_id": s.saga_id,
+        "saga": s.saga,
+        "state": render::state_label(s, orphan),
+        "phase": s.phase,
+        "correlation_id": s.correlation_id,
+        "started_at_ms": s.started_at_ms,
+        "ended_at_ms": s.ended_at_ms,
+        "at": steps.at(s),
+        "failed_step": s.failure.as_ref().map(|f| &f.step),
+        "stuck_on": s.stuck_at.filter(|_| !s.abandoned).map(|i| steps.name(i)),
+        "owner": record.owner,
+        "orphaned": orphan,
+        "abandoned": s.abandoned,
+        "cancelled_by": render::cancelled_by(s),
+    })
 }

@@ -2,6 +2,7 @@
 
 mod acl;
 mod bench;
+mod completions;
 mod config;
 mod dev;
 mod follow;
@@ -10,6 +11,8 @@ mod health;
 mod list;
 mod logging;
 mod operate;
+mod output;
+mod pick;
 mod render;
 mod run;
 mod signals;
@@ -66,6 +69,8 @@ enum Command {
     Health(health::HealthArgs),
     /// Print the Redis ACL users of a least-privilege deployment, one per role.
     Acl(acl::AclArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
 }
 
 /// The reference mission, used when no sagas directory is at hand and by
@@ -111,6 +116,7 @@ pub fn main() -> ExitCode {
             Command::Abandon(args) => operate::abandon(args).await,
             Command::Health(args) => health::run(args).await,
             Command::Acl(args) => acl::run(args),
+            Command::Completions(args) => completions::run(args),
         }
     })
 }

@@ -2,7 +2,9 @@
 //! one saga, written to the control stream; the daemon's answer is the
 //! saga's `operator_action` event.
 
-use super::follow::{self, Target};
+use super::follow::{self, Show, Target};
+use super::output::{self, outln, Failure};
+use super::pick::SagaArgs;
 use super::run::RedisArgs;
 use super::{connect, signals};
 use crate::operator;
@@ -19,48 +21,80 @@ use tokio_util::sync::CancellationToken;
 /// How long a daemon has to answer a request.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
+/// The end of every operator command's help: naming the saga, and the
+/// exit codes.
+macro_rules! help_end {
+    () => {
+        "
+
+The saga may be named by a start of its id that no other saga's id has, or
+by --correlation-id (several sagas with it are listed, and refused).
+
+Exit codes: 0 accepted by the daemon driving the saga; 1 refused (by the
+daemon, or the saga is in no state for it), no such saga, the start of an id
+that several sagas have, several sagas with that correlation id (listed), or
+a bad configuration file; 2 a usage error (no operator key included); 3 Redis
+cannot be reached or read, or no daemon answered within 10s. With --wait,
+once accepted: the saga's outcome, 0 completed, 1 compensated (cancelled
+included), 2 failed; 3 it could not be followed."
+    };
+}
+
 #[derive(Debug, Args)]
 pub struct Common {
-    /// The saga's id.
-    saga_id: String,
+    #[command(flatten)]
+    which: SagaArgs,
     /// Why: recorded on saga:events with the request (at most 1024 bytes).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", value_parser = parse_reason)]
     reason: String,
     /// Follow the saga to its end and exit with its outcome (0 completed,
     /// 1 compensated, 2 failed).
     #[arg(long)]
     wait: bool,
+    /// With --wait, print JSON lines: each event, then the outcome.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     redis: RedisArgs,
 }
 
+fn parse_reason(text: &str) -> Result<String, String> {
+    if text.len() > MAX_REASON_LEN {
+        return Err(format!(
+            "{} bytes, the limit is {MAX_REASON_LEN}",
+            text.len()
+        ));
+    }
+    Ok(text.to_owned())
+}
+
 #[derive(Debug, Args)]
-#[command(after_help = "Example:
+#[command(after_help = concat!("Example:
   sagaflow cancel 3f0c2a9e5d7b4c1e9a2f0b6d8e4c7a11 --reason 'customer withdrew' --wait
 
-The saga stops and compensates the steps it did, the step under way included.")]
+The saga stops and compensates the steps it did, the step under way included.", help_end!()))]
 pub struct CancelArgs {
     #[command(flatten)]
     common: Common,
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:
+#[command(after_help = concat!("Example:
   sagaflow retry 3f0c2a9e5d7b4c1e9a2f0b6d8e4c7a11 --reason 'map service fixed' --wait
 
 For a saga stuck on a compensation that failed (`sagaflow list --state stuck`):
-that compensation runs again, then the rest.")]
+that compensation runs again, then the rest.", help_end!()))]
 pub struct RetryArgs {
     #[command(flatten)]
     common: Common,
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:
+#[command(after_help = concat!("Example:
   sagaflow skip 3f0c2a9e5d7b4c1e9a2f0b6d8e4c7a11 --step perform_exploration --reason 'robots recalled by hand'
 
 For a saga stuck on a compensation that failed: that compensation is marked as
-done by hand, and the rest run.")]
+done by hand, and the rest run. `sagaflow status` names that step (stuck on).", help_end!()))]
 pub struct SkipArgs {
     /// The step whose compensation failed.
     #[arg(long)]
@@ -70,11 +104,12 @@ pub struct SkipArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:
+#[command(after_help = concat!("Example:
   sagaflow abandon 3f0c2a9e5d7b4c1e9a2f0b6d8e4c7a11 --reason 'cleaned up by the ops team'
 
 For a saga stuck on a compensation that failed: it stays failed, and is no
-longer listed as stuck.")]
+longer listed as stuck. With --wait it returns once the daemon accepted it:
+an abandoned saga stays failed (exit 2).", help_end!()))]
 pub struct AbandonArgs {
     #[command(flatten)]
     common: Common,
@@ -97,19 +132,17 @@ pub async fn abandon(args: AbandonArgs) -> ExitCode {
 }
 
 async fn request(action: &str, step: Option<String>, args: Common) -> ExitCode {
-    match send(action, step, args).await {
-        Ok(code) => code,
-        Err(message) => {
-            eprintln!("sagaflow {action}: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    output::exit(action, send(action, step, args).await)
 }
 
-async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCode, String> {
-    let settings = args.redis.settings()?;
+async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCode, Failure> {
+    let settings = args.redis.settings().map_err(Failure::no)?;
+    let key = settings.operator_key.clone().ok_or(Failure::usage(
+        "no operator key: set SAGAFLOW_OPERATOR_KEY=<name>:<secret> (or operator_key in the \
+         configuration file); the daemons hold every operator's key in operator_keys",
+    ))?;
     let (client, mut conn) = connect(&settings.redis_url).await?;
-    let record = operator::read_existing(&mut conn, &settings, &args.saga_id).await?;
+    let record = args.which.one(&mut conn, &settings).await?;
     let saga_id = record.state.saga_id.to_string();
     let phase = record.state.phase;
     let allowed = match action {
@@ -117,7 +150,7 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
         _ => phase == Phase::Failed && !record.state.abandoned,
     };
     if !allowed {
-        return Err(format!(
+        return Err(Failure::no(format!(
             "saga {saga_id} is {}{}: {}",
             phase.status().as_str(),
             if record.state.abandoned {
@@ -130,17 +163,7 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
             } else {
                 "only a saga stuck on a failed compensation can be retried, skipped or abandoned"
             }
-        ));
-    }
-    let key = settings.operator_key.as_ref().ok_or(
-        "no operator key: set SAGAFLOW_OPERATOR_KEY=<name>:<secret> (or operator_key in the \
-         configuration file); the daemons hold every operator's key in operator_keys",
-    )?;
-    if args.reason.len() > MAX_REASON_LEN {
-        return Err(format!(
-            "--reason is {} bytes, the limit is {MAX_REASON_LEN}",
-            args.reason.len()
-        ));
+        )));
     }
     let from = streams::last_id(&mut conn, &settings.events_stream)
         .await
@@ -148,7 +171,7 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
     // Signed on Redis's clock, which the daemons compare it with.
     let issued_ms = operator::redis_now_ms(&mut conn).await?;
     let saga = crate::protocol::SagaId::from_trusted(saga_id.clone());
-    let request = ControlRequest::signed(key, saga, action, step, &args.reason, issued_ms);
+    let request = ControlRequest::signed(&key, saga, action, step, &args.reason, issued_ms);
     let mut cmd = redis::cmd("XADD");
     cmd.arg(&settings.control_stream)
         .arg("MAXLEN")
@@ -169,12 +192,12 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
     let asked = Instant::now();
     let mut after = from;
-    let answer = loop {
+    let (answer_entry, answer) = loop {
         if asked.elapsed() >= ANSWER_WITHIN {
-            return Err(format!(
+            return Err(Failure::unavailable(format!(
                 "no daemon answered within {}s: is one running?",
                 ANSWER_WITHIN.as_secs()
-            ));
+            )));
         }
         let entries = streams::read_after(
             &mut reader,
@@ -194,25 +217,59 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
             };
             let ours = text(f::SAGA_ID).as_deref() == Some(saga_id.as_str())
                 && text(f::EVENT_TYPE).as_deref() == Some("operator_action");
-            ours.then(|| serde_json::from_str::<Value>(&text(f::PAYLOAD).unwrap_or_default()))
+            ours.then(|| {
+                let payload = text(f::PAYLOAD).unwrap_or_default();
+                let payload = serde_json::from_str::<Value>(&payload).unwrap_or(Value::Null);
+                (e.clone(), payload)
+            })
         });
-        if let Some(payload) = found {
-            break payload.unwrap_or(Value::Null);
+        if let Some(found) = found {
+            break found;
         }
     };
+    let show = if args.json { Show::Json } else { Show::People };
+    if args.json {
+        output::json_line(&super::render::event_json(
+            &answer_entry.id,
+            &answer_entry.fields,
+        ));
+    }
     if let Some(refused) = answer["refused"].as_str() {
-        println!("refused: {refused}");
+        if !args.json {
+            outln!("refused: {refused}");
+        }
         return Ok(ExitCode::FAILURE);
     }
-    println!("{action} of saga {saga_id} accepted (by {})", key.name);
+    if !args.json {
+        outln!("{action} of saga {saga_id} accepted (by {})", key.name);
+    }
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
+    }
+    if action == "abandon" {
+        // Nothing more happens to an abandoned saga: it stays failed.
+        let outcome = follow::Outcome::Failed(serde_json::json!({ "abandoned": true }));
+        match show {
+            Show::Json => output::json_line(&outcome.json(&saga_id)),
+            _ => outln!("\nabandoned: the saga stays failed, and is no longer listed as stuck"),
+        }
+        // What --wait reports of a failed saga.
+        return Ok(ExitCode::from(2));
     }
     let shutdown = CancellationToken::new();
     signals::on_stop_signal(shutdown.clone());
     let target = Target {
         saga_id: saga_id.clone(),
         entry_id: String::new(),
+        skipped_by_hand: if action == "skip" {
+            answer_entry
+                .fields
+                .get(f::STEP)
+                .map(|s| vec![String::from_utf8_lossy(s).into_owned()])
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        },
     };
     let outcome = follow::follow(
         &client,
@@ -221,8 +278,9 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
         target,
         None,
         &shutdown,
+        show,
     )
     .await?;
-    println!("\n{}", outcome.summary());
+    super::start::finish(&outcome, &saga_id, show);
     Ok(outcome.exit_code())
 }

@@ -1,7 +1,10 @@
-//! Human-readable lines for saga events, for `dev`, `start --wait` and `watch`.
+//! Human-readable lines for saga events, for `dev`, `start --wait` and
+//! `watch`, and the names `status` and `list` give states and steps.
 
+use crate::definition::SagaDefinition;
 use crate::protocol::fields as f;
-use crate::protocol::RawFields;
+use crate::protocol::{CommandKind, RawFields};
+use crate::saga::{Phase, SagaState};
 use serde_json::Value;
 
 fn text<'a>(fields: &'a RawFields, name: &str) -> &'a str {
@@ -100,4 +103,104 @@ pub fn event_columns(fields: &RawFields) -> String {
         event,
         step
     )
+}
+
+/// How the reason of a saga cancelled by an operator begins (the saga
+/// machine's operator rules write it so).
+const CANCELLED_BY: &str = "cancelled by ";
+
+/// Who cancelled the saga and why (`ops@example: customer withdrew`), if an
+/// operator's cancel is why it unwound.
+pub fn cancelled_by(state: &SagaState) -> Option<&str> {
+    let failure = state.failure.as_ref()?;
+    matches!(state.phase, Phase::Compensating | Phase::Compensated)
+        .then(|| failure.reason.strip_prefix(CANCELLED_BY))
+        .flatten()
+}
+
+/// The state a person would name: `cancelled` (compensated after an
+/// operator's cancel), `abandoned`, `parked` (failed because a transition
+/// could not be written), `orphaned` (not ended, and no live daemon owns
+/// it), else the saga's status.
+pub fn state_label(state: &SagaState, orphaned: bool) -> &'static str {
+    if orphaned {
+        "orphaned"
+    } else if state.abandoned {
+        "abandoned"
+    } else if state.parked.is_some() {
+        "parked"
+    } else if state.phase == Phase::Compensated && cancelled_by(state).is_some() {
+        "cancelled"
+    } else {
+        state.phase.status().as_str()
+    }
+}
+
+/// Names for a saga's steps, from the definition version it runs on.
+pub struct Steps(Option<SagaDefinition>);
+
+impl Steps {
+    pub fn new(definition: Option<SagaDefinition>) -> Self {
+        Self(definition)
+    }
+
+    /// The step's name, or `#<index>` when the definition is not at hand.
+    pub fn name(&self, index: usize) -> String {
+        self.0
+            .as_ref()
+            .and_then(|d| d.steps.get(index))
+            .map_or_else(|| format!("#{index}"), |s| s.name.clone())
+    }
+
+    /// Whether the step defines a compensation; `None` when unknown.
+    pub fn compensates(&self, name: &str) -> Option<bool> {
+        let def = self.0.as_ref()?;
+        let step = def.steps.iter().find(|s| s.name == name)?;
+        Some(step.compensation.is_some())
+    }
+
+    /// The steps of `state.skipped`: those skipped by hand (their failed
+    /// compensation marked as done by an operator), and those that define
+    /// no compensation. Unknown without the definition: all in the second.
+    pub fn skipped<'s>(&self, state: &'s SagaState) -> (Vec<&'s str>, Vec<&'s str>) {
+        state
+            .skipped
+            .iter()
+            .map(String::as_str)
+            .partition(|name| self.compensates(name) == Some(true))
+    }
+
+    /// Where the saga is: the step under way (`undo <step>` for a
+    /// compensation), or the compensation it is stuck on (`undo <step>` of
+    /// a failed saga).
+    pub fn at(&self, state: &SagaState) -> String {
+        match (&state.current, state.stuck_at) {
+            (Some(x), _) if x.kind == CommandKind::Compensation => {
+                format!("undo {}", self.name(x.step))
+            }
+            (Some(x), _) => self.name(x.step),
+            (None, Some(stuck)) if !state.abandoned => format!("undo {}", self.name(stuck)),
+            _ => String::new(),
+        }
+    }
+}
+
+/// One event of `saga:events` as a JSON object: its entry id, its fields,
+/// the payload as JSON and the timestamp as a number.
+pub fn event_json(entry_id: &str, fields: &RawFields) -> Value {
+    let mut out = serde_json::Map::new();
+    out.insert("id".into(), Value::from(entry_id));
+    let sorted: std::collections::BTreeMap<_, _> = fields.iter().collect();
+    for (name, value) in sorted {
+        let value = String::from_utf8_lossy(value);
+        let value = match name.as_str() {
+            f::PAYLOAD => serde_json::from_str(&value).unwrap_or(Value::String(value.into())),
+            f::TIMESTAMP => value
+                .parse::<u64>()
+                .map_or(Value::String(value.clone().into()), Value::from),
+            _ => Value::String(value.into_owned()),
+        };
+        out.insert(name.clone(), value);
+    }
+    Value::Object(out)
 }

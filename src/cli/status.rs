@@ -1,24 +1,32 @@
 //! `sagaflow status SAGA_ID`: one saga, from its record and its events.
 
 use super::connect;
+use super::output::{self, outln, Failure};
+use super::pick::{self, SagaArgs};
+use super::render::{self, Steps};
 use super::run::RedisArgs;
 use crate::operator;
 use crate::protocol::fields as f;
-use crate::saga::Waiting;
+use crate::saga::{Phase, Waiting};
 use clap::Args;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:
+#[command(after_help = "Examples:
   sagaflow status 3f0c2a9e5d7b4c1e9a2f0b6d8e4c7a11
+  sagaflow status 3f0c2a9e
+  sagaflow status --correlation-id order-42
 
-Exit code 1 when there is no such saga (never started, or its record expired
-after the retention) or Redis cannot be reached.")]
+Several sagas with that correlation id are listed, newest first.
+
+Exit codes: 0 shown; 1 no such saga (never started, or its record expired
+after the retention), or the start of an id that several sagas have; 2 a
+usage error; 3 Redis cannot be reached or read.")]
 pub struct StatusArgs {
-    /// The saga's id (as `start` prints it, or from `saga:events`).
-    saga_id: String,
+    #[command(flatten)]
+    which: SagaArgs,
     #[command(flatten)]
     redis: RedisArgs,
     /// Print the record and the events as JSON.
@@ -27,13 +35,7 @@ pub struct StatusArgs {
 }
 
 pub async fn run(args: StatusArgs) -> ExitCode {
-    match status(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("sagaflow status: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    output::exit("status", status(args).await)
 }
 
 /// What the events tell of one command (a step's action or compensation).
@@ -47,10 +49,35 @@ struct Exchange {
     detail: String,
 }
 
-async fn status(args: StatusArgs) -> Result<(), String> {
-    let settings = args.redis.settings()?;
+async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
+    let settings = args.redis.settings().map_err(Failure::no)?;
     let (_client, mut conn) = connect(&settings.redis_url).await?;
-    let record = operator::read_existing(&mut conn, &settings, &args.saga_id).await?;
+    let found = args.which.find(&mut conn, &settings).await?;
+    if found.total > 1 {
+        if args.json {
+            let sagas: Vec<Value> = found
+                .records
+                .iter()
+                .map(|r| serde_json::json!({ "state": r.state, "owner": r.owner }))
+                .collect();
+            outln!(
+                "{:#}",
+                serde_json::json!({ "sagas": sagas, "total": found.total })
+            );
+        } else {
+            outln!(
+                "{} sagas have this correlation id; `sagaflow status <saga id>` shows one:",
+                found.total
+            );
+            outln!("{}", pick::table(&found));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let record = found
+        .records
+        .into_iter()
+        .next()
+        .ok_or_else(|| Failure::no("the saga's record expired while it was being read"))?;
     let id = record.state.saga_id.to_string();
     let events = operator::events(&mut conn, &settings, &id).await?;
     let s = &record.state;
@@ -67,26 +94,32 @@ async fn status(args: StatusArgs) -> Result<(), String> {
             })
             .collect();
         let out = serde_json::json!({ "state": s, "owner": record.owner, "expires_in_secs": record.expires_in, "events": events });
-        println!("{out:#}");
-        return Ok(());
+        outln!("{out:#}");
+        return Ok(ExitCode::SUCCESS);
     }
+    let steps = Steps::new(operator::definition(&mut conn, &settings, s).await);
 
-    let line = |k: &str, v: String| println!("{k:<18} {v}");
+    let line = |k: &str, v: String| outln!("{k:<18} {v}");
     line("saga", format!("{} ({})", s.saga, s.saga_id));
     line("definition", format!("version {}", s.definition_version));
-    let note = match &s.parked {
-        _ if s.abandoned => " (abandoned by an operator)".to_owned(),
-        Some(parked) => format!(
-            " (parked while {}: {}; mend the cause, then `sagaflow retry` or `abandon` it)",
+    let cancelled = render::cancelled_by(s);
+    let state = match (&s.parked, cancelled) {
+        _ if s.abandoned => "failed (abandoned by an operator)".to_owned(),
+        (Some(parked), _) => format!(
+            "failed (parked while {}: {}; mend the cause, then `sagaflow retry` or `abandon` it)",
             parked.phase.status().as_str(),
             parked.reason
         ),
-        None if s.phase == crate::saga::Phase::Failed => {
-            " (stuck: `sagaflow retry`, `skip` or `abandon` it)".to_owned()
+        (None, _) if s.phase == Phase::Failed => {
+            "failed (stuck: `sagaflow retry`, `skip` or `abandon` it)".to_owned()
         }
-        None => String::new(),
+        (None, Some(by)) if s.phase == Phase::Compensated => {
+            format!("cancelled (by {by}; compensated)")
+        }
+        (None, Some(by)) => format!("{} (cancelled by {by})", s.phase.status().as_str()),
+        (None, None) => s.phase.status().as_str().to_owned(),
     };
-    line("state", format!("{}{note}", s.phase.status().as_str()));
+    line("state", state);
     line("correlation id", s.correlation_id.to_string());
     line("trace id", s.trace_id.to_string());
     line("started", timestamp(s.started_at_ms));
@@ -102,7 +135,6 @@ async fn status(args: StatusArgs) -> Result<(), String> {
         None => line("owner", record.owner.clone().unwrap_or_default()),
     }
     if let Some(x) = &s.current {
-        let step = &x.step;
         let what = match x.waiting {
             Waiting::Reply { deadline_ms, .. } => {
                 format!("awaiting the reply, due {}", timestamp(deadline_ms))
@@ -112,24 +144,41 @@ async fn status(args: StatusArgs) -> Result<(), String> {
         line(
             "under way",
             format!(
-                "{} of step #{step}, attempt {} (request {}): {what}",
+                "{} of {}, attempt {} (request {}): {what}",
                 x.kind.as_str(),
+                steps.name(x.step),
                 x.attempt,
                 x.request_id
             ),
         );
     }
-    if let Some(failure) = &s.failure {
+    if let Some(failure) = s.failure.as_ref().filter(|_| cancelled.is_none()) {
         line(
             "failed step",
             format!("{}: {}", failure.step, failure.reason),
+        );
+    } else if let Some(failure) = &s.failure {
+        line("cancelled at", failure.step.clone());
+    }
+    if let Some(stuck) = s.stuck_at.filter(|_| !s.abandoned && s.parked.is_none()) {
+        let name = steps.name(stuck);
+        line(
+            "stuck on",
+            format!(
+                "the compensation of {name}: `sagaflow retry {id}`, \
+                 `sagaflow skip {id} --step {name}` or `sagaflow abandon {id}`"
+            ),
         );
     }
     if !s.undone.is_empty() {
         line("undone", s.undone.join(", "));
     }
-    if !s.skipped.is_empty() {
-        line("no compensation", s.skipped.join(", "));
+    let (by_hand, without) = steps.skipped(s);
+    if !by_hand.is_empty() {
+        line("skipped by hand", by_hand.join(", "));
+    }
+    if !without.is_empty() {
+        line("no compensation", without.join(", "));
     }
     if let Some(ttl) = record.expires_in {
         line(
@@ -149,6 +198,27 @@ async fn status(args: StatusArgs) -> Result<(), String> {
                 .unwrap_or_default()
         };
         let event = text(f::EVENT_TYPE);
+        let payload: Value = serde_json::from_str(&text(f::PAYLOAD)).unwrap_or(Value::Null);
+        // A failed compensation marked as done by an operator, or the
+        // step under way when an operator cancelled the saga.
+        if event == "operator_action" && payload.get("refused").is_none() {
+            let (key, outcome, what) = match payload["action"].as_str() {
+                Some("skip") => ("compensation", "skipped", "by hand, by"),
+                Some("cancel") => ("step", "cancelled", "by"),
+                _ => continue,
+            };
+            if let Some(x) = exchanges.get_mut(&format!("{key} {}", text(f::STEP))) {
+                if outcome == "skipped" || x.outcome == "running" {
+                    x.outcome = outcome.into();
+                    x.detail = format!(
+                        "{what} {}: {}",
+                        payload["by"].as_str().unwrap_or("?"),
+                        payload["reason"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            continue;
+        }
         let Some((kind, what)) = event.split_once('_') else {
             continue;
         };
@@ -161,12 +231,14 @@ async fn status(args: StatusArgs) -> Result<(), String> {
         }
         let x = exchanges.entry(key).or_default();
         let at: u64 = text(f::TIMESTAMP).parse().unwrap_or(0);
-        let payload: Value = serde_json::from_str(&text(f::PAYLOAD)).unwrap_or(Value::Null);
         match what {
             "started" => {
                 x.attempts += 1;
                 x.first_sent.get_or_insert(at);
+                x.ended = None;
+                x.progress = None;
                 x.outcome = "running".into();
+                x.detail.clear();
             }
             "progress" => x.progress = payload["progress"].as_f64(),
             "completed" => {
@@ -188,30 +260,56 @@ async fn status(args: StatusArgs) -> Result<(), String> {
         }
     }
     if order.is_empty() {
-        println!(
+        outln!(
             "\n(no events left on {}: they are kept for the stream retention)",
             settings.events_stream
         );
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
-    println!();
-    println!(
-        "{:<34} {:<10} {:>8} {:>9} {:>9}  result or error",
-        "step", "outcome", "attempts", "took", "progress"
+    outln!();
+    outln!(
+        "{:<34} {:<10} {:>8} {:>7} {:>8}  result or error",
+        "step",
+        "outcome",
+        "attempts",
+        "took",
+        "progress"
     );
     for key in order {
         let x = &exchanges[&key];
         let took = match (x.first_sent, x.ended) {
-            (Some(a), Some(b)) => millis(b.saturating_sub(a)),
+            (Some(a), Some(b)) => human(b.saturating_sub(a)),
             _ => "-".into(),
         };
-        let progress = x.progress.map_or("-".into(), |p| format!("{p:.0}%"));
-        println!(
-            "{key:<34} {:<10} {:>8} {took:>9} {progress:>9}  {}",
-            x.outcome, x.attempts, x.detail
+        // Progress only while it means something: the attempt under way.
+        let progress = match x.progress {
+            Some(p) if x.outcome == "running" => format!("{p:.0}%"),
+            _ => "-".into(),
+        };
+        outln!(
+            "{:<34} {:<10} {:>8} {took:>7} {progress:>8}  {}",
+            output::fit(&key, 34),
+            x.outcome,
+            x.attempts,
+            output::fit(&x.detail, 80)
         );
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A duration in at most 7 characters: `850ms`, `12.5s`, `42m`, `36h`.
+pub fn human(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else if ms < 3_600_000 {
+        format!("{}m", ms / 60_000)
+    } else if ms < 100 * 3_600_000 {
+        format!("{}h", ms / 3_600_000)
+    } else {
+        format!("{}d", ms / 86_400_000)
+    }
 }
 
 fn brief(v: &Value) -> String {

@@ -1,12 +1,13 @@
 //! `sagaflow watch`: a live, readable tail of `saga:events`.
 
+use super::output::{self, outln, Failure};
+use super::pick::parse_correlation_id;
 use super::run::RedisArgs;
 use super::{connect, follow, render, signals};
 use crate::protocol::fields as f;
 use crate::protocol::CorrelationId;
 use crate::streams;
 use clap::Args;
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +17,14 @@ use tokio_util::sync::CancellationToken;
   sagaflow watch
   sagaflow watch --saga mission_start
   sagaflow watch --correlation-id order-42 --from-start
-  sagaflow watch --correlation-id 'order 42'")]
+  sagaflow watch --correlation-id 'order 42' --json
+
+Each line shows the time, the start of the saga id (which `status`, `cancel`
+and the other operator commands take), the saga, its state, the event, the
+step and what happened. With --json, one event per line as a JSON object.
+
+Exit codes: 0 stopped (Ctrl-C, or the reader went away); 1 a bad
+configuration file; 2 a usage error; 3 Redis cannot be reached or read.")]
 pub struct WatchArgs {
     #[command(flatten)]
     redis: RedisArgs,
@@ -24,28 +32,23 @@ pub struct WatchArgs {
     #[arg(long)]
     saga: Option<String>,
     /// Only events with this correlation id (exactly: spaces included).
-    #[arg(long)]
-    correlation_id: Option<String>,
+    #[arg(long, value_parser = parse_correlation_id)]
+    correlation_id: Option<CorrelationId>,
     /// Begin with the oldest event still on the stream, not with the next one.
     #[arg(long)]
     from_start: bool,
+    /// One JSON object per event and line: the entry id, the fields, the
+    /// payload as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 pub async fn run(args: WatchArgs) -> ExitCode {
-    match watch(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("sagaflow watch: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    output::exit("watch", watch(args).await)
 }
 
-async fn watch(args: WatchArgs) -> Result<(), String> {
-    if let Some(id) = &args.correlation_id {
-        CorrelationId::parse(id).map_err(|why| format!("--correlation-id: {why}"))?;
-    }
-    let settings = args.redis.settings()?;
+async fn watch(args: WatchArgs) -> Result<ExitCode, Failure> {
+    let settings = args.redis.settings().map_err(Failure::no)?;
     let (client, _conn) = connect(&settings.redis_url).await?;
     let mut reader = streams::blocking_connection(&client, Duration::from_secs(1))
         .await
@@ -53,6 +56,7 @@ async fn watch(args: WatchArgs) -> Result<(), String> {
     let shutdown = CancellationToken::new();
     signals::on_stop_signal(shutdown.clone());
     let mut from = if args.from_start { "0-0" } else { "$" }.to_owned();
+    let correlation_id = args.correlation_id.as_ref().map(|c| c.to_string());
     let matches = |fields: &crate::protocol::RawFields, name: &str, want: &Option<String>| {
         want.as_ref()
             .is_none_or(|w| fields.get(name).map(Vec::as_slice) == Some(w.as_bytes()))
@@ -71,8 +75,12 @@ async fn watch(args: WatchArgs) -> Result<(), String> {
             from = entry.id.clone();
             let fields = &entry.fields;
             if !matches(fields, f::SAGA, &args.saga)
-                || !matches(fields, f::CORRELATION_ID, &args.correlation_id)
+                || !matches(fields, f::CORRELATION_ID, &correlation_id)
             {
+                continue;
+            }
+            if args.json {
+                output::json_line(&render::event_json(&entry.id, fields));
                 continue;
             }
             let at: u64 = fields
@@ -82,17 +90,15 @@ async fn watch(args: WatchArgs) -> Result<(), String> {
             let when =
                 humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(at));
             let saga_id = String::from_utf8_lossy(fields.get(f::SAGA_ID).map_or(&[][..], |v| v));
-            let line = format!(
+            let saga = String::from_utf8_lossy(fields.get(f::SAGA).map_or(&[][..], |v| v));
+            // A reader that went away (`| head`) ends the watch.
+            outln!(
                 "{when}  {:<8}  {:<16} {}",
                 saga_id.get(..8).unwrap_or(&saga_id),
-                String::from_utf8_lossy(fields.get(f::SAGA).map_or(&[][..], |v| v)),
+                output::fit(&saga, 16),
                 render::event_columns(fields)
             );
-            // A reader that went away (`| head`) ends the watch.
-            if writeln!(std::io::stdout(), "{line}").is_err() {
-                return Ok(());
-            }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -63,6 +63,31 @@ pub struct Handlers {
     record_ttl: Duration,
     reply_stream_prefix: String,
     stats: Arc<HandlerStats>,
+    on_ready: Option<ReadyHook>,
+}
+
+/// Called once, when every stream's group exists and its reader reads.
+type ReadyHook = Box<dyn FnOnce() + Send>;
+
+/// Counts the readers not yet reading; the last one calls the hook.
+struct Ready {
+    waiting: std::sync::Mutex<(usize, Option<ReadyHook>)>,
+}
+
+impl Ready {
+    fn reading(&self) {
+        let hook = {
+            let mut waiting = self.waiting.lock().expect("ready lock");
+            waiting.0 = waiting.0.saturating_sub(1);
+            if waiting.0 > 0 {
+                return;
+            }
+            waiting.1.take()
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
 }
 
 impl Handlers {
@@ -79,7 +104,20 @@ impl Handlers {
             record_ttl: DEFAULT_RECORD_TTL,
             reply_stream_prefix: DEFAULT_REPLY_STREAM_PREFIX.to_owned(),
             stats: Arc::default(),
+            on_ready: None,
         }
+    }
+
+    /// Calls `hook` once every stream's consumer group exists and its
+    /// reader is about to read: from then on, commands are handled.
+    pub fn on_ready(mut self, hook: impl FnOnce() + Send + 'static) -> Self {
+        self.on_ready = Some(Box::new(hook));
+        self
+    }
+
+    /// The command streams read, in order.
+    pub fn streams(&self) -> Vec<&str> {
+        self.streams.keys().map(String::as_str).collect()
     }
 
     /// Routes commands of `event_type` on `stream` to `handler`.
@@ -183,6 +221,9 @@ impl Handlers {
             stats: self.stats,
         });
         let readers = TaskTracker::new();
+        let ready = Arc::new(Ready {
+            waiting: std::sync::Mutex::new((self.streams.len(), self.on_ready)),
+        });
         for (stream, routes) in self.streams {
             let reader = Reader {
                 shared: shared.clone(),
@@ -193,6 +234,7 @@ impl Handlers {
                 conn: None,
                 group_ready: false,
                 reclaimed: false,
+                ready: Some(ready.clone()),
             };
             readers.spawn(reader.run());
         }
@@ -289,6 +331,8 @@ struct Reader {
     conn: Option<MultiplexedConnection>,
     group_ready: bool,
     reclaimed: bool,
+    /// Told once, when this reader first reads.
+    ready: Option<Arc<Ready>>,
 }
 
 impl Reader {
@@ -343,6 +387,9 @@ impl Reader {
         if !self.reclaimed {
             self.reclaim(&mut conn).await?;
             self.reclaimed = true;
+        }
+        if let Some(ready) = self.ready.take() {
+            ready.reading();
         }
         let reply: Value = redis::cmd("XREADGROUP")
             .arg("GROUP")

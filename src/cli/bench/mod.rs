@@ -9,6 +9,7 @@ mod otlp_sink;
 mod redis_info;
 mod stats;
 
+use super::output::outln;
 use super::REFERENCE_MISSION;
 use crate::config::RedisUrl;
 use crate::local_redis::LocalRedis;
@@ -70,12 +71,12 @@ pub async fn run(args: BenchArgs) -> ExitCode {
     match bench(args).await {
         Ok((report, json)) => {
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&report).expect("the report serializes")
                 );
             } else {
-                print!("{}", report.table());
+                outln!("{}", report.table().trim_end_matches('\n'));
             }
             ExitCode::SUCCESS
         }
