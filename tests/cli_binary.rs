@@ -318,3 +318,60 @@ async fn run_and_handlers_complete_a_saga_and_stop_on_sigterm() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_are_printed_for_bash_zsh_and_fish() {
+    for (shell, says) in [
+        ("bash", "complete -F _sagaflow"),
+        ("zsh", "#compdef sagaflow"),
+        ("fish", "complete -c sagaflow"),
+    ] {
+        let mut proc = Proc::spawn(&["completions", shell]);
+        let status = proc.exit_within(Duration::from_secs(5)).await;
+        assert!(status.success(), "{shell}: {status}\n{}", proc.stderr());
+        let script = proc.stdout();
+        assert!(script.contains(says), "{shell}:\n{script}");
+        for sub in ["start", "watch", "completions"] {
+            assert!(script.contains(sub), "{shell} completes `{sub}`");
+        }
+    }
+    // bash reads it without a syntax error.
+    let mut proc = Proc::spawn(&["completions", "bash"]);
+    proc.exit_within(Duration::from_secs(5)).await;
+    let checked = Command::new("bash")
+        .arg("-n")
+        .arg(&proc.stdout)
+        .status()
+        .expect("bash runs");
+    assert!(checked.success(), "bash -n on the completion script");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_say_when_they_are_ready() {
+    let server = RedisServer::start();
+    let mut handlers = Proc::spawn(&["handlers", "--redis-url", &server.url()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !handlers.stderr().contains("sagaflow handlers ready") {
+        assert!(
+            Instant::now() < deadline,
+            "no ready line:\n{}",
+            handlers.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Ready means the groups exist: a command sent now is handled.
+    let mut conn = server.conn().await;
+    let groups: redis::Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg("mapping:commands")
+        .query_async(&mut conn)
+        .await
+        .expect("the group exists once ready");
+    assert!(
+        matches!(groups, redis::Value::Array(ref a) if !a.is_empty()),
+        "{groups:?}"
+    );
+    handlers.terminate();
+    let status = handlers.exit_within(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status}");
+}

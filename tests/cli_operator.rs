@@ -263,26 +263,101 @@ async fn clear_errors_for_a_missing_saga_an_unreachable_redis_and_a_bad_flag() {
     ])
     .await;
     fails_with(&out, 1, "no saga `0123456789abcdef0123456789abcdef`");
+    let out = sagaflow(&["status", "--redis-url", &url, "01234567"]).await;
+    fails_with(&out, 1, "no saga id starting `01234567`");
+    let out = sagaflow(&["status", "--redis-url", &url, "--correlation-id", "nobody"]).await;
+    fails_with(&out, 1, "no correlation id `nobody`");
 
-    let out = sagaflow(&["list", "--redis-url", "redis://127.0.0.1:1"]).await;
-    fails_with(&out, 1, "cannot reach Redis at redis://127.0.0.1:1");
+    // Redis unreachable: 3, whatever the command.
+    for command in [
+        vec!["list"],
+        vec!["status", "01234567"],
+        vec!["watch"],
+        vec!["start"],
+        vec!["cancel", "01234567"],
+    ] {
+        let mut args = command.clone();
+        args.extend(["--redis-url", "redis://127.0.0.1:1"]);
+        let out = sagaflow(&args).await;
+        fails_with(&out, 3, "cannot reach Redis at redis://127.0.0.1:1");
+    }
 
-    let out = sagaflow(&["start", "--redis-url", &url, "--payload", "[1, 2]"]).await;
-    fails_with(&out, 3, "--payload must be a JSON object");
-
-    let out = sagaflow(&["list", "--state", "sideways"]).await;
-    assert_eq!(out.status.code(), Some(2), "clap's usage error");
-    assert!(stderr(&out).contains("sideways"), "{}", stderr(&out));
+    // Usage errors: 2, clap's code, before anything is written or read.
+    for (args, says) in [
+        (
+            vec!["start", "--payload", "[1, 2]"],
+            "--payload <PAYLOAD>': must be a JSON object",
+        ),
+        (vec!["start", "--payload", "{"], "not JSON"),
+        (
+            vec!["start", "--payload", "@/no/such/file"],
+            "cannot read the payload file",
+        ),
+        (vec!["start", "--traceparent", "00-zz"], "not 00-<32 hex>"),
+        (vec!["start", "--timeout", "soon"], "soon"),
+        (vec!["start", "--json", "--quiet"], "cannot be used with"),
+        (vec!["list", "--state", "sideways"], "sideways"),
+        (vec!["list", "--since", "yesterday"], "yesterday"),
+        (vec!["watch", "--correlation-id", "a\tb"], "a tab"),
+        (vec!["status", "not-hex!"], "is not a saga id"),
+        (vec!["status"], "required"),
+        (
+            vec!["cancel", "0123", "--correlation-id", "x"],
+            "cannot be used with",
+        ),
+        (vec!["skip", "0123"], "--step"),
+        (vec!["completions", "tcsh"], "tcsh"),
+    ] {
+        let mut args = args.clone();
+        if args[0] != "completions" {
+            args.extend(["--redis-url", &url]);
+        }
+        let out = sagaflow(&args).await;
+        fails_with(&out, 2, says);
+    }
+    let long = "r".repeat(1025);
+    let out = sagaflow(&["abandon", "0123", "--reason", &long, "--redis-url", &url]).await;
+    fails_with(&out, 2, "1025 bytes, the limit is 1024");
+    let out = sagaflow_no_key(&["retry", "01234567", "--redis-url", &url]).await;
+    fails_with(&out, 2, "no operator key");
 
     for command in [
-        "start", "status", "list", "watch", "cancel", "retry", "skip", "abandon", "validate",
+        "start",
+        "status",
+        "list",
+        "watch",
+        "cancel",
+        "retry",
+        "skip",
+        "abandon",
+        "validate",
+        "completions",
     ] {
         let out = sagaflow(&[command, "--help"]).await;
         assert!(
             stdout(&out).contains("Example"),
             "{command} --help has an example"
         );
+        if command != "validate" {
+            assert!(
+                stdout(&out).contains("Exit codes:"),
+                "{command} --help lists its exit codes"
+            );
+        }
     }
+}
+
+/// `sagaflow <args>` without an operator key.
+async fn sagaflow_no_key(args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .env_remove("SAGAFLOW_REDIS_URL")
+        .env_remove("SAGAFLOW_OPERATOR_KEY");
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 /// A correlation id with a space (`X-Request-ID: order 42`) is given to
@@ -347,6 +422,263 @@ async fn a_correlation_id_with_a_space_is_started_followed_and_watched() {
         ("ordér 42", "a non-ASCII character `é` at character 4"),
     ] {
         let out = sagaflow(&["start", "--redis-url", &url, "--correlation-id", id]).await;
-        fails_with(&out, 3, why);
+        fails_with(&out, 2, why);
+    }
+}
+
+/// The lines of `out`'s stdout, each parsed as JSON.
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    stdout(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: `{l}`")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_and_quiet_output_for_machines() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let _daemon = Child::daemon(&url, "machines");
+    let _handlers = Child::handlers(&url, &[]);
+    let watch = Command::new(BIN)
+        .args([
+            "watch",
+            "--redis-url",
+            &url,
+            "--correlation-id",
+            "json 1",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // start --wait --json: the start, each event, the outcome; a line each.
+    let out = sagaflow(&[
+        "start",
+        "--redis-url",
+        &url,
+        "--payload",
+        PAYLOAD,
+        "--correlation-id",
+        "json 1",
+        "--wait",
+        "--json",
+        "--timeout",
+        "20s",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    let saga_id = lines[0]["saga_id"]
+        .as_str()
+        .expect("the start first")
+        .to_owned();
+    assert_eq!(lines[0]["correlation_id"], "json 1");
+    assert_eq!(lines[0]["stream"], "mission:start");
+    let events = &lines[1..lines.len() - 1];
+    assert_eq!(events.len(), 14, "{lines:#?}");
+    assert_eq!(events[0]["event_type"], "saga_started");
+    assert!(events.iter().all(|e| e["saga_id"] == saga_id.as_str()));
+    assert_eq!(events[1]["payload"]["attempt"], 1, "the payload as JSON");
+    let outcome = lines.last().unwrap();
+    assert_eq!(outcome["outcome"], "completed");
+    assert_eq!(outcome["exit_code"], 0);
+    assert!(outcome["payload"]["results"]["integrate_maps"].is_object());
+
+    // start --quiet: the id alone.
+    let out = sagaflow(&[
+        "start",
+        "--redis-url",
+        &url,
+        "--payload",
+        PAYLOAD,
+        "--quiet",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let quiet = stdout(&out);
+    assert_eq!(quiet.trim().len(), 32, "{quiet:?}");
+    assert_eq!(quiet.lines().count(), 1, "{quiet:?}");
+    let out = sagaflow(&[
+        "start",
+        "--redis-url",
+        &url,
+        "--payload",
+        PAYLOAD,
+        "--quiet",
+        "--wait",
+        "--timeout",
+        "20s",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
+
+    // list --json: an array of the sagas.
+    let out = sagaflow(&["list", "--redis-url", &url, "--json"]).await;
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let ours = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["saga_id"] == saga_id.as_str())
+        .expect("listed");
+    assert_eq!(ours["state"], "completed");
+    assert_eq!(ours["correlation_id"], "json 1");
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+
+    // watch --json: the same 14 events, one per line.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let _ = Command::new("kill")
+        .arg("-INT")
+        .arg(watch.id().to_string())
+        .status();
+    let out = tokio::task::spawn_blocking(move || watch.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let watched = json_lines(&out);
+    assert_eq!(watched.len(), 14, "{watched:#?}");
+    assert_eq!(&watched[..], events);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_reports_a_duplicate_a_rejection_or_no_daemon_never_an_unknown_id() {
+    let server = RedisServer::start();
+    let url = server.url();
+
+    // No daemon: a bounded wait, then exit 3 saying so, and no saga id.
+    let began = std::time::Instant::now();
+    let out = sagaflow(&[
+        "start",
+        "--redis-url",
+        &url,
+        "--payload",
+        PAYLOAD,
+        "--accept-timeout",
+        "1s",
+    ])
+    .await;
+    fails_with(
+        &out,
+        3,
+        "no daemon took the start within 1s: is one running?",
+    );
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        began.elapsed()
+    );
+
+    let _daemon = Child::daemon(&url, "starts");
+    let _handlers = Child::handlers(&url, &[]);
+    let keyed = [
+        "start",
+        "--redis-url",
+        &url,
+        "--payload",
+        PAYLOAD,
+        "--idempotency-key",
+        "order-7",
+    ];
+    // The queued start is taken once the daemon runs; the same key again is
+    // a duplicate of the first.
+    let first = sagaflow(&keyed).await;
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let first_id = field(&stdout(&first), "saga id");
+    let again = sagaflow(&keyed).await;
+    assert_eq!(again.status.code(), Some(4), "{}", stderr(&again));
+    assert_eq!(field(&stdout(&again), "saga id"), first_id);
+    assert!(
+        stdout(&again).contains(&format!("exists already: {first_id}")),
+        "{}",
+        stdout(&again)
+    );
+    let mut quiet = keyed.to_vec();
+    quiet.push("--quiet");
+    let again = sagaflow(&quiet).await;
+    assert_eq!(again.status.code(), Some(4));
+    assert_eq!(stdout(&again).trim(), first_id);
+    assert!(
+        stderr(&again).contains("an existing saga"),
+        "{}",
+        stderr(&again)
+    );
+    let mut json = keyed.to_vec();
+    json.push("--json");
+    let again = sagaflow(&json).await;
+    let line = &json_lines(&again)[0];
+    assert_eq!(line["saga_id"], first_id.as_str());
+    assert_eq!(line["existing"], true);
+
+    // Rejected: the reason, exit 2, no id.
+    let out = sagaflow(&["start", "--redis-url", &url, "--saga", "no_such_saga"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("rejected: unknown saga `no_such_saga`"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!stdout(&out).contains("saga id"), "{}", stdout(&out));
+}
+
+/// A reader that goes away (`| head -1`) ends a command quietly: no panic,
+/// exit 0. The pipe is closed before the command writes anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_a_command_quietly() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let _daemon = Child::daemon(&url, "piped");
+    let _handlers = Child::handlers(&url, &[]);
+    let out = sagaflow(&[
+        "start",
+        "--redis-url",
+        &url,
+        "--payload",
+        PAYLOAD,
+        "--wait",
+        "--timeout",
+        "20s",
+    ])
+    .await;
+    let saga_id = field(&stdout(&out), "saga id");
+    for args in [
+        vec!["config"],
+        vec!["list"],
+        vec!["list", "--json"],
+        vec!["status", &saga_id],
+        vec!["status", &saga_id, "--json"],
+        vec!["watch", "--from-start"],
+        vec!["watch", "--from-start", "--json"],
+        vec!["completions", "bash"],
+        vec!["acl"],
+    ] {
+        let mut args = args.clone();
+        if args[0] != "completions" && args[0] != "acl" {
+            args.extend(["--redis-url", &url]);
+        }
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .current_dir(manifest_dir())
+            .env("SAGAFLOW_OPERATOR_KEY", OPERATOR_KEY)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("panicked"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
     }
 }

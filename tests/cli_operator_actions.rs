@@ -77,9 +77,30 @@ async fn a_running_saga_is_cancelled_and_compensates() {
     .await;
     let saga_id = events[0].saga_id.clone();
 
+    // Named by the start of its id, as `watch` shows it.
+    let o = sagaflow(&["status", &saga_id[..8], "--redis-url", &url]).await;
+    assert!(
+        out(&o).contains("under way          action of plan_route, attempt 1"),
+        "step names, not indexes:\n{}",
+        out(&o)
+    );
+    assert!(
+        out(&o)
+            .lines()
+            .any(|l| l.starts_with("step plan_route") && l.contains("running")),
+        "{}",
+        out(&o)
+    );
+    let o = sagaflow(&["list", "--redis-url", &url, "--state", "running"]).await;
+    let row = out(&o);
+    let row = row
+        .lines()
+        .find(|l| l.starts_with(&saga_id))
+        .expect("listed");
+    assert!(row.contains(" plan_route "), "{row}");
     let o = sagaflow(&[
         "cancel",
-        &saga_id,
+        &saga_id[..8],
         "--redis-url",
         &url,
         "--reason",
@@ -89,6 +110,11 @@ async fn a_running_saga_is_cancelled_and_compensates() {
     .await;
     assert_eq!(o.status.code(), Some(1), "compensated:\n{}", out(&o));
     assert!(out(&o).contains("cancel of saga"), "{}", out(&o));
+    assert!(
+        out(&o).contains("cancelled by ops@test: customer withdrew, during step plan_route; undone: plan_route, allocate_resources"),
+        "{}",
+        out(&o)
+    );
 
     let events = saga_events(&server, "cancelled").await;
     let actions = operator_actions(&events);
@@ -108,6 +134,40 @@ async fn a_running_saga_is_cancelled_and_compensates() {
         .as_str()
         .unwrap()
         .contains("cancelled by ops@test"));
+
+    // Shown and listed as cancelled, not as a failure.
+    let o = sagaflow(&[
+        "status",
+        "--correlation-id",
+        "cancelled",
+        "--redis-url",
+        &url,
+    ])
+    .await;
+    let status = out(&o);
+    assert!(
+        status
+            .contains("state              cancelled (by ops@test: customer withdrew; compensated)"),
+        "{status}"
+    );
+    assert!(!status.contains("failed step"), "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("step plan_route") && l.contains("cancelled")),
+        "{status}"
+    );
+    assert!(
+        status
+            .lines()
+            .filter(|l| l.contains(" completed "))
+            .all(|l| l.contains("        -  ")),
+        "no progress on what completed: {status}"
+    );
+    let o = sagaflow(&["list", "--redis-url", &url, "--state", "cancelled"]).await;
+    assert!(out(&o).contains(&saga_id), "{}", out(&o));
+    let o = sagaflow(&["list", "--redis-url", &url, "--state", "compensated"]).await;
+    assert!(!out(&o).contains(&saga_id), "{}", out(&o));
 
     // Ended: nothing more to cancel.
     let o = sagaflow(&["cancel", &saga_id, "--redis-url", &url]).await;
@@ -161,6 +221,21 @@ async fn a_stuck_compensation_is_skipped_by_hand() {
     let url = server.url();
     let _daemon = Child::daemon(&url, "ops");
     let (saga_id, _broken) = stuck_saga(&server, "stuck-skipped").await;
+    let o = sagaflow(&["status", &saga_id, "--redis-url", &url]).await;
+    assert!(
+        out(&o).contains(&format!(
+            "stuck on           the compensation of allocate_resources: `sagaflow retry {saga_id}`, `sagaflow skip {saga_id} --step allocate_resources`"
+        )),
+        "{}",
+        out(&o)
+    );
+    let o = sagaflow(&["list", "--redis-url", &url, "--state", "stuck"]).await;
+    let listed = out(&o);
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(&saga_id))
+        .expect("listed");
+    assert!(row.contains(" undo allocate_resources "), "{row}");
     let o = sagaflow(&[
         "skip",
         &saga_id,
@@ -191,6 +266,27 @@ async fn a_stuck_compensation_is_skipped_by_hand() {
     ])
     .await;
     assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(
+        out(&o).contains("skipped by hand: allocate_resources; without compensation: nothing"),
+        "{}",
+        out(&o)
+    );
+    let o = sagaflow(&["status", &saga_id, "--redis-url", &url]).await;
+    assert!(
+        out(&o).contains("skipped by hand    allocate_resources"),
+        "{}",
+        out(&o)
+    );
+    assert!(!out(&o).contains("no compensation"), "{}", out(&o));
+    assert!(
+        out(&o)
+            .lines()
+            .any(|l| l.starts_with("compensation allocate_resources")
+                && l.contains("skipped")
+                && l.contains("by hand, by ops@test: released by hand")),
+        "{}",
+        out(&o)
+    );
     let mut conn = server.conn().await;
     let all = xrange(&mut conn, "saga:events").await;
     let end = all.iter().rev().find(|e| e["saga_id"] == saga_id).unwrap();
@@ -204,16 +300,30 @@ async fn a_stuck_saga_is_abandoned() {
     let url = server.url();
     let _daemon = Child::daemon(&url, "ops");
     let (saga_id, _broken) = stuck_saga(&server, "stuck-abandoned").await;
-    let o = sagaflow(&[
-        "abandon",
-        &saga_id,
-        "--redis-url",
-        &url,
-        "--reason",
-        "cleaned up",
-    ])
+    // By its correlation id; --wait returns once it is accepted: nothing
+    // more happens to an abandoned saga.
+    let o = bounded(
+        "abandon --wait",
+        sagaflow(&[
+            "abandon",
+            "--correlation-id",
+            "stuck-abandoned",
+            "--redis-url",
+            &url,
+            "--reason",
+            "cleaned up",
+            "--wait",
+        ]),
+    )
     .await;
-    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert_eq!(o.status.code(), Some(2), "it stays failed: {}", out(&o));
+    assert!(
+        out(&o).contains("abandoned: the saga stays failed"),
+        "{}",
+        out(&o)
+    );
+    let o = sagaflow(&["list", "--redis-url", &url, "--state", "abandoned"]).await;
+    assert!(out(&o).contains(&saga_id), "{}", out(&o));
     let o = sagaflow(&["list", "--redis-url", &url, "--state", "stuck"]).await;
     assert!(!out(&o).contains(&saga_id), "{}", out(&o));
     let o = sagaflow(&["status", &saga_id, "--redis-url", &url]).await;
@@ -352,4 +462,91 @@ async fn as_stranger(args: &[&str]) -> Output {
         .await
         .expect("the command's thread")
         .expect("sagaflow runs")
+}
+
+/// Operators name one saga: the start of an id that several have, and a
+/// correlation id that several share, are refused with the candidates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_name_is_refused_with_the_candidates() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let _daemon = Child::daemon(&url, "ops");
+    let _handlers = Child::handlers(&url, &["--work-ms", "1000"]);
+    let mut conn = server.conn().await;
+    // Seventeen sagas: two of them begin with the same hex digit.
+    for i in 0..17 {
+        let correlation_id = if i < 2 {
+            "twice".to_owned()
+        } else {
+            format!("other-{i}")
+        };
+        start_mission(
+            &mut conn,
+            &correlation_id,
+            &serde_json::json!({"area": "a", "robots": 1}),
+        )
+        .await;
+    }
+    let events = wait_for_events(&server, SAGA_WAIT, |events| {
+        events
+            .iter()
+            .filter(|e| e.event_type == "saga_started")
+            .count()
+            == 17
+    })
+    .await;
+    let started: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.event_type == "saga_started")
+        .collect();
+    let ids: Vec<String> = started
+        .iter()
+        .filter(|e| e.correlation_id == "twice")
+        .map(|e| e.saga_id.clone())
+        .collect();
+    let o = sagaflow(&["cancel", "--correlation-id", "twice", "--redis-url", &url]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(
+        out(&o).contains("2 sagas have the correlation id `twice`: name one by its id"),
+        "{}",
+        out(&o)
+    );
+    assert!(
+        ids.iter().all(|id| out(&o).contains(id.as_str())),
+        "{}",
+        out(&o)
+    );
+    // status shows them both.
+    let o = sagaflow(&["status", "--correlation-id", "twice", "--redis-url", &url]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", out(&o));
+    assert!(
+        ids.iter().all(|id| out(&o).contains(id.as_str())),
+        "{}",
+        out(&o)
+    );
+
+    // A first hex digit that several ids have is ambiguous: refused, with
+    // them listed.
+    let digit = (0..16)
+        .map(|d| format!("{d:x}"))
+        .find(|d| {
+            started
+                .iter()
+                .filter(|e| e.saga_id.starts_with(d.as_str()))
+                .count()
+                > 1
+        })
+        .expect("17 ids, 16 digits");
+    let o = sagaflow(&["retry", &digit, "--redis-url", &url]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(out(&o).contains("give more of it"), "{}", out(&o));
+    for e in started
+        .iter()
+        .filter(|e| e.saga_id.starts_with(digit.as_str()))
+    {
+        assert!(out(&o).contains(&e.saga_id), "{}", out(&o));
+    }
+    // Nothing was written to the control stream.
+    let sent = xrange(&mut conn, "saga:control").await;
+    assert!(sent.is_empty(), "{sent:?}");
 }

@@ -26,11 +26,10 @@ the start refused as a duplicate or rejected), waiting at most
 --accept-timeout: a start no daemon took within it stays on the trigger
 stream, and runs when a daemon comes.
 
-Exit codes without --wait: 0 started; 1 a bad configuration file; 2 a usage
+Exit codes: without --wait, 0 started; 1 a bad configuration file; 2 a usage
 error, or the start was rejected (the reason is printed); 3 Redis cannot be
 reached, or no daemon took the start within --accept-timeout; 4 a saga was
-started before with this idempotency key (its id is printed).
-With --wait: 0 completed, 1 compensated (cancelled included), 2 failed or
+started before with this idempotency key (its id is printed). With --wait: 0 completed, 1 compensated (cancelled included), 2 failed or
 rejected (or a usage error), 3 the saga could not be followed (Redis, no
 daemon, --timeout, a stop signal). A start with an idempotency key seen
 before follows the saga it started, and exits with that saga's outcome.")]
