@@ -1,6 +1,7 @@
 //! Every command in the README's shell blocks is run, so that the README
 //! cannot drift from the program: `sagaflow ...` and `redis-cli ...` lines
-//! against a private Redis (the daemon and handlers lines for a moment), the
+//! against a private Redis (the daemon, handlers and watch lines for a
+//! moment; `export SAGAFLOW_REDIS_URL` points them all at it), the
 //! scripts and `docker compose` by CI and tests/deploy_files.rs, and
 //! `cargo build` by every build.
 
@@ -105,6 +106,8 @@ async fn every_readme_command_runs() {
     assert!(commands.len() >= 10, "{commands:?}");
     let mut ran = 0;
     let secret = OPERATOR_KEY.split_once(':').unwrap().1;
+    // Set by `export SAGAFLOW_REDIS_URL=...` once, for every command after.
+    let mut exported_url = false;
     for command in &commands {
         let line = command
             .replace("<saga id>", &saga_id)
@@ -122,11 +125,26 @@ async fn every_readme_command_runs() {
         }
         let program = argv.remove(0);
         match program.as_str() {
+            "export" => {
+                let (name, value) = argv[0].split_once('=').expect("export NAME=value");
+                match name {
+                    "SAGAFLOW_REDIS_URL" => {
+                        assert!(value.starts_with("redis://"), "`{command}`");
+                        assert!(!exported_url, "exported once: `{command}`");
+                        exported_url = true;
+                    }
+                    // The test runs the binary just built.
+                    "PATH" => assert!(value.contains("target/release"), "`{command}`"),
+                    other => panic!("a README export that nothing runs: `{other}`"),
+                }
+                ran += 1;
+            }
             "sagaflow" | "./target/release/sagaflow" => {
                 let sub = argv[0].clone();
-                if !argv.iter().any(|a| a == "--redis-url") {
-                    argv.extend(["--redis-url".into(), url.clone()]);
-                }
+                assert!(
+                    exported_url || argv.iter().any(|a| a == "--redis-url"),
+                    "`{command}` comes before `export SAGAFLOW_REDIS_URL` and names no Redis"
+                );
                 for arg in argv.iter_mut().filter(|a| a.starts_with("redis://")) {
                     *arg = url.clone();
                 }
@@ -135,6 +153,7 @@ async fn every_readme_command_runs() {
                     .args(&argv)
                     .current_dir(manifest_dir())
                     .env("SAGAFLOW_HTTP_ADDR", "none")
+                    .env("SAGAFLOW_REDIS_URL", &url)
                     .env("SAGAFLOW_OPERATOR_KEY", OPERATOR_KEY)
                     .envs(env)
                     .stdout(Stdio::null())

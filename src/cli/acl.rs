@@ -110,7 +110,7 @@ const VIEW_COMMANDS: &[&str] = &[
     "xread",
 ];
 
-/// What `start --wait` sends: the last event's id, the start, then the
+/// What `start` sends: the last event's id, the start, then the
 /// events after it.
 const START_COMMANDS: &[&str] = &["ping", "xrevrange", "xadd", "xread"];
 
@@ -133,7 +133,7 @@ pub enum HandlerRoles {
   sagaflow acl --handler-roles combined --user-prefix prod-sagaflow-
 
 Roles: `daemon` (sagaflow run), one `handler-<service>` per command stream
-(--handler-roles), `starter` (writes starts; `sagaflow start --wait`),
+(--handler-roles), `starter` (writes starts; `sagaflow start`),
 `operator` (cancel, retry, skip, abandon, and what viewers read), `viewer`
 (status, list, watch; no write at all). Each user is named <prefix><role>.
 
@@ -288,7 +288,7 @@ fn roles(
     starter.push(key(Access::Read, &events));
     out.push(Role {
         name: "starter".into(),
-        who: "starting sagas (sagaflow start --wait, services writing starts)".into(),
+        who: "starting sagas (sagaflow start, services writing starts)".into(),
         rules: starter,
     });
     let reads: Vec<String> = records
