@@ -51,7 +51,8 @@ pub struct Common {
     /// 1 compensated, 2 failed).
     #[arg(long)]
     wait: bool,
-    /// With --wait, print JSON lines: each event, then the outcome.
+    /// Print JSON lines: the daemon's answer (its `operator_action` event),
+    /// then with --wait each event and the outcome.
     #[arg(long)]
     json: bool,
     #[command(flatten)]

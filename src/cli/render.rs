@@ -1,6 +1,7 @@
 //! Human-readable lines for saga events, for `dev`, `start --wait` and
 //! `watch`, and the names `status` and `list` give states and steps.
 
+use super::output::fit;
 use crate::definition::SagaDefinition;
 use crate::protocol::fields as f;
 use crate::protocol::{CommandKind, RawFields};
@@ -97,11 +98,13 @@ pub fn event_columns(fields: &RawFields) -> String {
         ),
         _ => brief(&payload, 100),
     };
+    // Fixed widths, cut with an ellipsis: a long step name never pushes
+    // the columns after it out of line.
     format!(
         "{:<12} {:<22} {:<20} {detail}",
-        text(fields, f::STATUS),
-        event,
-        step
+        fit(text(fields, f::STATUS), 12),
+        fit(event, 22),
+        fit(step, 20)
     )
 }
 
@@ -142,6 +145,11 @@ pub struct Steps(Option<SagaDefinition>);
 impl Steps {
     pub fn new(definition: Option<SagaDefinition>) -> Self {
         Self(definition)
+    }
+
+    /// Whether the definition is at hand.
+    pub fn known(&self) -> bool {
+        self.0.is_some()
     }
 
     /// The step's name, or `#<index>` when the definition is not at hand.
@@ -203,4 +211,38 @@ pub fn event_json(entry_id: &str, fields: &RawFields) -> Value {
         out.insert(name.clone(), value);
     }
     Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(step: &str) -> RawFields {
+        [
+            (f::EVENT_TYPE, "step_progress"),
+            (f::STATUS, "running"),
+            (f::STEP, step),
+            (f::PAYLOAD, r#"{"progress": 50}"#),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
+        .collect()
+    }
+
+    #[test]
+    fn a_long_step_name_keeps_the_columns_in_line() {
+        let short = event_columns(&fields("plan_route"));
+        let long = event_columns(&fields(&"x".repeat(60)));
+        let column = |s: &str| s[..s.find("50%").unwrap()].chars().count();
+        assert_eq!(column(&short), column(&long), "{short}\n{long}");
+        assert!(long.contains('…'), "{long}");
+    }
+
+    #[test]
+    fn events_as_json_keep_the_payload_as_json() {
+        let json = event_json("1-0", &fields("plan_route"));
+        assert_eq!(json["id"], "1-0");
+        assert_eq!(json["payload"]["progress"], 50);
+        assert_eq!(json["step"], "plan_route");
+    }
 }

@@ -102,7 +102,21 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     let line = |k: &str, v: String| outln!("{k:<18} {v}");
     line("saga", format!("{} ({})", s.saga, s.saga_id));
     line("definition", format!("version {}", s.definition_version));
-    let cancelled = render::cancelled_by(s);
+    // The reason says so; the events, while kept, confirm it (a handler's
+    // error could begin with the same words).
+    let cancelled = render::cancelled_by(s).filter(|_| {
+        events.is_empty()
+            || events.iter().any(|e| {
+                let payload = e
+                    .fields
+                    .get(f::PAYLOAD)
+                    .and_then(|p| serde_json::from_slice::<Value>(p).ok())
+                    .unwrap_or(Value::Null);
+                e.fields.get(f::EVENT_TYPE).map(Vec::as_slice) == Some(b"operator_action")
+                    && payload["action"] == "cancel"
+                    && payload.get("refused").is_none()
+            })
+    });
     let state = match (&s.parked, cancelled) {
         _ if s.abandoned => "failed (abandoned by an operator)".to_owned(),
         (Some(parked), _) => format!(
@@ -178,7 +192,13 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         line("skipped by hand", by_hand.join(", "));
     }
     if !without.is_empty() {
-        line("no compensation", without.join(", "));
+        // Without the definition, which is which cannot be told.
+        let label = if steps.known() {
+            "no compensation"
+        } else {
+            "not undone"
+        };
+        line(label, without.join(", "));
     }
     if let Some(ttl) = record.expires_in {
         line(
