@@ -131,6 +131,8 @@ class SagaState:
     results: Dict[str, Any]
     failed_step: Optional[str]
     reason: Optional[str]
+    #: The operator who cancelled the saga, when that is why it unwound.
+    cancelled_by: Optional[str]
     undone: List[str]
     skipped: List[str]
     abandoned: bool
@@ -156,6 +158,7 @@ class SagaState:
             results=dict(state.get("results") or {}),
             failed_step=failure.get("step"),
             reason=failure.get("reason"),
+            cancelled_by=failure.get("cancelled_by"),
             undone=list(state.get("undone") or []),
             skipped=list(state.get("skipped") or []),
             abandoned=bool(state.get("abandoned", False)),
@@ -171,6 +174,7 @@ class SagaState:
             "results": self.results,
             "failed_step": self.failed_step,
             "reason": self.reason,
+            "cancelled_by": self.cancelled_by,
             "compensated": self.undone,
             "skipped": self.skipped,
         })
@@ -178,7 +182,7 @@ class SagaState:
 
 def _outcome(status: str, saga_id: str, payload: Mapping[str, Any]) -> Outcome:
     reason = payload.get("reason")
-    if status == "compensated" and isinstance(reason, str) and reason.startswith("cancelled by "):
+    if status == "compensated" and payload.get("cancelled_by"):
         status = "cancelled"
     return Outcome(
         status=status,

@@ -295,7 +295,8 @@ impl Outcome {
                     }
                 };
                 let reason = p["reason"].as_str().unwrap_or("?");
-                let mut out = match reason.strip_prefix("cancelled by ") {
+                let cancelled = p.get("cancelled_by").is_some();
+                let mut out = match reason.strip_prefix("cancelled by ").filter(|_| cancelled) {
                     Some(by) => format!(
                         "cancelled by {by}, during step {}; undone: {}",
                         p["failed_step"].as_str().unwrap_or("?"),
@@ -332,13 +333,7 @@ impl Outcome {
     pub fn json(&self, saga_id: &str) -> Value {
         let (outcome, payload) = match self {
             Outcome::Completed(p) => ("completed", p.clone()),
-            Outcome::Compensated(p)
-                if p["reason"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with("cancelled by ")) =>
-            {
-                ("cancelled", p.clone())
-            }
+            Outcome::Compensated(p) if p.get("cancelled_by").is_some() => ("cancelled", p.clone()),
             Outcome::Compensated(p) => ("compensated", p.clone()),
             Outcome::Failed(p) => ("failed", p.clone()),
             Outcome::Rejected(reason) => ("rejected", serde_json::json!({ "reason": reason })),

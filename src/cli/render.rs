@@ -116,6 +116,8 @@ const CANCELLED_BY: &str = "cancelled by ";
 /// operator's cancel is why it unwound.
 pub fn cancelled_by(state: &SagaState) -> Option<&str> {
     let failure = state.failure.as_ref()?;
+    // The flag, not the text: a handler's error may read "cancelled by".
+    failure.cancelled_by.as_ref()?;
     matches!(state.phase, Phase::Compensating | Phase::Compensated)
         .then(|| failure.reason.strip_prefix(CANCELLED_BY))
         .flatten()

@@ -78,6 +78,10 @@ pub struct Exchange {
 pub struct Failure {
     pub step: String,
     pub reason: String,
+    /// The operator's key name when the saga unwinds because an operator
+    /// cancelled it, rather than because a step failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_by: Option<String>,
 }
 
 /// Why a saga was set aside as failed: one of its transitions could never

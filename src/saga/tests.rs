@@ -721,6 +721,22 @@ fn a_cancelled_saga_undoes_its_steps_and_the_one_under_way() {
     assert_eq!(h.state.phase, Phase::Compensated);
     assert_eq!(h.state.undone, ["plan", "allocate"]);
     assert!(stale.is_some());
+    // The cancel is a fact of the record and of the end event, not only
+    // words of the reason, which a handler's error could imitate.
+    let failure = h.state.failure.as_ref().unwrap();
+    assert_eq!(failure.cancelled_by.as_deref(), Some("ops@host"));
+    let end = h.last_event_payload(EventType::SagaCompensated);
+    assert_eq!(end["cancelled_by"], "ops@host");
+    let (mut h, _) = Harness::new();
+    h.reply(ReplyStatus::Failed {
+        error: "cancelled by ops@host: forged".into(),
+        retryable: false,
+    });
+    assert!(h
+        .last_event_payload(EventType::SagaCompensated)
+        .get("cancelled_by")
+        .is_none());
+    assert!(h.state.failure.as_ref().unwrap().cancelled_by.is_none());
 
     // Compensating already: refused, recorded.
     let (mut h, _) = Harness::new();

@@ -117,6 +117,7 @@ impl Machine<'_> {
         self.state.failure = Some(Failure {
             step: self.def.steps[index].name.clone(),
             reason,
+            cancelled_by: None,
         });
         let mut queue: Vec<usize> = (0..index).rev().collect();
         if undo_failing_step {
@@ -140,16 +141,18 @@ impl Machine<'_> {
                 .failure
                 .clone()
                 .expect("compensating implies a failure");
-            self.emit(
-                EventType::SagaCompensated,
-                None,
-                json!({
+            self.emit(EventType::SagaCompensated, None, {
+                let mut payload = json!({
                     "failed_step": failure.step,
                     "reason": failure.reason,
                     "compensated": self.state.undone,
                     "skipped": self.state.skipped,
-                }),
-            );
+                });
+                if let Some(by) = &failure.cancelled_by {
+                    payload["cancelled_by"] = by.as_str().into();
+                }
+                payload
+            });
         } else {
             let next = self.state.to_undo.remove(0);
             self.send_compensation(next, 1);

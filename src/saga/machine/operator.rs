@@ -76,6 +76,9 @@ impl Machine<'_> {
                 let step = self.def.steps[x.step].name.clone();
                 let reason = format!("cancelled by {}: {}", request.by, request.reason);
                 self.fail_saga(x.step, reason, in_flight || x.timed_out);
+                if let Some(failure) = self.state.failure.as_mut() {
+                    failure.cancelled_by = Some(request.by.clone());
+                }
                 self.emit_action(request, None, Some(&step));
                 self.next_compensation();
             }
