@@ -91,7 +91,10 @@ fn validate_reports_every_problem_of_a_file_at_once() {
         ],
         "{stderr}"
     );
-    assert!(stderr.ends_with("sagaflow: 4 problem(s) in the saga definitions\n"), "{stderr}");
+    assert!(
+        stderr.ends_with("sagaflow: 4 problem(s) in the saga definitions\n"),
+        "{stderr}"
+    );
     assert!(!stderr.contains(":0:"), "{stderr}");
 }
 
@@ -108,7 +111,11 @@ fn validate_of_a_directory_reports_each_file_and_run_refuses_the_same() {
     assert_eq!(validate.status.code(), Some(1));
     let stderr = text(&validate.stderr);
     let broken = dir.path().join("b_broken.yaml");
-    assert_eq!(located(&stderr, broken.to_str().unwrap()).len(), 4, "{stderr}");
+    assert_eq!(
+        located(&stderr, broken.to_str().unwrap()).len(),
+        4,
+        "{stderr}"
+    );
     let empty = dir.path().join("c_empty.yml");
     assert_eq!(
         located(&stderr, empty.to_str().unwrap()),

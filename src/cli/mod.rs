@@ -4,6 +4,7 @@ mod acl;
 mod bench;
 mod config;
 mod dev;
+mod doctor;
 mod follow;
 mod handlers;
 mod health;
@@ -66,6 +67,8 @@ enum Command {
     Health(health::HealthArgs),
     /// Print the Redis ACL users of a least-privilege deployment, one per role.
     Acl(acl::AclArgs),
+    /// Check a deployment: daemons, stream readers, dead letters, stuck sagas.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// The reference mission, used when no sagas directory is at hand and by
@@ -111,6 +114,7 @@ pub fn main() -> ExitCode {
             Command::Abandon(args) => operate::abandon(args).await,
             Command::Health(args) => health::run(args).await,
             Command::Acl(args) => acl::run(args),
+            Command::Doctor(args) => doctor::run(args).await,
         }
     })
 }

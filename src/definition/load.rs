@@ -244,7 +244,11 @@ type Parsed = (SagaDefinition, Location, Option<Location>);
 fn parse_one(file: &Path, text: &str) -> Result<Parsed, Vec<DefinitionError>> {
     let syntax = |e: serde_saphyr::Error| {
         let loc = e.location().unwrap_or(Location::UNKNOWN);
-        vec![at(file, loc, yaml_message(&e.without_snippet().to_string()))]
+        vec![at(
+            file,
+            loc,
+            yaml_message(&e.without_snippet().to_string()),
+        )]
     };
     let tree: Spanned<RawNode> = serde_saphyr::from_str(text).map_err(syntax)?;
     let problems = super::shape::check(&tree);

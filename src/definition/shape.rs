@@ -183,7 +183,14 @@ impl Walk {
 fn step_owner(item: &Spanned<RawNode>, index: usize) -> String {
     if let RawNode::Map(entries) = &item.value {
         let name = entries.iter().find(|(k, _)| k.value == "name");
-        if let Some((_, Spanned { value: RawNode::Str(name), .. })) = name {
+        if let Some((
+            _,
+            Spanned {
+                value: RawNode::Str(name),
+                ..
+            },
+        )) = name
+        {
             return format!("step `{name}`");
         }
     }

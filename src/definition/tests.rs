@@ -224,7 +224,10 @@ steps:
     let text = GOOD
         .replace("max_attempts: 3", "max_attempts: 0")
         .replace("timeout: 10s", "timeout: 0s")
-        .replace("${steps.allocate_resources.result", "${steps.allocate.result");
+        .replace(
+            "${steps.allocate_resources.result",
+            "${steps.allocate.result",
+        );
     let errs = errors_of(&text);
     assert_eq!(errs.len(), 3, "{errs:?}");
 }
@@ -275,7 +278,10 @@ fn clashes_are_reported_with_the_errors_of_other_files() {
     std::fs::write(dir.path().join("c.yaml"), "name: c\n").unwrap();
     let msg = load_dir(dir.path()).unwrap_err().to_string();
     assert!(msg.contains("c.yaml:1:1: the saga has no `steps`"), "{msg}");
-    assert!(msg.contains("b.yaml:1:7: saga `mission_start` is already defined"), "{msg}");
+    assert!(
+        msg.contains("b.yaml:1:7: saga `mission_start` is already defined"),
+        "{msg}"
+    );
 }
 
 #[test]
