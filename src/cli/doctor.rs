@@ -68,9 +68,10 @@ pub struct DoctorArgs {
     json: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 enum Level {
+    #[default]
     Ok,
     Warn,
     Fail,
@@ -107,6 +108,8 @@ struct StreamReport {
 
 #[derive(Debug, Default, Serialize)]
 struct Report {
+    /// The worst finding's level.
+    status: Level,
     redis: String,
     sagas: String,
     now_ms: u64,
@@ -163,6 +166,7 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
         eprintln!("sagaflow doctor: {message}");
         return ExitCode::from(3);
     }
+    report.status = report.worst();
     if args.json {
         println!(
             "{}",
@@ -275,12 +279,15 @@ async fn examine(
         live_text.push(format!("{} (lease {left} left, {held} sagas)", lease.owner));
     }
     if live.is_empty() {
-        let ran_out = leases.total;
+        let ran_out = match leases.total {
+            0 => String::new(),
+            n => format!(" ({})", count(n, "lease ran out", "leases ran out")),
+        };
         report.add(
             "daemons",
             Level::Fail,
             "daemons",
-            format!("no daemon is alive ({ran_out} lease(s) ran out)"),
+            format!("no daemon is alive{ran_out}"),
         );
         report.fix("start `sagaflow run` against this Redis; it takes starts and sagas over once its lease is registered".into());
     } else {
@@ -380,7 +387,7 @@ async fn examine(
                     "dead letters",
                     Level::Warn,
                     stream,
-                    format!("{n} entries; the last: {reason}"),
+                    format!("{}; the last: {reason}", count(n, "entry", "entries")),
                 );
                 report.fix(format!("XREVRANGE {stream} + - COUNT 10 (each entry has the reason and a bounded copy); once handled: XTRIM {stream} MAXLEN 0"));
             }
@@ -480,29 +487,29 @@ fn command_finding(report: &mut Report, stream: &str, info: &StreamInfo) {
 }
 
 /// A group's line, and whether anything seems wrong with it: entries wait
-/// and no consumer has read for a while (or there is none).
+/// and no consumer has read for a while, or there is none to read them.
+/// A group no consumer has read yet, with nothing waiting, is fine: Redis
+/// knows a consumer once something was delivered to it.
 fn group_summary(g: &inspect::GroupInfo) -> (Level, String) {
     let lag = g.lag.map_or("unknown".to_owned(), |l| l.to_string());
     let waiting = g.lag.unwrap_or(1) > 0 || g.pending > 0;
     let freshest = g.consumers.iter().map(|c| c.idle_ms).min();
     let mut text = format!(
-        "group {}: {} consumer(s), lag {lag}, {} pending",
-        g.name, g.consumer_count, g.pending
+        "group {}: {}, lag {lag}, {} pending",
+        g.name,
+        count(g.consumer_count, "consumer", "consumers"),
+        g.pending
     );
     let level = match freshest {
         None if waiting => {
             text.push_str(", and no consumer to read them");
             Level::Warn
         }
-        None => {
-            text.push_str(", no consumer");
-            Level::Warn
-        }
         Some(idle) if waiting && idle > IDLE_MS => {
             text.push_str(&format!(", its consumers idle for {}", seconds(idle)));
             Level::Warn
         }
-        Some(_) => Level::Ok,
+        _ => Level::Ok,
     };
     (level, text)
 }
@@ -746,6 +753,15 @@ fn seconds(ms: u64) -> String {
 
 fn short(version: &str) -> &str {
     version.get(..8).unwrap_or(version)
+}
+
+/// "1 entry", "2 entries".
+fn count(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
 }
 
 fn more(total: usize, shown: usize) -> String {
