@@ -240,7 +240,9 @@ type Parsed = (SagaDefinition, Location, Option<Location>);
 
 /// Reads one file in three passes, each reporting every problem it finds:
 /// the YAML syntax (which stops at its first error), the shape (keys and
-/// kinds of values, [`super::shape`]), then the values themselves.
+/// kinds of values, [`super::shape`]), then the values themselves: of the
+/// whole file when its shape is right, else of its well-formed steps
+/// ([`super::salvage`]).
 fn parse_one(file: &Path, text: &str) -> Result<Parsed, Vec<DefinitionError>> {
     let syntax = |e: serde_saphyr::Error| {
         let loc = e.location().unwrap_or(Location::UNKNOWN);
@@ -253,10 +255,21 @@ fn parse_one(file: &Path, text: &str) -> Result<Parsed, Vec<DefinitionError>> {
     let tree: Spanned<RawNode> = serde_saphyr::from_str(text).map_err(syntax)?;
     let problems = super::shape::check(&tree);
     if !problems.is_empty() {
-        return Err(problems
+        let mut errors: Vec<DefinitionError> = problems
             .into_iter()
             .map(|(loc, message)| at(file, loc, message))
-            .collect());
+            .collect();
+        // The values of the steps that are well formed, in the same run.
+        if let Some(raw) = super::salvage::raw_saga(text, &tree) {
+            let mut checker = Checker {
+                file,
+                errors: Vec::new(),
+            };
+            checker.saga(&raw);
+            errors.append(&mut checker.errors);
+            errors.sort_by_key(|e| e.position);
+        }
+        return Err(errors);
     }
     let raw: RawSaga = serde_saphyr::from_str(text).map_err(syntax)?;
     let mut checker = Checker {

@@ -9,6 +9,7 @@
 mod load;
 mod model;
 mod raw;
+mod salvage;
 mod shape;
 pub mod template;
 

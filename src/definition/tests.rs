@@ -232,6 +232,54 @@ steps:
     assert_eq!(errs.len(), 3, "{errs:?}");
 }
 
+/// Problems of shape in one step do not hide bad values in the others,
+/// and the steps after a broken one may still refer to it.
+#[test]
+fn bad_values_are_reported_with_problems_of_shape() {
+    let text = "\
+name: x
+trigger: mission:start
+steps:
+  - name: a
+    stream: s
+    timeout: soon
+  - name: b
+    timout: 5s
+  - name: c
+    stream: s
+    retry: { max_attempts: 0 }
+    input:
+      from_b: ${steps.b.result}
+      from_z: ${steps.z.result}
+description: after the steps
+";
+    let errs = errors_of(text);
+    assert_eq!(errs.len(), 5, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("m.yaml:6:14: timeout `soon` is not a duration"),
+        "{errs:#?}"
+    );
+    assert_eq!(errs[1], "m.yaml:7:5: step `b` has no `stream`");
+    assert_eq!(
+        errs[2],
+        "m.yaml:8:5: step `b`: unknown key `timout`; did you mean `timeout`?"
+    );
+    assert!(
+        errs[3].starts_with("m.yaml:11:28: max_attempts is 0"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[4].starts_with("m.yaml:14:15: input.from_z: "),
+        "{errs:#?}"
+    );
+    assert!(errs[4].contains("no step has that name"), "{errs:#?}");
+
+    // A flow-style list of steps cannot be read a step at a time: its
+    // problems of shape come alone, never a wrong one.
+    let text = "name: x\nsteps: [{name: a, stream: s, timeout: soon}, {name: b}]\n";
+    assert_eq!(errors_of(text), ["m.yaml:2:46: step `b` has no `stream`"]);
+}
+
 #[test]
 fn whole_document_problems_are_at_its_start_never_at_zero() {
     for (text, says) in [
