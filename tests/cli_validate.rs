@@ -28,7 +28,8 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A definition with four problems of shape in three steps.
+/// A definition with four problems of shape in three steps, and a bad
+/// value in a fourth.
 const BROKEN: &str = "\
 name: broken
 steps:
@@ -40,6 +41,9 @@ steps:
     stream: s
     retry: { max_attempts: 3, backof: fixed }
   - name: c
+  - name: d
+    stream: s
+    timeout: soon
 ";
 
 /// The lines of stderr that point into a file, each checked to be
@@ -88,11 +92,12 @@ fn validate_reports_every_problem_of_a_file_at_once() {
             "4:5: step `a`: unknown key `timout`; did you mean `timeout`?",
             "9:31: the retry of step `b`: unknown key `backof`; did you mean `backoff`?",
             "10:5: step `c` has no `stream`",
+            "13:14: timeout `soon` is not a duration (expected number at 0); write e.g. 500ms, 30s, 5m",
         ],
         "{stderr}"
     );
     assert!(
-        stderr.ends_with("sagaflow: 4 problem(s) in the saga definitions\n"),
+        stderr.ends_with("sagaflow: 5 problem(s) in the saga definitions\n"),
         "{stderr}"
     );
     assert!(!stderr.contains(":0:"), "{stderr}");
@@ -113,7 +118,7 @@ fn validate_of_a_directory_reports_each_file_and_run_refuses_the_same() {
     let broken = dir.path().join("b_broken.yaml");
     assert_eq!(
         located(&stderr, broken.to_str().unwrap()).len(),
-        4,
+        5,
         "{stderr}"
     );
     let empty = dir.path().join("c_empty.yml");
@@ -132,7 +137,7 @@ fn validate_of_a_directory_reports_each_file_and_run_refuses_the_same() {
         assert!(run_stderr.contains(line), "`{line}` not in:\n{run_stderr}");
     }
     assert!(
-        run_stderr.contains("sagaflow: 5 problem(s) in the saga definitions; nothing was started"),
+        run_stderr.contains("sagaflow: 6 problem(s) in the saga definitions; nothing was started"),
         "{run_stderr}"
     );
 }
