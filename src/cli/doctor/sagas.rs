@@ -11,6 +11,7 @@ use crate::store::lease;
 use redis::aio::MultiplexedConnection;
 use std::collections::BTreeMap;
 
+/// Orphaned and stuck sagas, then the definition versions in use.
 pub(super) async fn findings(
     conn: &mut MultiplexedConnection,
     settings: &Settings,
