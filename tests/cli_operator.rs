@@ -656,9 +656,12 @@ async fn a_closed_pipe_ends_a_command_quietly() {
         vec!["watch", "--from-start", "--json"],
         vec!["completions", "bash"],
         vec!["acl"],
+        vec!["doctor"],
+        vec!["doctor", "--json"],
+        vec!["validate", "sagas"],
     ] {
         let mut args = args.clone();
-        if args[0] != "completions" && args[0] != "acl" {
+        if !["completions", "acl", "validate"].contains(&args[0]) {
             args.extend(["--redis-url", &url]);
         }
         let mut child = Command::new(BIN)

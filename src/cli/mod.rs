@@ -5,6 +5,7 @@ mod bench;
 mod completions;
 mod config;
 mod dev;
+mod doctor;
 mod follow;
 mod handlers;
 mod health;
@@ -71,6 +72,8 @@ enum Command {
     Acl(acl::AclArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
+    /// Check a deployment: daemons, stream readers, dead letters, stuck sagas.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// The reference mission, used when no sagas directory is at hand and by
@@ -117,6 +120,7 @@ pub fn main() -> ExitCode {
             Command::Health(args) => health::run(args).await,
             Command::Acl(args) => acl::run(args),
             Command::Completions(args) => completions::run(args),
+            Command::Doctor(args) => doctor::run(args).await,
         }
     })
 }

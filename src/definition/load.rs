@@ -12,26 +12,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// One problem in one file, at a 1-based line and column (0 when the
-/// problem is about the file as a whole).
+/// One problem in one file, at a 1-based line and column; a problem about
+/// a whole document (an empty file, one that is not a mapping) is at 1:1.
+/// `position` is `None` only when the file or directory could not be read
+/// at all: then there is no text to point into.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DefinitionError {
     pub file: PathBuf,
-    pub line: u64,
-    pub column: u64,
+    /// The 1-based line and column.
+    pub position: Option<(u64, u64)>,
     pub message: String,
 }
 
 impl fmt::Display for DefinitionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )
+        let file = self.file.display();
+        match self.position {
+            Some((line, column)) => write!(f, "{file}:{line}:{column}: {}", self.message),
+            None => write!(f, "{file}: {}", self.message),
+        }
     }
 }
 
@@ -151,42 +150,54 @@ impl Catalog {
     }
 }
 
+/// An error at `loc`. The parser marks a problem it cannot place with
+/// line 0: that is a problem of the whole document, put at its start.
 fn at(file: &Path, loc: Location, message: String) -> DefinitionError {
+    let position = if loc.line() == 0 {
+        (1, 1)
+    } else {
+        (loc.line(), loc.column().max(1))
+    };
     DefinitionError {
         file: file.to_owned(),
-        line: loc.line(),
-        column: loc.column(),
+        position: Some(position),
         message,
     }
 }
 
-fn whole_file(file: &Path, message: String) -> DefinitionError {
+/// An error about a file or directory that could not be read.
+fn unreadable(file: &Path, message: String) -> DefinitionError {
     DefinitionError {
         file: file.to_owned(),
-        line: 0,
-        column: 0,
+        position: None,
         message,
     }
 }
 
-/// Loads every `*.yaml` / `*.yml` file of a directory.
-pub fn load_dir(dir: &Path) -> Result<Catalog, DefinitionErrors> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        DefinitionErrors(vec![whole_file(
-            dir,
-            format!("cannot read the sagas directory: {e}"),
-        )])
-    })?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-        })
-        .collect();
+/// Loads every `*.yaml` / `*.yml` file of a directory, or the one file
+/// `path` names (whatever its extension).
+pub fn load_dir(path: &Path) -> Result<Catalog, DefinitionErrors> {
+    let mut files: Vec<PathBuf> = if path.is_file() {
+        vec![path.to_owned()]
+    } else {
+        let entries = std::fs::read_dir(path).map_err(|e| {
+            DefinitionErrors(vec![unreadable(
+                path,
+                format!("cannot read the sagas directory or file: {e}"),
+            )])
+        })?;
+        entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+            })
+            .collect()
+    };
     files.sort();
     if files.is_empty() {
-        return Err(DefinitionErrors(vec![whole_file(
-            dir,
+        return Err(DefinitionErrors(vec![unreadable(
+            path,
             "no saga definitions (*.yaml, *.yml) in this directory".into(),
         )]));
     }
@@ -198,13 +209,18 @@ pub fn load_dir(dir: &Path) -> Result<Catalog, DefinitionErrors> {
                 Ok(def) => defs.push(def),
                 Err(mut e) => errors.append(&mut e),
             },
-            Err(e) => errors.push(whole_file(&file, format!("cannot read the file: {e}"))),
+            Err(e) => errors.push(unreadable(&file, format!("cannot read the file: {e}"))),
         }
     }
-    if !errors.is_empty() {
-        return Err(DefinitionErrors(errors));
+    // Clashes between the files that did load are reported with the rest.
+    match Catalog::from_definitions(defs) {
+        Ok(catalog) if errors.is_empty() => Ok(catalog),
+        Ok(_) => Err(DefinitionErrors(errors)),
+        Err(DefinitionErrors(mut clashes)) => {
+            errors.append(&mut clashes);
+            Err(DefinitionErrors(errors))
+        }
     }
-    Catalog::from_definitions(defs)
 }
 
 /// A catalog of the one definition in `text`, as if read from `file`.
@@ -222,15 +238,40 @@ pub fn load_str(file: &Path, text: &str) -> Result<SagaDefinition, DefinitionErr
 
 type Parsed = (SagaDefinition, Location, Option<Location>);
 
+/// Reads one file in three passes, each reporting every problem it finds:
+/// the YAML syntax (which stops at its first error), the shape (keys and
+/// kinds of values, [`super::shape`]), then the values themselves: of the
+/// whole file when its shape is right, else of its well-formed steps
+/// ([`super::salvage`]).
 fn parse_one(file: &Path, text: &str) -> Result<Parsed, Vec<DefinitionError>> {
-    let raw: RawSaga = serde_saphyr::from_str(text).map_err(|e| {
-        let loc = e.location();
-        let message = yaml_message(&e.without_snippet().to_string());
-        vec![match loc {
-            Some(loc) => at(file, loc, message),
-            None => whole_file(file, message),
-        }]
-    })?;
+    let syntax = |e: serde_saphyr::Error| {
+        let loc = e.location().unwrap_or(Location::UNKNOWN);
+        vec![at(
+            file,
+            loc,
+            yaml_message(&e.without_snippet().to_string()),
+        )]
+    };
+    let tree: Spanned<RawNode> = serde_saphyr::from_str(text).map_err(syntax)?;
+    let problems = super::shape::check(&tree);
+    if !problems.is_empty() {
+        let mut errors: Vec<DefinitionError> = problems
+            .into_iter()
+            .map(|(loc, message)| at(file, loc, message))
+            .collect();
+        // The values of the steps that are well formed, in the same run.
+        if let Some(raw) = super::salvage::raw_saga(text, &tree) {
+            let mut checker = Checker {
+                file,
+                errors: Vec::new(),
+            };
+            checker.saga(&raw);
+            errors.append(&mut checker.errors);
+            errors.sort_by_key(|e| e.position);
+        }
+        return Err(errors);
+    }
+    let raw: RawSaga = serde_saphyr::from_str(text).map_err(syntax)?;
     let mut checker = Checker {
         file,
         errors: Vec::new(),
@@ -412,7 +453,10 @@ impl Checker<'_> {
             RawNode::Map(entries) => Template::Object(
                 entries
                     .iter()
-                    .map(|(k, v)| (k.clone(), self.node(v, scope, &format!("{path}.{k}"))))
+                    .map(|(k, v)| {
+                        let k = &k.value;
+                        (k.clone(), self.node(v, scope, &format!("{path}.{k}")))
+                    })
                     .collect(),
             ),
         }

@@ -1,6 +1,7 @@
 //! Saga definitions: the YAML model, its validation into a checked
 //! [`SagaDefinition`], payload templates, and loading a directory of files
-//! with `file:line:column` errors.
+//! (or one file) with `file:line:column` errors, every error of a file at
+//! once.
 //!
 //! A definition that loads is valid: every later stage (the state machine,
 //! the engine) relies on that and does not re-check.
@@ -8,6 +9,8 @@
 mod load;
 mod model;
 mod raw;
+mod salvage;
+mod shape;
 pub mod template;
 
 pub use load::{catalog_from_str, load_dir, load_str, Catalog, DefinitionError, DefinitionErrors};

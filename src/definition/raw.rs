@@ -62,7 +62,8 @@ pub enum RawNode {
     Float(f64),
     Str(String),
     Seq(Vec<Spanned<RawNode>>),
-    Map(Vec<(String, Spanned<RawNode>)>),
+    /// Keys with their locations, for messages about a key itself.
+    Map(Vec<(Spanned<String>, Spanned<RawNode>)>),
 }
 
 impl<'de> Deserialize<'de> for RawNode {
@@ -122,7 +123,7 @@ impl<'de> serde::de::Visitor<'de> for NodeVisitor {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawNode, A::Error> {
         let mut entries = Vec::new();
-        while let Some((key, value)) = map.next_entry::<String, Spanned<RawNode>>()? {
+        while let Some((key, value)) = map.next_entry::<Spanned<String>, Spanned<RawNode>>()? {
             entries.push((key, value));
         }
         Ok(RawNode::Map(entries))

@@ -131,8 +131,205 @@ fn yaml_syntax_errors_have_a_location() {
 #[test]
 fn missing_keys_are_named() {
     let err = error_of("name: x\nsteps:\n  - name: a\n");
-    assert!(err.contains("stream"), "{err}");
-    assert!(err.starts_with("sagas/m.yaml:3:"), "{err}");
+    assert_eq!(err, "sagas/m.yaml:3:5: step `a` has no `stream`");
+}
+
+fn errors_of(text: &str) -> Vec<String> {
+    let errs = load_str(Path::new("m.yaml"), text).unwrap_err();
+    errs.0.iter().map(ToString::to_string).collect()
+}
+
+/// The parser alone places a missing key at what it read last: here the
+/// step's `compensation:` mapping.
+#[test]
+fn a_missing_key_names_its_step_at_the_step_line() {
+    let text = GOOD.replace("    stream: resources:commands\n", "");
+    assert_eq!(
+        errors_of(&text),
+        ["m.yaml:4:5: step `allocate_resources` has no `stream`"]
+    );
+    let text = GOOD.replace("      command: release_resources\n", "      timeout: 1s\n");
+    assert_eq!(
+        errors_of(&text),
+        ["m.yaml:11:7: the compensation of step `allocate_resources` has no `command`"]
+    );
+    let text = GOOD.replace("max_attempts: 3, ", "");
+    assert_eq!(
+        errors_of(&text),
+        ["m.yaml:7:12: the retry of step `allocate_resources` has no `max_attempts`"]
+    );
+    let text = GOOD.replace("  - name: plan_route\n", "  - command: plan_route\n");
+    assert_eq!(errors_of(&text), ["m.yaml:12:5: step 2 has no `name`"]);
+}
+
+#[test]
+fn a_mistyped_key_gets_a_suggestion() {
+    let text = GOOD.replace("    timeout: 10s\n", "    timout: 10s\n");
+    assert_eq!(
+        errors_of(&text),
+        ["m.yaml:6:5: step `allocate_resources`: unknown key `timout`; did you mean `timeout`?"]
+    );
+    let text = GOOD.replace("steps:\n", "stepz:\n");
+    let errs = errors_of(&text);
+    assert!(
+        errs.contains(&"m.yaml:3:1: the saga: unknown key `stepz`; did you mean `steps`?".into()),
+        "{errs:?}"
+    );
+    let text = GOOD.replace("    timeout: 10s\n", "    priority: high\n");
+    let err = errors_of(&text).join("\n");
+    assert!(
+        err.starts_with("m.yaml:6:5: step `allocate_resources`: unknown key `priority`; the keys here are name, stream, "),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_value_of_the_wrong_kind_is_refused_where_it_stands() {
+    let text = GOOD.replace("stream: routing:commands", "stream: [routing, commands]");
+    assert_eq!(
+        errors_of(&text),
+        ["m.yaml:13:13: step `plan_route`: `stream` must be a single value, not a list"]
+    );
+    let text = GOOD.replace("max_attempts: 3", "max_attempts: three");
+    assert_eq!(
+        errors_of(&text),
+        ["m.yaml:7:28: the retry of step `allocate_resources`: `max_attempts` must be a whole number, not text"]
+    );
+}
+
+#[test]
+fn every_problem_of_a_file_is_reported_in_one_pass() {
+    let text = "\
+name: x
+steps:
+  - name: a
+    timout: 5s
+    compensation:
+      command: undo
+  - name: b
+    stream: s
+    retry: { max_attempts: 3, backof: fixed }
+  - name: c
+";
+    assert_eq!(
+        errors_of(text),
+        [
+            "m.yaml:3:5: step `a` has no `stream`",
+            "m.yaml:4:5: step `a`: unknown key `timout`; did you mean `timeout`?",
+            "m.yaml:9:31: the retry of step `b`: unknown key `backof`; did you mean `backoff`?",
+            "m.yaml:10:5: step `c` has no `stream`",
+        ]
+    );
+    // Once the shape is right, every bad value at once.
+    let text = GOOD
+        .replace("max_attempts: 3", "max_attempts: 0")
+        .replace("timeout: 10s", "timeout: 0s")
+        .replace(
+            "${steps.allocate_resources.result",
+            "${steps.allocate.result",
+        );
+    let errs = errors_of(&text);
+    assert_eq!(errs.len(), 3, "{errs:?}");
+}
+
+/// Problems of shape in one step do not hide bad values in the others,
+/// and the steps after a broken one may still refer to it.
+#[test]
+fn bad_values_are_reported_with_problems_of_shape() {
+    let text = "\
+name: x
+trigger: mission:start
+steps:
+  - name: a
+    stream: s
+    timeout: soon
+  - name: b
+    timout: 5s
+  - name: c
+    stream: s
+    retry: { max_attempts: 0 }
+    input:
+      from_b: ${steps.b.result}
+      from_z: ${steps.z.result}
+description: after the steps
+";
+    let errs = errors_of(text);
+    assert_eq!(errs.len(), 5, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("m.yaml:6:14: timeout `soon` is not a duration"),
+        "{errs:#?}"
+    );
+    assert_eq!(errs[1], "m.yaml:7:5: step `b` has no `stream`");
+    assert_eq!(
+        errs[2],
+        "m.yaml:8:5: step `b`: unknown key `timout`; did you mean `timeout`?"
+    );
+    assert!(
+        errs[3].starts_with("m.yaml:11:28: max_attempts is 0"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[4].starts_with("m.yaml:14:15: input.from_z: "),
+        "{errs:#?}"
+    );
+    assert!(errs[4].contains("no step has that name"), "{errs:#?}");
+
+    // A flow-style list of steps cannot be read a step at a time: its
+    // problems of shape come alone, never a wrong one.
+    let text = "name: x\nsteps: [{name: a, stream: s, timeout: soon}, {name: b}]\n";
+    assert_eq!(errors_of(text), ["m.yaml:2:46: step `b` has no `stream`"]);
+}
+
+#[test]
+fn whole_document_problems_are_at_its_start_never_at_zero() {
+    for (text, says) in [
+        ("", "m.yaml:1:1: the file is empty"),
+        ("# nothing but a comment\n", "m.yaml:"),
+        ("- 1\n- 2\n", "m.yaml:1:1: a saga definition is a mapping of name, trigger, description, steps, not a list"),
+        ("name: x\n", "m.yaml:1:1: the saga has no `steps`"),
+        ("name: x\nsteps: [\n", "m.yaml:"),
+    ] {
+        for err in errors_of(text) {
+            assert!(err.starts_with(says), "{text:?}: {err}");
+            let mut parts = err.splitn(4, ':');
+            parts.next();
+            let line: u64 = parts.next().unwrap().parse().unwrap();
+            let column: u64 = parts.next().unwrap().parse().unwrap();
+            assert!(line >= 1 && column >= 1, "{text:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn a_single_file_loads_and_unreadable_paths_have_no_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("one.saga");
+    std::fs::write(&file, GOOD).unwrap();
+    assert_eq!(load_dir(&file).unwrap().names(), ["mission_start"]);
+
+    let missing = dir.path().join("missing");
+    let msg = load_dir(&missing).unwrap_err().to_string();
+    assert_eq!(
+        msg,
+        format!(
+            "{}: cannot read the sagas directory or file: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
+}
+
+#[test]
+fn clashes_are_reported_with_the_errors_of_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), GOOD).unwrap();
+    std::fs::write(dir.path().join("b.yaml"), GOOD).unwrap();
+    std::fs::write(dir.path().join("c.yaml"), "name: c\n").unwrap();
+    let msg = load_dir(dir.path()).unwrap_err().to_string();
+    assert!(msg.contains("c.yaml:1:1: the saga has no `steps`"), "{msg}");
+    assert!(
+        msg.contains("b.yaml:1:7: saga `mission_start` is already defined"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -10,7 +10,9 @@
 //! - [`read`]: bounded reads of streams: at most a given number of entries,
 //!   each at most a given size (larger ones never leave Redis whole).
 //! - [`maintain`]: dead-lettering and trimming of the streams.
+//! - [`inspect`]: bounded reads for an operator's view (`sagaflow doctor`).
 
+pub mod inspect;
 pub mod lease;
 pub mod maintain;
 pub mod read;

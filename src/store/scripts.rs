@@ -25,3 +25,5 @@ script!(READ_STREAMS, "shrink.lua", "read_streams.lua");
 script!(CLAIM_GROUP, "shrink.lua", "claim_group.lua");
 script!(LAST_ID, "last_id.lua");
 script!(RELEASE_KEY, "release_key.lua");
+script!(INSPECT_STREAM, "inspect_stream.lua");
+script!(RECENT_FAILURES, "recent_failures.lua");
