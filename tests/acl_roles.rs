@@ -401,6 +401,11 @@ async fn every_piece_runs_as_its_own_user() {
     assert_eq!(o.status.code(), Some(1), "compensated:\n{}", text(&o));
     let o = sagaflow(&["status", &cancelled, "--redis-url", &viewer]).await;
     assert!(text(&o).contains("compensated"), "{}", text(&o));
+    // The operator looks the deployment over: every read `doctor` makes
+    // is one the role allows (a refused one would be in the ACL log).
+    let o = sagaflow(&["doctor", "--redis-url", &operator]).await;
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
+    assert!(!text(&o).contains("NOPERM"), "{}", text(&o));
 
     let refused = acl_log(&users.admin_url());
     assert!(

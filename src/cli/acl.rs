@@ -40,6 +40,7 @@ const DAEMON_COMMANDS: &[&str] = &[
     "exec",
     "eval",
     "evalsha",
+    "evalsha_ro",
     "script|load",
     // The trigger, command, reply, event, control and dead-letter streams.
     "xadd",
@@ -97,6 +98,26 @@ const HANDLER_ON_OWN_KEYS: &[&str] = &["get", "set", "xadd"];
 
 /// What `status`, `list` and `watch` send: reads only (`SCAN` names no key;
 /// `GET` reads the definition versions, for step names).
+/// What `sagaflow doctor` runs besides what viewers may, directly or in its
+/// read-only scripts (which Redis checks command by command). Operators
+/// have them; viewers do not, since a script of theirs could hold Redis
+/// busy.
+const DOCTOR_COMMANDS: &[&str] = &[
+    "zcard",
+    "zrevrange",
+    "zscore",
+    "scard",
+    "srandmember",
+    "smembers",
+    "exists",
+    "type",
+    "xlen",
+    "xinfo|groups",
+    "xinfo|consumers",
+    "evalsha_ro",
+    "script|load",
+];
+
 const VIEW_COMMANDS: &[&str] = &[
     "ping",
     "get",
@@ -299,12 +320,35 @@ fn roles(
     let mut viewer = commands_rule(VIEW_COMMANDS);
     viewer.extend(reads.iter().cloned());
     let mut operator = commands_rule(VIEW_COMMANDS);
+    operator.extend(commands_rule(DOCTOR_COMMANDS));
     operator.push("+xadd".into());
     operator.extend(reads);
+    // What `doctor` looks at besides the records: who owns what, the
+    // streams the definitions name and the dead-letter streams.
+    let looked_at = [
+        literal(&settings.owners_key()),
+        shaped(&settings.owned_key(MARK)),
+        literal(&settings.dead_letter_stream),
+        shaped(&crate::handler::dead_letter_key(MARK)),
+    ]
+    .into_iter()
+    .chain(
+        crate::engine::trigger_streams(settings, catalog)
+            .into_iter()
+            .map(|s| literal(&s)),
+    )
+    .chain(
+        catalog
+            .command_streams()
+            .into_iter()
+            .map(|(s, _)| literal(&s)),
+    );
+    operator.extend(looked_at.map(|pattern| key(Access::Read, &pattern)));
     operator.push(key(Access::Write, &literal(&settings.control_stream)));
     out.push(Role {
         name: "operator".into(),
-        who: "operators (sagaflow cancel, retry, skip, abandon, status, list, watch)".into(),
+        who: "operators (sagaflow cancel, retry, skip, abandon, status, list, watch, doctor)"
+            .into(),
         rules: operator,
     });
     out.push(Role {

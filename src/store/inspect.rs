@@ -104,10 +104,11 @@ pub async fn recent_failures<C: ConnectionLike + Send>(
     max: usize,
 ) -> RedisResult<Vec<String>> {
     RECENT_FAILURES
-        .key(&settings.events_stream)
-        .arg(look_back)
-        .arg(max)
-        .invoke_async(conn)
+        .run(
+            conn,
+            &[&settings.events_stream],
+            &[look_back.to_string(), max.to_string()],
+        )
         .await
 }
 
@@ -165,11 +166,15 @@ pub async fn stream<C: ConnectionLike + Send>(
     limits: StreamLimits,
 ) -> RedisResult<StreamInfo> {
     let reply: Vec<Value> = INSPECT_STREAM
-        .key(stream)
-        .arg(limits.groups)
-        .arg(limits.consumers)
-        .arg(limits.bytes)
-        .invoke_async(conn)
+        .run(
+            conn,
+            &[stream],
+            &[
+                limits.groups.to_string(),
+                limits.consumers.to_string(),
+                limits.bytes.to_string(),
+            ],
+        )
         .await?;
     let mut items = reply.into_iter();
     let mut next = || items.next().unwrap_or(Value::Nil);

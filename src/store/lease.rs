@@ -92,10 +92,11 @@ pub async fn dead_owners<C: ConnectionLike + Send>(
 ) -> RedisResult<(u64, Vec<String>)> {
     let (now, owners): (i64, Vec<String>) = {
         let reply: Vec<redis::Value> = LEASE_DEAD
-            .key(settings.leases_key())
-            .key(settings.owners_key())
-            .arg(limit)
-            .invoke_async(conn)
+            .run(
+                conn,
+                &[&settings.leases_key(), &settings.owners_key()],
+                &[limit.to_string()],
+            )
             .await?;
         let mut items = reply.into_iter();
         let now = match items.next() {
