@@ -72,7 +72,13 @@ pub fn event_columns(fields: &RawFields) -> String {
                 ""
             }
         ),
-        "step_timed_out" | "compensation_timed_out" => format!("attempt {attempt} timed out"),
+        "step_timed_out" | "compensation_timed_out" => match payload["timeout"].as_str() {
+            Some("ack") => format!("attempt {attempt} timed out: nobody took it (ack_timeout)"),
+            Some("heartbeat") => {
+                format!("attempt {attempt} timed out: the handler went silent (heartbeat_timeout)")
+            }
+            _ => format!("attempt {attempt} timed out"),
+        },
         "step_retrying" | "compensation_retrying" => {
             format!(
                 "attempt {attempt} in {} ms",
@@ -220,15 +226,28 @@ mod tests {
     use super::*;
 
     fn fields(step: &str) -> RawFields {
+        event("step_progress", step, r#"{"progress": 50}"#)
+    }
+
+    fn event(event_type: &str, step: &str, payload: &str) -> RawFields {
         [
-            (f::EVENT_TYPE, "step_progress"),
+            (f::EVENT_TYPE, event_type),
             (f::STATUS, "running"),
             (f::STEP, step),
-            (f::PAYLOAD, r#"{"progress": 50}"#),
+            (f::PAYLOAD, payload),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
         .collect()
+    }
+
+    #[test]
+    fn a_timeout_says_which_clock_ran_out() {
+        let line = |payload| event_columns(&event("step_timed_out", "explore", payload));
+        assert!(line(r#"{"attempt": 2}"#).ends_with("attempt 2 timed out"));
+        assert!(line(r#"{"attempt": 1, "timeout": "completion"}"#).ends_with("attempt 1 timed out"));
+        assert!(line(r#"{"attempt": 1, "timeout": "ack"}"#).contains("nobody took it"));
+        assert!(line(r#"{"attempt": 1, "timeout": "heartbeat"}"#).contains("went silent"));
     }
 
     #[test]

@@ -274,7 +274,10 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
             "timed_out" => {
                 x.ended = Some(at);
                 x.outcome = "timed out".into();
-                x.detail.clear();
+                x.detail = match payload["timeout"].as_str() {
+                    Some(clock @ ("ack" | "heartbeat")) => format!("{clock}_timeout ran out"),
+                    _ => String::new(),
+                };
             }
             _ => {}
         }
