@@ -974,9 +974,10 @@ fn a_start_reply_stops_the_ack_clock_and_is_persisted() {
     h.now = 1_500;
     let effects = h.reply_reached(ReplyStatus::Start, Some(1_400));
     // No event, but the state changed: written, and the timer moves to
-    // the heartbeat clock, started again by the reply.
+    // the heartbeat clock (not moved by a reply so soon after the command:
+    // it would move by less than a tenth).
     assert_eq!(types(&effects), ["persist", "timer"]);
-    assert_eq!(h.deadline(), 1_400 + 10_000);
+    assert_eq!(h.deadline(), 1_000 + 10_000);
     assert!(h.tick_at(3_000).is_empty());
 }
 
@@ -1073,4 +1074,27 @@ fn a_completion_timeout_names_its_clock() {
         h.last_event_payload(EventType::StepTimedOut)["timeout"],
         "completion"
     );
+}
+
+#[test]
+fn a_flood_of_replies_moves_the_heartbeat_clock_a_tenth_at_a_time() {
+    let (mut h, _) = Harness::with(CLOCKS);
+    h.reply_reached(ReplyStatus::Start, Some(1_000));
+    // A thousand heartbeats a millisecond apart: the clock (10 s) moves
+    // only when it would move by a second or more.
+    let mut writes = 0;
+    for at in 1_001..2_001 {
+        h.now = at;
+        let effects = h.reply_reached(ReplyStatus::Heartbeat, Some(at));
+        writes += usize::from(types(&effects).contains(&"persist".to_owned()));
+    }
+    assert_eq!(writes, 1, "one move, at 2000");
+    assert_eq!(h.deadline(), 2_000 + 10_000);
+    // The SDK's pace, a third of the clock: every beat moves it.
+    for at in [5_400, 8_800, 12_200] {
+        h.now = at;
+        let effects = h.reply_reached(ReplyStatus::Heartbeat, Some(at));
+        assert_eq!(types(&effects), ["persist", "timer"]);
+        assert_eq!(h.deadline(), at + 10_000);
+    }
 }

@@ -494,7 +494,11 @@ impl<'a> Machine<'a> {
 
     /// Any reply of the awaited attempt, reaching Redis at `at`, proves
     /// that its handler took it and is alive: the ack clock stops, the
-    /// heartbeat clock starts again.
+    /// heartbeat clock starts again. The heartbeat clock moves only by a
+    /// tenth of its length or more: each move is a write, and replies
+    /// closer together than that (a handler reporting progress in a
+    /// loop, or a flood) would otherwise cost one each. A handler beating
+    /// every third of it moves it every time.
     fn heard_from(&mut self, x: &Exchange, at: UnixMillis) {
         let heartbeat = self.target(x.step, x.kind).clocks.heartbeat;
         let Some(Exchange {
@@ -513,8 +517,9 @@ impl<'a> Machine<'a> {
             self.touched = true;
         }
         if let (Some(by), Some(every)) = (heartbeat_by_ms.as_mut(), heartbeat) {
-            let next = at.saturating_add(ms(every));
-            if next > *by {
+            let every = ms(every);
+            let next = at.saturating_add(every);
+            if next >= by.saturating_add((every / 10).max(1)) {
                 *by = next;
                 self.touched = true;
             }
