@@ -129,6 +129,7 @@ def connection_settings(given: RedisLike) -> Tuple[type, Dict[str, Any]]:
     like ``given`` (a URL, or a redis-py client, sync or asyncio), always
     returning bytes: a field that is not UTF-8 is one bad entry, not a
     connection that fails to decode."""
+    pool: Any
     if given is None or isinstance(given, str):
         pool = redis.asyncio.ConnectionPool.from_url(redis_url(given))
         cls, kwargs = pool.connection_class, dict(pool.connection_kwargs)

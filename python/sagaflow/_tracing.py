@@ -18,7 +18,7 @@ try:  # pragma: no cover - depends on what is installed
     from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
     from opentelemetry.trace.status import Status, StatusCode
 except ImportError:  # pragma: no cover
-    _trace = None
+    _trace = None  # type: ignore[assignment]
 
 
 class CommandSpan:

@@ -148,7 +148,8 @@ class SagaState:
 
     @staticmethod
     def from_json(saga_id: str, state: Mapping[str, Any]) -> "SagaState":
-        failure = state.get("failure") if isinstance(state.get("failure"), dict) else {}
+        found = state.get("failure")
+        failure: Dict[str, Any] = found if isinstance(found, dict) else {}
         return SagaState(
             saga_id=str(state.get("saga_id") or saga_id),
             saga=str(state.get("saga", "")),
