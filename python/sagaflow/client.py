@@ -404,8 +404,8 @@ def _drive(coro: Coroutine[Any, Any, T]) -> T:
 # --- The blocking client -------------------------------------------------------
 
 
-class SagaHandle:
-    """A started saga: ``saga_id``, and the start entry it came from."""
+class _Handle:
+    """What both handles know of a started saga."""
 
     def __init__(self, core: _Core, started: _Started) -> None:
         self._core = core
@@ -424,6 +424,10 @@ class SagaHandle:
         """True when the idempotency key was taken: ``saga_id`` is the saga
         that holds it."""
         return self._started.duplicate
+
+
+class SagaHandle(_Handle):
+    """A started saga: ``saga_id``, and the start entry it came from."""
 
     def wait(self, timeout: Optional[float] = None) -> Outcome:
         """Waits for the saga's end (or its start's rejection); raises
@@ -498,24 +502,8 @@ class Client:
 # --- The asyncio client ----------------------------------------------------------
 
 
-class AsyncSagaHandle:
+class AsyncSagaHandle(_Handle):
     """As :class:`SagaHandle`, for :class:`AsyncClient`."""
-
-    def __init__(self, core: _Core, started: _Started) -> None:
-        self._core = core
-        self._started = started
-
-    @property
-    def saga_id(self) -> str:
-        return self._started.saga_id
-
-    @property
-    def entry_id(self) -> str:
-        return self._started.entry_id
-
-    @property
-    def duplicate(self) -> bool:
-        return self._started.duplicate
 
     async def wait(self, timeout: Optional[float] = None) -> Outcome:
         return await self._core.wait(self._started, timeout)
