@@ -74,29 +74,47 @@ def wait_until(what: str, check: Callable[[], Any], within: float = WAIT) -> Any
 
 class RedisServer:
     def __init__(self, directory: str) -> None:
+        self.directory = directory
         for _ in range(10):
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port = s.getsockname()[1]
             assert port != 6379, "never the default Redis port"
-            process = subprocess.Popen(
-                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            client = redis.Redis(port=port, socket_timeout=0.5)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and process.poll() is None:
-                try:
-                    if client.ping():
-                        self.process, self.port = process, port
-                        client.close()
-                        return
-                except redis.ConnectionError:
-                    time.sleep(0.02)
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+            if self._start(port):
+                return
         raise RuntimeError("redis-server did not start on any free port")
+
+    def restart(self) -> None:
+        """Kills the server and starts an empty one on the same port, as
+        after a crash without persistence."""
+        self.kill()
+        deadline = time.monotonic() + WAIT
+        while not self._start(self.port):
+            assert time.monotonic() < deadline, f"redis-server did not start again on port {self.port}"
+            time.sleep(0.1)
+
+    def _start(self, port: int) -> bool:
+        """A redis-server on ``port``, once it answers; False if it does not."""
+        process = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.directory],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=port, socket_timeout=0.5)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if client.ping():
+                    self.process, self.port = process, port
+                    client.close()
+                    return True
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        client.close()
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        return False
 
     @property
     def url(self) -> str:

@@ -5,6 +5,7 @@ replies read straight from the reply streams."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any, Dict, List
@@ -223,3 +224,26 @@ def test_a_client_whose_socket_timeout_is_shorter_than_a_blocking_read(redis_ser
     assert final_reply(r, REPLIES)["status"] == "completed"
     wait_until("acknowledged", lambda: pending(r, "shop:commands", "short") == 0)
     assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING], caplog.text
+
+
+def test_a_redis_restart_is_ridden_out_and_the_group_made_again(redis_server, r, serve) -> None:
+    # Redis crashes and comes back empty: the app reconnects, finds its
+    # consumer group gone (NOGROUP), makes it again and answers.
+    app = App("phoenix", redis_server.url)
+
+    @app.handler("phoenix:commands", "rise")
+    async def rise(cmd: Command, ctx: Context) -> Dict[str, Any]:
+        return {"risen": cmd.payload.get("n")}
+
+    serve(app)
+    first = command(REPLIES, "rise", "rise", {"n": 1})
+    r.xadd("phoenix:commands", first)
+    assert final_reply(r, REPLIES, first["request_id"])["status"] == "completed"
+    redis_server.restart()
+    again = redis_server.client(decode_responses=True)
+    second = command(REPLIES, "rise", "rise", {"n": 2})
+    # Whether the app makes its group before or after this write, it reads
+    # the stream from 0: the command is answered either way.
+    again.xadd("phoenix:commands", second)
+    reply = final_reply(again, REPLIES, second["request_id"])
+    assert reply["status"] == "completed" and json.loads(reply["result"]) == {"risen": 2}
