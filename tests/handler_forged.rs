@@ -6,17 +6,14 @@
 
 mod common;
 
-use common::{must, now_ms, pending_count, words, xrange, RedisServer};
+use common::{command_to, must, pending_count, run_handlers, words, xrange, RedisServer};
 use redis::aio::MultiplexedConnection;
 use sagaflow::handler::{
     simulated_handlers, Context, HandlerError, Handlers, RunError, SimulationOptions,
 };
-use sagaflow::protocol::{
-    Command, CommandKind, CorrelationId, RequestId, SagaId, SpanId, TraceId, TraceParent,
-};
+use sagaflow::protocol::{Command, RequestId};
 use serde_json::json;
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The longest any wait of these tests may take.
@@ -27,22 +24,7 @@ const SIM_GROUP: &str = "sagaflow-sim";
 const REPLIES: &str = "saga:replies:node-1.0a1b2c3d";
 
 fn command(reply_stream: &str) -> Command {
-    Command {
-        correlation_id: CorrelationId::from_trusted("forged-test"),
-        saga_id: SagaId::generate(),
-        request_id: RequestId::generate(),
-        traceparent: TraceParent::new(TraceId::generate(), SpanId::generate()),
-        event_type: "allocate_resources".into(),
-        step: "allocate_resources".into(),
-        kind: CommandKind::Action,
-        attempt: 1,
-        reply_stream: reply_stream.into(),
-        payload: json!({"robots": 1}),
-        deadline_ms: now_ms() + 60_000,
-        timestamp: now_ms(),
-        ack_timeout_ms: None,
-        heartbeat_timeout_ms: None,
-    }
+    command_to(reply_stream, "allocate_resources", json!({"robots": 1}))
 }
 
 fn dead_letter_key(group: &str) -> String {
@@ -112,29 +94,6 @@ async fn assert_leases_untouched(conn: &mut MultiplexedConnection) {
     assert_eq!(members, ["owner-1"]);
 }
 
-/// Handlers running in the background.
-struct Running {
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), RunError>>,
-}
-
-impl Running {
-    fn start(handlers: Handlers) -> Self {
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(handlers.run(shutdown.clone()));
-        Self { shutdown, task }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("the handlers stop promptly")
-            .unwrap()
-            .unwrap();
-    }
-}
-
 /// 1024 forged commands (a whole `max_in_flight` of them) whose reply
 /// stream is the daemon's lease set, more naming the trigger stream or
 /// other keys outside the reply streams, then valid ones: the valid ones are
@@ -163,7 +122,7 @@ async fn forged_reply_streams_are_refused_and_hold_up_nothing() {
 
     let handlers = simulated_handlers(server.client(), SimulationOptions::default());
     let stats = handlers.stats();
-    let running = Running::start(handlers);
+    let running = run_handlers(handlers);
     let shared = command(REPLIES);
     let mut own = command("");
     own.reply_stream = format!("{REPLIES}:{}", own.request_id);
@@ -226,7 +185,7 @@ async fn forged_commands_left_pending_are_dead_lettered_at_restart() {
     let handlers = simulated_handlers(server.client(), SimulationOptions::default())
         .max_in_flight(8)
         .reclaim_idle(Duration::ZERO);
-    let running = Running::start(handlers);
+    let running = run_handlers(handlers);
     let valid = command(REPLIES);
     send_all(&mut conn, STREAM, std::slice::from_ref(&valid)).await;
 
@@ -256,7 +215,7 @@ async fn a_reply_stream_of_the_wrong_type_is_dead_lettered() {
     let handlers =
         simulated_handlers(server.client(), SimulationOptions::default()).max_in_flight(1);
     let stats = handlers.stats();
-    let running = Running::start(handlers);
+    let running = run_handlers(handlers);
     let valid = command(REPLIES);
     send_all(&mut conn, STREAM, std::slice::from_ref(&valid)).await;
 
@@ -299,7 +258,7 @@ async fn a_final_reply_that_can_never_be_written_is_dead_lettered() {
                 }
             },
         );
-    let running = Running::start(handlers);
+    let running = run_handlers(handlers);
     let mut sabotaged = command("saga:replies:sabotaged.0a1b2c3d");
     sabotaged.payload = json!({"sabotage": true});
     let valid = command(REPLIES);
@@ -331,7 +290,7 @@ async fn a_dead_letter_that_cannot_be_written_still_acknowledges() {
     let handlers =
         simulated_handlers(server.client(), SimulationOptions::default()).max_in_flight(2);
     let stats = handlers.stats();
-    let running = Running::start(handlers);
+    let running = run_handlers(handlers);
     let valid = command(REPLIES);
     send_all(&mut conn, STREAM, std::slice::from_ref(&valid)).await;
 
@@ -356,7 +315,7 @@ async fn the_reply_stream_prefix_is_the_daemons() {
     };
     let handlers = simulated_handlers(server.client(), opts);
     let stats = handlers.stats();
-    let running = Running::start(handlers);
+    let running = run_handlers(handlers);
     let ours = command("acme:replies:node-1.0a1b2c3d");
     let default_prefix = command(REPLIES);
     send_all(&mut conn, STREAM, &[default_prefix, ours.clone()]).await;
@@ -396,7 +355,7 @@ async fn a_forged_heartbeat_clock_cannot_flood_the_reply_stream() {
             Ok::<_, HandlerError>(json!({"done": true}))
         },
     );
-    let running = Running::start(handlers);
+    let running = run_handlers(handlers);
     let mut forged = command(REPLIES);
     forged.heartbeat_timeout_ms = Some(1);
     send_all(&mut conn, STREAM, &[forged]).await;

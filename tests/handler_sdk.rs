@@ -3,51 +3,23 @@
 
 mod common;
 
-use common::RedisServer;
-use sagaflow::handler::{
-    run_simulated_handlers, simulated_handlers, Context, HandlerError, Handlers, RunError,
-    SimulationOptions,
-};
-use sagaflow::protocol::{
-    Command, CommandKind, CorrelationId, RequestId, SagaId, SpanId, TraceId, TraceParent,
-};
+use common::{command_to, now_ms, run_handlers, start_simulated, RedisServer};
+use sagaflow::handler::{simulated_handlers, Context, HandlerError, Handlers, SimulationOptions};
+use sagaflow::protocol::{Command, CommandKind, RequestId, TraceParent};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use std::time::{Duration, Instant};
 
 /// The longest any single wait in these tests may take.
 const WAIT: Duration = Duration::from_secs(5);
 const STREAM: &str = "resources:commands";
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 fn command(event_type: &str, payload: Value) -> Command {
-    Command {
-        correlation_id: CorrelationId::from_trusted("trace-demo-123"),
-        saga_id: SagaId::generate(),
-        request_id: RequestId::generate(),
-        traceparent: TraceParent::new(TraceId::generate(), SpanId::generate()),
-        event_type: event_type.into(),
-        step: event_type.into(),
-        kind: CommandKind::Action,
-        attempt: 1,
-        // A reply stream of its own, in the daemon's shared form.
-        reply_stream: format!("saga:replies:test-{}.0a1b2c3d", RequestId::generate()),
-        payload,
-        deadline_ms: now_ms() + 60_000,
-        timestamp: now_ms(),
-        ack_timeout_ms: None,
-        heartbeat_timeout_ms: None,
-    }
+    // A reply stream of its own, in the daemon's shared form.
+    let reply_stream = format!("saga:replies:test-{}.0a1b2c3d", RequestId::generate());
+    command_to(&reply_stream, event_type, payload)
 }
 
 /// The daemon's side: a plain connection for non-blocking commands.
@@ -142,44 +114,11 @@ fn result(reply: &HashMap<String, String>) -> Value {
     serde_json::from_str(&reply["result"]).unwrap()
 }
 
-/// Handlers running in the background, stopped with [`Running::stop`].
-struct Running {
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), RunError>>,
-}
-
-impl Running {
-    fn start(handlers: Handlers) -> Self {
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(handlers.run(shutdown.clone()));
-        Self { shutdown, task }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("the handlers stop promptly")
-            .unwrap()
-            .unwrap();
-    }
-}
-
-fn simulate(server: &RedisServer, opts: SimulationOptions) -> Running {
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(run_simulated_handlers(
-        server.client(),
-        opts,
-        shutdown.clone(),
-    ));
-    Running { shutdown, task }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_in_stages_with_ids_copied_and_a_child_span() {
     let server = RedisServer::start();
     let mut daemon = Daemon::new(&server).await;
-    let running = simulate(&server, SimulationOptions::default());
+    let running = start_simulated(&server, SimulationOptions::default());
 
     let cmd = command(
         "allocate_resources",
@@ -226,7 +165,7 @@ async fn a_repeated_request_is_answered_from_the_record() {
             }
         },
     );
-    let running = Running::start(handlers);
+    let running = run_handlers(handlers);
 
     let cmd = command("allocate_resources", json!({}));
     daemon.send(&cmd).await;
@@ -255,7 +194,7 @@ async fn an_injected_failure_is_not_retryable() {
         fail_step: Some("allocate_resources".into()),
         ..Default::default()
     };
-    let running = simulate(&server, opts);
+    let running = start_simulated(&server, opts);
 
     let cmd = command("allocate_resources", json!({"area": "hall-a"}));
     daemon.send(&cmd).await;
@@ -282,7 +221,7 @@ async fn an_injected_failure_is_not_retryable() {
 async fn an_expired_command_gets_no_reply() {
     let server = RedisServer::start();
     let mut daemon = Daemon::new(&server).await;
-    let running = simulate(&server, SimulationOptions::default());
+    let running = start_simulated(&server, SimulationOptions::default());
 
     let mut late = command("allocate_resources", json!({}));
     late.deadline_ms = now_ms() - 1_000;
@@ -300,7 +239,7 @@ async fn an_expired_command_gets_no_reply() {
 async fn garbage_on_the_stream_stops_nothing() {
     let server = RedisServer::start();
     let mut daemon = Daemon::new(&server).await;
-    let running = simulate(&server, SimulationOptions::default());
+    let running = start_simulated(&server, SimulationOptions::default());
 
     daemon.xadd(STREAM, &[("hello", "world")]).await;
     daemon
@@ -362,7 +301,7 @@ async fn a_hung_step_stays_pending_and_a_new_instance_takes_it_over() {
         hang_step: Some("plan_route".into()),
         ..Default::default()
     };
-    let running = simulate(&server, opts);
+    let running = start_simulated(&server, opts);
 
     let mut cmd = command("plan_route", json!({"robot_ids": ["robot-1"], "area": "a"}));
     cmd.step = "plan_route".into();
@@ -383,7 +322,7 @@ async fn a_hung_step_stays_pending_and_a_new_instance_takes_it_over() {
 
     // A healthy instance of the same group takes it over at start-up.
     let healthy = simulated_handlers(server.client(), Default::default());
-    let running = Running::start(healthy.reclaim_idle(Duration::ZERO));
+    let running = run_handlers(healthy.reclaim_idle(Duration::ZERO));
     let replies = daemon.until_final(&cmd.reply_stream, 1).await;
     let routes = result(replies.last().unwrap())["routes"].clone();
     assert_eq!(routes[0]["robot_id"], "robot-1");
@@ -397,7 +336,7 @@ async fn commands_sent_before_the_handlers_started_are_handled() {
     let mut daemon = Daemon::new(&server).await;
     let cmd = command("allocate_resources", json!({}));
     daemon.send(&cmd).await;
-    let running = simulate(&server, SimulationOptions::default());
+    let running = start_simulated(&server, SimulationOptions::default());
     let replies = daemon.until_final(&cmd.reply_stream, 1).await;
     assert_eq!(statuses(&replies), ["start", "progress", "completed"]);
     running.stop().await;
@@ -406,7 +345,7 @@ async fn commands_sent_before_the_handlers_started_are_handled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handlers_outlive_a_redis_restart() {
     let mut server = RedisServer::start();
-    let running = simulate(&server, SimulationOptions::default());
+    let running = start_simulated(&server, SimulationOptions::default());
     let mut daemon = Daemon::new(&server).await;
     let cmd = command("allocate_resources", json!({}));
     daemon.send(&cmd).await;
@@ -434,7 +373,7 @@ async fn a_panicking_handler_fails_its_command() {
             Ok::<_, HandlerError>(robots.expect("out of robots"))
         },
     );
-    let running = Running::start(handlers);
+    let running = run_handlers(handlers);
     let cmd = command("allocate_resources", json!({}));
     daemon.send(&cmd).await;
     let replies = daemon.until_final(&cmd.reply_stream, 1).await;

@@ -8,6 +8,9 @@ use sagaflow::config::Settings;
 use sagaflow::definition::{catalog_from_str, load_dir, Catalog};
 use sagaflow::engine::Daemon;
 use sagaflow::handler::simulated::{run_simulated_handlers, SimulationOptions};
+use sagaflow::protocol::{
+    Command, CommandKind, CorrelationId, RequestId, SagaId, SpanId, TraceId, TraceParent,
+};
 use sagaflow::streams::decode_read_reply;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -212,6 +215,35 @@ pub async fn start_daemon_with(settings: Settings, catalog: Catalog) -> Running<
         }
     }));
     Running { token, handle }
+}
+
+/// Handlers built on the SDK, running in this process until stopped.
+pub fn run_handlers(handlers: sagaflow::handler::Handlers) -> Running<()> {
+    let token = CancellationToken::new();
+    let run = handlers.run(token.clone());
+    let handle = Some(tokio::spawn(async move { run.await.expect("handlers") }));
+    Running { token, handle }
+}
+
+/// A command as the daemon writes it, due in a minute: attempt 1 of an
+/// action, its step named after its command.
+pub fn command_to(reply_stream: &str, event_type: &str, payload: Value) -> Command {
+    Command {
+        correlation_id: CorrelationId::from_trusted("test-command"),
+        saga_id: SagaId::generate(),
+        request_id: RequestId::generate(),
+        traceparent: TraceParent::new(TraceId::generate(), SpanId::generate()),
+        event_type: event_type.into(),
+        step: event_type.into(),
+        kind: CommandKind::Action,
+        attempt: 1,
+        reply_stream: reply_stream.into(),
+        payload,
+        deadline_ms: now_ms() + 60_000,
+        timestamp: now_ms(),
+        ack_timeout_ms: None,
+        heartbeat_timeout_ms: None,
+    }
 }
 
 /// The simulated mission handlers, running in this process.
