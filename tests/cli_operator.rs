@@ -43,6 +43,37 @@ fn field(out: &str, label: &str) -> String {
 
 const PAYLOAD: &str = r#"{"area": "hall-a", "robots": 2}"#;
 
+/// `sagaflow watch` running in the background, given half a second to
+/// start reading before anything is written.
+struct Watch(std::process::Child);
+
+impl Watch {
+    async fn start(args: &[&str]) -> Self {
+        let child = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Self(child)
+    }
+
+    /// Lets it print what was written last, stops it as Ctrl-C would, and
+    /// returns what it printed.
+    async fn stop(self) -> std::process::Output {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let _ = Command::new("kill")
+            .arg("-INT")
+            .arg(self.0.id().to_string())
+            .status();
+        tokio::task::spawn_blocking(move || self.0.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_wait_follows_the_saga_and_exits_with_its_outcome() {
     let server = RedisServer::start();
@@ -207,13 +238,7 @@ async fn watch_prints_the_events_as_they_come() {
     let url = server.url();
     let _daemon = Child::daemon_with(&url, "watched", &["--lease-ttl", LEASE_TTL], &[]);
     let _handlers = Child::handlers(&url, &[]);
-    let watch = Command::new(BIN)
-        .args(["watch", "--redis-url", &url, "--correlation-id", "seen"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let watch = Watch::start(&["watch", "--redis-url", &url, "--correlation-id", "seen"]).await;
     let mut conn = server.conn().await;
     start_mission(
         &mut conn,
@@ -229,15 +254,7 @@ async fn watch_prints_the_events_as_they_come() {
     .await;
     saga_events(&server, "seen").await;
     saga_events(&server, "unseen").await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let _ = Command::new("kill")
-        .arg("-INT")
-        .arg(watch.id().to_string())
-        .status();
-    let out = tokio::task::spawn_blocking(move || watch.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = watch.stop().await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         text.lines().count(),
@@ -368,13 +385,7 @@ async fn a_correlation_id_with_a_space_is_started_followed_and_watched() {
     let url = server.url();
     let _daemon = Child::daemon_with(&url, "spaced", &["--lease-ttl", LEASE_TTL], &[]);
     let _handlers = Child::handlers(&url, &[]);
-    let watch = Command::new(BIN)
-        .args(["watch", "--redis-url", &url, "--correlation-id", "order 42"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let watch = Watch::start(&["watch", "--redis-url", &url, "--correlation-id", "order 42"]).await;
     let out = sagaflow(&[
         "start",
         "--redis-url",
@@ -404,15 +415,7 @@ async fn a_correlation_id_with_a_space_is_started_followed_and_watched() {
         "{list}"
     );
 
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let _ = Command::new("kill")
-        .arg("-INT")
-        .arg(watch.id().to_string())
-        .status();
-    let out = tokio::task::spawn_blocking(move || watch.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = watch.stop().await;
     let watched = String::from_utf8_lossy(&out.stdout);
     assert_eq!(watched.lines().count(), 14, "{watched}");
 
@@ -440,20 +443,15 @@ async fn json_and_quiet_output_for_machines() {
     let url = server.url();
     let _daemon = Child::daemon(&url, "machines");
     let _handlers = Child::handlers(&url, &[]);
-    let watch = Command::new(BIN)
-        .args([
-            "watch",
-            "--redis-url",
-            &url,
-            "--correlation-id",
-            "json 1",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let watch = Watch::start(&[
+        "watch",
+        "--redis-url",
+        &url,
+        "--correlation-id",
+        "json 1",
+        "--json",
+    ])
+    .await;
 
     // start --wait --json: the start, each event, the outcome; a line each.
     let out = sagaflow(&[
@@ -531,15 +529,7 @@ async fn json_and_quiet_output_for_machines() {
     assert_eq!(listed.as_array().unwrap().len(), 3);
 
     // watch --json: the same 14 events, one per line.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let _ = Command::new("kill")
-        .arg("-INT")
-        .arg(watch.id().to_string())
-        .status();
-    let out = tokio::task::spawn_blocking(move || watch.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = watch.stop().await;
     let watched = json_lines(&out);
     assert_eq!(watched.len(), 14, "{watched:#?}");
     assert_eq!(&watched[..], events);
