@@ -40,11 +40,15 @@ struct Inner {
     reply_stream: String,
     request_id: String,
     conn: ConnectionManager,
-    queued: Mutex<Vec<Fields>>,
+    queued: Mutex<Queued>,
+    writing: tokio::sync::Mutex<()>,
+}
+
+struct Queued {
+    replies: Vec<Fields>,
     /// When a reply was last queued: heartbeats are left out while others
     /// show the handler is alive.
-    pushed_at: Mutex<tokio::time::Instant>,
-    writing: tokio::sync::Mutex<()>,
+    at: tokio::time::Instant,
 }
 
 impl Outbox {
@@ -54,8 +58,10 @@ impl Outbox {
                 reply_stream: reply_stream.to_owned(),
                 request_id: request_id.to_owned(),
                 conn,
-                queued: Mutex::new(Vec::new()),
-                pushed_at: Mutex::new(tokio::time::Instant::now()),
+                queued: Mutex::new(Queued {
+                    replies: Vec::new(),
+                    at: tokio::time::Instant::now(),
+                }),
                 writing: tokio::sync::Mutex::new(()),
             }),
         }
@@ -63,20 +69,20 @@ impl Outbox {
 
     /// True when no reply was queued for `period`.
     pub(crate) fn quiet_for(&self, period: std::time::Duration) -> bool {
-        self.inner.pushed_at.lock().expect("outbox lock").elapsed() >= period
+        self.inner.queued.lock().expect("outbox lock").at.elapsed() >= period
     }
 
     /// Queues a reply and makes sure a background write will take it.
     pub(crate) fn push(&self, fields: Fields) {
-        *self.inner.pushed_at.lock().expect("outbox lock") = tokio::time::Instant::now();
         let first = {
             let mut queued = self.inner.queued.lock().expect("outbox lock");
-            if queued.len() >= MAX_QUEUED_PROGRESS {
-                queued.remove(0);
+            queued.at = tokio::time::Instant::now();
+            if queued.replies.len() >= MAX_QUEUED_PROGRESS {
+                queued.replies.remove(0);
                 tracing::debug!(request_id = %self.inner.request_id, "progress reports queue up; the oldest is dropped");
             }
-            queued.push(fields);
-            queued.len() == 1
+            queued.replies.push(fields);
+            queued.replies.len() == 1
         };
         if first {
             let inner = self.inner.clone();
@@ -94,7 +100,7 @@ impl Outbox {
 
 impl Inner {
     fn take(&self) -> Vec<Fields> {
-        std::mem::take(&mut *self.queued.lock().expect("outbox lock"))
+        std::mem::take(&mut self.queued.lock().expect("outbox lock").replies)
     }
 
     async fn flush(&self) {
