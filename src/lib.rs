@@ -28,10 +28,12 @@
 //! - [`definition`]: saga YAML, its checks with `file:line:column`, templates.
 //! - [`config`]: every default setting in one place.
 //! - [`streams`]: Redis Streams plumbing shared by both sides.
+//! - [`connection`]: connections to one Redis or a Redis Cluster, alike.
 //! - [`protocol`]: the wire contract's fields, ids and entries.
 
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod definition;
 pub mod engine;
 pub mod handler;

@@ -53,6 +53,7 @@ macro_rules! keys {
 
 keys! {
     "redis_url" => redis_url: text,
+    "redis_mode" => redis_mode: mode,
     "sagas" => sagas_dir: path,
     "node_id" => node_id: text,
     "trigger_stream" => trigger_stream: text,
@@ -90,6 +91,16 @@ mod text {
     }
     pub fn show(v: &str) -> String {
         v.to_owned()
+    }
+}
+
+mod mode {
+    use crate::connection::RedisMode;
+    pub fn parse(v: &str) -> Result<RedisMode, String> {
+        RedisMode::parse(v)
+    }
+    pub fn show(v: &RedisMode) -> String {
+        v.name().to_owned()
     }
 }
 

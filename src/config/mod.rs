@@ -16,6 +16,8 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Settings {
     pub redis_url: String,
+    /// One server, a cluster, or asked of the server at start-up.
+    pub redis_mode: crate::connection::RedisMode,
     pub sagas_dir: PathBuf,
     /// Names this daemon instance: its trigger consumer, and the start of
     /// its owner tokens and reply streams.
@@ -93,6 +95,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_mode: crate::connection::RedisMode::Auto,
             sagas_dir: PathBuf::from("sagas"),
             node_id: crate::protocol::ids::new_uuid_hex(),
             trigger_stream: "mission:start".into(),

@@ -5,7 +5,7 @@
 use super::Shared;
 use crate::config::Settings;
 use crate::definition::{self, Catalog, SagaDefinition};
-use redis::aio::ConnectionManager;
+use crate::connection::Conn;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ pub(crate) struct Pinned {
 
 /// Stores the text of every loaded definition under its version.
 pub(super) async fn publish(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     settings: &Settings,
     catalog: &Catalog,
 ) -> redis::RedisResult<()> {

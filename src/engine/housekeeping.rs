@@ -74,7 +74,7 @@ const SCAN_COUNT: usize = 1000;
 /// time.
 async fn register_unknown_owners(
     shared: &Shared,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::connection::Conn,
 ) -> redis::RedisResult<()> {
     let settings = &shared.settings;
     let pattern = settings.owned_key("*");
@@ -112,7 +112,7 @@ async fn register_unknown_owners(
 /// daemon group has not finished with.
 async fn trim_triggers(
     shared: &Shared,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::connection::Conn,
 ) -> redis::RedisResult<()> {
     let settings = &shared.settings;
     let below_age = cut(shared.now_ms(), settings.stream_retention);
@@ -248,7 +248,7 @@ pub(super) async fn trim_streams(shared: &Shared) -> redis::RedisResult<()> {
 /// does not cap it, a million at once.
 async fn trim_control(
     shared: &Shared,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::connection::Conn,
 ) -> redis::RedisResult<()> {
     let settings = &shared.settings;
     let below = cut(shared.now_ms(), settings.stream_retention);
@@ -278,7 +278,7 @@ async fn trim_control(
 /// or not acknowledged; `None` when the group does not exist (yet), and the
 /// stream must be left alone.
 async fn oldest_unfinished(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut crate::connection::Conn,
     stream: &str,
     settings: &crate::config::Settings,
 ) -> redis::RedisResult<Option<StreamId>> {

@@ -18,7 +18,7 @@ use super::clock::host_ms;
 use super::Shared;
 use crate::config::Settings;
 use crate::store::lease::{self, Renewal};
-use redis::aio::ConnectionManager;
+use crate::connection::Conn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,7 +78,7 @@ impl Health {
 /// Registers the current epoch's lease.
 pub(super) async fn register(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
 ) -> redis::RedisResult<()> {
     let owner = shared.epoch().owner.clone();
     let sent = host_ms();
@@ -90,7 +90,7 @@ pub(super) async fn register(
 
 /// Renews the lease every third of its time to live (or at once when a
 /// write found it lost), until the daemon stops; then gives it up.
-pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager) {
+pub(super) async fn run(shared: Arc<Shared>, mut conn: Conn) {
     let renew_every = shared.settings.lease_ttl / 3;
     let mut streak = super::Streak::new("lease");
     loop {
@@ -104,7 +104,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut conn: ConnectionManager) {
     hand_over(&shared, &mut conn).await;
 }
 
-async fn renew(shared: &Shared, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+async fn renew(shared: &Shared, conn: &mut Conn) -> redis::RedisResult<()> {
     let owner = shared.epoch().owner.clone();
     let sent = host_ms();
     let (renewal, now) =
@@ -125,7 +125,7 @@ async fn renew(shared: &Shared, conn: &mut ConnectionManager) -> redis::RedisRes
 
 /// The end of a stop: no more starts are taken, what was taken is created,
 /// then the lease is given up so that others take its sagas at once.
-async fn hand_over(shared: &Shared, conn: &mut ConnectionManager) {
+async fn hand_over(shared: &Shared, conn: &mut Conn) {
     let grace = shared.settings.shutdown_grace;
     shared.feeders.close();
     if tokio::time::timeout(grace, shared.feeders.wait())

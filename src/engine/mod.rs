@@ -31,7 +31,7 @@ use crate::streams;
 use crate::telemetry::metrics;
 use clock::Clock;
 use lease::Epoch;
-use redis::aio::ConnectionManager;
+use crate::connection::{self, Conn};
 use router::Router;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -77,8 +77,8 @@ const ADOPTIONS_AT_ONCE: usize = 16;
 pub(crate) struct Shared {
     pub settings: Settings,
     pub catalog: Catalog,
-    pub client: redis::Client,
-    pub conn: ConnectionManager,
+    pub client: connection::Client,
+    pub conn: Conn,
     pub router: Router,
     pub shutdown: CancellationToken,
     /// Every task of the daemon.
@@ -215,20 +215,20 @@ impl Daemon {
         catalog: Catalog,
         shutdown: CancellationToken,
     ) -> Result<Self, EngineError> {
-        let client = redis::Client::open(settings.redis_url.as_str()).map_err(|source| {
+        let redis_client = redis::Client::open(settings.redis_url.as_str()).map_err(|source| {
             EngineError::BadRedisUrl {
                 url: crate::config::redacted(&settings.redis_url),
                 source,
             }
         })?;
-        let mut conn = connect_with_retry(&client, &settings, &shutdown).await?;
+        let (client, mut conn) = connect_with_retry(&redis_client, &settings, &shutdown).await?;
         create_groups(&mut conn, &settings, &catalog).await?;
         definitions::publish(&mut conn, &settings, &catalog)
             .await
             .map_err(|source| EngineError::Publish { source })?;
         // The lease keeper's own connection: a renewal never waits behind
         // the writes of thousands of sagas.
-        let lease_conn = connect_with_retry(&client, &settings, &shutdown).await?;
+        let (_, lease_conn) = connect_with_retry(&redis_client, &settings, &shutdown).await?;
         let epoch = Arc::new(Epoch::new(&settings, &shutdown));
         let shared = Arc::new(Shared {
             permits: Arc::new(Semaphore::new(settings.max_in_flight)),
@@ -358,11 +358,16 @@ async fn connect_with_retry(
     client: &redis::Client,
     settings: &Settings,
     shutdown: &CancellationToken,
-) -> Result<ConnectionManager, EngineError> {
+) -> Result<(connection::Client, Conn), EngineError> {
     let mut delay = Duration::from_millis(100);
     let mut warned = false;
     loop {
-        match streams::command_connection(client, settings.redis_response_timeout).await {
+        let connected = async {
+            let client = connection::Client::resolve(client.clone(), settings.redis_mode).await?;
+            let conn = client.commands(settings.redis_response_timeout).await?;
+            Ok::<_, redis::RedisError>((client, conn))
+        };
+        match connected.await {
             Ok(conn) => {
                 if warned {
                     tracing::info!(url = %crate::config::redacted(&settings.redis_url), "Redis is reachable");
@@ -388,7 +393,7 @@ async fn connect_with_retry(
 /// any daemon ran are taken too. Also called when Redis answers that a
 /// group is gone (a Redis that came back without its data).
 pub(crate) async fn create_groups(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     settings: &Settings,
     catalog: &Catalog,
 ) -> Result<(), EngineError> {
@@ -404,7 +409,7 @@ pub(crate) fn is_nogroup(e: &redis::RedisError) -> bool {
 }
 
 async fn create_group(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     stream: &str,
     group: &str,
 ) -> Result<(), EngineError> {

@@ -4,16 +4,15 @@
 //! attempt.
 
 use super::{pause, Shared, RECONNECT_MAX_DELAY};
-use crate::streams;
 use crate::telemetry::metrics;
-use redis::aio::MultiplexedConnection;
+use crate::connection::Conn;
 use std::time::Duration;
 
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 
 pub(super) struct ReadConnection {
     what: &'static str,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Conn>,
     delay: Duration,
     failing: bool,
 }
@@ -30,9 +29,9 @@ impl ReadConnection {
 
     /// The connection, made if needed; `None` if the daemon stopped while
     /// Redis could not be reached.
-    pub async fn get(&mut self, shared: &Shared) -> Option<&mut MultiplexedConnection> {
+    pub async fn get(&mut self, shared: &Shared) -> Option<&mut Conn> {
         while self.conn.is_none() {
-            match streams::blocking_connection(&shared.client, shared.settings.block).await {
+            match shared.client.blocking(shared.settings.block).await {
                 Ok(c) => self.conn = Some(c),
                 Err(e) => {
                     if !self.failed(shared, &e).await {

@@ -11,7 +11,7 @@
 use super::{driver, intake, pause, Shared};
 use crate::protocol::limits::MAX_START_ENTRY_BYTES;
 use crate::store::{lease, maintain, read};
-use redis::aio::ConnectionManager;
+use crate::connection::Conn;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +35,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
 /// Claims the sagas of dead owners and resumes them.
 async fn take_over_sagas(
     shared: &Arc<Shared>,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
 ) -> redis::RedisResult<()> {
     if shared.permits.available_permits() == 0 {
         return Ok(());
@@ -74,7 +74,7 @@ async fn take_over_sagas(
 /// entry.
 async fn take_over_starts(
     shared: &Arc<Shared>,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
 ) -> redis::RedisResult<()> {
     let min_idle = shared.settings.lease_ttl;
     for stream in super::trigger_streams(&shared.settings, &shared.catalog) {
@@ -124,7 +124,7 @@ async fn take_over_starts(
 /// and acknowledges them.
 async fn dead_letter_poison(
     shared: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     stream: &str,
     min_idle: Duration,
 ) -> redis::RedisResult<()> {

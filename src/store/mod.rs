@@ -13,6 +13,7 @@
 //! - [`inspect`]: bounded reads for an operator's view (`sagaflow doctor`).
 
 pub mod inspect;
+pub mod keys;
 pub mod lease;
 pub mod maintain;
 pub mod read;

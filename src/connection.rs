@@ -1,0 +1,227 @@
+//! Connections to Redis, one server or a Redis Cluster, behind one type.
+//!
+//! [`Client`] says where Redis is and how it is deployed; [`Conn`] is a
+//! connection to it that every caller uses alike (it implements redis-rs's
+//! `ConnectionLike`). On a cluster each command goes to the master of its
+//! keys' slot, and a command or script whose keys span slots is refused
+//! (`CROSSSLOT`), which is why the store keeps every key one transition
+//! touches under one hash tag (see [`crate::store::keys`]).
+//!
+//! Which one it is comes from the `redis_mode` setting: `single`, `cluster`,
+//! or `auto` (the default), which asks the server (`INFO cluster`) once at
+//! start-up. A server that does not let the user run `INFO` is taken for a
+//! single Redis: set `redis_mode: cluster` for such a user on a cluster.
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use std::time::Duration;
+
+/// How Redis is deployed, as the `redis_mode` setting says it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RedisMode {
+    /// Asked of the server at start-up.
+    #[default]
+    Auto,
+    /// One server (a Sentinel-managed primary too): every key on it.
+    Single,
+    /// A Redis Cluster, reached through any of its nodes.
+    Cluster,
+}
+
+impl RedisMode {
+    pub fn parse(v: &str) -> Result<Self, String> {
+        match v.trim() {
+            "auto" => Ok(Self::Auto),
+            "single" => Ok(Self::Single),
+            "cluster" => Ok(Self::Cluster),
+            other => Err(format!(
+                "`{other}` is no Redis mode; use auto, single or cluster"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Single => "single",
+            Self::Cluster => "cluster",
+        }
+    }
+}
+
+/// The longest a connection attempt to one node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where Redis is, resolved to one server or a cluster.
+#[derive(Clone)]
+pub enum Client {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+impl Client {
+    /// A client for `client`'s server, asking it (for [`RedisMode::Auto`])
+    /// whether it is a cluster node. Fails when the server cannot be
+    /// reached (for `auto`) or the cluster client cannot be made.
+    pub async fn resolve(client: redis::Client, mode: RedisMode) -> RedisResult<Self> {
+        let cluster = match mode {
+            RedisMode::Single => false,
+            RedisMode::Cluster => true,
+            RedisMode::Auto => is_cluster_node(&client).await?,
+        };
+        if !cluster {
+            return Ok(Self::Single(client));
+        }
+        let cluster = ClusterClientBuilder::new(vec![client.get_connection_info().clone()])
+            .connection_timeout(CONNECT_TIMEOUT)
+            .build()?;
+        Ok(Self::Cluster(cluster))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// A shared, reconnecting connection for short commands, each answered
+    /// within `response_timeout`.
+    pub async fn commands(&self, response_timeout: Duration) -> RedisResult<Conn> {
+        match self {
+            Self::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(response_timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_secs(2));
+                Ok(Conn::Single(
+                    client.get_connection_manager_with_config(config).await?,
+                ))
+            }
+            Self::Cluster(client) => cluster_connection(client, response_timeout).await,
+        }
+    }
+
+    /// A connection for one blocking read loop. redis-rs gives async
+    /// connections a 500 ms response timeout by default; a `BLOCK` longer
+    /// than that would fail client-side while staying live on the server,
+    /// so blocking readers get their own connection with a timeout well
+    /// above their `BLOCK`.
+    pub async fn blocking(&self, block: Duration) -> RedisResult<Conn> {
+        let timeout = block + Duration::from_secs(5);
+        match self {
+            Self::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(timeout));
+                Ok(Conn::Multiplexed(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                ))
+            }
+            Self::Cluster(client) => cluster_connection(client, timeout).await,
+        }
+    }
+}
+
+async fn cluster_connection(client: &ClusterClient, timeout: Duration) -> RedisResult<Conn> {
+    let config = redis::cluster::ClusterConfig::new()
+        .set_connection_timeout(CONNECT_TIMEOUT)
+        .set_response_timeout(timeout);
+    Ok(Conn::Cluster(
+        client.get_async_connection_with_config(config).await?,
+    ))
+}
+
+/// Whether the server behind `client` runs with `cluster-enabled yes`. A
+/// server that refuses `INFO` to this user counts as a single Redis.
+async fn is_cluster_node(client: &redis::Client) -> RedisResult<bool> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(CONNECT_TIMEOUT));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    match redis::cmd("INFO")
+        .arg("cluster")
+        .query_async::<String>(&mut conn)
+        .await
+    {
+        Ok(info) => Ok(info.lines().any(|l| l.trim() == "cluster_enabled:1")),
+        Err(e) if e.code() == Some("NOPERM") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A connection to Redis, to one server or to a cluster.
+#[derive(Clone)]
+pub enum Conn {
+    /// Reconnecting, for short commands.
+    Single(ConnectionManager),
+    /// For a blocking read loop, remade by its owner after an error.
+    Multiplexed(redis::aio::MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// Waits until the writes made so far to the master that holds `key`
+    /// reached `replicas` of its replicas, for at most `timeout`; returns
+    /// how many did. On one server, the server is the one asked.
+    pub async fn wait_replicas(
+        &mut self,
+        key: &str,
+        replicas: usize,
+        timeout: Duration,
+    ) -> RedisResult<usize> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas)
+            .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        match self {
+            Self::Cluster(conn) => {
+                let route = Route::with_key(key, SlotAddr::Master);
+                let routing =
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let reply = conn.route_command(wait, routing).await?;
+                Ok(redis::from_redis_value(reply)?)
+            }
+            other => wait.query_async(other).await,
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Multiplexed(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Multiplexed(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
