@@ -185,8 +185,7 @@ impl Conn {
         match self {
             Self::Cluster(conn) => {
                 let route = Route::with_key(key, SlotAddr::Master);
-                let routing =
-                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
                 let reply = conn.route_command(wait, routing).await?;
                 Ok(redis::from_redis_value(reply)?)
             }

@@ -6,6 +6,8 @@ use crate::config::Settings;
 use crate::definition::SagaDefinition;
 use crate::protocol::{fields as f, CorrelationId, SagaId};
 use crate::saga::SagaState;
+use crate::store::keys::Keys;
+use crate::store::sagas;
 use crate::streams::{self, Entry};
 use redis::aio::MultiplexedConnection;
 
@@ -73,35 +75,29 @@ pub async fn read(
     settings: &Settings,
     saga_id: &str,
 ) -> Result<Option<Record>, String> {
-    let key = settings.saga_key(saga_id);
-    let ((state, owner), ttl): ((Option<String>, Option<String>), i64) = redis::pipe()
-        .cmd("HMGET")
-        .arg(&key)
-        .arg("state")
-        .arg("owner")
-        .cmd("TTL")
-        .arg(&key)
-        .query_async(conn)
+    let stored = sagas::load(conn, &Keys::of(settings), saga_id)
         .await
         .map_err(|e| format!("cannot read saga {saga_id}: {e}"))?;
-    let Some(state) = state else { return Ok(None) };
-    let state = serde_json::from_str(&state)
+    let Some(stored) = stored else {
+        return Ok(None);
+    };
+    let state = serde_json::from_str(&stored.state)
         .map_err(|e| format!("the record of saga {saga_id} cannot be read: {e}"))?;
     Ok(Some(Record {
         state,
-        owner,
-        expires_in: (ttl >= 0).then_some(ttl),
+        owner: stored.owner,
+        expires_in: stored.expires_in,
     }))
 }
 
-/// Every saga record, in no order. Scans the keyspace (there is no index
-/// of ended sagas): meant for operators, not for a hot path.
+/// The sagas most recently changed, at most `max`, from the partitions'
+/// indexes of sagas by phase.
 pub async fn list(
     conn: &mut MultiplexedConnection,
     settings: &Settings,
+    max: usize,
 ) -> Result<Vec<Record>, String> {
-    let pattern = format!("{}{{*}}", settings.saga_key_prefix);
-    Ok(scan(conn, &pattern, |_| true, usize::MAX).await?.records)
+    Ok(scan(conn, settings, |_| true, |_| true, max).await?.records)
 }
 
 /// At most this many sagas are read for one name given on the command
@@ -180,10 +176,9 @@ pub async fn find(
                 records,
             })
         }
-        // Hex digits only: nothing in the pattern is special to MATCH.
         SagaRef::Id(prefix) => {
-            let pattern = format!("{}{{{prefix}*}}", settings.saga_key_prefix);
-            let mut found = scan(conn, &pattern, |_| true, MAX_MATCHES).await?;
+            let wanted = |id: &str| id.starts_with(prefix.as_str());
+            let mut found = scan(conn, settings, wanted, |_| true, MAX_MATCHES).await?;
             if let [only] = found.records.as_slice() {
                 // With its expiry, which a scan does not read.
                 let id = only.state.saga_id.to_string();
@@ -192,10 +187,10 @@ pub async fn find(
             Ok(found)
         }
         SagaRef::Correlation(want) => {
-            let pattern = format!("{}{{*}}", settings.saga_key_prefix);
             let mut found = scan(
                 conn,
-                &pattern,
+                settings,
+                |_| true,
                 |r| r.state.correlation_id == *want,
                 MAX_MATCHES,
             )
@@ -212,35 +207,25 @@ pub async fn find(
     }
 }
 
-/// The records of the keys matching `pattern` that `keep` keeps: at most
-/// `max` of them, and how many there are. Keys are read 1000 per `SCAN` and
-/// records 500 per pipeline.
+/// Sagas most recently changed first, found through the partitions'
+/// indexes (every saga not yet expired is in one): those whose id `by_id`
+/// keeps and whose record `keep` keeps, at most `max` of them, and how many
+/// there are. Records are read 500 per pipeline.
 async fn scan(
     conn: &mut MultiplexedConnection,
-    pattern: &str,
+    settings: &Settings,
+    by_id: impl Fn(&str) -> bool,
     mut keep: impl FnMut(&Record) -> bool,
     max: usize,
 ) -> Result<Found, String> {
-    let mut keys = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(1000)
-            .arg("TYPE")
-            .arg("hash")
-            .query_async(conn)
-            .await
-            .map_err(|e| format!("cannot list sagas: {e}"))?;
-        keys.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    let store_keys = Keys::of(settings);
+    let keys: Vec<String> = sagas::ids(conn, &store_keys, &[], usize::MAX)
+        .await
+        .map_err(|e| format!("cannot list sagas: {e}"))?
+        .into_iter()
+        .filter(|id| by_id(id))
+        .map(|id| store_keys.record(&id))
+        .collect();
     let mut found = Found::default();
     for chunk in keys.chunks(500) {
         let mut pipe = redis::pipe();
@@ -280,7 +265,7 @@ pub async fn definition(
     settings: &Settings,
     saga: &SagaState,
 ) -> Option<SagaDefinition> {
-    let key = settings.definition_key(&saga.saga, &saga.definition_version);
+    let key = Keys::of(settings).definition(&saga.saga, &saga.definition_version);
     let text: Option<String> = redis::cmd("GET").arg(&key).query_async(conn).await.ok()?;
     crate::definition::load_str(std::path::Path::new(&key), &text?).ok()
 }
@@ -336,7 +321,7 @@ pub async fn live_owners(
 ) -> Result<std::collections::HashSet<String>, String> {
     let now_ms = redis_now_ms(conn).await?;
     let owners: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-        .arg(settings.leases_key())
+        .arg(Keys::of(settings).leases())
         .arg(format!("({now_ms}"))
         .arg("+inf")
         .query_async(conn)

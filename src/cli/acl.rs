@@ -15,6 +15,7 @@ use super::run::RedisArgs;
 use crate::config::Settings;
 use crate::definition::{self, Catalog};
 use crate::handler::SimulationOptions;
+use crate::store::keys::Keys;
 use clap::{Args, ValueEnum};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -296,10 +297,12 @@ fn roles(
             rules: handler(settings, &streams, group)?,
         });
     }
+    let keys = Keys::of(settings);
     let records = [
-        shaped(&settings.saga_key(MARK)),
-        literal(&settings.leases_key()),
-        shaped(&settings.definition_key(MARK, MARK)),
+        shaped(&keys.in_any_partition(MARK, &format!("record:{MARK}"))),
+        shaped(&keys.in_any_partition(MARK, &format!("index:{MARK}"))),
+        literal(&keys.leases()),
+        shaped(&keys.definition(MARK, MARK)),
     ];
     let events = literal(&settings.events_stream);
     let mut starter = commands_rule(START_COMMANDS);
@@ -326,8 +329,8 @@ fn roles(
     // What `doctor` looks at besides the records: who owns what, the
     // streams the definitions name and the dead-letter streams.
     let looked_at = [
-        literal(&settings.owners_key()),
-        shaped(&settings.owned_key(MARK)),
+        literal(&keys.owners()),
+        shaped(&keys.in_any_partition(MARK, &format!("owned:{MARK}"))),
         literal(&settings.dead_letter_stream),
         shaped(&crate::handler::dead_letter_key(MARK)),
     ]
@@ -362,14 +365,15 @@ fn roles(
 /// The daemon: everything it uses, and no write to the control stream.
 fn daemon(settings: &Settings, catalog: &Catalog) -> Result<Role, String> {
     let mut rules = commands_rule(DAEMON_COMMANDS);
+    let keys = Keys::of(settings);
     let owned = [
-        shaped(&settings.saga_key(MARK)),
-        literal(&settings.leases_key()),
-        literal(&settings.owners_key()),
-        shaped(&settings.owned_key(MARK)),
-        shaped(&settings.definition_key(MARK, MARK)),
-        shaped(&settings.idempotency_key(MARK, MARK)),
-        shaped(&settings.nonce_key(MARK)),
+        shaped(&keys.in_any_partition(MARK, MARK)),
+        literal(&keys.leases()),
+        literal(&keys.owners()),
+        shaped(&keys.any_relayed(MARK)),
+        shaped(&keys.definition(MARK, MARK)),
+        shaped(&keys.idempotency(MARK, MARK)),
+        shaped(&keys.nonce(MARK)),
         literal(&settings.events_stream),
         prefix(&settings.reply_stream_prefix),
     ];

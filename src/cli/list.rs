@@ -45,7 +45,9 @@ Records are kept for the retention after a saga ends (7 days by default).
 The state column says cancelled, abandoned, parked or orphaned where that is
 what a saga is; `at` names the step under way (`undo STEP` for its
 compensation), or for a failed saga the compensation it is stuck on
-(`undo STEP`: the STEP that `sagaflow skip --step` needs). Every record is read (SCAN): meant for people, not for a hot path.
+(`undo STEP`: the STEP that `sagaflow skip --step` needs). Sagas are found through
+the indexes of sagas by phase that the daemon keeps, never by a scan of the
+keyspace.
 
 Exit codes: 0 listed (even none); 1 a bad configuration file; 2 a usage
 error; 3 Redis cannot be reached or read.")]
@@ -85,7 +87,7 @@ async fn list(args: ListArgs) -> Result<ExitCode, Failure> {
     let now = operator::redis_now_ms(&mut conn).await?;
     let mut rows = Vec::new();
     let live = operator::live_owners(&mut conn, &settings).await?;
-    for record in operator::list(&mut conn, &settings).await? {
+    for record in operator::list(&mut conn, &settings, usize::MAX).await? {
         let s = &record.state;
         if args.saga.as_ref().is_some_and(|name| *name != s.saga) {
             continue;

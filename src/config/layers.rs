@@ -54,6 +54,7 @@ macro_rules! keys {
 keys! {
     "redis_url" => redis_url: text,
     "redis_mode" => redis_mode: mode,
+    "wait_replicas" => wait_replicas: count,
     "sagas" => sagas_dir: path,
     "node_id" => node_id: text,
     "trigger_stream" => trigger_stream: text,

@@ -18,6 +18,11 @@ pub struct Settings {
     pub redis_url: String,
     /// One server, a cluster, or asked of the server at start-up.
     pub redis_mode: crate::connection::RedisMode,
+    /// On a cluster: the replicas each master must have passed a
+    /// transition's record (and each relayed write) to before it is relayed
+    /// (and removed from the outbox), with `WAIT`: what makes a failover
+    /// lose no saga and double no write. 0 waits for none.
+    pub wait_replicas: usize,
     pub sagas_dir: PathBuf,
     /// Names this daemon instance: its trigger consumer, and the start of
     /// its owner tokens and reply streams.
@@ -40,7 +45,8 @@ pub struct Settings {
     pub control_maxlen: usize,
     /// Reply streams are `<prefix><node_id>`.
     pub reply_stream_prefix: String,
-    /// Saga records are `<prefix>{<saga_id>}`.
+    /// Every key the store keeps begins with it (see
+    /// [`crate::store::keys`]).
     pub saga_key_prefix: String,
     /// How long a saga's record outlives its end.
     pub retention: Duration,
@@ -96,6 +102,7 @@ impl Default for Settings {
         Self {
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_mode: crate::connection::RedisMode::Auto,
+            wait_replicas: 0,
             sagas_dir: PathBuf::from("sagas"),
             node_id: crate::protocol::ids::new_uuid_hex(),
             trigger_stream: "mission:start".into(),
@@ -146,50 +153,6 @@ impl Settings {
     /// yet to read.
     pub fn reply_stream(&self, owner: &str) -> String {
         format!("{}{owner}", self.reply_stream_prefix)
-    }
-
-    /// The record key of a saga, hash-tagged so that everything about one
-    /// saga stays in one Redis Cluster slot.
-    pub fn saga_key(&self, saga_id: &str) -> String {
-        format!("{}{{{saga_id}}}", self.saga_key_prefix)
-    }
-
-    /// The sorted set of daemon leases: member = owner token, score = the
-    /// unix ms at which the lease runs out.
-    pub fn leases_key(&self) -> String {
-        format!("{}leases", self.saga_key_prefix)
-    }
-
-    /// The set of every owner token whose sagas may still exist.
-    pub fn owners_key(&self) -> String {
-        format!("{}owners", self.saga_key_prefix)
-    }
-
-    /// The set of the sagas held under one owner token.
-    pub fn owned_key(&self, owner: &str) -> String {
-        format!("{}owned:{{{owner}}}", self.saga_key_prefix)
-    }
-
-    /// Marks an operator's request as carried out, by its nonce.
-    pub fn nonce_key(&self, nonce: &str) -> String {
-        format!("{}control:nonce:{{{nonce}}}", self.saga_key_prefix)
-    }
-
-    /// The owner token of a key made by [`Self::owned_key`].
-    pub fn owner_of_owned_key<'k>(&self, key: &'k str) -> Option<&'k str> {
-        key.strip_prefix(&self.saga_key_prefix)?
-            .strip_prefix("owned:{")?
-            .strip_suffix('}')
-            .filter(|owner| !owner.is_empty())
-    }
-
-    /// Where the text of one version of a definition is kept.
-    pub fn definition_key(&self, saga: &str, version: &str) -> String {
-        format!("{}definition:{{{saga}}}:{version}", self.saga_key_prefix)
-    }
-
-    pub fn idempotency_key(&self, saga: &str, key: &str) -> String {
-        format!("{}idempotency:{{{saga}}}:{key}", self.saga_key_prefix)
     }
 }
 

@@ -131,7 +131,7 @@ fn check(shared: &Shared, request: ControlRequest, written_ms: u64) -> (SagaId, 
 pub(super) async fn first_use(shared: &Shared, nonce: &str) -> bool {
     let mut conn = shared.conn.clone();
     let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
-        .arg(shared.settings.nonce_key(nonce))
+        .arg(crate::store::keys::Keys::of(&shared.settings).nonce(nonce))
         .arg("1")
         .arg("NX")
         .arg("EX")

@@ -4,8 +4,8 @@
 
 use super::Shared;
 use crate::config::Settings;
-use crate::definition::{self, Catalog, SagaDefinition};
 use crate::connection::Conn;
+use crate::definition::{self, Catalog, SagaDefinition};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -31,7 +31,7 @@ pub(super) async fn publish(
     for name in catalog.names() {
         let def = catalog.get(name).expect("listed");
         pipe.cmd("SET")
-            .arg(settings.definition_key(&def.name, &def.version))
+            .arg(crate::store::keys::Keys::of(settings).definition(&def.name, &def.version))
             .arg(def.text.as_ref())
             .arg("EX")
             .arg(KEPT_FOR.as_secs())
@@ -57,7 +57,7 @@ pub(super) async fn resolve(
         return Ok(def.clone());
     }
     let mut conn = shared.conn.clone();
-    let redis_key = shared.settings.definition_key(name, version);
+    let redis_key = crate::store::keys::Keys::of(&shared.settings).definition(name, version);
     let (text,): (Option<String>,) = redis::pipe()
         .cmd("GET")
         .arg(&redis_key)

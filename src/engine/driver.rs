@@ -21,8 +21,9 @@ use crate::protocol::{
     CorrelationId, EventType, SagaEvent, SagaId, SagaStatus, StartRequest, TraceId,
 };
 use crate::saga::{self, Effect, Event, OperatorRequest, Phase, RandomIds, SagaInit, SagaState};
+use crate::store::keys::Keys;
 use crate::store::lease::{self as leases, SagaClaim};
-use crate::store::{maintain, EntryRef, Fence, Ownership, Transition, WriteError, Written};
+use crate::store::{maintain, sagas, EntryRef, Fence, Ownership, Transition, WriteError, Written};
 use crate::telemetry::metrics::{self, InFlight};
 use crate::telemetry::saga::SagaTelemetry;
 use serde_json::json;
@@ -119,7 +120,7 @@ pub(super) async fn start(
                 // The start may be sent again once the cause is mended: its
                 // idempotency key must not name a saga that never was.
                 if let Some(key) = &request.idempotency_key {
-                    let redis_key = shared.settings.idempotency_key(&def.name, key);
+                    let redis_key = Keys::of(&shared.settings).idempotency(&def.name, key);
                     let mut conn = shared.conn.clone();
                     let released = maintain::release_key(&mut conn, &redis_key, saga_id.as_str());
                     if let Err(e) = Box::pin(released).await {
@@ -399,16 +400,13 @@ async fn load_with_owner(
     saga_id: &str,
 ) -> redis::RedisResult<Option<(SagaState, u64, Option<String>)>> {
     let mut conn = shared.conn.clone();
-    let (state, seq, owner): (Option<String>, Option<u64>, Option<String>) = redis::cmd("HMGET")
-        .arg(shared.settings.saga_key(saga_id))
-        .arg("state")
-        .arg("seq")
-        .arg("owner")
-        .query_async(&mut conn)
-        .await?;
-    let Some(state) = state else { return Ok(None) };
+    let keys = Keys::of(&shared.settings);
+    let Some(stored) = sagas::load(&mut conn, &keys, saga_id).await? else {
+        return Ok(None);
+    };
+    let (state, seq, owner) = (stored.state, stored.seq, stored.owner);
     match serde_json::from_str(&state) {
-        Ok(state) => Ok(Some((state, seq.unwrap_or(0), owner))),
+        Ok(state) => Ok(Some((state, seq, owner))),
         Err(e) => {
             tracing::error!(%saga_id, error = %e, "a saga record cannot be read; left as it is");
             Ok(None)
@@ -902,6 +900,9 @@ pub(super) async fn write_until_done(
         match written {
             Ok(written) => {
                 shared.writes.succeeded();
+                if let Some(relays) = &shared.relays {
+                    relays.poke(transition.partition());
+                }
                 return Ok(written);
             }
             Err(e) if e.is_permanent() => {

@@ -6,6 +6,7 @@
 //! logged and counted, and never delay a lease renewal or a saga.
 
 use super::{pause, Shared};
+use crate::store::keys::{Keys, Partition};
 use crate::store::maintain;
 use crate::streams::{text, StreamId};
 use crate::telemetry::metrics;
@@ -64,48 +65,38 @@ pub(super) async fn run(shared: Arc<Shared>) {
     }
 }
 
-/// Keys looked at per SCAN call when looking for owners of older versions.
-const SCAN_COUNT: usize = 1000;
-
-/// Registers the owner of every set of sagas found in Redis that the
-/// registry of owners does not know (left by a version that kept no
-/// registry, or edited by hand), so that the takeover claims their sagas
-/// if no live lease holds them. Done once per start, a SCAN page at a
-/// time.
+/// Registers every owner that has had sagas in a partition but that the
+/// registry of owners does not know (removed by hand, or given up half-way
+/// through a claim), so that the takeover claims their sagas if no live
+/// lease holds them. Done once per start, one partition at a time, from
+/// each partition's registry: never a scan of the keyspace.
 async fn register_unknown_owners(
     shared: &Shared,
     conn: &mut crate::connection::Conn,
 ) -> redis::RedisResult<()> {
-    let settings = &shared.settings;
-    let pattern = settings.owned_key("*");
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .arg("TYPE")
-            .arg("set")
+    let keys = Keys::of(&shared.settings);
+    for p in Partition::all() {
+        let owners: Vec<String> = match redis::cmd("SMEMBERS")
+            .arg(keys.owners_in(p))
             .query_async(conn)
-            .await?;
-        let owners: Vec<&str> = keys
-            .iter()
-            .filter_map(|k| settings.owner_of_owned_key(k))
-            .collect();
+            .await
+        {
+            Ok(owners) => owners,
+            Err(e) if e.code() == Some("WRONGTYPE") => continue,
+            Err(e) => return Err(e),
+        };
         if !owners.is_empty() {
             redis::cmd("SADD")
-                .arg(settings.owners_key())
+                .arg(keys.owners())
                 .arg(&owners)
                 .query_async::<()>(conn)
                 .await?;
         }
-        if next == 0 || shared.shutdown.is_cancelled() {
-            return Ok(());
+        if shared.shutdown.is_cancelled() {
+            break;
         }
-        cursor = next;
     }
+    Ok(())
 }
 
 /// Trims each trigger stream by age and by count, keeping every start the

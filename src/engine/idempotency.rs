@@ -25,7 +25,7 @@ pub(super) async fn claim_idempotency_key(
     key: &str,
     saga_id: &SagaId,
 ) -> Result<Claim, Option<WriteError>> {
-    let redis_key = shared.settings.idempotency_key(saga, key);
+    let redis_key = crate::store::keys::Keys::of(&shared.settings).idempotency(saga, key);
     let mut conn = shared.conn.clone();
     let mut delay = Duration::from_millis(50);
     loop {

@@ -17,8 +17,8 @@
 use super::clock::host_ms;
 use super::Shared;
 use crate::config::Settings;
-use crate::store::lease::{self, Renewal};
 use crate::connection::Conn;
+use crate::store::lease::{self, Renewal};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,10 +76,7 @@ impl Health {
 }
 
 /// Registers the current epoch's lease.
-pub(super) async fn register(
-    shared: &Shared,
-    conn: &mut Conn,
-) -> redis::RedisResult<()> {
+pub(super) async fn register(shared: &Shared, conn: &mut Conn) -> redis::RedisResult<()> {
     let owner = shared.epoch().owner.clone();
     let sent = host_ms();
     let now = lease::register(conn, &shared.settings, &owner, shared.settings.lease_ttl).await?;

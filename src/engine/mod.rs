@@ -20,18 +20,19 @@ mod idempotency;
 mod intake;
 mod lease;
 mod reconnect;
+mod relay;
 mod replies;
 mod router;
 mod takeover;
 pub use housekeeping::command_stream_keep;
 
 use crate::config::Settings;
+use crate::connection::{self, Conn};
 use crate::definition::Catalog;
 use crate::streams;
 use crate::telemetry::metrics;
 use clock::Clock;
 use lease::Epoch;
-use crate::connection::{self, Conn};
 use router::Router;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -107,6 +108,8 @@ pub(crate) struct Shared {
     pub lease: lease::Health,
     /// Asks the lease keeper to renew now: a write found the lease lost.
     pub renew_now: Notify,
+    /// On a cluster, the relay workers of the partitions' outboxes.
+    pub relays: Option<relay::Relays>,
 }
 
 impl Shared {
@@ -237,7 +240,7 @@ impl Daemon {
             lease: lease::Health::new(settings.lease_ttl),
             settings,
             catalog,
-            client,
+            client: client.clone(),
             conn,
             router: Router::default(),
             shutdown,
@@ -250,6 +253,7 @@ impl Daemon {
             clock: Clock::default(),
             epoch: RwLock::new(epoch),
             renew_now: Notify::new(),
+            relays: client.is_cluster().then(relay::Relays::new),
         });
         let mut lease_conn = lease_conn;
         lease::register(&shared, &mut lease_conn)
@@ -267,6 +271,7 @@ impl Daemon {
         shared.tracker.spawn(replies::run(shared.clone()));
         shared.tracker.spawn(control::run(shared.clone()));
         shared.tracker.spawn(housekeeping::run(shared.clone()));
+        relay::start(&shared);
         shared.feeders.spawn(intake::run(shared.clone()));
         shared.feeders.spawn(takeover::run(shared.clone()));
         Ok(Self { shared })
@@ -408,11 +413,7 @@ pub(crate) fn is_nogroup(e: &redis::RedisError) -> bool {
     e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
 }
 
-async fn create_group(
-    conn: &mut Conn,
-    stream: &str,
-    group: &str,
-) -> Result<(), EngineError> {
+async fn create_group(conn: &mut Conn, stream: &str, group: &str) -> Result<(), EngineError> {
     let created: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)

@@ -4,8 +4,8 @@
 //! attempt.
 
 use super::{pause, Shared, RECONNECT_MAX_DELAY};
-use crate::telemetry::metrics;
 use crate::connection::Conn;
+use crate::telemetry::metrics;
 use std::time::Duration;
 
 const FIRST_DELAY: Duration = Duration::from_millis(100);

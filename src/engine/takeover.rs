@@ -9,9 +9,9 @@
 //! claimed no more than the permits it holds for them.
 
 use super::{driver, intake, pause, Shared};
+use crate::connection::Conn;
 use crate::protocol::limits::MAX_START_ENTRY_BYTES;
 use crate::store::{lease, maintain, read};
-use crate::connection::Conn;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,10 +33,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
 }
 
 /// Claims the sagas of dead owners and resumes them.
-async fn take_over_sagas(
-    shared: &Arc<Shared>,
-    conn: &mut Conn,
-) -> redis::RedisResult<()> {
+async fn take_over_sagas(shared: &Arc<Shared>, conn: &mut Conn) -> redis::RedisResult<()> {
     if shared.permits.available_permits() == 0 {
         return Ok(());
     }
@@ -72,10 +69,7 @@ async fn take_over_sagas(
 /// often without being processed go to the dead-letter stream instead.
 /// Taking a start twice is harmless: a start's saga id is derived from its
 /// entry.
-async fn take_over_starts(
-    shared: &Arc<Shared>,
-    conn: &mut Conn,
-) -> redis::RedisResult<()> {
+async fn take_over_starts(shared: &Arc<Shared>, conn: &mut Conn) -> redis::RedisResult<()> {
     let min_idle = shared.settings.lease_ttl;
     for stream in super::trigger_streams(&shared.settings, &shared.catalog) {
         match dead_letter_poison(shared, conn, &stream, min_idle).await {

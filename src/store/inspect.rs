@@ -5,6 +5,7 @@
 //! and none walks the keyspace (no `KEYS`, no `SCAN`): what it reads is
 //! named by the settings, the definitions, or what it read before.
 
+use super::keys::{Keys, Partition};
 use super::scripts::{INSPECT_STREAM, RECENT_FAILURES};
 use crate::config::Settings;
 use redis::aio::ConnectionLike;
@@ -36,7 +37,7 @@ pub async fn leases<C: ConnectionLike + Send>(
     settings: &Settings,
     max: usize,
 ) -> RedisResult<Leases> {
-    let key = settings.leases_key();
+    let key = Keys::of(settings).leases();
     let ((secs, micros), total, rows): ((u64, u64), u64, Vec<(String, f64)>) = redis::pipe()
         .cmd("TIME")
         .cmd("ZCARD")
@@ -62,22 +63,31 @@ pub async fn leases<C: ConnectionLike + Send>(
     })
 }
 
-/// How many sagas `owner` holds, and at most `max` of their ids.
+/// How many sagas `owner` holds, and at most `max` of their ids: its set
+/// in each partition, one partition at a time.
 pub async fn owned<C: ConnectionLike + Send>(
     conn: &mut C,
     settings: &Settings,
     owner: &str,
     max: usize,
 ) -> RedisResult<(u64, Vec<String>)> {
-    let key = settings.owned_key(owner);
-    redis::pipe()
-        .cmd("SCARD")
-        .arg(&key)
-        .cmd("SRANDMEMBER")
-        .arg(&key)
-        .arg(max)
-        .query_async(conn)
-        .await
+    let keys = Keys::of(settings);
+    let (mut total, mut ids) = (0, Vec::new());
+    for p in Partition::all() {
+        let key = keys.owned(p, owner);
+        let (n, some): (u64, Vec<String>) = redis::pipe()
+            .cmd("SCARD")
+            .arg(&key)
+            .cmd("SRANDMEMBER")
+            .arg(&key)
+            .arg(max.saturating_sub(ids.len()))
+            .query_async(conn)
+            .await?;
+        total += n;
+        ids.extend(some);
+    }
+    ids.truncate(max);
+    Ok((total, ids))
 }
 
 /// Whether the text of `version` of saga `saga` is kept in Redis, so that
@@ -89,7 +99,7 @@ pub async fn definition_kept<C: ConnectionLike + Send>(
     version: &str,
 ) -> RedisResult<bool> {
     let n: u64 = redis::cmd("EXISTS")
-        .arg(settings.definition_key(saga, version))
+        .arg(Keys::of(settings).definition(saga, version))
         .query_async(conn)
         .await?;
     Ok(n == 1)

@@ -100,6 +100,10 @@ pub struct Keys {
 }
 
 impl Keys {
+    pub fn of(settings: &crate::config::Settings) -> Self {
+        Self::new(&settings.saga_key_prefix)
+    }
+
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
@@ -156,8 +160,7 @@ impl Keys {
     /// be made to share a slot with.
     pub fn relayed(&self, stream: &str) -> Option<String> {
         let tag = hash_tag(stream);
-        (!tag.contains(['{', '}']))
-            .then(|| format!("{}relayed:{{{tag}}}:{stream}", self.prefix))
+        (!tag.contains(['{', '}'])).then(|| format!("{}relayed:{{{tag}}}:{stream}", self.prefix))
     }
 
     /// Daemons' leases: a sorted set, member the owner token, score the
@@ -186,31 +189,16 @@ impl Keys {
         format!("{}idempotency:{{{saga}}}:{key}", self.prefix)
     }
 
-    /// Shapes of every key, for ACL rules: `*` stands for any text.
-    pub fn patterns(&self) -> KeyPatterns {
-        KeyPatterns {
-            partitioned: format!("{}{{*}}:*", self.prefix),
-            leases: self.leases(),
-            owners: self.owners(),
-            relayed: format!("{}relayed:*", self.prefix),
-            nonce: self.nonce("*"),
-            definition: self.definition("*", "*"),
-            idempotency: self.idempotency("*", "*"),
-        }
+    /// The shape of a key of any partition, `mark` standing for the
+    /// partition's tag: `rest` as given to the partition (for ACL rules).
+    pub fn in_any_partition(&self, mark: &str, rest: &str) -> String {
+        format!("{}{{{mark}}}:{rest}", self.prefix)
     }
-}
 
-/// The shapes of the store's keys (see [`Keys::patterns`]).
-#[derive(Clone, Debug)]
-pub struct KeyPatterns {
-    /// Every key of every partition.
-    pub partitioned: String,
-    pub leases: String,
-    pub owners: String,
-    pub relayed: String,
-    pub nonce: String,
-    pub definition: String,
-    pub idempotency: String,
+    /// The shape of every relay mark, `mark` standing for the rest.
+    pub fn any_relayed(&self, mark: &str) -> String {
+        format!("{}relayed:{mark}", self.prefix)
+    }
 }
 
 /// The part of a key Redis Cluster hashes: the text between the first `{`
@@ -254,7 +242,10 @@ mod tests {
         // would lose every saga stored.
         let tags: Vec<&str> = Partition::all().take(4).map(Partition::tag).collect();
         assert_eq!(tags, ["p0.52", "p1.121", "p2.332", "p3.103"]);
-        assert_eq!(Partition::of("6f1c2b0a9d8e4f7a8b6c5d4e3f2a1b0c").index(), 23);
+        assert_eq!(
+            Partition::of("6f1c2b0a9d8e4f7a8b6c5d4e3f2a1b0c").index(),
+            23
+        );
     }
 
     #[test]
@@ -279,17 +270,10 @@ mod tests {
         let keys = Keys::new("saga:");
         for stream in ["saga:events", "explore:commands", "r:{abc}:x", "a{b}c}"] {
             let mark = keys.relayed(stream).expect("a mark");
-            assert_eq!(
-                slot(&mark),
-                slot(&stream),
-                "{stream}"
-            );
+            assert_eq!(slot(&mark), slot(&stream), "{stream}");
         }
         assert_eq!(keys.relayed("odd{}name"), None);
         assert_eq!(keys.relayed("a}b"), None);
-        assert_eq!(
-            slot(&keys.leases()),
-            slot(&keys.owners())
-        );
+        assert_eq!(slot(&keys.leases()), slot(&keys.owners()));
     }
 }

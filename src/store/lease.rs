@@ -1,23 +1,34 @@
 //! Leases: which daemon drives which saga. Each daemon holds one lease under
 //! an owner token (`<node_id>.<epoch>`), a member of the sorted set
-//! `saga:leases` scored by the unix ms, on Redis's clock, at which it runs
-//! out. The sagas an owner drives are in its set (`saga:owned:{<owner>}`)
-//! and their records name it as `owner`; every owner token ever registered
-//! is in `saga:owners` until its sagas have been claimed, so that an owner
-//! whose lease is gone without a claim (given up half-way, edited by hand)
-//! is still found.
+//! `saga:{leases}` scored by the unix ms, on Redis's clock, at which it runs
+//! out. The sagas an owner drives are in its set in each partition
+//! ([`Keys::owned`]) and their records name it as `owner`; every owner token
+//! ever registered is in `saga:{leases}:owners` until its sagas have been
+//! claimed, so that an owner whose lease is gone without a claim (given up
+//! half-way, edited by hand) is still found.
 //!
-//! Only an owner whose lease is alive on Redis's clock can claim sagas or
-//! take new ones: a daemon that was paused, cut off or skewed cannot take a
-//! saga it would never drive.
+//! Only an owner whose lease is alive on Redis's clock can claim sagas. A
+//! claim fences the dead owner off each partition before it moves its sagas
+//! there, so a daemon that was paused, cut off or skewed cannot add a saga
+//! to a set already claimed; what it created before the fence is claimed
+//! with the rest.
 
+use super::keys::{Keys, Partition};
 use super::scripts::{
-    LEASE_CLAIM, LEASE_DEAD, LEASE_REGISTER, LEASE_RELEASE, LEASE_RENEW, SAGA_CLAIM,
+    LEASE_CHECK, LEASE_DEAD, LEASE_FORGET, LEASE_REGISTER, LEASE_RELEASE, LEASE_RENEW,
+    PARTITION_CLAIM, PARTITION_FENCE, SAGA_CLAIM,
 };
 use crate::config::Settings;
 use redis::aio::ConnectionLike;
 use redis::RedisResult;
 use std::time::Duration;
+
+fn keys(settings: &Settings) -> Keys {
+    Keys::new(&settings.saga_key_prefix)
+}
+
+/// Sagas moved per script of a claim in one partition.
+const CLAIM_CHUNK: usize = 256;
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -31,8 +42,8 @@ pub async fn register<C: ConnectionLike + Send>(
     ttl: Duration,
 ) -> RedisResult<u64> {
     let now: i64 = LEASE_REGISTER
-        .key(settings.leases_key())
-        .key(settings.owners_key())
+        .key(keys(settings).leases())
+        .key(keys(settings).owners())
         .arg(owner)
         .arg(ms(ttl))
         .invoke_async(conn)
@@ -56,7 +67,7 @@ pub async fn renew<C: ConnectionLike + Send>(
     ttl: Duration,
 ) -> RedisResult<(Renewal, u64)> {
     let (kept, now): (i64, i64) = LEASE_RENEW
-        .key(settings.leases_key())
+        .key(keys(settings).leases())
         .arg(owner)
         .arg(ms(ttl))
         .invoke_async(conn)
@@ -76,7 +87,7 @@ pub async fn release<C: ConnectionLike + Send>(
     owner: &str,
 ) -> RedisResult<()> {
     LEASE_RELEASE
-        .key(settings.leases_key())
+        .key(keys(settings).leases())
         .arg(owner)
         .invoke_async::<i64>(conn)
         .await
@@ -94,7 +105,7 @@ pub async fn dead_owners<C: ConnectionLike + Send>(
         let reply: Vec<redis::Value> = LEASE_DEAD
             .run(
                 conn,
-                &[&settings.leases_key(), &settings.owners_key()],
+                &[&keys(settings).leases(), &keys(settings).owners()],
                 &[limit.to_string()],
             )
             .await?;
@@ -122,37 +133,98 @@ pub enum OwnerClaim {
     ClaimerLost,
 }
 
-/// Moves the sagas of `dead` to `claimer`.
+/// Whether `claimer` may take `dead`'s sagas (see `lease_check.lua`).
+async fn check<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    dead: &str,
+    claimer: &str,
+) -> RedisResult<Option<OwnerClaim>> {
+    let code: i64 = LEASE_CHECK
+        .key(keys.leases())
+        .arg(dead)
+        .arg(claimer)
+        .invoke_async(conn)
+        .await?;
+    Ok(match code {
+        1 => None,
+        -1 => Some(OwnerClaim::ClaimerLost),
+        _ => Some(OwnerClaim::Alive),
+    })
+}
+
+/// Moves the sagas of `dead` to `claimer`, partition by partition: each is
+/// fenced first, then its sagas are moved; the owner is forgotten once all
+/// are done. A claim cut short is finished by the next (the owner is still
+/// dead, and a partition done before has nothing left to move).
 pub async fn claim_owner<C: ConnectionLike + Send>(
     conn: &mut C,
     settings: &Settings,
     dead: &str,
     claimer: &str,
 ) -> RedisResult<OwnerClaim> {
-    let reply: Vec<redis::Value> = LEASE_CLAIM
-        .key(settings.leases_key())
-        .key(settings.owners_key())
-        .key(settings.owned_key(dead))
-        .key(settings.owned_key(claimer))
+    let keys = keys(settings);
+    if let Some(no) = check(conn, &keys, dead, claimer).await? {
+        return Ok(no);
+    }
+    let mut moved = Vec::new();
+    for p in Partition::all() {
+        let reply: Vec<redis::Value> = PARTITION_FENCE
+            .key(keys.fenced(p))
+            .key(keys.owned(p, dead))
+            .key(keys.owned(p, claimer))
+            .key(keys.owners_in(p))
+            .arg(dead)
+            .arg(claimer)
+            .invoke_async(conn)
+            .await?;
+        let mut items = reply.into_iter();
+        let code: i64 = match items.next() {
+            Some(v) => redis::from_redis_value(v)?,
+            None => 0,
+        };
+        match code {
+            1 => {}
+            -1 => return Ok(OwnerClaim::ClaimerLost),
+            // A key of the wrong kind: the partition is skipped; its
+            // sagas stay with the dead owner, and `doctor` shows them.
+            _ => {
+                tracing::error!(partition = p.index(), %dead, "a key of a claim is of the wrong kind; partition skipped");
+                continue;
+            }
+        }
+        let ids: Vec<String> = items
+            .filter_map(|v| redis::from_redis_value::<String>(v).ok())
+            .collect();
+        for chunk in ids.chunks(CLAIM_CHUNK) {
+            let mut call = PARTITION_CLAIM.prepare_invoke();
+            call.key(keys.fenced(p))
+                .key(keys.owned(p, dead))
+                .key(keys.owned(p, claimer))
+                .key(keys.owners_in(p));
+            for id in chunk {
+                call.key(keys.record(id));
+            }
+            call.arg(dead).arg(claimer).arg(chunk);
+            let reply: Vec<redis::Value> = call.invoke_async(conn).await?;
+            let mut items = reply.into_iter();
+            let code: i64 = match items.next() {
+                Some(v) => redis::from_redis_value(v)?,
+                None => 0,
+            };
+            if code == -1 {
+                return Ok(OwnerClaim::ClaimerLost);
+            }
+            moved.extend(items.filter_map(|v| redis::from_redis_value::<String>(v).ok()));
+        }
+    }
+    LEASE_FORGET
+        .key(keys.leases())
+        .key(keys.owners())
         .arg(dead)
-        .arg(claimer)
-        .arg(&settings.saga_key_prefix)
-        .invoke_async(conn)
+        .invoke_async::<i64>(conn)
         .await?;
-    let mut items = reply.into_iter();
-    let code: i64 = match items.next() {
-        Some(v) => redis::from_redis_value(v)?,
-        None => 0,
-    };
-    Ok(match code {
-        1 => OwnerClaim::Moved(
-            items
-                .filter_map(|v| redis::from_redis_value::<String>(v).ok())
-                .collect(),
-        ),
-        -1 => OwnerClaim::ClaimerLost,
-        _ => OwnerClaim::Alive,
-    })
+    Ok(OwnerClaim::Moved(moved))
 }
 
 /// Whom one saga must be taken from.
@@ -177,6 +249,8 @@ pub enum SagaClaim {
 /// Makes `claimer` the owner of one saga. With `join`, the saga joins the
 /// claimer's set (it will be driven); without, its record is left as it is
 /// but for the owner (a saga that ended, taken up for an operator).
+/// [`From::AnyDead`] takes it from the owner its record names if that
+/// owner's lease is not alive.
 pub async fn claim_saga<C: ConnectionLike + Send>(
     conn: &mut C,
     settings: &Settings,
@@ -185,16 +259,44 @@ pub async fn claim_saga<C: ConnectionLike + Send>(
     from: From<'_>,
     join: bool,
 ) -> RedisResult<SagaClaim> {
+    let keys = keys(settings);
+    let record = keys.record(saga_id);
     let expected = match from {
-        From::Owner(owner) => owner,
-        From::AnyDead => "",
+        From::Owner(owner) => owner.to_owned(),
+        From::AnyDead => {
+            let owner: Option<String> = redis::cmd("HGET")
+                .arg(&record)
+                .arg("owner")
+                .query_async(conn)
+                .await
+                .or_else(|e| match e.code() {
+                    Some("WRONGTYPE") => Ok(None),
+                    _ => Err(e),
+                })?;
+            let Some(owner) = owner else {
+                return Ok(SagaClaim::NotClaimed);
+            };
+            owner
+        }
     };
+    // The claimer's lease must be alive; for an orphan, the owner's not.
+    let dead = match from {
+        From::Owner(_) => "",
+        From::AnyDead => expected.as_str(),
+    };
+    match check(conn, &keys, dead, claimer).await? {
+        None => {}
+        Some(OwnerClaim::ClaimerLost) => return Ok(SagaClaim::ClaimerLost),
+        Some(_) => return Ok(SagaClaim::NotClaimed),
+    }
+    let p = Partition::of(saga_id);
     let code: i64 = SAGA_CLAIM
-        .key(settings.saga_key(saga_id))
-        .key(settings.leases_key())
-        .key(settings.owned_key(claimer))
+        .key(&record)
+        .key(keys.fenced(p))
+        .key(keys.owned(p, claimer))
+        .key(keys.owners_in(p))
         .arg(claimer)
-        .arg(expected)
+        .arg(&expected)
         .arg(saga_id)
         .arg(if join { "1" } else { "" })
         .invoke_async(conn)

@@ -10,6 +10,9 @@
 //! - [`read`]: bounded reads of streams: at most a given number of entries,
 //!   each at most a given size (larger ones never leave Redis whole).
 //! - [`maintain`]: dead-lettering and trimming of the streams.
+//! - [`keys`]: where everything lives: partitions and key names.
+//! - [`sagas`]: records by id, sagas by phase from the indexes.
+//! - [`relay`]: on a cluster, the relay of the partitions' outboxes.
 //! - [`inspect`]: bounded reads for an operator's view (`sagaflow doctor`).
 
 pub mod inspect;
@@ -17,6 +20,8 @@ pub mod keys;
 pub mod lease;
 pub mod maintain;
 pub mod read;
+pub mod relay;
+pub mod sagas;
 mod scripts;
 pub mod transition;
 

@@ -14,9 +14,13 @@ macro_rules! script {
 script!(LEASE_REGISTER, "clock.lua", "lease_register.lua");
 script!(LEASE_RENEW, "clock.lua", "lease_renew.lua");
 script!(LEASE_RELEASE, "lease_release.lua");
-script!(LEASE_CLAIM, "clock.lua", "lease_claim.lua");
-script!(SAGA_CLAIM, "clock.lua", "saga_claim.lua");
-script!(TRANSITION, "clock.lua", "transition.lua");
+script!(LEASE_CHECK, "clock.lua", "lease_check.lua");
+script!(LEASE_FORGET, "clock.lua", "lease_forget.lua");
+script!(PARTITION_FENCE, "clock.lua", "partition_fence.lua");
+script!(PARTITION_CLAIM, "partition_claim.lua");
+script!(SAGA_CLAIM, "saga_claim.lua");
+script!(TRANSITION, "clock.lua", "writes.lua", "transition.lua");
+script!(RELAY, "writes.lua", "relay.lua");
 script!(DEAD_LETTER, "dead_letter.lua");
 script!(TRIM_TRIGGER, "trim_trigger.lua");
 script!(READ_GROUP, "shrink.lua", "read_group.lua");

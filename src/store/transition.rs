@@ -16,11 +16,12 @@
 //! The saga record is a hash at `saga:{<saga_id>}`: `owner`, `seq` (the last
 //! transition written) and `state` (JSON).
 
+use super::keys::Partition;
 use super::scripts::TRANSITION;
 use crate::config::Settings;
+use crate::connection::Conn;
 use crate::protocol::{Command, SagaEvent};
 use crate::saga::SagaState;
-use redis::aio::ConnectionLike;
 
 /// The largest transition sent to Redis, all arguments together. A saga's
 /// input and each step's result are bounded (1 MiB each, see the protocol
@@ -116,9 +117,27 @@ impl WriteError {
     }
 }
 
-/// The arguments of one `XADD`.
-fn xadd(stream: &str, maxlen: Option<usize>, fields: Vec<(&'static str, String)>) -> Vec<String> {
-    let mut args = vec![stream.to_owned()];
+/// One write a transition makes outside its saga's partition.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Write {
+    /// `xadd`, `expire` or `xack` (see `scripts/writes.lua`).
+    pub op: String,
+    pub key: String,
+    /// The arguments after the key.
+    pub args: Vec<String>,
+    /// Made exactly once when relayed (commands and audit events); the
+    /// others are the same done twice.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub once: bool,
+}
+
+fn xadd(
+    stream: &str,
+    maxlen: Option<usize>,
+    fields: Vec<(&'static str, String)>,
+    once: bool,
+) -> Write {
+    let mut args = Vec::new();
     if let Some(maxlen) = maxlen {
         args.extend(["MAXLEN".to_owned(), "~".to_owned(), maxlen.to_string()]);
     }
@@ -127,17 +146,58 @@ fn xadd(stream: &str, maxlen: Option<usize>, fields: Vec<(&'static str, String)>
         args.push(k.to_owned());
         args.push(v);
     }
-    args
+    Write {
+        op: "xadd".into(),
+        key: stream.to_owned(),
+        args,
+        once,
+    }
+}
+
+/// The ARGV form of writes (see `scripts/writes.lua`), each naming its key
+/// by its position in KEYS: `before` keys, then `keys`, which it adds the
+/// key to when new.
+pub(super) fn write_args(
+    writes: &[Write],
+    before: usize,
+    keys: &mut Vec<String>,
+    args: &mut Vec<String>,
+) {
+    args.push(writes.len().to_string());
+    for w in writes {
+        let at = match keys.iter().position(|k| *k == w.key) {
+            Some(i) => i,
+            None => {
+                keys.push(w.key.clone());
+                keys.len() - 1
+            }
+        };
+        args.push(w.op.clone());
+        args.push((before + at + 1).to_string());
+        args.push(w.args.len().to_string());
+        args.extend(w.args.iter().cloned());
+    }
 }
 
 impl Transition<'_> {
-    fn stream_writes(&self, settings: &Settings) -> Vec<Vec<String>> {
+    /// The partition the transition is written in: its saga's, or for a
+    /// write about no saga, that of the entry it answers.
+    pub fn partition(&self) -> Partition {
+        match (&self.saga, self.ack) {
+            (Some((saga_id, _)), _) => Partition::of(saga_id),
+            (None, Some(at)) => Partition::of(&format!("{}\n{}", at.stream, at.id)),
+            (None, None) => Partition::of(""),
+        }
+    }
+
+    fn writes(&self, settings: &Settings) -> Vec<Write> {
         let mut out = Vec::new();
         for (stream, command) in &self.commands {
             out.push(xadd(
                 stream,
                 Some(settings.commands_maxlen),
                 command.to_fields(),
+                true,
             ));
         }
         for event in &self.events {
@@ -145,38 +205,54 @@ impl Transition<'_> {
                 &settings.events_stream,
                 Some(settings.events_maxlen),
                 event.to_fields(),
+                true,
             ));
         }
-        for (stream, _) in &self.own_reply_streams {
-            out.push(xadd(stream, None, vec![(WAKE_FIELD, "1".into())]));
+        for (stream, ttl) in &self.own_reply_streams {
+            out.push(xadd(stream, None, vec![(WAKE_FIELD, "1".into())], false));
+            out.push(Write {
+                op: "expire".into(),
+                key: (*stream).to_owned(),
+                args: vec![ttl.to_string()],
+                once: false,
+            });
         }
         if let (false, Some(wake)) = (self.own_reply_streams.is_empty(), self.wake) {
             // Wakes the reply reader, blocked on the shared stream, so that
             // it starts reading the new streams now.
-            out.push(xadd(wake, None, vec![(WAKE_FIELD, "1".into())]));
+            out.push(xadd(wake, None, vec![(WAKE_FIELD, "1".into())], false));
+        }
+        if let Some(at) = self.ack {
+            out.push(Write {
+                op: "xack".into(),
+                key: at.stream.clone(),
+                args: vec![settings.trigger_group.clone(), at.id.clone()],
+                once: false,
+            });
         }
         out
     }
 
-    /// Writes the transition.
-    pub async fn write<C: ConnectionLike + Send>(
-        &self,
-        conn: &mut C,
-        settings: &Settings,
-    ) -> Result<Written, WriteError> {
+    /// Writes the transition: on one Redis, all of it in one script; on a
+    /// cluster, the saga's part and its other writes recorded in its
+    /// partition's outbox in one script, the rest left to the relay
+    /// ([`super::relay`]), which `Written::Done` then asks for.
+    pub async fn write(&self, conn: &mut Conn, settings: &Settings) -> Result<Written, WriteError> {
         let state = self.state.map(serde_json::to_string).transpose()?;
-        let writes = self.stream_writes(settings);
+        let writes = self.writes(settings);
         let bytes = state.as_ref().map_or(0, String::len)
-            + writes.iter().flatten().map(String::len).sum::<usize>();
+            + writes
+                .iter()
+                .map(|w| w.key.len() + w.args.iter().map(String::len).sum::<usize>())
+                .sum::<usize>();
         if bytes > MAX_TRANSITION_BYTES {
             return Err(WriteError::TooLarge { bytes });
         }
-        let mut call = TRANSITION.prepare_invoke();
+        let keys_of = super::keys::Keys::new(&settings.saga_key_prefix);
+        let p = self.partition();
+        let cluster = conn.is_cluster();
         let (owner, seq, saga_id, ownership) = match &self.saga {
             Some((saga_id, fence)) => {
-                call.key(settings.saga_key(saga_id))
-                    .key(settings.leases_key())
-                    .key(settings.owned_key(fence.owner));
                 let ownership = match fence.ownership {
                     Ownership::Join => "join",
                     Ownership::Leave => "leave",
@@ -186,23 +262,50 @@ impl Transition<'_> {
             }
             None => ("", 0, "", ""),
         };
-        let (ack_stream, ack_id) = self.ack.map_or(("", ""), |a| (&a.stream[..], &a.id[..]));
-        call.arg(owner)
-            .arg(seq)
-            .arg(saga_id)
-            .arg(state.as_deref().unwrap_or(""))
-            .arg(ownership)
-            .arg(settings.retention.as_secs().max(1))
-            .arg(ack_stream)
-            .arg(&settings.trigger_group)
-            .arg(ack_id)
-            .arg(writes.len());
-        for args in &writes {
-            call.arg(args.len()).arg(args);
+        let record = if saga_id.is_empty() {
+            keys_of.outbox(p)
+        } else {
+            keys_of.record(saga_id)
+        };
+        let mut keys = vec![
+            record,
+            keys_of.owned(p, owner),
+            keys_of.owners_in(p),
+            keys_of.fenced(p),
+            keys_of.outbox(p),
+        ];
+        keys.extend(keys_of.indexes(p));
+        let phase = self.state.map_or("", |s| s.phase.status().as_str());
+        let mut args: Vec<String> = vec![
+            owner.to_owned(),
+            seq.to_string(),
+            saga_id.to_owned(),
+            state.unwrap_or_default(),
+            phase.to_owned(),
+            ownership.to_owned(),
+            settings.retention.as_secs().max(1).to_string(),
+        ];
+        if cluster {
+            args.push("outbox".into());
+            args.push(if writes.is_empty() {
+                String::new()
+            } else {
+                serde_json::to_string(&writes)?
+            });
+        } else {
+            args.push("direct".into());
+            args.push(String::new());
+            keys.push(keys_of.leases());
+            let mut direct_keys = Vec::new();
+            write_args(&writes, keys.len(), &mut direct_keys, &mut args);
+            keys.extend(direct_keys);
         }
-        call.arg(self.own_reply_streams.len());
-        for (stream, ttl) in &self.own_reply_streams {
-            call.arg(stream).arg(ttl);
+        let mut call = TRANSITION.prepare_invoke();
+        for key in &keys {
+            call.key(key);
+        }
+        for arg in &args {
+            call.arg(arg);
         }
         let (code, detail): (i64, String) = call.invoke_async(conn).await?;
         match code {

@@ -1,29 +1,28 @@
--- Makes a live daemon the owner of one saga.
+-- Makes a live daemon the owner of one saga, if its record still names the
+-- owner the claimer read (whose lease the claimer found dead, or that it
+-- takes the saga from on purpose: see lease_check.lua).
 --
--- KEYS[1]  the saga's record (hash: owner, seq, state)
--- KEYS[2]  leases (see lease_register.lua)
--- KEYS[3]  the claimer's set of sagas
--- ARGV[1]  claimer   the claiming owner token; its lease must be alive
--- ARGV[2]  expected  the owner the record must still name ('' for: any
---                    owner without a live lease)
+-- KEYS[1]  the saga's record (hash: owner, seq, phase, state)
+-- KEYS[2]  the partition's fence (see partition_fence.lua)
+-- KEYS[3]  the claimer's set of sagas in the partition
+-- KEYS[4]  the partition's registry of owners (see transition.lua)
+-- ARGV[1]  claimer   the claiming owner token: it must not be fenced
+-- ARGV[2]  expected  the owner the record must still name
 -- ARGV[3]  saga_id
 -- ARGV[4]  join      '1': the saga joins the claimer's set (it will be
 --                    driven); '': it does not (a saga that has ended, taken
 --                    up to answer an operator; its expiry is kept too)
 --
--- Returns 1 claimed, 0 not (no record, another owner, or a live owner),
--- -1 the claimer's own lease is not alive.
+-- Returns 1 claimed, 0 not (no record, or another owner), -1 the claimer
+-- is fenced.
 local claimer, expected, saga_id, join = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local now = now_ms()
-local function alive(owner) return lease_alive(KEYS[2], owner, now) end
-if not alive(claimer) then return -1 end
+if redis.call('ZSCORE', KEYS[2], claimer) then return -1 end
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
 local owner = redis.call('HGET', KEYS[1], 'owner') or ''
-if expected ~= '' then
-  if owner ~= expected then return 0 end
-elseif owner == claimer or (owner ~= '' and alive(owner)) then
-  return 0
-end
+if owner ~= expected or owner == claimer then return 0 end
 redis.call('HSET', KEYS[1], 'owner', claimer)
-if join == '1' then redis.call('SADD', KEYS[3], saga_id) end
+if join == '1' then
+  redis.call('SADD', KEYS[3], saga_id)
+  redis.call('SADD', KEYS[4], claimer)
+end
 return 1

@@ -1,96 +1,109 @@
 -- Writes one saga transition, all of it or none of it: the saga's record,
--- the stream entries it adds (commands, audit events), the expiry of the
--- per-request reply streams it creates, and the acknowledgement of the
--- start entry it answers. Every key is checked before anything is
--- written, so that a key of the wrong kind refuses the whole transition
--- instead of leaving half of it behind.
+-- its place in its partition's indexes and sets, and the writes it makes to
+-- shared keys (commands, audit events, the expiry of per-request reply
+-- streams, the acknowledgement of the start entry it answers). Every key is
+-- checked before anything is written, so that a key of the wrong kind
+-- refuses the whole transition instead of leaving half of it behind.
 --
--- Without KEYS the transition is about no saga (a rejected start): only
--- the entries and the acknowledgement are written.
+-- The writes to shared keys are made here ('direct', on one Redis, where
+-- every key is at hand), or recorded in the partition's outbox, for the
+-- relay to make in each key's own slot ('outbox', on a cluster).
 --
--- KEYS[1]  the saga's record (hash: owner, seq, state)
--- KEYS[2]  leases (see lease_register.lua)
--- KEYS[3]  the writer's set of sagas
+-- KEYS[1]    the saga's record (hash: owner, seq, phase, state)
+-- KEYS[2]    the writer's set of sagas in the partition
+-- KEYS[3]    the partition's registry of owners with a set there
+-- KEYS[4]    the partition's fence: owners claimed there (sorted set)
+-- KEYS[5]    the partition's outbox (stream)
+-- KEYS[6-10] the partition's indexes: running, compensating, completed,
+--            compensated, failed (sorted sets: saga id by time)
+-- KEYS[11]   in 'direct' mode: leases (see lease_register.lua): a join
+--            also needs the writer's lease alive on Redis's clock
+-- KEYS[12..] in 'direct' mode, the keys the writes name
 --
 -- ARGV[1]  owner      the writer's owner token: the record must name it
 -- ARGV[2]  seq        this transition's number (1 creates the saga)
--- ARGV[3]  saga_id
+-- ARGV[3]  saga_id    '' for a write about no saga (a rejected start):
+--                     only the writes are made
 -- ARGV[4]  state      the saga's state as JSON; '' leaves it as it is
--- ARGV[5]  ownership  'join': the saga is (again) driven by the writer,
---                     whose lease must be alive on Redis's clock; it joins
+-- ARGV[5]  phase      the saga's phase (one of the indexes); '' for none
+-- ARGV[6]  ownership  'join': the saga is (again) driven by the writer,
+--                     which must not be fenced in the partition; it joins
 --                     the writer's set and loses any expiry.
 --                     'leave': it has ended; it leaves the set and expires.
 --                     '': neither
--- ARGV[6]  expire_s   the record's expiry in seconds, for 'leave'
--- ARGV[7]  ack_stream the stream of the entry to acknowledge ('' for none)
--- ARGV[8]  ack_group
--- ARGV[9]  ack_id
--- ARGV[10] xadds      the number of XADDs, each given as its argument
---                     count then its arguments (the stream first)
--- then     expires    the number of EXPIREs, each as key then seconds
+-- ARGV[7]  expire_s   the record's expiry in seconds, for 'leave'
+-- ARGV[8]  mode       'direct' or 'outbox'
+-- ARGV[9]  outbox     for 'outbox': the writes, encoded, '' for none
+-- ARGV[10] n          for 'direct': the number of writes (see writes.lua),
+--                     from ARGV[11] on
 --
 -- Returns {code, detail}:
 --   1 written; 2 written before (a retry after a lost answer);
 --   0 not ours (another owner, or a creation of a saga that exists);
---   3 lease lost (a join under a lease that ran out: nothing written);
+--   3 lease lost (a join by an owner whose sagas were claimed in the
+--     partition, or, in 'direct' mode, whose lease ran out: nothing written);
 --   4 wrong type (detail: the key that is not what it must be).
 local owner_arg, seq_arg, saga_id, state = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local ownership, expire_s = ARGV[5], tonumber(ARGV[6])
-local ack_stream, ack_group, ack_id = ARGV[7], ARGV[8], ARGV[9]
+local phase, ownership, expire_s, mode = ARGV[5], ARGV[6], tonumber(ARGV[7]), ARGV[8]
+local PHASES = { running = 6, compensating = 7, completed = 8, compensated = 9, failed = 10 }
 
-local function kind(key) return redis.call('TYPE', key).ok end
 local function must_be(key, wanted)
-  local k = kind(key)
+  local k = redis.call('TYPE', key).ok
   return k == wanted or k == 'none'
 end
 
--- The stream writes, read once; every key checked before any write.
-local xadds, i = {}, 11
-for _ = 1, tonumber(ARGV[10]) do
-  local n = tonumber(ARGV[i])
-  table.insert(xadds, {i + 1, i + n})
-  if not must_be(ARGV[i + 1], 'stream') then return {4, ARGV[i + 1]} end
-  i = i + n + 1
+local ops = {}
+if mode == 'direct' then
+  ops = read_writes(11, tonumber(ARGV[10]))
+  local bad = check_writes(ops)
+  if bad then return {4, bad} end
+elseif ARGV[9] ~= '' and not must_be(KEYS[5], 'stream') then
+  return {4, KEYS[5]}
 end
-local expires = {}
-for _ = 1, tonumber(ARGV[i]) do
-  table.insert(expires, {ARGV[i + 1], ARGV[i + 2]})
-  i = i + 2
-end
-if ack_stream ~= '' and not must_be(ack_stream, 'stream') then return {4, ack_stream} end
 
-if #KEYS > 0 then
-  if not must_be(KEYS[1], 'hash') then return {4, KEYS[1]} end
-  if not must_be(KEYS[2], 'zset') then return {4, KEYS[2]} end
-  if not must_be(KEYS[3], 'set') then return {4, KEYS[3]} end
-  local record = redis.call('HMGET', KEYS[1], 'owner', 'seq')
-  local owner, seq = record[1], tonumber(record[2] or '0')
+if saga_id ~= '' then
+  local kinds = { 'hash', 'set', 'set', 'zset' }
+  for i, kind in ipairs(kinds) do
+    if not must_be(KEYS[i], kind) then return {4, KEYS[i]} end
+  end
+  local last = mode == 'direct' and 11 or 10
+  for i = 6, last do
+    if not must_be(KEYS[i], 'zset') then return {4, KEYS[i]} end
+  end
+  local record = redis.call('HMGET', KEYS[1], 'owner', 'seq', 'phase')
+  local owner, seq, was = record[1], tonumber(record[2] or '0'), record[3]
   local creating = seq_arg == 1 and not owner
   if not creating and owner ~= owner_arg then return {0, ''} end
   if seq >= seq_arg then return {2, ''} end
   if ownership == 'join' then
-    if not lease_alive(KEYS[2], owner_arg, now_ms()) then return {3, ''} end
+    if redis.call('ZSCORE', KEYS[4], owner_arg) then return {3, ''} end
+    if mode == 'direct' and not lease_alive(KEYS[11], owner_arg, now_ms()) then
+      return {3, ''}
+    end
   end
   if creating then redis.call('HSET', KEYS[1], 'owner', owner_arg) end
-  if state ~= '' then
-    redis.call('HSET', KEYS[1], 'seq', seq_arg, 'state', state)
-  else
-    redis.call('HSET', KEYS[1], 'seq', seq_arg)
+  redis.call('HSET', KEYS[1], 'seq', seq_arg)
+  if state ~= '' then redis.call('HSET', KEYS[1], 'state', state) end
+  if phase ~= '' then
+    if was and was ~= phase and PHASES[was] then
+      redis.call('ZREM', KEYS[PHASES[was]], saga_id)
+    end
+    redis.call('HSET', KEYS[1], 'phase', phase)
+    redis.call('ZADD', KEYS[PHASES[phase]], now_ms(), saga_id)
   end
   if ownership == 'join' then
-    redis.call('SADD', KEYS[3], saga_id)
+    redis.call('SADD', KEYS[2], saga_id)
+    redis.call('SADD', KEYS[3], owner_arg)
     redis.call('PERSIST', KEYS[1])
   elseif ownership == 'leave' then
-    redis.call('SREM', KEYS[3], saga_id)
+    redis.call('SREM', KEYS[2], saga_id)
     redis.call('EXPIRE', KEYS[1], expire_s)
   end
 end
 
-for _, range in ipairs(xadds) do
-  redis.call('XADD', unpack(ARGV, range[1], range[2]))
+if mode == 'direct' then
+  perform_writes(ops)
+elseif ARGV[9] ~= '' then
+  redis.call('XADD', KEYS[5], '*', 'w', ARGV[9])
 end
-for _, e in ipairs(expires) do
-  redis.call('EXPIRE', e[1], e[2])
-end
-if ack_stream ~= '' then redis.call('XACK', ack_stream, ack_group, ack_id) end
 return {1, ''}

@@ -1,0 +1,97 @@
+//! On a cluster, the relay workers: one per partition, each relaying its
+//! partition's outbox ([`crate::store::relay`]) as soon as a transition of
+//! this daemon wrote to it, and every [`SWEEP_EVERY`] whatever is older
+//! than that (left by a daemon that died between a write and its relay, or
+//! by a relay that failed). On one Redis there is nothing to relay: a
+//! transition makes its writes itself.
+
+use super::{pause, Shared, Streak};
+use crate::store::keys::{Keys, Partition, PARTITIONS};
+use crate::store::relay::{self, RELAY_BATCH};
+use crate::telemetry::metrics;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How often every partition's outbox is looked at for entries that the
+/// daemons that wrote them did not relay.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Asks the relay worker of a partition to run now.
+pub(crate) struct Relays {
+    wake: Vec<Notify>,
+}
+
+impl Relays {
+    pub fn new() -> Self {
+        Self {
+            wake: (0..PARTITIONS).map(|_| Notify::new()).collect(),
+        }
+    }
+
+    pub fn poke(&self, p: Partition) {
+        self.wake[usize::from(p.index())].notify_one();
+    }
+}
+
+/// Starts one relay worker per partition.
+pub(super) fn start(shared: &Arc<Shared>) {
+    for p in Partition::all() {
+        shared.tracker.spawn(run(shared.clone(), p));
+    }
+}
+
+async fn run(shared: Arc<Shared>, p: Partition) {
+    let Some(relays) = shared.relays.as_ref() else {
+        return;
+    };
+    let keys = Keys::of(&shared.settings);
+    let mut conn = shared.conn.clone();
+    let mut streak = Streak::new("relay");
+    let wake = &relays.wake[usize::from(p.index())];
+    loop {
+        let swept = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = wake.notified() => false,
+            _ = tokio::time::sleep(SWEEP_EVERY) => true,
+        };
+        // A sweep leaves the newest entries to the daemons that wrote them.
+        let older_than = swept.then(|| {
+            shared
+                .now_ms()
+                .saturating_sub(SWEEP_EVERY.as_millis() as u64)
+        });
+        loop {
+            let replicas = shared.settings.wait_replicas;
+            match relay::relay(&mut conn, &keys, p, replicas, older_than).await {
+                Ok(done) => {
+                    streak.record(Ok(()), "relay the outbox");
+                    for (entry, reason) in &done.refused {
+                        tracing::error!(partition = p.index(), %entry, %reason, "an outbox entry cannot be relayed; removed");
+                        metrics::dead_lettered("relay");
+                    }
+                    if done.unconfirmed {
+                        tracing::warn!(
+                            partition = p.index(),
+                            replicas,
+                            "replicas did not confirm the outbox in time; relayed later"
+                        );
+                        if !pause(&shared.shutdown, SWEEP_EVERY).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    if done.entries < RELAY_BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    streak.record(Err(e), "relay the outbox");
+                    if !pause(&shared.shutdown, Duration::from_millis(200)).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Reading sagas: one record by id, and sagas by phase from the
+//! partitions' indexes, never by a scan of the keyspace.
+
+use super::keys::{Keys, Partition, INDEXED_PHASES};
+use redis::aio::ConnectionLike;
+use redis::RedisResult;
+
+/// A saga's record as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// Its state, as JSON.
+    pub state: String,
+    /// The owner token it names.
+    pub owner: Option<String>,
+    /// The number of its last transition.
+    pub seq: u64,
+    /// Seconds left before it expires; `None` while it runs.
+    pub expires_in: Option<i64>,
+}
+
+/// The record of `saga_id`, `None` when there is none (never created,
+/// expired, or a key of another kind in its place).
+pub async fn load<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    saga_id: &str,
+) -> RedisResult<Option<Stored>> {
+    let key = keys.record(saga_id);
+    let read: RedisResult<((Option<String>, Option<String>, Option<u64>), i64)> = redis::pipe()
+        .cmd("HMGET")
+        .arg(&key)
+        .arg("state")
+        .arg("owner")
+        .arg("seq")
+        .cmd("TTL")
+        .arg(&key)
+        .query_async(conn)
+        .await;
+    let ((state, owner, seq), ttl) = match read {
+        Ok(read) => read,
+        Err(e) if e.code() == Some("WRONGTYPE") => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(state.map(|state| Stored {
+        state,
+        owner,
+        seq: seq.unwrap_or(0),
+        expires_in: (ttl >= 0).then_some(ttl),
+    }))
+}
+
+/// The ids of the sagas in `phases` (all of them when empty), most
+/// recently changed first, at most `max`: the newest `max` of each
+/// partition's indexes, merged.
+pub async fn ids<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    phases: &[&str],
+    max: usize,
+) -> RedisResult<Vec<String>> {
+    let phases: Vec<&str> = if phases.is_empty() {
+        INDEXED_PHASES.to_vec()
+    } else {
+        phases.to_vec()
+    };
+    let last = isize::try_from(max).unwrap_or(isize::MAX).saturating_sub(1);
+    let mut all: Vec<(f64, String)> = Vec::new();
+    for p in Partition::all() {
+        let mut pipe = redis::pipe();
+        for phase in &phases {
+            pipe.cmd("ZREVRANGE")
+                .arg(keys.index(p, phase))
+                .arg(0)
+                .arg(last)
+                .arg("WITHSCORES");
+        }
+        let rows: Vec<Vec<(String, f64)>> = match pipe.query_async(conn).await {
+            Ok(rows) => rows,
+            // An index replaced by another kind of key lists nothing.
+            Err(e) if e.code() == Some("WRONGTYPE") => continue,
+            Err(e) => return Err(e),
+        };
+        all.extend(rows.into_iter().flatten().map(|(id, at)| (at, id)));
+        all.sort_by(|a, b| b.0.total_cmp(&a.0));
+        all.truncate(max);
+    }
+    Ok(all.into_iter().map(|(_, id)| id).collect())
+}
