@@ -462,7 +462,7 @@ async fn each_role_is_refused_what_it_must_not_do() {
         "XADD routing:commands * event_type plan_route",
     )
     .await;
-    refused(&mut handler, role, "HSET saga:{abc} state {}").await;
+    refused(&mut handler, role, "HSET saga:{p0.52}:record:abc state {}").await;
     refused(&mut handler, role, "XRANGE saga:replies:x - +").await;
     refused(&mut handler, role, "SET handler:{other}:done:r1 {}").await;
 
@@ -498,14 +498,19 @@ async fn each_role_is_refused_what_it_must_not_do() {
         "XADD saga:events * event_type saga_completed",
     )
     .await;
-    refused(&mut starter, role, "HSET saga:{abc} state {}").await;
+    refused(&mut starter, role, "HSET saga:{p0.52}:record:abc state {}").await;
     refused(&mut starter, role, "XRANGE mission:start - +").await;
 
     let role = "operator";
     let mut operator = common::processes::connect(&users.url(role)).await;
-    allowed(&mut operator, role, "HMGET saga:{abc} state owner").await;
+    allowed(
+        &mut operator,
+        role,
+        "HMGET saga:{p0.52}:record:abc state owner",
+    )
+    .await;
     refused(&mut operator, role, "XADD mission:start * payload {}").await;
-    refused(&mut operator, role, "HSET saga:{abc} state {}").await;
+    refused(&mut operator, role, "HSET saga:{p0.52}:record:abc state {}").await;
     refused(
         &mut operator,
         role,
@@ -522,19 +527,19 @@ async fn each_role_is_refused_what_it_must_not_do() {
     let role = "viewer";
     let mut viewer = common::processes::connect(&users.url(role)).await;
     allowed(&mut viewer, role, "XRANGE saga:events - +").await;
-    allowed(&mut viewer, role, "ZRANGEBYSCORE saga:leases -inf +inf").await;
+    allowed(&mut viewer, role, "ZRANGEBYSCORE saga:{leases} -inf +inf").await;
     for write in [
         "XADD saga:events * event_type saga_completed",
         "XADD saga:control * saga_id x action cancel",
         "XADD mission:start * payload {}",
         "XADD saga:replies:x * status completed",
-        "HSET saga:{abc} state {}",
-        "DEL saga:{abc}",
-        "EXPIRE saga:{abc} 1",
+        "HSET saga:{p0.52}:record:abc state {}",
+        "DEL saga:{p0.52}:record:abc",
+        "EXPIRE saga:{p0.52}:record:abc 1",
         "SET anything x",
         "XTRIM saga:events MAXLEN 0",
         "XGROUP CREATE saga:events g $ MKSTREAM",
-        "ZADD saga:leases 0 someone",
+        "ZADD saga:{leases} 0 someone",
     ] {
         refused(&mut viewer, role, write).await;
     }
@@ -542,7 +547,7 @@ async fn each_role_is_refused_what_it_must_not_do() {
     // The daemons read operators' requests; they never write one.
     let role = "daemon";
     let mut daemon = common::processes::connect(&users.url(role)).await;
-    allowed(&mut daemon, role, "HSET saga:{abc} state {}").await;
+    allowed(&mut daemon, role, "HSET saga:{p0.52}:record:abc state {}").await;
     refused(
         &mut daemon,
         role,

@@ -130,9 +130,9 @@ async fn stream_bytes(conn: &mut redis::aio::MultiplexedConnection, stream: &str
         .sum()
 }
 
-/// Bytes of field names and values of every saga record (`saga:{<id>}`).
+/// Bytes of field names and values of every saga record.
 async fn record_bytes(conn: &mut redis::aio::MultiplexedConnection) -> usize {
-    let keys: Vec<String> = must("KEYS", words("KEYS saga:{*").query_async(conn)).await;
+    let keys: Vec<String> = must("KEYS", words("KEYS saga:{*}:record:*").query_async(conn)).await;
     let mut total = 0;
     for key in keys {
         let mut hgetall = redis::cmd("HGETALL");
@@ -486,7 +486,7 @@ async fn a_refused_request_changes_nothing_but_the_audit() {
     let end = events.last().unwrap();
     assert_eq!(end.event_type, "saga_failed", "{}", describe(&events));
     let saga_id = end.saga_id.clone();
-    let record = format!("saga:{{{saga_id}}}");
+    let record = record_key(&saga_id);
     let ttl_before = ttl(&mut conn, &record).await;
     let owners_before = owners_of(&mut conn, &saga_id).await;
 
@@ -543,9 +543,9 @@ async fn ttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
     must("TTL", cmd.query_async(conn)).await
 }
 
-/// The owned-saga sets (`saga:owned:{<owner>}`) that hold `saga_id`.
+/// The owned-saga sets that hold `saga_id`.
 async fn owners_of(conn: &mut redis::aio::MultiplexedConnection, saga_id: &str) -> Vec<String> {
-    let keys: Vec<String> = must("KEYS", words("KEYS saga:owned:*").query_async(conn)).await;
+    let keys = owned_sets(conn).await;
     let mut holding = Vec::new();
     for key in keys {
         let mut cmd = redis::cmd("SISMEMBER");

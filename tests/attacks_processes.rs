@@ -183,11 +183,18 @@ async fn redis_now_ms(conn: &mut MultiplexedConnection) -> u64 {
     secs * 1000 + micros / 1000
 }
 
-/// The owner token (`<node_id>.<epoch>`) with a lease in `saga:leases`
+/// The owner token (`<node_id>.<epoch>`) with a lease
 /// whose node id is `node_id`; panics unless there is exactly one.
 async fn lease_owner(conn: &mut MultiplexedConnection, node_id: &str) -> String {
-    let members: Vec<String> =
-        must("ZRANGE", words("ZRANGE saga:leases 0 -1").query_async(conn)).await;
+    let members: Vec<String> = must(
+        "ZRANGE",
+        redis::cmd("ZRANGE")
+            .arg(leases_key())
+            .arg(0)
+            .arg(-1)
+            .query_async(conn),
+    )
+    .await;
     let prefix = format!("{node_id}.");
     let ours: Vec<&String> = members.iter().filter(|m| m.starts_with(&prefix)).collect();
     assert_eq!(ours.len(), 1, "leases of {node_id}: {members:?}");
@@ -577,7 +584,7 @@ async fn a_daemon_full_of_hung_steps_keeps_its_lease() {
         let score: Option<f64> = must(
             "ZSCORE",
             redis::cmd("ZSCORE")
-                .arg("saga:leases")
+                .arg(leases_key())
                 .arg(&owner)
                 .query_async(&mut conn),
         )

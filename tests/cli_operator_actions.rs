@@ -373,7 +373,7 @@ async fn forged_and_replayed_requests_are_refused_and_recorded() {
     let _daemon = Child::daemon(&url, "ops");
     let (saga_id, _broken) = stuck_saga(&server, "stuck-forged").await;
     let mut conn = server.conn().await;
-    let key = format!("saga:{{{saga_id}}}");
+    let key = record_key(&saga_id);
     let ttl = |conn: &mut redis::aio::MultiplexedConnection| {
         let mut cmd = redis::cmd("TTL");
         cmd.arg(&key);
@@ -438,7 +438,7 @@ async fn forged_and_replayed_requests_are_refused_and_recorded() {
     let o = sagaflow(&["list", "--redis-url", &url, "--state", "stuck"]).await;
     assert!(out(&o).contains(&saga_id), "{}", out(&o));
     assert!(ttl(&mut conn).await > 0, "the record keeps its expiry");
-    let owned: Vec<String> = must("KEYS", words("KEYS saga:owned:*").query_async(&mut conn)).await;
+    let owned = owned_sets(&mut conn).await;
     for set in owned {
         let mut cmd = redis::cmd("SISMEMBER");
         cmd.arg(&set).arg(&saga_id);

@@ -87,7 +87,7 @@ async fn replies_read_together_are_written_in_one_transition() {
     let seq: u64 = must(
         "the record",
         redis::cmd("HGET")
-            .arg(format!("saga:{{{saga_id}}}"))
+            .arg(record_key(&saga_id))
             .arg("seq")
             .query_async(&mut conn),
     )

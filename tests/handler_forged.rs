@@ -83,14 +83,17 @@ async fn key_type(conn: &mut MultiplexedConnection, key: &str) -> String {
 
 /// The daemons' leases, as the daemon keeps them: a sorted set.
 async fn leases(conn: &mut MultiplexedConnection) {
-    let add = words("ZADD saga:leases 4102444800000 owner-1");
+    let add = words("ZADD saga:{leases} 4102444800000 owner-1");
     must::<i64, _>("ZADD", add.query_async(conn)).await;
 }
 
 async fn assert_leases_untouched(conn: &mut MultiplexedConnection) {
-    assert_eq!(key_type(conn, "saga:leases").await, "zset");
-    let members: Vec<String> =
-        must("ZRANGE", words("ZRANGE saga:leases 0 -1").query_async(conn)).await;
+    assert_eq!(key_type(conn, "saga:{leases}").await, "zset");
+    let members: Vec<String> = must(
+        "ZRANGE",
+        words("ZRANGE saga:{leases} 0 -1").query_async(conn),
+    )
+    .await;
     assert_eq!(members, ["owner-1"]);
 }
 
@@ -116,7 +119,7 @@ async fn forged_reply_streams_are_refused_and_hold_up_nothing() {
         long.as_str(),
         other_request.as_str(),
     ];
-    let mut forged: Vec<Command> = (0..1024).map(|_| command("saga:leases")).collect();
+    let mut forged: Vec<Command> = (0..1024).map(|_| command("saga:{leases}")).collect();
     forged.extend(odd.iter().map(|stream| command(stream)));
     send_all(&mut conn, STREAM, &forged).await;
 
@@ -147,7 +150,7 @@ async fn forged_reply_streams_are_refused_and_hold_up_nothing() {
     assert_eq!(dead.len(), forged.len());
     let refused_leases = dead
         .iter()
-        .filter(|d| d.get("command.reply_stream").map(String::as_str) == Some("saga:leases"))
+        .filter(|d| d.get("command.reply_stream").map(String::as_str) == Some("saga:{leases}"))
         .count();
     assert_eq!(refused_leases, 1024);
     for entry in &dead {
@@ -170,7 +173,7 @@ async fn forged_commands_left_pending_are_dead_lettered_at_restart() {
     let server = RedisServer::start();
     let mut conn = server.conn().await;
     leases(&mut conn).await;
-    let mut forged: Vec<Command> = (0..60).map(|_| command("saga:leases")).collect();
+    let mut forged: Vec<Command> = (0..60).map(|_| command("saga:{leases}")).collect();
     forged.extend((0..4).map(|_| command("mission:start")));
     send_all(&mut conn, STREAM, &forged).await;
     // An instance that read them, then died.
@@ -284,7 +287,7 @@ async fn a_dead_letter_that_cannot_be_written_still_acknowledges() {
     let mut set = redis::cmd("SET");
     set.arg(&dead_letter).arg("text");
     must::<(), _>("SET", set.query_async(&mut conn)).await;
-    let forged: Vec<Command> = (0..4).map(|_| command("saga:leases")).collect();
+    let forged: Vec<Command> = (0..4).map(|_| command("saga:{leases}")).collect();
     send_all(&mut conn, STREAM, &forged).await;
 
     let handlers =

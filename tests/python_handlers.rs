@@ -349,7 +349,7 @@ async fn forged_reply_streams_are_refused(program: Program) {
     let server = RedisServer::start();
     let handlers = PythonHandlers::spawn(program, &server.url(), &[]);
     let mut conn = server.conn().await;
-    let add = words("ZADD saga:leases 4102444800000 owner-1");
+    let add = words("ZADD saga:{leases} 4102444800000 owner-1");
     must::<i64, _>("ZADD", add.query_async(&mut conn)).await;
 
     let command = |reply_stream: &str| {
@@ -385,7 +385,7 @@ async fn forged_reply_streams_are_refused(program: Program) {
     };
     for forged in [
         "mission:start",
-        "saga:leases",
+        "saga:{leases}",
         "saga:replies:node 1.0a1b2c3d",
     ] {
         must::<String, _>("XADD", send(command(forged)).query_async(&mut conn)).await;
@@ -412,7 +412,7 @@ async fn forged_reply_streams_are_refused(program: Program) {
     assert!(xrange(&mut conn, "mission:start").await.is_empty());
     let leases: Vec<String> = must(
         "ZRANGE",
-        words("ZRANGE saga:leases 0 -1").query_async(&mut conn),
+        words("ZRANGE saga:{leases} 0 -1").query_async(&mut conn),
     )
     .await;
     assert_eq!(leases, ["owner-1"]);
@@ -425,7 +425,7 @@ async fn forged_reply_streams_are_refused(program: Program) {
         refused,
         [
             "mission:start",
-            "saga:leases",
+            "saga:{leases}",
             "saga:replies:node 1.0a1b2c3d"
         ],
         "{dead:?}"

@@ -7,9 +7,10 @@
 mod common;
 
 use common::*;
-use redis::aio::ConnectionManager;
 use sagaflow::config::Settings;
+use sagaflow::connection::{Client, Conn, RedisMode};
 use sagaflow::protocol::{CorrelationId, EventType, SagaEvent, SagaId, SagaStatus};
+use sagaflow::store::keys::{Keys, Partition};
 use sagaflow::store::lease::{self, OwnerClaim, Renewal, SagaClaim};
 use sagaflow::store::{Fence, Ownership, Transition, WriteError, Written};
 use serde_json::json;
@@ -37,11 +38,23 @@ fn settings(server: &RedisServer) -> Settings {
     }
 }
 
-async fn manager(server: &RedisServer) -> ConnectionManager {
-    let client = server.client();
-    sagaflow::streams::command_connection(&client, Duration::from_secs(5))
+async fn manager(server: &RedisServer) -> Conn {
+    let client = Client::resolve(server.client(), RedisMode::Single)
         .await
-        .unwrap()
+        .unwrap();
+    client.commands(Duration::from_secs(5)).await.unwrap()
+}
+
+fn keys() -> Keys {
+    Keys::new("saga:")
+}
+
+fn record(saga: &SagaId) -> String {
+    keys().record(saga.as_str())
+}
+
+fn owned(saga: &SagaId, owner: &str) -> String {
+    keys().owned(Partition::of(saga.as_str()), owner)
 }
 
 async fn write_with(
@@ -107,7 +120,7 @@ async fn only_the_owner_writes_and_each_transition_once() {
 
     // Another daemon takes the saga over: the former owner is fenced off.
     let mut conn = server.conn().await;
-    let key = format!("saga:{{{saga}}}");
+    let key = record(&saga);
     let mut take = redis::cmd("HSET");
     take.arg(&key).arg("owner").arg("node-b.2");
     must("HSET", take.query_async::<i64>(&mut conn)).await;
@@ -124,7 +137,7 @@ async fn only_the_owner_writes_and_each_transition_once() {
     let owned: Vec<String> = must(
         "SMEMBERS",
         redis::cmd("SMEMBERS")
-            .arg("saga:owned:{node-a.1}")
+            .arg(owned(&saga, "node-a.1"))
             .query_async(&mut conn),
     )
     .await;
@@ -152,9 +165,9 @@ async fn an_owner_whose_lease_ran_out_creates_nothing() {
     let exists: i64 = must(
         "EXISTS",
         redis::cmd("EXISTS")
-            .arg(format!("saga:{{{saga}}}"))
+            .arg(record(&saga))
             .arg("saga:events")
-            .arg("saga:owned:{late.1}")
+            .arg(owned(&saga, "late.1"))
             .query_async(&mut conn),
     )
     .await;
@@ -191,8 +204,8 @@ async fn a_key_of_the_wrong_kind_refuses_the_whole_transition() {
     let exists: i64 = must(
         "EXISTS",
         redis::cmd("EXISTS")
-            .arg(format!("saga:{{{saga}}}"))
-            .arg("saga:owned:{node-a.1}")
+            .arg(record(&saga))
+            .arg(owned(&saga, "node-a.1"))
             .query_async(&mut conn),
     )
     .await;
@@ -257,8 +270,8 @@ async fn an_orphan_is_found_and_claimed() {
     assert_eq!(write(&server, &saga, "old.1", 1).await, Written::Done);
     let mut raw = server.conn().await;
     for cmd in [
-        redis::cmd("ZREM").arg("saga:leases").arg("old.1").clone(),
-        redis::cmd("SREM").arg("saga:owners").arg("old.1").clone(),
+        redis::cmd("ZREM").arg(keys().leases()).arg("old.1").clone(),
+        redis::cmd("SREM").arg(keys().owners()).arg("old.1").clone(),
     ] {
         must("forget the owner", cmd.query_async::<i64>(&mut raw)).await;
     }
@@ -268,7 +281,7 @@ async fn an_orphan_is_found_and_claimed() {
     must(
         "SADD",
         redis::cmd("SADD")
-            .arg("saga:owners")
+            .arg(keys().owners())
             .arg("old.1")
             .query_async::<i64>(&mut raw),
     )
@@ -288,7 +301,7 @@ async fn an_orphan_is_found_and_claimed() {
     must(
         "HSET",
         redis::cmd("HSET")
-            .arg(format!("saga:{{{other}}}"))
+            .arg(record(&other))
             .arg("owner")
             .arg("nobody.9")
             .query_async::<i64>(&mut raw),

@@ -280,7 +280,7 @@ async fn a_saga_resumed_after_a_kill_keeps_its_spans() {
     let record: String = must(
         "the saga record",
         redis::cmd("HGET")
-            .arg(format!("saga:{{{saga_id}}}"))
+            .arg(record_key(&saga_id))
             .arg("state")
             .query_async(&mut conn),
     )

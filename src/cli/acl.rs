@@ -43,6 +43,13 @@ const DAEMON_COMMANDS: &[&str] = &[
     "evalsha",
     "evalsha_ro",
     "script|load",
+    // On a cluster: finding the nodes (`redis_mode: cluster`; `auto` also
+    // asks `INFO cluster` when the user may), and waiting for replicas
+    // (`wait_replicas`).
+    "cluster|slots",
+    "cluster|shards",
+    "wait",
+    "xdel",
     // The trigger, command, reply, event, control and dead-letter streams.
     "xadd",
     "xack",
@@ -62,7 +69,7 @@ const DAEMON_COMMANDS: &[&str] = &[
     // scripts check the kind of every key before they write, and a daemon
     // looks once for the sets of owners it does not know.
     "type",
-    "scan",
+    "zrevrange",
     "del",
     "expire",
     "persist",
@@ -123,7 +130,7 @@ const VIEW_COMMANDS: &[&str] = &[
     "ping",
     "get",
     "time",
-    "scan",
+    "zrevrange",
     "hmget",
     "ttl",
     "zrangebyscore",
@@ -635,13 +642,13 @@ mod tests {
         );
         let daemon = rules_of(&roles, "daemon");
         for rule in [
-            "~app\\*:{*}",
-            "~app\\*:leases",
-            "~app\\*:owned:{*}",
+            "~app\\*:{*}:*",
+            "~app\\*:{leases}",
+            "~app\\*:relayed:*",
             "~r:*",
             "~mission:start",
             "~resources:commands",
-            "~app\\*:owners",
+            "~app\\*:{leases}:owners",
             "(+evalsha +eval +type +xread +xrange +xrevrange +xtrim ~ctl)",
             "~saga:dead-letter",
             "+evalsha",

@@ -51,6 +51,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
         }
         if trimmed_at.is_none_or(|at| at.elapsed() >= trim_every(&shared.settings)) {
             note(trim_streams(&shared).await);
+            note(trim_partitions(&shared, &mut conn).await);
             trimmed_at = Some(Instant::now());
         }
         if cleaned_at.elapsed() >= CLEAN_EVERY {
@@ -95,6 +96,22 @@ async fn register_unknown_owners(
         if shared.shutdown.is_cancelled() {
             break;
         }
+    }
+    Ok(())
+}
+
+/// Forgets, in every partition, the ended sagas whose records expired and
+/// the claims older than the retention.
+async fn trim_partitions(
+    shared: &Shared,
+    conn: &mut crate::connection::Conn,
+) -> redis::RedisResult<()> {
+    let keys = Keys::of(&shared.settings);
+    let before = shared
+        .now_ms()
+        .saturating_sub(shared.settings.retention.as_millis() as u64);
+    for p in Partition::all() {
+        maintain::trim_partition(conn, &keys, p, before).await?;
     }
     Ok(())
 }

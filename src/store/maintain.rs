@@ -77,3 +77,27 @@ pub async fn release_key<C: ConnectionLike + Send>(
     let removed: i64 = RELEASE_KEY.key(key).arg(value).invoke_async(conn).await?;
     Ok(removed == 1)
 }
+
+/// Forgets, in one partition, ended sagas whose records expired (those
+/// indexed as ended before `before_ms`) and claims older than it.
+pub async fn trim_partition<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &super::keys::Keys,
+    p: super::keys::Partition,
+    before_ms: u64,
+) -> RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for phase in ["completed", "compensated", "failed"] {
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(keys.index(p, phase))
+            .arg("-inf")
+            .arg(format!("({before_ms}"))
+            .ignore();
+    }
+    pipe.cmd("ZREMRANGEBYSCORE")
+        .arg(keys.fenced(p))
+        .arg("-inf")
+        .arg(format!("({before_ms}"))
+        .ignore();
+    pipe.query_async(conn).await
+}

@@ -557,3 +557,18 @@ pub async fn sagaflow_cli(args: &[&str]) -> std::process::Output {
         .expect("the command's thread")
         .expect("sagaflow runs")
 }
+
+/// The key of a saga's record, under the default prefix.
+pub fn record_key(saga_id: &str) -> String {
+    sagaflow::store::keys::Keys::new("saga:").record(saga_id)
+}
+
+/// The daemons' leases, under the default prefix.
+pub fn leases_key() -> String {
+    sagaflow::store::keys::Keys::new("saga:").leases()
+}
+
+/// Every set of sagas an owner drives in a partition.
+pub async fn owned_sets(conn: &mut MultiplexedConnection) -> Vec<String> {
+    must("KEYS", words("KEYS saga:{*}:owned:*").query_async(conn)).await
+}
