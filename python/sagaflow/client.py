@@ -26,6 +26,7 @@ from typing import Any, Coroutine, Dict, List, Mapping, Optional, Tuple, TypeVar
 import redis
 import redis.asyncio
 
+from ._keys import record_key
 from ._protocol import saga_id_for_start, to_json
 from ._redis import entries as decode_entries, read_reply, redis_url, socket_timeout_of, text
 from .errors import NoAnswer, OperatorRequestRefused, StartRejected
@@ -120,7 +121,8 @@ class Outcome:
 
 @dataclass
 class SagaState:
-    """What a saga's record says (``saga:{<saga_id>}``, field ``state``)."""
+    """What a saga's record says (its ``state`` field; the record's key is
+    :func:`sagaflow._keys.record_key`'s: ``saga:{<tag>}:record:<saga_id>``)."""
 
     saga_id: str
     saga: str
@@ -302,7 +304,7 @@ class _Core:
                     return started
 
     async def state(self, saga_id: str) -> Optional[SagaState]:
-        raw = await self.call("hget", f"saga:{{{saga_id}}}", "state")
+        raw = await self.call("hget", record_key(saga_id), "state")
         if raw is None:
             return None
         try:

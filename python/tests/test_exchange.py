@@ -74,7 +74,7 @@ def test_progress_within_the_interval_replaces_heartbeats(redis_server, r, serve
 
 
 def test_forged_reply_streams_are_dead_lettered_without_a_write(redis_server, r, serve) -> None:
-    r.zadd("saga:leases", {"owner-1": 4102444800000})
+    r.zadd("saga:{leases}", {"owner-1": 4102444800000})
     app = App("forged", redis_server.url)
 
     @app.handler("resources:commands", "allocate_resources")
@@ -82,7 +82,7 @@ def test_forged_reply_streams_are_dead_lettered_without_a_write(redis_server, r,
         return {"robot_ids": ["robot-1"]}
 
     serve(app)
-    forged = ["mission:start", "saga:leases", "saga:replies:node 1.0a1b2c3d", "acme:replies:n.e"]
+    forged = ["mission:start", "saga:{leases}", "saga:replies:node 1.0a1b2c3d", "acme:replies:n.e"]
     for stream in forged:
         r.xadd("resources:commands", command(stream, "allocate_resources", "allocate_resources"))
     r.xadd("resources:commands", {"only": "junk"})
@@ -90,7 +90,7 @@ def test_forged_reply_streams_are_dead_lettered_without_a_write(redis_server, r,
     r.xadd("resources:commands", valid)
     assert final_reply(r, REPLIES)["status"] == "completed"
     wait_until("all acknowledged", lambda: pending(r, "resources:commands", "forged") == 0)
-    assert r.xlen("mission:start") == 0 and r.zrange("saga:leases", 0, -1) == ["owner-1"]
+    assert r.xlen("mission:start") == 0 and r.zrange("saga:{leases}", 0, -1) == ["owner-1"]
     # Handled at once, so dead-lettered in any order.
     dead = sorted(replies(r, "handler:{forged}:dead-letter"), key=lambda d: [int(n) for n in d["entry_id"].split("-")])
     assert [d.get("command.reply_stream") for d in dead[:4]] == forged

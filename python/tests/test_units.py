@@ -9,6 +9,7 @@ import pytest
 
 from sagaflow import OperatorKey, saga_id_for_start
 from sagaflow._dead_letter import MAX_COPIED_FIELDS, MAX_COPY_BYTES, MAX_REASON_BYTES, MAX_VALUE_BYTES, dead_letter_key, done_key, entry
+from sagaflow._keys import PARTITIONS, hash_tag, partition_of, partition_tag, record_key, slot
 from sagaflow._protocol import (
     Command,
     MalformedCommand,
@@ -42,7 +43,7 @@ def test_the_daemons_reply_streams_are_accepted() -> None:
 @pytest.mark.parametrize(
     "stream, why",
     [
-        ("saga:leases", "prefix"),
+        ("saga:{leases}", "prefix"),
         ("mission:start", "prefix"),
         ("", "prefix"),
         ("saga:replies", "prefix"),
@@ -166,8 +167,8 @@ def test_a_huge_forged_command_is_copied_within_bounds() -> None:
     assert len(copy["reason"].encode()) <= MAX_REASON_BYTES
     assert copy["field_count"] == "1003" and copy["truncated"] == "true"
     assert sum(len(k.encode()) + len(v.encode()) for k, v in copy.items()) <= MAX_COPY_BYTES
-    small = entry("s", "1-0", "c", {b"reply_stream": b"saga:leases"}, "refused")
-    assert small["truncated"] == "false" and small["command.reply_stream"] == "saga:leases"
+    small = entry("s", "1-0", "c", {b"reply_stream": b"saga:{leases}"}, "refused")
+    assert small["truncated"] == "false" and small["command.reply_stream"] == "saga:{leases}"
 
 
 def test_trace_context() -> None:
@@ -190,6 +191,36 @@ def test_saga_ids_have_the_uuid4_form() -> None:
     assert a == saga_id_for_start("mission:start", "1700000000000-0")
     assert a != saga_id_for_start("mission:start", "1700000000000-1")
     assert len(a) == 32 and a[12] == "4" and a[16] in "89ab"
+
+
+SAGA_ID = "6f1c2b0a9d8e4f7a8b6c5d4e3f2a1b0c"
+
+
+def test_record_keys_are_the_daemons() -> None:
+    # Values src/store/keys.rs computes and pins: a saga's record is found
+    # from its id through them, so they never change.
+    assert (slot("foo"), slot("bar"), slot("{foo}.bar")) == (12182, 5061, 12182)
+    assert [partition_tag(p) for p in range(4)] == ["p0.52", "p1.121", "p2.332", "p3.103"]
+    assert partition_of(SAGA_ID) == 23
+    assert record_key(SAGA_ID) == f"saga:{{{partition_tag(23)}}}:record:{SAGA_ID}"
+    assert record_key(SAGA_ID, "acme:") == f"acme:{{{partition_tag(23)}}}:record:{SAGA_ID}"
+
+
+def test_partitions_fall_in_equal_ranges_of_slots_in_order() -> None:
+    for p in range(PARTITIONS):
+        assert slot(f"saga:{{{partition_tag(p)}}}:outbox") // (16384 // PARTITIONS) == p
+    for saga_id in (SAGA_ID, saga_id_for_start("mission:start", "1700000000000-0")):
+        assert slot(record_key(saga_id)) // (16384 // PARTITIONS) == partition_of(saga_id)
+    with pytest.raises(ValueError):
+        partition_tag(PARTITIONS)
+
+
+@pytest.mark.parametrize(
+    "key, tag",
+    [("foo", "foo"), ("{foo}.bar", "foo"), ("{}foo", "{}foo"), ("a{b}c}", "b"), ("x{", "x{"), ("}{a}", "a"), ("{{a}}", "{a")],
+)
+def test_hash_tags_follow_redis_cluster(key: str, tag: str) -> None:
+    assert hash_tag(key) == tag
 
 
 def test_operator_keys_and_signatures() -> None:
