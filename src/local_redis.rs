@@ -1,9 +1,17 @@
-//! A private `redis-server` child for `sagaflow dev` and `sagaflow bench`,
-//! on a free loopback port with its data in a temp dir, killed when dropped.
+//! Private Redis for `sagaflow dev`, `sagaflow bench` and the tests: one
+//! `redis-server` child ([`LocalRedis`]) or a Redis Cluster of them
+//! ([`LocalCluster`]), on free loopback ports with their data in a temp dir,
+//! killed when dropped.
 
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+
+mod cluster;
+mod probe;
+
+pub use cluster::{ClusterNode, ClusterOptions, LocalCluster, LocalClusterError};
+pub use probe::{cluster_nodes, wait_healthy, NodeView, SLOTS};
 
 /// A private `redis-server`, killed when dropped.
 pub struct LocalRedis {

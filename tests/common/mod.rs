@@ -41,9 +41,13 @@ pub const MISSION_STEPS: [&str; 4] = [
     "integrate_maps",
 ];
 
+pub mod cluster;
 pub mod otlp;
 pub mod processes;
 mod redis_server;
+// Not every test binary starts a cluster.
+#[allow(unused_imports)]
+pub use cluster::RedisCluster;
 pub use redis_server::RedisServer;
 
 /// Awaits `fut` for at most [`STOP_WAIT`]; panics naming `what` after that.
