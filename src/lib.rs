@@ -28,6 +28,8 @@
 //! - [`definition`]: saga YAML, its checks with `file:line:column`, templates.
 //! - [`config`]: every default setting in one place.
 //! - [`streams`]: Redis Streams plumbing shared by both sides.
+//! - [`retry`]: the one retry policy for Redis calls, on both sides: which
+//!   errors may pass, capped jittered backoff, one log line per outage.
 //! - [`protocol`]: the wire contract's fields, ids and entries.
 
 pub mod cli;
@@ -39,6 +41,7 @@ pub mod http;
 pub mod local_redis;
 pub mod operator;
 pub mod protocol;
+pub mod retry;
 pub mod saga;
 pub mod store;
 pub mod streams;
