@@ -21,7 +21,7 @@
 //! - [`engine`]: the daemon's driver, the only part that talks to Redis for
 //!   sagas: intake of starts, saga tasks, the reply reader, atomic writes.
 //! - [`handler`]: the handler SDK and the simulated mission services; it
-//!   shares only [`protocol`] and [`streams`] with the daemon.
+//!   shares only [`protocol`], [`streams`] and [`retry`] with the daemon.
 //! - [`store`]: the Lua scripts that change sagas, leases and streams
 //!   atomically, and bounded reads; the only code that knows the scripts.
 //! - [`saga`]: the saga rules as a pure state machine (no IO, no clock).
