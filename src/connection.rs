@@ -58,8 +58,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where Redis is, resolved to one server or a cluster.
 #[derive(Clone)]
 pub enum Client {
-    Single(redis::Client),
-    Cluster(ClusterClient),
+    Single(Box<redis::Client>),
+    Cluster(Box<ClusterClient>),
 }
 
 impl Client {
@@ -73,12 +73,12 @@ impl Client {
             RedisMode::Auto => is_cluster_node(&client).await?,
         };
         if !cluster {
-            return Ok(Self::Single(client));
+            return Ok(Self::Single(Box::new(client)));
         }
         let cluster = ClusterClientBuilder::new(vec![client.get_connection_info().clone()])
             .connection_timeout(CONNECT_TIMEOUT)
             .build()?;
-        Ok(Self::Cluster(cluster))
+        Ok(Self::Cluster(Box::new(cluster)))
     }
 
     pub fn is_cluster(&self) -> bool {

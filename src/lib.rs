@@ -21,7 +21,7 @@
 //! - [`engine`]: the daemon's driver, the only part that talks to Redis for
 //!   sagas: intake of starts, saga tasks, the reply reader, atomic writes.
 //! - [`handler`]: the handler SDK and the simulated mission services; it
-//!   shares only [`protocol`] and [`streams`] with the daemon.
+//!   shares only [`protocol`], [`streams`] and [`retry`] with the daemon.
 //! - [`store`]: the Lua scripts that change sagas, leases and streams
 //!   atomically, and bounded reads; the only code that knows the scripts.
 //! - [`saga`]: the saga rules as a pure state machine (no IO, no clock).
@@ -29,6 +29,8 @@
 //! - [`config`]: every default setting in one place.
 //! - [`streams`]: Redis Streams plumbing shared by both sides.
 //! - [`connection`]: connections to one Redis or a Redis Cluster, alike.
+//! - [`retry`]: the one retry policy for Redis calls, on both sides: which
+//!   errors may pass, capped jittered backoff, one log line per outage.
 //! - [`protocol`]: the wire contract's fields, ids and entries.
 
 pub mod cli;
@@ -41,6 +43,7 @@ pub mod http;
 pub mod local_redis;
 pub mod operator;
 pub mod protocol;
+pub mod retry;
 pub mod saga;
 pub mod store;
 pub mod streams;

@@ -204,57 +204,9 @@ pub fn decode_autoclaim_reply(stream: &str, v: &Value) -> (String, Vec<Entry>) {
     (cursor, entries)
 }
 
-/// Error codes after which the same call may succeed later: the server is
-/// busy, loading, failing over, out of memory (trimming and expiry free it),
-/// or refuses this client (an ACL or a password an operator can fix). A
-/// refusal keeps everything waiting rather than throwing work away.
-const TRANSIENT_CODES: [&str; 15] = [
-    "LOADING",
-    "BUSY",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-    "MASTERDOWN",
-    "READONLY",
-    "MOVED",
-    "ASK",
-    "OOM",
-    "NOREPLICAS",
-    "MISCONF",
-    "NOAUTH",
-    "NOPERM",
-    "NOSCRIPT",
-    "WRONGPASS",
-];
-
-/// True when a failed call can never succeed as it is, so retrying it only
-/// holds up the work behind it: the server refused the call itself (a key
-/// of the wrong type, a script error, an argument Redis rejects), or the
-/// reply cannot be read as what the call expects. Connection failures,
-/// timeouts and the codes of a server that is busy, failing over or full
-/// are transient.
-pub fn is_permanent(e: &redis::RedisError) -> bool {
-    use redis::ErrorKind;
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
-        return false;
-    }
-    if let Some(code) = e.code() {
-        if TRANSIENT_CODES.contains(&code) {
-            return false;
-        }
-        // A server at its client limit says so under the generic code.
-        if code == "ERR"
-            && e.detail()
-                .is_some_and(|d| d.contains("max number of clients"))
-        {
-            return false;
-        }
-        return true;
-    }
-    matches!(
-        e.kind(),
-        ErrorKind::UnexpectedReturnType | ErrorKind::Client | ErrorKind::Extension
-    )
-}
+/// Which failed calls can never succeed: moved to [`crate::retry`], the
+/// retry policy, and named here too for the code that sorts its errors by it.
+pub use crate::retry::is_permanent;
 
 /// True for the error Redis gives when a consumer group already exists.
 pub fn is_busygroup(e: &redis::RedisError) -> bool {
@@ -326,27 +278,6 @@ mod tests {
         assert!(entries[1].malformed.as_deref().unwrap().contains("UTF-8"));
         assert!(entries[2].malformed.is_some());
         assert!(decode_read_reply(&Value::Nil).is_empty());
-    }
-
-    #[test]
-    fn only_errors_that_cannot_pass_later_are_permanent() {
-        let server = |code: &str, detail: &str| {
-            redis::make_extension_error(code.to_owned(), Some(detail.to_owned()))
-        };
-        assert!(is_permanent(&server(
-            "WRONGTYPE",
-            "Operation against a key"
-        )));
-        assert!(is_permanent(&server("ERR", "Error running script")));
-        assert!(!is_permanent(&server("OOM", "command not allowed")));
-        assert!(!is_permanent(&server("LOADING", "Redis is loading")));
-        assert!(!is_permanent(&server("NOPERM", "no permissions")));
-        assert!(!is_permanent(&server(
-            "ERR",
-            "max number of clients reached"
-        )));
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
-        assert!(!is_permanent(&redis::RedisError::from(io)));
     }
 
     #[test]

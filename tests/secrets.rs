@@ -216,7 +216,7 @@ async fn a_daemon_waiting_for_redis_logs_no_password() {
     ] {
         let daemon = Child::daemon_with(&url, node, &["--log-format", "pretty"], &[]);
         daemon
-            .wait_for_log("waiting for Redis", Duration::from_secs(10))
+            .wait_for_log("connecting to Redis at", Duration::from_secs(10))
             .await;
         let log = daemon.stderr();
         assert!(log.contains(&shown), "{node}: the URL, masked:\n{log}");

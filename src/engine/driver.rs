@@ -15,11 +15,12 @@ use super::idempotency::{claim_idempotency_key, duplicate, Claim};
 use super::lease::Epoch;
 use super::replies::Receipt;
 use super::router::{Inbound, Inbox};
-use super::{pause, Shared};
+use super::Shared;
 use crate::definition::SagaDefinition;
 use crate::protocol::{
     CorrelationId, EventType, SagaEvent, SagaId, SagaStatus, StartRequest, TraceId,
 };
+use crate::retry::{retry, Outage, Policy, Tried};
 use crate::saga::{self, Effect, Event, OperatorRequest, Phase, RandomIds, SagaInit, SagaState};
 use crate::store::keys::Keys;
 use crate::store::lease::{self as leases, SagaClaim};
@@ -177,34 +178,23 @@ async fn refuse_start(
 pub(super) async fn dead_letter_entry(shared: &Shared, at: &EntryRef, reason: &str) -> bool {
     tracing::error!(entry_id = %at.id, stream = %at.stream, %reason, "start moved to the dead-letter stream");
     let group = Some(shared.settings.trigger_group.as_str());
-    let mut delay = Duration::from_millis(50);
-    let mut conn = shared.conn.clone();
-    loop {
-        let moved = maintain::dead_letter(
-            &mut conn,
-            &shared.settings,
-            &at.stream,
-            group,
-            &at.id,
-            reason,
-        )
-        .await;
-        match moved {
-            Ok(_) => {
-                metrics::dead_lettered("start");
-                return true;
-            }
-            Err(e) if crate::streams::is_permanent(&e) => {
-                tracing::error!(error = %e, entry_id = %at.id, "the start cannot be dead-lettered either; left pending");
-                return false;
-            }
-            Err(_) => {
-                if !pause(&shared.shutdown, delay).await {
-                    return false;
-                }
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
+    let move_it = || {
+        let mut conn = shared.conn.clone();
+        async move {
+            let settings = &shared.settings;
+            maintain::dead_letter(&mut conn, settings, &at.stream, group, &at.id, reason).await
         }
+    };
+    match retry(&shared.shutdown, Policy::WRITES, &shared.writes, move_it).await {
+        Tried::Done(_) => {
+            metrics::dead_lettered("start");
+            true
+        }
+        Tried::Refused(e) => {
+            tracing::error!(error = %e, entry_id = %at.id, "the start cannot be dead-lettered either; left pending");
+            false
+        }
+        Tried::Stopped => false,
     }
 }
 
@@ -786,21 +776,16 @@ impl<'a> Driven<'a> {
     /// The saga's last written state, read back (retrying while Redis
     /// fails); `None` if it cannot be read or the daemon stops.
     async fn reload(&self) -> Option<(SagaState, u64)> {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match load(self.shared, self.state.saga_id.as_str()).await {
-                Ok(record) => return record,
-                Err(e) if crate::streams::is_permanent(&e) => {
-                    tracing::error!(error = %e, "the saga's record cannot be read");
-                    return None;
-                }
-                Err(_) => {
-                    if !pause(&self.shared.shutdown, delay).await {
-                        return None;
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
+        let saga_id = self.state.saga_id.as_str();
+        let outage = Outage::new("reading a parked saga's record");
+        let read = || load(self.shared, saga_id);
+        match retry(&self.shared.shutdown, Policy::WRITES, &outage, read).await {
+            Tried::Done(record) => record,
+            Tried::Refused(e) => {
+                tracing::error!(error = %e, "the saga's record cannot be read");
+                None
             }
+            Tried::Stopped => None,
         }
     }
 
@@ -887,36 +872,34 @@ pub(super) async fn write_until_done(
     transition: &Transition<'_>,
     mut slot: Option<SemaphorePermit<'_>>,
 ) -> Result<Written, WriteOutcome> {
-    let mut delay = Duration::from_millis(50);
-    let mut conn = shared.conn.clone();
-    loop {
-        let written = {
-            let _slot = match slot.take() {
+    // Only Redis's failures are the policy's to sort; a transition refused
+    // otherwise (too large, not encodable, a key of the wrong kind found by
+    // the script) is given up on at once.
+    let write = || {
+        let (slot, mut conn) = (slot.take(), shared.conn.clone());
+        async move {
+            let _slot = match slot {
                 Some(slot) => slot,
                 None => shared.write_slots.acquire().await.expect("never closed"),
             };
-            transition.write(&mut conn, &shared.settings).await
-        };
-        match written {
-            Ok(written) => {
-                shared.writes.succeeded();
-                if let Some(relays) = &shared.relays {
-                    relays.poke(transition.partition());
-                }
-                return Ok(written);
+            match transition.write(&mut conn, &shared.settings).await {
+                Err(WriteError::Redis(e)) => Err(e),
+                other => Ok(other),
             }
-            Err(e) if e.is_permanent() => {
-                metrics::redis_error("write");
-                return Err(WriteOutcome::Refused(e));
-            }
-            Err(WriteError::Redis(e)) => {
-                shared.writes.failed(&e);
-                if !pause(&shared.shutdown, delay).await {
-                    return Err(WriteOutcome::Stopped);
-                }
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => return Err(WriteOutcome::Refused(e)),
         }
+    };
+    match retry(&shared.shutdown, Policy::WRITES, &shared.writes, write).await {
+        Tried::Done(Ok(written)) => {
+            if let Some(relays) = &shared.relays {
+                relays.poke(transition.partition());
+            }
+            Ok(written)
+        }
+        Tried::Done(Err(e)) => {
+            shared.writes.refused();
+            Err(WriteOutcome::Refused(e))
+        }
+        Tried::Refused(e) => Err(WriteOutcome::Refused(e.into())),
+        Tried::Stopped => Err(WriteOutcome::Stopped),
     }
 }

@@ -6,6 +6,7 @@
 //! logged and counted, and never delay a lease renewal or a saga.
 
 use super::{pause, Shared};
+use crate::retry::Outage;
 use crate::store::keys::{Keys, Partition};
 use crate::store::maintain;
 use crate::streams::{text, StreamId};
@@ -28,7 +29,8 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let mut triggers_trimmed_at: Option<Instant> = None;
     let mut reported_at: Option<Instant> = None;
     let mut registered = false;
-    let mut streak = super::Streak::new("housekeeping");
+    let outage = Outage::new("keeping Redis tidy (trimming, clean-up)")
+        .metered(metrics::redis_meter("housekeeping"));
     while pause(&shared.shutdown, TICK).await {
         // Each job runs when it is due, whatever became of the others: a
         // stream replaced by another kind of key fails its own trim, not
@@ -62,7 +64,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
             note(report_pending(&shared).await);
             reported_at = Some(Instant::now());
         }
-        streak.record(outcome, "keep Redis tidy (trimming, clean-up)");
+        outage.record(&outcome);
     }
 }
 
@@ -340,7 +342,7 @@ pub(super) async fn report_pending(shared: &Shared) -> redis::RedisResult<()> {
             .await
         {
             // "no such key": no stream yet; or a key of another kind.
-            Err(e) if e.code() == Some("ERR") || crate::streams::is_permanent(&e) => continue,
+            Err(e) if e.code() == Some("ERR") || crate::retry::is_permanent(&e) => continue,
             other => other?,
         };
         let pending: Vec<(String, u64)> = groups

@@ -2,12 +2,12 @@
 //! nothing, and the repeat is recorded as `saga_duplicate`.
 
 use super::driver::{write_until_done, WriteOutcome};
-use super::{pause, Shared};
+use super::Shared;
 use crate::definition::SagaDefinition;
 use crate::protocol::{EventType, SagaEvent, SagaId, SagaStatus, StartRequest};
+use crate::retry::{retry, Policy, Tried};
 use crate::store::{EntryRef, Transition, WriteError};
 use serde_json::json;
-use std::time::Duration;
 
 pub(super) enum Claim {
     Ours,
@@ -26,32 +26,28 @@ pub(super) async fn claim_idempotency_key(
     saga_id: &SagaId,
 ) -> Result<Claim, Option<WriteError>> {
     let redis_key = crate::store::keys::Keys::of(&shared.settings).idempotency(saga, key);
-    let mut conn = shared.conn.clone();
-    let mut delay = Duration::from_millis(50);
-    loop {
-        let claimed: redis::RedisResult<(Option<String>, Option<String>)> = redis::pipe()
-            .cmd("SET")
+    let retention = shared.settings.idempotency_retention.as_secs().max(1);
+    let claim = || {
+        let mut conn = shared.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
             .arg(&redis_key)
             .arg(saga_id.as_str())
             .arg("NX")
             .arg("EX")
-            .arg(shared.settings.idempotency_retention.as_secs().max(1))
+            .arg(retention)
             .cmd("GET")
-            .arg(&redis_key)
-            .query_async(&mut conn)
-            .await;
-        match claimed {
-            Ok((Some(_), _)) => return Ok(Claim::Ours),
-            Ok((None, existing)) => return Ok(Claim::Taken(existing.unwrap_or_default())),
-            Err(e) if crate::streams::is_permanent(&e) => return Err(Some(e.into())),
-            Err(e) => {
-                shared.writes.failed(&e);
-                if !pause(&shared.shutdown, delay).await {
-                    return Err(None);
-                }
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
+            .arg(&redis_key);
+        async move {
+            pipe.query_async::<(Option<String>, Option<String>)>(&mut conn)
+                .await
         }
+    };
+    match retry(&shared.shutdown, Policy::WRITES, &shared.writes, claim).await {
+        Tried::Done((Some(_), _)) => Ok(Claim::Ours),
+        Tried::Done((None, existing)) => Ok(Claim::Taken(existing.unwrap_or_default())),
+        Tried::Refused(e) => Err(Some(e.into())),
+        Tried::Stopped => Err(None),
     }
 }
 

@@ -65,7 +65,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 }
             }
             Err(e) if super::is_nogroup(&e) => recreate_groups(&shared).await,
-            Err(e) if crate::streams::is_permanent(&e) => {
+            Err(e) if crate::retry::is_permanent(&e) => {
                 // A trigger stream replaced by another kind of key: read
                 // the others.
                 let names: Vec<&str> = triggers.iter().map(String::as_str).collect();

@@ -18,7 +18,9 @@ use super::clock::host_ms;
 use super::Shared;
 use crate::config::Settings;
 use crate::connection::Conn;
+use crate::retry::Outage;
 use crate::store::lease::{self, Renewal};
+use crate::telemetry::metrics;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,14 +91,14 @@ pub(super) async fn register(shared: &Shared, conn: &mut Conn) -> redis::RedisRe
 /// write found it lost), until the daemon stops; then gives it up.
 pub(super) async fn run(shared: Arc<Shared>, mut conn: Conn) {
     let renew_every = shared.settings.lease_ttl / 3;
-    let mut streak = super::Streak::new("lease");
+    let outage = Outage::new("renewing the lease").metered(metrics::redis_meter("lease"));
     loop {
         tokio::select! {
             _ = shared.shutdown.cancelled() => break,
             _ = tokio::time::sleep(renew_every) => {}
             _ = shared.renew_now.notified() => {}
         }
-        streak.record(renew(&shared, &mut conn).await, "renew the lease");
+        outage.record(&renew(&shared, &mut conn).await);
     }
     hand_over(&shared, &mut conn).await;
 }
@@ -112,7 +114,7 @@ async fn renew(shared: &Shared, conn: &mut Conn) -> redis::RedisResult<()> {
         Renewal::Lost => {
             tracing::warn!(%owner, "this daemon's lease ran out; its sagas go to whoever claims them, and it starts anew");
             let epoch = shared.new_epoch();
-            crate::telemetry::metrics::lease_lost();
+            metrics::lease_lost();
             register(shared, conn).await?;
             tracing::info!(owner = %epoch.owner, reply_stream = %epoch.reply_stream, "new lease");
         }

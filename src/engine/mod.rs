@@ -29,12 +29,12 @@ pub use housekeeping::command_stream_keep;
 use crate::config::Settings;
 use crate::connection::{self, Conn};
 use crate::definition::Catalog;
+use crate::retry::{retry, Outage, Policy, Tried};
 use crate::streams;
 use crate::telemetry::metrics;
 use clock::Clock;
 use lease::Epoch;
 use router::Router;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -61,10 +61,6 @@ pub enum EngineError {
     #[error("stopped before Redis at {url} could be reached")]
     StoppedBeforeReady { url: String },
 }
-
-/// Longest wait between two attempts to reach Redis again: short, since a
-/// daemon that waits longer than Redis is away only adds to the outage.
-pub(crate) const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// Transition writes under way at once (see [`Shared::write_slots`]).
 const WRITES_AT_ONCE: usize = 256;
@@ -98,7 +94,9 @@ pub(crate) struct Shared {
     /// only queue inside the connection, each holding its encoded request:
     /// ten thousand sagas moving at once would hold ten thousand of them.
     pub write_slots: Semaphore,
-    pub writes: WriteHealth,
+    /// Whether the daemon's writes fail: one outage, told once however many
+    /// sagas wait on it, and a reason not to be ready.
+    pub writes: Outage,
     pub replies: replies::ReplyState,
     pub pinned: definitions::Pinned,
     /// Redis's clock: every deadline and timestamp is taken on it.
@@ -130,68 +128,6 @@ impl Shared {
         self.clock.now_ms()
     }
 }
-/// Whether saga writes are failing, so that thousands of sagas waiting on
-/// one Redis outage log it once when it starts and once when it ends.
-#[derive(Default)]
-pub(crate) struct WriteHealth {
-    failing: AtomicBool,
-}
-
-impl WriteHealth {
-    pub fn is_failing(&self) -> bool {
-        self.failing.load(Ordering::Relaxed)
-    }
-
-    pub fn failed(&self, error: &redis::RedisError) {
-        metrics::redis_error("write");
-        if !self.failing.swap(true, Ordering::Relaxed) {
-            tracing::warn!(%error, "writing saga transitions fails; sagas wait and retry");
-        }
-    }
-
-    pub fn succeeded(&self) {
-        if self.failing.swap(false, Ordering::Relaxed) {
-            tracing::info!("saga transitions are written again");
-            metrics::redis_reconnected("write");
-        }
-    }
-}
-
-/// A loop's run of failures, logged once when it starts and once when it
-/// ends, each failure counted under the loop's name.
-pub(crate) struct Streak {
-    what: &'static str,
-    failing: bool,
-}
-
-impl Streak {
-    pub fn new(what: &'static str) -> Self {
-        Self {
-            what,
-            failing: false,
-        }
-    }
-
-    /// Takes in one round's outcome; `doing` says what the loop could not
-    /// do, for the warning.
-    pub fn record(&mut self, result: redis::RedisResult<()>, doing: &str) {
-        match result {
-            Ok(()) if self.failing => {
-                tracing::info!(loop = self.what, "works again");
-                self.failing = false;
-            }
-            Ok(()) => {}
-            Err(error) => {
-                metrics::redis_error(self.what);
-                if !self.failing {
-                    tracing::warn!(loop = self.what, %error, "cannot {doing} while Redis fails; retrying");
-                    self.failing = true;
-                }
-            }
-        }
-    }
-}
-
 /// Why a daemon is not ready; empty when it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Readiness {
@@ -247,7 +183,7 @@ impl Daemon {
             tracker: TaskTracker::new(),
             feeders: TaskTracker::new(),
             creating: TaskTracker::new(),
-            writes: WriteHealth::default(),
+            writes: Outage::new("writing saga transitions").metered(metrics::redis_meter("write")),
             replies: replies::ReplyState::default(),
             pinned: definitions::Pinned::default(),
             clock: Clock::default(),
@@ -359,38 +295,24 @@ pub fn trigger_streams(settings: &Settings, catalog: &Catalog) -> Vec<String> {
     streams
 }
 
+/// The daemon's command connection, waiting for Redis while it cannot be
+/// reached (see [`Policy::RECONNECT`]).
 async fn connect_with_retry(
     client: &redis::Client,
     settings: &Settings,
     shutdown: &CancellationToken,
 ) -> Result<(connection::Client, Conn), EngineError> {
-    let mut delay = Duration::from_millis(100);
-    let mut warned = false;
-    loop {
-        let connected = async {
-            let client = connection::Client::resolve(client.clone(), settings.redis_mode).await?;
-            let conn = client.commands(settings.redis_response_timeout).await?;
-            Ok::<_, redis::RedisError>((client, conn))
-        };
-        match connected.await {
-            Ok(conn) => {
-                if warned {
-                    tracing::info!(url = %crate::config::redacted(&settings.redis_url), "Redis is reachable");
-                }
-                return Ok(conn);
-            }
-            Err(e) => {
-                if !warned {
-                    tracing::warn!(url = %crate::config::redacted(&settings.redis_url), error = %e, "waiting for Redis");
-                    warned = true;
-                }
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Err(EngineError::StoppedBeforeReady { url: crate::config::redacted(&settings.redis_url) }),
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+    let url = crate::config::redacted(&settings.redis_url);
+    let outage = Outage::new(format!("connecting to Redis at {url}"));
+    let connect = || async {
+        let client = connection::Client::resolve(client.clone(), settings.redis_mode).await?;
+        let conn = client.commands(settings.redis_response_timeout).await?;
+        Ok::<_, redis::RedisError>((client, conn))
+    };
+    match retry(shutdown, Policy::RECONNECT, &outage, connect).await {
+        Tried::Done(conn) => Ok(conn),
+        // Connecting gives up on no error: only a stop ends the wait.
+        Tried::Refused(_) | Tried::Stopped => Err(EngineError::StoppedBeforeReady { url }),
     }
 }
 

@@ -1,29 +1,29 @@
-//! The connection of one blocking read loop (starts, replies): made when
-//! needed, dropped after an error and made again with capped backoff. An
-//! outage is logged once when it starts and once when it ends, not at every
-//! attempt.
+//! The connection of one blocking read loop (starts, replies, operators'
+//! requests): made when needed, dropped after an error and made again after
+//! the waits of [`Policy::RECONNECT`]. An outage is logged once when it
+//! starts and once when it ends, not at every attempt, and counted under
+//! the reader's name.
 
-use super::{pause, Shared, RECONNECT_MAX_DELAY};
+use super::Shared;
 use crate::connection::Conn;
+use crate::retry::{Backoff, Outage, Policy};
 use crate::telemetry::metrics;
-use std::time::Duration;
-
-const FIRST_DELAY: Duration = Duration::from_millis(100);
 
 pub(super) struct ReadConnection {
-    what: &'static str,
     conn: Option<Conn>,
-    delay: Duration,
-    failing: bool,
+    backoff: Backoff,
+    outage: Outage,
 }
 
 impl ReadConnection {
+    /// `what` names the reader in logs and metrics: `starts`, `replies`,
+    /// `control`.
     pub fn new(what: &'static str) -> Self {
         Self {
-            what,
             conn: None,
-            delay: FIRST_DELAY,
-            failing: false,
+            backoff: Backoff::new(Policy::RECONNECT),
+            outage: Outage::new(format!("reading Redis ({what})"))
+                .metered(metrics::redis_meter(what)),
         }
     }
 
@@ -44,25 +44,15 @@ impl ReadConnection {
     }
 
     pub fn succeeded(&mut self) {
-        if self.failing {
-            tracing::info!(reader = self.what, "reading from Redis again");
-            metrics::redis_reconnected(self.what);
-            self.failing = false;
-        }
-        self.delay = FIRST_DELAY;
+        self.outage.recovered();
+        self.backoff.reset();
     }
 
     /// Drops the connection and waits before the next try; false if the
     /// daemon stopped meanwhile.
     pub async fn failed(&mut self, shared: &Shared, error: &redis::RedisError) -> bool {
-        metrics::redis_error(self.what);
-        if !self.failing {
-            tracing::warn!(reader = self.what, %error, "cannot read from Redis; retrying");
-            self.failing = true;
-        }
+        self.outage.failed(error);
         self.conn = None;
-        let go_on = pause(&shared.shutdown, self.delay).await;
-        self.delay = (self.delay * 2).min(RECONNECT_MAX_DELAY);
-        go_on
+        self.backoff.wait(&shared.shutdown).await
     }
 }

@@ -5,7 +5,8 @@
 //! by a relay that failed). On one Redis there is nothing to relay: a
 //! transition makes its writes itself.
 
-use super::{pause, Shared, Streak};
+use super::{pause, Shared};
+use crate::retry::Outage;
 use crate::store::keys::{Keys, Partition, PARTITIONS};
 use crate::store::relay::{self, RELAY_BATCH};
 use crate::telemetry::metrics;
@@ -47,7 +48,8 @@ async fn run(shared: Arc<Shared>, p: Partition) {
     };
     let keys = Keys::of(&shared.settings);
     let mut conn = shared.conn.clone();
-    let mut streak = Streak::new("relay");
+    let outage = Outage::new(format!("relaying the outbox of partition {}", p.index()))
+        .metered(metrics::redis_meter("relay"));
     let wake = &relays.wake[usize::from(p.index())];
     loop {
         let swept = tokio::select! {
@@ -65,7 +67,7 @@ async fn run(shared: Arc<Shared>, p: Partition) {
             let replicas = shared.settings.wait_replicas;
             match relay::relay(&mut conn, &keys, p, replicas, older_than).await {
                 Ok(done) => {
-                    streak.record(Ok(()), "relay the outbox");
+                    outage.recovered();
                     for (entry, reason) in &done.refused {
                         tracing::error!(partition = p.index(), %entry, %reason, "an outbox entry cannot be relayed; removed");
                         metrics::dead_lettered("relay");
@@ -86,7 +88,7 @@ async fn run(shared: Arc<Shared>, p: Partition) {
                     }
                 }
                 Err(e) => {
-                    streak.record(Err(e), "relay the outbox");
+                    outage.failed(&e);
                     if !pause(&shared.shutdown, Duration::from_millis(200)).await {
                         return;
                     }

@@ -344,7 +344,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 drained = read.drained;
                 read
             }
-            Err(e) if crate::streams::is_permanent(&e) => {
+            Err(e) if crate::retry::is_permanent(&e) => {
                 skip_wrong_kinds(&shared, &mut conn, &mut cursors, &e).await;
                 continue;
             }

@@ -11,7 +11,9 @@
 use super::{driver, intake, pause, Shared};
 use crate::connection::Conn;
 use crate::protocol::limits::MAX_START_ENTRY_BYTES;
+use crate::retry::Outage;
 use crate::store::{lease, maintain, read};
+use crate::telemetry::metrics;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,14 +23,15 @@ const OWNERS_PER_ROUND: usize = 16;
 
 pub(super) async fn run(shared: Arc<Shared>) {
     let mut conn = shared.conn.clone();
-    let mut streak = super::Streak::new("takeover");
+    let outage =
+        Outage::new("looking for dead daemons' work").metered(metrics::redis_meter("takeover"));
     while pause(&shared.shutdown, shared.settings.takeover_every).await {
         let result = async {
             take_over_sagas(&shared, &mut conn).await?;
             take_over_starts(&shared, &mut conn).await
         }
         .await;
-        streak.record(result, "look for dead daemons' work");
+        outage.record(&result);
     }
 }
 
@@ -77,7 +80,7 @@ async fn take_over_starts(shared: &Arc<Shared>, conn: &mut Conn) -> redis::Redis
             Err(e) if super::is_nogroup(&e) => continue,
             // A trigger stream replaced by another kind of key holds no
             // start: the others are still taken over.
-            Err(e) if crate::streams::is_permanent(&e) => continue,
+            Err(e) if crate::retry::is_permanent(&e) => continue,
             other => other?,
         }
         let room = shared
@@ -142,7 +145,7 @@ async fn dead_letter_poison(
         tracing::error!(%stream, entry_id = %id, %reason, "start moved to the dead-letter stream");
         let group = Some(settings.trigger_group.as_str());
         maintain::dead_letter(conn, settings, stream, group, &id, &reason).await?;
-        crate::telemetry::metrics::dead_lettered("start");
+        metrics::dead_lettered("start");
     }
     Ok(())
 }

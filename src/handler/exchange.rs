@@ -23,12 +23,12 @@
 
 use super::dead_letter::{self, dead_letter_key, DEAD_LETTER_MAXLEN, MAX_REASON_BYTES};
 use super::outbox::{add_xadds, Outbox};
-use super::redis_io::{retrying, Tried};
 use super::runner::{Routes, Shared};
 use super::stats::GaveUp;
 use super::{Context, Handle, HandlerError};
 use crate::protocol::reply::reply_fields;
 use crate::protocol::{fields as f, text_field, Command, RawFields, ReplyStatus, TraceParent};
+use crate::retry::{retry, Policy, Tried};
 use crate::streams::Entry;
 use crate::telemetry;
 use redis::aio::ConnectionManager;
@@ -117,7 +117,7 @@ async fn answer(
     // answered before thus gets `start` again ahead of its replayed final
     // reply, as any redelivered command does.
     let start = reply_fields(&command, &span, &ReplyStatus::Start, shared.clock.now_ms());
-    let read = retrying(&shared.shutdown, "read a recorded reply", || {
+    let read = retry(&shared.shutdown, Policy::HANDLER, &shared.writes, || {
         let (mut conn, key) = (conn.clone(), key.clone());
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(key);
@@ -181,7 +181,9 @@ async fn answer(
             pipe.query_async::<()>(&mut conn).await
         }
     };
-    if let Tried::Refused(e) = retrying(&shared.shutdown, "send a final reply", finish).await {
+    if let Tried::Refused(e) =
+        retry(&shared.shutdown, Policy::HANDLER, &shared.writes, finish).await
+    {
         // Redis ran what it could of the MULTI: the record and the
         // acknowledgement may be in place, the reply is not.
         unwritable(&shared, &stream, &id, &command, "write the final reply", e).await;
@@ -339,7 +341,7 @@ async fn give_up(
             .ignore();
         async move { pipe.query_async::<()>(&mut conn).await }
     };
-    match retrying(&shared.shutdown, "dead-letter a command", write).await {
+    match retry(&shared.shutdown, Policy::HANDLER, &shared.writes, write).await {
         Tried::Done(()) => shared.stats.dead_lettered(true),
         Tried::Refused(error) => {
             shared.stats.dead_lettered(false);

@@ -43,16 +43,16 @@
 //! # }
 //! ```
 //!
-//! This module depends only on [`crate::protocol`], never on the
-//! orchestrator, so that it reads as a reference for handlers written in
-//! any language.
+//! This module depends only on [`crate::protocol`], [`crate::streams`],
+//! [`crate::retry`] (the retry policy for Redis calls it shares with the
+//! daemon) and its spans in [`crate::telemetry`], never on the orchestrator,
+//! so that it reads as a reference for handlers written in any language.
 
 mod clock;
 pub mod dead_letter;
 mod exchange;
 pub mod mission;
 mod outbox;
-mod redis_io;
 pub mod reply_stream;
 pub mod runner;
 pub mod simulated;

@@ -10,11 +10,11 @@
 
 use super::clock::{notable, RedisClock, RESYNC_EVERY};
 use super::exchange::handle_entry;
-use super::redis_io::Backoff;
 use super::reply_stream::{ReplyStreams, DEFAULT_REPLY_STREAM_PREFIX};
 use super::stats::HandlerStats;
 use super::{Handle, RunError};
 use crate::protocol::ids::new_uuid_hex;
+use crate::retry::{retry, Backoff, Outage, Policy, Tried};
 use crate::streams::{self, decode_autoclaim_reply, decode_read_reply, Entry};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{RedisResult, Value};
@@ -219,6 +219,7 @@ impl Handlers {
             reply_streams,
             clock,
             stats: self.stats,
+            writes: Outage::new("answering commands"),
         });
         let readers = TaskTracker::new();
         let ready = Arc::new(Ready {
@@ -252,35 +253,36 @@ impl Handlers {
 /// Redis that refuses `TIME` (renamed away, or not allowed to this user)
 /// leaves deadlines on the host's clock, which is what handlers did before.
 async fn first_sync(clock: &RedisClock, writer: &ConnectionManager, shutdown: &CancellationToken) {
-    let mut backoff = Backoff::default();
-    let what = "read Redis's clock";
-    loop {
-        match clock.sync(&mut writer.clone()).await {
-            Ok((offset_ms, _)) => {
-                backoff.succeeded(what);
-                if notable(offset_ms) {
-                    tracing::warn!(
-                        offset_ms,
-                        "this host's clock is off Redis's; deadlines are read on Redis's clock"
-                    );
-                } else {
-                    tracing::info!(offset_ms, "deadlines are read on Redis's clock");
-                }
-                return;
-            }
-            Err(error) if streams::is_permanent(&error) || error.code() == Some("NOPERM") => {
-                tracing::warn!(%error, "cannot read Redis's clock (TIME); deadlines are read on this host's clock");
-                return;
-            }
-            Err(error) => {
-                let delay = backoff.failed(what, &error);
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
+    let policy = Policy {
+        gives_up_on: time_refused,
+        ..Policy::HANDLER
+    };
+    let outage = Outage::new("reading Redis's clock");
+    let sync = || {
+        let mut writer = writer.clone();
+        async move { clock.sync(&mut writer).await }
+    };
+    match retry(shutdown, policy, &outage, sync).await {
+        Tried::Done((offset_ms, _)) if notable(offset_ms) => {
+            tracing::warn!(
+                offset_ms,
+                "this host's clock is off Redis's; deadlines are read on Redis's clock"
+            );
         }
+        Tried::Done((offset_ms, _)) => {
+            tracing::info!(offset_ms, "deadlines are read on Redis's clock");
+        }
+        Tried::Refused(error) => {
+            tracing::warn!(%error, "cannot read Redis's clock (TIME); deadlines are read on this host's clock");
+        }
+        Tried::Stopped => {}
     }
+}
+
+/// A `TIME` that can never pass: refused as such, or not allowed to this
+/// user (an ACL is not changed for a clock the handlers can do without).
+fn time_refused(error: &redis::RedisError) -> bool {
+    crate::retry::is_permanent(error) || error.code() == Some("NOPERM")
 }
 
 /// Measures the offset again every [`RESYNC_EVERY`]; a failed measurement
@@ -318,6 +320,10 @@ pub(super) struct Shared {
     /// Redis's time, for deadlines and reply timestamps.
     pub(super) clock: Arc<RedisClock>,
     pub(super) stats: Arc<HandlerStats>,
+    /// Whether answering commands fails (replies, records, dead-letter
+    /// copies, acknowledgements): one outage, logged once however many
+    /// commands wait on it.
+    pub(super) writes: Outage,
 }
 
 /// The reading loop of one stream, on a connection of its own so that its
@@ -337,11 +343,14 @@ struct Reader {
 
 impl Reader {
     async fn run(mut self) {
-        let mut backoff = Backoff::default();
-        let what = format!("reading `{}`", self.stream);
+        let mut backoff = Backoff::new(Policy::HANDLER);
+        let outage = Outage::new(format!("reading `{}`", self.stream));
         while !self.shared.shutdown.is_cancelled() {
             match self.step().await {
-                Ok(()) => backoff.succeeded(&what),
+                Ok(()) => {
+                    outage.recovered();
+                    backoff.reset();
+                }
                 Err(e) => {
                     // The group was deleted: made again at `0`, which
                     // redelivers old commands; their records and
@@ -350,11 +359,8 @@ impl Reader {
                         self.group_ready = false;
                     }
                     self.conn = None;
-                    let delay = backoff.failed(&what, &e);
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = self.shared.shutdown.cancelled() => {}
-                    }
+                    outage.failed(&e);
+                    backoff.wait(&self.shared.shutdown).await;
                 }
             }
         }

@@ -270,7 +270,7 @@ mod tests {
         let keys = Keys::new("saga:");
         for stream in ["saga:events", "explore:commands", "r:{abc}:x", "a{b}c}"] {
             let mark = keys.relayed(stream).expect("a mark");
-            assert_eq!(slot(&mark), slot(&stream), "{stream}");
+            assert_eq!(slot(&mark), slot(stream), "{stream}");
         }
         assert_eq!(keys.relayed("odd{}name"), None);
         assert_eq!(keys.relayed("a}b"), None);

@@ -26,7 +26,8 @@ pub async fn load<C: ConnectionLike + Send>(
     saga_id: &str,
 ) -> RedisResult<Option<Stored>> {
     let key = keys.record(saga_id);
-    let read: RedisResult<((Option<String>, Option<String>, Option<u64>), i64)> = redis::pipe()
+    type Fields = (Option<String>, Option<String>, Option<u64>);
+    let read: RedisResult<(Fields, i64)> = redis::pipe()
         .cmd("HMGET")
         .arg(&key)
         .arg("state")

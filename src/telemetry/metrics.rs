@@ -320,6 +320,17 @@ pub fn redis_reconnected(doing: &'static str) {
     counter!(m::REDIS_RECONNECTS, "operation" => doing).increment(1);
 }
 
+/// The counters of a run of Redis failures under `doing` (see
+/// [`crate::retry::Outage::metered`]): every failed call, and every end of
+/// a run.
+pub fn redis_meter(doing: &'static str) -> crate::retry::Meter {
+    crate::retry::Meter {
+        label: doing,
+        failed: redis_error,
+        recovered: redis_reconnected,
+    }
+}
+
 /// Counts entries and sagas moved to the dead-letter stream, by what they
 /// were (`start`, `saga`).
 pub fn dead_lettered(what: &'static str) {
