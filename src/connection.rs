@@ -8,9 +8,10 @@
 //! touches under one hash tag (see [`crate::store::keys`]).
 //!
 //! Which one it is comes from the `redis_mode` setting: `single`, `cluster`,
-//! or `auto` (the default), which asks the server (`INFO cluster`) once at
-//! start-up. A server that does not let the user run `INFO` is taken for a
-//! single Redis: set `redis_mode: cluster` for such a user on a cluster.
+//! or `auto` (the default), which asks the server (`CLUSTER INFO`, which a
+//! server without cluster support refuses) once at start-up. A server that
+//! does not let the user run `CLUSTER INFO` is taken for a single Redis:
+//! set `redis_mode: cluster` for such a user on a cluster.
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
@@ -18,6 +19,28 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use std::time::Duration;
+
+/// The number of slots of a Redis Cluster.
+pub const SLOTS: u16 = 16384;
+
+/// The cluster slot of a key, as Redis Cluster computes it: CRC16
+/// (XMODEM) of its hash tag, modulo the number of slots.
+pub fn slot(key: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(hash_tag(key).as_bytes()) % SLOTS
+}
+
+/// The part of a key Redis Cluster hashes: the text between the first `{`
+/// and the first `}` after it when not empty, else the whole key.
+pub fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{') {
+        if let Some(len) = key[open + 1..].find('}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
 
 /// How Redis is deployed, as the `redis_mode` setting says it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -136,7 +159,8 @@ async fn cluster_connection(client: &ClusterClient, timeout: Duration) -> RedisR
 }
 
 /// Whether the server behind `client` runs with `cluster-enabled yes`. A
-/// server that refuses `INFO` to this user counts as a single Redis.
+/// server that refuses `CLUSTER INFO` to this user counts as a single
+/// Redis.
 async fn is_cluster_node(client: &redis::Client) -> RedisResult<bool> {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -144,13 +168,15 @@ async fn is_cluster_node(client: &redis::Client) -> RedisResult<bool> {
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
-    match redis::cmd("INFO")
-        .arg("cluster")
+    match redis::cmd("CLUSTER")
+        .arg("INFO")
         .query_async::<String>(&mut conn)
         .await
     {
-        Ok(info) => Ok(info.lines().any(|l| l.trim() == "cluster_enabled:1")),
+        Ok(_) => Ok(true),
         Err(e) if e.code() == Some("NOPERM") => Ok(false),
+        // "ERR This instance has cluster support disabled".
+        Err(e) if e.to_string().contains("cluster support disabled") => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -168,6 +194,29 @@ pub enum Conn {
 impl Conn {
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
+    }
+
+    /// Runs commands whose replies are not needed, each given with the key
+    /// it names: in one pipeline on one Redis; on a cluster, one pipeline
+    /// per slot (a pipeline cannot span slots there).
+    pub async fn run_all(&mut self, cmds: Vec<(String, Cmd)>) -> RedisResult<()> {
+        let mut pipes: Vec<(u16, Pipeline)> = Vec::new();
+        let cluster = self.is_cluster();
+        for (key, cmd) in cmds {
+            let at = if cluster { slot(&key) } else { 0 };
+            let pipe = match pipes.iter_mut().find(|(s, _)| *s == at) {
+                Some((_, pipe)) => pipe,
+                None => {
+                    pipes.push((at, Pipeline::new()));
+                    &mut pipes.last_mut().expect("just pushed").1
+                }
+            };
+            pipe.add_command(cmd).ignore();
+        }
+        for (_, pipe) in pipes {
+            pipe.query_async::<()>(self).await?;
+        }
+        Ok(())
     }
 
     /// Waits until the writes made so far to the master that holds `key`

@@ -43,9 +43,9 @@ const DAEMON_COMMANDS: &[&str] = &[
     "evalsha",
     "evalsha_ro",
     "script|load",
-    // On a cluster: finding the nodes (`redis_mode: cluster`; `auto` also
-    // asks `INFO cluster` when the user may), and waiting for replicas
-    // (`wait_replicas`).
+    // Finding out whether Redis is a cluster (`redis_mode: auto`) and, on a
+    // cluster, its nodes; waiting for replicas (`wait_replicas`).
+    "cluster|info",
     "cluster|slots",
     "cluster|shards",
     "wait",
@@ -65,10 +65,14 @@ const DAEMON_COMMANDS: &[&str] = &[
     "xread",
     "xreadgroup",
     "xtrim",
-    // Saga records, leases, owned sets, pinned definitions, idempotency keys;
-    // scripts check the kind of every key before they write, and a daemon
-    // looks once for the sets of owners it does not know.
+    // Saga records, the partitions' indexes, owned sets and fences, leases,
+    // pinned definitions, idempotency keys; scripts check the kind of every
+    // key before they write, and housekeeping trims the indexes.
     "type",
+    "ttl",
+    "scard",
+    "sismember",
+    "zremrangebyscore",
     "zrevrange",
     "del",
     "expire",
@@ -89,7 +93,15 @@ const DAEMON_COMMANDS: &[&str] = &[
 
 /// Commands without keys that a handler's connection sends: the SDK writes
 /// a final reply, its record and its acknowledgement in one MULTI.
-const HANDLER_KEYLESS: &[&str] = &["ping", "time", "multi", "exec"];
+const HANDLER_KEYLESS: &[&str] = &[
+    "ping",
+    "time",
+    "multi",
+    "exec",
+    "cluster|info",
+    "cluster|slots",
+    "cluster|shards",
+];
 
 /// What the handler SDK does on its command stream, through its group.
 const HANDLER_ON_STREAM: &[&str] = &[
@@ -128,6 +140,9 @@ const DOCTOR_COMMANDS: &[&str] = &[
 
 const VIEW_COMMANDS: &[&str] = &[
     "ping",
+    "cluster|info",
+    "cluster|slots",
+    "cluster|shards",
     "get",
     "time",
     "zrevrange",
@@ -141,7 +156,15 @@ const VIEW_COMMANDS: &[&str] = &[
 
 /// What `start` sends: the last event's id, the start, then the
 /// events after it.
-const START_COMMANDS: &[&str] = &["ping", "xrevrange", "xadd", "xread"];
+const START_COMMANDS: &[&str] = &[
+    "ping",
+    "cluster|info",
+    "cluster|slots",
+    "cluster|shards",
+    "xrevrange",
+    "xadd",
+    "xread",
+];
 
 /// Which handler roles are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -656,7 +679,7 @@ mod tests {
             assert!(daemon.contains(&rule.to_owned()), "{rule} in {daemon:?}");
         }
         assert_eq!(
-            rules_of(&roles, "handler-routing")[4..],
+            rules_of(&roles, "handler-routing")[7..],
             [
                 "(+xgroup|create +xreadgroup +xautoclaim +xpending +xack ~routing:commands)",
                 "(+get +set +xadd ~handler:{g}:*)",

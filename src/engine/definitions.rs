@@ -27,17 +27,19 @@ pub(super) async fn publish(
     settings: &Settings,
     catalog: &Catalog,
 ) -> redis::RedisResult<()> {
-    let mut pipe = redis::pipe();
+    let keys = crate::store::keys::Keys::of(settings);
+    let mut cmds = Vec::new();
     for name in catalog.names() {
         let def = catalog.get(name).expect("listed");
-        pipe.cmd("SET")
-            .arg(crate::store::keys::Keys::of(settings).definition(&def.name, &def.version))
+        let key = keys.definition(&def.name, &def.version);
+        let mut set = redis::cmd("SET");
+        set.arg(&key)
             .arg(def.text.as_ref())
             .arg("EX")
-            .arg(KEPT_FOR.as_secs())
-            .ignore();
+            .arg(KEPT_FOR.as_secs());
+        cmds.push((key, set));
     }
-    pipe.query_async(conn).await
+    conn.run_all(cmds).await
 }
 
 /// The definition a saga is pinned to: the loaded one if it is that

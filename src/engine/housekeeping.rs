@@ -226,18 +226,18 @@ pub(super) async fn trim_streams(shared: &Shared) -> redis::RedisResult<()> {
     let mut conn = shared.conn.clone();
     let settings = &shared.settings;
     let now = shared.now_ms();
-    let mut pipe = redis::pipe();
+    let mut cmds = Vec::new();
     let mut trim = |stream: &str, below: StreamId| {
-        pipe.cmd("XTRIM")
-            .arg(stream)
+        let mut cmd = redis::cmd("XTRIM");
+        cmd.arg(stream)
             .arg("MINID")
             .arg("~")
             .arg(below.to_string())
             // `~` alone removes at most 10,000 entries a call, fewer than
             // a busy second adds.
             .arg("LIMIT")
-            .arg(0)
-            .ignore();
+            .arg(0);
+        cmds.push((stream.to_owned(), cmd));
     };
     trim(&settings.events_stream, cut(now, settings.stream_retention));
     trim(
@@ -250,7 +250,7 @@ pub(super) async fn trim_streams(shared: &Shared) -> redis::RedisResult<()> {
             cut(now, command_stream_keep(settings.stream_retention, longest)),
         );
     }
-    pipe.query_async::<()>(&mut conn).await
+    conn.run_all(cmds).await
 }
 
 /// Trims the control stream to its cap and its retention, as often as the

@@ -498,22 +498,21 @@ async fn route(shared: &Shared, main: &str, entry: Entry) {
 /// gone for good disappears once the reply retention has passed.
 async fn tidy(shared: &Shared, stream: &str, below: Option<StreamId>) {
     let mut conn = shared.conn.clone();
-    let mut pipe = redis::pipe();
+    let mut cmds = Vec::new();
     if let Some(below) = below {
-        pipe.cmd("XTRIM")
-            .arg(stream)
-            .arg("MINID")
-            .arg(below.to_string())
-            .ignore();
+        let mut trim = redis::cmd("XTRIM");
+        trim.arg(stream).arg("MINID").arg(below.to_string());
+        cmds.push((stream.to_owned(), trim));
     }
     // Never so short that the stream could expire between two renewals
     // while this daemon reads it: unread replies would go with it.
     let ttl = shared.settings.reply_retention.max(MIN_REPLY_TTL).as_secs();
-    pipe.cmd("EXPIRE").arg(stream).arg(ttl).ignore();
-    for followed in shared.replies.followed.snapshot() {
-        pipe.cmd("EXPIRE").arg(followed).arg(ttl).ignore();
+    for key in std::iter::once(stream.to_owned()).chain(shared.replies.followed.snapshot()) {
+        let mut expire = redis::cmd("EXPIRE");
+        expire.arg(&key).arg(ttl);
+        cmds.push((key, expire));
     }
-    if let Err(e) = pipe.query_async::<()>(&mut conn).await {
+    if let Err(e) = conn.run_all(cmds).await {
         tracing::debug!(error = %e, %stream, "tidying the reply streams failed; will try again");
     }
 }

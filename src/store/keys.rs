@@ -37,7 +37,7 @@ use std::sync::LazyLock;
 /// its id through it.
 pub const PARTITIONS: u16 = 64;
 
-const SLOTS: u16 = 16384;
+pub use crate::connection::{hash_tag, slot, SLOTS};
 
 /// One partition of the sagas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,12 +55,6 @@ static TAGS: LazyLock<Vec<String>> = LazyLock::new(|| {
         })
         .collect()
 });
-
-/// The cluster slot of a key, as Redis Cluster computes it: CRC16
-/// (XMODEM) of its hash tag, modulo the number of slots.
-pub fn slot(key: &str) -> u16 {
-    crc16::State::<crc16::XMODEM>::calculate(hash_tag(key).as_bytes()) % SLOTS
-}
 
 impl Partition {
     /// The partition of a saga.
@@ -199,19 +193,6 @@ impl Keys {
     pub fn any_relayed(&self, mark: &str) -> String {
         format!("{}relayed:{mark}", self.prefix)
     }
-}
-
-/// The part of a key Redis Cluster hashes: the text between the first `{`
-/// and the first `}` after it when not empty, else the whole key.
-pub fn hash_tag(key: &str) -> &str {
-    if let Some(open) = key.find('{') {
-        if let Some(len) = key[open + 1..].find('}') {
-            if len > 0 {
-                return &key[open + 1..open + 1 + len];
-            }
-        }
-    }
-    key
 }
 
 #[cfg(test)]

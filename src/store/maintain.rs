@@ -5,6 +5,7 @@
 
 use super::scripts::{DEAD_LETTER, RELEASE_KEY, TRIM_TRIGGER};
 use crate::config::Settings;
+use crate::connection::Conn;
 use crate::streams::StreamId;
 use redis::aio::ConnectionLike;
 use redis::RedisResult;
@@ -19,26 +20,66 @@ pub const DEAD_LETTER_FIELDS: usize = 32;
 /// copy with `reason`, and acknowledges it in `group` (if any). Returns
 /// false when the dead-letter stream cannot take it (the entry is
 /// acknowledged all the same).
-pub async fn dead_letter<C: ConnectionLike + Send>(
-    conn: &mut C,
+///
+/// On one Redis this is one script. On a cluster, where the two streams may
+/// be in different slots, the copy is made in the entry's slot, added to the
+/// dead-letter stream, then the entry is acknowledged: a crash in between
+/// leaves the entry pending, to be moved again (a second copy, never none).
+pub async fn dead_letter(
+    conn: &mut Conn,
     settings: &Settings,
     stream: &str,
     group: Option<&str>,
     id: &str,
     reason: &str,
 ) -> RedisResult<bool> {
-    let copied: i64 = DEAD_LETTER
-        .key(stream)
-        .key(&settings.dead_letter_stream)
-        .arg(group.unwrap_or(""))
+    let mut call = DEAD_LETTER.prepare_invoke();
+    call.key(stream);
+    let cluster = conn.is_cluster();
+    if !cluster {
+        call.key(&settings.dead_letter_stream);
+    }
+    call.arg(group.unwrap_or(""))
         .arg(id)
         .arg(reason)
         .arg(settings.events_maxlen)
         .arg(DEAD_LETTER_VALUE_BYTES)
-        .arg(DEAD_LETTER_FIELDS)
-        .invoke_async(conn)
-        .await?;
-    Ok(copied == 1)
+        .arg(DEAD_LETTER_FIELDS);
+    if !cluster {
+        let copied: i64 = call.invoke_async(conn).await?;
+        return Ok(copied == 1);
+    }
+    let copy: Vec<String> = call.invoke_async(conn).await?;
+    let added: RedisResult<String> = redis::cmd("XADD")
+        .arg(&settings.dead_letter_stream)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(settings.events_maxlen)
+        .arg("*")
+        .arg(&copy)
+        .query_async(conn)
+        .await;
+    let copied = match added {
+        Ok(_) => true,
+        Err(e) if e.code() == Some("WRONGTYPE") => false,
+        Err(e) => return Err(e),
+    };
+    if let Some(group) = group {
+        redis::cmd("XACK")
+            .arg(stream)
+            .arg(group)
+            .arg(id)
+            .query_async::<i64>(conn)
+            .await
+            .or_else(|e| {
+                if e.code() == Some("WRONGTYPE") {
+                    Ok(0)
+                } else {
+                    Err(e)
+                }
+            })?;
+    }
+    Ok(copied)
 }
 
 /// Pages of 1,000 entries one trim of a trigger stream looks through, at

@@ -10,6 +10,7 @@
 //! `proto-max-bulk-len` bounds).
 
 use super::scripts::{CLAIM_GROUP, LAST_ID, READ_GROUP, READ_STREAMS};
+use crate::connection::Conn;
 use crate::streams::{decode_autoclaim_reply, decode_read_reply, Entry};
 use redis::aio::ConnectionLike;
 use redis::RedisResult;
@@ -76,23 +77,56 @@ async fn blocking<C: ConnectionLike + Send>(
     Ok(entries)
 }
 
+/// On a cluster, how long a blocking read waits on the first slot's
+/// streams when others, in other slots, are read without blocking between
+/// two waits: a command or script cannot span slots, so those are looked
+/// at this often (10 times a second at most, per reader).
+pub const CROSS_SLOT_BLOCK: Duration = Duration::from_millis(100);
+
+/// `items` in groups that share a cluster slot, in the order each slot is
+/// first met; one group with all of them on one Redis.
+fn by_slot<'a, T>(conn: &Conn, items: &'a [T], key: impl Fn(&T) -> &str) -> Vec<Vec<&'a T>> {
+    if !conn.is_cluster() {
+        return vec![items.iter().collect()];
+    }
+    let mut groups: Vec<(u16, Vec<&T>)> = Vec::new();
+    for item in items {
+        let slot = super::keys::slot(key(item));
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, group)) => group.push(item),
+            None => groups.push((slot, vec![item])),
+        }
+    }
+    groups.into_iter().map(|(_, group)| group).collect()
+}
+
 /// New entries of `streams` through `group`, at most `count`, without
 /// blocking.
-pub async fn group_now<C: ConnectionLike + Send>(
-    conn: &mut C,
+pub async fn group_now(
+    conn: &mut Conn,
     streams: &[String],
     group: &str,
     consumer: &str,
     count: usize,
     max_bytes: usize,
 ) -> RedisResult<Vec<Entry>> {
-    let mut call = READ_GROUP.prepare_invoke();
-    for stream in streams {
-        call.key(stream);
+    let mut entries = Vec::new();
+    for slot in by_slot(conn, streams, |s| s.as_str()) {
+        if entries.len() >= count {
+            break;
+        }
+        let mut call = READ_GROUP.prepare_invoke();
+        for stream in slot {
+            call.key(stream);
+        }
+        call.arg(group)
+            .arg(consumer)
+            .arg(count - entries.len())
+            .arg(max_bytes);
+        let reply: redis::Value = call.invoke_async(conn).await?;
+        entries.extend(decode_read_reply(&reply));
     }
-    call.arg(group).arg(consumer).arg(count).arg(max_bytes);
-    let reply: redis::Value = call.invoke_async(conn).await?;
-    Ok(decode_read_reply(&reply))
+    Ok(entries)
 }
 
 /// New entries of `streams` through `group`: those there now (at most
@@ -100,8 +134,8 @@ pub async fn group_now<C: ConnectionLike + Send>(
 /// With `wait_first` (the last read took everything there was), it waits at
 /// once, sparing the look that would find nothing.
 #[allow(clippy::too_many_arguments)]
-pub async fn group<C: ConnectionLike + Send>(
-    conn: &mut C,
+pub async fn group(
+    conn: &mut Conn,
     streams: &[String],
     group: &str,
     consumer: &str,
@@ -110,7 +144,13 @@ pub async fn group<C: ConnectionLike + Send>(
     max_bytes: usize,
     wait_first: bool,
 ) -> RedisResult<Read> {
-    if !wait_first {
+    let slots = by_slot(conn, streams, |s| s.as_str());
+    let (waited, block) = match slots.as_slice() {
+        [only] => (only.clone(), block),
+        [first, ..] => (first.clone(), block.min(CROSS_SLOT_BLOCK)),
+        [] => (Vec::new(), block),
+    };
+    if !wait_first || slots.len() > 1 {
         let now = group_now(conn, streams, group, consumer, count, max_bytes).await?;
         if !now.is_empty() {
             return Ok(Read {
@@ -128,8 +168,8 @@ pub async fn group<C: ConnectionLike + Send>(
         .arg("BLOCK")
         .arg(block.as_millis() as u64)
         .arg("STREAMS")
-        .arg(streams);
-    for _ in streams {
+        .arg(&waited);
+    for _ in &waited {
         cmd.arg(">");
     }
     let entries = blocking(conn, &cmd, max_bytes).await?;
@@ -177,25 +217,37 @@ pub struct Read {
 /// stream at most ([`BLOCKING_COUNT`]). With `wait_first` (the last read
 /// took everything there was), it waits at once, sparing the look that
 /// would find nothing.
-pub async fn after<C: ConnectionLike + Send>(
-    conn: &mut C,
+pub async fn after(
+    conn: &mut Conn,
     streams: &[(&str, &str)],
     count: usize,
     block: Duration,
     max_bytes: usize,
     wait_first: bool,
 ) -> RedisResult<Read> {
-    if !wait_first {
-        let mut call = READ_STREAMS.prepare_invoke();
-        for (stream, _) in streams {
-            call.key(*stream);
+    let slots = by_slot(conn, streams, |(s, _)| s);
+    let (waited, block) = match slots.as_slice() {
+        [only] => (only.clone(), block),
+        [first, ..] => (first.clone(), block.min(CROSS_SLOT_BLOCK)),
+        [] => (Vec::new(), block),
+    };
+    if !wait_first || slots.len() > 1 {
+        let mut entries = Vec::new();
+        for slot in &slots {
+            if entries.len() >= count {
+                break;
+            }
+            let mut call = READ_STREAMS.prepare_invoke();
+            for (stream, _) in slot {
+                call.key(*stream);
+            }
+            call.arg(count - entries.len()).arg(max_bytes);
+            for (_, id) in slot {
+                call.arg(*id);
+            }
+            let reply: redis::Value = call.invoke_async(conn).await?;
+            entries.extend(decode_read_reply(&reply));
         }
-        call.arg(count).arg(max_bytes);
-        for (_, id) in streams {
-            call.arg(*id);
-        }
-        let reply: redis::Value = call.invoke_async(conn).await?;
-        let entries = decode_read_reply(&reply);
         if !entries.is_empty() {
             return Ok(Read {
                 drained: entries.len() < count,
@@ -209,10 +261,10 @@ pub async fn after<C: ConnectionLike + Send>(
         .arg("BLOCK")
         .arg(block.as_millis() as u64)
         .arg("STREAMS");
-    for (stream, _) in streams {
+    for (stream, _) in &waited {
         cmd.arg(*stream);
     }
-    for (_, id) in streams {
+    for (_, id) in &waited {
         cmd.arg(*id);
     }
     let entries = blocking(conn, &cmd, max_bytes).await?;
@@ -234,15 +286,21 @@ pub async fn last_id<C: ConnectionLike + Send>(conn: &mut C, stream: &str) -> Re
 
 /// The keys among `keys` that hold something other than a stream: a read
 /// that fails with WRONGTYPE leaves them out from then on.
-pub async fn not_streams<C: ConnectionLike + Send>(
-    conn: &mut C,
-    keys: &[&str],
-) -> RedisResult<Vec<String>> {
-    let mut pipe = redis::pipe();
-    for key in keys {
-        pipe.cmd("TYPE").arg(*key);
+pub async fn not_streams(conn: &mut Conn, keys: &[&str]) -> RedisResult<Vec<String>> {
+    let mut kinds: Vec<String> = Vec::new();
+    for slot in by_slot(conn, keys, |k| k) {
+        let mut pipe = redis::pipe();
+        for key in slot {
+            pipe.cmd("TYPE").arg(*key);
+        }
+        kinds.extend(pipe.query_async::<Vec<String>>(conn).await?);
     }
-    let kinds: Vec<String> = pipe.query_async(conn).await?;
+    // In the order of `keys`: regroup by slot kept each slot's order.
+    let mut ordered: Vec<&str> = Vec::new();
+    for slot in by_slot(conn, keys, |k| k) {
+        ordered.extend(slot.into_iter().copied());
+    }
+    let keys = ordered;
     Ok(keys
         .iter()
         .zip(kinds)

@@ -3,7 +3,9 @@
 -- made here so that an entry of any size never travels to the daemon.
 --
 -- KEYS[1]  the stream the entry is on
--- KEYS[2]  the dead-letter stream
+-- KEYS[2]  the dead-letter stream; left out on a cluster, where it may be
+--          in another slot: the copy is then returned, to be added and the
+--          entry acknowledged by the caller, and nothing is written here
 -- ARGV[1]  group       the consumer group to acknowledge it in ('' for none)
 -- ARGV[2]  entry_id
 -- ARGV[3]  reason      why it can never be processed
@@ -17,15 +19,16 @@
 -- left out).
 --
 -- Returns 1 when copied, 0 when the dead-letter stream is not a stream
--- (the entry is acknowledged all the same: nothing would ever take it).
+-- (the entry is acknowledged all the same: nothing would ever take it);
+-- without KEYS[2], the copy's fields and values.
 local group, id, reason = ARGV[1], ARGV[2], ARGV[3]
 local maxlen, max_value, max_fields = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local function clean(s)
   return (string.gsub(string.sub(s, 1, max_value), '[^\32-\126]', '?'))
 end
 local copied = 0
-local dead_type = redis.call('TYPE', KEYS[2]).ok
-if dead_type == 'stream' or dead_type == 'none' then
+local dead_type = KEYS[2] and redis.call('TYPE', KEYS[2]).ok or 'elsewhere'
+if dead_type == 'stream' or dead_type == 'none' or dead_type == 'elsewhere' then
   local fields, size, truncated, kept = {}, 0, '0', 0
   if redis.call('TYPE', KEYS[1]).ok == 'stream' then
     local found = redis.call('XRANGE', KEYS[1], id, id)
@@ -45,9 +48,10 @@ if dead_type == 'stream' or dead_type == 'none' then
       end
     end
   end
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*',
-    'stream', KEYS[1], 'entry_id', id, 'reason', reason,
-    'size', size, 'fields', cjson.encode(fields), 'truncated', truncated)
+  local copy = { 'stream', KEYS[1], 'entry_id', id, 'reason', reason,
+    'size', tostring(size), 'fields', cjson.encode(fields), 'truncated', truncated }
+  if dead_type == 'elsewhere' then return copy end
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', unpack(copy))
   copied = 1
 end
 if group ~= '' and redis.call('TYPE', KEYS[1]).ok == 'stream' then

@@ -19,7 +19,7 @@ local claimer, expected, saga_id, join = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 if redis.call('ZSCORE', KEYS[2], claimer) then return -1 end
 if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
 local owner = redis.call('HGET', KEYS[1], 'owner') or ''
-if owner ~= expected or owner == claimer then return 0 end
+if owner ~= expected then return 0 end
 redis.call('HSET', KEYS[1], 'owner', claimer)
 if join == '1' then
   redis.call('SADD', KEYS[3], saga_id)
