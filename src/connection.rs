@@ -220,25 +220,50 @@ impl Conn {
     }
 
     /// Waits until the writes made so far to the master that holds `key`
-    /// reached `replicas` of its replicas, for at most `timeout`; returns
-    /// how many did. On one server, the server is the one asked.
+    /// reached `replicas` of its replicas, or every replica it has when it
+    /// has fewer (a master whose replica was promoted away, until it gets
+    /// a new one: no failover can lose what no replica could take over),
+    /// for at most `timeout`; says whether they did.
     pub async fn wait_replicas(
         &mut self,
         key: &str,
         replicas: usize,
         timeout: Duration,
-    ) -> RedisResult<usize> {
+    ) -> RedisResult<bool> {
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas)
             .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        let acked: usize = self.on_master_of(key, wait).await?;
+        if acked >= replicas {
+            return Ok(true);
+        }
+        // ROLE: ["master", offset, [[ip, port, offset], ...]].
+        let role: Value = self.on_master_of(key, redis::cmd("ROLE")).await?;
+        let connected = match &role {
+            Value::Array(items) => match items.get(2) {
+                Some(Value::Array(replicas)) => replicas.len(),
+                _ => 0,
+            },
+            _ => 0,
+        };
+        Ok(acked >= connected.min(replicas))
+    }
+
+    /// Runs a command without keys on the master that holds `key` (on one
+    /// Redis, on it).
+    async fn on_master_of<T: redis::FromRedisValue>(
+        &mut self,
+        key: &str,
+        cmd: Cmd,
+    ) -> RedisResult<T> {
         match self {
             Self::Cluster(conn) => {
                 let route = Route::with_key(key, SlotAddr::Master);
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                let reply = conn.route_command(wait, routing).await?;
+                let reply = conn.route_command(cmd, routing).await?;
                 Ok(redis::from_redis_value(reply)?)
             }
-            other => wait.query_async(other).await,
+            other => cmd.query_async(other).await,
         }
     }
 }

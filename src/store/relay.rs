@@ -31,8 +31,9 @@ use std::time::Duration;
 /// limits).
 pub const RELAY_BATCH: usize = 64;
 
-/// How long a relay waits for replicas before it gives up this round.
-const WAIT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a relay waits for replicas before it gives up this round (and
+/// asks how many the master has: see [`Conn::wait_replicas`]).
+const WAIT_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// What one round of a relay did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -76,7 +77,7 @@ pub async fn relay(
     if entries.is_empty() {
         return Ok(done);
     }
-    if replicas > 0 && conn.wait_replicas(&outbox, replicas, WAIT_TIMEOUT).await? < replicas {
+    if replicas > 0 && !conn.wait_replicas(&outbox, replicas, WAIT_TIMEOUT).await? {
         done.unconfirmed = true;
         return Ok(done);
     }
@@ -139,7 +140,7 @@ pub async fn relay(
     }
     if replicas > 0 {
         for key in &touched {
-            if conn.wait_replicas(key, replicas, WAIT_TIMEOUT).await? < replicas {
+            if !conn.wait_replicas(key, replicas, WAIT_TIMEOUT).await? {
                 done.unconfirmed = true;
                 return Ok(done);
             }

@@ -437,7 +437,7 @@ pub struct Event {
 }
 
 impl Event {
-    fn from_fields(fields: Fields) -> Self {
+    pub fn from_fields(fields: Fields) -> Self {
         let text = |k: &str| fields.get(k).cloned().unwrap_or_default();
         let payload = match fields.get("payload") {
             Some(p) => serde_json::from_str(p).unwrap_or_else(|e| panic!("payload {p}: {e}")),
