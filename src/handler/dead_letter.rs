@@ -143,14 +143,14 @@ mod tests {
 
     #[test]
     fn a_small_command_is_copied_whole() {
-        let fields = raw(&[("reply_stream", b"saga:leases"), ("payload", b"{}")]);
+        let fields = raw(&[("reply_stream", b"saga:{leases}"), ("payload", b"{}")]);
         let entry = entry("s:commands", "1-0", "c-1", &fields, "refused");
         assert_eq!(get(&entry, "reason"), Some("refused"));
         assert_eq!(get(&entry, "stream"), Some("s:commands"));
         assert_eq!(get(&entry, "entry_id"), Some("1-0"));
         assert_eq!(get(&entry, "consumer"), Some("c-1"));
         assert_eq!(get(&entry, "field_count"), Some("2"));
-        assert_eq!(get(&entry, "command.reply_stream"), Some("saga:leases"));
+        assert_eq!(get(&entry, "command.reply_stream"), Some("saga:{leases}"));
         assert_eq!(get(&entry, "command.payload"), Some("{}"));
         assert_eq!(get(&entry, "truncated"), Some("false"));
     }

@@ -147,7 +147,7 @@ mod tests {
     #[test]
     fn anything_else_is_refused() {
         let other_prefix = Err(Refusal::OtherPrefix("saga:replies:".into()));
-        assert_eq!(check("saga:leases"), other_prefix);
+        assert_eq!(check("saga:{leases}"), other_prefix);
         assert_eq!(check("mission:start"), other_prefix);
         assert_eq!(check(""), other_prefix);
         assert_eq!(check("saga:replies"), other_prefix);

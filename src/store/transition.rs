@@ -1,20 +1,24 @@
 //! Writing saga transitions. Everything one transition does (the saga's new
-//! state, the commands it sends, its audit events, the acknowledgement of
-//! its start entry) is written by one script (`scripts/transition.lua`),
-//! which checks every key before it writes any: no reader ever sees a
-//! command without its recorded state or the reverse, and a key of the
-//! wrong kind refuses the whole transition.
+//! state, its place in its partition's indexes and sets, the commands it
+//! sends, its audit events, the acknowledgement of its start entry) is
+//! written by one script (`scripts/transition.lua`), which checks every key
+//! before it writes any: no reader ever sees a command without its recorded
+//! state or the reverse, and a key of the wrong kind refuses the whole
+//! transition. On a cluster the writes outside the saga's partition are
+//! recorded in the partition's outbox by that script and made by the relay
+//! ([`super::relay`]), exactly once for commands and events.
 //!
-//! The write is fenced: it happens only if the saga's record still names
-//! the writer's owner token, so a daemon that lost its lease cannot touch a
-//! saga another daemon took over. Each write carries the saga's transition
+//! The write is fenced: it happens only if the saga's record still names the
+//! writer's owner token, so a daemon that lost its lease cannot touch a saga
+//! another daemon took over. Each write carries the saga's transition
 //! number, so a write retried after a lost answer is not applied twice. A
 //! transition that makes the writer the saga's driver (its creation, or an
-//! operator reopening a failed saga) also needs the writer's lease alive on
-//! Redis's clock: a daemon whose lease ran out creates nothing.
+//! operator reopening a failed saga) is refused to an owner fenced off the
+//! partition by a claim, and on one Redis also to one whose lease ran out
+//! on Redis's clock.
 //!
-//! The saga record is a hash at `saga:{<saga_id>}`: `owner`, `seq` (the last
-//! transition written) and `state` (JSON).
+//! The saga record is a hash ([`super::keys::Keys::record`]): `owner`,
+//! `seq` (the last transition written), `phase` and `state` (JSON).
 
 use super::keys::Partition;
 use super::scripts::TRANSITION;

@@ -376,7 +376,7 @@ async fn wait_until_ready(conn: &mut redis::aio::MultiplexedConnection) -> Resul
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let leases: u64 = redis::cmd("ZCARD")
-            .arg("saga:leases")
+            .arg(crate::store::keys::Keys::new("saga:").leases())
             .query_async(conn)
             .await
             .unwrap_or(0);
