@@ -2,6 +2,7 @@
 //! a time (or at a fixed rate), and the audit stream followed to time each
 //! saga from its start entry to its end.
 
+use crate::connection::Client;
 use crate::protocol::fields as f;
 use crate::streams;
 use std::collections::HashMap;
@@ -45,9 +46,9 @@ struct Ended {
 /// How long the load waits for the next saga to end before giving up.
 const STALL: Duration = Duration::from_secs(30);
 
-pub async fn run(client: &redis::Client, load: &Load) -> Result<Measured, String> {
+pub async fn run(client: &Client, load: &Load) -> Result<Measured, String> {
     let mut conn = client
-        .get_multiplexed_async_connection()
+        .commands(Duration::from_secs(5))
         .await
         .map_err(|e| e.to_string())?;
     let (tx, mut ended_rx) = mpsc::unbounded_channel();
@@ -142,7 +143,7 @@ pub async fn run(client: &redis::Client, load: &Load) -> Result<Measured, String
 /// Reads the audit stream from its current end: sends each saga's end, and
 /// collects step durations.
 async fn follow(
-    client: redis::Client,
+    client: Client,
     load: Load,
     from: String,
     ended: mpsc::UnboundedSender<Ended>,
@@ -151,8 +152,7 @@ async fn follow(
 ) {
     let mut steps: HashMap<String, Vec<f64>> = HashMap::new();
     let mut started: HashMap<(String, String), u64> = HashMap::new();
-    let Ok(mut conn) = streams::blocking_connection(&client, Duration::from_millis(500)).await
-    else {
+    let Ok(mut conn) = client.blocking(Duration::from_millis(500)).await else {
         return;
     };
     let mut last = from;

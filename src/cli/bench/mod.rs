@@ -12,11 +12,12 @@ mod stats;
 use super::output::outln;
 use super::REFERENCE_MISSION;
 use crate::config::RedisUrl;
-use crate::local_redis::LocalRedis;
+use crate::connection::{self, RedisMode};
+use crate::local_redis::{ClusterOptions, LocalCluster, LocalRedis};
 use clap::Args;
 use load::Load;
 use otlp_sink::OtlpSink;
-use redis_info::RedisInfo;
+use redis_info::{RedisInfo, Servers};
 use stats::{CpuPerSaga, Percentiles, RedisMemory, Report, StepOverhead};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,12 +26,17 @@ use std::time::Duration;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  sagaflow bench --sagas 5000 --concurrency 200\n  sagaflow bench --duration 60s --concurrency 400\n  sagaflow bench --concurrency 1 --sagas 2000      # latency, one saga at a time\n  sagaflow bench --rate 1000 --duration 30s        # latency at a fixed arrival rate\n  sagaflow bench --durable --json"
+    after_help = "Examples:\n  sagaflow bench --sagas 5000 --concurrency 200\n  sagaflow bench --duration 60s --concurrency 400\n  sagaflow bench --concurrency 1 --sagas 2000      # latency, one saga at a time\n  sagaflow bench --rate 1000 --duration 30s        # latency at a fixed arrival rate\n  sagaflow bench --durable --json\n  sagaflow bench --cluster 3                        # against 3 local cluster masters"
 )]
 pub struct BenchArgs {
     /// Use this Redis instead of a private redis-server (its data is kept).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cluster")]
     redis_url: Option<RedisUrl>,
+    /// Run against a private Redis Cluster of this many masters (no
+    /// replicas, 1 to 16) instead of one redis-server; the report adds the
+    /// commands per saga on each master.
+    #[arg(long, value_name = "MASTERS", value_parser = clap::value_parser!(u16).range(1..=16))]
+    cluster: Option<u16>,
     /// Sagas to run (ignored with --duration).
     #[arg(long, default_value_t = 2000)]
     sagas: usize,
@@ -173,18 +179,39 @@ impl Drop for Process {
 
 async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
     let durable_args = ["--appendonly", "yes", "--appendfsync", "everysec"];
-    let (url, _redis) = match &args.redis_url {
-        Some(url) => (url.expose().to_owned(), None),
-        None => {
-            let redis = LocalRedis::start(if args.durable { &durable_args } else { &[] })?;
-            (redis.url.clone(), Some(redis))
+    let durable: &[&str] = if args.durable { &durable_args } else { &[] };
+    let mut _redis = None;
+    let mut _cluster = None;
+    let (url, servers) = match (&args.redis_url, args.cluster) {
+        (Some(url), _) => (url.expose().to_owned(), vec![url.expose().to_owned()]),
+        (None, Some(masters)) => {
+            let options = ClusterOptions {
+                masters: usize::from(masters),
+                replicas: false,
+                extra: durable.iter().map(|s| s.to_string()).collect(),
+                ..ClusterOptions::default()
+            };
+            let cluster = LocalCluster::start(&options).map_err(|e| e.to_string())?;
+            let seeds = cluster.seeds();
+            _cluster = Some(cluster);
+            (seeds[0].clone(), seeds)
+        }
+        (None, None) => {
+            let redis = LocalRedis::start(durable)?;
+            let url = redis.url.clone();
+            _redis = Some(redis);
+            (url.clone(), vec![url])
         }
     };
-    let client = crate::config::client(&url).map_err(|e| e.to_string())?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
+    let redis = crate::config::client(&url).map_err(|e| e.to_string())?;
+    let client = connection::Client::resolve(redis, RedisMode::Auto)
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
+    let mut conn = client
+        .commands(Duration::from_secs(5))
+        .await
+        .map_err(|e| format!("cannot reach Redis: {e}"))?;
+    let mut servers = Servers::connect(&servers).await?;
 
     let sagas_dir = std::env::temp_dir().join(format!("sagaflow-bench-{}", std::process::id()));
     std::fs::create_dir_all(&sagas_dir).map_err(|e| e.to_string())?;
@@ -237,11 +264,13 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
     )?;
     wait_until_ready(&mut conn).await?;
 
-    let before = RedisInfo::read(&mut conn)
-        .await
-        .map_err(|e| e.to_string())?;
+    let before_each = servers.read().await.map_err(|e| e.to_string())?;
+    let before = RedisInfo::sum(&before_each.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>());
     let peak = Arc::new(AtomicU64::new(before.used_memory));
-    let sampler = tokio::spawn(sample_peak_memory(client.clone(), peak.clone()));
+    let sampler = tokio::spawn(sample_peak_memory(
+        Servers::connect(&args_servers(&url, _cluster.as_ref())).await?,
+        peak.clone(),
+    ));
     let load = Load {
         sagas: args.sagas,
         duration: args.duration,
@@ -258,9 +287,8 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
         Some(sink) => Some(settled_count(sink).await),
         None => None,
     };
-    let after = RedisInfo::read(&mut conn)
-        .await
-        .map_err(|e| e.to_string())?;
+    let after_each = servers.read().await.map_err(|e| e.to_string())?;
+    let after = RedisInfo::sum(&after_each.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>());
     sampler.abort();
     let peak_memory = peak.load(Ordering::Relaxed).max(after.used_memory);
     let daemon_rss = daemon.peak_rss_mib();
@@ -282,11 +310,7 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
         None
     } else {
         tokio::time::sleep(retention_wait()?).await;
-        Some(
-            RedisInfo::read(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?,
-        )
+        Some(servers.total().await.map_err(|e| e.to_string())?)
     };
     drop(daemon);
     let _ = std::fs::remove_dir_all(&sagas_dir);
@@ -317,10 +341,16 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
     let mut latencies = measured.latencies_ms;
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let report = Report {
-        mode: match (args.rate, args.duration) {
-            (Some(rate), _) => format!("open loop, {rate} starts/s"),
-            (None, Some(d)) => format!("closed loop for {}", humantime::format_duration(d)),
-            (None, None) => "closed loop".into(),
+        mode: {
+            let mode = match (args.rate, args.duration) {
+                (Some(rate), _) => format!("open loop, {rate} starts/s"),
+                (None, Some(d)) => format!("closed loop for {}", humantime::format_duration(d)),
+                (None, None) => "closed loop".into(),
+            };
+            match args.cluster {
+                Some(n) => format!("{mode}, Redis Cluster of {n} masters"),
+                None => mode,
+            }
         },
         durable: args.durable,
         sagas: measured.ended,
@@ -331,6 +361,15 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
         latency_ms: Percentiles::of(&mut latencies),
         steps,
         redis_commands_per_saga: total_calls as f64 / n,
+        redis_servers: servers.len(),
+        redis_commands_per_saga_by_server: before_each
+            .iter()
+            .zip(&after_each)
+            .map(|((label, b), (_, a))| {
+                let calls: u64 = a.calls_since(b).iter().map(|(_, c)| c).sum();
+                (label.clone(), calls as f64 / n)
+            })
+            .collect(),
         redis_commands_by_name: calls
             .iter()
             .map(|(name, c)| (name.clone(), *c as f64 / n))
@@ -372,7 +411,7 @@ async fn settled_count(sink: &OtlpSink) -> u64 {
 }
 
 /// Waits until the daemon holds its lease and the handlers' groups exist.
-async fn wait_until_ready(conn: &mut redis::aio::MultiplexedConnection) -> Result<(), String> {
+async fn wait_until_ready(conn: &mut connection::Conn) -> Result<(), String> {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let leases: u64 = redis::cmd("ZCARD")
@@ -395,13 +434,17 @@ async fn wait_until_ready(conn: &mut redis::aio::MultiplexedConnection) -> Resul
     }
 }
 
-/// Keeps `peak` at the largest `used_memory` seen, reading every 200 ms.
-async fn sample_peak_memory(client: redis::Client, peak: Arc<AtomicU64>) {
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return;
-    };
+/// The servers whose memory is sampled: the one Redis, or the cluster's
+/// masters.
+fn args_servers(url: &str, cluster: Option<&LocalCluster>) -> Vec<String> {
+    cluster.map_or_else(|| vec![url.to_owned()], LocalCluster::seeds)
+}
+
+/// Keeps `peak` at the largest `used_memory` seen (all servers together),
+/// reading every 200 ms.
+async fn sample_peak_memory(mut servers: Servers, peak: Arc<AtomicU64>) {
     loop {
-        if let Ok(info) = RedisInfo::read(&mut conn).await {
+        if let Ok(info) = servers.total().await {
             peak.fetch_max(info.used_memory, Ordering::Relaxed);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

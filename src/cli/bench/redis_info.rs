@@ -14,6 +14,19 @@ pub struct RedisInfo {
 }
 
 impl RedisInfo {
+    /// The sum of several servers' readings: a cluster's masters.
+    pub fn sum(readings: &[RedisInfo]) -> Self {
+        let mut total = RedisInfo::default();
+        for r in readings {
+            for (name, n) in &r.calls {
+                *total.calls.entry(name.clone()).or_default() += n;
+            }
+            total.cpu_secs += r.cpu_secs;
+            total.used_memory += r.used_memory;
+        }
+        total
+    }
+
     pub async fn read(conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<Self> {
         let text: String = redis::cmd("INFO")
             .arg("everything")
@@ -66,6 +79,48 @@ impl RedisInfo {
             .collect();
         out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         out
+    }
+}
+
+/// The servers the benchmark reads `INFO` from: the one Redis, or each
+/// master of a cluster.
+pub struct Servers {
+    nodes: Vec<(String, redis::aio::MultiplexedConnection)>,
+}
+
+impl Servers {
+    /// Connects to each of `urls`.
+    pub async fn connect(urls: &[String]) -> Result<Self, String> {
+        let mut nodes = Vec::new();
+        for url in urls {
+            let client = crate::config::client(url).map_err(|e| e.to_string())?;
+            let conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| format!("cannot reach Redis: {e}"))?;
+            let label = url.rsplit(['/', '@']).find(|s| !s.is_empty()).unwrap_or(url);
+            nodes.push((label.to_owned(), conn));
+        }
+        Ok(Self { nodes })
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Each server's reading, labelled by its address.
+    pub async fn read(&mut self) -> redis::RedisResult<Vec<(String, RedisInfo)>> {
+        let mut out = Vec::new();
+        for (label, conn) in &mut self.nodes {
+            out.push((label.clone(), RedisInfo::read(conn).await?));
+        }
+        Ok(out)
+    }
+
+    /// The servers' readings added up.
+    pub async fn total(&mut self) -> redis::RedisResult<RedisInfo> {
+        let each: Vec<RedisInfo> = self.read().await?.into_iter().map(|(_, r)| r).collect();
+        Ok(RedisInfo::sum(&each))
     }
 }
 

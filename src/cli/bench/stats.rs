@@ -52,6 +52,10 @@ pub struct Report {
     pub latency_ms: Percentiles,
     pub steps: Vec<StepOverhead>,
     pub redis_commands_per_saga: f64,
+    /// The Redis servers measured: 1, or a cluster's masters.
+    pub redis_servers: usize,
+    /// Commands per saga on each server (`host:port`).
+    pub redis_commands_per_saga_by_server: Vec<(String, f64)>,
     pub redis_commands_by_name: Vec<(String, f64)>,
     pub cpu_ms_per_saga: CpuPerSaga,
     pub daemon_peak_rss_mib: f64,
@@ -136,6 +140,17 @@ impl Report {
             .map(|(name, n)| format!("{name} {n:.1}"))
             .collect();
         line("  by command", top.join(", "));
+        if self.redis_servers > 1 {
+            let by_server: Vec<String> = self
+                .redis_commands_per_saga_by_server
+                .iter()
+                .map(|(server, n)| format!("{server} {n:.1}"))
+                .collect();
+            line(
+                &format!("  by master ({})", self.redis_servers),
+                by_server.join(", "),
+            );
+        }
         let c = &self.cpu_ms_per_saga;
         line("Redis CPU per saga", format!("{:.3} ms", c.redis));
         line(
