@@ -35,6 +35,10 @@ use crate::saga::SagaState;
 /// is parked instead.
 pub const MAX_TRANSITION_BYTES: usize = 32 << 20;
 
+/// How long a write waits for replicas (`wait_replicas`) before it is
+/// retried.
+const REPLICA_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The field of the entries the daemon writes to wake its own reply reader
 /// (and to create a per-request reply stream); they are no replies.
 pub const WAKE_FIELD: &str = "sagaflow_wake";
@@ -312,6 +316,18 @@ impl Transition<'_> {
             call.arg(arg);
         }
         let (code, detail): (i64, String) = call.invoke_async(conn).await?;
+        if matches!(code, 1 | 2) && settings.wait_replicas > 0 {
+            // Nothing acts on a transition (its saga goes on, the relay
+            // makes its writes) before a replica holds it: a failover
+            // then cannot take it back. Asked again, it is written before.
+            let replicas = settings.wait_replicas;
+            if !conn.wait_replicas(&keys[0], replicas, REPLICA_WAIT).await? {
+                return Err(WriteError::Redis(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the transition has not reached {replicas} replica(s) yet"),
+                ))));
+            }
+        }
         match code {
             1 => Ok(Written::Done),
             2 => Ok(Written::AlreadyDone),
