@@ -594,3 +594,99 @@ async fn a_scan_reads_records_of_every_partition_on_a_cluster() {
     let newest: Vec<String> = newest.iter().map(|r| r.state.saga_id.to_string()).collect();
     assert_eq!(newest, latest);
 }
+
+/// Runs `program` with `input` on its stdin, to its end.
+fn run_with_input(program: &str, args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("its stdin")
+        .write_all(input.as_bytes())
+        .expect("written");
+    child.wait_with_output().expect("its output")
+}
+
+/// The users `sagaflow acl` prints, applied on every node (a cluster does
+/// not share its users), as the viewer and the operator read sagas and
+/// look the deployment over: Redis refuses none of what they send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_viewer_and_operator_roles_suffice_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let settings = settings(&url);
+    let mut conn = cluster_conn(&cluster).await;
+    bounded(
+        "a lease",
+        lease::register(&mut conn, &settings, "live.4", Duration::from_secs(120)),
+    )
+    .await
+    .expect("registered");
+    let mut sagas = Vec::new();
+    for i in 0..8 {
+        sagas.push(saga(&mut conn, &settings, "live.4", &format!("acl-{i}"), None).await);
+    }
+
+    let dir = mission_sagas();
+    let dir = dir.to_str().expect("a UTF-8 path");
+    let printed = ok(&[
+        "acl",
+        "--redis-url",
+        &url,
+        "--sagas",
+        dir,
+        "--password",
+        "viewer=viewer-secret",
+        "--password",
+        "operator=operator-secret",
+    ])
+    .await;
+    let commands: String = printed
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for node in cluster.local().nodes() {
+        let port = node.port.to_string();
+        let out = run_with_input("redis-cli", &["-p", &port], &commands);
+        let answers = stdout(&out);
+        assert!(
+            out.status.success() && answers.lines().all(|l| l == "OK"),
+            "on {port}: {}",
+            both(&out)
+        );
+    }
+    let port = url.rsplit(':').next().expect("a port");
+    let as_user = |user: &str, secret: &str| format!("redis://{user}:{secret}@127.0.0.1:{port}");
+    let viewer = as_user("sagaflow-viewer", "viewer-secret");
+    let operator = as_user("sagaflow-operator", "operator-secret");
+
+    let listed = rows(&ok(&["list", "--redis-url", &viewer]).await);
+    assert_eq!(listed.len(), sagas.len(), "{listed:?}");
+    let id = sagas[5].saga_id.to_string();
+    let shown = ok(&["status", "--redis-url", &viewer, &id[..8]]).await;
+    assert!(shown.contains(&format!("({id})")), "{shown}");
+    let out = sagaflow_cli(&["doctor", "--redis-url", &operator, "--sagas", dir]).await;
+    // No handler reads the command streams: a FAIL, yet every read passes.
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    let report = both(&out);
+    assert!(
+        report.contains("OK    daemons: 1 alive: live.4"),
+        "{report}"
+    );
+    assert!(!report.contains("cannot be read"), "{report}");
+
+    for node in cluster.local().nodes() {
+        let port = node.port.to_string();
+        let out = run_with_input("redis-cli", &["-p", &port], "ACL LOG\n");
+        let log = stdout(&out);
+        assert!(!log.contains("sagaflow-"), "refused on {port}:\n{log}");
+    }
+}

@@ -43,9 +43,11 @@ const DAEMON_COMMANDS: &[&str] = &[
     "evalsha",
     "evalsha_ro",
     "script|load",
-    // On a cluster: finding the nodes (`redis_mode: cluster`; `auto` also
-    // asks `INFO cluster` when the user may), and waiting for replicas
-    // (`wait_replicas`).
+    // On a cluster: whether Redis is one (`redis_mode: auto` asks `INFO
+    // cluster`; `info|cluster` allows that section alone, a first-argument
+    // rule that Redis 7 still takes though it calls it deprecated),
+    // finding the nodes, and waiting for replicas (`wait_replicas`).
+    "info|cluster",
     "cluster|slots",
     "cluster|shards",
     "wait",
@@ -135,6 +137,9 @@ const DOCTOR_COMMANDS: &[&str] = &[
 
 const VIEW_COMMANDS: &[&str] = &[
     "ping",
+    // Whether Redis is a cluster (`redis_mode: auto`), and its nodes.
+    "info|cluster",
+    "cluster|slots",
     "get",
     "time",
     "zrevrange",
@@ -146,9 +151,16 @@ const VIEW_COMMANDS: &[&str] = &[
     "xread",
 ];
 
-/// What `start` sends: the last event's id, the start, then the
-/// events after it.
-const START_COMMANDS: &[&str] = &["ping", "xrevrange", "xadd", "xread"];
+/// What `start` sends: whether Redis is a cluster and its nodes (as
+/// viewers do), the last event's id, the start, then the events after it.
+const START_COMMANDS: &[&str] = &[
+    "ping",
+    "info|cluster",
+    "cluster|slots",
+    "xrevrange",
+    "xadd",
+    "xread",
+];
 
 /// Which handler roles are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
