@@ -1,15 +1,20 @@
 //! What operators do with sagas from outside the daemon: start one, read a
 //! saga's record and events, list sagas. Used by the `start`, `status`,
 //! `list` and `watch` subcommands.
+//!
+//! Each works on one Redis and on a cluster alike: every command names
+//! one key, and every pipeline keys of one hash slot (a partition's, or
+//! the leases'), which is all a cluster lets one pipeline hold.
 
 use crate::config::Settings;
 use crate::definition::SagaDefinition;
 use crate::protocol::{fields as f, CorrelationId, SagaId};
 use crate::saga::SagaState;
-use crate::store::keys::Keys;
+use crate::store::keys::{Keys, Partition};
 use crate::store::sagas;
 use crate::streams::{self, Entry};
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 
 /// A start entry to write.
 #[derive(Clone, Debug, Default)]
@@ -30,8 +35,8 @@ pub struct Started {
 }
 
 /// Writes a start on `trigger`.
-pub async fn start(
-    conn: &mut MultiplexedConnection,
+pub async fn start<C: ConnectionLike + Send>(
+    conn: &mut C,
     trigger: &str,
     start: &Start,
 ) -> redis::RedisResult<Started> {
@@ -70,8 +75,8 @@ pub struct Record {
 
 /// The record of `saga_id`; `Ok(None)` when there is none (never started,
 /// or expired after its retention).
-pub async fn read(
-    conn: &mut MultiplexedConnection,
+pub async fn read<C: ConnectionLike + Send>(
+    conn: &mut C,
     settings: &Settings,
     saga_id: &str,
 ) -> Result<Option<Record>, String> {
@@ -92,8 +97,8 @@ pub async fn read(
 
 /// The sagas most recently changed, at most `max`, from the partitions'
 /// indexes of sagas by phase.
-pub async fn list(
-    conn: &mut MultiplexedConnection,
+pub async fn list<C: ConnectionLike + Send>(
+    conn: &mut C,
     settings: &Settings,
     max: usize,
 ) -> Result<Vec<Record>, String> {
@@ -163,8 +168,8 @@ pub struct Found {
 /// The sagas `which` names. A whole id is one read; the start of one
 /// scans the record keys that begin with it; a correlation id reads every
 /// record, as [`list`] does (no index of correlation ids is kept).
-pub async fn find(
-    conn: &mut MultiplexedConnection,
+pub async fn find<C: ConnectionLike + Send>(
+    conn: &mut C,
     settings: &Settings,
     which: &SagaRef,
 ) -> Result<Found, String> {
@@ -207,36 +212,58 @@ pub async fn find(
     }
 }
 
+/// Records read per pipeline: few enough that one reply stays small,
+/// enough that a scan of many sagas takes few round trips.
+const RECORDS_PER_PIPELINE: usize = 500;
+
 /// Sagas most recently changed first, found through the partitions'
 /// indexes (every saga not yet expired is in one): those whose id `by_id`
 /// keeps and whose record `keep` keeps, at most `max` of them, and how many
-/// there are. Records are read 500 per pipeline.
-async fn scan(
-    conn: &mut MultiplexedConnection,
+/// there are.
+///
+/// Records are read one partition at a time, at most
+/// [`RECORDS_PER_PIPELINE`] per pipeline: a partition's records share a
+/// hash slot, and on a cluster a pipeline goes to the one node that holds
+/// its keys (redis-rs refuses a pipeline whose keys span slots). Only the
+/// `max` most recent records kept are held at once.
+async fn scan<C: ConnectionLike + Send>(
+    conn: &mut C,
     settings: &Settings,
     by_id: impl Fn(&str) -> bool,
     mut keep: impl FnMut(&Record) -> bool,
     max: usize,
 ) -> Result<Found, String> {
     let store_keys = Keys::of(settings);
-    let keys: Vec<String> = sagas::ids(conn, &store_keys, &[], usize::MAX)
+    let ids = sagas::ids(conn, &store_keys, &[], usize::MAX)
         .await
-        .map_err(|e| format!("cannot list sagas: {e}"))?
-        .into_iter()
-        .filter(|id| by_id(id))
-        .map(|id| store_keys.record(&id))
-        .collect();
-    let mut found = Found::default();
-    for chunk in keys.chunks(500) {
+        .map_err(|e| format!("cannot list sagas: {e}"))?;
+    // Each id with its rank among the most recently changed, by partition.
+    let mut by_partition: BTreeMap<Partition, Vec<(usize, String)>> = BTreeMap::new();
+    for (rank, id) in ids.into_iter().enumerate().filter(|(_, id)| by_id(id)) {
+        by_partition
+            .entry(Partition::of(&id))
+            .or_default()
+            .push((rank, id));
+    }
+    let mut total = 0;
+    // The `max` lowest ranks kept so far, the highest on top.
+    let mut kept: BinaryHeap<Ranked> = BinaryHeap::new();
+    for chunk in by_partition
+        .values()
+        .flat_map(|ids| ids.chunks(RECORDS_PER_PIPELINE))
+    {
         let mut pipe = redis::pipe();
-        for key in chunk {
-            pipe.cmd("HMGET").arg(key).arg("state").arg("owner");
+        for (_, id) in chunk {
+            pipe.cmd("HMGET")
+                .arg(store_keys.record(id))
+                .arg("state")
+                .arg("owner");
         }
         let rows: Vec<(Option<String>, Option<String>)> = pipe
             .query_async(conn)
             .await
             .map_err(|e| format!("cannot list sagas: {e}"))?;
-        for (state, owner) in rows {
+        for ((rank, _), (state, owner)) in chunk.iter().zip(rows) {
             // A record that expired meanwhile, or that cannot be read.
             let Some(state) = state.and_then(|s| serde_json::from_str(&s).ok()) else {
                 continue;
@@ -246,22 +273,55 @@ async fn scan(
                 owner,
                 expires_in: None,
             };
-            if keep(&record) {
-                found.total += 1;
-                if found.records.len() < max {
-                    found.records.push(record);
-                }
+            if !keep(&record) {
+                continue;
+            }
+            total += 1;
+            kept.push(Ranked(*rank, record));
+            if kept.len() > max {
+                kept.pop();
             }
         }
     }
-    Ok(found)
+    Ok(Found {
+        records: kept
+            .into_sorted_vec()
+            .into_iter()
+            .map(|Ranked(_, record)| record)
+            .collect(),
+        total,
+    })
+}
+
+/// A record and its rank among the sagas most recently changed (0 the
+/// most recent), ordered by rank alone.
+struct Ranked(usize, Record);
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Ranked {}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
 }
 
 /// The definition `saga` ran on, as the daemons keep each version they
 /// ran; `None` when it is no longer kept or cannot be read (the display
 /// then shows step numbers).
-pub async fn definition(
-    conn: &mut MultiplexedConnection,
+pub async fn definition<C: ConnectionLike + Send>(
+    conn: &mut C,
     settings: &Settings,
     saga: &SagaState,
 ) -> Option<SagaDefinition> {
@@ -271,8 +331,8 @@ pub async fn definition(
 }
 
 /// The events of `saga_id` still on the events stream, oldest first.
-pub async fn events(
-    conn: &mut MultiplexedConnection,
+pub async fn events<C: ConnectionLike + Send>(
+    conn: &mut C,
     settings: &Settings,
     saga_id: &str,
 ) -> Result<Vec<Entry>, String> {
@@ -306,7 +366,7 @@ pub async fn events(
 
 /// Redis's time, in unix ms: what leases and deadlines are measured on,
 /// whatever this host's clock says.
-pub async fn redis_now_ms(conn: &mut MultiplexedConnection) -> Result<u64, String> {
+pub async fn redis_now_ms<C: ConnectionLike + Send>(conn: &mut C) -> Result<u64, String> {
     let (secs, micros): (u64, u64) = redis::cmd("TIME")
         .query_async(conn)
         .await
@@ -314,18 +374,57 @@ pub async fn redis_now_ms(conn: &mut MultiplexedConnection) -> Result<u64, Strin
     Ok(secs * 1000 + micros / 1000)
 }
 
-/// The owners whose lease is alive now on Redis's clock.
-pub async fn live_owners(
-    conn: &mut MultiplexedConnection,
+/// Leases read per round trip by [`live_owners`]: a deployment runs a
+/// few daemons, and the leases of those gone stay only until their sagas
+/// are claimed.
+const LEASES_PER_READ: isize = 256;
+
+/// The owners whose lease is alive, and Redis's time they were judged by.
+#[derive(Clone, Debug, Default)]
+pub struct Live {
+    /// Unix ms on the clock of the Redis that holds the leases, the clock
+    /// the daemons' leases run out on.
+    pub now_ms: u64,
+    pub owners: HashSet<String>,
+}
+
+/// The owners whose lease is alive now, on the clock of the Redis that
+/// holds the leases (on a cluster, the time is read in one pipeline with
+/// the leases, so from their node). Leases are read latest to run out
+/// first, until one has run out.
+pub async fn live_owners<C: ConnectionLike + Send>(
+    conn: &mut C,
     settings: &Settings,
-) -> Result<std::collections::HashSet<String>, String> {
-    let now_ms = redis_now_ms(conn).await?;
-    let owners: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-        .arg(Keys::of(settings).leases())
-        .arg(format!("({now_ms}"))
-        .arg("+inf")
-        .query_async(conn)
-        .await
-        .map_err(|e| format!("cannot read the leases: {e}"))?;
-    Ok(owners.into_iter().collect())
+) -> Result<Live, String> {
+    let key = Keys::of(settings).leases();
+    let mut live = Live::default();
+    let mut from = 0;
+    loop {
+        let ((secs, micros), page): ((u64, u64), Vec<(String, f64)>) = redis::pipe()
+            .cmd("TIME")
+            .cmd("ZREVRANGE")
+            .arg(&key)
+            .arg(from)
+            .arg(from + LEASES_PER_READ - 1)
+            .arg("WITHSCORES")
+            .query_async(conn)
+            .await
+            .map_err(|e| format!("cannot read the leases: {e}"))?;
+        if from == 0 {
+            live.now_ms = secs * 1000 + micros / 1000;
+        }
+        let full = page.len() == LEASES_PER_READ as usize;
+        let mut ran_out = false;
+        for (owner, expires_at_ms) in page {
+            if expires_at_ms > live.now_ms as f64 {
+                live.owners.insert(owner);
+            } else {
+                ran_out = true;
+            }
+        }
+        if ran_out || !full {
+            return Ok(live);
+        }
+        from += LEASES_PER_READ;
+    }
 }

@@ -89,6 +89,13 @@ const DAEMON_COMMANDS: &[&str] = &[
     "zrem",
     "zscore",
     "zrangebyscore",
+    // Housekeeping trims each partition's indexes and fence; a claim moves
+    // the sagas an owner's set holds and drops the set once empty; a
+    // record is read with its time to live.
+    "zremrangebyscore",
+    "scard",
+    "sismember",
+    "ttl",
 ];
 
 /// Commands without keys that a handler's connection sends: the SDK writes

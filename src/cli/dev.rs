@@ -6,6 +6,7 @@ use super::handlers::SimulationArgs;
 use super::output::outln;
 use super::{follow, logging};
 use crate::config::{RedisUrl, Settings};
+use crate::connection::{self, RedisMode};
 use crate::handler::simulated::run_simulated_handlers;
 use crate::local_redis::LocalRedis;
 use crate::operator;
@@ -104,6 +105,7 @@ async fn demo(args: DevArgs) -> Result<ExitCode, String> {
     let events_stream = settings.events_stream.clone();
     let reply_stream_prefix = settings.reply_stream_prefix.clone();
     let trigger_stream = settings.trigger_stream.clone();
+    let redis_mode = settings.redis_mode;
     let daemon = engine::Daemon::start(settings, catalog, shutdown.clone())
         .await
         .map_err(|e| e.to_string())?;
@@ -118,8 +120,15 @@ async fn demo(args: DevArgs) -> Result<ExitCode, String> {
         shutdown.clone(),
     ));
 
-    let outcome =
-        follow_one_mission(&client, &trigger_stream, &events_stream, &args, &shutdown).await;
+    let outcome = follow_one_mission(
+        &client,
+        redis_mode,
+        &trigger_stream,
+        &events_stream,
+        &args,
+        &shutdown,
+    )
+    .await;
     shutdown.cancel();
     daemon.wait().await;
     let _ = handlers.await;
@@ -129,14 +138,20 @@ async fn demo(args: DevArgs) -> Result<ExitCode, String> {
 /// Starts the mission and prints its events until its terminal one.
 async fn follow_one_mission(
     client: &redis::Client,
+    mode: RedisMode,
     trigger_stream: &str,
     events_stream: &str,
     args: &DevArgs,
     shutdown: &CancellationToken,
 ) -> Result<ExitCode, String> {
-    let mut conn = streams::blocking_connection(client, Duration::from_secs(5))
+    let unreachable = |e: redis::RedisError| format!("cannot reach Redis: {e}");
+    let client = connection::Client::resolve(client.clone(), mode)
         .await
-        .map_err(|e| format!("cannot reach Redis: {e}"))?;
+        .map_err(unreachable)?;
+    let mut conn = client
+        .commands(Duration::from_secs(5))
+        .await
+        .map_err(unreachable)?;
     // Read events from the last one before our start, so none is missed.
     let from = streams::last_id(&mut conn, events_stream)
         .await
@@ -164,7 +179,7 @@ async fn follow_one_mission(
         skipped_by_hand: Vec::new(),
     };
     let outcome = follow::follow(
-        client,
+        &client,
         events_stream,
         from,
         target,

@@ -4,6 +4,7 @@
 
 use super::output::{self, outln};
 use super::render;
+use crate::connection;
 use crate::protocol::{fields as f, RawFields};
 use crate::streams;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -74,7 +75,7 @@ pub struct Target {
 /// Reads `events_stream` after `from` until the saga ends, showing each of
 /// its events. `Err` when Redis fails, the wait times out or a stop comes.
 pub async fn follow(
-    client: &redis::Client,
+    client: &connection::Client,
     events_stream: &str,
     mut from: String,
     mut target: Target,
@@ -82,7 +83,8 @@ pub async fn follow(
     shutdown: &CancellationToken,
     show: Show,
 ) -> Result<Outcome, String> {
-    let mut reader = streams::blocking_connection(client, Duration::from_secs(1))
+    let mut reader = client
+        .blocking(POLL)
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
     let mut view = View::new(show);

@@ -83,10 +83,10 @@ const AT_W: usize = 28;
 
 async fn list(args: ListArgs) -> Result<ExitCode, Failure> {
     let settings = args.redis.settings().map_err(Failure::no)?;
-    let (_client, mut conn) = connect(&settings.redis_url).await?;
-    let now = operator::redis_now_ms(&mut conn).await?;
-    let mut rows = Vec::new();
+    let (_client, mut conn) = connect(&settings).await?;
     let live = operator::live_owners(&mut conn, &settings).await?;
+    let now = live.now_ms;
+    let mut rows = Vec::new();
     for record in operator::list(&mut conn, &settings, usize::MAX).await? {
         let s = &record.state;
         if args.saga.as_ref().is_some_and(|name| *name != s.saga) {
@@ -98,7 +98,10 @@ async fn list(args: ListArgs) -> Result<ExitCode, Failure> {
         {
             continue;
         }
-        let owned = record.owner.as_ref().is_some_and(|o| live.contains(o));
+        let owned = record
+            .owner
+            .as_ref()
+            .is_some_and(|o| live.owners.contains(o));
         let orphan = !s.phase.is_terminal() && !owned;
         let cancelled = render::cancelled_by(s).is_some();
         let keep = match args.state {

@@ -22,6 +22,7 @@ mod status;
 mod validate;
 mod watch;
 
+use crate::connection::{self, Conn};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -136,16 +137,28 @@ fn command() -> clap::Command {
     hide_env_values(Cli::command())
 }
 
-/// A client and a connection for one operator command, or a message
-/// saying why Redis cannot be used.
+/// How long one command of an operator's may take to be answered: a
+/// pipeline of a scan reads up to 500 records.
+const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The deployment `settings` name (one Redis or a cluster, as the
+/// `redis_mode` setting says) and a connection for one operator command's
+/// short commands, or a message saying why Redis cannot be used. Blocking
+/// reads get their own connection from the client
+/// ([`connection::Client::blocking`]).
 pub(crate) async fn connect(
-    url: &str,
-) -> Result<(redis::Client, redis::aio::MultiplexedConnection), String> {
+    settings: &crate::config::Settings,
+) -> Result<(connection::Client, Conn), String> {
+    let url = &settings.redis_url;
     let shown = crate::config::redacted(url);
     let client = crate::config::client(url).map_err(|e| e.to_string())?;
-    // Responses may take a few seconds: a scan of many sagas.
-    let conn = crate::streams::blocking_connection(&client, std::time::Duration::from_secs(5))
+    let unreachable = |e: redis::RedisError| format!("cannot reach Redis at {shown}: {e}");
+    let client = connection::Client::resolve(client, settings.redis_mode)
         .await
-        .map_err(|e| format!("cannot reach Redis at {shown}: {e}"))?;
+        .map_err(unreachable)?;
+    let conn = client
+        .commands(COMMAND_TIMEOUT)
+        .await
+        .map_err(unreachable)?;
     Ok((client, conn))
 }

@@ -142,7 +142,7 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
         "no operator key: set SAGAFLOW_OPERATOR_KEY=<name>:<secret> (or operator_key in the \
          configuration file); the daemons hold every operator's key in operator_keys",
     ))?;
-    let (client, mut conn) = connect(&settings.redis_url).await?;
+    let (client, mut conn) = connect(&settings).await?;
     let record = args.which.one(&mut conn, &settings).await?;
     let saga_id = record.state.saga_id.to_string();
     let phase = record.state.phase;
@@ -188,7 +188,8 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
         .map_err(|e| format!("cannot write the request: {e}"))?;
 
     // The daemon's answer.
-    let mut reader = streams::blocking_connection(&client, Duration::from_secs(1))
+    let mut reader = client
+        .blocking(follow::POLL)
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
     let asked = Instant::now();

@@ -3,10 +3,10 @@
 
 use super::output::Failure;
 use crate::config::Settings;
+use crate::connection::Conn;
 use crate::operator::{self, Found, Record, SagaRef, MAX_MATCHES};
 use crate::protocol::CorrelationId;
 use clap::Args;
-use redis::aio::MultiplexedConnection;
 
 #[derive(Debug, Args)]
 pub struct SagaArgs {
@@ -40,11 +40,7 @@ impl SagaArgs {
     /// The sagas named: one, or several for a correlation id that several
     /// sagas share. No saga, or the start of an id that several have, is a
     /// failure (exit 1) that says so.
-    pub async fn find(
-        &self,
-        conn: &mut MultiplexedConnection,
-        settings: &Settings,
-    ) -> Result<Found, Failure> {
+    pub async fn find(&self, conn: &mut Conn, settings: &Settings) -> Result<Found, Failure> {
         let which = self.which();
         let found = operator::find(conn, settings, &which).await?;
         match (&which, found.total) {
@@ -61,11 +57,7 @@ impl SagaArgs {
 
     /// The one saga named; several sharing a correlation id are listed and
     /// refused (exit 1).
-    pub async fn one(
-        &self,
-        conn: &mut MultiplexedConnection,
-        settings: &Settings,
-    ) -> Result<Record, Failure> {
+    pub async fn one(&self, conn: &mut Conn, settings: &Settings) -> Result<Record, Failure> {
         let found = self.find(conn, settings).await?;
         match <[Record; 1]>::try_from(found.records.clone()) {
             Ok([record]) if found.total == 1 => Ok(record),

@@ -6,6 +6,7 @@ use super::output::{self, outln, Failure, DUPLICATE, USAGE};
 use super::pick::parse_correlation_id;
 use super::run::RedisArgs;
 use super::{connect, signals};
+use crate::connection;
 use crate::operator::{self, Start};
 use crate::protocol::{fields as f, CorrelationId, TraceParent};
 use crate::streams;
@@ -93,7 +94,7 @@ async fn start(args: StartArgs) -> Result<ExitCode, Failure> {
         .clone()
         .unwrap_or_else(CorrelationId::generate);
     let settings = args.redis.settings().map_err(Failure::no)?;
-    let (client, mut conn) = connect(&settings.redis_url).await?;
+    let (client, mut conn) = connect(&settings).await?;
     let stream = args
         .stream
         .clone()
@@ -235,13 +236,14 @@ pub fn finish(outcome: &Outcome, saga_id: &str, show: Show) {
 /// Reads the events after `from` until one says what became of the start
 /// `(stream, entry id, saga id)`; `None` when none did within `within`.
 async fn taken(
-    client: &redis::Client,
+    client: &connection::Client,
     events_stream: &str,
     from: &str,
     (stream, entry_id, saga_id): (&str, &str, &str),
     within: Duration,
 ) -> Result<Option<Taken>, Failure> {
-    let mut reader = streams::blocking_connection(client, Duration::from_secs(1))
+    let mut reader = client
+        .blocking(follow::POLL)
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
     let asked = Instant::now();

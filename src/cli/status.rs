@@ -51,7 +51,7 @@ struct Exchange {
 
 async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     let settings = args.redis.settings().map_err(Failure::no)?;
-    let (_client, mut conn) = connect(&settings.redis_url).await?;
+    let (_client, mut conn) = connect(&settings).await?;
     let found = args.which.find(&mut conn, &settings).await?;
     if found.total > 1 {
         if args.json {

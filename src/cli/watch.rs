@@ -49,13 +49,22 @@ pub async fn run(args: WatchArgs) -> ExitCode {
 
 async fn watch(args: WatchArgs) -> Result<ExitCode, Failure> {
     let settings = args.redis.settings().map_err(Failure::no)?;
-    let (client, _conn) = connect(&settings.redis_url).await?;
-    let mut reader = streams::blocking_connection(&client, Duration::from_secs(1))
+    let (client, mut conn) = connect(&settings).await?;
+    let mut reader = client
+        .blocking(follow::POLL)
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
     let shutdown = CancellationToken::new();
     signals::on_stop_signal(shutdown.clone());
-    let mut from = if args.from_start { "0-0" } else { "$" }.to_owned();
+    // The last event now rather than `$`, which each read would take anew:
+    // an event written between two reads would be missed.
+    let mut from = if args.from_start {
+        "0-0".to_owned()
+    } else {
+        streams::last_id(&mut conn, &settings.events_stream)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", settings.events_stream))?
+    };
     let correlation_id = args.correlation_id.as_ref().map(|c| c.to_string());
     let matches = |fields: &crate::protocol::RawFields, name: &str, want: &Option<String>| {
         want.as_ref()

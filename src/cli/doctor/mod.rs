@@ -13,10 +13,10 @@ use super::connect;
 use super::run::RedisArgs;
 use crate::cli::output::outln;
 use crate::config::Settings;
+use crate::connection::Conn;
 use crate::definition;
 use crate::store::inspect::{self, StreamInfo};
 use clap::Args;
-use redis::aio::MultiplexedConnection;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -156,7 +156,7 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
         sagas: sagas.display().to_string(),
         ..Report::default()
     };
-    let examined = match connect(&settings.redis_url).await {
+    let examined = match connect(&settings).await {
         Ok((_client, mut conn)) => examine(&mut conn, &settings, &sagas, &mut report).await,
         Err(message) => Err(message),
     };
@@ -214,7 +214,7 @@ mod sagas;
 mod streams;
 
 async fn examine(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     settings: &Settings,
     sagas: &std::path::Path,
     report: &mut Report,

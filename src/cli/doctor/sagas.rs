@@ -4,16 +4,16 @@
 use super::{more, seconds, short, Level, Report};
 use super::{EVENTS_LOOKED_AT, MAX_DEAD_OWNERS, MAX_FAILED, MAX_RUNNING, MAX_STREAMS, SHOWN};
 use crate::config::Settings;
+use crate::connection::Conn;
 use crate::definition::Catalog;
 use crate::saga::Phase;
 use crate::store::inspect;
 use crate::store::lease;
-use redis::aio::MultiplexedConnection;
 use std::collections::BTreeMap;
 
 /// Orphaned and stuck sagas, then the definition versions in use.
 pub(super) async fn findings(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     settings: &Settings,
     report: &mut Report,
     live: &[&inspect::Lease],

@@ -3,14 +3,14 @@
 use super::{count, more, seconds, Level, Report, StreamReport};
 use super::{IDLE_MS, MAX_CONSUMERS, MAX_GROUPS, MAX_STREAMS, NAME_BYTES};
 use crate::config::Settings;
+use crate::connection::Conn;
 use crate::definition::Catalog;
 use crate::store::inspect::{self, StreamInfo, StreamLimits};
-use redis::aio::MultiplexedConnection;
 
 /// The trigger and command streams with their groups, then the
 /// dead-letter streams: the daemons' and those of the groups found.
 pub(super) async fn readers(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     settings: &Settings,
     report: &mut Report,
     catalog: Option<&Catalog>,
