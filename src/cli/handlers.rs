@@ -2,6 +2,7 @@
 
 use super::run::RedisArgs;
 use super::{logging, signals};
+use crate::connection::RedisMode;
 use crate::handler::simulated::{simulated_handlers, SimulationOptions};
 use clap::Args;
 use std::process::ExitCode;
@@ -68,6 +69,11 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 pub struct HandlersArgs {
     #[command(flatten)]
     redis: RedisArgs,
+    /// How Redis is deployed: auto (ask the server), single or cluster; a
+    /// cluster is reached through the node of --redis-url [default: the
+    /// `redis_mode` setting, auto].
+    #[arg(long, value_name = "MODE", value_parser = RedisMode::parse)]
+    redis_mode: Option<RedisMode>,
     #[command(flatten)]
     sim: SimulationArgs,
     #[command(flatten)]
@@ -76,8 +82,12 @@ pub struct HandlersArgs {
 
 pub async fn run(args: HandlersArgs) -> ExitCode {
     let telemetry = logging::init("info", &args.log, "sagaflow-handlers", true);
-    let (redis_url, reply_stream_prefix) = match args.redis.settings() {
-        Ok(settings) => (settings.redis_url, settings.reply_stream_prefix),
+    let (redis_url, reply_stream_prefix, redis_mode) = match args.redis.settings() {
+        Ok(settings) => (
+            settings.redis_url,
+            settings.reply_stream_prefix,
+            args.redis_mode.unwrap_or(settings.redis_mode),
+        ),
         Err(e) => {
             eprintln!("sagaflow: {e}");
             return ExitCode::FAILURE;
@@ -95,6 +105,7 @@ pub async fn run(args: HandlersArgs) -> ExitCode {
     // Replies go only to the reply streams of daemons sharing these settings.
     let options = SimulationOptions {
         reply_stream_prefix,
+        redis_mode,
         ..args.sim.options()
     };
     let handlers = simulated_handlers(client, options);

@@ -21,17 +21,18 @@
 //! `request_id` handled at the same moment both run, which the contract
 //! asks handlers to tolerate (they must be idempotent).
 
+use super::batch::Batch;
 use super::dead_letter::{self, dead_letter_key, DEAD_LETTER_MAXLEN, MAX_REASON_BYTES};
-use super::outbox::{add_xadds, Outbox};
+use super::outbox::{xadd, Outbox};
 use super::runner::{Routes, Shared};
 use super::stats::GaveUp;
 use super::{Context, Handle, HandlerError};
+use crate::connection::Conn;
 use crate::protocol::reply::reply_fields;
 use crate::protocol::{fields as f, text_field, Command, RawFields, ReplyStatus, TraceParent};
 use crate::retry::{retry, Policy, Tried};
 use crate::streams::Entry;
 use crate::telemetry;
-use redis::aio::ConnectionManager;
 use redis::{RedisError, RedisResult};
 use serde_json::Map;
 use std::collections::BTreeMap;
@@ -113,24 +114,25 @@ async fn answer(
 ) {
     let conn = shared.writer.clone();
     let key = done_key(&shared.group, command.request_id.as_str());
-    // The record is read and `start` sent in one round trip. A command
-    // answered before thus gets `start` again ahead of its replayed final
-    // reply, as any redelivered command does.
+    // The record is read and `start` sent in one round trip (two on a
+    // cluster, where they are in different slots). A command answered
+    // before thus gets `start` again ahead of its replayed final reply, as
+    // any redelivered command does.
     let start = reply_fields(&command, &span, &ReplyStatus::Start, shared.clock.now_ms());
     let read = retry(&shared.shutdown, Policy::HANDLER, &shared.writes, || {
-        let (mut conn, key) = (conn.clone(), key.clone());
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(key);
-        add_xadds(
-            &mut pipe,
-            &command.reply_stream,
-            std::slice::from_ref(&start),
-        );
-        async move { pipe.query_async::<(Option<String>,)>(&mut conn).await }
+        let mut conn = conn.clone();
+        let mut batch = Batch::pipelined();
+        batch.add(&key, redis::cmd("GET").arg(&key).clone());
+        batch.add(&command.reply_stream, xadd(&command.reply_stream, &start));
+        async move {
+            let replies = batch.send(&mut conn).await?;
+            let record = replies.into_iter().next().unwrap_or(redis::Value::Nil);
+            redis::from_redis_value::<Option<String>>(record).map_err(RedisError::from)
+        }
     })
     .await;
     let recorded = match read {
-        Tried::Done((recorded,)) => recorded,
+        Tried::Done(recorded) => recorded,
         Tried::Refused(e) => {
             let what = "write `start` or read the recorded reply";
             return unwritable(&shared, &stream, &id, &command, what, e).await;
@@ -154,38 +156,42 @@ async fn answer(
             None => return, // left unanswered: pending, unrecorded
         },
     };
-    let json = record_json(&final_fields);
-    // The progress still queued, the record, the final reply and the
-    // acknowledgement in one MULTI: a crash leaves either all of them (the
-    // command is done) or none (it is redelivered, and the record, if any,
-    // replayed).
+    // The record, the progress still queued, the final reply and the
+    // acknowledgement, in this order. On one Redis they are one MULTI: a
+    // crash leaves either all of them (the command is done) or none (it is
+    // redelivered, and the record, if any, replayed). On a cluster they
+    // are in different slots and go one slot after the other: a crash
+    // after the record leaves the command pending, and its redelivery
+    // replays the record; one after the replies leaves an answered
+    // command pending, which gets the same final reply again, a late
+    // duplicate the daemon ignores. Acknowledging first could lose the
+    // reply for good.
     let (_writing, progress) = outbox.take_for_final().await;
-    let ttl = shared.record_ttl_secs;
+    let mut writes = Batch::all_or_in_order();
+    let mut record = redis::cmd("SET");
+    record
+        .arg(&key)
+        .arg(record_json(&final_fields))
+        .arg("EX")
+        .arg(shared.record_ttl_secs);
+    writes.add(&key, record);
+    for fields in &progress {
+        writes.add(&command.reply_stream, xadd(&command.reply_stream, fields));
+    }
+    writes.add(
+        &command.reply_stream,
+        xadd(&command.reply_stream, &final_fields),
+    );
+    writes.add(&stream, xack(&stream, &shared.group, &id));
     let finish = || {
-        let (mut conn, key, json) = (conn.clone(), key.clone(), json.clone());
-        let (reply_stream, fields) = (command.reply_stream.clone(), final_fields.clone());
-        let (stream, group, id) = (stream.to_string(), shared.group.clone(), id.clone());
-        let progress = &progress;
-        async move {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            add_xadds(&mut pipe, &reply_stream, progress);
-            pipe.cmd("SET")
-                .arg(key)
-                .arg(json)
-                .arg("EX")
-                .arg(ttl)
-                .ignore();
-            add_xadds(&mut pipe, &reply_stream, std::slice::from_ref(&fields));
-            pipe.cmd("XACK").arg(stream).arg(group).arg(id).ignore();
-            pipe.query_async::<()>(&mut conn).await
-        }
+        let (mut conn, writes) = (conn.clone(), &writes);
+        async move { writes.send(&mut conn).await.map(drop) }
     };
     if let Tried::Refused(e) =
         retry(&shared.shutdown, Policy::HANDLER, &shared.writes, finish).await
     {
-        // Redis ran what it could of the MULTI: the record and the
-        // acknowledgement may be in place, the reply is not.
+        // Redis ran what it could: the record, and on one Redis the
+        // acknowledgement, may be in place; the reply is not.
         unwritable(&shared, &stream, &id, &command, "write the final reply", e).await;
     }
 }
@@ -274,13 +280,14 @@ async fn run_handler(
     Some(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
 }
 
-async fn ack(conn: &mut ConnectionManager, shared: &Shared, stream: &str, id: &str) {
-    let acked: RedisResult<i64> = redis::cmd("XACK")
-        .arg(stream)
-        .arg(&shared.group)
-        .arg(id)
-        .query_async(conn)
-        .await;
+fn xack(stream: &str, group: &str, id: &str) -> redis::Cmd {
+    let mut xack = redis::cmd("XACK");
+    xack.arg(stream).arg(group).arg(id);
+    xack
+}
+
+async fn ack(conn: &mut Conn, shared: &Shared, stream: &str, id: &str) {
+    let acked: RedisResult<i64> = xack(stream, &shared.group, id).query_async(conn).await;
     if let Err(e) = acked {
         // Left pending: taken over and handled again at a later start.
         tracing::warn!(%stream, entry_id = %id, error = %e, "could not acknowledge");
@@ -306,9 +313,11 @@ async fn unwritable(
 }
 
 /// Gives up on a command that can never be answered: logs and counts it,
-/// then copies it to the group's dead-letter stream and acknowledges it in
-/// one MULTI. Should Redis refuse the copy for good as well, the command is
-/// acknowledged without one, so that it is never read again.
+/// then copies it to the group's dead-letter stream and acknowledges it,
+/// in one MULTI on one Redis, the copy first on a cluster (a crash in
+/// between redelivers the command, which is given up on again: a second
+/// copy, never none). Should Redis refuse the copy for good as well, the
+/// command is acknowledged without one, so that it is never read again.
 async fn give_up(
     shared: &Shared,
     stream: &str,
@@ -322,24 +331,20 @@ async fn give_up(
     tracing::warn!(%stream, entry_id = %id, reason = %reason.escape_debug(), "command not answered; dead-lettered");
     let copy = dead_letter::entry(stream, id, &shared.consumer, fields, reason);
     let key = dead_letter_key(&shared.group);
+    let mut writes = Batch::all_or_in_order();
+    let mut copy_cmd = redis::cmd("XADD");
+    copy_cmd
+        .arg(&key)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(DEAD_LETTER_MAXLEN)
+        .arg("*")
+        .arg(&copy);
+    writes.add(&key, copy_cmd);
+    writes.add(stream, xack(stream, &shared.group, id));
     let write = || {
-        let mut conn = shared.writer.clone();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.cmd("XADD")
-            .arg(&key)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(DEAD_LETTER_MAXLEN)
-            .arg("*")
-            .arg(&copy)
-            .ignore();
-        pipe.cmd("XACK")
-            .arg(stream)
-            .arg(&shared.group)
-            .arg(id)
-            .ignore();
-        async move { pipe.query_async::<()>(&mut conn).await }
+        let (mut conn, writes) = (shared.writer.clone(), &writes);
+        async move { writes.send(&mut conn).await.map(drop) }
     };
     match retry(&shared.shutdown, Policy::HANDLER, &shared.writes, write).await {
         Tried::Done(()) => shared.stats.dead_lettered(true),

@@ -25,6 +25,13 @@
 //! [`MAX_QUEUED_PROGRESS`] unwritten `progress` replies per command, and
 //! dead-letter copies of at most [`dead_letter::MAX_COPY_BYTES`].
 //!
+//! It runs on one Redis or on a Redis Cluster ([`Handlers::redis_mode`]).
+//! On one Redis the final reply, its record and the acknowledgement are one
+//! `MULTI`; on a cluster, where they lie in different slots, they are
+//! written in an order that keeps every command answered at least once:
+//! the record, the replies, then the acknowledgement (see
+//! `docs/protocol.md`, "The handler SDK's replies").
+//!
 //! ```no_run
 //! # async fn demo(client: redis::Client, shutdown: tokio_util::sync::CancellationToken) {
 //! use sagaflow::handler::{Context, HandlerError, Handlers};
@@ -44,10 +51,13 @@
 //! ```
 //!
 //! This module depends only on [`crate::protocol`], [`crate::streams`],
-//! [`crate::retry`] (the retry policy for Redis calls it shares with the
-//! daemon) and its spans in [`crate::telemetry`], never on the orchestrator,
-//! so that it reads as a reference for handlers written in any language.
+//! [`crate::connection`] (one Redis or a cluster, behind one connection
+//! type), [`crate::retry`] (the retry policy for Redis calls it shares with
+//! the daemon) and its spans in [`crate::telemetry`], never on the
+//! orchestrator, so that it reads as a reference for handlers written in
+//! any language.
 
+mod batch;
 mod clock;
 pub mod dead_letter;
 mod exchange;

@@ -8,13 +8,15 @@
 //! final reply takes whatever is still queued.
 //!
 //! So a handler that answers at once sends `progress` and `completed`
-//! together, and the daemon reads and records them together.
+//! together, and the daemon reads and records them together. A background
+//! write is one pipeline on one key, the reply stream: one slot, so one
+//! round trip on a Redis Cluster too.
 //!
 //! At most [`MAX_QUEUED_PROGRESS`] replies wait per command: a handler
 //! reporting faster than Redis takes the writes (or while Redis is away)
 //! has its oldest waiting reports dropped, the newest kept.
 
-use redis::aio::ConnectionManager;
+use crate::connection::Conn;
 use std::sync::{Arc, Mutex};
 
 pub(crate) type Fields = Vec<(&'static str, String)>;
@@ -39,7 +41,7 @@ pub(crate) struct Outbox {
 struct Inner {
     reply_stream: String,
     request_id: String,
-    conn: ConnectionManager,
+    conn: Conn,
     queued: Mutex<Queued>,
     writing: tokio::sync::Mutex<()>,
 }
@@ -52,7 +54,7 @@ struct Queued {
 }
 
 impl Outbox {
-    pub(crate) fn new(reply_stream: &str, request_id: &str, conn: ConnectionManager) -> Self {
+    pub(crate) fn new(reply_stream: &str, request_id: &str, conn: Conn) -> Self {
         Self {
             inner: Arc::new(Inner {
                 reply_stream: reply_stream.to_owned(),
@@ -111,7 +113,9 @@ impl Inner {
             return;
         }
         let mut pipe = redis::pipe();
-        add_xadds(&mut pipe, &self.reply_stream, &replies);
+        for fields in &replies {
+            pipe.add_command(xadd(&self.reply_stream, fields)).ignore();
+        }
         // Progress is optional in the contract: a failed write is logged
         // and must not fail the work it reports on.
         if let Err(e) = pipe.query_async::<()>(&mut self.conn.clone()).await {
@@ -125,25 +129,23 @@ impl Inner {
     }
 }
 
-/// Adds one `XADD reply_stream * ...` per reply to `pipe`, results ignored.
-pub(crate) fn add_xadds<K: AsRef<str>, V: AsRef<str>>(
-    pipe: &mut redis::Pipeline,
+/// `XADD reply_stream * ...` of one reply.
+pub(crate) fn xadd<K: AsRef<str>, V: AsRef<str>>(
     reply_stream: &str,
-    replies: &[Vec<(K, V)>],
-) {
-    for fields in replies {
-        let xadd = pipe.cmd("XADD").arg(reply_stream).arg("*");
-        for (k, v) in fields {
-            xadd.arg(k.as_ref()).arg(v.as_ref());
-        }
-        xadd.ignore();
+    fields: &[(K, V)],
+) -> redis::Cmd {
+    let mut xadd = redis::cmd("XADD");
+    xadd.arg(reply_stream).arg("*");
+    for (k, v) in fields {
+        xadd.arg(k.as_ref()).arg(v.as_ref());
     }
+    xadd
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redis::aio::ConnectionManagerConfig;
+    use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
     #[tokio::test(start_paused = true)]
     async fn progress_waiting_to_be_written_is_bounded() {
@@ -151,7 +153,7 @@ mod tests {
         let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
         let conn = ConnectionManager::new_lazy_with_config(client, ConnectionManagerConfig::new())
             .unwrap();
-        let outbox = Outbox::new("saga:replies:n.e", "r", conn);
+        let outbox = Outbox::new("saga:replies:n.e", "r", Conn::Single(conn));
         for i in 0..1000 {
             outbox.push(vec![("progress", i.to_string())]);
         }

@@ -2,6 +2,12 @@
 //! connection of its own, takes over what a crashed instance left pending,
 //! and hands every entry to a task of its own (see `exchange.rs`).
 //!
+//! It works on one Redis and on a Redis Cluster alike: it asks once, at
+//! start-up, which one it is talking to (see [`Handlers::redis_mode`]), and
+//! from then on every connection it makes is a [`Conn`] of that kind. What
+//! differs on a cluster is only how writes to keys in different slots are
+//! made (see `batch.rs`).
+//!
 //! What one runner holds at most: [`BATCH`] entries per stream read and
 //! waiting for a slot, `max_in_flight` commands being handled (default
 //! [`DEFAULT_MAX_IN_FLIGHT`]), [`super::MAX_QUEUED_PROGRESS`] unwritten
@@ -13,10 +19,10 @@ use super::exchange::handle_entry;
 use super::reply_stream::{ReplyStreams, DEFAULT_REPLY_STREAM_PREFIX};
 use super::stats::HandlerStats;
 use super::{Handle, RunError};
+use crate::connection::{self, Conn, RedisMode};
 use crate::protocol::ids::new_uuid_hex;
 use crate::retry::{retry, Backoff, Outage, Policy, Tried};
 use crate::streams::{self, decode_autoclaim_reply, decode_read_reply, Entry};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{RedisResult, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -48,6 +54,12 @@ pub const DEFAULT_RECLAIM_IDLE: Duration = Duration::from_secs(30);
 /// Default time a final reply is remembered for deduplication: far longer
 /// than the daemon keeps sending one `request_id` again after a crash.
 pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(86_400);
+/// The longest the writer waits for Redis to answer one request (a reply,
+/// a record, an acknowledgement, a dead-letter copy), as the daemon does
+/// by default: a request timed out may still have been written, and is
+/// written again by the retry, so a timeout long enough for a loaded Redis
+/// or a cluster moving a slot keeps such duplicates rare.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(super) type Routes = HashMap<String, Arc<dyn Handle>>;
 
@@ -55,6 +67,7 @@ pub(super) type Routes = HashMap<String, Arc<dyn Handle>>;
 /// line, then run until a shutdown token is cancelled.
 pub struct Handlers {
     client: redis::Client,
+    redis_mode: RedisMode,
     group: String,
     consumer: String,
     streams: BTreeMap<String, Routes>,
@@ -96,6 +109,7 @@ impl Handlers {
     pub fn new(client: redis::Client, group: impl Into<String>) -> Self {
         Self {
             client,
+            redis_mode: RedisMode::Auto,
             group: group.into(),
             consumer: format!("consumer-{}-{}", std::process::id(), &new_uuid_hex()[..8]),
             streams: BTreeMap::new(),
@@ -141,6 +155,15 @@ impl Handlers {
             .entry(stream.into())
             .or_default()
             .insert(event_type.into(), handler);
+        self
+    }
+
+    /// How Redis is deployed: [`RedisMode::Auto`] (the default) asks the
+    /// server once at start-up whether it is a cluster node; `Single` and
+    /// `Cluster` say it, for a user not allowed `INFO`. The client's URL is
+    /// then one node of the cluster, through which the others are found.
+    pub fn redis_mode(mut self, mode: RedisMode) -> Self {
+        self.redis_mode = mode;
         self
     }
 
@@ -191,18 +214,19 @@ impl Handlers {
 
     /// Runs until `shutdown` is cancelled, then stops reading, lets the
     /// commands in flight finish and returns. Redis errors never end it:
-    /// they are logged and retried with backoff. It first measures the
-    /// offset of Redis's clock (see [`super::RESYNC_EVERY`]), waiting for
-    /// Redis if need be.
+    /// they are logged and retried with backoff. It first connects (for
+    /// [`RedisMode::Auto`], asking whether Redis is a cluster) and measures
+    /// the offset of Redis's clock (see [`super::RESYNC_EVERY`]), waiting
+    /// for Redis if need be; stopped before it could connect, it returns at
+    /// once.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RunError> {
         if self.streams.is_empty() {
             return Err(RunError::NoHandlers);
         }
         let reply_streams = ReplyStreams::new(&self.reply_stream_prefix)?;
-        let writer = ConnectionManager::new_lazy_with_config(
-            self.client.clone(),
-            ConnectionManagerConfig::new(),
-        )?;
+        let Some((client, writer)) = connect(&self.client, self.redis_mode, &shutdown).await else {
+            return Ok(());
+        };
         let clock = Arc::new(RedisClock::default());
         first_sync(&clock, &writer, &shutdown).await;
         let background = TaskTracker::new();
@@ -228,7 +252,7 @@ impl Handlers {
         for (stream, routes) in self.streams {
             let reader = Reader {
                 shared: shared.clone(),
-                client: self.client.clone(),
+                client: client.clone(),
                 stream: Arc::from(stream),
                 routes: Arc::new(routes),
                 reclaim_idle: self.reclaim_idle,
@@ -248,11 +272,43 @@ impl Handlers {
     }
 }
 
+/// Resolves the deployment (one Redis or a cluster) and makes the writer's
+/// connection, waiting for Redis while it cannot be reached (see
+/// [`Policy::RECONNECT`]); `None` when stopped first.
+async fn connect(
+    client: &redis::Client,
+    mode: RedisMode,
+    shutdown: &CancellationToken,
+) -> Option<(connection::Client, Conn)> {
+    let outage = Outage::new("connecting to Redis");
+    let connect = || async {
+        let client = connection::Client::resolve(client.clone(), mode).await?;
+        let writer = client.commands(RESPONSE_TIMEOUT).await?;
+        Ok::<_, redis::RedisError>((client, writer))
+    };
+    match retry(shutdown, Policy::RECONNECT, &outage, connect).await {
+        Tried::Done((client, writer)) => {
+            let deployment = if client.is_cluster() {
+                "a Redis Cluster"
+            } else {
+                "one Redis"
+            };
+            tracing::info!(
+                redis_mode = mode.name(),
+                "handlers connected to {deployment}"
+            );
+            Some((client, writer))
+        }
+        // Connecting gives up on no error: only a stop ends the wait.
+        Tried::Refused(_) | Tried::Stopped => None,
+    }
+}
+
 /// The first measurement of Redis's clock, before any command is read, so
 /// that commands waiting since before the start are judged on it too. A
 /// Redis that refuses `TIME` (renamed away, or not allowed to this user)
 /// leaves deadlines on the host's clock, which is what handlers did before.
-async fn first_sync(clock: &RedisClock, writer: &ConnectionManager, shutdown: &CancellationToken) {
+async fn first_sync(clock: &RedisClock, writer: &Conn, shutdown: &CancellationToken) {
     let policy = Policy {
         gives_up_on: time_refused,
         ..Policy::HANDLER
@@ -287,7 +343,7 @@ fn time_refused(error: &redis::RedisError) -> bool {
 
 /// Measures the offset again every [`RESYNC_EVERY`]; a failed measurement
 /// keeps the last offset until the next.
-async fn resync(clock: Arc<RedisClock>, writer: ConnectionManager, shutdown: CancellationToken) {
+async fn resync(clock: Arc<RedisClock>, writer: Conn, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(RESYNC_EVERY) => {}
@@ -310,7 +366,7 @@ pub(super) struct Shared {
     pub(super) group: String,
     pub(super) consumer: String,
     /// For replies, records and acknowledgements; never blocks.
-    pub(super) writer: ConnectionManager,
+    pub(super) writer: Conn,
     pub(super) shutdown: CancellationToken,
     pub(super) tasks: TaskTracker,
     pub(super) permits: Arc<Semaphore>,
@@ -330,11 +386,11 @@ pub(super) struct Shared {
 /// blocking reads stall nothing else.
 struct Reader {
     shared: Arc<Shared>,
-    client: redis::Client,
+    client: connection::Client,
     stream: Arc<str>,
     routes: Arc<Routes>,
     reclaim_idle: Duration,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Conn>,
     group_ready: bool,
     reclaimed: bool,
     /// Told once, when this reader first reads.
@@ -370,7 +426,7 @@ impl Reader {
         let mut conn = match &self.conn {
             Some(conn) => conn.clone(),
             None => {
-                let conn = streams::blocking_connection(&self.client, BLOCK).await?;
+                let conn = self.client.blocking(BLOCK).await?;
                 self.conn.insert(conn).clone()
             }
         };
@@ -415,7 +471,7 @@ impl Reader {
     }
 
     /// Takes over the entries a crashed instance of the group left pending.
-    async fn reclaim(&self, conn: &mut MultiplexedConnection) -> RedisResult<()> {
+    async fn reclaim(&self, conn: &mut Conn) -> RedisResult<()> {
         let mut cursor = "0".to_owned();
         loop {
             let reply: Value = redis::cmd("XAUTOCLAIM")

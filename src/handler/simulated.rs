@@ -8,6 +8,7 @@ use super::mission::{
     perform_exploration, plan_route, release_resources,
 };
 use super::{Context, HandlerError, HandlerResult, Handlers, RunError};
+use crate::connection::RedisMode;
 use crate::protocol::{Command, CommandKind};
 use serde_json::Value;
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub struct SimulationOptions {
     pub record_ttl: std::time::Duration,
     /// The daemon's `reply_stream_prefix`: replies go only to streams under it.
     pub reply_stream_prefix: String,
+    /// One Redis or a cluster (see [`Handlers::redis_mode`]).
+    pub redis_mode: RedisMode,
 }
 
 impl Default for SimulationOptions {
@@ -57,6 +60,7 @@ impl Default for SimulationOptions {
             max_in_flight: super::runner::DEFAULT_MAX_IN_FLIGHT,
             record_ttl: super::runner::DEFAULT_RECORD_TTL,
             reply_stream_prefix: super::DEFAULT_REPLY_STREAM_PREFIX.to_owned(),
+            redis_mode: RedisMode::Auto,
         }
     }
 }
@@ -91,7 +95,8 @@ pub fn simulated_handlers(client: redis::Client, opts: SimulationOptions) -> Han
         Handlers::new(client, opts.group.clone())
             .max_in_flight(opts.max_in_flight)
             .record_ttl(opts.record_ttl)
-            .reply_stream_prefix(opts.reply_stream_prefix.clone()),
+            .reply_stream_prefix(opts.reply_stream_prefix.clone())
+            .redis_mode(opts.redis_mode),
         |handlers, (stream, event_type, compute)| {
             let opts = opts.clone();
             handlers.on(stream, event_type, move |cmd: Command, ctx: Context| {
