@@ -213,6 +213,11 @@ pub fn is_busygroup(e: &redis::RedisError) -> bool {
     e.code() == Some("BUSYGROUP") || e.to_string().contains("BUSYGROUP")
 }
 
+/// True for Redis's answer about a consumer group that does not exist.
+pub fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
+}
+
 /// A stream entry id, ordered as Redis orders them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct StreamId(u64, u64);

@@ -1,8 +1,10 @@
 //! The store's scripts against a real Redis: the fenced transition (only
 //! the owner writes, a retried write is applied once, a creation cannot
 //! replace a saga that exists, a daemon whose lease ran out creates
-//! nothing, a key of the wrong kind refuses the whole transition), and the
-//! leases on Redis's clock (renewal, claims, orphans).
+//! nothing, a key of the wrong kind refuses the whole transition), the
+//! leases on Redis's clock (renewal, claims, orphans), and the store's
+//! other records (idempotency keys, nonces, pinned definitions, records
+//! read back, consumer groups).
 
 mod common;
 
@@ -10,8 +12,13 @@ use common::*;
 use sagaflow::config::Settings;
 use sagaflow::connection::{Client, Conn, RedisMode};
 use sagaflow::protocol::{CorrelationId, EventType, SagaEvent, SagaId, SagaStatus};
+use sagaflow::store::control::{self, NonceUse};
+use sagaflow::store::definitions::{self, Version};
+use sagaflow::store::groups::{self, Created, Unfinished};
+use sagaflow::store::idempotency::{self, Claim, Release};
 use sagaflow::store::keys::{Keys, Partition};
 use sagaflow::store::lease::{self, OwnerClaim, Renewal, SagaClaim};
+use sagaflow::store::sagas::{self, LoadError};
 use sagaflow::store::{Fence, Ownership, Transition, WriteError, Written};
 use serde_json::json;
 use std::time::Duration;
@@ -328,5 +335,292 @@ async fn an_orphan_is_found_and_claimed() {
         claim(lease::From::AnyDead).await,
         SagaClaim::NotClaimed,
         "a live owner keeps it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_claimed_once_and_given_back_by_its_holder_only() {
+    let server = RedisServer::start();
+    let mut conn = manager(&server).await;
+    let keys = keys();
+    let retention = Duration::from_secs(60);
+    let claim = |saga_id: &'static str| {
+        let (mut conn, keys) = (conn.clone(), keys.clone());
+        async move {
+            idempotency::claim(&mut conn, &keys, "s", "k-1", saga_id, retention)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(claim("saga-a").await, Claim::Ours);
+    assert_eq!(
+        claim("saga-a").await,
+        Claim::Taken("saga-a".into()),
+        "a retry"
+    );
+    assert_eq!(claim("saga-b").await, Claim::Taken("saga-a".into()));
+    let mut raw = server.conn().await;
+    let ttl: i64 = must(
+        "TTL",
+        redis::cmd("TTL")
+            .arg(keys.idempotency("s", "k-1"))
+            .query_async(&mut raw),
+    )
+    .await;
+    assert!((1..=60).contains(&ttl), "kept for the retention: {ttl}");
+
+    let release = |saga_id: &'static str| {
+        let (mut conn, keys) = (conn.clone(), keys.clone());
+        async move {
+            idempotency::release(&mut conn, &keys, "s", "k-1", saga_id)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(release("saga-b").await, Release::NotHeld);
+    assert_eq!(release("saga-a").await, Release::Released);
+    assert_eq!(release("saga-a").await, Release::NotHeld);
+    assert_eq!(
+        claim("saga-b").await,
+        Claim::Ours,
+        "sent again once given back"
+    );
+
+    // A key of another kind in its place refuses the claim for good.
+    let wrong = keys.idempotency("s", "k-2");
+    must(
+        "SADD",
+        words(&format!("SADD {wrong} x")).query_async::<i64>(&mut raw),
+    )
+    .await;
+    let refused = idempotency::claim(&mut conn, &keys, "s", "k-2", "saga-c", retention)
+        .await
+        .unwrap_err();
+    assert!(sagaflow::retry::is_permanent(&refused), "{refused}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nonce_is_used_once() {
+    let server = RedisServer::start();
+    let mut conn = manager(&server).await;
+    let kept_for = Duration::from_secs(120);
+    let mut used = Vec::new();
+    for nonce in ["n-1", "n-1", "n-2"] {
+        used.push(
+            control::use_nonce(&mut conn, &keys(), nonce, kept_for)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(used, [NonceUse::First, NonceUse::Replayed, NonceUse::First]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definition_version_is_kept_and_kept_longer_when_read() {
+    let server = RedisServer::start();
+    let mut conn = manager(&server).await;
+    let text = "name: pinned\ntrigger: pinned:start\nsteps:\n  - name: a\n    stream: a:commands\n    timeout: 10s\n";
+    let def = match sagaflow::definition::load_str(std::path::Path::new("pinned.yaml"), text) {
+        Ok(def) => def,
+        Err(e) => panic!("the test definition: {e}"),
+    };
+    assert_eq!(
+        definitions::fetch(&mut conn, &keys(), &def.name, &def.version)
+            .await
+            .unwrap(),
+        Version::NotKept
+    );
+    definitions::publish(&mut conn, &keys(), [&def])
+        .await
+        .unwrap();
+    let key = keys().definition(&def.name, &def.version);
+    let mut raw = server.conn().await;
+    must(
+        "EXPIRE",
+        words(&format!("EXPIRE {key} 5")).query_async::<i64>(&mut raw),
+    )
+    .await;
+    let fetched = definitions::fetch(&mut conn, &keys(), &def.name, &def.version)
+        .await
+        .unwrap();
+    assert_eq!(
+        fetched,
+        Version::Kept {
+            text: text.to_owned(),
+            location: key.clone(),
+        }
+    );
+    let ttl: i64 = must("TTL", redis::cmd("TTL").arg(&key).query_async(&mut raw)).await;
+    assert!(ttl > 5, "read, it is kept for longer: {ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_whose_state_does_not_decode_is_told_apart_from_none() {
+    let server = RedisServer::start();
+    let mut conn = manager(&server).await;
+    register(&server, "node-a.1", TTL).await;
+    let saga = SagaId::generate();
+    assert!(sagas::load_state(&mut conn, &keys(), saga.as_str())
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(write(&server, &saga, "node-a.1", 1).await, Written::Done);
+    let mut raw = server.conn().await;
+    must(
+        "HSET",
+        redis::cmd("HSET")
+            .arg(record(&saga))
+            .arg("state")
+            .arg("{not json")
+            .query_async::<i64>(&mut raw),
+    )
+    .await;
+    match sagas::load_state(&mut conn, &keys(), saga.as_str()).await {
+        Err(LoadError::Unreadable { saga_id, .. }) => assert_eq!(saga_id, saga.as_str()),
+        other => panic!("expected an unreadable record, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_tell_what_is_unfinished_and_keep_consumers_that_hold_entries() {
+    let server = RedisServer::start();
+    let mut conn = manager(&server).await;
+    let (stream, group) = ("t:starts", "daemons");
+    assert_eq!(
+        groups::oldest_unfinished(&mut conn, stream, group)
+            .await
+            .unwrap(),
+        Unfinished::NoGroup
+    );
+    assert_eq!(
+        groups::pending_by_group(&mut conn, stream).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        groups::create(&mut conn, stream, group).await.unwrap(),
+        Created::Created
+    );
+    assert_eq!(
+        groups::create(&mut conn, stream, group).await.unwrap(),
+        Created::Existed
+    );
+    let mut raw = server.conn().await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id: String = must(
+            "XADD",
+            words(&format!("XADD {stream} * n {n}")).query_async(&mut raw),
+        )
+        .await;
+        ids.push(id);
+    }
+    // Two read by `gone`, the first acknowledged: the second is unfinished.
+    let read = format!("XREADGROUP GROUP {group} gone COUNT 2 STREAMS {stream} >");
+    must(
+        "XREADGROUP",
+        words(&read).query_async::<redis::Value>(&mut raw),
+    )
+    .await;
+    let ack = format!("XACK {stream} {group} {}", ids[0]);
+    must("XACK", words(&ack).query_async::<i64>(&mut raw)).await;
+    let second = sagaflow::streams::StreamId::parse(&ids[1]).unwrap();
+    assert_eq!(
+        groups::oldest_unfinished(&mut conn, stream, group)
+            .await
+            .unwrap(),
+        Unfinished::From(second)
+    );
+    assert_eq!(
+        groups::pending_by_group(&mut conn, stream).await.unwrap(),
+        Some(vec![(group.to_owned(), 1)])
+    );
+    let pending = groups::pending_idle(&mut conn, stream, group, Duration::ZERO, 10)
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        (pending[0].id.as_str(), pending[0].consumer.as_str()),
+        (ids[1].as_str(), "gone")
+    );
+    assert_eq!(pending[0].deliveries, 1);
+
+    // `idle` counts only once its entry is acknowledged; `me` is kept.
+    let idle = format!("XREADGROUP GROUP {group} idle COUNT 1 STREAMS {stream} >");
+    must(
+        "XREADGROUP",
+        words(&idle).query_async::<redis::Value>(&mut raw),
+    )
+    .await;
+    let ack = format!("XACK {stream} {group} {}", ids[2]);
+    must("XACK", words(&ack).query_async::<i64>(&mut raw)).await;
+    let create = format!("XGROUP CREATECONSUMER {stream} {group} me");
+    must("XGROUP", words(&create).query_async::<i64>(&mut raw)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let forgotten =
+        groups::forget_idle_consumers(&mut conn, stream, group, "me", Duration::from_millis(5))
+            .await
+            .unwrap();
+    assert_eq!(forgotten, 1);
+    let consumers: Vec<std::collections::HashMap<String, redis::Value>> = must(
+        "XINFO",
+        words(&format!("XINFO CONSUMERS {stream} {group}")).query_async(&mut raw),
+    )
+    .await;
+    let mut names: Vec<String> = consumers
+        .iter()
+        .filter_map(|c| match c.get("name") {
+            Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["gone", "me"], "one holds an entry, one is ours");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_a_partition_knows_are_registered() {
+    let server = RedisServer::start();
+    let s = settings(&server);
+    let mut conn = manager(&server).await;
+    register(&server, "old.1", TTL).await;
+    let saga = SagaId::generate();
+    assert_eq!(write(&server, &saga, "old.1", 1).await, Written::Done);
+    let mut raw = server.conn().await;
+    must(
+        "SREM",
+        redis::cmd("SREM")
+            .arg(keys().owners())
+            .arg("old.1")
+            .query_async::<i64>(&mut raw),
+    )
+    .await;
+    let p = Partition::of(saga.as_str());
+    assert_eq!(
+        lease::register_owners_of(&mut conn, &s, p).await.unwrap(),
+        1
+    );
+    let known: Vec<String> = must(
+        "SMEMBERS",
+        redis::cmd("SMEMBERS")
+            .arg(keys().owners())
+            .query_async(&mut raw),
+    )
+    .await;
+    assert_eq!(known, ["old.1"]);
+    // A record of owners of another kind names none.
+    let other = Partition::all().find(|q| *q != p).unwrap();
+    must(
+        "SET",
+        redis::cmd("SET")
+            .arg(keys().owners_in(other))
+            .arg("x")
+            .query_async::<()>(&mut raw),
+    )
+    .await;
+    assert_eq!(
+        lease::register_owners_of(&mut conn, &s, other)
+            .await
+            .unwrap(),
+        0
     );
 }

@@ -16,6 +16,8 @@ use super::{driver, Shared};
 use crate::protocol::control::{ControlRequest, FRESH_FOR};
 use crate::protocol::SagaId;
 use crate::saga::{Action, OperatorRequest};
+use crate::store::control::{self, NonceUse};
+use crate::store::keys::Keys;
 use crate::store::read;
 use crate::streams::StreamId;
 use std::sync::Arc;
@@ -130,15 +132,9 @@ fn check(shared: &Shared, request: ControlRequest, written_ms: u64) -> (SagaId, 
 /// refused rather than perhaps carried out twice.
 pub(super) async fn first_use(shared: &Shared, nonce: &str) -> bool {
     let mut conn = shared.conn.clone();
-    let set: redis::RedisResult<Option<String>> = redis::cmd("SET")
-        .arg(crate::store::keys::Keys::of(&shared.settings).nonce(nonce))
-        .arg("1")
-        .arg("NX")
-        .arg("EX")
-        .arg((FRESH_FOR * 2).as_secs())
-        .query_async(&mut conn)
-        .await;
-    matches!(set, Ok(Some(_)))
+    let keys = Keys::of(&shared.settings);
+    let used = control::use_nonce(&mut conn, &keys, nonce, FRESH_FOR * 2).await;
+    matches!(used, Ok(NonceUse::First))
 }
 
 async fn dispatch(

@@ -1,19 +1,18 @@
 //! Pinned definitions: every version of a definition a daemon runs is kept
-//! in Redis, so that a saga finishes on the version it started with, even
-//! when the file changed and the daemons restarted in between.
+//! in Redis ([`crate::store::definitions`]), so that a saga finishes on the
+//! version it started with, even when the file changed and the daemons
+//! restarted in between. A version fetched from Redis is parsed once and
+//! kept in memory for the daemon's life.
 
 use super::Shared;
 use crate::config::Settings;
 use crate::connection::Conn;
 use crate::definition::{self, Catalog, SagaDefinition};
+use crate::store::definitions::Version;
+use crate::store::{self, keys::Keys};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-/// How long a version's text is kept after a daemon last loaded it or
-/// resumed a saga on it; longer than any saga should run.
-pub const KEPT_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Versions fetched from Redis, by (name, version).
 #[derive(Default)]
@@ -27,19 +26,11 @@ pub(super) async fn publish(
     settings: &Settings,
     catalog: &Catalog,
 ) -> redis::RedisResult<()> {
-    let keys = crate::store::keys::Keys::of(settings);
-    let mut cmds = Vec::new();
-    for name in catalog.names() {
-        let def = catalog.get(name).expect("listed");
-        let key = keys.definition(&def.name, &def.version);
-        let mut set = redis::cmd("SET");
-        set.arg(&key)
-            .arg(def.text.as_ref())
-            .arg("EX")
-            .arg(KEPT_FOR.as_secs());
-        cmds.push((key, set));
-    }
-    conn.run_all(cmds).await
+    let defs = catalog
+        .names()
+        .into_iter()
+        .filter_map(|name| catalog.get(name));
+    store::definitions::publish(conn, &Keys::of(settings), defs.map(|def| def.as_ref())).await
 }
 
 /// The definition a saga is pinned to: the loaded one if it is that
@@ -59,20 +50,16 @@ pub(super) async fn resolve(
         return Ok(def.clone());
     }
     let mut conn = shared.conn.clone();
-    let redis_key = crate::store::keys::Keys::of(&shared.settings).definition(name, version);
-    let (text,): (Option<String>,) = redis::pipe()
-        .cmd("GET")
-        .arg(&redis_key)
-        .cmd("EXPIRE")
-        .arg(&redis_key)
-        .arg(KEPT_FOR.as_secs())
-        .ignore()
-        .query_async(&mut conn)
+    let keys = Keys::of(&shared.settings);
+    let kept = store::definitions::fetch(&mut conn, &keys, name, version)
         .await
         .map_err(|e| format!("cannot read version {version} of saga `{name}`: {e}"))?;
-    let text =
-        text.ok_or_else(|| format!("version {version} of saga `{name}` is not kept in Redis"))?;
-    let source = PathBuf::from(format!("{redis_key} (pinned version)"));
+    let Version::Kept { text, location } = kept else {
+        return Err(format!(
+            "version {version} of saga `{name}` is not kept in Redis"
+        ));
+    };
+    let source = PathBuf::from(format!("{location} (pinned version)"));
     let def = definition::load_str(&source, &text).map_err(|e| e.to_string())?;
     let def = Arc::new(def);
     shared

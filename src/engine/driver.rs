@@ -11,7 +11,7 @@
 //! dead-letter stream. Transient failures are retried with capped backoff.
 
 use super::definitions;
-use super::idempotency::{claim_idempotency_key, duplicate, Claim};
+use super::idempotency::{claim_idempotency_key, duplicate, release_idempotency_key};
 use super::lease::Epoch;
 use super::replies::Receipt;
 use super::router::{Inbound, Inbox};
@@ -22,9 +22,11 @@ use crate::protocol::{
 };
 use crate::retry::{retry, Outage, Policy, Tried};
 use crate::saga::{self, Effect, Event, OperatorRequest, Phase, RandomIds, SagaInit, SagaState};
+use crate::store::idempotency::Claim;
 use crate::store::keys::Keys;
 use crate::store::lease::{self as leases, SagaClaim};
-use crate::store::{maintain, sagas, EntryRef, Fence, Ownership, Transition, WriteError, Written};
+use crate::store::sagas::{self, LoadError, Record};
+use crate::store::{maintain, EntryRef, Fence, Ownership, Transition, WriteError, Written};
 use crate::telemetry::metrics::{self, InFlight};
 use crate::telemetry::saga::SagaTelemetry;
 use serde_json::json;
@@ -121,12 +123,8 @@ pub(super) async fn start(
                 // The start may be sent again once the cause is mended: its
                 // idempotency key must not name a saga that never was.
                 if let Some(key) = &request.idempotency_key {
-                    let redis_key = Keys::of(&shared.settings).idempotency(&def.name, key);
-                    let mut conn = shared.conn.clone();
-                    let released = maintain::release_key(&mut conn, &redis_key, saga_id.as_str());
-                    if let Err(e) = Box::pin(released).await {
-                        tracing::warn!(error = %e, idempotency_key = %key, "the idempotency key of a refused start is kept");
-                    }
+                    let released = release_idempotency_key(&shared, &def.name, key, &saga_id);
+                    Box::pin(released).await;
                 }
             }
             Outcome::Stopped => {}
@@ -208,7 +206,7 @@ pub(super) async fn resume(shared: Arc<Shared>, saga_id: String, epoch: Arc<Epoc
         Ok(None) => return tracing::warn!(%saga_id, "a saga taken over has no record; skipped"),
         Err(e) => return tracing::error!(%saga_id, error = %e, "cannot read a saga taken over"),
     };
-    let (mut state, seq) = record;
+    let Record { mut state, seq, .. } = record;
     let Some(def) = definition_of(&shared, &state).await else {
         return;
     };
@@ -267,7 +265,9 @@ pub(super) async fn adopt(
     nonce: Option<String>,
     _slot: OwnedSemaphorePermit,
 ) {
-    let (state, seq, owner) = match Box::pin(load_with_owner(&shared, &saga_id)).await {
+    let Record {
+        state, seq, owner, ..
+    } = match Box::pin(load(&shared, &saga_id)).await {
         Ok(Some(record)) => record,
         Ok(None) => {
             return tracing::warn!(%saga_id, "an operator's request names no saga here; ignored")
@@ -377,27 +377,15 @@ fn saga_span(
     )
 }
 
-/// A saga's record: its state and the number of its last transition.
-async fn load(shared: &Shared, saga_id: &str) -> redis::RedisResult<Option<(SagaState, u64)>> {
-    Ok(load_with_owner(shared, saga_id)
-        .await?
-        .map(|(state, seq, _)| (state, seq)))
-}
-
-/// A saga's record, with the owner it names.
-async fn load_with_owner(
-    shared: &Shared,
-    saga_id: &str,
-) -> redis::RedisResult<Option<(SagaState, u64, Option<String>)>> {
+/// A saga's record; `None` when there is none, or when its state cannot
+/// be read (logged; the record is left as it is).
+async fn load(shared: &Shared, saga_id: &str) -> redis::RedisResult<Option<Record>> {
     let mut conn = shared.conn.clone();
     let keys = Keys::of(&shared.settings);
-    let Some(stored) = sagas::load(&mut conn, &keys, saga_id).await? else {
-        return Ok(None);
-    };
-    let (state, seq, owner) = (stored.state, stored.seq, stored.owner);
-    match serde_json::from_str(&state) {
-        Ok(state) => Ok(Some((state, seq, owner))),
-        Err(e) => {
+    match sagas::load_state(&mut conn, &keys, saga_id).await {
+        Ok(record) => Ok(record),
+        Err(LoadError::Redis(e)) => Err(e),
+        Err(e @ LoadError::Unreadable { .. }) => {
             tracing::error!(%saga_id, error = %e, "a saga record cannot be read; left as it is");
             Ok(None)
         }
@@ -751,22 +739,15 @@ impl<'a> Driven<'a> {
         drop(transition);
         metrics::dead_lettered("saga");
         let mut conn = self.shared.conn.clone();
-        let noted: redis::RedisResult<()> = redis::cmd("XADD")
-            .arg(&self.shared.settings.dead_letter_stream)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.shared.settings.events_maxlen)
-            .arg("*")
-            .arg("saga_id")
-            .arg(state.saga_id.as_str())
-            .arg("saga")
-            .arg(&state.saga)
-            .arg("reason")
-            .arg(&reason)
-            .arg("from")
-            .arg("transition")
-            .query_async(&mut conn)
-            .await;
+        let settings = &self.shared.settings;
+        let noted = maintain::note_parked(
+            &mut conn,
+            settings,
+            state.saga_id.as_str(),
+            &state.saga,
+            &reason,
+        )
+        .await;
         if let Err(e) = noted {
             tracing::error!(error = %e, "the parked saga cannot be noted on the dead-letter stream");
         }
@@ -780,7 +761,7 @@ impl<'a> Driven<'a> {
         let outage = Outage::new("reading a parked saga's record");
         let read = || load(self.shared, saga_id);
         match retry(&self.shared.shutdown, Policy::WRITES, &outage, read).await {
-            Tried::Done(record) => record,
+            Tried::Done(record) => record.map(|r| (r.state, r.seq)),
             Tried::Refused(e) => {
                 tracing::error!(error = %e, "the saga's record cannot be read");
                 None

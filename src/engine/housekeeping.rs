@@ -3,13 +3,16 @@
 //! their entries older than the retention or beyond their caps, owners left
 //! by older versions are registered so that their sagas are claimed, and
 //! the pending entries are measured. Its failures are its own: they are
-//! logged and counted, and never delay a lease renewal or a saga.
+//! logged and counted, and never delay a lease renewal or a saga. It
+//! decides what is due and with what bounds; the store does each job
+//! ([`crate::store::maintain`], [`crate::store::groups`]).
 
 use super::{pause, Shared};
 use crate::retry::Outage;
+use crate::store::groups::{self, Unfinished};
 use crate::store::keys::{Keys, Partition};
-use crate::store::maintain;
-use crate::streams::{text, StreamId};
+use crate::store::{lease, maintain};
+use crate::streams::StreamId;
 use crate::telemetry::metrics;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,24 +80,8 @@ async fn register_unknown_owners(
     shared: &Shared,
     conn: &mut crate::connection::Conn,
 ) -> redis::RedisResult<()> {
-    let keys = Keys::of(&shared.settings);
     for p in Partition::all() {
-        let owners: Vec<String> = match redis::cmd("SMEMBERS")
-            .arg(keys.owners_in(p))
-            .query_async(conn)
-            .await
-        {
-            Ok(owners) => owners,
-            Err(e) if e.code() == Some("WRONGTYPE") => continue,
-            Err(e) => return Err(e),
-        };
-        if !owners.is_empty() {
-            redis::cmd("SADD")
-                .arg(keys.owners())
-                .arg(&owners)
-                .query_async::<()>(conn)
-                .await?;
-        }
+        lease::register_owners_of(conn, &shared.settings, p).await?;
         if shared.shutdown.is_cancelled() {
             break;
         }
@@ -130,7 +117,10 @@ async fn trim_triggers(
     let mut outcome = Ok(());
     for stream in super::trigger_streams(settings, &shared.catalog) {
         let trimmed = async {
-            let Some(unfinished) = oldest_unfinished(conn, &stream, settings).await? else {
+            let group = &settings.trigger_group;
+            let Unfinished::From(unfinished) =
+                groups::oldest_unfinished(conn, &stream, group).await?
+            else {
                 return Ok(0);
             };
             let maxlen = settings.triggers_maxlen;
@@ -164,38 +154,10 @@ const CLEAN_EVERY: Duration = Duration::from_secs(60);
 pub(super) async fn forget_idle_consumers(shared: &Shared) -> redis::RedisResult<()> {
     let mut conn = shared.conn.clone();
     let settings = &shared.settings;
-    let idle_limit = settings.lease_ttl.as_millis() as u64 * 100;
+    let idle_over = settings.lease_ttl.saturating_mul(100);
+    let (group, keep) = (&settings.trigger_group, &settings.node_id);
     for stream in super::trigger_streams(settings, &shared.catalog) {
-        let consumers: Vec<std::collections::HashMap<String, redis::Value>> =
-            match redis::cmd("XINFO")
-                .arg("CONSUMERS")
-                .arg(&stream)
-                .arg(&settings.trigger_group)
-                .query_async(&mut conn)
-                .await
-            {
-                Err(e) if super::is_nogroup(&e) => continue,
-                other => other?,
-            };
-        for consumer in consumers {
-            let number = |k: &str| match consumer.get(k) {
-                Some(redis::Value::Int(n)) => *n as u64,
-                _ => 0,
-            };
-            let name = match consumer.get("name") {
-                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-                _ => continue,
-            };
-            if name != settings.node_id && number("pending") == 0 && number("idle") > idle_limit {
-                redis::cmd("XGROUP")
-                    .arg("DELCONSUMER")
-                    .arg(&stream)
-                    .arg(&settings.trigger_group)
-                    .arg(&name)
-                    .query_async::<()>(&mut conn)
-                    .await?;
-            }
-        }
+        groups::forget_idle_consumers(&mut conn, &stream, group, keep, idle_over).await?;
     }
     Ok(())
 }
@@ -220,37 +182,21 @@ pub fn command_stream_keep(retention: Duration, longest_timeout: Duration) -> Du
 /// Trims the streams the daemon writes to entries younger than
 /// `stream_retention` (`XTRIM MINID ~`, so a little more may stay). A
 /// command stream keeps its commands until a little past their longest
-/// timeout. Other daemons do
-/// the same: trimming twice is harmless.
+/// timeout. Other daemons do the same: trimming twice is harmless.
 pub(super) async fn trim_streams(shared: &Shared) -> redis::RedisResult<()> {
     let mut conn = shared.conn.clone();
     let settings = &shared.settings;
     let now = shared.now_ms();
-    let mut cmds = Vec::new();
-    let mut trim = |stream: &str, below: StreamId| {
-        let mut cmd = redis::cmd("XTRIM");
-        cmd.arg(stream)
-            .arg("MINID")
-            .arg("~")
-            .arg(below.to_string())
-            // `~` alone removes at most 10,000 entries a call, fewer than
-            // a busy second adds.
-            .arg("LIMIT")
-            .arg(0);
-        cmds.push((stream.to_owned(), cmd));
-    };
-    trim(&settings.events_stream, cut(now, settings.stream_retention));
-    trim(
-        &settings.control_stream,
-        cut(now, settings.stream_retention),
-    );
+    let below = cut(now, settings.stream_retention);
+    let mut streams = vec![
+        (settings.events_stream.clone(), below),
+        (settings.control_stream.clone(), below),
+    ];
     for (stream, longest) in shared.catalog.command_streams() {
-        trim(
-            &stream,
-            cut(now, command_stream_keep(settings.stream_retention, longest)),
-        );
+        let keep = command_stream_keep(settings.stream_retention, longest);
+        streams.push((stream, cut(now, keep)));
     }
-    conn.run_all(cmds).await
+    maintain::trim_by_age(&mut conn, &streams).await
 }
 
 /// Trims the control stream to its cap and its retention, as often as the
@@ -262,66 +208,13 @@ async fn trim_control(
 ) -> redis::RedisResult<()> {
     let settings = &shared.settings;
     let below = cut(shared.now_ms(), settings.stream_retention);
-    redis::pipe()
-        .cmd("XTRIM")
-        .arg(&settings.control_stream)
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(settings.control_maxlen)
-        // `~` alone removes at most 10,000 entries a call.
-        .arg("LIMIT")
-        .arg(0)
-        .ignore()
-        .cmd("XTRIM")
-        .arg(&settings.control_stream)
-        .arg("MINID")
-        .arg("~")
-        .arg(below.to_string())
-        .arg("LIMIT")
-        .arg(0)
-        .ignore()
-        .query_async(conn)
-        .await
-}
-
-/// The oldest entry of a trigger stream that the daemon group has not read
-/// or not acknowledged; `None` when the group does not exist (yet), and the
-/// stream must be left alone.
-async fn oldest_unfinished(
-    conn: &mut crate::connection::Conn,
-    stream: &str,
-    settings: &crate::config::Settings,
-) -> redis::RedisResult<Option<StreamId>> {
-    let groups: Vec<std::collections::HashMap<String, redis::Value>> = match redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(stream)
-        .query_async(conn)
-        .await
-    {
-        // "no such key": no stream yet, so nothing to trim.
-        Err(e) if e.code() == Some("ERR") => return Ok(None),
-        other => other?,
-    };
-    let last_read = groups.iter().find_map(|g| {
-        let name = text(g.get("name")?)?;
-        (name == settings.trigger_group)
-            .then(|| StreamId::parse(&text(g.get("last-delivered-id")?)?))
-            .flatten()
-    });
-    let Some(last_read) = last_read else {
-        return Ok(None);
-    };
-    // XPENDING's summary: count, smallest id, greatest id, consumers.
-    let (_, smallest, _, _): (u64, Option<String>, redis::Value, redis::Value) =
-        redis::cmd("XPENDING")
-            .arg(stream)
-            .arg(&settings.trigger_group)
-            .query_async(conn)
-            .await?;
-    let pending = smallest.and_then(|id| StreamId::parse(&id));
-    // Entries after `last_read` are unread; MINID keeps the one given.
-    let unread = last_read.next();
-    Ok(Some(pending.map_or(unread, |p| p.min(unread))))
+    maintain::trim_capped(
+        conn,
+        &settings.control_stream,
+        settings.control_maxlen,
+        below,
+    )
+    .await
 }
 
 /// How often the pending entries of the streams are measured.
@@ -335,25 +228,10 @@ pub(super) async fn report_pending(shared: &Shared) -> redis::RedisResult<()> {
     let mut streams = super::trigger_streams(&shared.settings, &shared.catalog);
     streams.extend(shared.catalog.command_streams().into_iter().map(|(s, _)| s));
     for stream in streams {
-        let groups: Vec<std::collections::HashMap<String, redis::Value>> = match redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&stream)
-            .query_async(&mut conn)
-            .await
-        {
-            // "no such key": no stream yet; or a key of another kind.
-            Err(e) if e.code() == Some("ERR") || crate::retry::is_permanent(&e) => continue,
-            other => other?,
-        };
-        let pending: Vec<(String, u64)> = groups
-            .iter()
-            .filter_map(|g| {
-                let name = g.get("name").and_then(text)?;
-                let pending = redis::from_redis_value::<u64>(g.get("pending")?.clone()).ok()?;
-                Some((name, pending))
-            })
-            .collect();
-        metrics::pending_entries(&stream, &pending);
+        // No stream yet, or a key of another kind: nothing to measure.
+        if let Some(pending) = groups::pending_by_group(&mut conn, &stream).await? {
+            metrics::pending_entries(&stream, &pending);
+        }
     }
     Ok(())
 }

@@ -6,48 +6,48 @@ use super::Shared;
 use crate::definition::SagaDefinition;
 use crate::protocol::{EventType, SagaEvent, SagaId, SagaStatus, StartRequest};
 use crate::retry::{retry, Policy, Tried};
+use crate::store::idempotency::{self, Claim};
+use crate::store::keys::Keys;
 use crate::store::{EntryRef, Transition, WriteError};
 use serde_json::json;
 
-pub(super) enum Claim {
-    Ours,
-    /// Held by this saga id.
-    Taken(String),
-}
-
-/// Claims an idempotency key for this saga: `SET NX`, so two daemons
-/// taking the same key at once cannot both win. `Err(None)` when the
-/// daemon stopped first; `Err(Some(_))` when Redis refuses the claim for
-/// good (the key's name holds another kind of key).
+/// Claims an idempotency key for this saga ([`idempotency::claim`]),
+/// retrying while Redis fails. `Err(None)` when the daemon stopped first;
+/// `Err(Some(_))` when Redis refuses the claim for good (the key's name
+/// holds another kind of key).
 pub(super) async fn claim_idempotency_key(
     shared: &Shared,
     saga: &str,
     key: &str,
     saga_id: &SagaId,
 ) -> Result<Claim, Option<WriteError>> {
-    let redis_key = crate::store::keys::Keys::of(&shared.settings).idempotency(saga, key);
-    let retention = shared.settings.idempotency_retention.as_secs().max(1);
+    let keys = Keys::of(&shared.settings);
+    let retention = shared.settings.idempotency_retention;
     let claim = || {
-        let mut conn = shared.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(&redis_key)
-            .arg(saga_id.as_str())
-            .arg("NX")
-            .arg("EX")
-            .arg(retention)
-            .cmd("GET")
-            .arg(&redis_key);
-        async move {
-            pipe.query_async::<(Option<String>, Option<String>)>(&mut conn)
-                .await
-        }
+        let (mut conn, keys) = (shared.conn.clone(), &keys);
+        async move { idempotency::claim(&mut conn, keys, saga, key, saga_id.as_str(), retention).await }
     };
     match retry(&shared.shutdown, Policy::WRITES, &shared.writes, claim).await {
-        Tried::Done((Some(_), _)) => Ok(Claim::Ours),
-        Tried::Done((None, existing)) => Ok(Claim::Taken(existing.unwrap_or_default())),
+        Tried::Done(claim) => Ok(claim),
         Tried::Refused(e) => Err(Some(e.into())),
         Tried::Stopped => Err(None),
+    }
+}
+
+/// Gives back the idempotency key of a start that could never be created,
+/// so that it may be sent again once the cause is mended; logged when it
+/// cannot be (the key then runs out after the retention).
+pub(super) async fn release_idempotency_key(
+    shared: &Shared,
+    saga: &str,
+    key: &str,
+    saga_id: &SagaId,
+) {
+    let mut conn = shared.conn.clone();
+    let keys = Keys::of(&shared.settings);
+    let released = idempotency::release(&mut conn, &keys, saga, key, saga_id.as_str()).await;
+    if let Err(e) = released {
+        tracing::warn!(error = %e, idempotency_key = %key, "the idempotency key of a refused start is kept");
     }
 }
 

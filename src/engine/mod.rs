@@ -30,7 +30,8 @@ use crate::config::Settings;
 use crate::connection::{self, Conn};
 use crate::definition::Catalog;
 use crate::retry::{retry, Outage, Policy, Tried};
-use crate::streams;
+use crate::store::groups::{self, Created};
+pub(crate) use crate::streams::is_nogroup;
 use crate::telemetry::metrics;
 use clock::Clock;
 use lease::Epoch;
@@ -330,23 +331,9 @@ pub(crate) async fn create_groups(
     Ok(())
 }
 
-/// True for Redis's answer about a consumer group that does not exist.
-pub(crate) fn is_nogroup(e: &redis::RedisError) -> bool {
-    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
-}
-
 async fn create_group(conn: &mut Conn, stream: &str, group: &str) -> Result<(), EngineError> {
-    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream)
-        .arg(group)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(conn)
-        .await;
-    match created {
-        Ok(()) => Ok(()),
-        Err(e) if streams::is_busygroup(&e) => Ok(()),
+    match groups::create(conn, stream, group).await {
+        Ok(Created::Created | Created::Existed) => Ok(()),
         Err(source) => Err(EngineError::Group {
             stream: stream.to_owned(),
             group: group.to_owned(),

@@ -22,8 +22,8 @@ use super::reconnect::ReadConnection;
 use super::Shared;
 use crate::protocol::limits::MAX_REPLY_ENTRY_BYTES;
 use crate::protocol::{Reply, SagaId};
-use crate::store::read;
 use crate::store::transition::WAKE_FIELD;
+use crate::store::{maintain, read};
 use crate::streams::{Entry, StreamId};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -498,21 +498,11 @@ async fn route(shared: &Shared, main: &str, entry: Entry) {
 /// gone for good disappears once the reply retention has passed.
 async fn tidy(shared: &Shared, stream: &str, below: Option<StreamId>) {
     let mut conn = shared.conn.clone();
-    let mut cmds = Vec::new();
-    if let Some(below) = below {
-        let mut trim = redis::cmd("XTRIM");
-        trim.arg(stream).arg("MINID").arg(below.to_string());
-        cmds.push((stream.to_owned(), trim));
-    }
     // Never so short that the stream could expire between two renewals
     // while this daemon reads it: unread replies would go with it.
-    let ttl = shared.settings.reply_retention.max(MIN_REPLY_TTL).as_secs();
-    for key in std::iter::once(stream.to_owned()).chain(shared.replies.followed.snapshot()) {
-        let mut expire = redis::cmd("EXPIRE");
-        expire.arg(&key).arg(ttl);
-        cmds.push((key, expire));
-    }
-    if let Err(e) = conn.run_all(cmds).await {
+    let ttl = shared.settings.reply_retention.max(MIN_REPLY_TTL);
+    let read = std::iter::once(stream.to_owned()).chain(shared.replies.followed.snapshot());
+    if let Err(e) = maintain::tidy_replies(&mut conn, stream, below, read, ttl).await {
         tracing::debug!(error = %e, %stream, "tidying the reply streams failed; will try again");
     }
 }

@@ -12,7 +12,7 @@ use super::{driver, intake, pause, Shared};
 use crate::connection::Conn;
 use crate::protocol::limits::MAX_START_ENTRY_BYTES;
 use crate::retry::Outage;
-use crate::store::{lease, maintain, read};
+use crate::store::{groups, lease, maintain, read};
 use crate::telemetry::metrics;
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,25 +126,19 @@ async fn dead_letter_poison(
     min_idle: Duration,
 ) -> redis::RedisResult<()> {
     let settings = &shared.settings;
-    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(&settings.trigger_group)
-        .arg("IDLE")
-        .arg(min_idle.as_millis() as u64)
-        .arg("-")
-        .arg("+")
-        .arg(settings.read_batch)
-        .query_async(conn)
-        .await?;
-    for (id, consumer, _, deliveries) in pending {
-        if deliveries < settings.max_deliveries {
+    let group = settings.trigger_group.as_str();
+    let pending = groups::pending_idle(conn, stream, group, min_idle, settings.read_batch).await?;
+    for entry in pending {
+        if entry.deliveries < settings.max_deliveries {
             continue;
         }
-        let reason =
-            format!("delivered {deliveries} times without being processed (last to {consumer})");
+        let (id, deliveries) = (&entry.id, entry.deliveries);
+        let reason = format!(
+            "delivered {deliveries} times without being processed (last to {})",
+            entry.consumer
+        );
         tracing::error!(%stream, entry_id = %id, %reason, "start moved to the dead-letter stream");
-        let group = Some(settings.trigger_group.as_str());
-        maintain::dead_letter(conn, settings, stream, group, &id, &reason).await?;
+        maintain::dead_letter(conn, settings, stream, Some(group), id, &reason).await?;
         metrics::dead_lettered("start");
     }
     Ok(())

@@ -122,6 +122,40 @@ pub async fn dead_owners<C: ConnectionLike + Send>(
     Ok((super::millis(now), owners))
 }
 
+/// Registers every owner that has had sagas in partition `p` (the
+/// partition's own record of them, [`Keys::owners_in`]) in the registry of
+/// owners, so that the takeover claims their sagas if no live lease holds
+/// them, even when the registry lost them (removed by hand, or given up
+/// half-way through a claim). Returns how many the partition names: one
+/// per owner that drove sagas there and was not claimed since, a few. A
+/// partition whose record of owners is a key of another kind names none.
+/// The two keys are in different slots: two commands, each alone safe to
+/// repeat.
+pub async fn register_owners_of<C: ConnectionLike + Send>(
+    conn: &mut C,
+    settings: &Settings,
+    p: Partition,
+) -> RedisResult<usize> {
+    let keys = keys(settings);
+    let owners: Vec<String> = match redis::cmd("SMEMBERS")
+        .arg(keys.owners_in(p))
+        .query_async(conn)
+        .await
+    {
+        Ok(owners) => owners,
+        Err(e) if e.code() == Some("WRONGTYPE") => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    if !owners.is_empty() {
+        redis::cmd("SADD")
+            .arg(keys.owners())
+            .arg(&owners)
+            .query_async::<()>(conn)
+            .await?;
+    }
+    Ok(owners.len())
+}
+
 /// What a claim of a dead owner's sagas did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OwnerClaim {

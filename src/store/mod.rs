@@ -10,11 +10,25 @@
 //! - [`read`]: bounded reads of streams: at most a given number of entries,
 //!   each at most a given size (larger ones never leave Redis whole).
 //! - [`maintain`]: dead-lettering and trimming of the streams.
+//! - [`groups`]: consumer groups of the shared streams: creation, pending
+//!   entries, consumers long gone.
 //! - [`keys`]: where everything lives: partitions and key names.
-//! - [`sagas`]: records by id, sagas by phase from the indexes.
+//! - [`sagas`]: records by id (decoded or as stored), sagas by phase from
+//!   the indexes.
+//! - [`idempotency`]: the idempotency keys of starts.
+//! - [`definitions`]: the texts of the definitions' versions sagas run on.
+//! - [`control`]: the nonces of operators' requests carried out.
 //! - [`relay`]: on a cluster, the relay of the partitions' outboxes.
 //! - [`inspect`]: bounded reads for an operator's view (`sagaflow doctor`).
+//!
+//! The daemon ([`crate::engine`]) names no key, sends no command to one,
+//! and decodes no record: it calls these functions, each saying what it
+//! bounds and returning what it found as a type of its own.
 
+pub mod control;
+pub mod definitions;
+pub mod groups;
+pub mod idempotency;
 pub mod inspect;
 pub mod keys;
 pub mod lease;

@@ -2,6 +2,7 @@
 //! partitions' indexes, never by a scan of the keyspace.
 
 use super::keys::{Keys, Partition, INDEXED_PHASES};
+use crate::saga::SagaState;
 use redis::aio::ConnectionLike;
 use redis::RedisResult;
 
@@ -47,6 +48,55 @@ pub async fn load<C: ConnectionLike + Send>(
         owner,
         seq: seq.unwrap_or(0),
         expires_in: (ttl >= 0).then_some(ttl),
+    }))
+}
+
+/// A saga's record, its state decoded.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub state: SagaState,
+    /// The number of its last transition.
+    pub seq: u64,
+    /// The owner token it names.
+    pub owner: Option<String>,
+    /// Seconds left before it expires; `None` while it runs.
+    pub expires_in: Option<i64>,
+}
+
+/// Why a saga's record could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Redis(#[from] redis::RedisError),
+    /// Its state is not a state this version reads (edited by hand, or
+    /// written by an incompatible version): the record is left as it is.
+    #[error("the record of saga {saga_id} cannot be read: {source}")]
+    Unreadable {
+        saga_id: String,
+        source: serde_json::Error,
+    },
+}
+
+/// The record of `saga_id` with its state decoded, `None` when there is
+/// none (see [`load`]). The state is as large as the saga wrote it (bounded
+/// by the largest transition, [`super::transition::MAX_TRANSITION_BYTES`]).
+pub async fn load_state<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    saga_id: &str,
+) -> Result<Option<Record>, LoadError> {
+    let Some(stored) = load(conn, keys, saga_id).await? else {
+        return Ok(None);
+    };
+    let state = serde_json::from_str(&stored.state).map_err(|source| LoadError::Unreadable {
+        saga_id: saga_id.to_owned(),
+        source,
+    })?;
+    Ok(Some(Record {
+        state,
+        seq: stored.seq,
+        owner: stored.owner,
+        expires_in: stored.expires_in,
     }))
 }
 
