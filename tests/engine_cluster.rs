@@ -273,3 +273,19 @@ async fn a_master_killed_mid_run_loses_no_saga_and_doubles_no_end() {
     must("the handler", handler).await;
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_on_a_private_cluster() {
+    let o = sagaflow_cli(&["dev", "--cluster", "--timeout", "30s"]).await;
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("started a private Redis Cluster of 3 masters"),
+        "{out}"
+    );
+    assert!(out.contains("the mission completed"), "{out}");
+}

@@ -8,7 +8,7 @@ use super::{follow, logging};
 use crate::config::{RedisUrl, Settings};
 use crate::connection::{self, RedisMode};
 use crate::handler::simulated::run_simulated_handlers;
-use crate::local_redis::LocalRedis;
+use crate::local_redis::{ClusterOptions, LocalCluster, LocalRedis};
 use crate::operator;
 use crate::protocol::CorrelationId;
 use crate::telemetry::LogFormat;
@@ -20,11 +20,17 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  sagaflow dev\n  sagaflow dev --fail-at perform_exploration")]
+#[command(
+    after_help = "Examples:\n  sagaflow dev\n  sagaflow dev --fail-at perform_exploration\n  sagaflow dev --cluster"
+)]
 pub struct DevArgs {
     /// Use this Redis instead of starting a private redis-server.
-    #[arg(long, env = "SAGAFLOW_REDIS_URL")]
+    #[arg(long, env = "SAGAFLOW_REDIS_URL", conflicts_with = "cluster")]
     redis_url: Option<RedisUrl>,
+    /// Start a private Redis Cluster of 3 masters (redis-server with
+    /// `--cluster-enabled yes`, joined with redis-cli) and run on it.
+    #[arg(long)]
+    cluster: bool,
     /// Directory of saga definitions; the built-in mission if it does not exist.
     #[arg(long, env = "SAGAFLOW_SAGAS", default_value = "sagas")]
     sagas: PathBuf,
@@ -85,8 +91,21 @@ async fn demo(args: DevArgs) -> Result<ExitCode, String> {
         ));
     }
 
+    let mut _cluster = None;
     let (redis_url, _redis) = match args.redis_url.clone() {
         Some(url) => (url.expose().to_owned(), None),
+        None if args.cluster => {
+            let cluster =
+                LocalCluster::start(&ClusterOptions::default()).map_err(|e| e.to_string())?;
+            let seeds = cluster.seeds();
+            outln!(
+                "started a private Redis Cluster of {} masters: {}",
+                seeds.len(),
+                seeds.join(", ")
+            );
+            _cluster = Some(cluster);
+            (seeds[0].clone(), None)
+        }
         None => {
             let child = LocalRedis::start(&[])?;
             outln!("started a private redis-server on {}", child.url);
@@ -111,6 +130,7 @@ async fn demo(args: DevArgs) -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())?;
     let mut sim = args.sim.options();
     sim.reply_stream_prefix = reply_stream_prefix;
+    sim.redis_mode = redis_mode;
     if args.fail_at.is_some() {
         sim.fail_step = args.fail_at.clone();
     }

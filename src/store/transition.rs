@@ -322,10 +322,12 @@ impl Transition<'_> {
             // then cannot take it back. Asked again, it is written before.
             let replicas = settings.wait_replicas;
             if !conn.wait_replicas(&keys[0], replicas, REPLICA_WAIT).await? {
-                return Err(WriteError::Redis(redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("the transition has not reached {replicas} replica(s) yet"),
-                ))));
+                return Err(WriteError::Redis(redis::RedisError::from(
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the transition has not reached {replicas} replica(s) yet"),
+                    ),
+                )));
             }
         }
         match code {

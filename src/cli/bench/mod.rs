@@ -265,7 +265,12 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
     wait_until_ready(&mut conn).await?;
 
     let before_each = servers.read().await.map_err(|e| e.to_string())?;
-    let before = RedisInfo::sum(&before_each.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>());
+    let before = RedisInfo::sum(
+        &before_each
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect::<Vec<_>>(),
+    );
     let peak = Arc::new(AtomicU64::new(before.used_memory));
     let sampler = tokio::spawn(sample_peak_memory(
         Servers::connect(&args_servers(&url, _cluster.as_ref())).await?,
@@ -288,7 +293,12 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
         None => None,
     };
     let after_each = servers.read().await.map_err(|e| e.to_string())?;
-    let after = RedisInfo::sum(&after_each.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>());
+    let after = RedisInfo::sum(
+        &after_each
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect::<Vec<_>>(),
+    );
     sampler.abort();
     let peak_memory = peak.load(Ordering::Relaxed).max(after.used_memory);
     let daemon_rss = daemon.peak_rss_mib();

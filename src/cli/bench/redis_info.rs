@@ -98,7 +98,10 @@ impl Servers {
                 .get_multiplexed_async_connection()
                 .await
                 .map_err(|e| format!("cannot reach Redis: {e}"))?;
-            let label = url.rsplit(['/', '@']).find(|s| !s.is_empty()).unwrap_or(url);
+            let label = url
+                .rsplit(['/', '@'])
+                .find(|s| !s.is_empty())
+                .unwrap_or(url);
             nodes.push((label.to_owned(), conn));
         }
         Ok(Self { nodes })
