@@ -10,11 +10,11 @@ use crate::config::Settings;
 use crate::definition::SagaDefinition;
 use crate::protocol::{fields as f, CorrelationId, SagaId};
 use crate::saga::SagaState;
-use crate::store::keys::{Keys, Partition};
+use crate::store::keys::Keys;
 use crate::store::sagas;
 use crate::streams::{self, Entry};
 use redis::aio::ConnectionLike;
-use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::collections::HashSet;
 
 /// A start entry to write.
 #[derive(Clone, Debug, Default)]
@@ -80,29 +80,47 @@ pub async fn read<C: ConnectionLike + Send>(
     settings: &Settings,
     saga_id: &str,
 ) -> Result<Option<Record>, String> {
-    let stored = sagas::load(conn, &Keys::of(settings), saga_id)
+    let record = sagas::load_state(conn, &Keys::of(settings), saga_id)
         .await
-        .map_err(|e| format!("cannot read saga {saga_id}: {e}"))?;
-    let Some(stored) = stored else {
-        return Ok(None);
-    };
-    let state = serde_json::from_str(&stored.state)
-        .map_err(|e| format!("the record of saga {saga_id} cannot be read: {e}"))?;
-    Ok(Some(Record {
-        state,
-        owner: stored.owner,
-        expires_in: stored.expires_in,
-    }))
+        .map_err(|e| match e {
+            sagas::LoadError::Redis(e) => format!("cannot read saga {saga_id}: {e}"),
+            unreadable => unreadable.to_string(),
+        })?;
+    Ok(record.map(Record::from))
 }
 
-/// The sagas most recently changed, at most `max`, from the partitions'
+impl From<sagas::Record> for Record {
+    fn from(r: sagas::Record) -> Self {
+        Self {
+            state: r.state,
+            owner: r.owner,
+            expires_in: r.expires_in,
+        }
+    }
+}
+
+/// The sagas listed at most: `list` looks at the sagas most recently
+/// changed in the phases asked for, this many of them, never at every
+/// saga kept.
+pub const MAX_LISTED: usize = 10_000;
+
+/// The sagas in `phases` (every phase when empty) most recently changed,
+/// at most `max` (and at most [`MAX_LISTED`]), from the partitions'
 /// indexes of sagas by phase.
 pub async fn list<C: ConnectionLike + Send>(
     conn: &mut C,
     settings: &Settings,
+    phases: &[&str],
     max: usize,
 ) -> Result<Vec<Record>, String> {
-    Ok(scan(conn, settings, |_| true, |_| true, max).await?.records)
+    let keys = Keys::of(settings);
+    let ids = sagas::ids(conn, &keys, phases, max.min(MAX_LISTED))
+        .await
+        .map_err(|e| format!("cannot list sagas: {e}"))?;
+    let records = sagas::records(conn, &keys, &ids)
+        .await
+        .map_err(|e| format!("cannot list sagas: {e}"))?;
+    Ok(records.into_iter().flatten().map(Record::from).collect())
 }
 
 /// At most this many sagas are read for one name given on the command
@@ -212,20 +230,11 @@ pub async fn find<C: ConnectionLike + Send>(
     }
 }
 
-/// Records read per pipeline: few enough that one reply stays small,
-/// enough that a scan of many sagas takes few round trips.
-const RECORDS_PER_PIPELINE: usize = 500;
-
 /// Sagas most recently changed first, found through the partitions'
 /// indexes (every saga not yet expired is in one): those whose id `by_id`
 /// keeps and whose record `keep` keeps, at most `max` of them, and how many
-/// there are.
-///
-/// Records are read one partition at a time, at most
-/// [`RECORDS_PER_PIPELINE`] per pipeline: a partition's records share a
-/// hash slot, and on a cluster a pipeline goes to the one node that holds
-/// its keys (redis-rs refuses a pipeline whose keys span slots). Only the
-/// `max` most recent records kept are held at once.
+/// there are. Records are read by [`sagas::records`], a partition at a
+/// time, [`sagas::RECORDS_PER_PIPELINE`] at once.
 async fn scan<C: ConnectionLike + Send>(
     conn: &mut C,
     settings: &Settings,
@@ -233,88 +242,29 @@ async fn scan<C: ConnectionLike + Send>(
     mut keep: impl FnMut(&Record) -> bool,
     max: usize,
 ) -> Result<Found, String> {
-    let store_keys = Keys::of(settings);
-    let ids = sagas::ids(conn, &store_keys, &[], usize::MAX)
+    let keys = Keys::of(settings);
+    let ids: Vec<String> = sagas::ids(conn, &keys, &[], usize::MAX)
         .await
-        .map_err(|e| format!("cannot list sagas: {e}"))?;
-    // Each id with its rank among the most recently changed, by partition.
-    let mut by_partition: BTreeMap<Partition, Vec<(usize, String)>> = BTreeMap::new();
-    for (rank, id) in ids.into_iter().enumerate().filter(|(_, id)| by_id(id)) {
-        by_partition
-            .entry(Partition::of(&id))
-            .or_default()
-            .push((rank, id));
-    }
-    let mut total = 0;
-    // The `max` lowest ranks kept so far, the highest on top.
-    let mut kept: BinaryHeap<Ranked> = BinaryHeap::new();
-    for chunk in by_partition
-        .values()
-        .flat_map(|ids| ids.chunks(RECORDS_PER_PIPELINE))
-    {
-        let mut pipe = redis::pipe();
-        for (_, id) in chunk {
-            pipe.cmd("HMGET")
-                .arg(store_keys.record(id))
-                .arg("state")
-                .arg("owner");
-        }
-        let rows: Vec<(Option<String>, Option<String>)> = pipe
-            .query_async(conn)
+        .map_err(|e| format!("cannot list sagas: {e}"))?
+        .into_iter()
+        .filter(|id| by_id(id))
+        .collect();
+    let mut found = Found::default();
+    for chunk in ids.chunks(sagas::RECORDS_PER_PIPELINE) {
+        let records = sagas::records(conn, &keys, chunk)
             .await
             .map_err(|e| format!("cannot list sagas: {e}"))?;
-        for ((rank, _), (state, owner)) in chunk.iter().zip(rows) {
-            // A record that expired meanwhile, or that cannot be read.
-            let Some(state) = state.and_then(|s| serde_json::from_str(&s).ok()) else {
-                continue;
-            };
-            let record = Record {
-                state,
-                owner,
-                expires_in: None,
-            };
+        for record in records.into_iter().flatten().map(Record::from) {
             if !keep(&record) {
                 continue;
             }
-            total += 1;
-            kept.push(Ranked(*rank, record));
-            if kept.len() > max {
-                kept.pop();
+            found.total += 1;
+            if found.records.len() < max {
+                found.records.push(record);
             }
         }
     }
-    Ok(Found {
-        records: kept
-            .into_sorted_vec()
-            .into_iter()
-            .map(|Ranked(_, record)| record)
-            .collect(),
-        total,
-    })
-}
-
-/// A record and its rank among the sagas most recently changed (0 the
-/// most recent), ordered by rank alone.
-struct Ranked(usize, Record);
-
-impl PartialEq for Ranked {
-    fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
-    }
-}
-
-impl Eq for Ranked {}
-
-impl PartialOrd for Ranked {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Ranked {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.cmp(&other.0)
-    }
+    Ok(found)
 }
 
 /// The definition `saga` ran on, as the daemons keep each version they

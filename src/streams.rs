@@ -1,10 +1,9 @@
 //! Redis Streams plumbing shared by the daemon and the handler SDK:
-//! connections suited to blocking reads, and decoding of read replies into
-//! entries without trusting their content.
+//! decoding of read replies into entries without trusting their content
+//! (connections are in [`crate::connection`]).
 
 use crate::protocol::RawFields;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, RedisResult, Value};
+use redis::{RedisResult, Value};
 use std::time::Duration;
 
 /// One stream entry as read.
@@ -16,35 +15,6 @@ pub struct Entry {
     /// Set when the entry cannot be read as fields at all (a field name
     /// that is not UTF-8, an odd number of items): it is malformed input.
     pub malformed: Option<String>,
-}
-
-/// A connection for one blocking read loop. redis-rs gives async
-/// connections a 500 ms response timeout by default; a `BLOCK` longer than
-/// that would fail client-side while staying live on the server, so blocking
-/// readers get their own connection with a timeout well above their `BLOCK`.
-pub async fn blocking_connection(
-    client: &Client,
-    block: Duration,
-) -> RedisResult<MultiplexedConnection> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(block + Duration::from_secs(5)));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-}
-
-/// A shared, reconnecting connection for short commands.
-pub async fn command_connection(
-    client: &Client,
-    response_timeout: Duration,
-) -> RedisResult<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_response_timeout(Some(response_timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(2));
-    client.get_connection_manager_with_config(config).await
 }
 
 /// A reply value as text: bulk and simple strings, and integers.

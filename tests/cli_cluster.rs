@@ -564,7 +564,7 @@ async fn a_scan_reads_records_of_every_partition_on_a_cluster() {
     }
     let listed = bounded(
         "a list",
-        sagaflow::operator::list(&mut conn, &settings, usize::MAX),
+        sagaflow::operator::list(&mut conn, &settings, &[], usize::MAX),
     )
     .await
     .expect("listed");
@@ -581,9 +581,12 @@ async fn a_scan_reads_records_of_every_partition_on_a_cluster() {
     .expect("found");
     assert_eq!(found.total, ids.len());
     assert_eq!(found.records.len(), sagaflow::operator::MAX_MATCHES);
-    let newest = bounded("a list", sagaflow::operator::list(&mut conn, &settings, 5))
-        .await
-        .expect("listed");
+    let newest = bounded(
+        "a list",
+        sagaflow::operator::list(&mut conn, &settings, &[], 5),
+    )
+    .await
+    .expect("listed");
     let keys = sagaflow::store::keys::Keys::of(&settings);
     let latest = bounded(
         "the index",

@@ -35,6 +35,19 @@ pub enum StateFilter {
     Abandoned,
 }
 
+impl StateFilter {
+    /// The phases a saga in this state is indexed under.
+    fn phases(self) -> &'static [&'static str] {
+        match self {
+            Self::Running | Self::Orphaned => &["running", "compensating"],
+            Self::Completed => &["completed"],
+            Self::Compensated | Self::Cancelled => &["compensated"],
+            Self::Failed | Self::Abandoned => &["failed"],
+            Self::Stuck => &["failed", "running", "compensating"],
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
   sagaflow list --state running
@@ -46,8 +59,8 @@ The state column says cancelled, abandoned, parked or orphaned where that is
 what a saga is; `at` names the step under way (`undo STEP` for its
 compensation), or for a failed saga the compensation it is stuck on
 (`undo STEP`: the STEP that `sagaflow skip --step` needs). Sagas are found through
-the indexes of sagas by phase that the daemon keeps, never by a scan of the
-keyspace.
+the indexes of sagas by phase that the daemons keep, never by a scan of the
+keyspace: the 10,000 most recently changed in the states asked for are looked at.
 
 Exit codes: 0 listed (even none); 1 a bad configuration file; 2 a usage
 error; 3 Redis cannot be reached or read.")]
@@ -87,7 +100,8 @@ async fn list(args: ListArgs) -> Result<ExitCode, Failure> {
     let live = operator::live_owners(&mut conn, &settings).await?;
     let now = live.now_ms;
     let mut rows = Vec::new();
-    for record in operator::list(&mut conn, &settings, usize::MAX).await? {
+    let phases = args.state.map_or(&[][..], StateFilter::phases);
+    for record in operator::list(&mut conn, &settings, phases, operator::MAX_LISTED).await? {
         let s = &record.state;
         if args.saga.as_ref().is_some_and(|name| *name != s.saga) {
             continue;

@@ -137,3 +137,49 @@ pub async fn ids<C: ConnectionLike + Send>(
     }
     Ok(all.into_iter().map(|(_, id)| id).collect())
 }
+
+/// Records read per pipeline by [`records`]: one partition's at a time.
+pub const RECORDS_PER_PIPELINE: usize = 500;
+
+/// The records of `ids` with their states decoded, in the order given;
+/// `None` for a saga whose record expired, is missing or cannot be read.
+/// Read partition by partition, [`RECORDS_PER_PIPELINE`] per pipeline (a
+/// pipeline cannot span slots on a cluster). Expiries are not read.
+pub async fn records<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    ids: &[String],
+) -> RedisResult<Vec<Option<Record>>> {
+    let mut out: Vec<Option<Record>> = vec![None; ids.len()];
+    let mut by_partition: std::collections::BTreeMap<Partition, Vec<usize>> = Default::default();
+    for (i, id) in ids.iter().enumerate() {
+        by_partition.entry(Partition::of(id)).or_default().push(i);
+    }
+    for chunk in by_partition
+        .values()
+        .flat_map(|at| at.chunks(RECORDS_PER_PIPELINE))
+    {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            pipe.cmd("HMGET")
+                .arg(keys.record(&ids[*i]))
+                .arg("state")
+                .arg("owner")
+                .arg("seq");
+        }
+        let rows: Vec<(Option<String>, Option<String>, Option<u64>)> =
+            pipe.query_async(conn).await?;
+        for (i, (state, owner, seq)) in chunk.iter().zip(rows) {
+            let Some(state) = state.and_then(|s| serde_json::from_str(&s).ok()) else {
+                continue;
+            };
+            out[*i] = Some(Record {
+                state,
+                seq: seq.unwrap_or(0),
+                owner,
+                expires_in: None,
+            });
+        }
+    }
+    Ok(out)
+}

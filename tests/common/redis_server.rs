@@ -90,8 +90,12 @@ impl RedisServer {
 
     /// A connection whose response timeout allows reads blocking `block`.
     pub async fn blocking_conn(&self, block: Duration) -> MultiplexedConnection {
+        // redis-rs's default response timeout (500 ms) would fail a longer
+        // BLOCK client-side while it stays live on the server.
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(block + Duration::from_secs(5)));
         let client = self.client();
-        let conn = sagaflow::streams::blocking_connection(&client, block);
+        let conn = client.get_multiplexed_async_connection_with_config(&config);
         must("a connection", conn).await
     }
 }
