@@ -104,7 +104,7 @@ impl From<sagas::Record> for Record {
 /// saga kept.
 pub const MAX_LISTED: usize = 10_000;
 
-/// The sagas in `phases` (every phase when empty) most recently changed,
+/// The sagas in `phases` (every phase when empty) that entered them last,
 /// at most `max` (and at most [`MAX_LISTED`]), from the partitions'
 /// indexes of sagas by phase.
 pub async fn list<C: ConnectionLike + Send>(
@@ -230,7 +230,7 @@ pub async fn find<C: ConnectionLike + Send>(
     }
 }
 
-/// Sagas most recently changed first, found through the partitions'
+/// Sagas that entered their phase last first, found through the partitions'
 /// indexes (every saga not yet expired is in one): those whose id `by_id`
 /// keeps and whose record `keep` keeps, at most `max` of them, and how many
 /// there are. Records are read by [`sagas::records`], a partition at a

@@ -60,7 +60,7 @@ what a saga is; `at` names the step under way (`undo STEP` for its
 compensation), or for a failed saga the compensation it is stuck on
 (`undo STEP`: the STEP that `sagaflow skip --step` needs). Sagas are found through
 the indexes of sagas by phase that the daemons keep, never by a scan of the
-keyspace: the 10,000 most recently changed in the states asked for are looked at.
+keyspace: the 10,000 that entered the states asked for last are looked at.
 
 Exit codes: 0 listed (even none); 1 a bad configuration file; 2 a usage
 error; 3 Redis cannot be reached or read.")]

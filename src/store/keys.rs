@@ -77,7 +77,7 @@ impl Partition {
 }
 
 /// The phases a saga is indexed under, each a sorted set per partition
-/// (member: saga id; score: the unix ms of its last transition).
+/// (member: saga id; score: the unix ms at which it entered the phase).
 pub const INDEXED_PHASES: [&str; 5] = [
     "running",
     "compensating",

@@ -100,8 +100,8 @@ pub async fn load_state<C: ConnectionLike + Send>(
     }))
 }
 
-/// The ids of the sagas in `phases` (all of them when empty), most
-/// recently changed first, at most `max`: the newest `max` of each
+/// The ids of the sagas in `phases` (all of them when empty), those that
+/// entered their phase last first, at most `max`: the newest `max` of each
 /// partition's indexes, merged.
 pub async fn ids<C: ConnectionLike + Send>(
     conn: &mut C,

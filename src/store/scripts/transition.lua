@@ -15,7 +15,8 @@
 -- KEYS[4]    the partition's fence: owners claimed there (sorted set)
 -- KEYS[5]    the partition's outbox (stream)
 -- KEYS[6-10] the partition's indexes: running, compensating, completed,
---            compensated, failed (sorted sets: saga id by time)
+--            compensated, failed (sorted sets: saga id by the unix ms at
+--            which it entered the phase)
 -- KEYS[11]   in 'direct' mode: leases (see lease_register.lua): a join
 --            also needs the writer's lease alive on Redis's clock
 -- KEYS[12..] in 'direct' mode, the keys the writes name
@@ -62,33 +63,43 @@ elseif ARGV[9] ~= '' and not must_be(KEYS[5], 'stream') then
 end
 
 if saga_id ~= '' then
-  local kinds = { 'hash', 'set', 'set', 'zset' }
-  for i, kind in ipairs(kinds) do
-    if not must_be(KEYS[i], kind) then return {4, KEYS[i]} end
-  end
-  local last = mode == 'direct' and 11 or 10
-  for i = 6, last do
-    if not must_be(KEYS[i], 'zset') then return {4, KEYS[i]} end
-  end
+  if not must_be(KEYS[1], 'hash') then return {4, KEYS[1]} end
   local record = redis.call('HMGET', KEYS[1], 'owner', 'seq', 'phase')
   local owner, seq, was = record[1], tonumber(record[2] or '0'), record[3]
   local creating = seq_arg == 1 and not owner
   if not creating and owner ~= owner_arg then return {0, ''} end
   if seq >= seq_arg then return {2, ''} end
+  -- Only the keys this transition writes are checked, and all of them
+  -- before any write.
+  local moves = phase ~= '' and phase ~= was
+  local wanted = {}
+  if ownership == 'join' then
+    wanted = { {2, 'set'}, {3, 'set'}, {4, 'zset'} }
+    if mode == 'direct' then table.insert(wanted, {11, 'zset'}) end
+  elseif ownership == 'leave' then
+    wanted = { {2, 'set'} }
+  end
+  if moves then
+    table.insert(wanted, {PHASES[phase], 'zset'})
+    if was and PHASES[was] then table.insert(wanted, {PHASES[was], 'zset'}) end
+  end
+  for _, w in ipairs(wanted) do
+    if not must_be(KEYS[w[1]], w[2]) then return {4, KEYS[w[1]]} end
+  end
   if ownership == 'join' then
     if redis.call('ZSCORE', KEYS[4], owner_arg) then return {3, ''} end
     if mode == 'direct' and not lease_alive(KEYS[11], owner_arg, now_ms()) then
       return {3, ''}
     end
   end
-  if creating then redis.call('HSET', KEYS[1], 'owner', owner_arg) end
-  redis.call('HSET', KEYS[1], 'seq', seq_arg)
-  if state ~= '' then redis.call('HSET', KEYS[1], 'state', state) end
-  if phase ~= '' then
-    if was and was ~= phase and PHASES[was] then
-      redis.call('ZREM', KEYS[PHASES[was]], saga_id)
-    end
-    redis.call('HSET', KEYS[1], 'phase', phase)
+  local fields = { 'seq', seq_arg }
+  if creating then table.insert(fields, 'owner'); table.insert(fields, owner_arg) end
+  if state ~= '' then table.insert(fields, 'state'); table.insert(fields, state) end
+  if moves then table.insert(fields, 'phase'); table.insert(fields, phase) end
+  redis.call('HSET', KEYS[1], unpack(fields))
+  -- A saga is indexed under its phase, scored by when it entered it.
+  if moves then
+    if was and PHASES[was] then redis.call('ZREM', KEYS[PHASES[was]], saga_id) end
     redis.call('ZADD', KEYS[PHASES[phase]], now_ms(), saga_id)
   end
   if ownership == 'join' then
