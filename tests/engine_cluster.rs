@@ -289,3 +289,88 @@ async fn the_demo_runs_on_a_private_cluster() {
     );
     assert!(out.contains("the mission completed"), "{out}");
 }
+
+/// A daemon process killed with SIGKILL mid-run on a cluster: another takes
+/// its sagas over (claimed partition by partition) and its unrelayed
+/// writes are relayed by the survivor's sweep; every saga ends once, no
+/// attempt is sent under two `request_id`s, and an operator's cancel of a
+/// saga under way is carried out by the survivor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_on_a_cluster_is_taken_over_and_cancels_are_answered() {
+    use common::processes::{assert_audit, Child, EventLog};
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let mut first = Child::daemon(&url, "cl-first");
+    let _handlers = Child::handlers(&url, &["--work-ms", "300"]);
+    let mut conn = cluster.conn().await;
+    let ids = start_on_cluster(&mut conn, "tk", 20).await;
+    // The events stream's master is read directly: no failover here.
+    let events_url = format!(
+        "redis://127.0.0.1:{}",
+        cluster.master_for_key("saga:events")
+    );
+    let mut log = EventLog::new(&events_url);
+    log.wait_until(Duration::from_secs(20), "20 steps completed", |events| {
+        events
+            .iter()
+            .filter(|e| e.event_type == "step_completed")
+            .count()
+            >= 20
+    })
+    .await;
+    first.kill9();
+    let second = Child::daemon(&url, "cl-second");
+    second
+        .wait_for_log("took over the sagas of a daemon", Duration::from_secs(15))
+        .await;
+    // One saga still running is cancelled by an operator, through the CLI
+    // on the cluster; the survivor answers it.
+    let running = ids
+        .iter()
+        .find(|id| {
+            !log.events()
+                .iter()
+                .any(|e| e.correlation_id == **id && e.is_terminal())
+        })
+        .cloned();
+    assert!(running.is_some(), "every saga ended before the takeover");
+    if let Some(id) = &running {
+        let o = sagaflow_cli(&[
+            "cancel",
+            "--correlation-id",
+            id,
+            "--reason",
+            "cluster drill",
+            "--redis-url",
+            &url,
+        ])
+        .await;
+        assert!(
+            o.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let events = log.wait_all_ended(&ids, Duration::from_secs(60)).await;
+    assert_audit(&events, &ids);
+    for id in &ids {
+        let end: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.correlation_id == *id && e.is_terminal())
+            .collect();
+        assert_eq!(end.len(), 1, "{id}");
+        let expected = if Some(id) == running.as_ref() {
+            ["saga_completed", "saga_compensated"].as_slice()
+        } else {
+            ["saga_completed"].as_slice()
+        };
+        assert!(
+            expected.contains(&end[0].event_type.as_str()),
+            "{id}: {}",
+            end[0].event_type
+        );
+    }
+    let mut conn = cluster.conn().await;
+    wait_for_empty_outboxes(&mut conn).await;
+}
