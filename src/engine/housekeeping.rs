@@ -1,8 +1,10 @@
 //! Keeping Redis bounded, in a task of its own: consumers of daemons long
 //! gone are forgotten, the command, event, control and trigger streams lose
-//! their entries older than the retention or beyond their caps, owners left
-//! by older versions are registered so that their sagas are claimed, and
-//! the pending entries are measured. Its failures are its own: they are
+//! their entries older than the retention or beyond their caps, each
+//! partition's indexes and fence lose what outlived the retention, the
+//! owners found in the partitions are registered so that their sagas are
+//! claimed if no live lease holds them, and the pending entries are
+//! measured. Its failures are its own: they are
 //! logged and counted, and never delay a lease renewal or a saga. It
 //! decides what is due and with what bounds; the store does each job
 //! ([`crate::store::maintain`], [`crate::store::groups`]).
@@ -31,7 +33,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let mut trimmed_at: Option<Instant> = None;
     let mut triggers_trimmed_at: Option<Instant> = None;
     let mut reported_at: Option<Instant> = None;
-    let mut registered = false;
+    let mut registered_at: Option<Instant> = None;
     let outage = Outage::new("keeping Redis tidy (trimming, clean-up)")
         .metered(metrics::redis_meter("housekeeping"));
     while pause(&shared.shutdown, TICK).await {
@@ -44,9 +46,11 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 outcome = result;
             }
         };
-        if !registered {
+        if registered_at.is_none_or(|at| at.elapsed() >= REGISTER_EVERY) {
             let result = register_unknown_owners(&shared, &mut conn).await;
-            registered = result.is_ok();
+            if result.is_ok() {
+                registered_at = Some(Instant::now());
+            }
             note(result);
         }
         if triggers_trimmed_at.is_none_or(|at| at.elapsed() >= TRIGGER_TRIM_EVERY) {
@@ -147,6 +151,12 @@ fn cut(now: u64, keep: Duration) -> StreamId {
 /// How often consumers of daemons long gone are removed from the trigger
 /// groups.
 const CLEAN_EVERY: Duration = Duration::from_secs(60);
+
+/// How often the owners found in the partitions are registered, so that a
+/// daemon that came back after its claims were forgotten (paused for longer
+/// than the retention) and wrote sagas under its old token still has them
+/// claimed: 64 small reads.
+const REGISTER_EVERY: Duration = Duration::from_secs(600);
 
 /// Removes from the trigger groups the consumers (daemons) that hold no
 /// pending entry and have not read for a hundred leases: each daemon started
