@@ -61,6 +61,15 @@ pub struct RunArgs {
     /// Name of this daemon instance (its consumer name and reply stream); random by default.
     #[arg(long)]
     node_id: Option<String>,
+    /// One Redis (`single`), a Redis Cluster (`cluster`), or asked of the
+    /// server at start-up with CLUSTER INFO [default: auto].
+    #[arg(long, value_parser = ["auto", "single", "cluster"])]
+    redis_mode: Option<String>,
+    /// Replicas that must hold a transition before anything acts on it
+    /// (and, on a cluster, hold each relayed write before its outbox entry
+    /// goes): what makes a failover lose no saga [default: 0].
+    #[arg(long)]
+    wait_replicas: Option<usize>,
     /// Sagas driven at once by this daemon; further starts wait [default: 10000].
     #[arg(long)]
     max_in_flight: Option<usize>,

@@ -37,6 +37,11 @@ pub struct BenchArgs {
     /// commands per saga on each master.
     #[arg(long, value_name = "MASTERS", value_parser = clap::value_parser!(u16).range(1..=16))]
     cluster: Option<u16>,
+    /// With --cluster: one replica per master, and the daemon run with
+    /// `wait_replicas: 1` (each transition and relay waits for it), to
+    /// measure what failover safety costs.
+    #[arg(long, requires = "cluster")]
+    replicas: bool,
     /// Sagas to run (ignored with --duration).
     #[arg(long, default_value_t = 2000)]
     sagas: usize,
@@ -187,7 +192,7 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
         (None, Some(masters)) => {
             let options = ClusterOptions {
                 masters: usize::from(masters),
-                replicas: false,
+                replicas: args.replicas,
                 extra: durable.iter().map(|s| s.to_string()).collect(),
                 ..ClusterOptions::default()
             };
@@ -224,9 +229,12 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
     let otlp = sink.as_ref().map(|s| s.endpoint.as_str());
     let retention = format!("{}s", RETENTION.as_secs());
     let max_in_flight = (args.concurrency * 2).max(100).to_string();
+    let wait_replicas = if args.replicas { "1" } else { "0" };
     let daemon = Process::spawn(
         &[
             "run",
+            "--wait-replicas",
+            wait_replicas,
             "--sagas",
             sagas_dir.to_str().ok_or("a temp dir that is not UTF-8")?,
             "--retention",
@@ -357,9 +365,14 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
                 (None, Some(d)) => format!("closed loop for {}", humantime::format_duration(d)),
                 (None, None) => "closed loop".into(),
             };
-            match args.cluster {
-                Some(n) => format!("{mode}, Redis Cluster of {n} masters"),
-                None => mode,
+            match (args.cluster, args.replicas) {
+                (Some(n), true) => {
+                    format!(
+                        "{mode}, Redis Cluster of {n} masters with a replica each, wait_replicas 1"
+                    )
+                }
+                (Some(n), false) => format!("{mode}, Redis Cluster of {n} masters"),
+                (None, _) => mode,
             }
         },
         durable: args.durable,
