@@ -18,7 +18,7 @@ import handler_apps
 from sagaflow import App, AsyncClient, Client, Command, Context
 from sagaflow._keys import slot
 from sagaflow._redis import is_cluster, run_blocking
-from conftest import OPERATOR_KEY, WAIT, Daemon, command, final_reply, pending, replies, wait_until
+from conftest import OPERATOR_KEY, WAIT, Daemon, command, final_reply, pending, replies, spawn_handlers, wait_until
 
 REPLIES = "saga:replies:node-1.0a1b2c3d"
 
@@ -101,6 +101,21 @@ def test_a_forged_command_is_dead_lettered_on_a_cluster(redis_cluster, serve) ->
     wait_until("dead-lettered", lambda: replies(r, "handler:{forged}:dead-letter"))
     wait_until("acknowledged", lambda: pending(r, "resources:commands", "forged") == 0)
     assert r.xlen("mission:start") == 0 and app.stats.dead_lettered == 1
+
+
+def test_python_m_sagaflow_run_takes_the_mode_from_its_environment(redis_cluster, tmp_path: Path) -> None:
+    r = redis_cluster.client()
+    log = tmp_path / "handlers.log"
+    child = spawn_handlers(redis_cluster.url(2), "handler_apps", log, "--group", "shop", env={"SAGAFLOW_REDIS_MODE": "cluster"})
+    try:
+        sent = command(REPLIES, payload={"input": {"item": "desk"}})
+        r.xadd("shop:commands", sent)
+        assert final_reply(r, REPLIES)["status"] == "completed", log.read_text()
+        wait_until("acknowledged", lambda: pending(r, "shop:commands", "shop") == 0)
+        assert r.get(f"handler:{{shop}}:done:{sent['request_id']}") is not None
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_the_mode_is_asked_once_and_forced_by_the_setting(redis_server) -> None:
