@@ -42,6 +42,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     run = commands.add_parser("run", help="serve the handlers of an App until SIGTERM or SIGINT")
     run.add_argument("target", metavar="module[:app]", help="where the App is (attribute `app` by default)")
     run.add_argument("--redis-url", help="the daemon's Redis (default: SAGAFLOW_REDIS_URL, else the App's)")
+    run.add_argument(
+        "--redis-mode",
+        choices=["auto", "single", "cluster"],
+        help="one Redis or a Redis Cluster (default: SAGAFLOW_REDIS_MODE, else the App's, else auto: ask CLUSTER INFO)",
+    )
     run.add_argument("--group", help="the consumer group, instead of the App's")
     run.add_argument("--reply-stream-prefix", help="the daemon's reply_stream_prefix (default saga:replies:)")
     run.add_argument("--max-in-flight", type=int, help="commands handled at once (default 1024)")
@@ -53,6 +58,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         app.redis = args.redis_url
     elif app.redis is None and os.environ.get("SAGAFLOW_REDIS_URL"):
         app.redis = os.environ["SAGAFLOW_REDIS_URL"]
+    if args.redis_mode:
+        app.redis_mode = args.redis_mode
+    elif app.redis_mode is None and os.environ.get("SAGAFLOW_REDIS_MODE"):
+        app.redis_mode = os.environ["SAGAFLOW_REDIS_MODE"]
     if args.group:
         app.group = args.group
     if args.reply_stream_prefix:

@@ -7,9 +7,10 @@ stream replies in either protocol (RESP2 or RESP3) and either redis-py mode
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Coroutine, Dict, List, Optional, Tuple, TypeVar, Union
 
 import redis
 import redis.asyncio
@@ -70,7 +71,13 @@ _TRANSIENT_CLASSES: Tuple[type, ...] = tuple(
     if isinstance(cls, type)
 ) + (OSError, asyncio.TimeoutError)
 
-RedisLike = Union[str, "redis.asyncio.Redis", "redis.Redis", None]
+RedisLike = Union[str, "redis.asyncio.Redis", "redis.Redis", Any, None]
+
+T = TypeVar("T")
+
+#: How the Redis behind a URL is deployed: ``auto`` asks it, ``single`` is
+#: one server, ``cluster`` a Redis Cluster. The daemon's ``redis_mode``.
+REDIS_MODES = ("auto", "single", "cluster")
 
 
 def is_permanent(error: BaseException) -> bool:
@@ -124,6 +131,112 @@ def redis_url(given: Optional[str]) -> str:
     return given or os.environ.get("SAGAFLOW_REDIS_URL") or DEFAULT_REDIS_URL
 
 
+def redis_mode(given: Optional[str]) -> str:
+    """The mode asked for: ``given``, else ``SAGAFLOW_REDIS_MODE``, else
+    ``auto``. Raises ``ValueError`` for any other word."""
+    mode = (given or os.environ.get("SAGAFLOW_REDIS_MODE") or "auto").strip().lower()
+    if mode not in REDIS_MODES:
+        raise ValueError(f"`{mode}` is no Redis mode; use auto, single or cluster")
+    return mode
+
+
+def is_cluster_client(client: Any) -> bool:
+    """True for a redis-py Redis Cluster client, blocking or asyncio."""
+    kinds: List[type] = []
+    try:
+        from redis.cluster import RedisCluster
+
+        kinds.append(RedisCluster)
+    except ImportError:  # a redis-py without cluster support
+        pass
+    try:
+        from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+        kinds.append(AsyncRedisCluster)
+    except ImportError:
+        pass
+    return bool(kinds) and isinstance(client, tuple(kinds))
+
+
+async def is_cluster(mode: str, ask_cluster_info: Callable[[], Any]) -> bool:
+    """Whether the Redis is a cluster: the one place that decides, for every
+    client of the package. ``single`` and ``cluster`` say so; ``auto`` sends
+    ``CLUSTER INFO`` once with ``ask_cluster_info`` (blocking or returning an
+    awaitable), as the daemon does (src/connection.rs): a server without
+    cluster support refuses it, and a user who may not run it (``NOPERM``)
+    is taken to be on one Redis (set ``redis_mode`` to ``cluster`` for such a
+    user on a cluster). Any other error is raised."""
+    if mode == "single":
+        return False
+    if mode == "cluster":
+        return True
+    try:
+        reply = ask_cluster_info()
+        if inspect.isawaitable(reply):
+            await reply
+    except rex.ResponseError as e:
+        if isinstance(e, getattr(rex, "NoPermissionError", ())) or str(e).startswith("NOPERM"):
+            return False
+        if "cluster support disabled" in str(e):
+            return False
+        raise
+    return True
+
+
+def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
+    """Runs a coroutine whose awaits all finish at once (blocking IO)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("a blocking call suspended")
+
+
+def sync_client(url: Optional[str], mode: Optional[str]) -> Any:
+    """A blocking redis-py client for ``url`` (default ``SAGAFLOW_REDIS_URL``):
+    ``redis.Redis``, or ``redis.cluster.RedisCluster`` on a cluster."""
+    url, mode = redis_url(url), redis_mode(mode)
+    cluster = mode == "cluster"
+    if mode == "auto":
+        probe: Any = redis.Redis.from_url(url, socket_connect_timeout=5.0, socket_timeout=5.0)
+        try:
+            cluster = run_blocking(is_cluster(mode, lambda: probe.execute_command("CLUSTER INFO")))
+        finally:
+            probe.close()
+    if cluster:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(url)
+    return redis.Redis.from_url(url)
+
+
+async def async_client(url: Optional[str], mode: Optional[str]) -> Any:
+    """As :func:`sync_client`, asyncio: ``redis.asyncio.Redis`` or
+    ``redis.asyncio.cluster.RedisCluster``."""
+    url = redis_url(url)
+    cls, kwargs = connection_settings(url)
+    if await cluster_of(cls, kwargs, mode):
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(url)
+    return redis.asyncio.Redis.from_url(url)
+
+
+async def cluster_of(cls: type, kwargs: Dict[str, Any], mode: Optional[str]) -> bool:
+    """Whether the Redis that connections ``cls(**kwargs)`` reach is a cluster."""
+    mode = redis_mode(mode)
+    if mode != "auto":
+        return mode == "cluster"
+    probe: Any = open_client(
+        cls, kwargs, socket_connect_timeout=kwargs.get("socket_connect_timeout") or 5.0, socket_timeout=kwargs.get("socket_timeout") or 5.0
+    )
+    try:
+        return await is_cluster(mode, lambda: probe.execute_command("CLUSTER INFO"))
+    finally:
+        await close_client(probe)
+
+
 def connection_settings(given: RedisLike) -> Tuple[type, Dict[str, Any]]:
     """The asyncio connection class and keyword arguments to open connections
     like ``given`` (a URL, or a redis-py client, sync or asyncio), always
@@ -133,6 +246,18 @@ def connection_settings(given: RedisLike) -> Tuple[type, Dict[str, Any]]:
     if given is None or isinstance(given, str):
         pool = redis.asyncio.ConnectionPool.from_url(redis_url(given))
         cls, kwargs = pool.connection_class, dict(pool.connection_kwargs)
+    elif is_cluster_client(given):
+        # A cluster client: the settings of its connections to a node it
+        # knows, from which the cluster is found again.
+        manager = getattr(given, "nodes_manager", None)
+        base = dict(getattr(manager, "connection_kwargs", None) or getattr(given, "connection_kwargs", {}))
+        node = given.get_default_node() if hasattr(given, "get_default_node") else None
+        if node is not None:
+            base["host"], base["port"] = node.host, node.port
+        ssl = bool(base.pop("ssl", False)) or "SSL" in getattr(base.get("connection_class"), "__name__", "")
+        base.pop("connection_class", None)
+        cls = redis.asyncio.connection.SSLConnection if ssl else redis.asyncio.connection.Connection
+        kwargs = {k: v for k, v in base.items() if k not in ("response_callbacks", "connection_pool")}
     else:
         pool = given.connection_pool
         cls, kwargs = pool.connection_class, dict(pool.connection_kwargs)
@@ -147,7 +272,12 @@ def connection_settings(given: RedisLike) -> Tuple[type, Dict[str, Any]]:
 def socket_timeout_of(client: Any) -> Optional[float]:
     """The ``socket_timeout`` a redis-py client's connections have, if any."""
     try:
-        value = client.connection_pool.connection_kwargs.get("socket_timeout")
+        if is_cluster_client(client):
+            manager = getattr(client, "nodes_manager", None)
+            settings = getattr(manager, "connection_kwargs", None) or getattr(client, "connection_kwargs", {})
+            value = settings.get("socket_timeout")
+        else:
+            value = client.connection_pool.connection_kwargs.get("socket_timeout")
     except AttributeError:
         return None
     return float(value) if value else None
@@ -160,14 +290,32 @@ def open_client(cls: type, kwargs: Dict[str, Any], **overrides: Any) -> "redis.a
     return redis.asyncio.Redis(connection_pool=pool)
 
 
+def open_cluster(cls: type, kwargs: Dict[str, Any], **overrides: Any) -> Any:
+    """A ``redis.asyncio.cluster.RedisCluster`` found from the node that
+    ``cls(**kwargs)`` reaches, with the settings of those connections that a
+    cluster client takes (``ssl`` when ``cls`` is an SSL connection)."""
+    from redis.asyncio.cluster import RedisCluster
+
+    settings = dict(kwargs)
+    settings.update(overrides)
+    accepted = inspect.signature(RedisCluster.__init__).parameters
+    chosen = {k: v for k, v in settings.items() if k in accepted and k not in ("db", "path", "self")}
+    if issubclass(cls, redis.asyncio.connection.SSLConnection):
+        chosen["ssl"] = True
+    return RedisCluster(**chosen)
+
+
 async def close_client(client: Any) -> None:
     close = getattr(client, "aclose", None) or getattr(client, "close")
     try:
         await close()
     except Exception:  # closing is best effort
         pass
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:  # a cluster client closes its nodes' connections itself
+        return
     try:
-        await client.connection_pool.disconnect()
+        await pool.disconnect()
     except Exception:
         pass
 

@@ -13,7 +13,9 @@ trip that reads the deduplication record); a ``request_id`` answered before
 gets its recorded final reply again without running the handler; any other
 runs the handler, with heartbeats when the command asks for them, and gets
 ``completed`` or ``failed``: the queued progress, the final reply, its record
-and the ``XACK`` in one ``MULTI``.
+and the ``XACK`` in one ``MULTI`` on one Redis; on a Redis Cluster, where
+their keys are in different slots, the record, then the replies, then the
+``XACK`` (docs/protocol.md, "The handler SDK's replies").
 
 What one app holds at most: :data:`BATCH` read entries per stream waiting
 for a slot, ``max_in_flight`` commands (default
@@ -40,6 +42,7 @@ from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, T
 from redis import exceptions as rex
 
 from . import _dead_letter
+from ._batch import Batch
 from ._clock import NOTABLE_OFFSET_MS, RESYNC_EVERY, RedisClock
 from ._protocol import (
     Command,
@@ -56,13 +59,17 @@ from ._redis import (
     Backoff,
     RedisLike,
     close_client,
+    cluster_of,
     connection_settings,
     entries as decode_entries,
     is_busygroup,
+    is_cluster_client,
     is_nogroup,
     is_permanent,
     open_client,
+    open_cluster,
     read_reply,
+    redis_mode as parse_redis_mode,
     text as as_text,
 )
 from ._reply_stream import DEFAULT_REPLY_STREAM_PREFIX, check_prefix, refusal
@@ -272,6 +279,11 @@ class App:
     ``redis://127.0.0.1:6379``. The app opens connections of its own: they
     always return bytes, and each blocking read has its own connection with a
     socket timeout longer than its block, whatever the client's is.
+
+    ``redis_mode`` says how that Redis is deployed: ``single``, ``cluster``
+    (a Redis Cluster, found from the node given), or ``auto`` (the default,
+    else ``SAGAFLOW_REDIS_MODE``), which asks it ``CLUSTER INFO`` once when
+    serving starts. A redis-py cluster client given as ``redis`` is a cluster.
     """
 
     def __init__(
@@ -286,9 +298,14 @@ class App:
         reply_stream_prefix: str = DEFAULT_REPLY_STREAM_PREFIX,
         grace: float = DEFAULT_GRACE,
         threads: Optional[int] = None,
+        redis_mode: Optional[str] = None,
     ) -> None:
         self.group = group
         self.redis = redis
+        parse_redis_mode(redis_mode)
+        self.redis_mode = redis_mode
+        #: Whether the app serves a Redis Cluster; known once serving.
+        self.cluster = False
         self.consumer = consumer or f"consumer-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.max_in_flight = max(1, int(max_in_flight))
         self.reclaim_idle = reclaim_idle
@@ -371,17 +388,28 @@ class App:
             kwargs["socket_connect_timeout"] = 5.0
         if not kwargs.get("socket_timeout"):
             kwargs["socket_timeout"] = DEFAULT_COMMAND_TIMEOUT
-        self._writer = open_client(cls, kwargs)
-        readers = {s: open_client(cls, kwargs, socket_timeout=BLOCK_MS / 1000 + READ_TIMEOUT_MARGIN) for s in self._routes}
-        for reader in readers.values():
-            getattr(reader, "response_callbacks", {}).pop("XAUTOCLAIM", None)
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.threads or min(32, self.max_in_flight), thread_name_prefix="sagaflow-handler"
-        )
         semaphore = asyncio.Semaphore(self.max_in_flight)
         tasks: Set["asyncio.Task[None]"] = set()
         stopper = loop.create_task(self._relay_stop(stop))
+        readers: Dict[str, Any] = {}
+        self._writer = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.threads or min(32, self.max_in_flight), thread_name_prefix="sagaflow-handler"
+        )
         try:
+            if not await self._resolve_mode(cls, kwargs):
+                return
+            if self.cluster:
+                # A connection per command in flight to each node at most.
+                self._writer = open_cluster(cls, kwargs, max_connections=self.max_in_flight + 8)
+                for s in self._routes:
+                    readers[s] = open_cluster(cls, kwargs, socket_timeout=BLOCK_MS / 1000 + READ_TIMEOUT_MARGIN)
+            else:
+                self._writer = open_client(cls, kwargs)
+                for s in self._routes:
+                    readers[s] = open_client(cls, kwargs, socket_timeout=BLOCK_MS / 1000 + READ_TIMEOUT_MARGIN)
+            for reader in readers.values():
+                getattr(reader, "response_callbacks", {}).pop("XAUTOCLAIM", None)
             await self._first_sync()
             resync = loop.create_task(self._resync())
             log.info("serving %s as %s/%s", ", ".join(self.streams), self.group, self.consumer)
@@ -404,8 +432,31 @@ class App:
             self._stopping.set()
             self._executor.shutdown(wait=False)
             for client in [self._writer, *readers.values()]:
-                await close_client(client)
+                if client is not None:
+                    await close_client(client)
             log.info("stopped (%d commands dead-lettered)", self.stats.dead_lettered)
+
+    async def _resolve_mode(self, cls: type, kwargs: Dict[str, Any]) -> bool:
+        """Learns whether the Redis is a cluster (see ``redis_mode``), retrying
+        while it cannot be reached; False when the app stops first."""
+        if is_cluster_client(self.redis):
+            self.cluster = True
+            return True
+        backoff = Backoff()
+        while not self._stopping.is_set():
+            try:
+                self.cluster = await cluster_of(cls, kwargs, self.redis_mode)
+            except Exception as e:
+                if is_permanent(e):
+                    raise
+                if await self._sleep_or_stop(backoff.failed("ask whether Redis is a cluster", e)):
+                    return False
+                continue
+            backoff.succeeded("ask whether Redis is a cluster")
+            if self.cluster:
+                log.info("Redis is a cluster: a reply's record, its replies and the acknowledgement are written one after another")
+            return True
+        return False
 
     async def _relay_stop(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -520,13 +571,13 @@ class App:
         key = _dead_letter.done_key(self.group, command.request_id)
         start = reply_fields(command, span.own, "start", self._clock.now_ms())
 
-        # The record is read and `start` sent in one round trip: a command
-        # answered before gets `start` again ahead of its replayed reply.
+        # The record is read and `start` sent in one round trip (two on a
+        # cluster): a command answered before gets `start` again ahead of its
+        # replayed reply.
+        reading = Batch(self.cluster).add(key, "get", key).add(command.reply_stream, "xadd", command.reply_stream, dict(start))
+
         async def read_record() -> Any:
-            pipe = writer.pipeline(transaction=False)
-            pipe.get(key)
-            pipe.xadd(command.reply_stream, dict(start))
-            return (await pipe.execute())[0]
+            return (await reading.send(writer, transaction=False))[0]
 
         outcome, value = await self._retrying("read a recorded reply", read_record)
         if outcome == "refused":
@@ -544,26 +595,35 @@ class App:
                 return
             final = ran
         record = record_json(final)
-        # The progress still queued, the record, the final reply and the
-        # acknowledgement in one MULTI: a crash leaves all of them or none.
         progress = await outbox.take_for_final()
+        finishing = Batch(self.cluster)
+        if not self.cluster:
+            # The progress still queued, the record, the final reply and the
+            # acknowledgement in one MULTI: a crash leaves all of them or none.
+            for fields in progress:
+                finishing.add(command.reply_stream, "xadd", command.reply_stream, dict(fields))
+            finishing.add(key, "set", key, record, ex=self.record_ttl)
+        else:
+            # Their keys are in different slots: the record, then the replies,
+            # then the acknowledgement, each once the one before is written.
+            # A crash after the record gets the recorded reply on redelivery;
+            # one after the reply sends it twice, which the daemon ignores.
+            finishing.add(key, "set", key, record, ex=self.record_ttl)
+            for fields in progress:
+                finishing.add(command.reply_stream, "xadd", command.reply_stream, dict(fields))
+        finishing.add(command.reply_stream, "xadd", command.reply_stream, dict(final))
+        finishing.add(stream, "xack", stream, self.group, command.entry_id)
         try:
 
             async def finish() -> None:
-                pipe = writer.pipeline(transaction=True)
-                for fields in progress:
-                    pipe.xadd(command.reply_stream, dict(fields))
-                pipe.set(key, record, ex=self.record_ttl)
-                pipe.xadd(command.reply_stream, dict(final))
-                pipe.xack(stream, self.group, command.entry_id)
-                await pipe.execute()
+                await finishing.send(writer, transaction=True)
 
             outcome, value = await self._retrying("send a final reply", finish)
         finally:
             outbox.lock.release()
         if outcome == "refused":
-            # Redis ran what it could of the MULTI: the record and the
-            # acknowledgement may be in place, the reply is not.
+            # Redis ran what it could of the MULTI (or of the runs on a
+            # cluster): the record may be in place, the reply is not.
             await self._unwritable(stream, command, "write the final reply", value)
 
     async def _run_handler(self, handler: Handler, command: Command, span: CommandSpan, outbox: _Outbox) -> Optional[Fields]:
@@ -624,18 +684,21 @@ class App:
 
     async def _give_up(self, stream: str, entry_id: str, fields: Dict[bytes, bytes], kind: str, why: str) -> None:
         """Logs and counts a command that can never be answered, then copies it
-        to the group's dead-letter stream and acknowledges it in one MULTI.
-        Should Redis refuse the copy for good, it is acknowledged without one."""
+        to the group's dead-letter stream and acknowledges it in one MULTI (on
+        a cluster: the copy, then the acknowledgement, so a crash in between
+        copies it twice, never not at all). Should Redis refuse the copy for
+        good, it is acknowledged without one."""
         setattr(self.stats, kind, getattr(self.stats, kind) + 1)
         copy = _dead_letter.entry(stream, entry_id, self.consumer, fields, why)
         log.warning("%s %s: %s, dead-lettered (%s)", stream, entry_id, kind, copy["reason"])
         key = _dead_letter.dead_letter_key(self.group)
 
+        writing = Batch(self.cluster)
+        writing.add(key, "xadd", key, copy, maxlen=_dead_letter.DEAD_LETTER_MAXLEN, approximate=True)
+        writing.add(stream, "xack", stream, self.group, entry_id)
+
         async def write() -> None:
-            pipe = self._writer.pipeline(transaction=True)
-            pipe.xadd(key, copy, maxlen=_dead_letter.DEAD_LETTER_MAXLEN, approximate=True)
-            pipe.xack(stream, self.group, entry_id)
-            await pipe.execute()
+            await writing.send(self._writer, transaction=True)
 
         outcome, error = await self._retrying("dead-letter a command", write)
         if outcome == "done":

@@ -21,14 +21,20 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Coroutine, Dict, List, Mapping, Optional, Tuple, TypeVar
-
-import redis
-import redis.asyncio
+from typing import Any, Awaitable, Callable, Coroutine, Dict, List, Mapping, Optional, Tuple, TypeVar
 
 from ._keys import record_key
 from ._protocol import saga_id_for_start, to_json
-from ._redis import entries as decode_entries, read_reply, redis_url, socket_timeout_of, text
+from ._redis import (
+    async_client,
+    entries as decode_entries,
+    read_reply,
+    redis_mode as parse_redis_mode,
+    run_blocking,
+    socket_timeout_of,
+    sync_client,
+    text,
+)
 from .errors import NoAnswer, OperatorRequestRefused, StartRejected
 
 T = TypeVar("T")
@@ -214,6 +220,7 @@ class _Core:
     def __init__(
         self,
         conn: Any,
+        connect: Optional[Callable[[], Awaitable[Any]]],
         is_async: bool,
         operator_key: Optional[str],
         events_stream: str,
@@ -222,6 +229,9 @@ class _Core:
         accept_timeout: float,
     ) -> None:
         self.conn = conn
+        #: Opens ``conn`` at the first call when it is None (an asyncio
+        #: client that asks first whether Redis is a cluster).
+        self.connect = connect
         self.is_async = is_async
         key = operator_key if operator_key is not None else os.environ.get("SAGAFLOW_OPERATOR_KEY")
         self.operator_key = OperatorKey.parse(key) if key else None
@@ -229,12 +239,23 @@ class _Core:
         self.control_stream = control_stream
         self.control_maxlen = control_maxlen
         self.accept_timeout = accept_timeout
+        self.block_ms = MAX_BLOCK_MS
+        if conn is not None:
+            self.set_block(conn)
+
+    def set_block(self, conn: Any) -> None:
         timeout = socket_timeout_of(conn)
         # Below the socket timeout, so that a read that finds nothing returns
         # before the connection gives up on it.
         self.block_ms = MAX_BLOCK_MS if timeout is None else max(1, min(MAX_BLOCK_MS, int(timeout * 500)))
 
     async def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        if self.conn is None and self.connect is not None:
+            conn = await self.connect()
+            self.set_block(conn)
+            self.conn = conn
+        # Every call names one key at most, so each goes as it is to one
+        # Redis or to the master of its key's slot on a cluster.
         result = getattr(self.conn, name)(*args, **kwargs)
         if self.is_async:
             result = await result
@@ -395,12 +416,7 @@ def _id_key(entry_id: str) -> Tuple[int, int]:
 
 def _drive(coro: Coroutine[Any, Any, T]) -> T:
     """Runs a coroutine whose awaits all finish at once (blocking IO)."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-    coro.close()
-    raise RuntimeError("a blocking client call suspended")
+    return run_blocking(coro)
 
 
 # --- The blocking client -------------------------------------------------------
@@ -450,9 +466,15 @@ class SagaHandle(_Handle):
 
 
 class Client:
-    """A blocking client. ``redis`` is a URL or a ``redis.Redis``; by default
-    ``SAGAFLOW_REDIS_URL`` or ``redis://127.0.0.1:6379``. ``operator_key``
-    (``name:secret``, default ``SAGAFLOW_OPERATOR_KEY``) signs cancellations."""
+    """A blocking client. ``redis`` is a URL, a ``redis.Redis`` or a
+    ``redis.cluster.RedisCluster``; by default ``SAGAFLOW_REDIS_URL`` or
+    ``redis://127.0.0.1:6379``. ``operator_key`` (``name:secret``, default
+    ``SAGAFLOW_OPERATOR_KEY``) signs cancellations.
+
+    ``redis_mode`` says how the Redis of a URL is deployed: ``single``,
+    ``cluster`` (a Redis Cluster, found from the node given) or ``auto``
+    (the default, else ``SAGAFLOW_REDIS_MODE``), which asks it ``CLUSTER
+    INFO`` once, here."""
 
     def __init__(
         self,
@@ -463,11 +485,13 @@ class Client:
         control_stream: str = DEFAULT_CONTROL_STREAM,
         control_maxlen: int = DEFAULT_CONTROL_MAXLEN,
         accept_timeout: float = DEFAULT_ACCEPT_TIMEOUT,
+        redis_mode: Optional[str] = None,
     ) -> None:
+        parse_redis_mode(redis_mode)
         if redis_client is None or isinstance(redis_client, str):
-            redis_client = redis.Redis.from_url(redis_url(redis_client))
+            redis_client = sync_client(redis_client, redis_mode)
         self.redis = redis_client
-        self._core = _Core(redis_client, False, operator_key, events_stream, control_stream, control_maxlen, accept_timeout)
+        self._core = _Core(redis_client, None, False, operator_key, events_stream, control_stream, control_maxlen, accept_timeout)
 
     def start(
         self,
@@ -518,7 +542,8 @@ class AsyncSagaHandle(_Handle):
 
 
 class AsyncClient:
-    """As :class:`Client`, on ``redis.asyncio``."""
+    """As :class:`Client`, on ``redis.asyncio``. Given a URL with
+    ``redis_mode`` ``auto``, it asks ``CLUSTER INFO`` at its first call."""
 
     def __init__(
         self,
@@ -529,11 +554,24 @@ class AsyncClient:
         control_stream: str = DEFAULT_CONTROL_STREAM,
         control_maxlen: int = DEFAULT_CONTROL_MAXLEN,
         accept_timeout: float = DEFAULT_ACCEPT_TIMEOUT,
+        redis_mode: Optional[str] = None,
     ) -> None:
+        parse_redis_mode(redis_mode)
+        connect = None
         if redis_client is None or isinstance(redis_client, str):
-            redis_client = redis.asyncio.Redis.from_url(redis_url(redis_client))
-        self.redis = redis_client
-        self._core = _Core(redis_client, True, operator_key, events_stream, control_stream, control_maxlen, accept_timeout)
+            url = redis_client
+
+            async def connect_url() -> Any:
+                return await async_client(url, redis_mode)
+
+            connect, redis_client = connect_url, None
+        self._core = _Core(redis_client, connect, True, operator_key, events_stream, control_stream, control_maxlen, accept_timeout)
+
+    @property
+    def redis(self) -> Any:
+        """The redis-py client in use; None before the first call when made
+        from a URL."""
+        return self._core.conn
 
     async def start(
         self,
@@ -553,6 +591,8 @@ class AsyncClient:
         return AsyncSagaHandle(self._core, _Started("", saga_id, ""))
 
     async def close(self) -> None:
+        if self.redis is None:
+            return
         close = getattr(self.redis, "aclose", None) or self.redis.close
         await close()
 

@@ -145,6 +145,108 @@ def r(redis_server: RedisServer) -> "redis.Redis":
     return redis_server.client(decode_responses=True)
 
 
+class RedisCluster:
+    """A Redis Cluster of three masters without replicas, each a
+    redis-server on a free loopback port (its bus port, 10000 higher, free
+    too) in a directory of its own, made with ``redis-cli --cluster create``."""
+
+    def __init__(self, directory: str) -> None:
+        self.processes: List["subprocess.Popen[bytes]"] = []
+        self.ports: List[int] = []
+        try:
+            while len(self.ports) < 3:
+                port = self._free_port()
+                node_dir = os.path.join(directory, str(port))
+                os.mkdir(node_dir)
+                process = subprocess.Popen(
+                    ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                     "--dir", node_dir, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                     "--cluster-node-timeout", "2000"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                self.processes.append(process)
+                node = redis.Redis(port=port, socket_timeout=0.5)
+                try:
+                    wait_until(f"the cluster node on port {port} answers", lambda: process.poll() is not None or _pings(node), within=5)
+                finally:
+                    node.close()
+                assert process.poll() is None, f"the cluster node on port {port} exited"
+                self.ports.append(port)
+            created = subprocess.run(
+                ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in self.ports], "--cluster-yes"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=WAIT,
+            )
+            assert created.returncode == 0, created.stdout.decode(errors="replace") + created.stderr.decode(errors="replace")
+            for port in self.ports:
+                node = redis.Redis(port=port, socket_timeout=WAIT, decode_responses=True)
+                try:
+                    wait_until(f"node {port} says cluster_state:ok", lambda: _cluster_ok(node.execute_command("CLUSTER INFO")))
+                finally:
+                    node.close()
+        except BaseException:
+            self.kill()
+            raise
+
+    @staticmethod
+    def _free_port() -> int:
+        for _ in range(50):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port == 6379 or port + 10000 > 65535:
+                continue
+            try:
+                with socket.socket() as bus:
+                    bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+            return port
+        raise RuntimeError("no free port with a free bus port")
+
+    def url(self, node: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.ports[node]}"
+
+    def client(self, **kwargs: Any) -> Any:
+        """A cluster client of redis-py, returning text."""
+        from redis.cluster import RedisCluster as Cluster
+
+        return Cluster(host="127.0.0.1", port=self.ports[0], decode_responses=True, socket_timeout=WAIT, **kwargs)
+
+    def kill(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _cluster_ok(info: Any) -> bool:
+    """``cluster_state:ok`` in a reply to ``CLUSTER INFO``, parsed (a dict)
+    or not."""
+    if isinstance(info, dict):
+        return info.get("cluster_state") == "ok"
+    return "cluster_state:ok" in str(info)
+
+
+def _pings(node: "redis.Redis") -> bool:
+    try:
+        return bool(node.ping())
+    except redis.ConnectionError:
+        return False
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[RedisCluster]:
+    with tempfile.TemporaryDirectory(prefix="sagaflow-py-cluster-") as directory:
+        cluster = RedisCluster(directory)
+        try:
+            yield cluster
+        finally:
+            cluster.kill()
+
+
 class Daemon:
     def __init__(self, url: str, directory: Path, node_id: str) -> None:
         sagas = directory / "sagas"
