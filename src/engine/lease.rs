@@ -77,12 +77,21 @@ impl Health {
     }
 }
 
+/// How long a registration waits for the replicas (`wait_replicas`).
+const LEASE_WAIT: Duration = Duration::from_secs(1);
+
 /// Registers the current epoch's lease.
 pub(super) async fn register(shared: &Shared, conn: &mut Conn) -> redis::RedisResult<()> {
     let owner = shared.epoch().owner.clone();
     let sent = host_ms();
     let now = lease::register(conn, &shared.settings, &owner, shared.settings.lease_ttl).await?;
     shared.clock.observe(now, sent, host_ms());
+    let replicas = shared.settings.wait_replicas;
+    // The registration must outlive a failover of the leases' master: an
+    // owner nobody knows of has its sagas claimed by no one.
+    if replicas > 0 && !lease::wait_replicas(conn, &shared.settings, replicas, LEASE_WAIT).await? {
+        tracing::warn!(%owner, replicas, "the lease's registration has not reached the replicas yet");
+    }
     shared.lease.renewed();
     Ok(())
 }
@@ -113,6 +122,9 @@ async fn renew(shared: &Shared, conn: &mut Conn) -> redis::RedisResult<()> {
         Renewal::Kept => shared.lease.renewed(),
         Renewal::Lost => {
             tracing::warn!(%owner, "this daemon's lease ran out; its sagas go to whoever claims them, and it starts anew");
+            // Its former token stays registered for the takeover, even if
+            // a failover took its registration back.
+            lease::remember(conn, &shared.settings, &owner).await?;
             let epoch = shared.new_epoch();
             metrics::lease_lost();
             register(shared, conn).await?;

@@ -19,6 +19,7 @@ use super::scripts::{
     PARTITION_CLAIM, PARTITION_FENCE, SAGA_CLAIM,
 };
 use crate::config::Settings;
+use crate::connection::Conn;
 use redis::aio::ConnectionLike;
 use redis::RedisResult;
 use std::time::Duration;
@@ -49,6 +50,36 @@ pub async fn register<C: ConnectionLike + Send>(
         .invoke_async(conn)
         .await?;
     Ok(super::millis(now))
+}
+
+/// Keeps `owner` in the registry of owners, so that the takeover finds it
+/// once its lease has run out: a daemon that starts anew does this for its
+/// former token, whose registration a failover of the leases' master may
+/// have taken back.
+pub async fn remember<C: ConnectionLike + Send>(
+    conn: &mut C,
+    settings: &Settings,
+    owner: &str,
+) -> RedisResult<()> {
+    redis::cmd("SADD")
+        .arg(keys(settings).owners())
+        .arg(owner)
+        .query_async::<i64>(conn)
+        .await
+        .map(drop)
+}
+
+/// Waits (at most `timeout`) until `replicas` replicas of the leases'
+/// master hold what was written to the leases; says whether they do (see
+/// [`Conn::wait_replicas`]).
+pub async fn wait_replicas(
+    conn: &mut Conn,
+    settings: &Settings,
+    replicas: usize,
+    timeout: Duration,
+) -> RedisResult<bool> {
+    conn.wait_replicas(&keys(settings).leases(), replicas, timeout)
+        .await
 }
 
 /// Whether a renewal kept the lease.
