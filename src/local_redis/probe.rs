@@ -83,6 +83,15 @@ fn health(port: u16, live: &[u16]) -> Result<(), LocalClusterError> {
         let reason = format!("{served} of {SLOTS} slots served by live masters");
         return unhealthy("CLUSTER NODES", reason);
     }
+    // Every master of these clusters serves slots: one that serves none is a
+    // replica this node does not know as one yet.
+    let unknown = view
+        .iter()
+        .find(|v| v.master && live.contains(&v.port) && v.slot_count() == 0);
+    if let Some(v) = unknown {
+        let reason = format!("node {} is not yet known as a replica", v.port);
+        return unhealthy("CLUSTER NODES", reason);
+    }
     let info = redis::cmd("INFO").arg("replication").clone();
     let replication: String = ask(port, "INFO replication", &info)?;
     if has_line(&replication, "role:slave") && !has_line(&replication, "master_link_status:up") {
