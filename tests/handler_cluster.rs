@@ -10,13 +10,13 @@
 mod common;
 
 use common::{command_to, must, run_handlers, Fields, RedisCluster};
-use redis::aio::ConnectionLike;
+
 use redis::cluster_async::ClusterConnection;
 use sagaflow::connection::Conn;
 use sagaflow::handler::{dead_letter_key, done_key, Context, HandlerError, Handlers};
 use sagaflow::protocol::Command;
 use sagaflow::store::keys::slot;
-use sagaflow::streams::decode_read_reply;
+
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -107,7 +107,7 @@ impl Daemon {
     }
 
     async fn entries(&mut self, stream: &str) -> Vec<Fields> {
-        entries(&mut self.conn, stream).await
+        common::xrange(&mut self.conn, stream).await
     }
 
     /// The entries of `stream` once `done` holds for them, waited for at
@@ -164,21 +164,6 @@ impl Daemon {
         cmd.arg(key);
         must("GET", cmd.query_async(&mut self.conn)).await
     }
-}
-
-/// Every entry of a stream, oldest first, with its values as lossy text.
-async fn entries(conn: &mut impl ConnectionLike, stream: &str) -> Vec<Fields> {
-    let mut cmd = redis::cmd("XREAD");
-    cmd.arg("COUNT")
-        .arg(100_000)
-        .arg("STREAMS")
-        .arg(stream)
-        .arg("0-0");
-    let reply: redis::Value = must("XREAD", cmd.query_async(conn)).await;
-    decode_read_reply(&reply)
-        .iter()
-        .map(|e| common::lossy(&e.fields))
-        .collect()
 }
 
 /// Waits until the cluster's view (as the fixture asks it) shows a live

@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use sagaflow::config::Settings;
 use sagaflow::connection::{Client, Conn, RedisMode};
-use sagaflow::protocol::{CorrelationId, EventType, SagaEvent, SagaId, SagaStatus};
+use sagaflow::protocol::{SagaEvent, SagaId};
 use sagaflow::store::control::{self, NonceUse};
 use sagaflow::store::definitions::{self, Version};
 use sagaflow::store::groups::{self, Created, Unfinished};
@@ -20,22 +20,12 @@ use sagaflow::store::keys::{Keys, Partition};
 use sagaflow::store::lease::{self, OwnerClaim, Renewal, SagaClaim};
 use sagaflow::store::sagas::{self, LoadError};
 use sagaflow::store::{Fence, Ownership, Transition, WriteError, Written};
-use serde_json::json;
 use std::time::Duration;
 
 const TTL: Duration = Duration::from_secs(10);
 
 fn event(saga_id: &SagaId, n: u64) -> SagaEvent {
-    SagaEvent {
-        correlation_id: CorrelationId::from_trusted("fence"),
-        saga_id: Some(saga_id.clone()),
-        saga: "s".into(),
-        event_type: EventType::StepProgress,
-        status: SagaStatus::Running,
-        step: Some("a".into()),
-        payload: json!({ "n": n }),
-        timestamp: 0,
-    }
+    numbered_event(saga_id, n)
 }
 
 fn settings(server: &RedisServer) -> Settings {

@@ -19,9 +19,7 @@ use redis::{Cmd, RedisFuture, Value};
 use sagaflow::config::Settings;
 use sagaflow::connection::{Client, Conn, RedisMode};
 use sagaflow::local_redis::{ClusterOptions, LocalCluster};
-use sagaflow::protocol::{
-    Command, CorrelationId, EventType, RequestId, SagaEvent, SagaId, SagaStatus,
-};
+use sagaflow::protocol::{Command, CorrelationId, RequestId, SagaEvent, SagaId};
 use sagaflow::saga::{Phase, SagaState};
 use sagaflow::store::keys::{slot, Keys, Partition};
 use sagaflow::store::lease::{self, OwnerClaim};
@@ -111,18 +109,8 @@ fn state(saga_id: &SagaId, phase: Phase) -> SagaState {
     }
 }
 
-/// An audit event of a saga, told apart by `n`.
 fn event(saga_id: &SagaId, n: u64) -> SagaEvent {
-    SagaEvent {
-        correlation_id: CorrelationId::from_trusted("scripts"),
-        saga_id: Some(saga_id.clone()),
-        saga: "s".into(),
-        event_type: EventType::StepProgress,
-        status: SagaStatus::Running,
-        step: Some("a".into()),
-        payload: json!({ "n": n }),
-        timestamp: 0,
-    }
+    numbered_event(saga_id, n)
 }
 
 /// A command of a saga, told apart by `n`.

@@ -115,7 +115,7 @@ pub async fn pending_count(conn: &mut MultiplexedConnection, stream: &str, group
 }
 
 /// Every entry of a stream, oldest first, with its values as lossy text.
-pub async fn xrange(conn: &mut MultiplexedConnection, stream: &str) -> Vec<Fields> {
+pub async fn xrange(conn: &mut impl redis::aio::ConnectionLike, stream: &str) -> Vec<Fields> {
     let mut cmd = redis::cmd("XREAD");
     cmd.arg("COUNT")
         .arg(100_000)
@@ -560,6 +560,21 @@ pub async fn sagaflow_cli(args: &[&str]) -> std::process::Output {
         .await
         .expect("the command's thread")
         .expect("sagaflow runs")
+}
+
+/// An audit event of a saga, told apart by `n` (in its payload), for tests
+/// of the store's writes.
+pub fn numbered_event(saga_id: &SagaId, n: u64) -> sagaflow::protocol::SagaEvent {
+    sagaflow::protocol::SagaEvent {
+        correlation_id: CorrelationId::from_trusted("store"),
+        saga_id: Some(saga_id.clone()),
+        saga: "s".into(),
+        event_type: sagaflow::protocol::EventType::StepProgress,
+        status: sagaflow::protocol::SagaStatus::Running,
+        step: Some("a".into()),
+        payload: serde_json::json!({ "n": n }),
+        timestamp: 0,
+    }
 }
 
 /// The key of a saga's record, under the default prefix.
