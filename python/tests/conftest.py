@@ -426,3 +426,35 @@ def pending(r: "redis.Redis", stream: str, group: str) -> int:
 
 
 Pair = Tuple[str, str]
+
+
+#: The reply stream a command is sent again with by [`answer_twice`].
+REPLAYED_STREAM = "saga:replies:replayed.0a1b2c3d"
+
+
+def answer_twice(r: Any, url: str, serve: Any, replies_to: str) -> Tuple[Dict[str, str], Dict[str, str], Dict[str, str], List[str]]:
+    """Serves a `dedupe` app on `url` whose handler counts its runs, sends it
+    one command, then the same command again (as after a daemon's crash,
+    with another reply stream of the daemon's), and waits until both are
+    answered and acknowledged. Returns the command, the first final reply,
+    the replayed one and the request ids the handler ran."""
+    from sagaflow import App, Command, Context
+
+    runs: List[str] = []
+    app = App("dedupe", url)
+
+    @app.handler("shop:commands", "reserve")
+    async def reserve(cmd: Command, ctx: Context) -> Dict[str, Any]:
+        runs.append(cmd.request_id)
+        await ctx.progress(50)
+        return {"reservation": len(runs)}
+
+    serve(app)
+    first = command(replies_to, payload={"n": 1})
+    r.xadd("shop:commands", first)
+    answered = final_reply(r, replies_to)
+    again = dict(first, reply_stream=REPLAYED_STREAM)
+    r.xadd("shop:commands", again)
+    replayed = final_reply(r, again["reply_stream"])
+    wait_until("acknowledged", lambda: pending(r, "shop:commands", "dedupe") == 0)
+    return first, answered, replayed, runs

@@ -18,7 +18,7 @@ import handler_apps
 from sagaflow import App, AsyncClient, Client, Command, Context
 from sagaflow._keys import slot
 from sagaflow._redis import is_cluster, run_blocking
-from conftest import OPERATOR_KEY, WAIT, Daemon, command, final_reply, pending, replies, spawn_handlers, wait_until
+from conftest import REPLAYED_STREAM, answer_twice, OPERATOR_KEY, WAIT, Daemon, command, final_reply, pending, replies, spawn_handlers, wait_until
 
 REPLIES = "saga:replies:node-1.0a1b2c3d"
 
@@ -63,23 +63,8 @@ def test_a_redelivered_command_is_answered_from_its_record(redis_cluster, serve)
     r = redis_cluster.client()
     key_slots = {slot("shop:commands"), slot(REPLIES), slot("handler:{dedupe}:done:x")}
     assert len(key_slots) == 3, "the test's keys are meant to be in three slots"
-    runs: List[str] = []
-    app = App("dedupe", redis_cluster.url(1))
-
-    @app.handler("shop:commands", "reserve")
-    async def reserve(cmd: Command, ctx: Context) -> Dict[str, Any]:
-        runs.append(cmd.request_id)
-        await ctx.progress(50)
-        return {"reservation": len(runs)}
-
-    serve(app)
-    first = command(REPLIES, payload={"n": 1})
-    r.xadd("shop:commands", first)
-    answered = final_reply(r, REPLIES)
-    again = dict(first, reply_stream="saga:replies:replayed.0a1b2c3d")
-    r.xadd("shop:commands", again)
-    replayed = final_reply(r, again["reply_stream"])
-    wait_until("acknowledged", lambda: pending(r, "shop:commands", "dedupe") == 0)
+    first, answered, replayed, runs = answer_twice(r, redis_cluster.url(1), serve, REPLIES)
+    again = {"reply_stream": REPLAYED_STREAM}
     assert runs == [first["request_id"]]
     assert [f["status"] for f in replies(r, REPLIES)] == ["start", "progress", "completed"]
     assert [f["status"] for f in replies(r, again["reply_stream"])] == ["start", "completed"]

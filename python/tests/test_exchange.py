@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 import redis.asyncio
 
 from sagaflow import App, Command, Context, Fatal, Retryable, SyncContext
-from conftest import command, final_reply, pending, replies, wait_until
+from conftest import REPLAYED_STREAM, answer_twice, command, final_reply, pending, replies, wait_until
 
 REPLIES = "saga:replies:node-1.0a1b2c3d"
 
@@ -102,24 +102,8 @@ def test_forged_reply_streams_are_dead_lettered_without_a_write(redis_server, r,
 
 
 def test_a_request_answered_before_is_replayed_from_its_record(redis_server, r, serve) -> None:
-    runs: List[str] = []
-    app = App("dedupe", redis_server.url)
-
-    @app.handler("shop:commands", "reserve")
-    async def reserve(cmd: Command, ctx: Context) -> Dict[str, Any]:
-        runs.append(cmd.request_id)
-        await ctx.progress(50)
-        return {"reservation": len(runs)}
-
-    serve(app)
-    first = command(REPLIES, payload={"n": 1})
-    r.xadd("shop:commands", first)
-    answered = final_reply(r, REPLIES)
-    # Again, as after a daemon crash, with another reply stream of the daemon's.
-    again = dict(first, reply_stream="saga:replies:replayed.0a1b2c3d")
-    r.xadd("shop:commands", again)
-    replayed = final_reply(r, again["reply_stream"])
-    wait_until("acknowledged", lambda: pending(r, "shop:commands", "dedupe") == 0)
+    first, answered, replayed, runs = answer_twice(r, redis_server.url, serve, REPLIES)
+    again = {"reply_stream": REPLAYED_STREAM}
     assert runs == [first["request_id"]]
     assert [f["status"] for f in replies(r, REPLIES)] == ["start", "progress", "completed"]
     assert [f["status"] for f in replies(r, again["reply_stream"])] == ["start", "completed"]
