@@ -245,3 +245,51 @@ async fn a_daemon_without_redis_says_it_is_not_ready_and_recovers() {
     bounded("the stop", running).await.unwrap();
     assert_eq!(probe.readiness().not_ready, ["stopping"]);
 }
+
+/// A failover of the master that holds the leases can take back a daemon's
+/// registration (as if it never registered). The daemon then finds its
+/// lease lost and starts anew; its former token must still be found by the
+/// takeover, or its sagas stay with an owner nobody claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_of_a_registration_lost_by_redis_are_taken_over() {
+    let server = RedisServer::start();
+    let daemon = start_daemon(&server, mission_catalog()).await;
+    let mut conn = server.conn().await;
+    // No handler: the saga waits for its first reply under its first owner.
+    start_mission(&mut conn, "lost-lease", &json!({"area": "a", "robots": 1})).await;
+    let events = wait_for_events(&server, SAGA_WAIT, |events| {
+        events.iter().any(|e| e.event_type == "step_started")
+    })
+    .await;
+    let saga_id = events[0].saga_id.clone();
+    let owner_of = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut hget = redis::cmd("HGET");
+        hget.arg(record_key(&saga_id)).arg("owner");
+        let mut conn = conn.clone();
+        async move { must::<Option<String>, _>("HGET", hget.query_async(&mut conn)).await }
+    };
+    let first = owner_of(&mut conn).await.expect("an owner");
+    // Past the housekeeping's first registration of the owners it finds in
+    // the partitions (the next is minutes away).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // What a failover that lost the registration leaves.
+    let keys = sagaflow::store::keys::Keys::new("saga:");
+    let mut forget = redis::pipe();
+    forget.cmd("ZREM").arg(keys.leases()).arg(&first).ignore();
+    forget.cmd("SREM").arg(keys.owners()).arg(&first).ignore();
+    must("forget the owner", forget.query_async::<()>(&mut conn)).await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = owner_of(&mut conn).await;
+        if now.as_deref().is_some_and(|o| o != first) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the saga stayed with {first}, whose registration was lost"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.stop().await;
+}
