@@ -9,9 +9,14 @@ use sagaflow::handler::simulated::SimulationOptions;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_reference_mission_completes_with_the_simulated_handlers() {
-    let server = RedisServer::start();
+on_both!(
+    the_reference_mission_completes_with_the_simulated_handlers,
+    commands_carry_every_contract_field_and_a_uuid_correlation_id_is_the_trace_id,
+    a_valid_traceparent_on_the_start_gives_the_saga_its_trace,
+    without_a_uuid_or_traceparent_the_saga_gets_a_fresh_trace,
+);
+
+async fn the_reference_mission_completes_with_the_simulated_handlers(server: Redis) {
     let daemon = start_daemon(&server, mission_catalog()).await;
     let handlers = start_simulated(&server, SimulationOptions::default());
     let mut conn = server.conn().await;
@@ -104,10 +109,13 @@ const MISSION_STREAMS: [&str; 4] = [
 
 /// Runs the mission from `start` against a raw handler; checks every field
 /// of every command against the contract; returns the trace id they carry.
-async fn mission_with_raw_handler(start: &[(&str, &str)], correlation_id: &str) -> String {
-    let server = RedisServer::start();
-    let daemon = start_daemon(&server, mission_catalog()).await;
-    let handler = spawn_raw_handler(&server, &MISSION_STREAMS, "raw-mission", |cmd| {
+async fn mission_with_raw_handler(
+    server: &Redis,
+    start: &[(&str, &str)],
+    correlation_id: &str,
+) -> String {
+    let daemon = start_daemon(server, mission_catalog()).await;
+    let handler = spawn_raw_handler(server, &MISSION_STREAMS, "raw-mission", |cmd| {
         complete_in_stages(cmd, &raw_result(&cmd["step"]))
     })
     .await;
@@ -117,7 +125,7 @@ async fn mission_with_raw_handler(start: &[(&str, &str)], correlation_id: &str) 
     let sent_ms = now_ms();
     xadd(&mut conn, "mission:start", &fields).await;
 
-    let events = saga_events(&server, correlation_id).await;
+    let events = saga_events(server, correlation_id).await;
     let commands = handler.stop().await;
     let reply_stream = daemon.stop().await.reply_stream;
 
@@ -223,35 +231,34 @@ async fn mission_with_raw_handler(start: &[(&str, &str)], correlation_id: &str) 
     trace_ids.into_iter().next().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commands_carry_every_contract_field_and_a_uuid_correlation_id_is_the_trace_id() {
+async fn commands_carry_every_contract_field_and_a_uuid_correlation_id_is_the_trace_id(
+    server: Redis,
+) {
     let correlation_id = "6F9619FF-8B86-4D11-B42D-00C04FC964FF";
-    let trace_id =
-        mission_with_raw_handler(&[("correlation_id", correlation_id)], correlation_id).await;
+    let start = [("correlation_id", correlation_id)];
+    let trace_id = mission_with_raw_handler(&server, &start, correlation_id).await;
     assert_eq!(trace_id, "6f9619ff8b864d11b42d00c04fc964ff");
 
     let correlation_id = "0af7651916cd43dd8448eb211c80319c";
-    let trace_id =
-        mission_with_raw_handler(&[("correlation_id", correlation_id)], correlation_id).await;
+    let start = [("correlation_id", correlation_id)];
+    let trace_id = mission_with_raw_handler(&server, &start, correlation_id).await;
     assert_eq!(trace_id, correlation_id);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_valid_traceparent_on_the_start_gives_the_saga_its_trace() {
+async fn a_valid_traceparent_on_the_start_gives_the_saga_its_trace(server: Redis) {
     let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     // Even a UUID correlation id gives way to the caller's trace.
     let correlation_id = "0af7651916cd43dd8448eb211c80319c";
     let start = [("correlation_id", correlation_id), ("traceparent", caller)];
-    let trace_id = mission_with_raw_handler(&start, correlation_id).await;
+    let trace_id = mission_with_raw_handler(&server, &start, correlation_id).await;
     assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_uuid_or_traceparent_the_saga_gets_a_fresh_trace() {
+async fn without_a_uuid_or_traceparent_the_saga_gets_a_fresh_trace(server: Redis) {
     let start = [
         ("correlation_id", "order-77"),
         ("traceparent", "00-not-a-valid-context-01"),
     ];
-    let trace_id = mission_with_raw_handler(&start, "order-77").await;
+    let trace_id = mission_with_raw_handler(&server, &start, "order-77").await;
     assert_ne!(trace_id, "0".repeat(32));
 }

@@ -3,11 +3,11 @@
 //! contract with plain Redis commands, and bounded readers of `saga:events`.
 #![allow(dead_code)]
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 use sagaflow::config::Settings;
 use sagaflow::definition::{catalog_from_str, load_dir, Catalog};
 use sagaflow::engine::Daemon;
-use sagaflow::handler::simulated::{run_simulated_handlers, SimulationOptions};
+use sagaflow::handler::simulated::{simulated_handlers, SimulationOptions};
 use sagaflow::protocol::{
     Command, CommandKind, CorrelationId, RequestId, SagaId, SpanId, TraceId, TraceParent,
 };
@@ -41,11 +41,14 @@ pub const MISSION_STEPS: [&str; 4] = [
     "integrate_maps",
 ];
 
+mod backend;
 pub mod cluster;
 pub mod otlp;
 pub mod processes;
 mod redis_server;
 // Not every test binary starts a cluster.
+#[allow(unused_imports)]
+pub use backend::{Backend, Redis};
 #[allow(unused_imports)]
 pub use cluster::RedisCluster;
 pub use redis_server::RedisServer;
@@ -89,7 +92,7 @@ pub fn words(words: &str) -> redis::Cmd {
 
 /// Adds one entry (values may be text or raw bytes); returns its id.
 pub async fn xadd<V: redis::ToRedisArgs>(
-    conn: &mut MultiplexedConnection,
+    conn: &mut impl ConnectionLike,
     stream: &str,
     fields: &[(&str, V)],
 ) -> String {
@@ -99,14 +102,14 @@ pub async fn xadd<V: redis::ToRedisArgs>(
 }
 
 /// Starts the reference mission through its trigger stream.
-pub async fn start_mission(conn: &mut MultiplexedConnection, correlation_id: &str, input: &Value) {
+pub async fn start_mission(conn: &mut impl ConnectionLike, correlation_id: &str, input: &Value) {
     let payload = input.to_string();
     let fields = [("correlation_id", correlation_id), ("payload", &payload)];
     xadd(conn, "mission:start", &fields).await;
 }
 
 /// Entries of `stream` that `group` has read but not acknowledged.
-pub async fn pending_count(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> i64 {
+pub async fn pending_count(conn: &mut impl ConnectionLike, stream: &str, group: &str) -> i64 {
     let mut cmd = redis::cmd("XPENDING");
     cmd.arg(stream).arg(group);
     let summary: (i64, redis::Value, redis::Value, redis::Value) =
@@ -115,7 +118,7 @@ pub async fn pending_count(conn: &mut MultiplexedConnection, stream: &str, group
 }
 
 /// Every entry of a stream, oldest first, with its values as lossy text.
-pub async fn xrange(conn: &mut impl redis::aio::ConnectionLike, stream: &str) -> Vec<Fields> {
+pub async fn xrange(conn: &mut impl ConnectionLike, stream: &str) -> Vec<Fields> {
     let mut cmd = redis::cmd("XREAD");
     cmd.arg("COUNT")
         .arg(100_000)
@@ -152,9 +155,10 @@ pub fn catalog(yaml: &str) -> Catalog {
 pub const OPERATOR_KEY: &str = "ops@test:5f1c0e7a9b3d4c2e8f6a1b0c9d8e7f6a";
 
 /// Settings for a test daemon: short blocking reads so that stops are quick.
-pub fn test_settings(server: &RedisServer) -> Settings {
+pub fn test_settings(server: &impl Backend) -> Settings {
     Settings {
         redis_url: server.url(),
+        redis_mode: server.mode(),
         operator_keys: sagaflow::protocol::control::OperatorKeys::parse(OPERATOR_KEY)
             .expect("the test operator's key"),
         block: Duration::from_millis(200),
@@ -194,7 +198,7 @@ pub struct Ran {
 }
 
 /// Starts the daemon in this process; stopping it says what it ran with.
-pub async fn start_daemon(server: &RedisServer, catalog: Catalog) -> Running<Ran> {
+pub async fn start_daemon(server: &impl Backend, catalog: Catalog) -> Running<Ran> {
     start_daemon_with(test_settings(server), catalog).await
 }
 
@@ -251,9 +255,10 @@ pub fn command_to(reply_stream: &str, event_type: &str, payload: Value) -> Comma
 }
 
 /// The simulated mission handlers, running in this process.
-pub fn start_simulated(server: &RedisServer, opts: SimulationOptions) -> Running<()> {
+pub fn start_simulated(server: &impl Backend, opts: SimulationOptions) -> Running<()> {
     let token = CancellationToken::new();
-    let run = run_simulated_handlers(server.client(), opts, token.clone());
+    let handlers = simulated_handlers(server.client(), opts).redis_mode(server.mode());
+    let run = handlers.run(token.clone());
     let handle = Some(tokio::spawn(async move {
         run.await.expect("simulated handlers")
     }));
@@ -292,9 +297,11 @@ impl Received {
 /// Starts a handler written with plain Redis commands: it reads `streams`
 /// through consumer group `group` (created at `0` before this returns),
 /// writes what `respond` returns to each command's `reply_stream`, in order,
-/// then acknowledges. Stopping it returns every command it received.
+/// then acknowledges. On a cluster, where one read may not name streams of
+/// different slots, it reads them one slot after another, blocking only
+/// when they all share one. Stopping it returns every command it received.
 pub async fn spawn_raw_handler<F>(
-    server: &RedisServer,
+    server: &impl Backend,
     streams: &[&str],
     group: &str,
     mut respond: F,
@@ -302,43 +309,59 @@ pub async fn spawn_raw_handler<F>(
 where
     F: FnMut(&Fields) -> Vec<RawEntry> + Send + 'static,
 {
-    let mut conn = server.conn().await;
+    let mut conn = server.any_conn().await;
     for stream in streams {
         let cmd = words(&format!("XGROUP CREATE {stream} {group} 0 MKSTREAM"));
         if let Err(e) = cmd.query_async::<()>(&mut conn).await {
             assert_eq!(e.code(), Some("BUSYGROUP"), "XGROUP CREATE {stream}: {e}");
         }
     }
-    let mut reader = server.blocking_conn(Duration::from_millis(100)).await;
-    let streams: Vec<String> = streams.iter().map(|s| s.to_string()).collect();
-    let ids = vec![">"; streams.len()];
+    let mut reader = server.blocking_any_conn(Duration::from_millis(100)).await;
+    let mut by_slot: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for stream in streams {
+        let slot = sagaflow::connection::slot(stream);
+        by_slot.entry(slot).or_default().push(stream.to_string());
+    }
+    let reads: Vec<Vec<String>> = match reader.is_cluster() {
+        true => by_slot.into_values().collect(),
+        false => vec![streams.iter().map(|s| s.to_string()).collect()],
+    };
+    let block = if reads.len() == 1 { "BLOCK 100" } else { "" };
     let group = group.to_owned();
     let token = CancellationToken::new();
     let stop = token.clone();
     let handle = Some(tokio::spawn(async move {
         let mut seen = Vec::new();
         while !stop.is_cancelled() {
-            let mut read = words(&format!("XREADGROUP GROUP {group} raw COUNT 16 BLOCK 100"));
-            read.arg("STREAMS").arg(&streams).arg(&ids);
-            let value: redis::Value = read.query_async(&mut reader).await.expect("XREADGROUP");
-            for entry in decode_read_reply(&value) {
-                let fields = lossy(&entry.fields);
-                let received_ms = now_ms();
-                let reply_stream = fields.get("reply_stream").cloned().unwrap_or_default();
-                for reply in respond(&fields) {
-                    let mut xadd = redis::cmd("XADD");
-                    xadd.arg(&reply_stream).arg("*").arg(reply);
-                    xadd.query_async::<String>(&mut conn).await.expect("XADD");
+            let mut any = false;
+            for streams in &reads {
+                let ids = vec![">"; streams.len()];
+                let mut read = words(&format!("XREADGROUP GROUP {group} raw COUNT 16 {block}"));
+                read.arg("STREAMS").arg(streams).arg(&ids);
+                let value: redis::Value = read.query_async(&mut reader).await.expect("XREADGROUP");
+                for entry in decode_read_reply(&value) {
+                    any = true;
+                    let fields = lossy(&entry.fields);
+                    let received_ms = now_ms();
+                    let reply_stream = fields.get("reply_stream").cloned().unwrap_or_default();
+                    for reply in respond(&fields) {
+                        let mut xadd = redis::cmd("XADD");
+                        xadd.arg(&reply_stream).arg("*").arg(reply);
+                        xadd.query_async::<String>(&mut conn).await.expect("XADD");
+                    }
+                    let mut ack = redis::cmd("XACK");
+                    ack.arg(&entry.stream).arg(&group).arg(&entry.id);
+                    ack.query_async::<i64>(&mut conn).await.expect("XACK");
+                    let stream = entry.stream;
+                    seen.push(Received {
+                        stream,
+                        fields,
+                        received_ms,
+                    });
                 }
-                let mut ack = redis::cmd("XACK");
-                ack.arg(&entry.stream).arg(&group).arg(&entry.id);
-                ack.query_async::<i64>(&mut conn).await.expect("XACK");
-                let stream = entry.stream;
-                seen.push(Received {
-                    stream,
-                    fields,
-                    received_ms,
-                });
+            }
+            if !any && block.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         seen
@@ -348,11 +371,7 @@ where
 
 /// Starts `n` reference missions in one round trip; their correlation ids
 /// are `<prefix>-000`, `<prefix>-001`, ...
-pub async fn start_missions(
-    conn: &mut MultiplexedConnection,
-    prefix: &str,
-    n: usize,
-) -> Vec<String> {
+pub async fn start_missions(conn: &mut impl ConnectionLike, prefix: &str, n: usize) -> Vec<String> {
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i:03}")).collect();
     let payload = r#"{"area":"hall-a","robots":2}"#;
     let mut pipe = redis::pipe();
@@ -370,7 +389,7 @@ pub async fn start_missions(
 }
 
 /// Writes replies, in order, to a reply stream, as a handler would.
-pub async fn write_replies(conn: &mut MultiplexedConnection, stream: &str, replies: Vec<RawEntry>) {
+pub async fn write_replies(conn: &mut impl ConnectionLike, stream: &str, replies: Vec<RawEntry>) {
     for reply in replies {
         let mut cmd = redis::cmd("XADD");
         cmd.arg(stream).arg("*").arg(reply);
@@ -489,11 +508,11 @@ pub fn labels(events: &[Event]) -> Vec<String> {
 /// Reads `saga:events` from its beginning until `done` holds for the events
 /// read so far, or panics with them after `within`.
 pub async fn wait_for_events(
-    server: &RedisServer,
+    server: &impl Backend,
     within: Duration,
     mut done: impl FnMut(&[Event]) -> bool,
 ) -> Vec<Event> {
-    let mut conn = server.blocking_conn(Duration::from_millis(200)).await;
+    let mut conn = server.blocking_any_conn(Duration::from_millis(200)).await;
     let deadline = Instant::now() + within;
     let mut last_id = "0-0".to_owned();
     let mut events = Vec::new();
@@ -519,7 +538,7 @@ pub async fn wait_for_events(
 
 /// The events of the saga(s) started with `correlation_id`, up to and
 /// including the first terminal one.
-pub async fn saga_events(server: &RedisServer, correlation_id: &str) -> Vec<Event> {
+pub async fn saga_events(server: &impl Backend, correlation_id: &str) -> Vec<Event> {
     let ours = |e: &Event| e.correlation_id == correlation_id;
     let ended = |events: &[Event]| events.iter().any(|e| ours(e) && e.is_terminal());
     let all = wait_for_events(server, SAGA_WAIT, ended).await;
@@ -588,6 +607,6 @@ pub fn leases_key() -> String {
 }
 
 /// Every set of sagas an owner drives in a partition.
-pub async fn owned_sets(conn: &mut MultiplexedConnection) -> Vec<String> {
+pub async fn owned_sets(conn: &mut impl ConnectionLike) -> Vec<String> {
     must("KEYS", words("KEYS saga:{*}:owned:*").query_async(conn)).await
 }
