@@ -489,7 +489,9 @@ impl Checker<'_> {
                     ),
                 );
             }
-            steps.push(self.step(step, &all[..i], &all[..=i], &all));
+            let mut step = self.step(step, &all[..i], &all[..=i], &all);
+            step.after = i.checked_sub(1).into_iter().collect();
+            steps.push(step);
         }
         SagaDefinition {
             name,
@@ -550,6 +552,8 @@ impl Checker<'_> {
             input,
             replies,
             compensation: None,
+            after: Vec::new(),
+            for_each: None,
         };
         step.compensation = raw
             .compensation

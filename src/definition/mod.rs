@@ -15,9 +15,9 @@ pub mod template;
 
 pub use load::{catalog_from_str, load_dir, load_str, Catalog, DefinitionError, DefinitionErrors};
 pub use model::{
-    content_version, Backoff, Clocks, CompensationDefinition, ReplyMode, RetryPolicy,
+    content_version, Backoff, Clocks, CompensationDefinition, ForEach, ReplyMode, RetryPolicy,
     SagaDefinition, StepDefinition, DEFAULT_COMPENSATION_RETRY, DEFAULT_MAX_DELAY,
-    DEFAULT_STEP_RETRY, DEFAULT_STEP_TIMEOUT,
+    DEFAULT_STEP_RETRY, DEFAULT_STEP_TIMEOUT, MAX_BRANCHES,
 };
 pub use template::{Template, TemplateError};
 

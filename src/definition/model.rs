@@ -94,6 +94,29 @@ pub struct StepDefinition {
     pub input: Option<Template>,
     pub replies: ReplyMode,
     pub compensation: Option<CompensationDefinition>,
+    /// Indexes of the steps that must have completed before this one
+    /// starts (`after:`). Without `after:`, the step listed just before it
+    /// (none for the first step), so that a list of steps is a sequence.
+    pub after: Vec<usize>,
+    /// Set when the step runs once per element of a list (`for_each:`).
+    pub for_each: Option<ForEach>,
+}
+
+/// The most branches one fan-out may have: a longer list fails its step
+/// for good, with an error naming the length and this cap. Every branch
+/// is part of its saga's record, which each transition writes whole, so
+/// the cap keeps records (and the cost of each write) bounded.
+pub const MAX_BRANCHES: usize = 1_000;
+
+/// How a fan-out step takes its list and runs its branches.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForEach {
+    /// The list: `${input.<path>}` or `${steps.<step>.result.<path>}` of a
+    /// step that has completed whenever this one starts.
+    pub items: super::template::Expr,
+    /// At most this many branches under way at once (at least 1); all of
+    /// them when unset.
+    pub max_concurrency: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -122,5 +145,11 @@ pub fn content_version(text: &str) -> String {
 impl SagaDefinition {
     pub fn step_index(&self, name: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.name == name)
+    }
+
+    /// The steps that wait for step `index` (name it in their `after`).
+    pub fn dependents(&self, index: usize) -> impl Iterator<Item = usize> + '_ {
+        let waits = move |(i, s): (usize, &StepDefinition)| s.after.contains(&index).then_some(i);
+        self.steps.iter().enumerate().filter_map(waits)
     }
 }
