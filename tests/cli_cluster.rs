@@ -10,8 +10,8 @@ use common::processes::{mission_sagas, BIN};
 use common::*;
 use sagaflow::config::Settings;
 use sagaflow::connection::Conn;
-use sagaflow::protocol::{fields as f, CorrelationId, SagaId, TraceId};
-use sagaflow::saga::{self, Phase, RandomIds, SagaInit, SagaState};
+use sagaflow::protocol::{fields as f, CorrelationId, SagaId, SagaStatus, TraceId};
+use sagaflow::saga::{self, RandomIds, SagaInit, SagaState};
 use sagaflow::store::{lease, Fence, Ownership, Transition, Written};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -155,14 +155,13 @@ async fn saga(
     settings: &Settings,
     owner: &str,
     correlation_id: &str,
-    end: Option<Phase>,
+    end: Option<SagaStatus>,
 ) -> SagaState {
     let mut state = new_saga(correlation_id);
     write(conn, settings, owner, 1, Ownership::Join, &state).await;
-    if let Some(phase) = end {
-        state.phase = phase;
-        state.current = None;
-        state.ended_at_ms = Some(now_ms());
+    if let Some(status) = end {
+        state.phase = phase_of(status);
+        state.work = Default::default();
         write(conn, settings, owner, 2, Ownership::Leave, &state).await;
     }
     state
@@ -204,7 +203,7 @@ async fn status_list_and_doctor_find_sagas_on_every_master() {
             0 | 30 => "shared order".to_owned(),
             i => format!("order-{i}"),
         };
-        let end = (i >= 24).then_some(Phase::Completed);
+        let end = (i >= 24).then_some(SagaStatus::Completed);
         let state = saga(&mut conn, &settings, live, &correlation_id, end).await;
         if end.is_some() {
             completed.push(state);
@@ -285,7 +284,7 @@ async fn status_list_and_doctor_find_sagas_on_every_master() {
         let id = s.saga_id.as_str();
         let shown = ok(&["status", "--redis-url", &url, id]).await;
         assert!(shown.contains(&format!("({id})")), "{shown}");
-        let state = if s.phase == Phase::Completed {
+        let state = if s.phase.status() == SagaStatus::Completed {
             "completed"
         } else {
             "running"

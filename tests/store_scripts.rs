@@ -19,8 +19,8 @@ use redis::{Cmd, RedisFuture, Value};
 use sagaflow::config::Settings;
 use sagaflow::connection::{Client, Conn, RedisMode};
 use sagaflow::local_redis::{ClusterOptions, LocalCluster};
-use sagaflow::protocol::{Command, CorrelationId, RequestId, SagaEvent, SagaId};
-use sagaflow::saga::{Phase, SagaState};
+use sagaflow::protocol::{Command, CorrelationId, RequestId, SagaEvent, SagaId, SagaStatus};
+use sagaflow::saga::SagaState;
 use sagaflow::store::keys::{slot, Keys, Partition};
 use sagaflow::store::lease::{self, OwnerClaim};
 use sagaflow::store::relay::{relay, Relayed};
@@ -82,7 +82,7 @@ fn saga_in(index: u16) -> SagaId {
     }
 }
 
-fn state(saga_id: &SagaId, phase: Phase) -> SagaState {
+fn state(saga_id: &SagaId, phase: SagaStatus) -> SagaState {
     SagaState {
         saga_id: saga_id.clone(),
         saga: "s".into(),
@@ -94,18 +94,10 @@ fn state(saga_id: &SagaId, phase: Phase) -> SagaState {
         reply_stream: "saga:replies:node-a".into(),
         input: sagaflow::protocol::Json::of(&json!({})),
         results: Default::default(),
-        phase,
-        current: None,
-        failure: None,
-        to_undo: Vec::new(),
-        undone: Vec::new(),
-        skipped: Vec::new(),
-        stuck_at: None,
-        abandoned: false,
+        phase: phase_of(phase),
+        work: Default::default(),
         rescues: 0,
-        parked: None,
         started_at_ms: now_ms(),
-        ended_at_ms: None,
     }
 }
 
@@ -128,7 +120,7 @@ struct Step {
     owner: &'static str,
     seq: u64,
     ownership: Ownership,
-    phase: Option<Phase>,
+    phase: Option<SagaStatus>,
     /// Command stream and `n` of each command.
     commands: Vec<(&'static str, u64)>,
     /// `n` of each event.
@@ -148,7 +140,7 @@ impl Step {
             } else {
                 Ownership::Stay
             },
-            phase: Some(Phase::Running),
+            phase: Some(SagaStatus::Running),
             commands: Vec::new(),
             events: Vec::new(),
             ack: None,
@@ -161,7 +153,7 @@ impl Step {
         self
     }
 
-    fn phase(mut self, phase: Phase) -> Self {
+    fn phase(mut self, phase: SagaStatus) -> Self {
         self.phase = Some(phase);
         self
     }
@@ -746,7 +738,7 @@ async fn a_claim_goes_partition_by_partition_and_a_claim_cut_short_is_finished()
     }
     Step::new(&ended, "dead.1", 1)
         .ownership(Ownership::Leave)
-        .phase(Phase::Completed)
+        .phase(SagaStatus::Completed)
         .done(&mut conn, &s)
         .await;
     tokio::time::sleep(PAST_SHORT_TTL).await;
@@ -911,12 +903,12 @@ async fn indexes_list_sagas_newest_first_and_trims_keep_what_runs() {
     tick().await;
     Step::new(&c1, "node-a.1", 2)
         .ownership(Ownership::Leave)
-        .phase(Phase::Completed)
+        .phase(SagaStatus::Completed)
         .done(&mut conn, &s)
         .await;
     tick().await;
     Step::new(&f1, "node-a.1", 1)
-        .phase(Phase::Failed)
+        .phase(SagaStatus::Failed)
         .done(&mut conn, &s)
         .await;
     let id = |s: &SagaId| s.to_string();
@@ -940,14 +932,14 @@ async fn indexes_list_sagas_newest_first_and_trims_keep_what_runs() {
     let (old_end, old_run, new_end) = (saga_in(9), saga_in(9), saga_in(9));
     Step::new(&old_end, "node-a.1", 1)
         .ownership(Ownership::Leave)
-        .phase(Phase::Compensated)
+        .phase(SagaStatus::Compensated)
         .done(&mut conn, &s)
         .await;
     Step::new(&old_run, "node-a.1", 1).done(&mut conn, &s).await;
     let elsewhere = saga_in(10);
     Step::new(&elsewhere, "node-a.1", 1)
         .ownership(Ownership::Leave)
-        .phase(Phase::Completed)
+        .phase(SagaStatus::Completed)
         .done(&mut conn, &s)
         .await;
     let last = score(&mut conn, partition(10), "completed", &elsewhere).await;
@@ -955,7 +947,7 @@ async fn indexes_list_sagas_newest_first_and_trims_keep_what_runs() {
     tick().await;
     Step::new(&new_end, "node-a.1", 1)
         .ownership(Ownership::Leave)
-        .phase(Phase::Compensated)
+        .phase(SagaStatus::Compensated)
         .done(&mut conn, &s)
         .await;
     let fenced = keys().fenced(p);

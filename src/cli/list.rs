@@ -118,16 +118,18 @@ async fn list(args: ListArgs) -> Result<ExitCode, Failure> {
             .is_some_and(|o| live.owners.contains(o));
         let orphan = !s.phase.is_terminal() && !owned;
         let cancelled = render::cancelled_by(s).is_some();
+        let compensated = matches!(s.phase, Phase::Compensated { .. });
+        let failed = matches!(s.phase, Phase::Failed(_));
         let keep = match args.state {
             None => true,
             Some(StateFilter::Running) => !s.phase.is_terminal(),
-            Some(StateFilter::Completed) => s.phase == Phase::Completed,
-            Some(StateFilter::Compensated) => s.phase == Phase::Compensated && !cancelled,
-            Some(StateFilter::Cancelled) => s.phase == Phase::Compensated && cancelled,
-            Some(StateFilter::Failed) => s.phase == Phase::Failed,
-            Some(StateFilter::Stuck) => (s.phase == Phase::Failed && !s.abandoned) || orphan,
+            Some(StateFilter::Completed) => matches!(s.phase, Phase::Completed { .. }),
+            Some(StateFilter::Compensated) => compensated && !cancelled,
+            Some(StateFilter::Cancelled) => compensated && cancelled,
+            Some(StateFilter::Failed) => failed,
+            Some(StateFilter::Stuck) => (failed && s.abandoned_by().is_none()) || orphan,
             Some(StateFilter::Orphaned) => orphan,
-            Some(StateFilter::Abandoned) => s.phase == Phase::Failed && s.abandoned,
+            Some(StateFilter::Abandoned) => failed && s.abandoned_by().is_some(),
         };
         if keep {
             rows.push((record, orphan));
@@ -166,7 +168,7 @@ async fn list(args: ListArgs) -> Result<ExitCode, Failure> {
         );
         for (record, orphan) in &rows {
             let s = &record.state;
-            let end = s.ended_at_ms.unwrap_or(now);
+            let end = s.phase.ended_at_ms().unwrap_or(now);
             outln!(
                 "{:<32}  {:<SAGA_W$} {:<STATE_W$} {:>10} {:>7}  {:<AT_W$} {}",
                 s.saga_id.as_str(),
@@ -196,16 +198,16 @@ fn row_json(record: &Record, orphan: bool, steps: &Steps) -> Value {
         "saga_id": s.saga_id,
         "saga": s.saga,
         "state": render::state_label(s, orphan),
-        "phase": s.phase,
+        "phase": s.phase.status(),
         "correlation_id": s.correlation_id,
         "started_at_ms": s.started_at_ms,
-        "ended_at_ms": s.ended_at_ms,
+        "ended_at_ms": s.phase.ended_at_ms(),
         "at": steps.at(s),
-        "failed_step": s.failure.as_ref().map(|f| &f.step),
-        "stuck_on": s.stuck_at.filter(|_| !s.abandoned).map(|i| steps.name(i)),
+        "failed_step": s.failure().map(|f| &f.step),
+        "stuck_on": s.stuck().next().filter(|_| s.abandoned_by().is_none()).map(|(u, _)| steps.label(u)),
         "owner": record.owner,
         "orphaned": orphan,
-        "abandoned": s.abandoned,
+        "abandoned": s.abandoned_by().is_some(),
         "cancelled_by": render::cancelled_by(s),
     })
 }

@@ -145,20 +145,17 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
     let (client, mut conn) = connect(&settings).await?;
     let record = args.which.one(&mut conn, &settings).await?;
     let saga_id = record.state.saga_id.to_string();
-    let phase = record.state.phase;
+    let phase = &record.state.phase;
+    let abandoned = record.state.abandoned_by().is_some();
     let allowed = match action {
-        "cancel" => phase == Phase::Running,
-        _ => phase == Phase::Failed && !record.state.abandoned,
+        "cancel" => *phase == Phase::Running,
+        _ => matches!(phase, Phase::Failed(_)) && !abandoned,
     };
     if !allowed {
         return Err(Failure::no(format!(
             "saga {saga_id} is {}{}: {}",
             phase.status().as_str(),
-            if record.state.abandoned {
-                " and abandoned"
-            } else {
-                ""
-            },
+            if abandoned { " and abandoned" } else { "" },
             if action == "cancel" {
                 "only a running saga can be cancelled"
             } else {

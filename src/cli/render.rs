@@ -5,7 +5,7 @@ use super::output::fit;
 use crate::definition::SagaDefinition;
 use crate::protocol::fields as f;
 use crate::protocol::{CommandKind, RawFields};
-use crate::saga::{Phase, SagaState};
+use crate::saga::{Phase, SagaState, Unit, UnitState};
 use serde_json::Value;
 
 fn text<'a>(fields: &'a RawFields, name: &str) -> &'a str {
@@ -121,12 +121,15 @@ const CANCELLED_BY: &str = "cancelled by ";
 /// Who cancelled the saga and why (`ops@example: customer withdrew`), if an
 /// operator's cancel is why it unwound.
 pub fn cancelled_by(state: &SagaState) -> Option<&str> {
-    let failure = state.failure.as_ref()?;
+    let failure = state.failure()?;
     // The flag, not the text: a handler's error may read "cancelled by".
     failure.cancelled_by.as_ref()?;
-    matches!(state.phase, Phase::Compensating | Phase::Compensated)
-        .then(|| failure.reason.strip_prefix(CANCELLED_BY))
-        .flatten()
+    matches!(
+        state.phase,
+        Phase::Compensating(_) | Phase::Compensated { .. }
+    )
+    .then(|| failure.reason.strip_prefix(CANCELLED_BY))
+    .flatten()
 }
 
 /// The state a person would name: `cancelled` (compensated after an
@@ -136,11 +139,11 @@ pub fn cancelled_by(state: &SagaState) -> Option<&str> {
 pub fn state_label(state: &SagaState, orphaned: bool) -> &'static str {
     if orphaned {
         "orphaned"
-    } else if state.abandoned {
+    } else if state.abandoned_by().is_some() {
         "abandoned"
-    } else if state.parked.is_some() {
+    } else if state.parked().is_some() {
         "parked"
-    } else if state.phase == Phase::Compensated && cancelled_by(state).is_some() {
+    } else if matches!(state.phase, Phase::Compensated { .. }) && cancelled_by(state).is_some() {
         "cancelled"
     } else {
         state.phase.status().as_str()
@@ -168,38 +171,68 @@ impl Steps {
             .map_or_else(|| format!("#{index}"), |s| s.name.clone())
     }
 
-    /// Whether the step defines a compensation; `None` when unknown.
-    pub fn compensates(&self, name: &str) -> Option<bool> {
-        let def = self.0.as_ref()?;
-        let step = def.steps.iter().find(|s| s.name == name)?;
-        Some(step.compensation.is_some())
-    }
-
-    /// The steps of `state.skipped`: those skipped by hand (their failed
-    /// compensation marked as done by an operator), and those that define
-    /// no compensation. Unknown without the definition: all in the second.
-    pub fn skipped<'s>(&self, state: &'s SagaState) -> (Vec<&'s str>, Vec<&'s str>) {
-        state
-            .skipped
-            .iter()
-            .map(String::as_str)
-            .partition(|name| self.compensates(name) == Some(true))
-    }
-
-    /// Where the saga is: the step under way (`undo <step>` for a
-    /// compensation), or the compensation it is stuck on (`undo <step>` of
-    /// a failed saga).
-    pub fn at(&self, state: &SagaState) -> String {
-        match (&state.current, state.stuck_at) {
-            (Some(x), _) if x.kind == CommandKind::Compensation => {
-                format!("undo {}", self.name(x.step))
-            }
-            (Some(x), _) => self.name(x.step),
-            (None, Some(stuck)) if !state.abandoned => format!("undo {}", self.name(stuck)),
-            _ => String::new(),
+    /// A step's name, or a branch's as `<step>[<branch>]`.
+    pub fn label(&self, unit: Unit) -> String {
+        match unit.branch {
+            Some(branch) => format!("{}[{branch}]", self.name(unit.step)),
+            None => self.name(unit.step),
         }
     }
+
+    /// What was not undone: the steps and branches skipped by hand (their
+    /// failed compensation marked as done by an operator), and those whose
+    /// step defines no compensation.
+    pub fn skipped(&self, state: &SagaState) -> (Vec<String>, Vec<String>) {
+        let by_hand = |u: &&Unit| {
+            matches!(
+                state.work.get(**u),
+                Some(UnitState::Skipped { by_hand: true })
+            )
+        };
+        let (hand, without): (Vec<&Unit>, Vec<&Unit>) =
+            state.work.skipped.iter().partition(by_hand);
+        let labels = |units: Vec<&Unit>| units.into_iter().map(|u| self.label(*u)).collect();
+        (labels(hand), labels(without))
+    }
+
+    /// Where the saga is: the steps under way (`undo <step>` for a
+    /// compensation; a fan-out's branches as `<step>[0,1,2]`, or their
+    /// number when there are more than [`BRANCHES_LISTED`]), or the
+    /// compensations it is stuck on (`undo <step>` of a failed saga).
+    pub fn at(&self, state: &SagaState) -> String {
+        let mut groups: Vec<(String, Vec<u32>)> = Vec::new();
+        let mut add =
+            |what: String, branch: Option<u32>| match groups.iter_mut().find(|(w, _)| *w == what) {
+                Some((_, branches)) => branches.extend(branch),
+                None => groups.push((what, branch.into_iter().collect())),
+            };
+        for (unit, x) in state.work.exchanges() {
+            let name = self.name(unit.step);
+            match x.kind {
+                CommandKind::Compensation => add(format!("undo {name}"), unit.branch),
+                CommandKind::Action => add(name, unit.branch),
+            }
+        }
+        if state.abandoned_by().is_none() {
+            for (unit, _) in state.stuck() {
+                add(format!("undo {}", self.name(unit.step)), unit.branch);
+            }
+        }
+        let show = |(what, branches): (String, Vec<u32>)| match branches.len() {
+            0 => what,
+            n if n > BRANCHES_LISTED => format!("{what} ({n} branches)"),
+            _ => {
+                let list: Vec<String> = branches.iter().map(u32::to_string).collect();
+                format!("{what}[{}]", list.join(","))
+            }
+        };
+        let shown: Vec<String> = groups.into_iter().map(show).collect();
+        shown.join(", ")
+    }
 }
+
+/// The most branches of one step [`Steps::at`] lists one by one.
+pub const BRANCHES_LISTED: usize = 4;
 
 /// One event of `saga:events` as a JSON object: its entry id, its fields,
 /// the payload as JSON and the timestamp as a number.

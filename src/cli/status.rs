@@ -7,7 +7,7 @@ use super::render::{self, Steps};
 use super::run::RedisArgs;
 use crate::operator;
 use crate::protocol::fields as f;
-use crate::saga::{Phase, Waiting};
+use crate::saga::{Phase, Unit, Waiting};
 use clap::Args;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -117,17 +117,21 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
                     && payload.get("refused").is_none()
             })
     });
-    let state = match (&s.parked, cancelled) {
-        _ if s.abandoned => "failed (abandoned by an operator)".to_owned(),
+    let stuck: Vec<Unit> = s.stuck().map(|(u, _)| u).collect();
+    let state = match (s.parked(), cancelled) {
+        _ if s.abandoned_by().is_some() => format!(
+            "failed (abandoned by an operator: {})",
+            s.abandoned_by().unwrap_or("?")
+        ),
         (Some(parked), _) => format!(
             "failed (parked while {}: {}; mend the cause, then `sagaflow retry` or `abandon` it)",
-            parked.phase.status().as_str(),
+            parked.resume.status().as_str(),
             parked.reason
         ),
-        (None, _) if s.phase == Phase::Failed => {
+        (None, _) if matches!(s.phase, Phase::Failed(_)) => {
             "failed (stuck: `sagaflow retry`, `skip` or `abandon` it)".to_owned()
         }
-        (None, Some(by)) if s.phase == Phase::Compensated => {
+        (None, Some(by)) if matches!(s.phase, Phase::Compensated { .. }) => {
             format!("cancelled (by {by}; compensated)")
         }
         (None, Some(by)) => format!("{} (cancelled by {by})", s.phase.status().as_str()),
@@ -137,7 +141,7 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     line("correlation id", s.correlation_id.to_string());
     line("trace id", s.trace_id.to_string());
     line("started", timestamp(s.started_at_ms));
-    match s.ended_at_ms {
+    match s.phase.ended_at_ms() {
         Some(end) => line(
             "ended",
             format!(
@@ -148,7 +152,8 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         ),
         None => line("owner", record.owner.clone().unwrap_or_default()),
     }
-    if let Some(x) = &s.current {
+    let under_way: Vec<_> = s.work.exchanges().collect();
+    for (unit, x) in under_way.iter().take(UNDER_WAY_LISTED) {
         let what = match x.waiting {
             Waiting::Reply { deadline_ms, .. } => {
                 format!("awaiting the reply, due {}", timestamp(deadline_ms))
@@ -160,32 +165,40 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
             format!(
                 "{} of {}, attempt {} (request {}): {what}",
                 x.kind.as_str(),
-                steps.name(x.step),
+                steps.label(*unit),
                 x.attempt,
                 x.request_id
             ),
         );
     }
-    if let Some(failure) = s.failure.as_ref().filter(|_| cancelled.is_none()) {
-        line(
-            "failed step",
-            format!("{}: {}", failure.step, failure.reason),
-        );
-    } else if let Some(failure) = &s.failure {
+    if under_way.len() > UNDER_WAY_LISTED {
+        let more = under_way.len() - UNDER_WAY_LISTED;
+        line("under way", format!("and {more} more"));
+    }
+    if let Some(failure) = s.failure().filter(|_| cancelled.is_none()) {
+        let at = match failure.branch {
+            Some(b) => format!("{}[{b}]", failure.step),
+            None => failure.step.clone(),
+        };
+        line("failed step", format!("{at}: {}", failure.reason));
+    } else if let Some(failure) = s.failure() {
         line("cancelled at", failure.step.clone());
     }
-    if let Some(stuck) = s.stuck_at.filter(|_| !s.abandoned && s.parked.is_none()) {
-        let name = steps.name(stuck);
+    if let (Some(first), None, None) = (stuck.first(), s.abandoned_by(), s.parked()) {
+        let name = steps.name(first.step);
+        let all: Vec<String> = stuck.iter().map(|u| steps.label(*u)).collect();
         line(
             "stuck on",
             format!(
-                "the compensation of {name}: `sagaflow retry {id}`, \
-                 `sagaflow skip {id} --step {name}` or `sagaflow abandon {id}`"
+                "the compensation of {}: `sagaflow retry {id}`, \
+                 `sagaflow skip {id} --step {name}` or `sagaflow abandon {id}`",
+                all.join(", ")
             ),
         );
     }
-    if !s.undone.is_empty() {
-        line("undone", s.undone.join(", "));
+    if !s.work.undone.is_empty() {
+        let undone: Vec<String> = s.work.undone.iter().map(|u| steps.label(*u)).collect();
+        line("undone", undone.join(", "));
     }
     let (by_hand, without) = steps.skipped(s);
     if !by_hand.is_empty() {
@@ -227,7 +240,11 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
                 Some("cancel") => ("step", "cancelled", "by"),
                 _ => continue,
             };
-            if let Some(x) = exchanges.get_mut(&format!("{key} {}", text(f::STEP))) {
+            let unit = match text(f::BRANCH) {
+                b if b.is_empty() => text(f::STEP),
+                b => format!("{}[{b}]", text(f::STEP)),
+            };
+            if let Some(x) = exchanges.get_mut(&format!("{key} {unit}")) {
                 if outcome == "skipped" || x.outcome == "running" {
                     x.outcome = outcome.into();
                     x.detail = format!(
@@ -245,7 +262,10 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         if kind != "step" && kind != "compensation" {
             continue;
         }
-        let key = format!("{kind} {}", text(f::STEP));
+        let key = match text(f::BRANCH) {
+            b if b.is_empty() => format!("{kind} {}", text(f::STEP)),
+            b => format!("{kind} {}[{b}]", text(f::STEP)),
+        };
         if !exchanges.contains_key(&key) {
             order.push(key.clone());
         }
@@ -298,7 +318,42 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         "took",
         "progress"
     );
+    // A fan-out with many branches shows one line per outcome of them.
+    let mut branches: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for key in &order {
+        if let Some((step, _)) = key.split_once('[') {
+            branches
+                .entry(step.to_owned())
+                .or_default()
+                .push(key.clone());
+        }
+    }
+    let mut summarised = std::collections::BTreeSet::new();
     for key in order {
+        if let Some((step, _)) = key.split_once('[') {
+            let all = &branches[step];
+            if all.len() > BRANCH_ROWS {
+                if summarised.insert(step.to_owned()) {
+                    let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
+                    for k in all {
+                        *outcomes.entry(exchanges[k].outcome.as_str()).or_default() += 1;
+                    }
+                    let counts: Vec<String> =
+                        outcomes.iter().map(|(o, n)| format!("{n} {o}")).collect();
+                    let label = format!("{step}[0..{}]", all.len());
+                    outln!(
+                        "{:<34} {:<10} {:>8} {:>7} {:>8}  {}",
+                        output::fit(&label, 34),
+                        "branches",
+                        "-",
+                        "-",
+                        "-",
+                        counts.join(", ")
+                    );
+                }
+                continue;
+            }
+        }
         let x = &exchanges[&key];
         let took = match (x.first_sent, x.ended) {
             (Some(a), Some(b)) => human(b.saturating_sub(a)),
@@ -319,6 +374,13 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// The branches of one step `status` shows one row each; more are
+/// summed up in one row by outcome.
+const BRANCH_ROWS: usize = 10;
+
+/// The attempts under way `status` lists one by one; more are counted.
+const UNDER_WAY_LISTED: usize = 10;
 
 /// A duration in at most 7 characters: `850ms`, `12.5s`, `42m`, `36h`.
 pub fn human(ms: u64) -> String {

@@ -59,6 +59,8 @@ pub struct Context<'a> {
     pub saga_id: &'a str,
     pub correlation_id: &'a str,
     pub failure: Option<(&'a str, &'a str)>,
+    /// A fan-out branch's element and its position in the list.
+    pub item: Option<(&'a Value, usize)>,
 }
 
 /// A template that could not be rendered: a referenced value is missing.
@@ -293,6 +295,7 @@ mod tests {
                 saga_id: "s1",
                 correlation_id: "c1",
                 failure: Some(("plan", "boom")),
+                item: None,
             },
             lenient,
         )

@@ -418,6 +418,7 @@ fn template_literals_keep_their_types() {
                 saga_id: "s",
                 correlation_id: "c",
                 failure: None,
+                item: None,
             },
             false,
         )

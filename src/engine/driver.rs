@@ -30,6 +30,7 @@ use crate::store::{maintain, EntryRef, Fence, Ownership, Transition, WriteError,
 use crate::telemetry::metrics::{self, InFlight};
 use crate::telemetry::saga::SagaTelemetry;
 use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, SemaphorePermit};
@@ -91,14 +92,14 @@ pub(super) async fn start(
             reply_stream: epoch.reply_stream.clone(),
             input: request.input,
         };
-        let (state, effects) = saga::start(&def, init, shared.now_ms(), &mut RandomIds);
+        let (state, transition) = saga::start(&def, init, shared.now_ms(), &mut RandomIds);
         let Some(inbox) = shared.router.register(saga_id.clone()) else {
             return; // this daemon drives it already
         };
         let mut saga = Driven::new(&shared, &def, state, 0, epoch, permit);
         saga.persisted = None;
         saga.telemetry = SagaTelemetry::default();
-        let outcome = Box::pin(saga.perform(effects, Some(&at), None, Vec::new())).await;
+        let outcome = Box::pin(saga.perform(transition, Some(&at), None, Vec::new())).await;
         drop(creating);
         let mut ended = Ended::Done;
         match outcome {
@@ -157,6 +158,7 @@ async fn refuse_start(
         event_type: EventType::SagaRejected,
         status: SagaStatus::Rejected,
         step: None,
+        branch: None,
         payload: json!({ "entry_id": at.id, "stream": at.stream, "reason": reason }),
         timestamp: shared.now_ms(),
     };
@@ -276,7 +278,7 @@ pub(super) async fn adopt(
             return tracing::error!(%saga_id, error = %e, "cannot read a saga for an operator's request")
         }
     };
-    if state.phase != Phase::Failed {
+    if !matches!(state.phase, Phase::Failed(_)) {
         // Ended otherwise, or driven by a daemon, which takes the request.
         return;
     }
@@ -326,14 +328,16 @@ pub(super) async fn adopt(
         tracing::info!(action = request.action.name(), by = %request.by, "operator's request");
         let id = state.saga_id.clone();
         let mut saga = Driven::new(&shared, &def, state, seq, epoch, permit);
-        let effects = saga::apply(
+        let applied = saga::apply(
             &mut saga.state,
             saga.def,
             Event::Operator(request),
             shared.now_ms(),
             &mut RandomIds,
         );
-        let written = Box::pin(saga.perform(effects, None, None, Vec::new())).await;
+        // An operator's request is never ignored: refused, it is recorded.
+        let Ok(transition) = applied else { return };
+        let written = Box::pin(saga.perform(transition, None, None, Vec::new())).await;
         let mut ended = Ended::Done;
         if matches!(
             written,
@@ -430,13 +434,14 @@ struct Driven<'a> {
     state: SagaState,
     /// Number of the last transition written.
     seq: u64,
-    /// The phase of the state last written (`None` before the creation).
-    persisted: Option<Phase>,
+    /// The status of the state last written (`None` before the creation).
+    persisted: Option<SagaStatus>,
     epoch: Arc<Epoch>,
     timer: Option<u64>,
-    /// A reply stream other than this daemon's that the current attempt's
-    /// replies go to, followed by the reply reader while it is awaited.
-    followed: Option<String>,
+    /// The reply streams other than this daemon's that attempts under way
+    /// reply on (`reply_stream: per_request`), followed by the reply reader
+    /// while they are awaited.
+    followed: BTreeSet<String>,
     /// Its spans and metrics, from the transitions written.
     telemetry: SagaTelemetry,
     /// The final replies the transition under way applies.
@@ -460,12 +465,12 @@ impl<'a> Driven<'a> {
         Self {
             shared,
             def,
-            persisted: Some(state.phase),
+            persisted: Some(state.phase.status()),
             state,
             seq,
             epoch,
             timer,
-            followed: None,
+            followed: BTreeSet::new(),
             telemetry,
             finals: Vec::new(),
             _in_flight: InFlight::enter(),
@@ -508,20 +513,29 @@ impl<'a> Driven<'a> {
             let mut receipts: Vec<Receipt> = receipt.into_iter().collect();
             self.finals.clear();
             self.keep_if_final(&event);
-            let mut effects = saga::apply(
+            let applied = saga::apply(
                 &mut self.state,
                 self.def,
                 event,
                 self.shared.now_ms(),
                 &mut RandomIds,
             );
-            self.take_waiting_replies(&mut inbox, &mut effects, &mut receipts);
-            if effects.is_empty() {
-                // A tick that found nothing due (the clocks of the timer and
-                // of the state differ by a little): wait for what is due next.
+            let mut transition = match applied {
+                Ok(transition) => transition,
+                Err(_) => saga::Transition {
+                    effects: Vec::new(),
+                    changed: false,
+                },
+            };
+            self.take_waiting_replies(&mut inbox, &mut transition, &mut receipts);
+            if transition.effects.is_empty() && !transition.changed {
+                // A reply no attempt awaits, or a tick that found nothing
+                // due (the clocks of the timer and of the state differ by a
+                // little): wait for what is due next.
                 self.timer = self.state.wake_at();
                 continue;
             }
+            let effects = transition;
             // Boxed: the write's state lives on the heap only while it is
             // under way, so that an idle saga's task stays small.
             match Box::pin(self.perform(effects, None, Some(slot), receipts)).await {
@@ -560,16 +574,16 @@ impl<'a> Driven<'a> {
     /// not been read through its deadline yet: after a restart, or while
     /// Redis cannot be read, the reply may be waiting there.
     fn reply_may_be_unread(&self) -> bool {
-        let Some(x) = &self.state.current else {
-            return false;
-        };
-        if !matches!(x.waiting, saga::Waiting::Reply { .. }) {
-            return false;
-        }
-        // The earliest of the attempt's clocks: a reply read late may stop
-        // the ack or heartbeat clock as well as the completion one.
-        let due_ms = x.waiting.due_ms();
-        self.shared.now_ms() >= due_ms && self.shared.replies.read_through(&x.reply_stream) < due_ms
+        let now = self.shared.now_ms();
+        self.state.work.exchanges().any(|(_, x)| {
+            if !matches!(x.waiting, saga::Waiting::Reply { .. }) {
+                return false;
+            }
+            // The earliest of the attempt's clocks: a reply read late may
+            // stop the ack or heartbeat clock as well as the completion one.
+            let due_ms = x.waiting.due_ms();
+            now >= due_ms && self.shared.replies.read_through(&x.reply_stream) < due_ms
+        })
     }
 
     /// Applies the replies already waiting in the inbox, so that their
@@ -580,7 +594,7 @@ impl<'a> Driven<'a> {
     fn take_waiting_replies(
         &mut self,
         inbox: &mut Inbox,
-        effects: &mut Vec<Effect>,
+        transition: &mut saga::Transition,
         receipts: &mut Vec<Receipt>,
     ) {
         for _ in 0..MERGED_REPLIES_MAX {
@@ -600,7 +614,10 @@ impl<'a> Driven<'a> {
                 self.shared.now_ms(),
                 &mut RandomIds,
             );
-            effects.extend(more);
+            if let Ok(more) = more {
+                transition.effects.extend(more.effects);
+                transition.changed |= more.changed;
+            }
         }
     }
 
@@ -608,43 +625,49 @@ impl<'a> Driven<'a> {
     /// replies the transition applies: released once it is written.
     async fn perform(
         &mut self,
-        effects: Vec<Effect>,
+        transition: saga::Transition,
         ack: Option<&EntryRef>,
         slot: Option<SemaphorePermit<'_>>,
         receipts: Vec<Receipt>,
     ) -> Outcome {
+        let saga::Transition {
+            effects,
+            changed: persist,
+        } = transition;
         // The reader follows a new attempt's own reply stream before its
         // command exists, so no reply can come before the reader looks.
         self.follow_reply_stream();
-        let mut persist = false;
         let mut commands = Vec::new();
         let mut events = Vec::new();
         let mut own_streams = Vec::new();
-        // The attempt each event is about: the one under way, until the
-        // transition sends the next.
-        let mut request_id = self.telemetry.request_id().map(str::to_owned);
+        // The attempt each event is about: the one under way of its step
+        // (or branch), until the transition sends the next.
+        let mut sent: BTreeMap<(&str, Option<u32>), String> = BTreeMap::new();
         let now = self.shared.now_ms();
         for effect in &effects {
             match effect {
-                Effect::Persist => persist = true,
                 Effect::Send { stream, command } => {
                     if command.reply_stream != self.state.reply_stream {
                         let ttl =
                             command.deadline_ms.saturating_sub(now) / 1000 + OWN_STREAM_GRACE_SECS;
                         own_streams.push((command.reply_stream.as_str(), ttl));
                     }
-                    request_id = Some(command.request_id.to_string());
+                    let key = (command.step.as_str(), command.branch);
+                    sent.insert(key, command.request_id.to_string());
                     commands.push((stream.as_str(), command));
                 }
                 Effect::Emit(event) => {
-                    log_event(event, request_id.as_deref());
+                    let step = event.step.as_deref().unwrap_or("");
+                    let request_id = (sent.get(&(step, event.branch)).map(String::as_str))
+                        .or_else(|| self.telemetry.request_id(step, event.branch));
+                    log_event(event, request_id);
                     events.push(event);
                 }
                 Effect::ArmTimer { at_ms } => self.timer = Some(*at_ms),
                 Effect::Finish => {}
             }
         }
-        let phase = self.state.phase;
+        let phase = self.state.phase.status();
         let ownership = match (self.persisted, persist) {
             (_, false) => Ownership::Stay,
             (_, true) if phase.is_terminal() => Ownership::Leave,
@@ -696,7 +719,7 @@ impl<'a> Driven<'a> {
         let Some((mut state, seq)) = self.reload().await else {
             return;
         };
-        let effects = saga::park(
+        let parked = saga::park(
             &mut state,
             self.def,
             reason.clone(),
@@ -704,6 +727,7 @@ impl<'a> Driven<'a> {
             self.shared.now_ms(),
             &mut RandomIds,
         );
+        let effects = parked.map(|t| t.effects).unwrap_or_default();
         let events: Vec<&SagaEvent> = effects
             .iter()
             .filter_map(|e| match e {
@@ -770,31 +794,29 @@ impl<'a> Driven<'a> {
         }
     }
 
-    /// Keeps the reply reader on the stream the current attempt's replies go
-    /// to when it is not this daemon's own, and off it once it is over.
+    /// Keeps the reply reader on the streams that attempts under way
+    /// reply on when they are not this daemon's own, and off each once its
+    /// attempt is over.
     fn follow_reply_stream(&mut self) {
         let main = &self.state.reply_stream;
-        let now = self
-            .state
-            .current
-            .as_ref()
-            .map(|x| x.reply_stream.clone())
-            .filter(|s| s != main);
-        if now != self.followed {
-            if let Some(old) = self.followed.take() {
-                self.shared.replies.unfollow(&old);
-            }
-            if let Some(new) = &now {
-                self.shared.replies.follow(new);
-            }
-            self.followed = now;
+        let now: BTreeSet<String> = (self.state.work.exchanges())
+            .map(|(_, x)| &x.reply_stream)
+            .filter(|s| *s != main)
+            .cloned()
+            .collect();
+        for old in self.followed.difference(&now) {
+            self.shared.replies.unfollow(old);
         }
+        for new in now.difference(&self.followed) {
+            self.shared.replies.follow(new);
+        }
+        self.followed = now;
     }
 }
 
 impl Drop for Driven<'_> {
     fn drop(&mut self) {
-        if let Some(stream) = self.followed.take() {
+        for stream in std::mem::take(&mut self.followed) {
             self.shared.replies.unfollow(&stream);
         }
     }

@@ -67,6 +67,7 @@ pub(super) async fn duplicate(
         event_type: EventType::SagaDuplicate,
         status: SagaStatus::Duplicate,
         step: None,
+        branch: None,
         payload: json!({ "entry_id": at.id, "idempotency_key": key, "existing_saga_id": existing }),
         timestamp: shared.now_ms(),
     };

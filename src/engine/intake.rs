@@ -195,6 +195,7 @@ async fn reject(shared: &Shared, at: &EntryRef, error: StartError, saga: &str) {
         event_type: EventType::SagaRejected,
         status: SagaStatus::Rejected,
         step: None,
+        branch: None,
         payload: json!({ "entry_id": at.id, "stream": at.stream, "reason": error.reason }),
         timestamp: shared.now_ms(),
     };

@@ -211,6 +211,7 @@ mod tests {
             timestamp: 0,
             ack_timeout_ms: None,
             heartbeat_timeout_ms: None,
+            branch: None,
         }
     }
 

@@ -51,6 +51,8 @@ pub struct Command {
     /// a reply (its step's `heartbeat_timeout`): a handler sends `progress`
     /// or `heartbeat` replies at least this often while it works.
     pub heartbeat_timeout_ms: Option<u64>,
+    /// For a branch of a fan-out step: its position in the step's list.
+    pub branch: Option<u32>,
 }
 
 impl Command {
@@ -78,6 +80,9 @@ impl Command {
         }
         if let Some(ms) = self.heartbeat_timeout_ms {
             fields.push((f::HEARTBEAT_TIMEOUT_MS, ms.to_string()));
+        }
+        if let Some(branch) = self.branch {
+            fields.push((f::BRANCH, branch.to_string()));
         }
         fields
     }
@@ -113,7 +118,7 @@ impl Command {
                 .parse::<u64>()
                 .map_err(|_| format!("field `{name}` is not a non-negative integer"))
         };
-        // Optional: sent only for steps that set the clock.
+        // Optional: sent only for steps that set the clock, or for branches.
         let optional_number = |name: &str| -> Result<Option<u64>, String> {
             text_field(fields, name)?
                 .map(|t| {
@@ -154,6 +159,10 @@ impl Command {
             timestamp: number(f::TIMESTAMP)?,
             ack_timeout_ms: optional_number(f::ACK_TIMEOUT_MS)?,
             heartbeat_timeout_ms: optional_number(f::HEARTBEAT_TIMEOUT_MS)?,
+            branch: optional_number(f::BRANCH)?
+                .map(u32::try_from)
+                .transpose()
+                .map_err(|_| "field `branch` is too large")?,
         })
     }
 
@@ -184,6 +193,7 @@ mod tests {
             timestamp: 1_799_999_990_000,
             ack_timeout_ms: None,
             heartbeat_timeout_ms: None,
+            branch: None,
         }
     }
 

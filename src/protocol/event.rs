@@ -99,6 +99,9 @@ pub struct SagaEvent {
     pub event_type: EventType,
     pub status: SagaStatus,
     pub step: Option<String>,
+    /// The branch of a fan-out step the event is about, when it is about
+    /// one (its position in the step's list).
+    pub branch: Option<u32>,
     pub payload: Value,
     pub timestamp: UnixMillis,
 }
@@ -120,6 +123,9 @@ impl SagaEvent {
         ];
         if let Some(step) = &self.step {
             out.push((f::STEP, step.clone()));
+        }
+        if let Some(branch) = self.branch {
+            out.push((f::BRANCH, branch.to_string()));
         }
         out.push((f::PAYLOAD, self.payload.to_string()));
         out.push((f::TIMESTAMP, self.timestamp.to_string()));

@@ -8,6 +8,9 @@ pub const TRACEPARENT: &str = "traceparent";
 pub const PARENT_SPAN_ID: &str = "parent_span_id";
 pub const EVENT_TYPE: &str = "event_type";
 pub const STEP: &str = "step";
+/// On commands and on `saga:events`: the branch of a fan-out step a
+/// command or an event is about (its position in the step's list).
+pub const BRANCH: &str = "branch";
 pub const KIND: &str = "kind";
 pub const ATTEMPT: &str = "attempt";
 pub const REPLY_STREAM: &str = "reply_stream";

@@ -13,6 +13,7 @@ pub mod fields;
 pub mod ids;
 pub mod json;
 pub mod limits;
+pub mod payload;
 pub mod reply;
 pub mod start;
 pub mod trace;

@@ -11,8 +11,13 @@ mod state;
 
 pub use backoff::retry_delay;
 pub use ids::{IdSource, RandomIds};
-pub use machine::{apply, park, start, Action, Effect, Event, OperatorRequest, SagaInit};
-pub use state::{Clock, Exchange, Failure, Parked, Phase, SagaState, Waiting};
+pub use machine::{
+    apply, park, start, Action, Effect, Event, Ignored, OperatorRequest, SagaInit, Transition,
+};
+pub use state::{
+    Clock, Exchange, Failed, Failure, Halt, Parked, Phase, SagaState, StepWork, Unit, UnitState,
+    Waiting, Work,
+};
 
 #[cfg(test)]
 mod tests;

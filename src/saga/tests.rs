@@ -55,12 +55,46 @@ struct Harness {
     log: Vec<Effect>,
 }
 
+/// What one event did: its effects, and whether the state changed
+/// (`persist` in [`types`]); empty when the event was ignored.
+#[derive(Debug)]
+struct Fx {
+    effects: Vec<Effect>,
+    changed: bool,
+}
+
+impl Fx {
+    fn of(transition: Result<Transition, Ignored>) -> Self {
+        match transition {
+            Ok(t) => Self {
+                effects: t.effects,
+                changed: t.changed,
+            },
+            Err(_) => Self {
+                effects: Vec::new(),
+                changed: false,
+            },
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.effects.is_empty() && !self.changed
+    }
+}
+
+impl std::ops::Deref for Fx {
+    type Target = [Effect];
+    fn deref(&self) -> &[Effect] {
+        &self.effects
+    }
+}
+
 impl Harness {
-    fn new() -> (Self, Vec<Effect>) {
+    fn new() -> (Self, Fx) {
         Self::with(DEF)
     }
 
-    fn with(definition: &str) -> (Self, Vec<Effect>) {
+    fn with(definition: &str) -> (Self, Fx) {
         let def = load_str(Path::new("mission.yaml"), definition).unwrap();
         let mut ids = SeqIds(0);
         let init = SagaInit {
@@ -71,37 +105,65 @@ impl Harness {
             reply_stream: "saga:replies:test".into(),
             input: json!({"robots": 2}),
         };
-        let (state, effects) = start(&def, init, 1_000, &mut ids);
+        let (state, started) = start(&def, init, 1_000, &mut ids);
+        let fx = Fx::of(Ok(started));
         let h = Harness {
             def,
             state,
             ids,
             now: 1_000,
-            log: effects.clone(),
+            log: fx.effects.clone(),
         };
-        (h, effects)
+        (h, fx)
     }
 
-    fn apply(&mut self, event: Event) -> Vec<Effect> {
-        let effects = apply(&mut self.state, &self.def, event, self.now, &mut self.ids);
-        self.log.extend(effects.clone());
-        effects
+    fn apply(&mut self, event: Event) -> Fx {
+        let applied = apply(&mut self.state, &self.def, event, self.now, &mut self.ids);
+        let fx = Fx::of(applied);
+        self.log.extend(fx.effects.clone());
+        fx
+    }
+
+    /// The one exchange under way (these sagas run one step at a time).
+    fn current(&self) -> &Exchange {
+        let mut all = self.state.work.exchanges();
+        let (_, x) = all.next().expect("an exchange under way");
+        assert!(all.next().is_none(), "one exchange under way");
+        x
+    }
+
+    fn current_unit(&self) -> Unit {
+        let (unit, _) = self.state.work.exchanges().next().expect("an exchange");
+        unit
+    }
+
+    fn status(&self) -> SagaStatus {
+        self.state.phase.status()
+    }
+
+    /// What was undone, in order, as `step` or `step[branch]`.
+    fn undone(&self) -> Vec<String> {
+        let label = |u: &Unit| match u.branch {
+            Some(b) => format!("{}[{b}]", self.def.steps[u.step].name),
+            None => self.def.steps[u.step].name.clone(),
+        };
+        self.state.work.undone.iter().map(label).collect()
     }
 
     fn current_attempt(&self) -> u32 {
-        self.state.current.as_ref().unwrap().attempt
+        self.current().attempt
     }
 
     fn current_request(&self) -> RequestId {
-        self.state.current.as_ref().unwrap().request_id.clone()
+        self.current().request_id.clone()
     }
 
-    fn reply(&mut self, status: ReplyStatus) -> Vec<Effect> {
+    fn reply(&mut self, status: ReplyStatus) -> Fx {
         self.reply_reached(status, None)
     }
 
     /// A reply that reached Redis at `reached_ms`.
-    fn reply_reached(&mut self, status: ReplyStatus, reached_ms: Option<u64>) -> Vec<Effect> {
+    fn reply_reached(&mut self, status: ReplyStatus, reached_ms: Option<u64>) -> Fx {
         let reply = Reply {
             saga_id: Some(self.state.saga_id.clone()),
             request_id: Some(self.current_request()),
@@ -115,18 +177,18 @@ impl Harness {
         self.apply(Event::Reply(reply))
     }
 
-    fn complete(&mut self, result: Value) -> Vec<Effect> {
+    fn complete(&mut self, result: Value) -> Fx {
         self.reply(ReplyStatus::Completed { result })
     }
 
-    fn fail(&mut self, retryable: bool) -> Vec<Effect> {
+    fn fail(&mut self, retryable: bool) -> Fx {
         self.reply(ReplyStatus::Failed {
             error: "boom".into(),
             retryable,
         })
     }
 
-    fn tick_at(&mut self, now: u64) -> Vec<Effect> {
+    fn tick_at(&mut self, now: u64) -> Fx {
         self.now = now;
         self.apply(Event::Tick)
     }
@@ -138,7 +200,7 @@ impl Harness {
     /// Drives every step to completion from where the saga stands.
     fn complete_steps(&mut self, n: usize) {
         for _ in 0..n {
-            let step = self.state.current.as_ref().unwrap().step;
+            let step = self.current_unit().step;
             let result = match step {
                 0 => json!({"robot_ids": ["r1", "r2"]}),
                 _ => json!({"step": step}),
@@ -181,19 +243,17 @@ impl Harness {
     }
 }
 
-fn types(effects: &[Effect]) -> Vec<String> {
-    effects
-        .iter()
-        .map(|e| match e {
-            Effect::Persist => "persist".to_owned(),
-            Effect::Send { command, .. } => {
-                format!("send {}#{}", command.event_type, command.attempt)
-            }
-            Effect::Emit(ev) => ev.event_type.as_str().to_owned(),
-            Effect::ArmTimer { .. } => "timer".to_owned(),
-            Effect::Finish => "finish".to_owned(),
-        })
-        .collect()
+fn types(fx: &Fx) -> Vec<String> {
+    let persist = fx.changed.then(|| "persist".to_owned());
+    let effects = fx.effects.iter().map(|e| match e {
+        Effect::Send { command, .. } => {
+            format!("send {}#{}", command.event_type, command.attempt)
+        }
+        Effect::Emit(ev) => ev.event_type.as_str().to_owned(),
+        Effect::ArmTimer { .. } => "timer".to_owned(),
+        Effect::Finish => "finish".to_owned(),
+    });
+    persist.into_iter().chain(effects).collect()
 }
 
 #[test]
@@ -209,7 +269,7 @@ fn start_persists_announces_and_sends_the_first_command() {
             "timer"
         ]
     );
-    let Effect::Send { stream, command } = &effects[3] else {
+    let Effect::Send { stream, command } = &effects[2] else {
         unreachable!()
     };
     assert_eq!(stream, "resources:commands");
@@ -218,8 +278,8 @@ fn start_persists_announces_and_sends_the_first_command() {
     assert_eq!(command.deadline_ms, 2_000);
     assert_eq!(command.reply_stream, "saga:replies:test");
     assert_eq!(command.traceparent.trace_id.as_str(), "a".repeat(32));
-    assert_eq!(effects[4], Effect::ArmTimer { at_ms: 2_000 });
-    assert_eq!(h.state.phase, Phase::Running);
+    assert_eq!(effects[3], Effect::ArmTimer { at_ms: 2_000 });
+    assert_eq!(h.status(), SagaStatus::Running);
 }
 
 #[test]
@@ -259,7 +319,7 @@ fn a_sunny_saga_completes_with_every_result() {
         types(&effects),
         ["persist", "step_completed", "saga_completed", "finish"]
     );
-    assert_eq!(h.state.phase, Phase::Completed);
+    assert_eq!(h.status(), SagaStatus::Completed);
     let results = h.last_event_payload(EventType::SagaCompleted)["results"].clone();
     assert_eq!(results["integrate"], json!({"map": "m1"}));
     assert_eq!(results["allocate"], json!({"robot_ids": ["r1", "r2"]}));
@@ -280,8 +340,10 @@ fn a_failure_at_each_step_undoes_the_completed_ones_in_reverse() {
         let (mut h, _) = Harness::new();
         h.complete_steps(failing);
         h.fail(false);
-        while let Some(x) = h.state.current.clone() {
-            assert_eq!(x.kind, CommandKind::Compensation);
+        loop {
+            let kind = h.state.work.exchanges().next().map(|(_, x)| x.kind);
+            let Some(kind) = kind else { break };
+            assert_eq!(kind, CommandKind::Compensation);
             h.complete(json!({}));
         }
         let comps: Vec<String> = h
@@ -291,7 +353,7 @@ fn a_failure_at_each_step_undoes_the_completed_ones_in_reverse() {
             .map(|(c, _, _)| c)
             .collect();
         assert_eq!(comps, expected, "failing step {failing}");
-        assert_eq!(h.state.phase, Phase::Compensated);
+        assert_eq!(h.status(), SagaStatus::Compensated);
         let payload = h.last_event_payload(EventType::SagaCompensated);
         assert_eq!(payload["failed_step"], json!(h.def.steps[failing].name));
         assert_eq!(payload["reason"], json!("boom"));
@@ -366,7 +428,7 @@ fn timeouts_are_retried_with_new_request_ids_then_undone() {
         h.last_event_payload(EventType::StepRetrying),
         json!({"attempt": 2, "delay_ms": 100})
     );
-    assert_eq!(effects[3], Effect::ArmTimer { at_ms: 2_100 });
+    assert_eq!(effects[2], Effect::ArmTimer { at_ms: 2_100 });
     let effects = h.tick_at(2_100);
     assert_eq!(
         types(&effects),
@@ -407,16 +469,10 @@ fn timeouts_are_retried_with_new_request_ids_then_undone() {
             "timer"
         ]
     );
-    assert_eq!(h.state.failure.as_ref().unwrap().step, "allocate");
-    assert!(h
-        .state
-        .failure
-        .as_ref()
-        .unwrap()
-        .reason
-        .contains("timed out"));
+    assert_eq!(h.state.failure().unwrap().step, "allocate");
+    assert!(h.state.failure().unwrap().reason.contains("timed out"));
     h.complete(json!({}));
-    assert_eq!(h.state.phase, Phase::Compensated);
+    assert_eq!(h.status(), SagaStatus::Compensated);
     assert_eq!(
         h.last_event_payload(EventType::SagaCompensated)["compensated"],
         json!(["allocate"])
@@ -429,7 +485,7 @@ fn a_step_that_timed_out_once_is_undone_even_if_it_then_fails() {
     h.tick_at(2_000);
     h.tick_at(2_100);
     h.fail(false);
-    assert_eq!(h.state.phase, Phase::Compensating);
+    assert_eq!(h.status(), SagaStatus::Compensating);
     assert_eq!(
         h.sent().last().unwrap(),
         &("release".to_owned(), CommandKind::Compensation, 1)
@@ -444,7 +500,7 @@ fn a_retryable_failure_then_success_carries_on() {
         types(&effects),
         ["persist", "step_failed", "step_retrying", "timer"]
     );
-    assert_eq!(h.state.phase, Phase::Running);
+    assert_eq!(h.status(), SagaStatus::Running);
     h.tick_at(1_100);
     assert_eq!(
         h.sent().last().unwrap(),
@@ -481,10 +537,7 @@ fn unreadable_final_replies_count_as_retryable_failures() {
     let payload = h.last_event_payload(EventType::StepFailed);
     assert_eq!(payload["retryable"], json!(true));
     assert!(payload["error"].as_str().unwrap().contains("done"));
-    assert!(matches!(
-        h.state.current.as_ref().unwrap().waiting,
-        Waiting::Backoff { .. }
-    ));
+    assert!(matches!(h.current().waiting, Waiting::Backoff { .. }));
 }
 
 #[test]
@@ -570,7 +623,7 @@ fn a_compensation_that_cannot_complete_fails_the_saga() {
     assert_eq!(p["failed_step"], json!("plan"));
     assert_eq!(p["compensation"], json!("allocate"));
     assert_eq!(p["error"], json!("boom"));
-    assert_eq!(h.state.phase, Phase::Failed);
+    assert_eq!(h.status(), SagaStatus::Failed);
 
     // retryable: after its own retry policy (2 attempts)
     let (mut h, _) = Harness::new();
@@ -667,17 +720,14 @@ fn per_request_steps_get_a_reply_stream_of_their_own() {
     };
     let own = format!("saga:replies:test:{}", command.request_id);
     assert_eq!(command.reply_stream, own);
-    assert_eq!(h.state.current.as_ref().unwrap().reply_stream, own);
+    assert_eq!(h.current().reply_stream, own);
     // shared steps keep the saga's stream
     let (h, effects) = Harness::new();
-    let Effect::Send { command, .. } = &effects[3] else {
+    let Effect::Send { command, .. } = &effects[2] else {
         unreachable!()
     };
     assert_eq!(command.reply_stream, "saga:replies:test");
-    assert_eq!(
-        h.state.current.as_ref().unwrap().reply_stream,
-        "saga:replies:test"
-    );
+    assert_eq!(h.current().reply_stream, "saga:replies:test");
 }
 
 fn operator(action: Action) -> Event {
@@ -709,21 +759,21 @@ fn a_cancelled_saga_undoes_its_steps_and_the_one_under_way() {
         p,
         json!({"action": "cancel", "by": "ops@host", "reason": "because", "verified": true})
     );
-    assert_eq!(h.state.phase, Phase::Compensating);
+    assert_eq!(h.status(), SagaStatus::Compensating);
     assert_eq!(
-        h.state.failure.as_ref().unwrap().reason,
+        h.state.failure().unwrap().reason,
         "cancelled by ops@host: because"
     );
     // A late reply of the cancelled attempt changes nothing.
-    let stale = h.state.current.clone();
+    let stale = h.state.work.exchanges().next().map(|(_, x)| x.clone());
     h.complete(json!({}));
     h.complete(json!({}));
-    assert_eq!(h.state.phase, Phase::Compensated);
-    assert_eq!(h.state.undone, ["plan", "allocate"]);
+    assert_eq!(h.status(), SagaStatus::Compensated);
+    assert_eq!(h.undone(), ["plan", "allocate"]);
     assert!(stale.is_some());
     // The cancel is a fact of the record and of the end event, not only
     // words of the reason, which a handler's error could imitate.
-    let failure = h.state.failure.as_ref().unwrap();
+    let failure = h.state.failure().unwrap();
     assert_eq!(failure.cancelled_by.as_deref(), Some("ops@host"));
     let end = h.last_event_payload(EventType::SagaCompensated);
     assert_eq!(end["cancelled_by"], "ops@host");
@@ -736,7 +786,7 @@ fn a_cancelled_saga_undoes_its_steps_and_the_one_under_way() {
         .last_event_payload(EventType::SagaCompensated)
         .get("cancelled_by")
         .is_none());
-    assert!(h.state.failure.as_ref().unwrap().cancelled_by.is_none());
+    assert!(h.state.failure().unwrap().cancelled_by.is_none());
 
     // Compensating already: refused, recorded.
     let (mut h, _) = Harness::new();
@@ -754,8 +804,11 @@ fn stuck() -> Harness {
     h.complete_steps(1);
     h.fail(false);
     h.fail(false);
-    assert_eq!(h.state.phase, Phase::Failed);
-    assert_eq!(h.state.stuck_at, Some(0));
+    assert_eq!(h.status(), SagaStatus::Failed);
+    assert_eq!(
+        h.state.stuck().map(|(u, _)| u.step).collect::<Vec<_>>(),
+        [0]
+    );
     h
 }
 
@@ -773,10 +826,10 @@ fn a_stuck_saga_is_retried_skipped_or_abandoned() {
             "timer"
         ]
     );
-    assert_eq!((h.state.phase, h.state.rescues), (Phase::Compensating, 1));
+    assert_eq!((h.status(), h.state.rescues), (SagaStatus::Compensating, 1));
     h.complete(json!({}));
-    assert_eq!(h.state.phase, Phase::Compensated);
-    assert_eq!(h.state.undone, ["allocate"]);
+    assert_eq!(h.status(), SagaStatus::Compensated);
+    assert_eq!(h.undone(), ["allocate"]);
 
     let mut h = stuck();
     let effects = h.apply(operator(Action::Skip {
@@ -784,7 +837,7 @@ fn a_stuck_saga_is_retried_skipped_or_abandoned() {
     }));
     assert_eq!(
         types(&effects),
-        ["operator_action", "finish"],
+        ["operator_action"],
         "the wrong step is refused"
     );
     let effects = h.apply(operator(Action::Skip {
@@ -802,13 +855,9 @@ fn a_stuck_saga_is_retried_skipped_or_abandoned() {
     let mut h = stuck();
     let effects = h.apply(operator(Action::Abandon));
     assert_eq!(types(&effects), ["persist", "operator_action", "finish"]);
-    assert!(h.state.abandoned && h.state.phase == Phase::Failed);
+    assert!(h.state.abandoned_by().is_some() && h.status() == SagaStatus::Failed);
     let effects = h.apply(operator(Action::Retry));
-    assert_eq!(
-        types(&effects),
-        ["operator_action", "finish"],
-        "abandoned: refused"
-    );
+    assert_eq!(types(&effects), ["operator_action"], "abandoned: refused");
 }
 
 #[test]
@@ -839,9 +888,11 @@ fn a_parked_saga_is_retried_with_the_reply_it_could_not_record() {
         vec![completed],
         h.now,
         &mut h.ids,
-    );
+    )
+    .expect("a running saga is parked")
+    .effects;
     h.log.extend(effects.clone());
-    assert_eq!(h.state.phase, Phase::Failed);
+    assert_eq!(h.status(), SagaStatus::Failed);
     assert!(effects.contains(&Effect::Finish));
     let failed = h.last_event_payload(EventType::SagaFailed);
     assert_eq!(failed["parked"], true);
@@ -853,8 +904,8 @@ fn a_parked_saga_is_retried_with_the_reply_it_could_not_record() {
     assert!(h.last_event_payload(EventType::OperatorAction)["refused"].is_string());
     // Retried: allocate's reply is applied, not sent again.
     let effects = h.apply(operator(Action::Retry));
-    assert_eq!(h.state.phase, Phase::Running);
-    assert!(h.state.parked.is_none());
+    assert_eq!(h.status(), SagaStatus::Running);
+    assert!(h.state.parked().is_none());
     assert_eq!(
         h.state.results["allocate"].text(),
         r#"{"robot_ids":["r1"]}"#
@@ -1049,7 +1100,7 @@ fn an_attempt_lost_to_its_ack_or_heartbeat_clock_is_undone() {
     h.tick_at(3_000);
     h.tick_at(3_100);
     h.tick_at(5_100);
-    assert_eq!(h.state.phase, Phase::Compensating);
+    assert_eq!(h.status(), SagaStatus::Compensating);
     let sent = h.sent();
     assert_eq!(
         sent.last().unwrap(),

@@ -9,6 +9,8 @@ pub mod attr {
     pub const DEFINITION_VERSION: &str = "saga.definition_version";
     pub const OUTCOME: &str = "saga.outcome";
     pub const STEP: &str = "saga.step";
+    /// The branch of a fan-out step an attempt belongs to.
+    pub const BRANCH: &str = "saga.branch";
     pub const ATTEMPT: &str = "saga.attempt";
     /// `action` or `compensation`.
     pub const KIND: &str = "saga.command.kind";

@@ -19,23 +19,27 @@ use super::metrics;
 use super::names::attr;
 use crate::definition::SagaDefinition;
 use crate::protocol::{self, CommandKind, EventType, SagaEvent, UnixMillis};
-use crate::saga::{Effect, SagaState, Waiting};
+use crate::saga::{Effect, Exchange, SagaState, Unit, Waiting};
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags, TraceState, Tracer as _,
 };
 use opentelemetry::{global, Context, KeyValue};
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What one saga task knows of its saga's telemetry.
 #[derive(Default)]
 pub struct SagaTelemetry {
-    attempt: Option<Attempt>,
+    /// The attempts under way, by step and branch: several at once when
+    /// steps run in parallel or a fan-out runs branches.
+    attempts: BTreeMap<(String, Option<u32>), Attempt>,
 }
 
 /// The attempt under way: its span, not built yet.
 struct Attempt {
     span_id: protocol::SpanId,
     step: String,
+    branch: Option<u32>,
     command: String,
     kind: CommandKind,
     attempt: u32,
@@ -46,14 +50,14 @@ struct Attempt {
 }
 
 impl SagaTelemetry {
-    /// For a saga taken over with an attempt under way: its span is ended by
-    /// this daemon, under its first id and start time.
+    /// For a saga taken over with attempts under way: their spans are
+    /// ended by this daemon, under their first ids and start times.
     pub fn resumed(state: &SagaState, def: &SagaDefinition) -> Self {
-        let attempt = state.current.as_ref().and_then(|x| {
+        let attempt = |(unit, x): (Unit, &Exchange)| {
             if !matches!(x.waiting, Waiting::Reply { .. }) {
                 return None;
             }
-            let step = def.steps.get(x.step)?;
+            let step = def.steps.get(unit.step)?;
             let (command, stream) = match x.kind {
                 CommandKind::Action => (&step.command, &step.stream),
                 CommandKind::Compensation => {
@@ -61,9 +65,10 @@ impl SagaTelemetry {
                     (&comp.command, &comp.stream)
                 }
             };
-            Some(Attempt {
+            let attempt = Attempt {
                 span_id: x.span_id.clone(),
                 step: step.name.clone(),
+                branch: unit.branch,
                 command: command.clone(),
                 kind: x.kind,
                 attempt: x.attempt,
@@ -71,14 +76,17 @@ impl SagaTelemetry {
                 stream: stream.clone(),
                 started_ms: x.sent_at_ms,
                 progress: Vec::new(),
-            })
-        });
-        Self { attempt }
+            };
+            Some(((step.name.clone(), unit.branch), attempt))
+        };
+        let attempts = state.work.exchanges().filter_map(attempt).collect();
+        Self { attempts }
     }
 
-    /// The request id of the attempt under way, if any.
-    pub fn request_id(&self) -> Option<&str> {
-        self.attempt.as_ref().map(|a| a.request_id.as_str())
+    /// The request id of the attempt under way of a step (or branch).
+    pub fn request_id(&self, step: &str, branch: Option<u32>) -> Option<&str> {
+        let attempt = self.attempts.get(&(step.to_owned(), branch))?;
+        Some(attempt.request_id.as_str())
     }
 
     /// Takes in the effects of a transition just written; `state` is the
@@ -87,21 +95,23 @@ impl SagaTelemetry {
         for effect in effects {
             match effect {
                 Effect::Send { stream, command } => {
-                    self.attempt = Some(Attempt {
+                    let sent_at = (state.work.exchanges())
+                        .find(|(_, x)| x.request_id == command.request_id)
+                        .map_or(state.started_at_ms, |(_, x)| x.sent_at_ms);
+                    let attempt = Attempt {
                         span_id: command.traceparent.span_id.clone(),
                         step: command.step.clone(),
+                        branch: command.branch,
                         command: command.event_type.clone(),
                         kind: command.kind,
                         attempt: command.attempt,
                         request_id: command.request_id.to_string(),
                         stream: stream.clone(),
-                        started_ms: state
-                            .current
-                            .as_ref()
-                            .filter(|x| x.request_id == command.request_id)
-                            .map_or(state.started_at_ms, |x| x.sent_at_ms),
+                        started_ms: sent_at,
                         progress: Vec::new(),
-                    });
+                    };
+                    let key = (command.step.clone(), command.branch);
+                    self.attempts.insert(key, attempt);
                 }
                 Effect::Emit(event) => self.on_event(state, event),
                 _ => {}
@@ -114,7 +124,7 @@ impl SagaTelemetry {
         match event.event_type {
             EventType::SagaStarted => metrics::saga_started(saga),
             EventType::StepProgress | EventType::CompensationProgress => {
-                if let Some(a) = &mut self.attempt {
+                if let Some(a) = self.attempts.get_mut(&key_of(event)) {
                     let percent = event.payload["progress"].as_f64().unwrap_or(0.0);
                     a.progress.push((event.timestamp, percent));
                 }
@@ -143,7 +153,7 @@ impl SagaTelemetry {
                 metrics::step_retried(saga, event.step.as_deref().unwrap_or(""), kind);
             }
             EventType::SagaCompleted | EventType::SagaCompensated | EventType::SagaFailed => {
-                self.attempt = None;
+                self.attempts.clear();
                 end_root(state, event);
             }
             _ => {}
@@ -157,7 +167,7 @@ impl SagaTelemetry {
         outcome: &'static str,
         error: Option<String>,
     ) {
-        let Some(a) = self.attempt.take() else {
+        let Some(a) = self.attempts.remove(&key_of(event)) else {
             return;
         };
         let kind = kind_of(event.event_type);
@@ -172,6 +182,9 @@ impl SagaTelemetry {
             CommandKind::Compensation => "compensate",
         };
         let mut attributes = saga_attributes(state);
+        if let Some(branch) = a.branch {
+            attributes.push(KeyValue::new(attr::BRANCH, i64::from(branch)));
+        }
         attributes.extend([
             KeyValue::new(attr::STEP, a.step.clone()),
             KeyValue::new(attr::COMMAND, a.command),
@@ -185,8 +198,12 @@ impl SagaTelemetry {
             KeyValue::new(attr::MESSAGING_OPERATION_TYPE, "send"),
             KeyValue::new(attr::MESSAGING_MESSAGE_ID, a.request_id),
         ]);
+        let name = match a.branch {
+            Some(branch) => format!("{verb} {}[{branch}]", a.step),
+            None => format!("{verb} {}", a.step),
+        };
         let builder = tracer
-            .span_builder(format!("{verb} {}", a.step))
+            .span_builder(name)
             .with_kind(SpanKind::Producer)
             .with_start_time(time(a.started_ms))
             .with_attributes(attributes);
@@ -260,8 +277,13 @@ fn end_root(state: &SagaState, event: &SagaEvent) {
     span.end_with_timestamp(time(event.timestamp));
 }
 
+/// The attempt an event is about: its step and branch.
+fn key_of(event: &SagaEvent) -> (String, Option<u32>) {
+    (event.step.clone().unwrap_or_default(), event.branch)
+}
+
 fn failure(state: &SagaState) -> String {
-    state.failure.as_ref().map_or_else(
+    state.failure().map_or_else(
         || "failed".to_owned(),
         |f| format!("step {} failed: {}", f.step, f.reason),
     )

@@ -251,6 +251,7 @@ pub fn command_to(reply_stream: &str, event_type: &str, payload: Value) -> Comma
         timestamp: now_ms(),
         ack_timeout_ms: None,
         heartbeat_timeout_ms: None,
+        branch: None,
     }
 }
 
@@ -591,6 +592,7 @@ pub fn numbered_event(saga_id: &SagaId, n: u64) -> sagaflow::protocol::SagaEvent
         event_type: sagaflow::protocol::EventType::StepProgress,
         status: sagaflow::protocol::SagaStatus::Running,
         step: Some("a".into()),
+        branch: None,
         payload: serde_json::json!({ "n": n }),
         timestamp: 0,
     }
@@ -609,4 +611,32 @@ pub fn leases_key() -> String {
 /// Every set of sagas an owner drives in a partition.
 pub async fn owned_sets(conn: &mut impl ConnectionLike) -> Vec<String> {
     must("KEYS", words("KEYS saga:{*}:owned:*").query_async(conn)).await
+}
+
+/// A phase a saga's record can be in, for tests that write records
+/// themselves: ended now, failed or unwound at a step `a`.
+pub fn phase_of(status: sagaflow::protocol::SagaStatus) -> sagaflow::saga::Phase {
+    use sagaflow::protocol::SagaStatus as S;
+    use sagaflow::saga::{Failed, Failure, Halt, Phase};
+    let failure = Failure {
+        step: "a".into(),
+        branch: None,
+        reason: "written by a test".into(),
+        cancelled_by: None,
+    };
+    let ended_at_ms = now_ms();
+    match status {
+        S::Running => Phase::Running,
+        S::Compensating => Phase::Compensating(failure),
+        S::Completed => Phase::Completed { ended_at_ms },
+        S::Compensated => Phase::Compensated {
+            failure,
+            ended_at_ms,
+        },
+        _ => Phase::Failed(Failed {
+            ended_at_ms,
+            halt: Halt::Compensation { failure },
+            abandoned_by: None,
+        }),
+    }
 }

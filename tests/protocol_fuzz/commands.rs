@@ -76,6 +76,7 @@ pub fn command() -> impl Strategy<Value = Command> {
                     // the values drawn.
                     ack_timeout_ms: (ts % 3 == 0).then_some(deadline / 7),
                     heartbeat_timeout_ms: (deadline % 2 == 0).then_some(ts / 5),
+                    branch: (ts % 5 == 0).then_some(attempt),
                 }
             },
         )

@@ -147,6 +147,7 @@ fn json_nested_100000_deep_is_refused_everywhere() {
         timestamp: 1,
         ack_timeout_ms: None,
         heartbeat_timeout_ms: None,
+        branch: None,
     };
     let mut fields = raw(cmd.to_fields());
     fields.insert("payload".into(), deep.into_bytes());

@@ -285,8 +285,9 @@ pub fn check_events(case: &ReplyCase) {
         reply_stream: "saga:replies:fuzz".into(),
         input: serde_json::json!({"area": "a"}),
     };
-    let (mut state, effects) = start(&def, init, 1_000, &mut ids);
-    let awaited = effects
+    let (mut state, started) = start(&def, init, 1_000, &mut ids);
+    let awaited = started
+        .effects
         .iter()
         .find_map(|e| match e {
             Effect::Send { command, .. } => Some(command.request_id.clone()),
@@ -298,8 +299,10 @@ pub fn check_events(case: &ReplyCase) {
     let Ok(reply) = Reply::from_fields(&fields) else {
         return;
     };
-    let effects = apply(&mut state, &def, Event::Reply(reply), 1_001, &mut ids);
-    for effect in &effects {
+    let Ok(applied) = apply(&mut state, &def, Event::Reply(reply), 1_001, &mut ids) else {
+        return;
+    };
+    for effect in &applied.effects {
         match effect {
             Effect::Emit(ev) => {
                 let p = &ev.payload;

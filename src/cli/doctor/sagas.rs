@@ -85,10 +85,9 @@ pub(super) async fn findings(
     for id in &failed {
         if let Ok(Some(record)) = crate::operator::read(conn, settings, id).await {
             let s = &record.state;
-            if s.phase == Phase::Failed && !s.abandoned {
+            if matches!(s.phase, Phase::Failed(_)) && s.abandoned_by().is_none() {
                 let at = s
-                    .failure
-                    .as_ref()
+                    .failure()
                     .map_or(String::new(), |f| format!(", at {}", f.step));
                 stuck.push(format!("{id} ({}{at})", s.saga));
             }

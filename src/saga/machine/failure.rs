@@ -1,46 +1,65 @@
 //! The failure side of the saga rules: an attempt that failed or timed out
-//! is retried, or ends its step; a step that failed for good starts the
-//! unwinding, compensations run in reverse order, and the saga ends
-//! compensated, or failed when a compensation cannot complete.
+//! is retried, or ends its unit; a unit that failed for good unwinds the
+//! saga, and compensations undo what was done.
+//!
+//! **Unwinding.** When a step or branch fails for good, nothing new starts:
+//! no step, no branch, no retry. Attempts already sent run to their end
+//! (their reply, or a clock running out), so that what they did is known:
+//! a completed one is undone, a failed one is not, and one that timed out
+//! is undone as if it had completed (its effect is unknown). Then every
+//! unit to undo is undone, in reverse order of the graph: a unit's
+//! compensation starts once every unit of the steps that waited for its
+//! step (directly or not) is undone, skipped or never ran. Units with no
+//! such path between them (the branches of one fan-out, steps on parallel
+//! paths) are undone at the same time, a fan-out's branches at most
+//! `max_concurrency` at once; among those ready together, the unit that
+//! completed last starts first. A sequence of steps is therefore undone
+//! strictly in reverse, as before branches existed. A compensation that
+//! fails for good holds back only the units that must wait for it; the
+//! saga ends failed once nothing else can be undone.
 
-use super::{ms, Machine, Miss};
+use super::{ms, payload, Machine, Miss};
 use crate::protocol::{CommandKind, EventType};
 use crate::saga::backoff::retry_delay;
-use crate::saga::state::{Exchange, Failure, Phase, Waiting};
-use serde_json::json;
+use crate::saga::state::{Exchange, Failed, Failure, Halt, Phase, Unit, UnitState, Waiting};
+use std::collections::BTreeSet;
 
 impl Machine<'_> {
     /// An attempt that ended without completing: retried if its policy
-    /// allows, else the step (or the compensation) has failed for good.
-    pub(super) fn on_failed(&mut self, x: &Exchange, step: String, miss: Miss) {
-        let policy = self.policy(x);
+    /// allows (and, for an action, while the saga still goes forward),
+    /// else its unit has failed for good.
+    pub(super) fn on_failed(&mut self, unit: Unit, x: &Exchange, miss: Miss) {
+        let policy = self.policy(unit, x);
         let (error, retryable, timed_out) = match &miss {
             Miss::Failed { error, retryable } => (error.clone(), *retryable, false),
             Miss::TimedOut { reason, .. } => (reason.clone(), true, true),
         };
         let any_timeout = x.timed_out || timed_out;
-        if retryable && x.attempt < policy.max_attempts {
+        let forward = x.kind == CommandKind::Compensation || self.state.phase == Phase::Running;
+        if retryable && x.attempt < policy.max_attempts && forward {
             let delay = ms(retry_delay(&policy, x.attempt));
-            self.state.current = Some(Exchange {
+            let backoff = Exchange {
                 waiting: Waiting::Backoff {
                     until_ms: self.now.saturating_add(delay),
                 },
                 timed_out: any_timeout,
                 ..x.clone()
-            });
-            self.emit_miss(x, &step, &miss);
-            let retrying = match x.kind {
-                CommandKind::Action => EventType::StepRetrying,
-                CommandKind::Compensation => EventType::CompensationRetrying,
             };
-            self.emit(
-                retrying,
-                Some(&step),
-                json!({ "attempt": x.attempt + 1, "delay_ms": delay }),
-            );
+            let (state, retrying) = match x.kind {
+                CommandKind::Action => (UnitState::Acting(backoff), EventType::StepRetrying),
+                CommandKind::Compensation => {
+                    (UnitState::Undoing(backoff), EventType::CompensationRetrying)
+                }
+            };
+            self.set_unit(unit, state);
+            self.emit_miss(unit, x, &miss);
+            let retry = payload::Retrying {
+                attempt: x.attempt + 1,
+                delay_ms: delay,
+            };
+            self.emit(retrying, Some(unit), &retry);
             return;
         }
-        self.state.current = None;
         let reason = if retryable && x.attempt > 1 {
             format!("{error} (after {} attempts)", x.attempt)
         } else {
@@ -48,114 +67,220 @@ impl Machine<'_> {
         };
         match x.kind {
             CommandKind::Action => {
-                self.fail_saga(x.step, reason, any_timeout);
-                self.emit_miss(x, &step, &miss);
-                self.next_compensation();
+                self.end_action(unit, any_timeout);
+                self.fail_saga(unit, reason);
+                self.emit_miss(unit, x, &miss);
             }
             CommandKind::Compensation => {
-                self.state.phase = Phase::Failed;
-                self.state.ended_at_ms = Some(self.now);
-                self.state.stuck_at = Some(x.step);
-                self.emit_miss(x, &step, &miss);
-                let failure = self
-                    .state
-                    .failure
-                    .clone()
-                    .expect("compensating implies a failure");
-                let compensation = self.command_name(x).to_owned();
-                self.emit(
-                    EventType::SagaFailed,
-                    Some(&step),
-                    json!({
-                        "failed_step": failure.step,
-                        "reason": failure.reason,
-                        "compensation": step,
-                        "compensation_command": compensation,
-                        "error": reason,
-                        "compensated": self.state.undone,
-                    }),
-                );
+                self.set_unit(unit, UnitState::Stuck { error: reason });
+                self.emit_miss(unit, x, &miss);
             }
+        }
+        self.advance();
+    }
+
+    /// Ends a unit's action without completion; with an effect unknown it
+    /// is to be undone.
+    fn end_action(&mut self, unit: Unit, effect_unknown: bool) {
+        self.set_unit(unit, UnitState::Ended { effect_unknown });
+        if effect_unknown {
+            self.st().work.done.push(unit);
         }
     }
 
     /// The event of an attempt that failed or timed out.
-    pub(super) fn emit_miss(&mut self, x: &Exchange, step: &str, miss: &Miss) {
+    pub(super) fn emit_miss(&mut self, unit: Unit, x: &Exchange, miss: &Miss) {
         let action = x.kind == CommandKind::Action;
         match miss {
             Miss::TimedOut { clock, .. } => {
-                let event = if action {
-                    EventType::StepTimedOut
-                } else {
-                    EventType::CompensationTimedOut
+                let event = match action {
+                    true => EventType::StepTimedOut,
+                    false => EventType::CompensationTimedOut,
                 };
-                self.emit(
-                    event,
-                    Some(step),
-                    json!({ "attempt": x.attempt, "request_id": x.request_id, "timeout": clock.as_str() }),
-                );
+                let timed_out = payload::AttemptTimedOut {
+                    attempt: x.attempt,
+                    request_id: x.request_id.clone(),
+                    timeout: clock.as_str().to_owned(),
+                };
+                self.emit(event, Some(unit), &timed_out);
             }
             Miss::Failed { error, retryable } => {
-                let event = if action {
-                    EventType::StepFailed
-                } else {
-                    EventType::CompensationFailed
+                let event = match action {
+                    true => EventType::StepFailed,
+                    false => EventType::CompensationFailed,
                 };
-                self.emit(
-                    event,
-                    Some(step),
-                    json!({ "attempt": x.attempt, "error": error, "retryable": retryable, "request_id": x.request_id }),
-                );
+                let failed = payload::AttemptFailed {
+                    attempt: x.attempt,
+                    error: error.clone(),
+                    retryable: *retryable,
+                    request_id: Some(x.request_id.clone()),
+                };
+                self.emit(event, Some(unit), &failed);
             }
         }
     }
 
-    /// Records the failure and queues the steps to undo, in reverse order:
-    /// every completed step, and the failing one if its effect is unknown.
-    pub(super) fn fail_saga(&mut self, index: usize, reason: String, undo_failing_step: bool) {
-        self.state.phase = Phase::Compensating;
-        self.state.failure = Some(Failure {
-            step: self.def.steps[index].name.clone(),
+    /// A unit failed for good: the saga starts unwinding, if it was not
+    /// already. Actions waiting to be retried stop; those sent run on.
+    pub(super) fn fail_saga(&mut self, unit: Unit, reason: String) {
+        if self.state.phase != Phase::Running {
+            return;
+        }
+        let failure = Failure {
+            step: self.step_name(unit.step).to_owned(),
+            branch: unit.branch,
             reason,
             cancelled_by: None,
-        });
-        let mut queue: Vec<usize> = (0..index).rev().collect();
-        if undo_failing_step {
-            queue.insert(0, index);
-        }
-        for i in queue {
-            if self.def.steps[i].compensation.is_some() {
-                self.state.to_undo.push(i);
-            } else {
-                self.state.skipped.push(self.def.steps[i].name.clone());
-            }
+        };
+        self.st().phase = Phase::Compensating(failure);
+        let waiting: Vec<(Unit, bool)> = (self.state.work.units())
+            .filter_map(|(u, s)| match s {
+                UnitState::Acting(x) if matches!(x.waiting, Waiting::Backoff { .. }) => {
+                    Some((u, x.timed_out))
+                }
+                _ => None,
+            })
+            .collect();
+        for (unit, timed_out) in waiting {
+            self.end_action(unit, timed_out);
         }
     }
 
-    pub(super) fn next_compensation(&mut self) {
-        if self.state.to_undo.is_empty() {
-            self.state.phase = Phase::Compensated;
-            self.state.ended_at_ms = Some(self.now);
-            let failure = self
-                .state
-                .failure
-                .clone()
-                .expect("compensating implies a failure");
-            self.emit(EventType::SagaCompensated, None, {
-                let mut payload = json!({
-                    "failed_step": failure.step,
-                    "reason": failure.reason,
-                    "compensated": self.state.undone,
-                    "skipped": self.state.skipped,
-                });
-                if let Some(by) = &failure.cancelled_by {
-                    payload["cancelled_by"] = by.as_str().into();
-                }
-                payload
-            });
-        } else {
-            let next = self.state.to_undo.remove(0);
-            self.send_compensation(next, 1);
+    /// One round of unwinding; true if anything started or ended.
+    pub(super) fn unwind(&mut self) -> bool {
+        let work = &self.state.work;
+        if work.units().any(|(_, s)| matches!(s, UnitState::Acting(_))) {
+            // Actions under way first: what they did decides what to undo.
+            return false;
         }
+        let mut progressed = false;
+        // Newest first: the order of undoing among units ready together.
+        let to_undo: Vec<Unit> = (work.done.iter().rev())
+            .filter(|u| work.get(**u).is_some_and(UnitState::to_undo))
+            .copied()
+            .collect();
+        let mut waiting = Vec::new();
+        for unit in to_undo {
+            if self.def.steps[unit.step].compensation.is_none() {
+                self.set_unit(unit, UnitState::Skipped { by_hand: false });
+                self.st().work.skipped.push(unit);
+                progressed = true;
+            } else {
+                waiting.push(unit);
+            }
+        }
+        let held = self.steps_holding_back();
+        for unit in waiting {
+            let blocked = held
+                .iter()
+                .any(|&later| later != unit.step && self.waits_for(later, unit.step));
+            if blocked || self.undoing(unit.step) >= self.concurrency(unit.step) {
+                continue;
+            }
+            self.send_compensation(unit, 1);
+            progressed = true;
+        }
+        let work = &self.state.work;
+        let busy = work
+            .units()
+            .any(|(_, s)| matches!(s, UnitState::Undoing(_)));
+        if busy {
+            return progressed;
+        }
+        let Phase::Compensating(failure) = &self.state.phase else {
+            return progressed;
+        };
+        let failure = failure.clone();
+        if self.state.stuck().next().is_some() {
+            self.end_failed(failure);
+        } else {
+            self.end_compensated(failure);
+        }
+        true
+    }
+
+    /// Steps with a unit that others may have to wait for: still to undo,
+    /// being undone, or stuck.
+    fn steps_holding_back(&self) -> BTreeSet<usize> {
+        let holds = |s: &UnitState| {
+            s.to_undo() || matches!(s, UnitState::Undoing(_) | UnitState::Stuck { .. })
+        };
+        (self.state.work.units())
+            .filter(|(_, s)| holds(s))
+            .map(|(u, _)| u.step)
+            .collect()
+    }
+
+    /// Whether step `later` waits for step `earlier`, directly or not.
+    fn waits_for(&self, later: usize, earlier: usize) -> bool {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![later];
+        while let Some(step) = stack.pop() {
+            for &dep in &self.def.steps[step].after {
+                if dep == earlier {
+                    return true;
+                }
+                if seen.insert(dep) {
+                    stack.push(dep);
+                }
+            }
+        }
+        false
+    }
+
+    /// Units of `step` whose compensation is under way.
+    fn undoing(&self, step: usize) -> usize {
+        let work = self.state.work.steps.get(&step);
+        let units = work.map_or(&[][..], |w| &w.units[..]);
+        units
+            .iter()
+            .filter(|s| matches!(s, UnitState::Undoing(_)))
+            .count()
+    }
+
+    fn labels(&self, units: &[Unit]) -> Vec<String> {
+        units.iter().map(|u| self.label(*u)).collect()
+    }
+
+    fn end_compensated(&mut self, failure: Failure) {
+        let compensated = payload::SagaCompensated {
+            failed_step: failure.step.clone(),
+            reason: failure.reason.clone(),
+            compensated: self.labels(&self.state.work.undone),
+            skipped: self.labels(&self.state.work.skipped),
+            cancelled_by: failure.cancelled_by.clone(),
+        };
+        self.st().phase = Phase::Compensated {
+            failure,
+            ended_at_ms: self.now,
+        };
+        self.emit(EventType::SagaCompensated, None, &compensated);
+    }
+
+    fn end_failed(&mut self, failure: Failure) {
+        let stuck: Vec<(Unit, String)> = (self.state.stuck())
+            .map(|(u, e)| (u, e.to_owned()))
+            .collect();
+        let (first, error) = stuck.first().cloned().expect("a compensation is stuck");
+        let compensation_command = self.target(first.step, CommandKind::Compensation).command;
+        let failed = payload::SagaFailed {
+            failed_step: failure.step.clone(),
+            reason: failure.reason.clone(),
+            compensation: Some(self.label(first)),
+            compensation_command: Some(compensation_command.to_owned()),
+            error,
+            compensated: self.labels(&self.state.work.undone),
+            stuck: match stuck.len() {
+                1 => Vec::new(),
+                _ => stuck.iter().map(|(u, _)| self.label(*u)).collect(),
+            },
+            parked: false,
+        };
+        self.st().phase = Phase::Failed(Failed {
+            ended_at_ms: self.now,
+            halt: Halt::Compensation { failure },
+            abandoned_by: None,
+        });
+        self.emit(EventType::SagaFailed, Some(first), &failed);
     }
 }

@@ -1,15 +1,29 @@
 //! The transition function: `start` makes a saga, `apply` moves it on.
+//!
+//! A saga's steps form a graph (`after:`); a step starts once every step it
+//! waits for has completed, and a fan-out step (`for_each:`) runs one
+//! branch per element of its list, at most `max_concurrency` at once. Each
+//! step, or branch, is a [`Unit`] with its own command exchange. This file
+//! holds the forward path; `failure.rs` the unwinding, `operator.rs` what
+//! operators do.
 
 use super::ids::IdSource;
-use super::state::{Clock, Exchange, Phase, SagaState, Waiting};
+use super::state::{Clock, Exchange, Phase, SagaState, StepWork, Unit, UnitState, Waiting, Work};
 use crate::definition::template::Context;
-use crate::definition::{Clocks, ReplyMode, RetryPolicy, SagaDefinition, Template};
+use crate::definition::{Clocks, ReplyMode, RetryPolicy, SagaDefinition, Template, MAX_BRANCHES};
+use crate::protocol::payload;
 use crate::protocol::{
     Command, CommandKind, CorrelationId, EventType, Json, Reply, ReplyStatus, SagaEvent, SagaId,
     SpanId, TraceId, TraceParent, UnixMillis,
 };
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 use std::time::Duration;
+
+mod failure;
+mod operator;
+
+pub use operator::{Action, OperatorRequest};
 
 /// What happens to a saga. Events are moved once from the reader to the
 /// machine, never stored in bulk, so the size gap between variants is fine.
@@ -17,7 +31,8 @@ use std::time::Duration;
 #[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// A reply for this saga arrived (the router matched its `saga_id` or
-    /// `request_id`; whether it is the awaited one is decided here).
+    /// `request_id`; whether an attempt under way awaits it is decided
+    /// here).
     Reply(Reply),
     /// Time passed: a deadline or a backoff may be due.
     Tick,
@@ -25,12 +40,11 @@ pub enum Event {
     Operator(OperatorRequest),
 }
 
-/// What the driver must do, in order, after a transition.
+/// What the driver must do after a transition, in order: the commands and
+/// events are written together with the state (when it changed), the
+/// timer and the end come after.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
-    /// Write the new state, together with the commands and events of this
-    /// transition.
-    Persist,
     Send {
         stream: String,
         command: Command,
@@ -42,6 +56,32 @@ pub enum Effect {
     },
     /// The saga has ended; nothing more will happen to it.
     Finish,
+}
+
+/// What one event did to a saga.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    pub effects: Vec<Effect>,
+    /// Whether the saga's state changed and must be written. A progress
+    /// report, or an operator's request refused, is recorded on the audit
+    /// stream only.
+    pub changed: bool,
+}
+
+/// Why an event did nothing to a saga.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ignored {
+    /// The saga has ended: only an operator's request moves it now.
+    Ended,
+    /// No attempt under way awaits this reply: an earlier attempt's, a
+    /// duplicate, another saga's, or (without `request_id`) one that could
+    /// be the reply of more than one branch.
+    NotAwaited,
+    /// The reply reached Redis after one of its attempt's clocks ran out:
+    /// the timeout wins, even if it has not been seen yet.
+    Late,
+    /// A tick with nothing due: the timer's clock ran a little ahead.
+    NothingDue,
 }
 
 /// Everything a new saga starts from.
@@ -59,13 +99,13 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Creates a saga and sends its first command.
+/// Creates a saga and starts the steps that wait for none.
 pub fn start(
     def: &SagaDefinition,
     init: SagaInit,
     now: UnixMillis,
     ids: &mut dyn IdSource,
-) -> (SagaState, Vec<Effect>) {
+) -> (SagaState, Transition) {
     let mut state = SagaState {
         saga_id: init.saga_id,
         saga: def.name.clone(),
@@ -78,27 +118,21 @@ pub fn start(
         input: Json::of(&init.input),
         results: Default::default(),
         phase: Phase::Running,
-        current: None,
-        failure: None,
-        to_undo: Vec::new(),
-        stuck_at: None,
-        abandoned: false,
+        work: Work::default(),
         rescues: 0,
-        parked: None,
-        undone: Vec::new(),
-        skipped: Vec::new(),
         started_at_ms: now,
-        ended_at_ms: None,
     };
     let mut m = Machine::new(&mut state, def, now, ids);
-    m.emit(
-        EventType::SagaStarted,
-        None,
-        json!({ "input": init.input, "trace_id": m.state.trace_id }),
-    );
-    m.send_action(0, 1, false);
-    let effects = m.finish();
-    (state, effects)
+    let trace_id = m.state.trace_id.clone();
+    let started = payload::SagaStarted {
+        input: init.input,
+        trace_id,
+    };
+    m.emit(EventType::SagaStarted, None, &started);
+    m.advance();
+    let mut transition = m.finish();
+    transition.changed = true;
+    (state, transition)
 }
 
 /// Moves a saga on by one event.
@@ -108,19 +142,19 @@ pub fn apply(
     event: Event,
     now: UnixMillis,
     ids: &mut dyn IdSource,
-) -> Vec<Effect> {
+) -> Result<Transition, Ignored> {
     // Operators may rescue a saga that failed; nothing else moves an ended
     // saga.
     if state.phase.is_terminal() && !matches!(event, Event::Operator(_)) {
-        return Vec::new();
+        return Err(Ignored::Ended);
     }
     let mut m = Machine::new(state, def, now, ids);
     match event {
-        Event::Reply(reply) => m.on_reply(reply),
-        Event::Tick => m.on_tick(),
+        Event::Reply(reply) => m.on_reply(reply)?,
+        Event::Tick => m.on_tick()?,
         Event::Operator(request) => m.on_operator(request),
     }
-    m.finish()
+    Ok(m.finish())
 }
 
 /// Sets a saga aside as failed because one of its transitions can never
@@ -136,30 +170,25 @@ pub fn park(
     replies: Vec<Reply>,
     now: UnixMillis,
     ids: &mut dyn IdSource,
-) -> Vec<Effect> {
+) -> Result<Transition, Ignored> {
     if state.phase.is_terminal() {
-        return Vec::new();
+        return Err(Ignored::Ended);
     }
     let mut m = Machine::new(state, def, now, ids);
     m.park(reason, replies);
-    m.finish()
+    Ok(m.finish())
 }
 
 struct Machine<'a> {
+    /// Read freely; written only through [`Machine::st`], which notes the
+    /// change.
     state: &'a mut SagaState,
     def: &'a SagaDefinition,
     now: UnixMillis,
     ids: &'a mut dyn IdSource,
     effects: Vec<Effect>,
-    /// Set when the state changed without an event saying so: a reply
-    /// that moved an attempt's clocks on.
-    touched: bool,
+    changed: bool,
 }
-
-mod failure;
-mod operator;
-
-pub use operator::{Action, OperatorRequest};
 
 /// How an attempt ended without completing.
 enum Miss {
@@ -198,81 +227,120 @@ impl<'a> Machine<'a> {
             now,
             ids,
             effects: Vec::new(),
-            touched: false,
+            changed: false,
         }
     }
 
-    /// Orders the effects: persist first, then commands and events, timer
-    /// and finish last. The driver writes the first three in one go.
-    fn finish(mut self) -> Vec<Effect> {
-        if self.effects.is_empty() && !self.touched {
-            return self.effects;
+    /// The state, to change it.
+    fn st(&mut self) -> &mut SagaState {
+        self.changed = true;
+        self.state
+    }
+
+    /// Sets a unit's state, starting the unit if it is the next of its
+    /// step.
+    fn set_unit(&mut self, unit: Unit, to: UnitState) {
+        let work = self.st().work.steps.get_mut(&unit.step);
+        let work = work.expect("a unit of a step that has started");
+        match work.units.get_mut(unit.slot()) {
+            Some(slot) => *slot = to,
+            None => {
+                debug_assert_eq!(work.units.len(), unit.slot(), "units start in order");
+                work.units.push(to);
+            }
         }
-        // Progress, and an operator's request refused, are recorded on the
-        // audit stream but change no state.
-        let changed = self.touched
-            || !self.effects.iter().all(|e| {
-            matches!(e, Effect::Emit(ev) if matches!(
-                ev.event_type,
-                EventType::StepProgress | EventType::CompensationProgress
-            ) || (ev.event_type == EventType::OperatorAction && ev.payload.get("refused").is_some()))
-        });
-        if changed {
-            self.effects.insert(0, Effect::Persist);
-        }
+    }
+
+    fn unit_state(&self, unit: Unit) -> Option<&UnitState> {
+        self.state.work.get(unit)
+    }
+
+    /// Adds the timer and the end, and says whether the state changed.
+    fn finish(mut self) -> Transition {
         let terminal = self.state.phase.is_terminal();
-        if let Some(at_ms) = self.state.wake_at().filter(|_| changed && !terminal) {
+        if let Some(at_ms) = self.state.wake_at().filter(|_| self.changed && !terminal) {
             self.effects.push(Effect::ArmTimer { at_ms });
         }
-        if terminal {
+        if terminal && self.changed {
             self.effects.push(Effect::Finish);
         }
-        self.effects
+        Transition {
+            effects: self.effects,
+            changed: self.changed,
+        }
     }
 
-    fn emit(&mut self, event_type: EventType, step: Option<&str>, payload: Value) {
+    fn step_name(&self, step: usize) -> &'a str {
+        let def: &'a SagaDefinition = self.def;
+        &def.steps[step].name
+    }
+
+    /// `<step>`, or `<step>[<branch>]` for a branch.
+    fn label(&self, unit: Unit) -> String {
+        let name = self.step_name(unit.step);
+        match unit.branch {
+            Some(b) => format!("{name}[{b}]"),
+            None => name.to_owned(),
+        }
+    }
+
+    /// Records an audit event about the saga, a step (`branch: None`) or a
+    /// branch.
+    fn emit(&mut self, event_type: EventType, unit: Option<Unit>, payload: &impl Serialize) {
+        let payload = serde_json::to_value(payload).expect("payloads always serialize");
         self.effects.push(Effect::Emit(SagaEvent {
             correlation_id: self.state.correlation_id.clone(),
             saga_id: Some(self.state.saga_id.clone()),
             saga: self.state.saga.clone(),
             event_type,
             status: self.state.phase.status(),
-            step: step.map(str::to_owned),
+            step: unit.map(|u| self.step_name(u.step).to_owned()),
+            branch: unit.and_then(|u| u.branch),
             payload,
             timestamp: self.now,
         }));
     }
 
     fn context_payload(&self, with_failure: bool) -> Value {
-        let steps: Map<String, Value> = self
-            .state
-            .results
-            .iter()
-            .map(|(name, result)| (name.clone(), json!({ "result": result.value() })))
+        let steps: Map<String, Value> = (self.state.results.iter())
+            .map(|(name, result)| {
+                (
+                    name.clone(),
+                    serde_json::json!({ "result": result.value() }),
+                )
+            })
             .collect();
-        let mut ctx = json!({ "input": self.state.input.value(), "steps": steps });
-        if let (true, Some(f)) = (with_failure, &self.state.failure) {
-            ctx["failure"] = json!({ "step": f.step, "reason": f.reason });
+        let mut ctx = serde_json::json!({ "input": self.state.input.value(), "steps": steps });
+        if let (true, Some(f)) = (with_failure, self.state.failure()) {
+            ctx["failure"] = serde_json::json!({ "step": f.step, "reason": f.reason });
         }
         ctx
     }
 
-    fn render(&self, template: Option<&Template>, kind: CommandKind) -> Result<Value, String> {
+    fn render(
+        &self,
+        template: Option<&Template>,
+        kind: CommandKind,
+        unit: Unit,
+    ) -> Result<Value, String> {
         let compensation = kind == CommandKind::Compensation;
+        let item = self.state.work.item(unit).map(Json::value);
         let Some(template) = template else {
-            return Ok(self.context_payload(compensation));
+            let mut payload = self.context_payload(compensation);
+            if let (Some(item), Some(branch)) = (item, unit.branch) {
+                payload["item"] = item;
+                payload["index"] = branch.into();
+            }
+            return Ok(payload);
         };
-        let failure = self
-            .state
-            .failure
-            .as_ref()
-            .map(|f| (f.step.as_str(), f.reason.as_str()));
+        let failure = (self.state.failure()).map(|f| (f.step.as_str(), f.reason.as_str()));
         let ctx = Context {
             input: &self.state.input,
             results: &self.state.results,
             saga_id: self.state.saga_id.as_str(),
             correlation_id: self.state.correlation_id.as_str(),
             failure,
+            item: item.as_ref().zip(unit.branch.map(|b| b as usize)),
         };
         template.render(&ctx, compensation).map_err(|e| e.0)
     }
@@ -309,58 +377,255 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// Sends attempt `attempt` of step `index`'s action.
-    fn send_action(&mut self, index: usize, attempt: u32, timed_out: bool) {
-        let target = self.target(index, CommandKind::Action);
-        match self.render(target.input, CommandKind::Action) {
-            Ok(payload) => self.send(index, CommandKind::Action, attempt, timed_out, payload),
-            Err(reason) => {
-                // A payload that cannot be built will not be buildable on a
-                // retry either: the step fails at once.
-                let name = self.def.steps[index].name.clone();
-                let reason = format!("cannot build the input of step `{name}`: {reason}");
-                self.state.current = None;
-                self.fail_saga(index, reason.clone(), timed_out);
-                self.emit(
-                    EventType::StepFailed,
-                    Some(&name),
-                    json!({ "attempt": attempt, "error": reason, "retryable": false }),
-                );
-                self.next_compensation();
+    /// Branches of step `step` under way at once, at most.
+    fn concurrency(&self, step: usize) -> usize {
+        let for_each = self.def.steps[step].for_each.as_ref();
+        let max = for_each.and_then(|f| f.max_concurrency);
+        max.map_or(usize::MAX, |m| m as usize).max(1)
+    }
+
+    // ------------------------------------------------------ going forward
+
+    /// Starts what can start, until nothing more can: while running, the
+    /// steps whose dependencies completed and the next branches of
+    /// fan-outs, and the saga's completion; while unwinding, the
+    /// compensations (see `failure.rs`).
+    fn advance(&mut self) {
+        loop {
+            let progressed = match self.state.phase {
+                Phase::Running => self.run_forward(),
+                Phase::Compensating(_) => self.unwind(),
+                _ => false,
+            };
+            if !progressed {
+                return;
             }
         }
     }
 
-    /// Sends attempt `attempt` of the compensation of step `index`.
-    fn send_compensation(&mut self, index: usize, attempt: u32) {
-        let target = self.target(index, CommandKind::Compensation);
+    /// One round of going forward; true if anything started or ended.
+    fn run_forward(&mut self) -> bool {
+        let def = self.def;
+        let work = &self.state.work;
+        let done = |s: &usize| work.steps.get(s).is_some_and(StepWork::completed);
+        if def.steps.iter().enumerate().all(|(i, _)| done(&i)) {
+            self.complete_saga();
+            return true;
+        }
+        let ready: Vec<usize> = (0..def.steps.len())
+            .filter(|i| !work.steps.contains_key(i) && def.steps[*i].after.iter().all(done))
+            .collect();
+        let mut progressed = false;
+        for step in ready {
+            if !matches!(self.state.phase, Phase::Running) {
+                return true;
+            }
+            self.begin_step(step);
+            progressed = true;
+        }
+        let fan_outs: Vec<usize> = (self.state.work.steps.iter())
+            .filter(|(_, w)| w.items.is_some() && w.units.len() < w.total())
+            .map(|(s, _)| *s)
+            .collect();
+        for step in fan_outs {
+            if !matches!(self.state.phase, Phase::Running) {
+                return true;
+            }
+            progressed |= self.fill(step);
+        }
+        progressed
+    }
+
+    fn complete_saga(&mut self) {
+        self.st().phase = Phase::Completed {
+            ended_at_ms: self.now,
+        };
+        let results: Map<String, Value> = (self.state.results.iter())
+            .map(|(name, result)| (name.clone(), result.value()))
+            .collect();
+        self.emit(
+            EventType::SagaCompleted,
+            None,
+            &payload::SagaCompleted { results },
+        );
+    }
+
+    /// Starts a step whose dependencies have completed: its command, or
+    /// its fan-out's first branches.
+    fn begin_step(&mut self, step: usize) {
+        let Some(for_each) = &self.def.steps[step].for_each else {
+            self.st().work.steps.insert(
+                step,
+                StepWork {
+                    items: None,
+                    units: Vec::new(),
+                },
+            );
+            self.send_action(Unit::step(step), 1, false);
+            return;
+        };
+        let items = match self.items_of(&for_each.items) {
+            Ok(items) => items,
+            Err(reason) => {
+                // A list that cannot be taken now never will be: the step
+                // fails at once, with nothing of it to undo.
+                let name = self.step_name(step);
+                let reason = format!("cannot take the list of step `{name}`: {reason}");
+                self.fail_saga(Unit::step(step), reason.clone());
+                self.emit_failed_to_build(Unit::step(step), 1, &reason);
+                return;
+            }
+        };
+        let branches = items.len();
+        self.st().work.steps.insert(
+            step,
+            StepWork {
+                items: Some(items),
+                units: Vec::new(),
+            },
+        );
+        let max_concurrency = self.concurrency(step).min(branches.max(1));
+        let started = payload::FanOutStarted {
+            branches,
+            max_concurrency,
+        };
+        self.emit(EventType::StepStarted, Some(Unit::step(step)), &started);
+        if branches == 0 {
+            self.complete_fan_out(step);
+        } else {
+            self.fill(step);
+        }
+    }
+
+    /// The elements of a fan-out's list, or why there are none.
+    fn items_of(&self, expr: &crate::definition::template::Expr) -> Result<Vec<Json>, String> {
+        let ctx = Context {
+            input: &self.state.input,
+            results: &self.state.results,
+            saga_id: self.state.saga_id.as_str(),
+            correlation_id: self.state.correlation_id.as_str(),
+            failure: None,
+            item: None,
+        };
+        let value = Template::Expr(expr.clone())
+            .render(&ctx, false)
+            .map_err(|e| e.0)?;
+        let Value::Array(items) = value else {
+            return Err(format!("`{expr}` is not a list"));
+        };
+        if items.len() > MAX_BRANCHES {
+            return Err(format!(
+                "`{expr}` has {} elements, more than the {MAX_BRANCHES} branches a fan-out may have",
+                items.len()
+            ));
+        }
+        Ok(items.iter().map(Json::of).collect())
+    }
+
+    /// Starts the next branches of a fan-out, up to its concurrency. True
+    /// if any started.
+    fn fill(&mut self, step: usize) -> bool {
+        let max = self.concurrency(step);
+        let mut started = false;
+        loop {
+            let Some(work) = self.state.work.steps.get(&step) else {
+                return started;
+            };
+            let running = (work.units.iter())
+                .filter(|u| matches!(u, UnitState::Acting(_)))
+                .count();
+            let next = work.units.len();
+            if running >= max || next >= work.total() || !matches!(self.state.phase, Phase::Running)
+            {
+                return started;
+            }
+            let unit = work.unit(step, next);
+            self.send_action(unit, 1, false);
+            started = true;
+        }
+    }
+
+    /// Gathers a fan-out's results, in the order of its elements, once
+    /// every branch completed.
+    fn complete_fan_out(&mut self, step: usize) {
+        let work = self.st().work.steps.get_mut(&step).expect("started");
+        let results: Vec<Value> = (work.units.iter_mut())
+            .map(|u| match u {
+                UnitState::Completed { result } => result.take().map_or(Value::Null, |r| r.value()),
+                _ => Value::Null,
+            })
+            .collect();
+        let branches = results.len();
+        let result = Value::Array(results);
+        let name = self.step_name(step).to_owned();
+        self.st().results.insert(name, Json::of(&result));
+        let completed = payload::FanOutCompleted { branches, result };
+        self.emit(EventType::StepCompleted, Some(Unit::step(step)), &completed);
+    }
+
+    /// Sends attempt `attempt` of a unit's action.
+    fn send_action(&mut self, unit: Unit, attempt: u32, timed_out: bool) {
+        let target = self.target(unit.step, CommandKind::Action);
+        match self.render(target.input, CommandKind::Action, unit) {
+            Ok(payload) => self.send(unit, CommandKind::Action, attempt, timed_out, payload),
+            Err(reason) => {
+                // A payload that cannot be built will not be buildable on a
+                // retry either: the unit fails at once.
+                let name = self.step_name(unit.step);
+                let reason = format!("cannot build the input of step `{name}`: {reason}");
+                self.set_unit(
+                    unit,
+                    UnitState::Ended {
+                        effect_unknown: timed_out,
+                    },
+                );
+                if timed_out {
+                    self.st().work.done.push(unit);
+                }
+                self.fail_saga(unit, reason.clone());
+                self.emit_failed_to_build(unit, attempt, &reason);
+            }
+        }
+    }
+
+    fn emit_failed_to_build(&mut self, unit: Unit, attempt: u32, reason: &str) {
+        let failed = payload::AttemptFailed {
+            attempt,
+            error: reason.to_owned(),
+            retryable: false,
+            request_id: None,
+        };
+        self.emit(EventType::StepFailed, Some(unit), &failed);
+    }
+
+    /// Sends attempt `attempt` of a unit's compensation.
+    fn send_compensation(&mut self, unit: Unit, attempt: u32) {
+        let target = self.target(unit.step, CommandKind::Compensation);
         let payload = self
-            .render(target.input, CommandKind::Compensation)
+            .render(target.input, CommandKind::Compensation, unit)
             .expect("compensation templates render leniently");
-        self.send(index, CommandKind::Compensation, attempt, false, payload);
+        self.send(unit, CommandKind::Compensation, attempt, false, payload);
     }
 
     fn send(
         &mut self,
-        index: usize,
+        unit: Unit,
         kind: CommandKind,
         attempt: u32,
         timed_out: bool,
         payload: Value,
     ) {
-        let target = self.target(index, kind);
+        let target = self.target(unit.step, kind);
         let request_id = self.ids.request_id();
         let span_id = self.ids.span_id();
         let deadline_ms = self.now.saturating_add(ms(target.timeout));
         let ack_timeout_ms = target.clocks.ack.map(ms);
         let heartbeat_timeout_ms = target.clocks.heartbeat.map(ms);
-        let step = self.def.steps[index].name.clone();
         let reply_stream = match target.replies {
             ReplyMode::Shared => self.state.reply_stream.clone(),
             ReplyMode::PerRequest => format!("{}:{request_id}", self.state.reply_stream),
         };
-        self.state.current = Some(Exchange {
-            step: index,
+        let exchange = Exchange {
             kind,
             attempt,
             request_id: request_id.clone(),
@@ -373,35 +638,35 @@ impl<'a> Machine<'a> {
             },
             timed_out,
             reply_stream: reply_stream.clone(),
-        });
-        let event = match kind {
-            CommandKind::Action => EventType::StepStarted,
-            CommandKind::Compensation => EventType::CompensationStarted,
         };
-        let mut started = json!({
-            "attempt": attempt,
-            "request_id": request_id,
-            "kind": kind.as_str(),
-            "command": target.command,
-            "stream": target.stream,
-            "reply_stream": reply_stream,
-            "span_id": span_id,
-            "deadline_ms": deadline_ms,
-        });
-        if let Some(t) = ack_timeout_ms {
-            started["ack_timeout_ms"] = t.into();
-        }
-        if let Some(t) = heartbeat_timeout_ms {
-            started["heartbeat_timeout_ms"] = t.into();
-        }
-        self.emit(event, Some(&step), started);
+        let (event, state) = match kind {
+            CommandKind::Action => (EventType::StepStarted, UnitState::Acting(exchange)),
+            CommandKind::Compensation => {
+                (EventType::CompensationStarted, UnitState::Undoing(exchange))
+            }
+        };
+        self.set_unit(unit, state);
+        let started = payload::AttemptStarted {
+            attempt,
+            request_id: request_id.clone(),
+            kind,
+            command: target.command.to_owned(),
+            stream: target.stream.to_owned(),
+            reply_stream: reply_stream.clone(),
+            span_id: span_id.clone(),
+            deadline_ms,
+            ack_timeout_ms,
+            heartbeat_timeout_ms,
+            item: self.state.work.item(unit).map(Json::value),
+        };
+        self.emit(event, Some(unit), &started);
         let command = Command {
             correlation_id: self.state.correlation_id.clone(),
             saga_id: self.state.saga_id.clone(),
             request_id,
             traceparent: TraceParent::new(self.state.trace_id.clone(), span_id),
             event_type: target.command.to_owned(),
-            step,
+            step: self.step_name(unit.step).to_owned(),
             kind,
             attempt,
             reply_stream,
@@ -410,6 +675,7 @@ impl<'a> Machine<'a> {
             timestamp: self.now,
             ack_timeout_ms,
             heartbeat_timeout_ms,
+            branch: unit.branch,
         };
         self.effects.push(Effect::Send {
             stream: target.stream.to_owned(),
@@ -417,50 +683,45 @@ impl<'a> Machine<'a> {
         });
     }
 
-    /// Is this reply the final word (or progress) on the exchange we await?
-    fn awaited(&self, reply: &Reply) -> Option<Exchange> {
-        let current = self.state.current.as_ref()?;
-        if !matches!(current.waiting, Waiting::Reply { .. }) {
-            return None;
+    // ------------------------------------------------------------- replies
+
+    /// The unit whose attempt under way this reply is about.
+    fn awaited(&self, reply: &Reply) -> Result<(Unit, Exchange), Ignored> {
+        if (reply.saga_id.as_ref()).is_some_and(|s| *s != self.state.saga_id) {
+            return Err(Ignored::NotAwaited);
         }
-        if reply
-            .saga_id
-            .as_ref()
-            .is_some_and(|s| *s != self.state.saga_id)
-        {
-            return None;
-        }
+        let waiting = |(_, x): &(Unit, &Exchange)| matches!(x.waiting, Waiting::Reply { .. });
+        let mut candidates = self.state.work.exchanges().filter(waiting);
+        let found = match &reply.request_id {
+            Some(id) => candidates.find(|(_, x)| x.request_id == *id),
+            // The original handlers' replies: matched by the command name
+            // they repeat, to the one outstanding command of that name.
+            None => {
+                let name = reply.event_type.as_deref();
+                let mut named =
+                    candidates.filter(|(u, x)| Some(self.target(u.step, x.kind).command) == name);
+                match (named.next(), named.next()) {
+                    (Some(one), None) => Some(one),
+                    _ => None,
+                }
+            }
+        };
+        let (unit, x) = found.ok_or(Ignored::NotAwaited)?;
         // A reply that reached Redis after one of the attempt's clocks ran
         // out is late: the timeout wins, even if it has not been seen yet.
-        if reply
-            .reached_ms
-            .is_some_and(|at| at > current.waiting.due_ms())
-        {
-            return None;
+        if reply.reached_ms.is_some_and(|at| at > x.waiting.due_ms()) {
+            return Err(Ignored::Late);
         }
-        let matches = match &reply.request_id {
-            Some(id) => *id == current.request_id,
-            // The original handlers' replies: matched by the command name
-            // they repeat, to the one outstanding command of the saga.
-            None => reply.event_type.as_deref() == Some(self.command_name(current)),
-        };
-        matches.then(|| current.clone())
+        Ok((unit, x.clone()))
     }
 
-    fn command_name(&self, x: &Exchange) -> &'a str {
-        self.target(x.step, x.kind).command
+    fn policy(&self, unit: Unit, x: &Exchange) -> RetryPolicy {
+        self.target(unit.step, x.kind).retry
     }
 
-    fn policy(&self, x: &Exchange) -> RetryPolicy {
-        self.target(x.step, x.kind).retry
-    }
-
-    fn on_reply(&mut self, reply: Reply) {
-        let Some(x) = self.awaited(&reply) else {
-            return;
-        };
-        let step = self.def.steps[x.step].name.clone();
-        self.heard_from(&x, reply.reached_ms.unwrap_or(self.now));
+    fn on_reply(&mut self, reply: Reply) -> Result<(), Ignored> {
+        let (unit, x) = self.awaited(&reply)?;
+        self.heard_from(unit, &x, reply.reached_ms.unwrap_or(self.now));
         match reply.status {
             ReplyStatus::Start | ReplyStatus::Heartbeat => {}
             ReplyStatus::Progress { percent, details } => {
@@ -468,28 +729,27 @@ impl<'a> Machine<'a> {
                     CommandKind::Action => EventType::StepProgress,
                     CommandKind::Compensation => EventType::CompensationProgress,
                 };
-                let mut payload = json!({ "attempt": x.attempt, "progress": percent });
-                if !details.is_null() {
-                    payload["details"] = details;
-                }
-                self.emit(event, Some(&step), payload);
+                let progress = payload::Progress {
+                    attempt: x.attempt,
+                    progress: percent,
+                    details: Some(details).filter(|d| !d.is_null()),
+                };
+                self.emit(event, Some(unit), &progress);
             }
-            ReplyStatus::Completed { result } => self.on_completed(&x, step, result),
+            ReplyStatus::Completed { result } => self.on_completed(unit, &x, result),
             ReplyStatus::Failed { error, retryable } => {
-                self.on_failed(&x, step, Miss::Failed { error, retryable })
+                self.on_failed(unit, &x, Miss::Failed { error, retryable })
             }
             ReplyStatus::Unreadable { reason } => {
                 let error = format!("unreadable reply: {reason}");
-                self.on_failed(
-                    &x,
-                    step,
-                    Miss::Failed {
-                        error,
-                        retryable: true,
-                    },
-                )
+                let miss = Miss::Failed {
+                    error,
+                    retryable: true,
+                };
+                self.on_failed(unit, &x, miss)
             }
         }
+        Ok(())
     }
 
     /// Any reply of the awaited attempt, reaching Redis at `at`, proves
@@ -499,39 +759,71 @@ impl<'a> Machine<'a> {
     /// closer together than that (a handler reporting progress in a
     /// loop, or a flood) would otherwise cost one each. A handler beating
     /// every third of it moves it every time.
-    fn heard_from(&mut self, x: &Exchange, at: UnixMillis) {
-        let heartbeat = self.target(x.step, x.kind).clocks.heartbeat;
-        let Some(Exchange {
-            waiting:
-                Waiting::Reply {
-                    ack_by_ms,
-                    heartbeat_by_ms,
-                    ..
-                },
+    fn heard_from(&mut self, unit: Unit, x: &Exchange, at: UnixMillis) {
+        let heartbeat = self.target(unit.step, x.kind).clocks.heartbeat;
+        let Some(Waiting::Reply {
+            ack_by_ms,
+            heartbeat_by_ms,
             ..
-        }) = self.state.current.as_mut()
+        }) = self
+            .unit_state(unit)
+            .and_then(UnitState::exchange)
+            .map(|x| &x.waiting)
         else {
             return;
         };
-        if ack_by_ms.take().is_some() {
-            self.touched = true;
-        }
+        let (mut ack_by_ms, mut heartbeat_by_ms) = (*ack_by_ms, *heartbeat_by_ms);
+        let mut moved = ack_by_ms.take().is_some();
         if let (Some(by), Some(every)) = (heartbeat_by_ms.as_mut(), heartbeat) {
             let every = ms(every);
             let next = at.saturating_add(every);
             if next >= by.saturating_add((every / 10).max(1)) {
                 *by = next;
-                self.touched = true;
+                moved = true;
+            }
+        }
+        if !moved {
+            return;
+        }
+        let state = self.st().work.get_mut(unit);
+        if let Some(UnitState::Acting(x) | UnitState::Undoing(x)) = state {
+            if let Waiting::Reply {
+                ack_by_ms: ack,
+                heartbeat_by_ms: heartbeat,
+                ..
+            } = &mut x.waiting
+            {
+                *ack = ack_by_ms;
+                *heartbeat = heartbeat_by_ms;
             }
         }
     }
 
-    fn on_tick(&mut self) {
-        let Some(x) = self.state.current.clone() else {
-            return;
-        };
+    /// Every clock due now: attempts timed out, backoffs over. Handled in
+    /// unit order; each is looked at again before it is handled, since
+    /// handling one (a failure that unwinds the saga) may end others.
+    fn on_tick(&mut self) -> Result<(), Ignored> {
+        let due: Vec<(Unit, Exchange)> = (self.state.work.exchanges())
+            .filter(|(_, x)| x.waiting.due_ms() <= self.now)
+            .map(|(u, x)| (u, x.clone()))
+            .collect();
+        let mut handled = false;
+        for (unit, x) in due {
+            let still = self.unit_state(unit).and_then(UnitState::exchange);
+            if still.is_none_or(|now| *now != x) {
+                continue;
+            }
+            handled |= self.on_due(unit, &x);
+        }
+        match handled {
+            true => Ok(()),
+            false => Err(Ignored::NothingDue),
+        }
+    }
+
+    /// A unit's exchange whose clock is due: true if it was handled.
+    fn on_due(&mut self, unit: Unit, x: &Exchange) -> bool {
         if let Some((clock, at)) = x.waiting.expired(self.now) {
-            let step = self.def.steps[x.step].name.clone();
             let waited = at.saturating_sub(x.sent_at_ms);
             let reason = match clock {
                 Clock::Completion => {
@@ -544,59 +836,58 @@ impl<'a> Machine<'a> {
                 Clock::Heartbeat => format!(
                     "attempt {} went silent: no reply for its heartbeat_timeout of {} ms",
                     x.attempt,
-                    self.target(x.step, x.kind).clocks.heartbeat.map_or(0, ms)
+                    self.target(unit.step, x.kind)
+                        .clocks
+                        .heartbeat
+                        .map_or(0, ms)
                 ),
             };
-            self.on_failed(&x, step, Miss::TimedOut { reason, clock });
-            return;
+            self.on_failed(unit, x, Miss::TimedOut { reason, clock });
+            return true;
         }
-        if let Waiting::Backoff { until_ms } = x.waiting {
-            if self.now >= until_ms {
+        match x.waiting {
+            Waiting::Backoff { until_ms } if self.now >= until_ms => {
                 match x.kind {
-                    CommandKind::Action => self.send_action(x.step, x.attempt + 1, x.timed_out),
-                    CommandKind::Compensation => self.send_compensation(x.step, x.attempt + 1),
+                    CommandKind::Action => self.send_action(unit, x.attempt + 1, x.timed_out),
+                    CommandKind::Compensation => self.send_compensation(unit, x.attempt + 1),
                 }
+                self.advance();
+                true
             }
+            _ => false,
         }
     }
 
-    fn on_completed(&mut self, x: &Exchange, step: String, result: Value) {
-        self.state.current = None;
+    fn on_completed(&mut self, unit: Unit, x: &Exchange, result: Value) {
         match x.kind {
             CommandKind::Action => {
-                self.state.results.insert(step.clone(), Json::of(&result));
-                let last = x.step + 1 == self.def.steps.len();
-                if last {
-                    self.state.phase = Phase::Completed;
-                    self.state.ended_at_ms = Some(self.now);
+                let kept = unit.branch.map(|_| Json::of(&result));
+                if unit.branch.is_none() {
+                    let name = self.step_name(unit.step).to_owned();
+                    self.st().results.insert(name, Json::of(&result));
                 }
-                self.emit(
-                    EventType::StepCompleted,
-                    Some(&step),
-                    json!({ "attempt": x.attempt, "result": result }),
-                );
-                if last {
-                    let results: Map<String, Value> = (self.state.results.iter())
-                        .map(|(name, result)| (name.clone(), result.value()))
-                        .collect();
-                    self.emit(
-                        EventType::SagaCompleted,
-                        None,
-                        json!({ "results": results }),
-                    );
-                } else {
-                    self.send_action(x.step + 1, 1, false);
+                self.set_unit(unit, UnitState::Completed { result: kept });
+                self.st().work.done.push(unit);
+                let completed = payload::AttemptCompleted {
+                    attempt: x.attempt,
+                    result,
+                };
+                self.emit(EventType::StepCompleted, Some(unit), &completed);
+                let step_done = self.state.work.steps[&unit.step].completed();
+                if unit.branch.is_some() && step_done {
+                    self.complete_fan_out(unit.step);
                 }
             }
             CommandKind::Compensation => {
-                self.state.undone.push(step.clone());
-                self.emit(
-                    EventType::CompensationCompleted,
-                    Some(&step),
-                    json!({ "attempt": x.attempt, "result": result }),
-                );
-                self.next_compensation();
+                self.set_unit(unit, UnitState::Undone);
+                self.st().work.undone.push(unit);
+                let completed = payload::AttemptCompleted {
+                    attempt: x.attempt,
+                    result,
+                };
+                self.emit(EventType::CompensationCompleted, Some(unit), &completed);
             }
         }
+        self.advance();
     }
 }

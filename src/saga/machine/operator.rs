@@ -4,11 +4,12 @@
 //! Every action, accepted or refused, is an `operator_action` event naming
 //! who asked and why.
 
-use super::Machine;
+use super::{payload, Machine};
 use crate::protocol::{EventType, Reply};
-use crate::saga::state::{Parked, Phase, Waiting};
+use crate::saga::state::{
+    Exchange, Failed, Failure, Halt, Parked, Phase, Unit, UnitState, Waiting,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 /// An operator's request about one saga.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,175 +55,211 @@ impl Machine<'_> {
             let refused = format!("not an operator's request: {why}");
             return self.emit_action(&request, Some(&refused), None);
         }
-        if let Err(refused) = self.operate(&request) {
-            self.emit_action(&request, Some(&refused), None);
+        match self.operate(&request) {
+            Ok(()) => self.advance(),
+            Err(refused) => self.emit_action(&request, Some(&refused), None),
         }
     }
 
     fn operate(&mut self, request: &OperatorRequest) -> Result<(), String> {
-        let phase = self.state.phase;
+        let status = self.state.phase.status();
         match &request.action {
             Action::Cancel => {
-                if phase != Phase::Running {
+                if self.state.phase != Phase::Running {
                     return Err(format!(
                         "the saga is {}: only a running saga can be cancelled",
-                        phase.status().as_str()
+                        status.as_str()
                     ));
                 }
-                let x = self.state.current.take().ok_or("no step under way")?;
+                let acting: Vec<(Unit, Exchange)> = (self.state.work.units())
+                    .filter_map(|(u, s)| match s {
+                        UnitState::Acting(x) => Some((u, x.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                let (first, _) = acting.first().cloned().ok_or("no step under way")?;
                 // An attempt awaiting its reply may have done its work: it
                 // is undone too, as after a timeout.
-                let in_flight = matches!(x.waiting, Waiting::Reply { .. });
-                let step = self.def.steps[x.step].name.clone();
-                let reason = format!("cancelled by {}: {}", request.by, request.reason);
-                self.fail_saga(x.step, reason, in_flight || x.timed_out);
-                if let Some(failure) = self.state.failure.as_mut() {
-                    failure.cancelled_by = Some(request.by.clone());
-                }
-                self.emit_action(request, None, Some(&step));
-                self.next_compensation();
-            }
-            Action::Retry | Action::Skip { .. } | Action::Abandon
-                if self.state.parked.is_some()
-                    && phase == Phase::Failed
-                    && !self.state.abandoned =>
-            {
-                let step = self.current_step();
-                match &request.action {
-                    Action::Retry => {
-                        let replies = self.unpark();
-                        self.emit_action(request, None, step.as_deref());
-                        for reply in replies {
-                            self.on_reply(reply);
-                        }
-                    }
-                    Action::Abandon => {
-                        self.state.abandoned = true;
-                        self.emit_action(request, None, step.as_deref());
-                    }
-                    _ => {
-                        return Err(
-                            "the saga was set aside because a transition of it could not be written, not on a failed compensation: retry or abandon it"
-                                .into(),
-                        )
+                for (unit, x) in &acting {
+                    let in_flight = matches!(x.waiting, Waiting::Reply { .. });
+                    self.set_unit(
+                        *unit,
+                        UnitState::Ended {
+                            effect_unknown: in_flight || x.timed_out,
+                        },
+                    );
+                    if in_flight || x.timed_out {
+                        self.st().work.done.push(*unit);
                     }
                 }
+                self.st().phase = Phase::Compensating(Failure {
+                    step: self.step_name(first.step).to_owned(),
+                    branch: first.branch,
+                    reason: format!("cancelled by {}: {}", request.by, request.reason),
+                    cancelled_by: Some(request.by.clone()),
+                });
+                self.emit_action(request, None, Some(first));
             }
             Action::Retry | Action::Skip { .. } | Action::Abandon => {
-                let stuck = self.stuck_compensation(phase)?;
-                let step = self.def.steps[stuck].name.clone();
-                match &request.action {
-                    Action::Retry => {
-                        self.reopen();
-                        self.emit_action(request, None, Some(&step));
-                        self.send_compensation(stuck, 1);
-                    }
-                    Action::Skip { step: named } => {
-                        if *named != step {
-                            return Err(format!(
-                                "the compensation that failed is {step}'s, not {named}'s"
-                            ));
-                        }
-                        self.reopen();
-                        self.state.skipped.push(step.clone());
-                        self.emit_action(request, None, Some(&step));
-                        self.next_compensation();
-                    }
-                    _ => {
-                        self.state.abandoned = true;
-                        self.state.stuck_at = None;
-                        self.emit_action(request, None, Some(&step));
-                    }
+                let Phase::Failed(failed) = &self.state.phase else {
+                    return Err(self.not_stuck(""));
+                };
+                if failed.abandoned_by.is_some() {
+                    return Err(self.not_stuck(" and abandoned"));
+                }
+                match failed.halt.clone() {
+                    Halt::Parked(parked) => self.rescue_parked(request, parked)?,
+                    Halt::Compensation { failure } => self.rescue_stuck(request, failure)?,
                 }
             }
         }
         Ok(())
     }
 
-    /// The step whose compensation failed for good, if the saga is stuck.
-    fn stuck_compensation(&self, phase: Phase) -> Result<usize, String> {
-        if phase != Phase::Failed || self.state.abandoned {
-            return Err(format!(
-                "the saga is {}{}: only a saga stuck on a failed compensation can be retried, skipped or abandoned",
-                phase.status().as_str(),
-                if self.state.abandoned { " and abandoned" } else { "" }
-            ));
+    fn not_stuck(&self, abandoned: &str) -> String {
+        format!(
+            "the saga is {}{abandoned}: only a saga stuck on a failed compensation can be retried, skipped or abandoned",
+            self.state.phase.status().as_str(),
+        )
+    }
+
+    /// Retry, skip or abandon a saga stuck on compensations that failed
+    /// for good.
+    fn rescue_stuck(&mut self, request: &OperatorRequest, failure: Failure) -> Result<(), String> {
+        let stuck: Vec<Unit> = self.state.stuck().map(|(u, _)| u).collect();
+        let first = *stuck
+            .first()
+            .ok_or("the record does not say which compensation failed")?;
+        match &request.action {
+            Action::Retry => {
+                self.reopen(failure);
+                self.emit_action(request, None, Some(first));
+                for unit in stuck {
+                    self.send_compensation(unit, 1);
+                }
+            }
+            Action::Skip { step: named } => {
+                let of_step: Vec<Unit> = (stuck.iter())
+                    .filter(|u| self.step_name(u.step) == named)
+                    .copied()
+                    .collect();
+                if of_step.is_empty() {
+                    let failed = self.step_name(first.step);
+                    return Err(format!(
+                        "the compensation that failed is {failed}'s, not {named}'s"
+                    ));
+                }
+                self.reopen(failure);
+                for unit in &of_step {
+                    self.set_unit(*unit, UnitState::Skipped { by_hand: true });
+                    self.st().work.skipped.push(*unit);
+                }
+                self.emit_action(request, None, Some(of_step[0]));
+            }
+            _ => {
+                self.abandon(request);
+                self.emit_action(request, None, Some(first));
+            }
         }
-        self.state
-            .stuck_at
-            .ok_or_else(|| "the record does not say which compensation failed".to_owned())
+        Ok(())
+    }
+
+    /// Retry or abandon a saga set aside because a transition of it could
+    /// not be written.
+    fn rescue_parked(&mut self, request: &OperatorRequest, parked: Parked) -> Result<(), String> {
+        let unit = self.first_under_way();
+        match &request.action {
+            Action::Retry => {
+                self.st().rescues += 1;
+                self.st().phase = *parked.resume;
+                self.emit_action(request, None, unit);
+                for reply in parked.replies {
+                    // A reply no longer awaited is left alone, as when read.
+                    let _ = self.on_reply(reply);
+                }
+            }
+            Action::Abandon => {
+                self.abandon(request);
+                self.emit_action(request, None, unit);
+            }
+            _ => {
+                return Err(
+                    "the saga was set aside because a transition of it could not be written, not on a failed compensation: retry or abandon it"
+                        .into(),
+                )
+            }
+        }
+        Ok(())
+    }
+
+    fn abandon(&mut self, request: &OperatorRequest) {
+        if let Phase::Failed(failed) = &mut self.st().phase {
+            failed.abandoned_by = Some(request.by.clone());
+        }
     }
 
     /// Sets a saga aside as failed (see [`crate::saga::park`]).
     pub(in crate::saga) fn park(&mut self, reason: String, replies: Vec<Reply>) {
-        let phase = self.state.phase;
-        let step = self.current_step();
-        let compensating = phase == Phase::Compensating;
-        self.state.parked = Some(Parked {
-            phase,
-            reason: reason.clone(),
-            replies,
-        });
-        self.state.phase = Phase::Failed;
-        self.state.ended_at_ms = Some(self.now);
-        let failed_step = match &self.state.failure {
+        let unit = self.first_under_way();
+        let failed_step = match self.state.failure() {
             Some(f) => f.step.clone(),
-            None => step.clone().unwrap_or_default(),
+            None => unit
+                .map(|u| self.step_name(u.step).to_owned())
+                .unwrap_or_default(),
         };
-        let payload = json!({
-            "failed_step": failed_step,
-            "reason": reason,
-            "compensation": if compensating { step.clone() } else { None },
-            "error": reason,
-            "parked": true,
-            "compensated": self.state.undone,
+        let compensating = matches!(self.state.phase, Phase::Compensating(_));
+        let payload = payload::SagaFailed {
+            failed_step,
+            reason: reason.clone(),
+            compensation: unit.filter(|_| compensating).map(|u| self.label(u)),
+            compensation_command: None,
+            error: reason.clone(),
+            compensated: self.labels_undone(),
+            stuck: Vec::new(),
+            parked: true,
+        };
+        let resume = Box::new(self.state.phase.clone());
+        self.st().phase = Phase::Failed(Failed {
+            ended_at_ms: self.now,
+            halt: Halt::Parked(Parked {
+                resume,
+                reason,
+                replies,
+            }),
+            abandoned_by: None,
         });
-        self.emit(EventType::SagaFailed, step.as_deref(), payload);
+        self.emit(EventType::SagaFailed, unit, &payload);
     }
 
-    /// Back to the phase a parked saga was in. Returns the final replies
-    /// it could not record, to be applied again; its attempt under way (if
-    /// still under way after them) goes on from its recorded deadline or
-    /// backoff.
-    fn unpark(&mut self) -> Vec<Reply> {
-        let Some(parked) = self.state.parked.take() else {
-            return Vec::new();
-        };
-        self.state.rescues += 1;
-        self.state.phase = parked.phase;
-        self.state.ended_at_ms = None;
-        parked.replies
+    fn labels_undone(&self) -> Vec<String> {
+        let undone = &self.state.work.undone;
+        undone.iter().map(|u| self.label(*u)).collect()
     }
 
-    /// The step of the exchange under way, if any.
-    fn current_step(&self) -> Option<String> {
-        let x = self.state.current.as_ref()?;
-        Some(self.def.steps[x.step].name.clone())
+    /// The first unit with an exchange under way, if any.
+    fn first_under_way(&self) -> Option<Unit> {
+        self.state.work.exchanges().map(|(u, _)| u).next()
     }
 
     /// Back to compensating, from failed.
-    fn reopen(&mut self) {
-        self.state.rescues += 1;
-        self.state.phase = Phase::Compensating;
-        self.state.ended_at_ms = None;
-        self.state.stuck_at = None;
+    fn reopen(&mut self, failure: Failure) {
+        self.st().rescues += 1;
+        self.st().phase = Phase::Compensating(failure);
     }
 
     fn emit_action(
         &mut self,
         request: &OperatorRequest,
         refused: Option<&str>,
-        step: Option<&str>,
+        unit: Option<Unit>,
     ) {
-        let mut payload = json!({
-            "action": request.action.name(),
-            "by": request.by,
-            "reason": request.reason,
-            "verified": request.unproven.is_none(),
-        });
-        if let Some(refused) = refused {
-            payload["refused"] = json!(refused);
-        }
-        self.emit(EventType::OperatorAction, step, payload);
+        let action = payload::OperatorAction {
+            action: request.action.name().to_owned(),
+            by: request.by.clone(),
+            reason: request.reason.clone(),
+            verified: request.unproven.is_none(),
+            refused: refused.map(str::to_owned),
+        };
+        self.emit(EventType::OperatorAction, unit, &action);
     }
 }
