@@ -1,6 +1,6 @@
 //! The operator commands as a user runs them: `start` (with `--wait` and
 //! its exit codes, in the non-terminal view), `status`, `list` and `watch`,
-//! against a real Redis and daemon.
+//! against a real daemon, on one Redis and on a Redis Cluster.
 
 mod common;
 
@@ -10,6 +10,18 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sagaflow");
+
+on_both!(
+    start_wait_follows_the_saga_and_exits_with_its_outcome,
+    an_idempotency_key_seen_before_follows_the_first_saga,
+    watch_prints_the_events_as_they_come,
+    #[tokio::test]
+    clear_errors_for_a_missing_saga_an_unreachable_redis_and_a_bad_flag,
+    a_correlation_id_with_a_space_is_started_followed_and_watched,
+    json_and_quiet_output_for_machines,
+    a_start_reports_a_duplicate_a_rejection_or_no_daemon_never_an_unknown_id,
+    a_closed_pipe_ends_a_command_quietly,
+);
 
 async fn sagaflow(args: &[&str]) -> Output {
     sagaflow_cli(args).await
@@ -74,9 +86,7 @@ impl Watch {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_wait_follows_the_saga_and_exits_with_its_outcome() {
-    let server = RedisServer::start();
+async fn start_wait_follows_the_saga_and_exits_with_its_outcome(server: Redis) {
     let url = server.url();
     let _daemon = Child::daemon(&url, "operated");
     let mut handlers = Child::handlers(&url, &[]);
@@ -200,9 +210,7 @@ async fn start_wait_follows_the_saga_and_exits_with_its_outcome() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idempotency_key_seen_before_follows_the_first_saga() {
-    let server = RedisServer::start();
+async fn an_idempotency_key_seen_before_follows_the_first_saga(server: Redis) {
     let url = server.url();
     let _daemon = Child::daemon(&url, "operated");
     let _handlers = Child::handlers(&url, &[]);
@@ -232,9 +240,7 @@ async fn an_idempotency_key_seen_before_follows_the_first_saga() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_prints_the_events_as_they_come() {
-    let server = RedisServer::start();
+async fn watch_prints_the_events_as_they_come(server: Redis) {
     let url = server.url();
     let _daemon = Child::daemon_with(&url, "watched", &["--lease-ttl", LEASE_TTL], &[]);
     let _handlers = Child::handlers(&url, &[]);
@@ -268,9 +274,7 @@ async fn watch_prints_the_events_as_they_come() {
     assert!(text.lines().all(|l| l.contains("mission_start")), "{text}");
 }
 
-#[tokio::test]
-async fn clear_errors_for_a_missing_saga_an_unreachable_redis_and_a_bad_flag() {
-    let server = RedisServer::start();
+async fn clear_errors_for_a_missing_saga_an_unreachable_redis_and_a_bad_flag(server: Redis) {
     let url = server.url();
     let out = sagaflow(&[
         "status",
@@ -379,9 +383,7 @@ async fn sagaflow_no_key(args: &[&str]) -> Output {
 
 /// A correlation id with a space (`X-Request-ID: order 42`) is given to
 /// `start`, followed by `start --wait`, and picked out by `watch`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_correlation_id_with_a_space_is_started_followed_and_watched() {
-    let server = RedisServer::start();
+async fn a_correlation_id_with_a_space_is_started_followed_and_watched(server: Redis) {
     let url = server.url();
     let _daemon = Child::daemon_with(&url, "spaced", &["--lease-ttl", LEASE_TTL], &[]);
     let _handlers = Child::handlers(&url, &[]);
@@ -437,9 +439,7 @@ fn json_lines(out: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_and_quiet_output_for_machines() {
-    let server = RedisServer::start();
+async fn json_and_quiet_output_for_machines(server: Redis) {
     let url = server.url();
     let _daemon = Child::daemon(&url, "machines");
     let _handlers = Child::handlers(&url, &[]);
@@ -535,9 +535,7 @@ async fn json_and_quiet_output_for_machines() {
     assert_eq!(&watched[..], events);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_reports_a_duplicate_a_rejection_or_no_daemon_never_an_unknown_id() {
-    let server = RedisServer::start();
+async fn a_start_reports_a_duplicate_a_rejection_or_no_daemon_never_an_unknown_id(server: Redis) {
     let url = server.url();
 
     // No daemon: a bounded wait, then exit 3 saying so, and no saga id.
@@ -618,9 +616,7 @@ async fn a_start_reports_a_duplicate_a_rejection_or_no_daemon_never_an_unknown_i
 
 /// A reader that goes away (`| head -1`) ends a command quietly: no panic,
 /// exit 0. The pipe is closed before the command writes anything.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_pipe_ends_a_command_quietly() {
-    let server = RedisServer::start();
+async fn a_closed_pipe_ends_a_command_quietly(server: Redis) {
     let url = server.url();
     let _daemon = Child::daemon(&url, "piped");
     let _handlers = Child::handlers(&url, &[]);

@@ -1,12 +1,22 @@
 //! Operators' requests, driven through the CLI against a real daemon:
 //! cancel a running saga, and retry, skip or abandon one stuck on a
 //! compensation that failed. Each is recorded on saga:events with who and why.
+//! Every test runs on one Redis and on a Redis Cluster.
 
 mod common;
 
 use common::processes::Child;
 use common::*;
 use std::process::Output;
+
+on_both!(
+    a_running_saga_is_cancelled_and_compensates,
+    a_stuck_saga_is_retried_once_the_handler_is_fixed,
+    a_stuck_compensation_is_skipped_by_hand,
+    a_stuck_saga_is_abandoned,
+    forged_and_replayed_requests_are_refused_and_recorded,
+    an_ambiguous_name_is_refused_with_the_candidates,
+);
 
 async fn sagaflow(args: &[&str]) -> Output {
     sagaflow_cli(args).await
@@ -28,7 +38,7 @@ fn operator_actions(events: &[Event]) -> Vec<&Event> {
 }
 
 /// A saga stuck: plan_route fails, then releasing the resources fails.
-async fn stuck_saga(server: &RedisServer, correlation_id: &str) -> (String, Child) {
+async fn stuck_saga(server: &impl Backend, correlation_id: &str) -> (String, Child) {
     let url = server.url();
     let handlers = Child::handlers(
         &url,
@@ -39,7 +49,7 @@ async fn stuck_saga(server: &RedisServer, correlation_id: &str) -> (String, Chil
             "allocate_resources",
         ],
     );
-    let mut conn = server.conn().await;
+    let mut conn = server.any_conn().await;
     start_mission(
         &mut conn,
         correlation_id,
@@ -56,9 +66,7 @@ async fn stuck_saga(server: &RedisServer, correlation_id: &str) -> (String, Chil
     (events[0].saga_id.clone(), handlers)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_saga_is_cancelled_and_compensates() {
-    let server = RedisServer::start();
+async fn a_running_saga_is_cancelled_and_compensates(server: Redis) {
     let url = server.url();
     let _daemon = Child::daemon(&url, "ops");
     let _handlers = Child::handlers(&url, &["--work-ms", "1000"]);
@@ -179,9 +187,7 @@ async fn a_running_saga_is_cancelled_and_compensates() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stuck_saga_is_retried_once_the_handler_is_fixed() {
-    let server = RedisServer::start();
+async fn a_stuck_saga_is_retried_once_the_handler_is_fixed(server: Redis) {
     let url = server.url();
     let _daemon = Child::daemon(&url, "ops");
     let (saga_id, mut broken) = stuck_saga(&server, "stuck-retried").await;
@@ -215,9 +221,7 @@ async fn a_stuck_saga_is_retried_once_the_handler_is_fixed() {
     assert!(out(&o).contains(&saga_id), "{}", out(&o));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stuck_compensation_is_skipped_by_hand() {
-    let server = RedisServer::start();
+async fn a_stuck_compensation_is_skipped_by_hand(server: Redis) {
     let url = server.url();
     let _daemon = Child::daemon(&url, "ops");
     let (saga_id, _broken) = stuck_saga(&server, "stuck-skipped").await;
@@ -294,9 +298,7 @@ async fn a_stuck_compensation_is_skipped_by_hand() {
     assert!(end["payload"].contains("allocate_resources"), "{end:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stuck_saga_is_abandoned() {
-    let server = RedisServer::start();
+async fn a_stuck_saga_is_abandoned(server: Redis) {
     let url = server.url();
     let _daemon = Child::daemon(&url, "ops");
     let (saga_id, _broken) = stuck_saga(&server, "stuck-abandoned").await;
@@ -338,8 +340,8 @@ async fn a_stuck_saga_is_abandoned() {
 }
 
 /// The audit entries of `saga_id` on saga:events of one event type.
-async fn actions_of(server: &RedisServer, saga_id: &str) -> Vec<serde_json::Value> {
-    let mut conn = server.conn().await;
+async fn actions_of(server: &impl Backend, saga_id: &str) -> Vec<serde_json::Value> {
+    let mut conn = server.any_conn().await;
     xrange(&mut conn, "saga:events")
         .await
         .into_iter()
@@ -349,7 +351,7 @@ async fn actions_of(server: &RedisServer, saga_id: &str) -> Vec<serde_json::Valu
 }
 
 /// Waits for the `n`th operator_action of `saga_id`.
-async fn nth_action(server: &RedisServer, saga_id: &str, n: usize) -> serde_json::Value {
+async fn nth_action(server: &impl Backend, saga_id: &str, n: usize) -> serde_json::Value {
     bounded("the daemon's answer", async {
         loop {
             let actions = actions_of(server, saga_id).await;
@@ -366,15 +368,13 @@ async fn nth_action(server: &RedisServer, saga_id: &str, n: usize) -> serde_json
 // hand under an operator's name, one signed with a key the daemons do not
 // hold, and a real operator's request written again are all refused,
 // recorded as refused, and change nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forged_and_replayed_requests_are_refused_and_recorded() {
-    let server = RedisServer::start();
+async fn forged_and_replayed_requests_are_refused_and_recorded(server: Redis) {
     let url = server.url();
     let _daemon = Child::daemon(&url, "ops");
     let (saga_id, _broken) = stuck_saga(&server, "stuck-forged").await;
     let mut conn = server.conn().await;
     let key = record_key(&saga_id);
-    let ttl = |conn: &mut redis::aio::MultiplexedConnection| {
+    let ttl = |conn: &mut sagaflow::connection::Conn| {
         let mut cmd = redis::cmd("TTL");
         cmd.arg(&key);
         let mut conn = conn.clone();
@@ -466,9 +466,7 @@ async fn as_stranger(args: &[&str]) -> Output {
 
 /// Operators name one saga: the start of an id that several have, and a
 /// correlation id that several share, are refused with the candidates.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ambiguous_name_is_refused_with_the_candidates() {
-    let server = RedisServer::start();
+async fn an_ambiguous_name_is_refused_with_the_candidates(server: Redis) {
     let url = server.url();
     let _daemon = Child::daemon(&url, "ops");
     let _handlers = Child::handlers(&url, &["--work-ms", "1000"]);
