@@ -273,6 +273,7 @@ impl<'a> Machine<'a> {
             saga_id: self.state.saga_id.as_str(),
             correlation_id: self.state.correlation_id.as_str(),
             failure,
+            item: None,
         };
         template.render(&ctx, compensation).map_err(|e| e.0)
     }
