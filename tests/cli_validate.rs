@@ -152,3 +152,83 @@ fn validate_of_a_path_that_is_not_there_names_it_without_a_position() {
         "{stderr}"
     );
 }
+
+/// A definition whose steps wait for each other (`after`) and fan out
+/// (`for_each`): a good one is valid, and every problem of a bad one is
+/// reported at once, each where it is written.
+#[test]
+fn validate_checks_the_steps_a_step_waits_for_and_its_fan_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("dag.yaml");
+    std::fs::write(
+        &good,
+        "\
+name: dag
+steps:
+  - name: allocate
+    stream: s
+  - name: scan
+    stream: s
+    after: [allocate]
+    for_each: ${steps.allocate.result.robot_ids}
+    max_concurrency: 2
+    input: { robot: '${item}', branch: '${index}' }
+  - name: survey
+    stream: s
+    after: [allocate]
+  - name: merge
+    stream: s
+    after: [scan, survey]
+    input: { maps: '${steps.scan.result}', area: '${steps.survey.result.area}' }
+",
+    )
+    .unwrap();
+    let good = good.to_str().unwrap();
+    let out = sagaflow(&["validate", good]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("{good}: saga `dag` (4 steps) is valid\n")
+    );
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "\
+name: bad
+steps:
+  - name: allocate
+    stream: s
+    after: [merge]
+  - name: scan
+    stream: s
+    after: [allocate, scan]
+    for_each: 'robots: ${input.robots}'
+  - name: survey
+    stream: s
+    after: []
+    input: { robot: '${item}' }
+  - name: merge
+    stream: s
+    after: [scan, survay]
+    input: { area: '${steps.survey.result.area}' }
+",
+    )
+    .unwrap();
+    let bad = bad.to_str().unwrap();
+    let out = sagaflow(&["validate", bad]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        located(&stderr, bad),
+        [
+            "8:23: step `scan` names itself in its `after`: a step cannot wait for itself",
+            "9:15: for_each `robots: ${input.robots}` is text with expressions in it, always a string: it must be exactly one expression; write `${input.<path>}` or `${steps.<step>.result.<path>}` for the list of the branches",
+            "13:21: input.robot: `${item}` is only available in the input of a step with `for_each` and of its compensation (the element of one branch, and its position)",
+            "16:13: this `after` closes a cycle: merge → scan → allocate → merge (each step waits for the next), so none of them can start",
+            "16:19: `after` of step `merge` names step `survay`, but no step has that name; did you mean `survey`?",
+            "17:20: input.area: `${steps.survey.result.area}` reads the result of step `survey`, which step `merge` does not wait for, so it may not have completed: add `survey` to the `after` of `merge`",
+        ],
+        "{stderr}"
+    );
+}

@@ -3,7 +3,7 @@
 use super::model::*;
 use super::raw::{RawCompensation, RawNode, RawRetry, RawSaga, RawStep};
 use super::template;
-use super::template::{Scope, Template};
+use super::template::{Expr, Scope, Template};
 use serde_json::Value;
 use serde_saphyr::{Location, Spanned};
 use std::collections::HashMap;
@@ -279,6 +279,8 @@ fn parse_one(file: &Path, text: &str) -> Result<Parsed, Vec<DefinitionError>> {
     let mut def = checker.saga(&raw);
     def.text = Arc::from(text);
     def.version = content_version(text);
+    // In the order of the file, as a reader goes through it.
+    checker.errors.sort_by_key(|e| e.position);
     if checker.errors.is_empty() {
         Ok((
             def,
@@ -474,7 +476,6 @@ impl Checker<'_> {
             .iter()
             .map(|s| s.name.value.clone())
             .collect();
-        let mut steps = Vec::with_capacity(all.len());
         for (i, step) in raw.steps.value.iter().enumerate() {
             if let Some(first) = raw.steps.value[..i]
                 .iter()
@@ -489,8 +490,42 @@ impl Checker<'_> {
                     ),
                 );
             }
-            let mut step = self.step(step, &all[..i], &all[..=i], &all);
-            step.after = i.checked_sub(1).into_iter().collect();
+        }
+        // Which steps each one waits for, before any template is checked:
+        // a template may read the results of those steps only.
+        let entries: Vec<Vec<(usize, Option<Location>)>> = raw
+            .steps
+            .value
+            .iter()
+            .enumerate()
+            .map(|(i, step)| self.after(step, i, &all))
+            .collect();
+        self.cycles(&all, &entries);
+        let after: Vec<Vec<usize>> = entries
+            .iter()
+            .map(|e| e.iter().map(|(j, _)| *j).collect())
+            .collect();
+        let mut steps = Vec::with_capacity(all.len());
+        for (i, step) in raw.steps.value.iter().enumerate() {
+            let ancestors = ancestors(all.len(), i, |j| &after[j]);
+            // Past a step whose `after` could not be read, any other step
+            // may be one this one waits for: no reference is refused for
+            // not being waited for until that step reads.
+            let unknown = |j: usize| raw.steps.value[j].after_unknown;
+            let visible: Vec<String> = if unknown(i) || ancestors.iter().any(|&j| unknown(j)) {
+                (0..all.len())
+                    .filter(|&j| j != i)
+                    .map(|j| all[j].clone())
+                    .collect()
+            } else {
+                ancestors
+                    .iter()
+                    .filter(|&&j| j != i)
+                    .map(|&j| all[j].clone())
+                    .collect()
+            };
+            let mut step = self.step(step, &visible, &all);
+            step.after = after[i].clone();
             steps.push(step);
         }
         SagaDefinition {
@@ -503,13 +538,150 @@ impl Checker<'_> {
         }
     }
 
-    fn step(
+    /// The steps that step `index` waits for, each with the place of the
+    /// `after` entry naming it: every entry of its `after` that names
+    /// another step once, or without `after:` the step listed before it
+    /// (which no entry names).
+    fn after(
         &mut self,
         raw: &RawStep,
-        earlier: &[String],
-        up_to_self: &[String],
+        index: usize,
         all: &[String],
-    ) -> StepDefinition {
+    ) -> Vec<(usize, Option<Location>)> {
+        if raw.after_unknown {
+            return Vec::new();
+        }
+        let Some(list) = &raw.after else {
+            return index
+                .checked_sub(1)
+                .map(|j| (j, None))
+                .into_iter()
+                .collect();
+        };
+        let me = &raw.name.value;
+        let mut out: Vec<(usize, Option<Location>)> = Vec::new();
+        for (k, entry) in list.value.iter().enumerate() {
+            let name = &entry.value;
+            let loc = entry.referenced;
+            if let Some(first) = list.value[..k].iter().find(|e| e.value == *name) {
+                let first = first.referenced;
+                self.error(
+                    loc,
+                    format!(
+                        "step `{me}` lists `{name}` twice in its `after` (first at {}:{})",
+                        first.line(),
+                        first.column()
+                    ),
+                );
+            } else if name == me {
+                self.error(
+                    loc,
+                    format!(
+                        "step `{me}` names itself in its `after`: a step cannot wait for itself"
+                    ),
+                );
+            } else if let Some(j) = all.iter().position(|s| s == name) {
+                out.push((j, Some(loc)));
+            } else {
+                let names: Vec<&str> = all.iter().map(String::as_str).collect();
+                let hint = super::shape::closest(name, &names)
+                    .map(|near| format!("; did you mean `{near}`?"))
+                    .unwrap_or_default();
+                self.error(
+                    loc,
+                    format!("`after` of step `{me}` names step `{name}`, but no step has that name{hint}"),
+                );
+            }
+        }
+        out
+    }
+
+    /// Reports the cycles of `after`, each at the entry that closes it.
+    ///
+    /// The steps listed before each step (what a step without `after:`
+    /// waits for) never make a cycle, since each is earlier in the file.
+    /// The entries are then taken in the order of the file: an entry that
+    /// closes a cycle with those before it is reported, with the shortest
+    /// such cycle as a path from the step it belongs to. So a cycle is
+    /// reported at most once, at the last of its entries in the file, and
+    /// every entry that is the last of some cycle's is reported.
+    fn cycles(&mut self, all: &[String], entries: &[Vec<(usize, Option<Location>)>]) {
+        let mut waits: Vec<Vec<usize>> = entries
+            .iter()
+            .map(|e| {
+                e.iter()
+                    .filter(|(_, loc)| loc.is_none())
+                    .map(|(j, _)| *j)
+                    .collect()
+            })
+            .collect();
+        for (i, step_entries) in entries.iter().enumerate() {
+            for &(j, loc) in step_entries {
+                let Some(loc) = loc else { continue };
+                if let Some(back) = path(&waits, j, i) {
+                    let mut names = vec![all[i].as_str()];
+                    names.extend(back.iter().map(|&k| all[k].as_str()));
+                    self.error(
+                            loc,
+                            format!(
+                                "this `after` closes a cycle: {} (each step waits for the next), so none of them can start",
+                                names.join(" → ")
+                            ),
+                        );
+                }
+                waits[i].push(j);
+            }
+        }
+    }
+
+    /// A step's `for_each`: exactly one expression reading the saga input
+    /// or the result of a step it waits for.
+    fn for_each(&mut self, raw: &Spanned<String>, scope: &Scope<'_>) -> Option<Expr> {
+        let loc = raw.referenced;
+        let text = &raw.value;
+        let wanted = "write `${input.<path>}` or `${steps.<step>.result.<path>}` for the list of the branches";
+        let message = match template::parse_text(text, scope) {
+            Err(e) => format!("for_each: {e}"),
+            Ok(Template::Expr(e @ (Expr::Input(_) | Expr::StepResult { .. }))) => return Some(e),
+            Ok(Template::Expr(e)) => {
+                format!("for_each `{e}` is not a list of the saga input or of a step's result: {wanted}")
+            }
+            Ok(Template::Interpolated(_)) => format!(
+                "for_each `{text}` is text with expressions in it, always a string: it must be exactly one expression; {wanted}"
+            ),
+            Ok(_) => format!("for_each `{text}` is not an expression: {wanted}"),
+        };
+        self.error(loc, message);
+        None
+    }
+
+    /// `max_concurrency`, on a step with `for_each` only.
+    fn max_concurrency(&mut self, raw: &RawStep) -> Option<u32> {
+        let m = raw.max_concurrency.as_ref()?;
+        if raw.for_each.is_none() {
+            self.error(
+                m.referenced,
+                "max_concurrency bounds the branches of a fan-out: it is only allowed on a step with `for_each`".into(),
+            );
+            return None;
+        }
+        match u32::try_from(m.value) {
+            Ok(n) if (1..=MAX_BRANCHES).contains(&(n as usize)) => Some(n),
+            _ => {
+                self.error(
+                    m.referenced,
+                    format!(
+                        "max_concurrency is {}; it must be between 1 and {MAX_BRANCHES} (the most branches a fan-out may have)",
+                        m.value
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A step; `visible` are the steps it waits for, directly or not.
+    fn step(&mut self, raw: &RawStep, visible: &[String], all: &[String]) -> StepDefinition {
         let name = self.name("step name", &raw.name);
         let stream = self.name("stream", &raw.stream);
         let command = raw
@@ -529,11 +701,23 @@ impl Checker<'_> {
             .retry
             .as_ref()
             .map_or(DEFAULT_STEP_RETRY, |r| self.retry(r));
+        let in_branch = raw.for_each.is_some();
         let action_scope = Scope {
-            visible_steps: earlier,
+            step: &raw.name.value,
+            visible_steps: visible,
             all_steps: all,
             in_compensation: false,
+            in_branch,
         };
+        let for_each_scope = Scope {
+            in_branch: false,
+            ..action_scope
+        };
+        let items = raw
+            .for_each
+            .as_ref()
+            .and_then(|f| self.for_each(f, &for_each_scope));
+        let max_concurrency = self.max_concurrency(raw);
         let input = raw
             .input
             .as_ref()
@@ -553,12 +737,26 @@ impl Checker<'_> {
             replies,
             compensation: None,
             after: Vec::new(),
-            for_each: None,
+            for_each: items.map(|items| ForEach {
+                items,
+                max_concurrency,
+            }),
+        };
+        // A compensation runs once its step has completed (or may have):
+        // it may read the step's own result too.
+        let mut up_to_self = visible.to_vec();
+        up_to_self.push(raw.name.value.clone());
+        let comp_scope = Scope {
+            step: &raw.name.value,
+            visible_steps: &up_to_self,
+            all_steps: all,
+            in_compensation: true,
+            in_branch,
         };
         step.compensation = raw
             .compensation
             .as_ref()
-            .map(|c| self.compensation(&c.value, &step, up_to_self, all));
+            .map(|c| self.compensation(&c.value, &step, &comp_scope));
         step
     }
 
@@ -581,14 +779,8 @@ impl Checker<'_> {
         &mut self,
         raw: &RawCompensation,
         step: &StepDefinition,
-        visible: &[String],
-        all: &[String],
+        scope: &Scope<'_>,
     ) -> CompensationDefinition {
-        let scope = Scope {
-            visible_steps: visible,
-            all_steps: all,
-            in_compensation: true,
-        };
         let timeout = raw
             .timeout
             .as_ref()
@@ -611,11 +803,40 @@ impl Checker<'_> {
                 .retry
                 .as_ref()
                 .map_or(DEFAULT_COMPENSATION_RETRY, |r| self.retry(r)),
-            input: raw.input.as_ref().and_then(|i| self.template(i, &scope)),
+            input: raw.input.as_ref().and_then(|i| self.template(i, scope)),
             replies: raw
                 .reply_stream
                 .as_ref()
                 .map_or(step.replies, |r| self.reply_mode(r)),
         }
     }
+}
+
+/// A path from step `from` to step `to` (both included) along what each
+/// step waits for (`waits`): the shortest, the first in the order of the
+/// entries when several are as short.
+fn path(waits: &[Vec<usize>], from: usize, to: usize) -> Option<Vec<usize>> {
+    let mut came_from: Vec<Option<usize>> = vec![None; waits.len()];
+    let mut queue = std::collections::VecDeque::from([from]);
+    let mut seen = vec![false; waits.len()];
+    seen[from] = true;
+    while let Some(k) = queue.pop_front() {
+        if k == to {
+            let mut out = vec![to];
+            let mut at = to;
+            while let Some(prev) = came_from[at] {
+                out.push(prev);
+                at = prev;
+            }
+            out.reverse();
+            return Some(out);
+        }
+        for &next in &waits[k] {
+            if !std::mem::replace(&mut seen[next], true) {
+                came_from[next] = Some(k);
+                queue.push_back(next);
+            }
+        }
+    }
+    None
 }

@@ -152,4 +152,31 @@ impl SagaDefinition {
         let waits = move |(i, s): (usize, &StepDefinition)| s.after.contains(&index).then_some(i);
         self.steps.iter().enumerate().filter_map(waits)
     }
+
+    /// Every step that step `index` waits for, directly (its `after`) or
+    /// through the steps it waits for, in the order of the file: the steps
+    /// that have completed whenever it starts, whose results its templates
+    /// may read. Never `index` itself (a definition that loads has no
+    /// cycle).
+    pub fn ancestors(&self, index: usize) -> Vec<usize> {
+        ancestors(self.steps.len(), index, |i| &self.steps[i].after)
+    }
+}
+
+/// The steps that step `index` (of `count`) waits for, directly or not,
+/// ascending, given each step's `after`. Ends on a cycle too, whose steps
+/// are then their own ancestors.
+pub(super) fn ancestors<'a>(
+    count: usize,
+    index: usize,
+    after: impl Fn(usize) -> &'a [usize],
+) -> Vec<usize> {
+    let mut seen = vec![false; count];
+    let mut todo: Vec<usize> = after(index).to_vec();
+    while let Some(i) = todo.pop() {
+        if !std::mem::replace(&mut seen[i], true) {
+            todo.extend_from_slice(after(i));
+        }
+    }
+    (0..count).filter(|&i| seen[i]).collect()
 }

@@ -27,6 +27,17 @@ pub struct RawStep {
     pub input: Option<Spanned<RawNode>>,
     pub reply_stream: Option<Spanned<String>>,
     pub compensation: Option<Spanned<RawCompensation>>,
+    /// The steps it waits for, by name; `[]` for none.
+    pub after: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The list it runs once per element of: one `${...}` expression.
+    pub for_each: Option<Spanned<String>>,
+    /// The most branches of a `for_each` under way at once.
+    pub max_concurrency: Option<Spanned<i64>>,
+    /// Set on a step that stands in for one that does not read
+    /// ([`super::salvage`]) and has an `after`: which steps it waits for is
+    /// not known. Not a key of the file.
+    #[serde(skip)]
+    pub after_unknown: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,10 @@
 //! does not read on its own (a problem of shape, a flow-style list of
 //! steps, an alias to an anchor outside it) stands in under its name with
 //! no values to check, so that the steps after it may still refer to it.
+//! Which steps it waits for is then known only when it has no `after` (the
+//! step listed before it); otherwise it is marked unknown, so that no
+//! reference to a step is refused for want of an `after` that may well be
+//! in the part that does not read.
 
 use super::raw::{RawNode, RawSaga, RawStep};
 use serde_saphyr::Spanned;
@@ -80,13 +84,15 @@ fn stand_in(
 ) -> RawStep {
     let mut step: RawStep =
         serde_saphyr::from_str("{name: x, stream: x}").expect("a minimal step reads");
-    let name = match &item.value {
-        RawNode::Map(entries) => entries
-            .iter()
-            .find(|(k, _)| k.value == "name")
-            .and_then(|(_, v)| text_of(v)),
-        _ => None,
+    let entries = match &item.value {
+        RawNode::Map(entries) => entries.as_slice(),
+        _ => &[],
     };
+    let name = entries
+        .iter()
+        .find(|(k, _)| k.value == "name")
+        .and_then(|(_, v)| text_of(v));
+    step.after_unknown = entries.iter().any(|(k, _)| k.value == "after");
     step.name = name
         .unwrap_or_else(|| Spanned::new(format!("#{}", index + 1), item.referenced, item.defined));
     step.stream = Spanned::new("x".into(), item.referenced, item.defined);

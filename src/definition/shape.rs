@@ -53,6 +53,10 @@ enum Kind {
     /// A scalar: text, or a number or boolean read as text.
     Text,
     Integer,
+    /// A list of step names (`after`).
+    Names,
+    /// One `${...}` expression (`for_each`).
+    Expr,
     Map(Level),
     Steps,
     /// Anything (a template), or a key of no known kind.
@@ -87,7 +91,9 @@ impl Level {
             (Level::Saga, "steps") => Kind::Steps,
             (Level::Step | Level::Compensation, "retry") => Kind::Map(Level::Retry),
             (Level::Step, "compensation") => Kind::Map(Level::Compensation),
-            (Level::Retry, "max_attempts") => Kind::Integer,
+            (Level::Retry, "max_attempts") | (Level::Step, "max_concurrency") => Kind::Integer,
+            (Level::Step, "after") => Kind::Names,
+            (Level::Step, "for_each") => Kind::Expr,
             (_, k) if self.keys().contains(&k) => Kind::Text,
             _ => Kind::Any,
         }
@@ -117,11 +123,40 @@ impl Walk {
             if let RawNode::Null = value.value {
                 // An empty optional key is as good as none; an empty
                 // required one is reported with the missing ones below.
+                // But `after:` with nothing is neither of the two things
+                // it could mean, so it is refused.
+                if let Kind::Names = kind {
+                    self.problems.push((
+                        key.referenced,
+                        format!("{owner}: `{name}` is empty: write `after: []` for a step that starts with the saga, or leave `after` out for one that waits for the step listed before it"),
+                    ));
+                }
                 continue;
             }
             match kind {
                 Kind::Any => {}
-                Kind::Text if is_scalar(&value.value) => {}
+                Kind::Text | Kind::Expr if is_scalar(&value.value) => {}
+                Kind::Names => {
+                    if let RawNode::Seq(items) = &value.value {
+                        for item in items.iter().filter(|i| !is_scalar(&i.value)) {
+                            self.problems.push((
+                                item.referenced,
+                                format!(
+                                    "{owner}: each entry of `{name}` must be a step name, not {}",
+                                    kind_of(&item.value)
+                                ),
+                            ));
+                        }
+                    } else {
+                        self.problems.push((
+                            value.referenced,
+                            format!(
+                                "{owner}: `{name}` must be a list of step names (`[a, b]`, or `[]` for none), not {}",
+                                kind_of(&value.value)
+                            ),
+                        ));
+                    }
+                }
                 Kind::Integer if matches!(value.value, RawNode::Int(_) | RawNode::UInt(_)) => {}
                 Kind::Map(inner) if matches!(value.value, RawNode::Map(_)) => {
                     let inner_owner = match inner {
@@ -209,7 +244,7 @@ fn unknown_key(owner: &str, key: &str, known: &[&str]) -> String {
 
 /// The known key most like `key`, if one is like it at all: the measure
 /// and threshold clap uses for its own suggestions.
-fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+pub(super) fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
     known
         .iter()
         .map(|k| (strsim::jaro(key, k), *k))
@@ -229,6 +264,8 @@ fn expected(kind: Kind) -> &'static str {
     match kind {
         Kind::Text => "a single value",
         Kind::Integer => "a whole number",
+        Kind::Names => "a list of step names",
+        Kind::Expr => "one `${...}` expression",
         Kind::Map(_) => "a mapping",
         Kind::Steps => "a list of steps",
         Kind::Any => "a value",

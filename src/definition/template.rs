@@ -2,11 +2,16 @@
 //! expressions, checked when a definition loads and rendered for each
 //! command.
 //!
-//! `${input.<path>}`, `${steps.<step>.result.<path>}`, `${saga_id}`,
-//! `${correlation_id}`, and in compensations `${failure.step}` and
-//! `${failure.reason}`. A string that is exactly one expression keeps the
-//! value's JSON type; otherwise values are spliced in as text. `$${` writes
-//! a literal `${`. Path segments that are numbers index arrays.
+//! `${input.<path>}`, `${steps.<step>.result.<path>}` (of a step that has
+//! completed whenever the template renders: one the step waits for through
+//! `after`, directly or not, or in its compensation the step itself),
+//! `${saga_id}`, `${correlation_id}`; in compensations `${failure.step}` and
+//! `${failure.reason}`; in the input of a step with `for_each` and of its
+//! compensation, `${item}` / `${item.<path>}` (the element of the branch)
+//! and `${index}` (its 0-based position in the list). A string that is
+//! exactly one expression keeps the value's JSON type; otherwise values are
+//! spliced in as text. `$${` writes a literal `${`. Path segments that are
+//! numbers index arrays.
 
 use crate::protocol::Json;
 use serde_json::{Map, Value};
@@ -17,11 +22,18 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq)]
 pub enum Expr {
     Input(Vec<String>),
-    StepResult { step: String, path: Vec<String> },
+    StepResult {
+        step: String,
+        path: Vec<String>,
+    },
     SagaId,
     CorrelationId,
     FailureStep,
     FailureReason,
+    /// The element of a fan-out's branch, or a part of it.
+    Item(Vec<String>),
+    /// The 0-based position of a fan-out's branch in its list.
+    Index,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -44,12 +56,17 @@ pub enum Template {
 
 /// What a template may refer to, from where it stands in the saga.
 pub struct Scope<'a> {
-    /// Steps whose results exist when this template renders.
+    /// The step the template belongs to, for messages.
+    pub step: &'a str,
+    /// Steps whose results exist whenever this template renders.
     pub visible_steps: &'a [String],
-    /// Every step of the saga, to tell "later" from "unknown".
+    /// Every step of the saga, to tell "not waited for" from "unknown".
     pub all_steps: &'a [String],
     /// Compensation templates may use `${failure.*}`.
     pub in_compensation: bool,
+    /// The inputs of a step with `for_each` (and of its compensation) may
+    /// use `${item}` and `${index}`.
+    pub in_branch: bool,
 }
 
 /// The values a template renders from.
@@ -59,7 +76,8 @@ pub struct Context<'a> {
     pub saga_id: &'a str,
     pub correlation_id: &'a str,
     pub failure: Option<(&'a str, &'a str)>,
-    /// A fan-out branch's element and its position in the list.
+    /// The element of the branch being rendered and its 0-based position,
+    /// for a fan-out step's commands; `None` elsewhere.
     pub item: Option<(&'a Value, usize)>,
 }
 
@@ -80,6 +98,8 @@ impl fmt::Display for Expr {
             Expr::CorrelationId => f.write_str("${correlation_id}"),
             Expr::FailureStep => f.write_str("${failure.step}"),
             Expr::FailureReason => f.write_str("${failure.reason}"),
+            Expr::Item(path) => write!(f, "${{item{}}}", dotted(path)),
+            Expr::Index => f.write_str("${index}"),
         }
     }
 }
@@ -214,13 +234,26 @@ fn parse_expr(expr: &str, scope: &Scope<'_>) -> Result<Expr, String> {
         ["failure", ..] if !scope.in_compensation => Err(format!(
             "`${{{expr}}}` is only available in a compensation's input"
         )),
+        ["item", path @ ..] if scope.in_branch => Ok(Expr::Item(owned(path))),
+        ["index"] if scope.in_branch => Ok(Expr::Index),
+        ["index", ..] if scope.in_branch => Err(format!(
+            "`${{{expr}}}` is not valid: `${{index}}` is a number, with no path"
+        )),
+        ["item" | "index", ..] => Err(format!(
+            "`${{{expr}}}` is only available in the input of a step with `for_each` and of its compensation (the element of one branch, and its position)"
+        )),
         ["steps", step, "result", path @ ..] => {
             let step = (*step).to_owned();
             if scope.visible_steps.contains(&step) {
                 Ok(Expr::StepResult { step, path: owned(path) })
+            } else if step == scope.step {
+                Err(format!(
+                    "`${{{expr}}}` reads the result of step `{step}` itself, which exists only once it has completed: only its compensation's input may read it"
+                ))
             } else if scope.all_steps.contains(&step) {
                 Err(format!(
-                    "`${{{expr}}}` refers to step `{step}`, which has not run yet at this point (only earlier steps' results can be used)"
+                    "`${{{expr}}}` reads the result of step `{step}`, which step `{}` does not wait for, so it may not have completed: add `{step}` to the `after` of `{}`",
+                    scope.step, scope.step
                 ))
             } else {
                 Err(format!("`${{{expr}}}` refers to step `{step}`, but no step has that name"))
@@ -230,7 +263,8 @@ fn parse_expr(expr: &str, scope: &Scope<'_>) -> Result<Expr, String> {
             "`${{{expr}}}` is not a valid step reference: write `${{steps.<step>.result.<path>}}`"
         )),
         _ => Err(format!(
-            "`${{{expr}}}` is unknown: use input.<path>, steps.<step>.result.<path>, saga_id, correlation_id{}",
+            "`${{{expr}}}` is unknown: use input.<path>, steps.<step>.result.<path>, saga_id, correlation_id{}{}",
+            if scope.in_branch { ", item, item.<path>, index" } else { "" },
             if scope.in_compensation { ", failure.step or failure.reason" } else { "" }
         )),
     }
@@ -257,6 +291,8 @@ fn lookup(expr: &Expr, ctx: &Context<'_>) -> Option<Value> {
         Expr::FailureReason => ctx
             .failure
             .map(|(_, reason)| Value::String(reason.to_owned())),
+        Expr::Item(path) => walk(ctx.item?.0, path),
+        Expr::Index => ctx.item.map(|(_, index)| Value::from(index)),
     }
 }
 
@@ -269,19 +305,36 @@ mod tests {
         vec!["allocate".into(), "plan".into()]
     }
 
+    /// A template of a third step, `explore`, which waits for the first
+    /// `visible` steps.
     fn parse(v: Value, visible: usize, comp: bool) -> Result<Template, String> {
-        let all = steps();
+        parse_in(v, visible, comp, false)
+    }
+
+    fn parse_in(v: Value, visible: usize, comp: bool, branch: bool) -> Result<Template, String> {
+        let mut all = steps();
+        all.push("explore".into());
         Template::parse(
             &v,
             &Scope {
+                step: "explore",
                 visible_steps: &all[..visible],
                 all_steps: &all,
                 in_compensation: comp,
+                in_branch: branch,
             },
         )
     }
 
     fn ctx_render(t: &Template, lenient: bool) -> Result<Value, TemplateError> {
+        ctx_render_item(t, lenient, None)
+    }
+
+    fn ctx_render_item(
+        t: &Template,
+        lenient: bool,
+        item: Option<(&Value, usize)>,
+    ) -> Result<Value, TemplateError> {
         let input = Json::of(&json!({"area": "hall-a", "robots": 2, "tags": ["x", "y"]}));
         let mut results = BTreeMap::new();
         results.insert(
@@ -295,7 +348,7 @@ mod tests {
                 saga_id: "s1",
                 correlation_id: "c1",
                 failure: Some(("plan", "boom")),
-                item: None,
+                item,
             },
             lenient,
         )
@@ -342,7 +395,12 @@ mod tests {
     fn bad_references_are_refused_with_their_path() {
         let err = parse(json!({"a": {"b": "${steps.plan.result.x}"}}), 1, false).unwrap_err();
         assert!(err.starts_with("input.a.b: "), "{err}");
-        assert!(err.contains("has not run yet"), "{err}");
+        assert!(
+            err.ends_with("reads the result of step `plan`, which step `explore` does not wait for, so it may not have completed: add `plan` to the `after` of `explore`"),
+            "{err}"
+        );
+        let err = parse(json!("${steps.explore.result}"), 2, false).unwrap_err();
+        assert!(err.contains("the result of step `explore` itself"), "{err}");
         let err = parse(json!("${steps.nope.result}"), 2, false).unwrap_err();
         assert!(err.contains("no step has that name"), "{err}");
         assert!(parse(json!("${steps.allocate}"), 2, false)
@@ -371,6 +429,71 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ctx_render(&t, false).unwrap(), json!({"why": "plan: boom"}));
+    }
+
+    #[test]
+    fn branches_see_their_element_and_position() {
+        let t = parse_in(
+            json!({"robot": "${item}", "n": "${index}", "zone": "${item.zone}", "text": "#${index}: ${item.id}", "all": "${steps.allocate.result.robot_ids}"}),
+            1,
+            false,
+            true,
+        )
+        .unwrap();
+        let item = json!({"id": "r2", "zone": 7});
+        assert_eq!(
+            ctx_render_item(&t, false, Some((&item, 1))).unwrap(),
+            json!({"robot": {"id": "r2", "zone": 7}, "n": 1, "zone": 7, "text": "#1: r2", "all": ["r1", "r2"]})
+        );
+        // Outside a branch there is no element: missing, like any value.
+        let err = ctx_render_item(&t, false, None).unwrap_err();
+        assert_eq!(err.0, "${item} refers to a value that is not there");
+        // In a compensation too.
+        let t = parse_in(json!(["${item.id}", "${index}"]), 3, true, true).unwrap();
+        assert_eq!(
+            ctx_render_item(&t, false, Some((&item, 4))).unwrap(),
+            json!(["r2", 4])
+        );
+    }
+
+    #[test]
+    fn item_and_index_are_only_for_branches() {
+        for expr in ["${item}", "${item.id}", "${index}"] {
+            for comp in [false, true] {
+                let err = parse_in(json!(expr), 0, comp, false).unwrap_err();
+                assert_eq!(
+                    err,
+                    format!("input: `{expr}` is only available in the input of a step with `for_each` and of its compensation (the element of one branch, and its position)")
+                );
+            }
+        }
+        let err = parse_in(json!("${index.x}"), 0, false, true).unwrap_err();
+        assert!(
+            err.contains("`${index}` is a number, with no path"),
+            "{err}"
+        );
+        let err = parse_in(json!("${items}"), 0, false, true).unwrap_err();
+        assert!(err.contains("item, item.<path>, index"), "{err}");
+    }
+
+    #[test]
+    fn expressions_display_as_written() {
+        for text in [
+            "${input.a.0}",
+            "${steps.allocate.result.robot_ids}",
+            "${saga_id}",
+            "${correlation_id}",
+            "${failure.step}",
+            "${failure.reason}",
+            "${item}",
+            "${item.pose.x}",
+            "${index}",
+        ] {
+            let Template::Expr(e) = parse_in(json!(text), 2, true, true).unwrap() else {
+                panic!("{text} is one expression");
+            };
+            assert_eq!(e.to_string(), text);
+        }
     }
 
     #[test]

@@ -83,8 +83,10 @@ fn references_to_later_steps_are_refused() {
         "area: ${steps.plan_route.result.area}",
     );
     let err = error_of(&text);
-    assert!(err.starts_with("sagas/m.yaml:9:13: input.area: "), "{err}");
-    assert!(err.contains("has not run yet"), "{err}");
+    assert_eq!(
+        err,
+        "sagas/m.yaml:9:13: input.area: `${steps.plan_route.result.area}` reads the result of step `plan_route`, which step `allocate_resources` does not wait for, so it may not have completed: add `plan_route` to the `after` of `allocate_resources`"
+    );
 }
 
 #[test]
@@ -493,5 +495,499 @@ fn a_clock_that_could_never_run_out_first_is_refused() {
     assert_eq!(
         error_of(&text),
         "sagas/m.yaml:13:20: ack_timeout (1m) must be shorter than the attempt's timeout (1s), or it never runs out first"
+    );
+}
+
+// Steps that wait for others (`after`) and fan-outs (`for_each`).
+
+/// The steps each step waits for, by name.
+fn after_of(def: &SagaDefinition) -> Vec<Vec<&str>> {
+    def.steps
+        .iter()
+        .map(|s| {
+            s.after
+                .iter()
+                .map(|&j| def.steps[j].name.as_str())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn without_after_each_step_waits_for_the_one_before_it() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("sagas/mission_start.yaml");
+    let catalog = load_dir(&path).unwrap();
+    let def = catalog.get("mission_start").unwrap();
+    assert_eq!(
+        after_of(def),
+        [
+            vec![],
+            vec!["allocate_resources"],
+            vec!["plan_route"],
+            vec!["perform_exploration"],
+        ]
+    );
+    assert!(def.steps.iter().all(|s| s.for_each.is_none()));
+    assert_eq!(def.ancestors(0), Vec::<usize>::new());
+    assert_eq!(def.ancestors(3), [0, 1, 2]);
+    assert_eq!(def.dependents(1).collect::<Vec<_>>(), [2]);
+
+    let def = load_str(Path::new("m.yaml"), GOOD).unwrap();
+    assert_eq!(after_of(&def), [vec![], vec!["allocate_resources"]]);
+}
+
+/// Two steps in parallel, then a join; `after` may name a step listed
+/// later, and `after: []` starts a step with the saga wherever it stands.
+#[test]
+fn after_names_the_steps_a_step_waits_for() {
+    let text = "\
+name: dag
+steps:
+  - name: merge
+    stream: s
+    after: [scan_north, scan_south]
+    input:
+      north: ${steps.scan_north.result.map}
+      south: ${steps.scan_south.result.map}
+      area: ${steps.allocate.result.area}
+  - name: allocate
+    stream: s
+    after: []
+  - name: scan_north
+    stream: s
+  - name: scan_south
+    stream: s
+    after: [allocate]
+  - name: report
+    stream: s
+    after: []
+";
+    let def = load_str(Path::new("m.yaml"), text).unwrap();
+    assert_eq!(
+        after_of(&def),
+        [
+            vec!["scan_north", "scan_south"],
+            vec![],
+            vec!["allocate"],
+            vec!["allocate"],
+            vec![],
+        ]
+    );
+    assert_eq!(
+        def.ancestors(0),
+        [1, 2, 3],
+        "through the steps it waits for"
+    );
+    assert_eq!(def.ancestors(4), Vec::<usize>::new());
+    assert_eq!(def.dependents(1).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(def.dependents(0).count(), 0);
+}
+
+#[test]
+fn after_names_known_other_steps_once_each() {
+    let text = "\
+name: dag
+steps:
+  - name: allocate
+    stream: s
+  - name: scan
+    stream: s
+    after: [alocate, scan, allocate]
+  - name: merge
+    stream: s
+    after:
+      - scan
+      - allocate
+      - scan
+      - nothing_like_it
+";
+    assert_eq!(
+        errors_of(text),
+        [
+            "m.yaml:7:13: `after` of step `scan` names step `alocate`, but no step has that name; did you mean `allocate`?",
+            "m.yaml:7:22: step `scan` names itself in its `after`: a step cannot wait for itself",
+            "m.yaml:13:9: step `merge` lists `scan` twice in its `after` (first at 11:9)",
+            "m.yaml:14:9: `after` of step `merge` names step `nothing_like_it`, but no step has that name",
+        ]
+    );
+}
+
+#[test]
+fn each_cycle_is_reported_once_at_the_entry_that_closes_it() {
+    // `b` waits for `a` (listed before it); `a` waiting for `b` closes it.
+    // `d` and `e` wait for each other; `f` for `e`, and `c` (through `d`)
+    // for `f`.
+    let text = "\
+name: cycles
+steps:
+  - name: a
+    stream: s
+    after: [b]
+  - name: b
+    stream: s
+  - name: c
+    stream: s
+    after: [f]
+  - name: d
+    stream: s
+    after: [e, c]
+  - name: e
+    stream: s
+    after: [d]
+  - name: f
+    stream: s
+    after: [e]
+";
+    assert_eq!(
+        errors_of(text),
+        [
+            "m.yaml:5:13: this `after` closes a cycle: a → b → a (each step waits for the next), so none of them can start",
+            "m.yaml:16:13: this `after` closes a cycle: e → d → e (each step waits for the next), so none of them can start",
+            "m.yaml:19:13: this `after` closes a cycle: f → e → d → c → f (each step waits for the next), so none of them can start",
+        ]
+    );
+    // Closed by an entry naming a later step, through the steps that wait
+    // for the one listed before them.
+    let text = "\
+name: cycles
+steps:
+  - name: a
+    stream: s
+  - name: b
+    stream: s
+    after: [d]
+  - name: c
+    stream: s
+  - name: d
+    stream: s
+";
+    assert_eq!(
+        errors_of(text),
+        ["m.yaml:7:13: this `after` closes a cycle: b → d → c → b (each step waits for the next), so none of them can start"]
+    );
+}
+
+#[test]
+fn a_template_reads_only_steps_its_step_waits_for() {
+    let text = "\
+name: dag
+steps:
+  - name: a
+    stream: s
+    after: []
+  - name: b
+    stream: s
+    after: []
+    input:
+      from_a: ${steps.a.result.x}
+      mine: ${steps.b.result.x}
+    compensation:
+      command: undo_b
+      input:
+        mine: ${steps.b.result.x}
+        from_a: ${steps.a.result.x}
+  - name: c
+    stream: s
+    after: [b]
+    input:
+      from_b: ${steps.b.result.x}
+      from_a: ${steps.a.result.x}
+  - name: d
+    stream: s
+    after: [c]
+    input:
+      from_b: ${steps.b.result.x}
+      from_c: ${steps.c.result.x}
+    compensation:
+      command: undo_d
+      input:
+        mine: ${steps.d.result.x}
+        from_b: ${steps.b.result.x}
+";
+    let not_waited = |at: &str, path: &str, step: &str, of: &str| {
+        format!("m.yaml:{at}: {path}: `${{steps.{step}.result.x}}` reads the result of step `{step}`, which step `{of}` does not wait for, so it may not have completed: add `{step}` to the `after` of `{of}`")
+    };
+    assert_eq!(
+        errors_of(text),
+        [
+            not_waited("10:15", "input.from_a", "a", "b"),
+            "m.yaml:11:13: input.mine: `${steps.b.result.x}` reads the result of step `b` itself, which exists only once it has completed: only its compensation's input may read it".to_owned(),
+            not_waited("16:17", "input.from_a", "a", "b"),
+            not_waited("22:15", "input.from_a", "a", "c"),
+        ]
+    );
+}
+
+const FAN_OUT: &str = "\
+name: fan_out
+steps:
+  - name: allocate_resources
+    stream: resources:commands
+  - name: explore
+    stream: exploration:commands
+    for_each: ${steps.allocate_resources.result.robot_ids}
+    max_concurrency: 4
+    input:
+      robot: ${item}
+      zone: ${item.zone}
+      branch: ${index}
+      area: ${input.area}
+    compensation:
+      command: abort_exploration
+      input:
+        robot: ${item}
+        branch: ${index}
+        maps: ${steps.explore.result}
+  - name: merge
+    stream: mapping:commands
+    input:
+      partial_maps: ${steps.explore.result}
+";
+
+#[test]
+fn a_fan_out_loads_with_its_list_and_bound() {
+    let def = load_str(Path::new("m.yaml"), FAN_OUT).unwrap();
+    let explore = &def.steps[1];
+    assert_eq!(
+        explore.for_each,
+        Some(ForEach {
+            items: template::Expr::StepResult {
+                step: "allocate_resources".into(),
+                path: vec!["robot_ids".into()],
+            },
+            max_concurrency: Some(4),
+        })
+    );
+    assert_eq!(
+        after_of(&def),
+        [vec![], vec!["allocate_resources"], vec!["explore"]]
+    );
+    let ctx = |item| template::Context {
+        input: Box::leak(Box::new(crate::protocol::Json::of(
+            &serde_json::json!({"area": "hall-a", "ids": [1, 2]}),
+        ))),
+        results: Box::leak(Box::default()),
+        saga_id: "s",
+        correlation_id: "c",
+        failure: None,
+        item,
+    };
+    let robot = serde_json::json!({"id": "r7", "zone": 3});
+    let rendered = explore
+        .input
+        .as_ref()
+        .unwrap()
+        .render(&ctx(Some((&robot, 2))), false)
+        .unwrap();
+    assert_eq!(
+        rendered,
+        serde_json::json!({"robot": {"id": "r7", "zone": 3}, "zone": 3, "branch": 2, "area": "hall-a"})
+    );
+
+    // From the saga input, without a bound.
+    let text = FAN_OUT
+        .replace(
+            "${steps.allocate_resources.result.robot_ids}",
+            "${input.ids}",
+        )
+        .replace("    max_concurrency: 4\n", "");
+    let def = load_str(Path::new("m.yaml"), &text).unwrap();
+    let for_each = def.steps[1].for_each.as_ref().unwrap();
+    assert_eq!(for_each.items, template::Expr::Input(vec!["ids".into()]));
+    assert_eq!(for_each.max_concurrency, None);
+    let bound = FAN_OUT.replace(
+        "max_concurrency: 4",
+        &format!("max_concurrency: {MAX_BRANCHES}"),
+    );
+    let def = load_str(Path::new("m.yaml"), &bound).unwrap();
+    let limit = u32::try_from(MAX_BRANCHES).unwrap();
+    assert_eq!(
+        def.steps[1].for_each.as_ref().unwrap().max_concurrency,
+        Some(limit)
+    );
+}
+
+#[test]
+fn for_each_is_one_expression_of_the_input_or_a_result_waited_for() {
+    let wanted =
+        "write `${input.<path>}` or `${steps.<step>.result.<path>}` for the list of the branches";
+    let with = |for_each: &str| {
+        FAN_OUT.replace(
+            "for_each: ${steps.allocate_resources.result.robot_ids}",
+            &format!("for_each: {for_each}"),
+        )
+    };
+    for (for_each, says) in [
+        (
+            "robots-${input.ids}",
+            format!("for_each `robots-${{input.ids}}` is text with expressions in it, always a string: it must be exactly one expression; {wanted}"),
+        ),
+        (
+            "r1",
+            format!("for_each `r1` is not an expression: {wanted}"),
+        ),
+        (
+            "'3'",
+            format!("for_each `3` is not an expression: {wanted}"),
+        ),
+        (
+            "${saga_id}",
+            format!("for_each `${{saga_id}}` is not a list of the saga input or of a step's result: {wanted}"),
+        ),
+        (
+            "${steps.explore.result}",
+            "for_each: `${steps.explore.result}` reads the result of step `explore` itself, which exists only once it has completed: only its compensation's input may read it".to_owned(),
+        ),
+        (
+            "${steps.merge.result.ids}",
+            "for_each: `${steps.merge.result.ids}` reads the result of step `merge`, which step `explore` does not wait for, so it may not have completed: add `merge` to the `after` of `explore`".to_owned(),
+        ),
+        (
+            "${steps.alloc.result.ids}",
+            "for_each: `${steps.alloc.result.ids}` refers to step `alloc`, but no step has that name".to_owned(),
+        ),
+        (
+            "${item.ids}",
+            "for_each: `${item.ids}` is only available in the input of a step with `for_each` and of its compensation (the element of one branch, and its position)".to_owned(),
+        ),
+    ] {
+        assert_eq!(errors_of(&with(for_each)), [format!("m.yaml:7:15: {says}")], "{for_each}");
+    }
+    // A list written out is not an expression: refused with the shape.
+    assert_eq!(
+        errors_of(&with("[r1, r2]")),
+        ["m.yaml:7:15: step `explore`: `for_each` must be one `${...}` expression, not a list"]
+    );
+}
+
+#[test]
+fn max_concurrency_bounds_a_fan_out_only() {
+    for (bound, says) in [
+        ("0", "max_concurrency is 0; it must be between 1 and 1000 (the most branches a fan-out may have)"),
+        ("1001", "max_concurrency is 1001; it must be between 1 and 1000 (the most branches a fan-out may have)"),
+        ("-2", "max_concurrency is -2; it must be between 1 and 1000 (the most branches a fan-out may have)"),
+        ("many", "step `explore`: `max_concurrency` must be a whole number, not text"),
+    ] {
+        let text = FAN_OUT.replace("max_concurrency: 4", &format!("max_concurrency: {bound}"));
+        assert_eq!(errors_of(&text), [format!("m.yaml:8:22: {says}")], "{bound}");
+    }
+    let text = FAN_OUT.replace(
+        "    stream: mapping:commands\n",
+        "    stream: mapping:commands\n    max_concurrency: 2\n",
+    );
+    assert_eq!(
+        errors_of(&text),
+        ["m.yaml:22:22: max_concurrency bounds the branches of a fan-out: it is only allowed on a step with `for_each`"]
+    );
+}
+
+#[test]
+fn item_and_index_belong_to_the_inputs_of_a_fan_out_step() {
+    let only = "is only available in the input of a step with `for_each` and of its compensation (the element of one branch, and its position)";
+    let text = FAN_OUT.replace(
+        "      partial_maps: ${steps.explore.result}\n",
+        "      partial_maps: ${steps.explore.result}\n      robot: ${item.id}\n    compensation:\n      command: discard\n      input: { n: '${index}' }\n",
+    );
+    assert_eq!(
+        errors_of(&text),
+        [
+            format!("m.yaml:24:14: input.robot: `${{item.id}}` {only}"),
+            format!("m.yaml:27:19: input.n: `${{index}}` {only}"),
+        ]
+    );
+}
+
+#[test]
+fn the_shape_of_the_new_keys_is_checked() {
+    let text = GOOD.replace(
+        "  - name: plan_route\n",
+        "  - name: plan_route\n    after:\n",
+    );
+    assert_eq!(
+        errors_of(&text),
+        ["m.yaml:13:5: step `plan_route`: `after` is empty: write `after: []` for a step that starts with the saga, or leave `after` out for one that waits for the step listed before it"]
+    );
+    let text = GOOD.replace(
+        "  - name: plan_route\n",
+        "  - name: plan_route\n    after: allocate_resources\n",
+    );
+    assert_eq!(
+        errors_of(&text),
+        ["m.yaml:13:12: step `plan_route`: `after` must be a list of step names (`[a, b]`, or `[]` for none), not text"]
+    );
+    let text = GOOD.replace(
+        "  - name: plan_route\n",
+        "  - name: plan_route\n    after: [allocate_resources, {step: x}, [y]]\n",
+    );
+    assert_eq!(
+        errors_of(&text),
+        [
+            "m.yaml:13:33: step `plan_route`: each entry of `after` must be a step name, not a mapping",
+            "m.yaml:13:44: step `plan_route`: each entry of `after` must be a step name, not a list",
+        ]
+    );
+    let text = GOOD.replace(
+        "  - name: plan_route\n",
+        "  - name: plan_route\n    needs: [allocate_resources]\n    foreach: ${input.ids}\n",
+    );
+    let errs = errors_of(&text);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0]
+            .starts_with("m.yaml:13:5: step `plan_route`: unknown key `needs`; the keys here are "),
+        "{errs:?}"
+    );
+    assert!(
+        errs[0].ends_with(" compensation, after, for_each, max_concurrency"),
+        "{errs:?}"
+    );
+    assert_eq!(
+        errs[1],
+        "m.yaml:14:5: step `plan_route`: unknown key `foreach`; did you mean `for_each`?"
+    );
+}
+
+/// With problems of shape in some steps, the `after` of the others is
+/// still checked; a step that does not read waits for the step before it
+/// when it has no `after`, and when it has one, no reference through it is
+/// refused for want of an `after`.
+#[test]
+fn after_is_checked_with_problems_of_shape() {
+    let text = "\
+name: x
+steps:
+  - name: a
+    stream: s
+  - name: b
+    stream: s
+    timout: 5s
+  - name: c
+    stream: s
+    after: [b, nope]
+    input:
+      from_a: ${steps.a.result}
+  - name: d
+    stream: s
+    after: []
+    input:
+      from_a: ${steps.a.result}
+  - name: e
+    stream: s
+    after: [a]
+    timout: 5s
+  - name: f
+    stream: s
+    after: [e]
+    input:
+      from_d: ${steps.d.result}
+";
+    assert_eq!(
+        errors_of(text),
+        [
+            "m.yaml:7:5: step `b`: unknown key `timout`; did you mean `timeout`?",
+            "m.yaml:10:16: `after` of step `c` names step `nope`, but no step has that name",
+            "m.yaml:17:15: input.from_a: `${steps.a.result}` reads the result of step `a`, which step `d` does not wait for, so it may not have completed: add `a` to the `after` of `d`",
+            "m.yaml:21:5: step `e`: unknown key `timout`; did you mean `timeout`?",
+        ]
     );
 }

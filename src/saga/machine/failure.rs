@@ -169,11 +169,13 @@ impl Machine<'_> {
                 waiting.push(unit);
             }
         }
-        let held = self.steps_holding_back();
+        // A unit waits while a step that waited for its step has units
+        // still to undo, being undone, or stuck.
+        let held: BTreeSet<usize> = (self.steps_holding_back().into_iter())
+            .flat_map(|later| self.def.ancestors(later))
+            .collect();
         for unit in waiting {
-            let blocked = held
-                .iter()
-                .any(|&later| later != unit.step && self.waits_for(later, unit.step));
+            let blocked = held.contains(&unit.step);
             if blocked || self.undoing(unit.step) >= self.concurrency(unit.step) {
                 continue;
             }
@@ -209,23 +211,6 @@ impl Machine<'_> {
             .filter(|(_, s)| holds(s))
             .map(|(u, _)| u.step)
             .collect()
-    }
-
-    /// Whether step `later` waits for step `earlier`, directly or not.
-    fn waits_for(&self, later: usize, earlier: usize) -> bool {
-        let mut seen = BTreeSet::new();
-        let mut stack = vec![later];
-        while let Some(step) = stack.pop() {
-            for &dep in &self.def.steps[step].after {
-                if dep == earlier {
-                    return true;
-                }
-                if seen.insert(dep) {
-                    stack.push(dep);
-                }
-            }
-        }
-        false
     }
 
     /// Units of `step` whose compensation is under way.
