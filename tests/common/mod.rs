@@ -479,11 +479,27 @@ impl Event {
         TERMINAL.contains(&self.event_type.as_str())
     }
 
-    /// `event_type` or `event_type:step`, for comparing sequences.
+    /// `event_type`, `event_type:step` or `event_type:step[branch]`, for
+    /// comparing sequences.
     pub fn label(&self) -> String {
         match &self.step {
-            Some(step) => format!("{}:{step}", self.event_type),
+            Some(_) => format!("{}:{}", self.event_type, self.unit()),
             None => self.event_type.clone(),
+        }
+    }
+
+    /// The branch of a fan-out step the event is about, if any.
+    pub fn branch(&self) -> Option<u32> {
+        self.fields.get("branch").and_then(|b| b.parse().ok())
+    }
+
+    /// What the event is about: its step, or a branch as `step[branch]`
+    /// (empty for an event about the whole saga).
+    pub fn unit(&self) -> String {
+        let step = self.step.clone().unwrap_or_default();
+        match self.branch() {
+            Some(branch) => format!("{step}[{branch}]"),
+            None => step,
         }
     }
 }

@@ -281,16 +281,20 @@ fn audit_saga(who: &str, evs: &[&Event], problems: &mut Vec<String>) {
             problems.push(format!("{who}: events after its end: {after:?}"));
         }
     }
-    // (kind, step) -> attempt -> request ids; and request id -> attempts.
-    let mut attempts: BTreeMap<(&str, &str), BTreeMap<u64, BTreeSet<String>>> = BTreeMap::new();
-    let mut uses: BTreeMap<String, BTreeSet<(&str, &str, u64)>> = BTreeMap::new();
+    // (kind, unit) -> attempt -> request ids; and request id -> attempts.
+    // A unit is a step, or a branch of a fan-out (`step[branch]`).
+    let mut attempts: BTreeMap<(&str, String), BTreeMap<u64, BTreeSet<String>>> = BTreeMap::new();
+    let mut uses: BTreeMap<String, BTreeSet<(&str, String, u64)>> = BTreeMap::new();
     for (i, e) in evs.iter().enumerate() {
         let kind = match e.event_type.as_str() {
+            // A fan-out's own start names its branches, not an attempt.
+            "step_started" if e.payload.get("branches").is_some() => continue,
             "step_started" => "step",
             "compensation_started" => "compensation",
             _ => continue,
         };
-        let step = e.step.as_deref().unwrap_or("");
+        let unit = e.unit();
+        let step = unit.as_str();
         let (attempt, request_id) = attempt_of(e);
         if attempt == 0 || request_id.is_empty() {
             problems.push(format!(
@@ -300,7 +304,7 @@ fn audit_saga(who: &str, evs: &[&Event], problems: &mut Vec<String>) {
             ));
             continue;
         }
-        let of_attempt = attempts.entry((kind, step)).or_default();
+        let of_attempt = attempts.entry((kind, unit.clone())).or_default();
         let first_time = !of_attempt.contains_key(&attempt);
         of_attempt
             .entry(attempt)
@@ -308,7 +312,7 @@ fn audit_saga(who: &str, evs: &[&Event], problems: &mut Vec<String>) {
             .insert(request_id.clone());
         uses.entry(request_id)
             .or_default()
-            .insert((kind, step, attempt));
+            .insert((kind, unit.clone(), attempt));
         if attempt > 1 && first_time && !retry_is_due(&evs[..i], kind, step, attempt - 1) {
             problems.push(format!(
                 "{who}: {kind} {step} attempt {attempt} sent with no failure or timeout of attempt {} before it",
@@ -337,9 +341,9 @@ fn audit_saga(who: &str, evs: &[&Event], problems: &mut Vec<String>) {
         }
     }
     for completed in ["step_completed", "compensation_completed"] {
-        let mut per_step: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut per_step: BTreeMap<String, usize> = BTreeMap::new();
         for e in evs.iter().filter(|e| e.event_type == completed) {
-            *per_step.entry(e.step.as_deref().unwrap_or("")).or_default() += 1;
+            *per_step.entry(e.unit()).or_default() += 1;
         }
         for (step, n) in per_step.into_iter().filter(|(_, n)| *n > 1) {
             problems.push(format!("{who}: {completed} {step} {n} times"));
@@ -349,14 +353,14 @@ fn audit_saga(who: &str, evs: &[&Event], problems: &mut Vec<String>) {
 
 /// Whether `before` records attempt `attempt` of `step` ending in failure
 /// or timeout, which is what allows the next attempt.
-fn retry_is_due(before: &[&Event], kind: &str, step: &str, attempt: u64) -> bool {
+fn retry_is_due(before: &[&Event], kind: &str, unit: &str, attempt: u64) -> bool {
     let ended = match kind {
         "step" => ["step_failed", "step_timed_out"],
         _ => ["compensation_failed", "compensation_timed_out"],
     };
     before.iter().any(|e| {
         ended.contains(&e.event_type.as_str())
-            && e.step.as_deref() == Some(step)
+            && e.unit() == unit
             && e.payload["attempt"].as_u64() == Some(attempt)
     })
 }
