@@ -1,13 +1,23 @@
 //! Restarts: a saga in flight when the daemon stops goes on when it starts
 //! again, and a start its previous run had read but not acknowledged is
-//! still taken.
+//! still taken. Each test runs on one Redis and on a cluster, but for the
+//! one that stops Redis itself.
 
 mod common;
 
 use common::*;
+use sagaflow::connection::Conn;
 use sagaflow::handler::simulated::SimulationOptions;
 use serde_json::json;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+on_both!(
+    a_saga_awaiting_a_reply_goes_on_after_a_restart,
+    a_start_read_but_not_acknowledged_before_a_crash_is_taken_after_it,
+    a_saga_finishes_on_the_definition_it_started_with,
+    a_start_that_keeps_failing_goes_to_the_dead_letter_stream,
+    sagas_of_a_registration_lost_by_redis_are_taken_over,
+);
 
 const TWO_STEPS: &str = "\
 name: resumable
@@ -24,9 +34,7 @@ steps:
 /// How long a restarted daemon may take to pick up where it stopped.
 const RESUME_WAIT: Duration = Duration::from_secs(5);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_saga_awaiting_a_reply_goes_on_after_a_restart() {
-    let server = RedisServer::start();
+async fn a_saga_awaiting_a_reply_goes_on_after_a_restart(server: Redis) {
     let daemon = start_daemon(&server, catalog(TWO_STEPS)).await;
     // Answers `first`; leaves `second` for the test to answer later.
     let handler = spawn_raw_handler(&server, &["resume:commands"], "resume", |cmd| {
@@ -47,7 +55,9 @@ async fn a_saga_awaiting_a_reply_goes_on_after_a_restart() {
     wait_for_events(&server, SAGA_WAIT, second_sent).await;
     handler.stop().await;
     let settings = daemon.stop().await.settings;
-    // The command as sent (the handler may not have read it yet).
+    // The command as sent (the handler may not have read it yet). On a
+    // cluster too: a transition's commands are relayed before its events
+    // (`Transition::writes` in src/store/transition.rs).
     let sent = xrange(&mut conn, "resume:commands").await;
     let second = sent.last().expect("the second command");
     assert_eq!(second["step"], "second");
@@ -74,9 +84,7 @@ async fn a_saga_awaiting_a_reply_goes_on_after_a_restart() {
     assert_eq!(sent.len(), 2, "{sent:#?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_read_but_not_acknowledged_before_a_crash_is_taken_after_it() {
-    let server = RedisServer::start();
+async fn a_start_read_but_not_acknowledged_before_a_crash_is_taken_after_it(server: Redis) {
     let mut conn = server.conn().await;
     start_mission(
         &mut conn,
@@ -115,9 +123,7 @@ async fn a_start_read_but_not_acknowledged_before_a_crash_is_taken_after_it() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_saga_finishes_on_the_definition_it_started_with() {
-    let server = RedisServer::start();
+async fn a_saga_finishes_on_the_definition_it_started_with(server: Redis) {
     let daemon = start_daemon(&server, catalog(TWO_STEPS)).await;
     let handler = spawn_raw_handler(&server, &["resume:commands"], "resume", |cmd| {
         match cmd["step"].as_str() {
@@ -159,9 +165,7 @@ async fn a_saga_finishes_on_the_definition_it_started_with() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_that_keeps_failing_goes_to_the_dead_letter_stream() {
-    let server = RedisServer::start();
+async fn a_start_that_keeps_failing_goes_to_the_dead_letter_stream(server: Redis) {
     let mut conn = server.conn().await;
     start_mission(&mut conn, "poison", &json!({"area": "hall-a"})).await;
     let create = words("XGROUP CREATE mission:start sagaflow 0 MKSTREAM");
@@ -179,10 +183,10 @@ async fn a_start_that_keeps_failing_goes_to_the_dead_letter_stream() {
     must("XCLAIM", claim.query_async::<redis::Value>(&mut conn)).await;
 
     let daemon = start_daemon(&server, mission_catalog()).await;
-    let deadline = std::time::Instant::now() + RESUME_WAIT;
+    let deadline = Instant::now() + RESUME_WAIT;
     let dead = loop {
         let dead = xrange(&mut conn, "saga:dead-letter").await;
-        if !dead.is_empty() || std::time::Instant::now() > deadline {
+        if !dead.is_empty() || Instant::now() > deadline {
             break dead;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -208,6 +212,8 @@ async fn a_start_that_keeps_failing_goes_to_the_dead_letter_stream() {
     );
 }
 
+// One Redis only: it kills and revives the server. On a cluster a master
+// killed fails over to its replica instead (tests/engine_cluster.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_without_redis_says_it_is_not_ready_and_recovers() {
     let mut server = RedisServer::start();
@@ -220,22 +226,19 @@ async fn a_daemon_without_redis_says_it_is_not_ready_and_recovers() {
     assert!(probe.readiness().is_ready(), "{:?}", probe.readiness());
 
     server.kill();
-    let deadline = std::time::Instant::now() + RESUME_WAIT;
+    let deadline = Instant::now() + RESUME_WAIT;
     while probe.readiness().is_ready() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still ready without Redis"
-        );
+        assert!(Instant::now() < deadline, "still ready without Redis");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let why = probe.readiness().not_ready;
     assert!(why.iter().any(|w| w.contains("Redis")), "{why:?}");
 
     server.revive();
-    let deadline = std::time::Instant::now() + RESUME_WAIT;
+    let deadline = Instant::now() + RESUME_WAIT;
     while !probe.readiness().is_ready() {
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "not ready again: {:?}",
             probe.readiness()
         );
@@ -250,9 +253,7 @@ async fn a_daemon_without_redis_says_it_is_not_ready_and_recovers() {
 /// registration (as if it never registered). The daemon then finds its
 /// lease lost and starts anew; its former token must still be found by the
 /// takeover, or its sagas stay with an owner nobody claims.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sagas_of_a_registration_lost_by_redis_are_taken_over() {
-    let server = RedisServer::start();
+async fn sagas_of_a_registration_lost_by_redis_are_taken_over(server: Redis) {
     let daemon = start_daemon(&server, mission_catalog()).await;
     let mut conn = server.conn().await;
     // No handler: the saga waits for its first reply under its first owner.
@@ -262,7 +263,7 @@ async fn sagas_of_a_registration_lost_by_redis_are_taken_over() {
     })
     .await;
     let saga_id = events[0].saga_id.clone();
-    let owner_of = |conn: &mut redis::aio::MultiplexedConnection| {
+    let owner_of = |conn: &mut Conn| {
         let mut hget = redis::cmd("HGET");
         hget.arg(record_key(&saga_id)).arg("owner");
         let mut conn = conn.clone();
@@ -279,14 +280,14 @@ async fn sagas_of_a_registration_lost_by_redis_are_taken_over() {
     forget.cmd("SREM").arg(keys.owners()).arg(&first).ignore();
     must("forget the owner", forget.query_async::<()>(&mut conn)).await;
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let now = owner_of(&mut conn).await;
         if now.as_deref().is_some_and(|o| o != first) {
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "the saga stayed with {first}, whose registration was lost"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,11 +1,21 @@
 //! Replies: stray and malformed entries on the reply stream are ignored, an
 //! unreadable final reply is a retryable failure, and handlers replying in
-//! the original Python system's form drive a saga.
+//! the original Python system's form drive a saga. Each test runs on one
+//! Redis and on a cluster.
 
 mod common;
 
 use common::*;
 use serde_json::{json, Value};
+
+on_both!(
+    stray_and_malformed_replies_are_ignored,
+    an_unreadable_final_reply_is_a_retryable_failure,
+    an_unknown_status_without_retries_left_fails_the_step,
+    an_oversized_reply_fails_for_good_and_a_long_error_is_cut,
+    handlers_in_the_original_form_drive_the_mission,
+    a_failure_in_the_original_form_is_final_and_compensated,
+);
 
 fn random_hex() -> String {
     uuid::Uuid::new_v4().simple().to_string()
@@ -38,9 +48,7 @@ steps:
     input: { reserved: '${steps.reserve.result.reserved}' }
 ";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stray_and_malformed_replies_are_ignored() {
-    let server = RedisServer::start();
+async fn stray_and_malformed_replies_are_ignored(server: Redis) {
     let daemon = start_daemon(&server, catalog(TWO_STEPS)).await;
     let handler = spawn_raw_handler(&server, &["strays:commands"], "strays", |cmd| {
         let saga_id = cmd["saga_id"].as_bytes();
@@ -117,9 +125,7 @@ steps:
     retry: { max_attempts: 3, backoff: fixed, initial_delay: 50ms }
 ";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreadable_final_reply_is_a_retryable_failure() {
-    let server = RedisServer::start();
+async fn an_unreadable_final_reply_is_a_retryable_failure(server: Redis) {
     let daemon = start_daemon(&server, catalog(ONE_STEP)).await;
     let handler = spawn_raw_handler(
         &server,
@@ -168,9 +174,7 @@ async fn an_unreadable_final_reply_is_a_retryable_failure() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unknown_status_without_retries_left_fails_the_step() {
-    let server = RedisServer::start();
+async fn an_unknown_status_without_retries_left_fails_the_step(server: Redis) {
     let single = ONE_STEP.replace("max_attempts: 3", "max_attempts: 1");
     let daemon = start_daemon(&server, catalog(&single)).await;
     let handler = spawn_raw_handler(&server, &["unreadable:commands"], "unreadable", |cmd| {
@@ -194,9 +198,7 @@ async fn an_unknown_status_without_retries_left_fails_the_step() {
     assert_eq!(events[3].payload["compensated"], json!([]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_reply_fails_for_good_and_a_long_error_is_cut() {
-    let server = RedisServer::start();
+async fn an_oversized_reply_fails_for_good_and_a_long_error_is_cut(server: Redis) {
     let daemon = start_daemon(&server, catalog(ONE_STEP)).await;
     let big = format!(r#""{}""#, "r".repeat(2_000_000));
     let error = "e".repeat(100_000);
@@ -307,10 +309,13 @@ fn python_catalog() -> sagaflow::definition::Catalog {
     sagaflow::definition::catalog_from_str(&path, &text).expect("the example loads")
 }
 
-async fn python_mission(fail: Option<&'static str>, correlation_id: &str) -> Vec<Event> {
-    let server = RedisServer::start();
-    let daemon = start_daemon(&server, python_catalog()).await;
-    let handler = spawn_raw_handler(&server, &PYTHON_STREAMS, "python", python_handler(fail)).await;
+async fn python_mission(
+    server: &Redis,
+    fail: Option<&'static str>,
+    correlation_id: &str,
+) -> Vec<Event> {
+    let daemon = start_daemon(server, python_catalog()).await;
+    let handler = spawn_raw_handler(server, &PYTHON_STREAMS, "python", python_handler(fail)).await;
     let mut conn = server.conn().await;
     let start = [
         ("area", "hall-a"),
@@ -318,15 +323,14 @@ async fn python_mission(fail: Option<&'static str>, correlation_id: &str) -> Vec
         ("correlation_id", correlation_id),
     ];
     xadd(&mut conn, "mission:start:python", &start).await;
-    let events = saga_events(&server, correlation_id).await;
+    let events = saga_events(server, correlation_id).await;
     handler.stop().await;
     daemon.stop().await;
     events
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handlers_in_the_original_form_drive_the_mission() {
-    let events = python_mission(None, "python-1").await;
+async fn handlers_in_the_original_form_drive_the_mission(server: Redis) {
+    let events = python_mission(&server, None, "python-1").await;
     let mut expected = vec!["saga_started".to_owned()];
     for step in MISSION_STEPS {
         for event in ["step_started", "step_progress", "step_completed"] {
@@ -351,9 +355,8 @@ async fn handlers_in_the_original_form_drive_the_mission() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failure_in_the_original_form_is_final_and_compensated() {
-    let events = python_mission(Some("routing:plan"), "python-2").await;
+async fn a_failure_in_the_original_form_is_final_and_compensated(server: Redis) {
+    let events = python_mission(&server, Some("routing:plan"), "python-2").await;
     let expected = [
         "saga_started",
         "step_started:allocate_resources",

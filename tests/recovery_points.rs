@@ -1,7 +1,8 @@
 //! A daemon killed (SIGKILL) at every interesting point of one saga: after
 //! each command was sent (while its reply is awaited) and during each
 //! compensation. After each kill a new daemon takes the saga over, and the
-//! saga ends exactly as it would have without the crashes.
+//! saga ends exactly as it would have without the crashes. Each test runs
+//! on one Redis and on a cluster.
 
 mod common;
 
@@ -10,24 +11,29 @@ use common::*;
 use serde_json::json;
 use std::time::Duration;
 
+on_both!(
+    killed_after_each_command_the_saga_still_completes_once,
+    killed_during_each_compensation_the_saga_still_unwinds_once,
+);
+
 const STEP_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs one saga and, each time an event of `kill_at` appears for a step
 /// not seen before, kills the daemon and starts another; returns the
 /// saga's events.
 async fn crash_at_every(
+    server: &Redis,
     kill_at: &str,
     handler_flags: &[&str],
     expected_kills: usize,
 ) -> Vec<Event> {
-    let server = RedisServer::start();
     let url = server.url();
     let _handlers = Child::handlers(&url, handler_flags);
     let mut daemon = Child::daemon(&url, "node-0");
     daemon.wait_started().await;
     let mut conn = server.conn().await;
     let ids = start_missions(&mut conn, kill_at, 1).await;
-    let mut log = EventLog::new(&url);
+    let mut log = EventLog::on(server);
     let mut killed_at: Vec<String> = Vec::new();
     loop {
         let events = log
@@ -56,9 +62,8 @@ async fn crash_at_every(
     events
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_after_each_command_the_saga_still_completes_once() {
-    let events = crash_at_every("step_started", &["--work-ms", "400"], 4).await;
+async fn killed_after_each_command_the_saga_still_completes_once(server: Redis) {
+    let events = crash_at_every(&server, "step_started", &["--work-ms", "400"], 4).await;
     let end = events.last().unwrap();
     assert_eq!(end.event_type, "saga_completed", "\n{}", describe(&events));
     for step in MISSION_STEPS {
@@ -79,10 +84,9 @@ async fn killed_after_each_command_the_saga_still_completes_once() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_during_each_compensation_the_saga_still_unwinds_once() {
+async fn killed_during_each_compensation_the_saga_still_unwinds_once(server: Redis) {
     let flags = ["--work-ms", "400", "--fail-step", "integrate_maps"];
-    let events = crash_at_every("compensation_started", &flags, 3).await;
+    let events = crash_at_every(&server, "compensation_started", &flags, 3).await;
     let end = events.last().unwrap();
     assert_eq!(
         end.event_type,

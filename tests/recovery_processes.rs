@@ -3,12 +3,24 @@
 //! paused (SIGSTOP), stopped (SIGTERM) and restarted by pid, and Redis is
 //! restarted under them. Whatever happens, every saga ends exactly once and
 //! the audit stream stays consistent (see `common::processes::audit`).
+//! Each test runs on one Redis and on a cluster, but for the one that
+//! restarts Redis itself.
 
 mod common;
 
 use common::processes::*;
 use common::*;
 use std::time::{Duration, Instant};
+
+on_both!(
+    a_daemon_killed_mid_flight_is_taken_over_by_a_new_one,
+    a_daemon_killed_right_after_starts_were_written_loses_none,
+    a_daemon_killed_as_it_took_its_first_start_loses_none,
+    a_daemon_killed_during_a_compensation_is_taken_over,
+    three_daemons_killed_at_random_end_every_saga_once,
+    a_daemon_paused_past_its_lease_writes_nothing_for_sagas_taken_from_it,
+    sigterm_exits_cleanly_and_hands_the_sagas_over_at_once,
+);
 
 /// The longest the sagas of a test may take to end after the last fault.
 const END_WAIT: Duration = Duration::from_secs(20);
@@ -27,23 +39,21 @@ fn count(events: &[Event], event_type: &str) -> usize {
 }
 
 /// Starts read by the trigger group but not acknowledged.
-async fn pending_starts(url: &str) -> i64 {
-    let mut conn = connect(url).await;
+async fn pending_starts(server: &Redis) -> i64 {
+    let mut conn = server.conn().await;
     pending_count(&mut conn, "mission:start", "sagaflow").await
 }
 
 // ------------------------------------------------------------- kill -9
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daemon_killed_mid_flight_is_taken_over_by_a_new_one() {
-    let server = RedisServer::start();
+async fn a_daemon_killed_mid_flight_is_taken_over_by_a_new_one(server: Redis) {
     let url = server.url();
     let _handlers = Child::handlers(&url, &["--work-ms", "300"]);
     let mut first = Child::daemon(&url, "node-a");
     first.wait_started().await;
     let mut conn = server.conn().await;
     let ids = start_missions(&mut conn, "mid", 10).await;
-    let mut log = EventLog::new(&url);
+    let mut log = EventLog::on(&server);
     log.wait_until(SAGA_WAIT, "every saga past its first step", |events| {
         all_have(events, &ids, "step_started", "plan_route")
     })
@@ -70,8 +80,7 @@ async fn a_daemon_killed_mid_flight_is_taken_over_by_a_new_one() {
 /// Kills the only daemon right after starts were written, before it could
 /// take them (`at_first_start` false) or as soon as it took the first one;
 /// a daemon started afterwards takes every one exactly once.
-async fn kill_around_the_starts(at_first_start: bool) {
-    let server = RedisServer::start();
+async fn kill_around_the_starts(server: &Redis, at_first_start: bool) {
     let url = server.url();
     let _handlers = Child::handlers(&url, &["--work-ms", "100"]);
     let mut first = Child::daemon(&url, "node-a");
@@ -79,7 +88,7 @@ async fn kill_around_the_starts(at_first_start: bool) {
     let mut conn = server.conn().await;
     let prefix = if at_first_start { "first" } else { "early" };
     let ids = start_missions(&mut conn, prefix, 30).await;
-    let mut log = EventLog::new(&url);
+    let mut log = EventLog::on(server);
     if at_first_start {
         log.wait_until(SAGA_WAIT, "a first saga_started", |events| {
             count(events, "saga_started") > 0
@@ -89,7 +98,7 @@ async fn kill_around_the_starts(at_first_start: bool) {
 
     first.kill9();
     let started = count(log.poll().await, "saga_started");
-    let pending = pending_starts(&url).await;
+    let pending = pending_starts(server).await;
     eprintln!(
         "{prefix}: at the kill {started} of {} starts were taken and {pending} read but not acknowledged",
         ids.len()
@@ -100,18 +109,18 @@ async fn kill_around_the_starts(at_first_start: bool) {
     let events = log.settle(SETTLE).await;
     assert_all_ended_as(&events, &ids, "saga_completed");
     assert_audit(&events, &ids);
-    assert_eq!(pending_starts(&url).await, 0, "every start acknowledged");
+    assert_eq!(pending_starts(server).await, 0, "every start acknowledged");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daemon_killed_right_after_starts_were_written_loses_none() {
-    kill_around_the_starts(false).await;
-    kill_around_the_starts(true).await;
+async fn a_daemon_killed_right_after_starts_were_written_loses_none(server: Redis) {
+    kill_around_the_starts(&server, false).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daemon_killed_during_a_compensation_is_taken_over() {
-    let server = RedisServer::start();
+async fn a_daemon_killed_as_it_took_its_first_start_loses_none(server: Redis) {
+    kill_around_the_starts(&server, true).await;
+}
+
+async fn a_daemon_killed_during_a_compensation_is_taken_over(server: Redis) {
     let url = server.url();
     let fail = ["--fail-step", "integrate_maps", "--work-ms", "200"];
     let _handlers = Child::handlers(&url, &fail);
@@ -119,7 +128,7 @@ async fn a_daemon_killed_during_a_compensation_is_taken_over() {
     first.wait_started().await;
     let mut conn = server.conn().await;
     let ids = start_missions(&mut conn, "undo", 10).await;
-    let mut log = EventLog::new(&url);
+    let mut log = EventLog::on(&server);
     log.wait_until(SAGA_WAIT, "a first compensation_started", |events| {
         count(events, "compensation_started") > 0
     })
@@ -150,9 +159,7 @@ async fn a_daemon_killed_during_a_compensation_is_taken_over() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_daemons_killed_at_random_end_every_saga_once() {
-    let server = RedisServer::start();
+async fn three_daemons_killed_at_random_end_every_saga_once(server: Redis) {
     let url = server.url();
     let _handlers = Child::handlers(&url, &["--work-ms", "100"]);
     let mut daemons: Vec<Child> = (0..3)
@@ -162,7 +169,7 @@ async fn three_daemons_killed_at_random_end_every_saga_once() {
         daemon.wait_started().await;
     }
     let mut conn = server.conn().await;
-    let mut log = EventLog::new(&url);
+    let mut log = EventLog::on(&server);
     let mut ids = Vec::new();
     let mut killed = Vec::new();
     for round in 0..4 {
@@ -192,16 +199,14 @@ async fn three_daemons_killed_at_random_end_every_saga_once() {
 
 // ----------------------------------------------------- SIGSTOP, SIGCONT
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daemon_paused_past_its_lease_writes_nothing_for_sagas_taken_from_it() {
-    let server = RedisServer::start();
+async fn a_daemon_paused_past_its_lease_writes_nothing_for_sagas_taken_from_it(server: Redis) {
     let url = server.url();
     let _handlers = Child::handlers(&url, &["--work-ms", "300"]);
     let mut paused = Child::daemon(&url, "node-a");
     paused.wait_started().await;
     let mut conn = server.conn().await;
     let ids = start_missions(&mut conn, "paused", 8).await;
-    let mut log = EventLog::new(&url);
+    let mut log = EventLog::on(&server);
     // Every saga taken by the only daemon, and waiting on a handler.
     log.wait_until(SAGA_WAIT, "every saga's first step sent", |events| {
         all_have(events, &ids, "step_started", "allocate_resources")
@@ -262,8 +267,7 @@ async fn a_daemon_paused_past_its_lease_writes_nothing_for_sagas_taken_from_it()
 
 // --------------------------------------------------------------- SIGTERM
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_exits_cleanly_and_hands_the_sagas_over_at_once() {
+async fn sigterm_exits_cleanly_and_hands_the_sagas_over_at_once(server: Redis) {
     // A long lease, set through the environment: a daemon that died without
     // releasing it would keep its sagas for at least 6s (2/3 of it).
     let lease_ms = 9_000;
@@ -271,14 +275,13 @@ async fn sigterm_exits_cleanly_and_hands_the_sagas_over_at_once() {
         ("SAGAFLOW_LEASE_TTL", "9s"),
         ("SAGAFLOW_SHUTDOWN_GRACE", "4s"),
     ];
-    let server = RedisServer::start();
     let url = server.url();
     let _handlers = Child::handlers(&url, &["--work-ms", "300"]);
     let mut leaving = Child::daemon_with(&url, "node-a", &[], &env);
     leaving.wait_started().await;
     let mut conn = server.conn().await;
     let ids = start_missions(&mut conn, "term", 8).await;
-    let mut log = EventLog::new(&url);
+    let mut log = EventLog::on(&server);
     log.wait_until(SAGA_WAIT, "every saga past its first step", |events| {
         all_have(events, &ids, "step_started", "plan_route")
     })
@@ -316,6 +319,9 @@ async fn sigterm_exits_cleanly_and_hands_the_sagas_over_at_once() {
 
 // ---------------------------------------------------------- Redis restart
 
+// One Redis only: it kills and revives the server. On a cluster a master
+// killed fails over to its replica instead: tests/engine_cluster.rs kills
+// one mid-run and finds every saga ended once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_complete_across_a_restart_of_redis_with_an_append_only_file() {
     let mut redis = RedisServer::start_with_aof();
@@ -350,12 +356,41 @@ async fn sagas_complete_across_a_restart_of_redis_with_an_append_only_file() {
 
 // ------------------------------------------------------------------ long
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long: run with --ignored before releasing"]
-async fn three_daemons_killed_every_few_seconds_for_a_minute() {
+/// The long tests, on one Redis and on a cluster: `long::single::<name>`
+/// and `long::cluster::<name>`.
+mod long {
+    macro_rules! long_on_both {
+        ($($test:ident),+ $(,)?) => {
+            mod single {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    #[ignore = "long: run with --ignored before releasing"]
+                    async fn $test() {
+                        crate::$test(crate::common::Redis::single()).await
+                    }
+                )+
+            }
+            mod cluster {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    #[ignore = "long: run with --ignored before releasing"]
+                    async fn $test() {
+                        crate::$test(crate::common::Redis::cluster()).await
+                    }
+                )+
+            }
+        };
+    }
+
+    long_on_both!(
+        three_daemons_killed_every_few_seconds_for_a_minute,
+        rolling_restarts_a_skewed_clock_and_a_full_daemon_for_a_minute,
+    );
+}
+
+async fn three_daemons_killed_every_few_seconds_for_a_minute(server: Redis) {
     const SAGAS: usize = 300;
     const RUN_FOR: Duration = Duration::from_secs(60);
-    let server = RedisServer::start();
     let url = server.url();
     let _handlers = Child::handlers(&url, &["--work-ms", "100"]);
     let mut daemons: Vec<Child> = (0..3)
@@ -365,7 +400,7 @@ async fn three_daemons_killed_every_few_seconds_for_a_minute() {
         daemon.wait_started().await;
     }
     let mut conn = server.conn().await;
-    let mut log = EventLog::new(&url);
+    let mut log = EventLog::on(&server);
     let mut ids = Vec::new();
     let began = Instant::now();
     let pace = RUN_FOR / SAGAS as u32;
@@ -400,12 +435,9 @@ async fn three_daemons_killed_every_few_seconds_for_a_minute() {
 // then a kill -9 instead), one daemon whose host clock runs 15 s ahead (far
 // more than the lease), and one held at its saga capacity. Every saga ends
 // exactly once, completed, and none is left without a live owner.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "long: run with --ignored before releasing"]
-async fn rolling_restarts_a_skewed_clock_and_a_full_daemon_for_a_minute() {
+async fn rolling_restarts_a_skewed_clock_and_a_full_daemon_for_a_minute(server: Redis) {
     const SAGAS: usize = 400;
     const RUN_FOR: Duration = Duration::from_secs(60);
-    let server = RedisServer::start();
     let url = server.url();
     let _handlers = Child::handlers(&url, &["--work-ms", "100"]);
     let skewed = skewed_clock("+15s");
@@ -422,7 +454,7 @@ async fn rolling_restarts_a_skewed_clock_and_a_full_daemon_for_a_minute() {
         daemon.wait_started().await;
     }
     let mut conn = server.conn().await;
-    let mut log = EventLog::new(&url);
+    let mut log = EventLog::on(&server);
     let mut ids = Vec::new();
     let began = Instant::now();
     let pace = RUN_FOR / SAGAS as u32;

@@ -12,15 +12,29 @@ const EVENTS_BATCH: usize = 5000;
 /// errors, so a reader outlives a Redis restart.
 pub struct EventLog {
     url: String,
-    conn: Option<MultiplexedConnection>,
+    mode: RedisMode,
+    conn: Option<Conn>,
     last_id: Option<String>,
     events: Vec<Event>,
 }
 
 impl EventLog {
+    /// A reader of the one server at `redis_url` (on a cluster, the node
+    /// that serves `saga:events`).
     pub fn new(redis_url: &str) -> Self {
+        Self::with_mode(redis_url, RedisMode::Single)
+    }
+
+    /// A reader of `redis`'s `saga:events`, one server or a cluster (its
+    /// commands routed to the node serving the stream).
+    pub fn on(redis: &impl Backend) -> Self {
+        Self::with_mode(&redis.url(), redis.mode())
+    }
+
+    fn with_mode(redis_url: &str, mode: RedisMode) -> Self {
         Self {
             url: redis_url.to_owned(),
+            mode,
             conn: None,
             last_id: None,
             events: Vec::new(),
@@ -37,7 +51,7 @@ impl EventLog {
         loop {
             let conn = match &mut self.conn {
                 Some(conn) => conn,
-                None => match try_connect(&self.url).await {
+                None => match try_conn(&self.url, self.mode).await {
                     Ok(conn) => self.conn.insert(conn),
                     Err(_) => return &self.events,
                 },

@@ -4,9 +4,10 @@
 //! reader of `saga:events` that outlives Redis restarts, and the audit that
 //! every recovery test ends with.
 
-use super::{describe, lossy, manifest_dir, must, Event};
+use super::{describe, lossy, manifest_dir, must, Backend, Event};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
+use sagaflow::connection::{Client, Conn, RedisMode};
 use sagaflow::streams::decode_range_reply;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;

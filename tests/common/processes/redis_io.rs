@@ -20,15 +20,24 @@ pub async fn connect(url: &str) -> MultiplexedConnection {
     must("a connection", try_connect(url)).await
 }
 
-/// Writes `n` starts of the reference mission in one round trip, with
+/// [`try_connect`] to one server (`RedisMode::Single`), or a connection
+/// through which each command goes to the node of its key on a cluster.
+pub(super) async fn try_conn(url: &str, mode: RedisMode) -> redis::RedisResult<Conn> {
+    if mode == RedisMode::Single {
+        return Ok(Conn::Multiplexed(try_connect(url).await?));
+    }
+    let client = Client::resolve(redis::Client::open(url)?, mode).await?;
+    client.commands(Duration::from_secs(1)).await
+}
+
 /// The id of the newest entry of `stream` (`0-0` when it is empty).
-pub async fn last_id(conn: &mut MultiplexedConnection, stream: &str) -> String {
+pub async fn last_id(conn: &mut (impl redis::aio::ConnectionLike + Send), stream: &str) -> String {
     must("XREVRANGE", sagaflow::streams::last_id(conn, stream)).await
 }
 
 /// The entries of `stream` after `after`, with their values as text.
 pub async fn entries_after(
-    conn: &mut MultiplexedConnection,
+    conn: &mut impl redis::aio::ConnectionLike,
     stream: &str,
     after: &str,
 ) -> Vec<crate::common::Fields> {
