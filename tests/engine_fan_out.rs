@@ -339,7 +339,7 @@ async fn a_daemon_killed_mid_fan_out_is_taken_over_with_no_branch_lost(server: R
     let mut first = daemon_on(&url, "node-a", dir.path());
     first.wait_started().await;
     start_survey(&server, "killed", 6).await;
-    let mut log = EventLog::new(&url);
+    let mut log = EventLog::on(&server);
     let first_branches = |events: &[Event]| {
         events
             .iter()
