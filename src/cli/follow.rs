@@ -210,6 +210,9 @@ impl View {
         let step = text(fields, f::STEP);
         let payload: Value = serde_json::from_str(text(fields, f::PAYLOAD)).unwrap_or(Value::Null);
         let compensation = event.starts_with("compensation_");
+        // A fan-out has one bar, counting its branches: hundreds of bars
+        // would not fit a terminal.
+        let branch = text(fields, f::BRANCH);
         let key = format!("{}{step}", if compensation { "undo " } else { "" });
         let bar = |bars: &mut HashMap<String, ProgressBar>| {
             bars.entry(key.clone())
@@ -225,6 +228,10 @@ impl View {
                 })
                 .clone()
         };
+        if !branch.is_empty() || payload.get("branches").is_some() {
+            let b = bar(bars);
+            return fan_out_bar(&b, event, branch, &payload);
+        }
         match event {
             "step_started" | "compensation_started" => {
                 let attempt = payload["attempt"].as_u64().unwrap_or(1);
@@ -259,6 +266,49 @@ impl View {
                 let _ = multi.println(render::event_line(fields, elapsed.as_millis() as u64));
             }
         }
+    }
+}
+
+/// A fan-out's bar: its length is the number of branches, its position
+/// those done; a branch failing says so.
+fn fan_out_bar(bar: &ProgressBar, event: &str, branch: &str, payload: &Value) {
+    if let Some(n) = payload.get("branches").and_then(Value::as_u64) {
+        match event {
+            "step_started" => {
+                bar.set_length(n.max(1));
+                bar.set_position(0);
+                bar.set_message(format!("0/{n} branches"));
+            }
+            _ => {
+                bar.set_position(bar.length().unwrap_or(n));
+                bar.finish_with_message(format!("{n} branches done"));
+            }
+        }
+        return;
+    }
+    let total = bar.length().unwrap_or(0);
+    match event {
+        "step_completed" => {
+            bar.inc(1);
+            bar.set_message(format!("{}/{total} branches done", bar.position()));
+        }
+        // How many branches are undone is known only at the end.
+        "compensation_completed" => {
+            bar.inc(1);
+            bar.set_message(format!("{} branches undone", bar.position()));
+        }
+        "step_failed" | "compensation_failed" => bar.set_message(format!(
+            "branch {branch} failed: {}",
+            payload["error"].as_str().unwrap_or("?")
+        )),
+        "step_timed_out" | "compensation_timed_out" => {
+            bar.set_message(format!("branch {branch} timed out"))
+        }
+        "step_retrying" | "compensation_retrying" => bar.set_message(format!(
+            "branch {branch}: attempt {}",
+            payload["attempt"].as_u64().unwrap_or(0)
+        )),
+        _ => {}
     }
 }
 

@@ -38,13 +38,29 @@ pub fn event_line(fields: &RawFields, elapsed_ms: u64) -> String {
     )
 }
 
-/// The state, event, step and what happened, in columns.
+/// The state, event, step (a branch as `step[branch]`) and what happened,
+/// in columns.
 pub fn event_columns(fields: &RawFields) -> String {
     let event = text(fields, f::EVENT_TYPE);
     let step = text(fields, f::STEP);
+    let unit = match text(fields, f::BRANCH) {
+        "" => step.to_owned(),
+        branch => format!("{step}[{branch}]"),
+    };
     let payload: Value = serde_json::from_str(text(fields, f::PAYLOAD)).unwrap_or(Value::Null);
     let attempt = payload.get("attempt").and_then(Value::as_u64).unwrap_or(0);
+    let branches = payload.get("branches").and_then(Value::as_u64);
     let detail = match event {
+        "step_started" if branches.is_some() => format!(
+            "fan-out of {} branches, at most {} at once",
+            branches.unwrap_or(0),
+            payload["max_concurrency"].as_u64().unwrap_or(0)
+        ),
+        "step_completed" if branches.is_some() => format!(
+            "all {} branches done: {}",
+            branches.unwrap_or(0),
+            brief(&payload["result"], 100)
+        ),
         "saga_started" => format!(
             "saga {} started, input {}",
             short(text(fields, f::SAGA_ID)),
@@ -110,7 +126,7 @@ pub fn event_columns(fields: &RawFields) -> String {
         "{:<12} {:<22} {:<20} {detail}",
         fit(text(fields, f::STATUS), 12),
         fit(event, 22),
-        fit(step, 20)
+        fit(&unit, 20)
     )
 }
 
@@ -290,6 +306,29 @@ mod tests {
         let column = |s: &str| s[..s.find("50%").unwrap()].chars().count();
         assert_eq!(column(&short), column(&long), "{short}\n{long}");
         assert!(long.contains('…'), "{long}");
+    }
+
+    #[test]
+    fn a_branch_is_named_and_a_fan_out_says_how_many_branches_it_has() {
+        let mut started = event("step_started", "explore", r#"{"attempt": 1}"#);
+        started.insert(f::BRANCH.into(), b"2".to_vec());
+        assert!(event_columns(&started).contains("explore[2]"));
+        let fan_out = event(
+            "step_started",
+            "explore",
+            r#"{"branches": 5, "max_concurrency": 2}"#,
+        );
+        let line = event_columns(&fan_out);
+        assert!(
+            line.contains("fan-out of 5 branches, at most 2 at once"),
+            "{line}"
+        );
+        let done = event(
+            "step_completed",
+            "explore",
+            r#"{"branches": 5, "result": []}"#,
+        );
+        assert!(event_columns(&done).contains("all 5 branches done"));
     }
 
     #[test]
