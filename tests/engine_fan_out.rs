@@ -13,6 +13,7 @@ use sagaflow::streams::decode_read_reply;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +22,7 @@ on_both!(
     five_hundred_branches_complete,
     a_branch_failing_for_good_undoes_the_others_and_the_steps_before,
     a_daemon_killed_mid_fan_out_is_taken_over_with_no_branch_lost,
+    a_stuck_compensation_of_one_branch_is_retried_by_an_operator,
 );
 
 /// Allocates `input.robots` robots, explores with each (two at a time by
@@ -251,6 +253,71 @@ async fn a_branch_failing_for_good_undoes_the_others_and_the_steps_before(server
     let expected = [r#"{"robot":"r0"}"#, r#"{"robot":"r2"}"#].map(String::from);
     assert_eq!(aborted, BTreeSet::from(expected));
     assert!(!commands.iter().any(|c| c.get("event_type") == "merge"));
+}
+
+async fn a_stuck_compensation_of_one_branch_is_retried_by_an_operator(server: Redis) {
+    let daemon = start_daemon(&server, catalog(&survey(3))).await;
+    // Exploring r1 fails; undoing r2's exploration fails the first time.
+    let broken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let once = broken.clone();
+    let handler = spawn_raw_handler(&server, &["survey:commands"], "h", move |cmd| {
+        let payload: Value = serde_json::from_str(&cmd["payload"]).unwrap();
+        let r2 = payload["robot"] == "r2";
+        if cmd["event_type"] == "abort" && r2 && once.swap(false, Ordering::SeqCst) {
+            return vec![failed(cmd, "r2 does not answer", false)];
+        }
+        answer(cmd, Some("r1"))
+    })
+    .await;
+    start_survey(&server, "stuck", 3).await;
+    let events = saga_events(&server, "stuck").await;
+    let end = events.last().unwrap();
+    assert_eq!(end.event_type, "saga_failed", "\n{}", describe(&events));
+    assert_eq!(end.payload["compensation"], "explore[2]");
+    assert_eq!(end.branch(), Some(2));
+    // allocate waits for the stuck branch; the other branch was undone.
+    assert_eq!(end.payload["compensated"], json!(["explore[0]"]));
+    assert!(!broken.load(Ordering::SeqCst));
+
+    let saga_id = end.saga_id.clone();
+    let url = server.url();
+    let out = sagaflow_cli(&["status", &saga_id, "--redis-url", &url]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("stuck on"), "{text}");
+    assert!(text.contains("explore[2]"), "{text}");
+    let out = sagaflow_cli(&[
+        "retry",
+        &saga_id,
+        "--redis-url",
+        &url,
+        "--reason",
+        "r2 is back",
+        "--wait",
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `--wait` exits as the saga ended: 1 for compensated.
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("undone: explore[0], explore[2], allocate"),
+        "{text}"
+    );
+    let all = wait_for_events(&server, SAGA_WAIT, |events| {
+        events
+            .iter()
+            .any(|e| e.saga_id == saga_id && e.event_type == "saga_compensated")
+    })
+    .await;
+    let end = all
+        .iter()
+        .find(|e| e.saga_id == saga_id && e.event_type == "saga_compensated")
+        .unwrap();
+    assert_eq!(
+        end.payload["compensated"],
+        json!(["explore[0]", "explore[2]", "allocate"])
+    );
+    handler.stop().await;
+    daemon.stop().await;
 }
 
 /// A handler that takes `explore` commands but answers each only after

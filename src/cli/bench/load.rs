@@ -24,6 +24,8 @@ pub struct Load {
     pub trigger: String,
     pub events: String,
     pub work_ms: u64,
+    /// Robots per mission: the branches of its exploration fan-out.
+    pub robots: usize,
 }
 
 /// What the run measured.
@@ -36,6 +38,8 @@ pub struct Measured {
     pub step_ms: HashMap<String, Vec<f64>>,
     /// Sagas that did not end `saga_completed`, or did not end at all.
     pub failures: Vec<String>,
+    /// Branches of fan-out steps completed.
+    pub branches: usize,
 }
 
 struct Ended {
@@ -51,6 +55,7 @@ pub async fn run(client: &Client, load: &Load) -> Result<Measured, String> {
         .commands(Duration::from_secs(5))
         .await
         .map_err(|e| e.to_string())?;
+    let payload = serde_json::json!({ "area": "hall-a", "robots": load.robots }).to_string();
     let (tx, mut ended_rx) = mpsc::unbounded_channel();
     let (steps_tx, steps_rx) = tokio::sync::oneshot::channel();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -94,7 +99,7 @@ pub async fn run(client: &Client, load: &Load) -> Result<Measured, String> {
                 .arg(f::CORRELATION_ID)
                 .arg(format!("bench-{index}"))
                 .arg(f::PAYLOAD)
-                .arg(r#"{"area": "hall-a", "robots": 2}"#)
+                .arg(&payload)
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| format!("cannot write a start: {e}"))?;
@@ -130,28 +135,34 @@ pub async fn run(client: &Client, load: &Load) -> Result<Measured, String> {
     let elapsed = started_at.elapsed();
     stop.cancel();
     let _ = follower.await;
-    let step_ms = steps_rx.await.unwrap_or_default();
+    let (step_ms, branches) = steps_rx.await.unwrap_or_default();
     Ok(Measured {
         ended,
         elapsed,
         latencies_ms: latencies,
         step_ms,
         failures,
+        branches,
     })
 }
 
+/// Step name to durations, and branches completed.
+type StepTimes = (HashMap<String, Vec<f64>>, usize);
+
 /// Reads the audit stream from its current end: sends each saga's end, and
-/// collects step durations.
+/// collects the durations of steps and branches (a fan-out's own start and
+/// end are not an attempt, and are left out).
 async fn follow(
     client: Client,
     load: Load,
     from: String,
     ended: mpsc::UnboundedSender<Ended>,
-    steps_out: tokio::sync::oneshot::Sender<HashMap<String, Vec<f64>>>,
+    steps_out: tokio::sync::oneshot::Sender<StepTimes>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut steps: HashMap<String, Vec<f64>> = HashMap::new();
-    let mut started: HashMap<(String, String), u64> = HashMap::new();
+    let mut branches = 0;
+    let mut started: HashMap<(String, String, String), u64> = HashMap::new();
     let Ok(mut conn) = client.blocking(Duration::from_millis(500)).await else {
         return;
     };
@@ -177,13 +188,19 @@ async fn follow(
             };
             let event_type = text(f::EVENT_TYPE);
             let ts: u64 = text(f::TIMESTAMP).parse().unwrap_or(0);
+            let branch = text(f::BRANCH);
+            let fan_out = branch.is_empty() && text(f::PAYLOAD).contains("\"branches\"");
             match event_type.as_str() {
-                "step_started" => {
-                    started.insert((text(f::SAGA_ID), text(f::STEP)), ts);
+                "step_started" if !fan_out => {
+                    started.insert((text(f::SAGA_ID), text(f::STEP), branch), ts);
                 }
-                "step_completed" => {
+                "step_completed" if !fan_out => {
                     let step = text(f::STEP);
-                    if let Some(t0) = started.remove(&(text(f::SAGA_ID), step.clone())) {
+                    if !branch.is_empty() {
+                        branches += 1;
+                    }
+                    let key = (text(f::SAGA_ID), step.clone(), branch);
+                    if let Some(t0) = started.remove(&key) {
                         let ms = ts.saturating_sub(t0) as f64 - load.work_ms as f64;
                         steps.entry(step).or_default().push(ms.max(0.0));
                     }
@@ -201,5 +218,5 @@ async fn follow(
             }
         }
     }
-    let _ = steps_out.send(steps);
+    let _ = steps_out.send((steps, branches));
 }

@@ -57,6 +57,11 @@ pub struct BenchArgs {
     /// Simulated work per handler command, in ms.
     #[arg(long, default_value_t = 0)]
     work_ms: u64,
+    /// Robots per mission: each explores in a branch of its own (the
+    /// mission's fan-out), at most 4 at once; the report adds branches/s.
+    #[arg(long, default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=crate::definition::MAX_BRANCHES as i64))]
+    robots: u16,
     /// Redis with `appendonly yes` and `appendfsync everysec`.
     #[arg(long)]
     durable: bool,
@@ -292,6 +297,7 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
         trigger: "mission:start".into(),
         events: "saga:events".into(),
         work_ms: args.work_ms,
+        robots: args.robots.into(),
     };
     let cpu_before = [daemon.cpu_secs(), handlers.cpu_secs(), cpu_secs("self")];
     let measured = load::run(&client, &load).await?;
@@ -381,6 +387,9 @@ async fn bench(args: BenchArgs) -> Result<(Report, bool), String> {
         handler_work_ms: args.work_ms,
         elapsed_secs: measured.elapsed.as_secs_f64(),
         sagas_per_sec: measured.ended as f64 / measured.elapsed.as_secs_f64(),
+        robots: args.robots.into(),
+        branches_per_saga: measured.branches as f64 / n,
+        branches_per_sec: measured.branches as f64 / measured.elapsed.as_secs_f64(),
         latency_ms: Percentiles::of(&mut latencies),
         steps,
         redis_commands_per_saga: total_calls as f64 / n,

@@ -49,6 +49,11 @@ pub struct Report {
     pub handler_work_ms: u64,
     pub elapsed_secs: f64,
     pub sagas_per_sec: f64,
+    /// Robots per mission, each exploring in a branch of the fan-out.
+    pub robots: usize,
+    pub branches_per_saga: f64,
+    /// Branches of fan-outs completed per second.
+    pub branches_per_sec: f64,
     pub latency_ms: Percentiles,
     pub steps: Vec<StepOverhead>,
     pub redis_commands_per_saga: f64,
@@ -115,6 +120,13 @@ impl Report {
         );
         line("elapsed", format!("{:.2} s", self.elapsed_secs));
         line("throughput", format!("{:.0} sagas/s", self.sagas_per_sec));
+        line(
+            "fan-out",
+            format!(
+                "{} robots per mission, {:.1} branches per saga, {:.0} branches/s",
+                self.robots, self.branches_per_saga, self.branches_per_sec
+            ),
+        );
         let l = &self.latency_ms;
         line(
             "start to saga_completed (ms)",
