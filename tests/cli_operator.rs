@@ -132,7 +132,8 @@ async fn start_wait_follows_the_saga_and_exits_with_its_outcome(server: Redis) {
     }
     let out = sagaflow(&["status", "--redis-url", &url, &saga_id, "--json"]).await;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(json["state"]["phase"], "completed");
+    assert_eq!(json["status"], "completed");
+    assert_eq!(json["state"]["phase"]["name"], "completed");
     assert!(json["events"].as_array().unwrap().len() >= 14);
 
     // A step that fails: compensated, exit 1, with the story.

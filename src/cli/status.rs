@@ -93,7 +93,9 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
                 serde_json::json!({ "id": e.id, "fields": fields })
             })
             .collect();
-        let out = serde_json::json!({ "state": s, "owner": record.owner, "expires_in_secs": record.expires_in, "events": events });
+        // `status` first: the state's own `phase` is an object, holding
+        // what only that phase has (its failure, when it ended).
+        let out = serde_json::json!({ "status": s.phase.status(), "state": s, "owner": record.owner, "expires_in_secs": record.expires_in, "events": events });
         outln!("{out:#}");
         return Ok(ExitCode::SUCCESS);
     }

@@ -44,9 +44,13 @@ pub fn robot_count(value: Option<&Value>) -> usize {
     }
 }
 
-/// Robot ids from `robot_ids`, else from the `robot_id`s of `routes` or
+/// Robot ids: the one `robot_id` of a branch's command (a fan-out over
+/// the robots), else `robot_ids`, else the `robot_id`s of `routes` or
 /// `partial_maps`.
 pub fn robot_ids(payload: &Value) -> Vec<String> {
+    if let Some(Value::String(id)) = payload.get("robot_id") {
+        return vec![id.clone()];
+    }
     if let Some(Value::Array(ids)) = lookup(payload, "robot_ids") {
         return ids
             .iter()
@@ -103,14 +107,18 @@ pub fn cancel_route(payload: &Value) -> Value {
     json!({"cancelled": robot_ids(payload)})
 }
 
+/// One robot's exploration (`robot_id`: a branch of the mission's
+/// fan-out) gives its partial map; several robots' at once (`robot_ids`,
+/// the single-command form) give `partial_maps`.
 pub fn perform_exploration(payload: &Value) -> Value {
-    let maps: Vec<Value> = robot_ids(payload)
-        .into_iter()
-        .map(|robot_id| {
-            let cells = 100 + (random_unit() * 900.0) as u64;
-            json!({"robot_id": robot_id, "map_id": format!("partial-{}", &new_uuid_hex()[..8]), "cells_explored": cells})
-        })
-        .collect();
+    let explore = |robot_id: String| {
+        let cells = 100 + (random_unit() * 900.0) as u64;
+        json!({"robot_id": robot_id, "map_id": format!("partial-{}", &new_uuid_hex()[..8]), "cells_explored": cells})
+    };
+    if let Some(Value::String(robot_id)) = payload.get("robot_id") {
+        return explore(robot_id.clone());
+    }
+    let maps: Vec<Value> = robot_ids(payload).into_iter().map(explore).collect();
     json!({"partial_maps": maps})
 }
 
@@ -180,6 +188,19 @@ mod tests {
             lookup(&json!({"area": null, "input": {"area": "y"}}), "area"),
             Some(&json!("y"))
         );
+    }
+
+    #[test]
+    fn a_branch_explores_with_its_one_robot() {
+        let routes = plan_route(&json!({"robot_ids": ["robot-1", "robot-2"]}));
+        let one = json!({"robot_id": "robot-2", "routes": routes["routes"]});
+        let map = perform_exploration(&one);
+        assert_eq!(map["robot_id"], "robot-2");
+        assert!(map["map_id"].as_str().unwrap().starts_with("partial-"));
+        let merged = integrate_maps(&json!({"partial_maps": [map.clone(), map]}));
+        assert_eq!(merged["merged_from"], 2);
+        let aborted = abort_exploration(&json!({"robot_id": "robot-2"}));
+        assert_eq!(aborted, json!({"aborted": ["robot-2"]}));
     }
 
     #[test]

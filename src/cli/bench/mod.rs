@@ -57,10 +57,11 @@ pub struct BenchArgs {
     /// Simulated work per handler command, in ms.
     #[arg(long, default_value_t = 0)]
     work_ms: u64,
-    /// Robots per mission: each explores in a branch of its own (the
-    /// mission's fan-out), at most 4 at once; the report adds branches/s.
+    /// Robots per mission (1 to 64, as the simulated handlers allocate at
+    /// most that many): each explores in a branch of its own (the mission's
+    /// fan-out), at most 4 at once; the report adds branches/s.
     #[arg(long, default_value_t = 2,
-          value_parser = clap::value_parser!(u16).range(1..=crate::definition::MAX_BRANCHES as i64))]
+          value_parser = clap::value_parser!(u16).range(1..=crate::handler::mission::MAX_ROBOTS as i64))]
     robots: u16,
     /// Redis with `appendonly yes` and `appendfsync everysec`.
     #[arg(long)]
