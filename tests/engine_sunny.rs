@@ -24,14 +24,50 @@ async fn the_reference_mission_completes_with_the_simulated_handlers(server: Red
     start_mission(&mut conn, "sunny-1", &input).await;
 
     let events = saga_events(&server, "sunny-1").await;
+    // The steps' own events, in order; the exploration is a fan-out over
+    // the two robots, which starts, then completes once both are back.
     let mut expected = vec!["saga_started".to_owned()];
     for step in MISSION_STEPS {
+        if step == "perform_exploration" {
+            expected.push(format!("step_started:{step}"));
+            expected.push(format!("step_completed:{step}"));
+            continue;
+        }
         for event in ["step_started", "step_progress", "step_completed"] {
             expected.push(format!("{event}:{step}"));
         }
     }
     expected.push("saga_completed".into());
-    assert_eq!(labels(&events), expected, "\n{}", describe(&events));
+    let (branch_events, step_events): (Vec<Event>, Vec<Event>) =
+        events.iter().cloned().partition(|e| e.branch().is_some());
+    assert_eq!(labels(&step_events), expected, "\n{}", describe(&events));
+    // Each robot's branch: started, progress, completed, in its own order.
+    for branch in 0..2 {
+        let of_branch: Vec<Event> = (branch_events.iter())
+            .filter(|e| e.branch() == Some(branch))
+            .cloned()
+            .collect();
+        let unit = format!("perform_exploration[{branch}]");
+        let expected: Vec<String> = ["step_started", "step_progress", "step_completed"]
+            .iter()
+            .map(|e| format!("{e}:{unit}"))
+            .collect();
+        assert_eq!(labels(&of_branch), expected, "\n{}", describe(&events));
+        let robot = format!("robot-{}", branch + 1);
+        assert_eq!(of_branch[0].payload["item"], robot.as_str());
+    }
+    // Both branches run at once (max_concurrency 4, two robots).
+    let first_done = (events.iter())
+        .position(|e| e.event_type == "step_completed" && e.branch().is_some())
+        .unwrap();
+    let started_before = (events[..first_done].iter())
+        .filter(|e| e.event_type == "step_started" && e.branch().is_some())
+        .count();
+    assert_eq!(started_before, 2, "\n{}", describe(&events));
+    let fan_out = (step_events.iter())
+        .find(|e| e.label() == "step_started:perform_exploration")
+        .unwrap();
+    assert_eq!(fan_out.payload, json!({"branches": 2, "max_concurrency": 2}));
 
     let saga_id = &events[0].saga_id;
     assert!(is_lower_hex(saga_id, 32), "{saga_id}");
@@ -51,8 +87,10 @@ async fn the_reference_mission_completes_with_the_simulated_handlers(server: Red
     }
     assert_eq!(events[0].payload["input"], input);
     let mut request_ids = HashSet::new();
-    for step in MISSION_STEPS {
-        let started = the_event(&events, "step_started", Some(step));
+    let attempts = events.iter().filter(|e| {
+        e.event_type == "step_started" && e.payload.get("branches").is_none()
+    });
+    for started in attempts {
         assert_eq!(started.payload["attempt"], 1);
         assert_eq!(started.payload["kind"], "action");
         let request_id = started.payload["request_id"].as_str().unwrap();
@@ -61,17 +99,20 @@ async fn the_reference_mission_completes_with_the_simulated_handlers(server: Red
             request_ids.insert(request_id.to_owned()),
             "request ids are new"
         );
-        let progress = the_event(&events, "step_progress", Some(step));
-        assert_eq!(progress.payload["attempt"], 1);
-        assert_eq!(progress.payload["progress"].as_f64(), Some(50.0));
+    }
+    assert_eq!(request_ids.len(), 5, "one command per step, one per robot");
+    for e in events.iter().filter(|e| e.event_type == "step_progress") {
+        assert_eq!(e.payload["attempt"], 1);
+        assert_eq!(e.payload["progress"].as_f64(), Some(50.0));
     }
 
     let results = &events.last().unwrap().payload["results"];
     let names: Vec<&String> = results.as_object().unwrap().keys().collect();
     assert_eq!(names.len(), 4, "{results}");
     for step in MISSION_STEPS {
-        let completed = the_event(&events, "step_completed", Some(step));
-        assert_eq!(completed.payload["attempt"], 1);
+        let completed = (step_events.iter())
+            .find(|e| e.label() == format!("step_completed:{step}"))
+            .unwrap();
         assert_eq!(completed.payload["result"], results[step], "{step}");
     }
     assert_eq!(
@@ -79,10 +120,11 @@ async fn the_reference_mission_completes_with_the_simulated_handlers(server: Red
         json!({"robot_ids": ["robot-1", "robot-2"], "area": "hall-a"})
     );
     assert_eq!(results["plan_route"]["routes"].as_array().unwrap().len(), 2);
-    let maps = results["perform_exploration"]["partial_maps"]
-        .as_array()
-        .unwrap();
+    // One map per robot, in the order of the robots.
+    let maps = results["perform_exploration"].as_array().unwrap();
     assert_eq!(maps.len(), 2);
+    assert_eq!(maps[0]["robot_id"], "robot-1");
+    assert_eq!(maps[1]["robot_id"], "robot-2");
     assert_eq!(results["integrate_maps"]["merged_from"], 2);
 
     handlers.stop().await;
@@ -94,9 +136,25 @@ fn raw_result(step: &str) -> Value {
     match step {
         "allocate_resources" => json!({"robot_ids": ["r-1", "r-2"], "area": "hall-b"}),
         "plan_route" => json!({"routes": [{"robot_id": "r-1", "waypoints": [[0, 0], [5, 5]]}]}),
-        "perform_exploration" => json!({"partial_maps": [{"robot_id": "r-1", "map_id": "m-1"}]}),
+        "perform_exploration" => panic!("a branch's result depends on its robot: explored()"),
         "integrate_maps" => json!({"map_id": "merged-1"}),
         other => panic!("no command `{other}` in the mission"),
+    }
+}
+
+/// What the raw handler returns for one robot's exploration.
+fn explored(robot: &str) -> Value {
+    json!({"robot_id": robot, "map_id": format!("m-{robot}")})
+}
+
+/// The result of a command of the mission, as the raw handler answers it.
+fn answer(cmd: &Fields) -> Value {
+    match cmd["step"].as_str() {
+        "perform_exploration" => {
+            let payload: Value = serde_json::from_str(&cmd["payload"]).unwrap();
+            explored(payload["robot_id"].as_str().unwrap())
+        }
+        step => raw_result(step),
     }
 }
 
@@ -116,7 +174,7 @@ async fn mission_with_raw_handler(
 ) -> String {
     let daemon = start_daemon(server, mission_catalog()).await;
     let handler = spawn_raw_handler(server, &MISSION_STREAMS, "raw-mission", |cmd| {
-        complete_in_stages(cmd, &raw_result(&cmd["step"]))
+        complete_in_stages(cmd, &answer(cmd))
     })
     .await;
     let mut conn = server.conn().await;
@@ -132,29 +190,48 @@ async fn mission_with_raw_handler(
     let done = events.last().unwrap();
     assert_eq!(done.event_type, "saga_completed", "\n{}", describe(&events));
     let results = &done.payload["results"];
+    let maps = json!([explored("r-1"), explored("r-2")]);
     for step in MISSION_STEPS {
-        assert_eq!(results[step], raw_result(step), "{step}");
+        let expected = match step {
+            "perform_exploration" => maps.clone(),
+            step => raw_result(step),
+        };
+        assert_eq!(results[step], expected, "{step}");
     }
     let saga_id = &done.saga_id;
     assert!(is_lower_hex(saga_id, 32), "saga_id {saga_id}");
-    assert_eq!(commands.len(), 4, "{commands:#?}");
+    // One command per step, and one per robot for the exploration.
+    let steps = [
+        "allocate_resources",
+        "plan_route",
+        "perform_exploration",
+        "perform_exploration",
+        "integrate_maps",
+    ];
+    assert_eq!(commands.len(), steps.len(), "{commands:#?}");
     let streams: Vec<&str> = commands.iter().map(|c| c.stream.as_str()).collect();
-    assert_eq!(streams, MISSION_STREAMS);
+    let [resources, routing, exploration, mapping] = MISSION_STREAMS;
+    assert_eq!(
+        streams,
+        [resources, routing, exploration, exploration, mapping]
+    );
 
+    let routes = raw_result("plan_route")["routes"].clone();
     let expected_payloads = [
         json!({"area": "hall-b", "robots": 2}),
         json!({"robot_ids": ["r-1", "r-2"], "area": "hall-b"}),
-        json!({
-            "routes": raw_result("plan_route")["routes"],
-            "robot_ids": ["r-1", "r-2"],
-        }),
-        json!({"partial_maps": raw_result("perform_exploration")["partial_maps"], "mission": saga_id}),
+        json!({"robot_id": "r-1", "routes": routes}),
+        json!({"robot_id": "r-2", "routes": routes}),
+        json!({"partial_maps": maps, "mission": saga_id}),
     ];
-    let timeouts_ms = [10_000, 10_000, 30_000, 10_000];
+    let branches = [None, None, Some("0"), Some("1"), None];
+    let timeouts_ms = [10_000, 10_000, 30_000, 30_000, 10_000];
     let mut request_ids = HashSet::new();
     let mut trace_ids = HashSet::new();
     for (i, cmd) in commands.iter().enumerate() {
-        let step = MISSION_STEPS[i];
+        let step = steps[i];
+        let branch = cmd.fields.get("branch").map(String::as_str);
+        assert_eq!(branch, branches[i], "{step}: branch");
         for name in [
             "correlation_id",
             "saga_id",
@@ -183,8 +260,9 @@ async fn mission_with_raw_handler(
             request_ids.insert(request_id.to_owned()),
             "{step}: request_id reused"
         );
-        let started = the_event(&events, "step_started", Some(step));
-        assert_eq!(started.payload["request_id"], request_id, "{step}");
+        let started = (events.iter())
+            .find(|e| e.event_type == "step_started" && e.payload["request_id"] == request_id);
+        assert!(started.is_some(), "{step}: no step_started for {request_id}");
 
         let traceparent = cmd.get("traceparent");
         let parts: Vec<&str> = traceparent.split('-').collect();

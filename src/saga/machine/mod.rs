@@ -403,15 +403,21 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// Whether every step has completed.
+    fn all_steps_completed(&self) -> bool {
+        let work = &self.state.work;
+        (0..self.def.steps.len()).all(|i| work.steps.get(&i).is_some_and(StepWork::completed))
+    }
+
     /// One round of going forward; true if anything started or ended.
     fn run_forward(&mut self) -> bool {
         let def = self.def;
-        let work = &self.state.work;
-        let done = |s: &usize| work.steps.get(s).is_some_and(StepWork::completed);
-        if def.steps.iter().enumerate().all(|(i, _)| done(&i)) {
+        if self.all_steps_completed() {
             self.complete_saga();
             return true;
         }
+        let work = &self.state.work;
+        let done = |s: &usize| work.steps.get(s).is_some_and(StepWork::completed);
         let ready: Vec<usize> = (0..def.steps.len())
             .filter(|i| !work.steps.contains_key(i) && def.steps[*i].after.iter().all(done))
             .collect();
@@ -440,6 +446,10 @@ impl<'a> Machine<'a> {
         self.st().phase = Phase::Completed {
             ended_at_ms: self.now,
         };
+        self.emit_saga_completed();
+    }
+
+    fn emit_saga_completed(&mut self) {
         let results: Map<String, Value> = (self.state.results.iter())
             .map(|(name, result)| (name.clone(), result.value()))
             .collect();
@@ -868,6 +878,15 @@ impl<'a> Machine<'a> {
                 }
                 self.set_unit(unit, UnitState::Completed { result: kept });
                 self.st().work.done.push(unit);
+                // The events say the saga's state once they happened: the
+                // completion that completes the last step completes the
+                // saga.
+                let last = self.state.phase == Phase::Running && self.all_steps_completed();
+                if last {
+                    self.st().phase = Phase::Completed {
+                        ended_at_ms: self.now,
+                    };
+                }
                 let completed = payload::AttemptCompleted {
                     attempt: x.attempt,
                     result,
@@ -876,6 +895,9 @@ impl<'a> Machine<'a> {
                 let step_done = self.state.work.steps[&unit.step].completed();
                 if unit.branch.is_some() && step_done {
                     self.complete_fan_out(unit.step);
+                }
+                if last {
+                    return self.emit_saga_completed();
                 }
             }
             CommandKind::Compensation => {
