@@ -9,6 +9,8 @@ use crate::protocol::{
 use serde_json::{json, Value};
 use std::path::Path;
 
+mod branches;
+
 const DEF: &str = "\
 name: mission
 steps:
