@@ -1054,8 +1054,9 @@ fn a_stuck_branch_compensation_fails_the_saga_once_the_others_are_done_and_is_re
     ];
     for (stuck, stuck_first) in cases {
         let case = format!("stuck {stuck:?}, first: {stuck_first}");
-        // The one a retry starts first, named by `saga_failed`.
-        let first = stuck[0];
+        // The one a retry starts first, named by `saga_failed`: the stuck
+        // one that completed last.
+        let first = *stuck.last().unwrap();
         let mut h = unwinding_three_branches();
         let others: Vec<u32> = (0..3).filter(|b| !stuck.contains(b)).collect();
         let mut ends: Vec<(u32, bool)> = Vec::new();
@@ -1093,10 +1094,11 @@ fn a_stuck_branch_compensation_fails_the_saga_once_the_others_are_done_and_is_re
         let stuck_units: Vec<Unit> = h.state.stuck().map(|(u, _)| u).collect();
         assert_eq!(h.labels(&stuck_units), stuck_labels, "{case}");
 
-        // Retry: only the stuck compensations are sent again.
+        // Retry: only the stuck compensations are sent again, newest
+        // first (they completed in the order of their branches).
         let mut retried = h.clone();
         let fx = retried.apply(operator(Action::Retry));
-        let again: Vec<String> = (stuck.iter())
+        let again: Vec<String> = (stuck.iter().rev())
             .map(|b| format!("send leave#1 visit[{b}]"))
             .collect();
         assert_eq!(sends(&fx), again, "{case}");
@@ -1159,6 +1161,54 @@ fn a_stuck_branch_compensation_fails_the_saga_once_the_others_are_done_and_is_re
         assert_eq!(abandoned.state.abandoned_by(), Some("ops@host"));
         assert_eq!(abandoned.status(), SagaStatus::Failed);
     }
+}
+
+#[test]
+fn a_retry_of_stuck_branches_undoes_them_at_most_max_concurrency_at_once() {
+    // Four visits, two at once, all completed; report fails. Each
+    // compensation fails for good, freeing its place for the next.
+    let (mut h, _) = Harness::fan(Some(2), robots(4));
+    for b in 0..4 {
+        h.finish(visit(b), visited(b));
+    }
+    let fx = h.fail_unit(Unit::step(REPORT), false);
+    assert_eq!(
+        sends(&fx),
+        ["send leave#1 visit[3]", "send leave#1 visit[2]"]
+    );
+    let fx = h.fail_unit(visit(3), false);
+    assert_eq!(sends(&fx), ["send leave#1 visit[1]"]);
+    let fx = h.fail_unit(visit(2), false);
+    assert_eq!(sends(&fx), ["send leave#1 visit[0]"]);
+    h.fail_unit(visit(1), false);
+    let fx = h.fail_unit(visit(0), false);
+    assert!(said(&fx).contains(&"saga_failed visit[3]".to_owned()));
+    let failed = h.last_event_payload(EventType::SagaFailed);
+    assert_eq!(
+        failed["stuck"],
+        json!(["visit[0]", "visit[1]", "visit[2]", "visit[3]"])
+    );
+    // Retried: undone again as when unwinding, two at once, newest first.
+    let fx = h.apply(operator(Action::Retry));
+    assert_eq!(
+        said(&fx),
+        [
+            "persist",
+            "operator_action visit[3]",
+            "compensation_started visit[3]",
+            "send leave#1 visit[3]",
+            "compensation_started visit[2]",
+            "send leave#1 visit[2]",
+            "timer"
+        ]
+    );
+    assert_eq!(h.state.stuck().count(), 0, "every stuck one is retried");
+    h.drain_compensations(2);
+    assert_eq!(h.status(), SagaStatus::Compensated);
+    assert_eq!(
+        h.undone(),
+        ["visit[3]", "visit[2]", "visit[1]", "visit[0]", "prepare"]
+    );
 }
 
 /// Two chains joined at the end: `x` → `a` and `y` → `b`, then `c`.
