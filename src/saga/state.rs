@@ -193,7 +193,9 @@ pub enum UnitState {
     /// Its action ended without completing: failed for good, or stopped
     /// while the saga unwinds. `effect_unknown` when an attempt of it timed
     /// out or was under way when the saga was cancelled: it may have done
-    /// its work, so it is undone like a completed one.
+    /// its work, so it is undone like a completed one. A unit whose
+    /// compensation an operator retries comes back here too, with its
+    /// effect unknown, to be undone again.
     Ended {
         effect_unknown: bool,
     },

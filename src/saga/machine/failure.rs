@@ -213,6 +213,15 @@ impl Machine<'_> {
             .collect()
     }
 
+    /// The stuck unit whose compensation an operator's retry starts
+    /// first: the one that completed last, as when unwinding (every unit
+    /// undone was in `done`). `saga_failed` names it.
+    pub(super) fn first_stuck(&self) -> Option<Unit> {
+        let work = &self.state.work;
+        let stuck = |u: &&Unit| matches!(work.get(**u), Some(UnitState::Stuck { .. }));
+        work.done.iter().rev().find(stuck).copied()
+    }
+
     /// Units of `step` whose compensation is under way.
     fn undoing(&self, step: usize) -> usize {
         let work = self.state.work.steps.get(&step);
@@ -246,7 +255,10 @@ impl Machine<'_> {
         let stuck: Vec<(Unit, String)> = (self.state.stuck())
             .map(|(u, e)| (u, e.to_owned()))
             .collect();
-        let (first, error) = stuck.first().cloned().expect("a compensation is stuck");
+        let first = self.first_stuck().expect("a compensation is stuck");
+        let error = (stuck.iter().find(|(u, _)| *u == first))
+            .map(|(_, e)| e.clone())
+            .expect("the first stuck unit is stuck");
         let compensation_command = self.target(first.step, CommandKind::Compensation).command;
         let failed = payload::SagaFailed {
             failed_step: failure.step.clone(),

@@ -127,15 +127,22 @@ impl Machine<'_> {
     /// for good.
     fn rescue_stuck(&mut self, request: &OperatorRequest, failure: Failure) -> Result<(), String> {
         let stuck: Vec<Unit> = self.state.stuck().map(|(u, _)| u).collect();
-        let first = *stuck
-            .first()
-            .ok_or("the record does not say which compensation failed")?;
+        let first =
+            (self.first_stuck()).ok_or("the record does not say which compensation failed")?;
         match &request.action {
             Action::Retry => {
                 self.reopen(failure);
                 self.emit_action(request, None, Some(first));
+                // Back to be undone, as when unwinding: `advance` starts
+                // them in reverse order of the graph, a fan-out's branches
+                // at most `max_concurrency` at once (sending every stuck
+                // one here would run all of a fan-out's at once). What a
+                // failed compensation left of the effect is unknown.
                 for unit in stuck {
-                    self.send_compensation(unit, 1);
+                    let to_undo = UnitState::Ended {
+                        effect_unknown: true,
+                    };
+                    self.set_unit(unit, to_undo);
                 }
             }
             Action::Skip { step: named } => {

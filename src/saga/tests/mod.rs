@@ -9,6 +9,8 @@ use crate::protocol::{
 use serde_json::{json, Value};
 use std::path::Path;
 
+mod branches;
+
 const DEF: &str = "\
 name: mission
 steps:
@@ -34,6 +36,7 @@ steps:
 ";
 
 /// Sequential ids, so tests can name them.
+#[derive(Clone)]
 struct SeqIds(u64);
 
 impl IdSource for SeqIds {
@@ -47,6 +50,7 @@ impl IdSource for SeqIds {
     }
 }
 
+#[derive(Clone)]
 struct Harness {
     def: SagaDefinition,
     state: SagaState,
@@ -118,10 +122,28 @@ impl Harness {
     }
 
     fn apply(&mut self, event: Event) -> Fx {
+        Fx::of(self.try_apply(event))
+    }
+
+    /// Applies an event, checking on every transition that `changed` says
+    /// whether the state changed (the store writes it only then), and that
+    /// an ignored event changes nothing.
+    fn try_apply(&mut self, event: Event) -> Result<Transition, Ignored> {
+        let before = self.state.clone();
         let applied = apply(&mut self.state, &self.def, event, self.now, &mut self.ids);
-        let fx = Fx::of(applied);
-        self.log.extend(fx.effects.clone());
-        fx
+        match &applied {
+            Ok(t) => {
+                assert_eq!(
+                    t.changed,
+                    self.state != before,
+                    "`changed` must say whether the state changed; effects: {:?}",
+                    t.effects
+                );
+                self.log.extend(t.effects.clone());
+            }
+            Err(ignored) => assert_eq!(self.state, before, "ignored ({ignored:?}) yet changed"),
+        }
+        applied
     }
 
     /// The one exchange under way (these sagas run one step at a time).
