@@ -527,7 +527,11 @@ fn without_after_each_step_waits_for_the_one_before_it() {
             vec!["perform_exploration"],
         ]
     );
-    assert!(def.steps.iter().all(|s| s.for_each.is_none()));
+    // The exploration is a fan-out over the robots, four at a time.
+    let fan_outs: Vec<(&str, Option<u32>)> = (def.steps.iter())
+        .filter_map(|s| Some((s.name.as_str(), s.for_each.as_ref()?.max_concurrency)))
+        .collect();
+    assert_eq!(fan_outs, [("perform_exploration", Some(4))]);
     assert_eq!(def.ancestors(0), Vec::<usize>::new());
     assert_eq!(def.ancestors(3), [0, 1, 2]);
     assert_eq!(def.dependents(1).collect::<Vec<_>>(), [2]);
