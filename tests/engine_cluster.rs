@@ -150,11 +150,20 @@ async fn wait_for_ends(
         if ended == ids.len() {
             return events;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{ended} of {} sagas ended within {within:?}",
-            ids.len()
-        );
+        if Instant::now() >= deadline {
+            let open: Vec<&String> = (ids.iter())
+                .filter(|id| !events.iter().any(|e| e.correlation_id == **id && e.is_terminal()))
+                .collect();
+            let of_open: Vec<Event> = (events.iter())
+                .filter(|e| open.contains(&&e.correlation_id))
+                .cloned()
+                .collect();
+            panic!(
+                "{ended} of {} sagas ended within {within:?}; the others:\n{}",
+                ids.len(),
+                describe(&of_open)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
