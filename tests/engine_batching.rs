@@ -20,11 +20,30 @@ steps:
     timeout: 1s
 ";
 
-// On one thread, so that the reply reader routes a whole batch before the
-// saga runs: the batch is then certain to be applied together.
-#[tokio::test]
-async fn replies_read_together_are_written_in_one_transition() {
-    let server = RedisServer::start();
+/// [`TWO_STEPS`] for many sagas at once: timeouts that a slow answer (a
+/// busy machine, the relay of a cluster) never reaches.
+const TWO_UNHURRIED_STEPS: &str = "\
+name: batched
+trigger: mission:start
+steps:
+  - name: reserve
+    stream: batched:commands
+    timeout: 30s
+  - name: confirm
+    stream: batched:commands
+    timeout: 30s
+";
+
+on_both!(
+    // On one thread, so that the reply reader routes a whole batch before
+    // the saga runs: the batch is then certain to be applied together.
+    #[tokio::test]
+    replies_read_together_are_written_in_one_transition,
+    streams_lose_what_is_older_than_their_retention,
+    unfinished_starts_outlive_the_retention,
+);
+
+async fn replies_read_together_are_written_in_one_transition(server: Redis) {
     let mut conn = server.conn().await;
     must(
         "the group",
@@ -96,9 +115,7 @@ async fn replies_read_together_are_written_in_one_transition() {
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_lose_what_is_older_than_their_retention() {
-    let server = RedisServer::start();
+async fn streams_lose_what_is_older_than_their_retention(server: Redis) {
     let mut conn = server.conn().await;
     let settings = sagaflow::config::Settings {
         stream_retention: Duration::from_secs(1),
@@ -116,14 +133,17 @@ async fn streams_lose_what_is_older_than_their_retention() {
 
     // Events and starts after the retention; commands a little after their
     // longest timeout (1 s here).
+    // One stream at a time: on a cluster they are in different slots.
     let lengths = || {
         let mut conn = conn.clone();
         async move {
-            let mut pipe = redis::pipe();
+            let mut lengths: Vec<u64> = Vec::new();
             for stream in ["saga:events", "mission:start", "batched:commands"] {
-                pipe.cmd("XLEN").arg(stream);
+                let mut xlen = redis::cmd("XLEN");
+                xlen.arg(stream);
+                lengths.push(xlen.query_async(&mut conn).await.expect("XLEN"));
             }
-            pipe.query_async::<Vec<u64>>(&mut conn).await.expect("XLEN")
+            lengths
         }
     };
     assert_ne!(lengths().await, [0, 0, 0]);
@@ -145,9 +165,7 @@ async fn streams_lose_what_is_older_than_their_retention() {
 // A start taken by a daemon that died before finishing it stays in the
 // trigger stream, however old, until another daemon has taken it over and
 // finished it; the finished starts before it are trimmed meanwhile.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unfinished_starts_outlive_the_retention() {
-    let server = RedisServer::start();
+async fn unfinished_starts_outlive_the_retention(server: Redis) {
     let mut conn = server.conn().await;
     must(
         "the group",
@@ -163,12 +181,13 @@ async fn unfinished_starts_outlive_the_retention() {
     // Trimming is approximate (`MINID ~`): it drops whole stream nodes, so
     // there must be more than a node's worth of finished starts.
     let early = start_missions(&mut conn, "early", 300).await;
-    let daemon = start_daemon_with(settings.clone(), catalog(TWO_STEPS)).await;
+    let daemon = start_daemon_with(settings.clone(), catalog(TWO_UNHURRIED_STEPS)).await;
     let handler = spawn_raw_handler(&server, &["batched:commands"], "handlers", |cmd| {
         complete_in_stages(cmd, &json!({"ok": true}))
     })
     .await;
-    all_completed(&server, "early-", early.len()).await;
+    // Three hundred sagas at once: a few seconds, more on a cluster.
+    all_completed(&server, "early-", early.len(), Duration::from_secs(30)).await;
     daemon.stop().await;
 
     // A daemon reads a start and dies.
@@ -184,9 +203,9 @@ async fn unfinished_starts_outlive_the_retention() {
     assert_eq!(lossy(&taken[0].fields)["correlation_id"], "held");
     let held_id = taken[0].id.clone();
 
-    let daemon = start_daemon_with(settings, catalog(TWO_STEPS)).await;
+    let daemon = start_daemon_with(settings, catalog(TWO_UNHURRIED_STEPS)).await;
     let late = start_missions(&mut conn, "late", 3).await;
-    all_completed(&server, "late-", late.len()).await;
+    all_completed(&server, "late-", late.len(), SAGA_WAIT).await;
     let starts = || {
         let mut conn = conn.clone();
         async move {
@@ -233,10 +252,11 @@ async fn unfinished_starts_outlive_the_retention() {
     daemon.stop().await;
 }
 
-/// Waits for `n` sagas whose correlation ids start with `prefix` to
-/// complete, reading the events as they come (they are trimmed soon after).
-async fn all_completed(server: &RedisServer, prefix: &str, n: usize) {
-    wait_for_events(server, SAGA_WAIT, |events| {
+/// Waits at most `within` for `n` sagas whose correlation ids start with
+/// `prefix` to complete, reading the events as they come (they are trimmed
+/// soon after).
+async fn all_completed(server: &Redis, prefix: &str, n: usize, within: Duration) {
+    wait_for_events(server, within, |events| {
         let done = events
             .iter()
             .filter(|e| e.event_type == "saga_completed" && e.correlation_id.starts_with(prefix));

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 const SAGAS: usize = 200;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hundred_sagas_at_once_each_complete_exactly_once() {
-    let server = RedisServer::start();
+on_both!(two_hundred_sagas_at_once_each_complete_exactly_once);
+
+async fn two_hundred_sagas_at_once_each_complete_exactly_once(server: Redis) {
     let daemon = start_daemon(&server, mission_catalog()).await;
     let opts = SimulationOptions {
         work_ms: 20,

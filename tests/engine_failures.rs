@@ -7,12 +7,25 @@ use common::*;
 use sagaflow::handler::simulated::SimulationOptions;
 use serde_json::json;
 
+on_both!(
+    a_failing_first_step_undoes_nothing,
+    a_failing_second_step_undoes_the_first,
+    a_failing_third_step_undoes_the_first_two_in_reverse,
+    a_failing_last_step_undoes_the_three_before_it_in_reverse,
+    a_failing_compensation_fails_the_saga,
+    a_hung_step_is_retried_under_a_new_request_id_then_undone_itself,
+    a_retryable_failure_then_a_success_completes,
+);
+
 /// Runs the mission with the simulated handlers set up by `opts`; returns
 /// its events and the commands sent on `resources:commands`.
-async fn mission_with(opts: SimulationOptions, correlation_id: &str) -> (Vec<Event>, Vec<Fields>) {
-    let server = RedisServer::start();
-    let daemon = start_daemon(&server, mission_catalog()).await;
-    let handlers = start_simulated(&server, opts);
+async fn mission_with(
+    server: &Redis,
+    opts: SimulationOptions,
+    correlation_id: &str,
+) -> (Vec<Event>, Vec<Fields>) {
+    let daemon = start_daemon(server, mission_catalog()).await;
+    let handlers = start_simulated(server, opts);
     let mut conn = server.conn().await;
     start_mission(
         &mut conn,
@@ -20,7 +33,7 @@ async fn mission_with(opts: SimulationOptions, correlation_id: &str) -> (Vec<Eve
         &json!({"area": "hall-a", "robots": 2}),
     )
     .await;
-    let events = saga_events(&server, correlation_id).await;
+    let events = saga_events(server, correlation_id).await;
     let resources = xrange(&mut conn, "resources:commands").await;
     handlers.stop().await;
     daemon.stop().await;
@@ -29,12 +42,12 @@ async fn mission_with(opts: SimulationOptions, correlation_id: &str) -> (Vec<Eve
 
 /// A step replying `failed` (not retryable) is not undone itself; the steps
 /// before it are, in reverse order.
-async fn fail_at(failing: &str) {
+async fn fail_at(server: Redis, failing: &str) {
     let opts = SimulationOptions {
         fail_step: Some(failing.into()),
         ..Default::default()
     };
-    let (events, resources) = mission_with(opts, &format!("fail-at-{failing}")).await;
+    let (events, resources) = mission_with(&server, opts, &format!("fail-at-{failing}")).await;
     let at = MISSION_STEPS.iter().position(|s| *s == failing).unwrap();
     let undone: Vec<&str> = MISSION_STEPS[..at].iter().rev().copied().collect();
 
@@ -98,34 +111,29 @@ async fn fail_at(failing: &str) {
     assert_eq!(payload["failure"]["reason"], end.payload["reason"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_first_step_undoes_nothing() {
-    fail_at("allocate_resources").await;
+async fn a_failing_first_step_undoes_nothing(server: Redis) {
+    fail_at(server, "allocate_resources").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_second_step_undoes_the_first() {
-    fail_at("plan_route").await;
+async fn a_failing_second_step_undoes_the_first(server: Redis) {
+    fail_at(server, "plan_route").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_third_step_undoes_the_first_two_in_reverse() {
-    fail_at("perform_exploration").await;
+async fn a_failing_third_step_undoes_the_first_two_in_reverse(server: Redis) {
+    fail_at(server, "perform_exploration").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_last_step_undoes_the_three_before_it_in_reverse() {
-    fail_at("integrate_maps").await;
+async fn a_failing_last_step_undoes_the_three_before_it_in_reverse(server: Redis) {
+    fail_at(server, "integrate_maps").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_compensation_fails_the_saga() {
+async fn a_failing_compensation_fails_the_saga(server: Redis) {
     let opts = SimulationOptions {
         fail_step: Some("integrate_maps".into()),
         fail_compensation: Some("plan_route".into()),
         ..Default::default()
     };
-    let (events, _) = mission_with(opts, "fail-compensation").await;
+    let (events, _) = mission_with(&server, opts, "fail-compensation").await;
     let end = events.last().unwrap();
     assert_eq!(end.event_type, "saga_failed", "\n{}", describe(&events));
     assert_eq!(end.status, "failed");
@@ -176,9 +184,7 @@ steps:
       command: cancel_route
 ";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hung_step_is_retried_under_a_new_request_id_then_undone_itself() {
-    let server = RedisServer::start();
+async fn a_hung_step_is_retried_under_a_new_request_id_then_undone_itself(server: Redis) {
     let daemon = start_daemon(&server, catalog(HANGING)).await;
     let opts = SimulationOptions {
         hang_step: Some("plan_route".into()),
@@ -268,9 +274,7 @@ steps:
     retry: { max_attempts: 3, backoff: fixed, initial_delay: 50ms }
 ";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retryable_failure_then_a_success_completes() {
-    let server = RedisServer::start();
+async fn a_retryable_failure_then_a_success_completes(server: Redis) {
     let daemon = start_daemon(&server, catalog(FLAKY)).await;
     let handler = spawn_raw_handler(&server, &["flaky:commands"], "flaky", |cmd| {
         if cmd["attempt"] == "1" {

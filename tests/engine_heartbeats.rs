@@ -13,6 +13,12 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+on_both!(
+    a_long_handler_outlives_its_heartbeat_timeout_on_the_sdks_heartbeats,
+    a_handler_gone_silent_is_timed_out_by_its_heartbeat_clock,
+    a_command_nobody_takes_is_retried_after_its_ack_timeout,
+);
+
 /// The metrics of every daemon of this test binary (one recorder per
 /// process).
 fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
@@ -20,24 +26,35 @@ fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     HANDLE.get_or_init(|| sagaflow::telemetry::metrics::install().expect("the only recorder"))
 }
 
-/// Timeouts of step `explore` counted under clock `timeout`.
-fn timeouts_counted(timeout: &str) -> u64 {
+/// The saga's name on `server`: the tests on one Redis and on a cluster run
+/// in one process, and their metrics are told apart by it.
+fn saga_name(server: &Redis) -> &'static str {
+    match server.is_cluster() {
+        true => "long_on_cluster",
+        false => "long",
+    }
+}
+
+/// Timeouts of step `explore` of saga `saga` counted under clock `timeout`.
+fn timeouts_counted(saga: &str, timeout: &str) -> u64 {
     let page = metrics().render();
+    let saga = format!("saga=\"{saga}\"");
     let label = format!("timeout=\"{timeout}\"");
     page.lines()
         .filter(|l| l.starts_with("sagaflow_step_timeouts_total{"))
         .filter(|l| l.contains("step=\"explore\"") && l.contains("kind=\"action\""))
-        .filter(|l| l.contains(&label))
+        .filter(|l| l.contains(&saga) && l.contains(&label))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
         .sum()
 }
 
 /// One step whose completion timeout is far away, so that only the other
 /// clocks can end an attempt within the test's wait.
-fn long_step(clocks: &str, attempts: u32) -> String {
+fn long_step(server: &Redis, clocks: &str, attempts: u32) -> String {
+    let name = saga_name(server);
     format!(
         "\
-name: long
+name: {name}
 trigger: long:start
 steps:
   - name: explore
@@ -51,7 +68,7 @@ steps:
 }
 
 /// A daemon whose metrics are recorded, with the saga's names as labels.
-async fn start_recorded(server: &RedisServer, yaml: &str) -> Running<Ran> {
+async fn start_recorded(server: &Redis, yaml: &str) -> Running<Ran> {
     metrics();
     let catalog = catalog(yaml);
     let settings = test_settings(server);
@@ -59,18 +76,17 @@ async fn start_recorded(server: &RedisServer, yaml: &str) -> Running<Ran> {
     start_daemon_with(settings, catalog).await
 }
 
-async fn start_long(conn: &mut redis::aio::MultiplexedConnection, correlation_id: &str) {
+async fn start_long(conn: &mut impl redis::aio::ConnectionLike, correlation_id: &str) {
     let fields = [("correlation_id", correlation_id), ("payload", "{}")];
     xadd(conn, "long:start", &fields).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_handler_outlives_its_heartbeat_timeout_on_the_sdks_heartbeats() {
-    let server = RedisServer::start();
-    let yaml = long_step("    heartbeat_timeout: 600ms", 1);
+async fn a_long_handler_outlives_its_heartbeat_timeout_on_the_sdks_heartbeats(server: Redis) {
+    let yaml = long_step(&server, "    heartbeat_timeout: 600ms", 1);
     let daemon = start_daemon(&server, catalog(&yaml)).await;
     // Works five times the heartbeat timeout, reporting nothing itself.
     let handlers = Handlers::new(server.client(), "explorers")
+        .redis_mode(server.mode())
         .on(
             "exploration:commands",
             "explore",
@@ -121,10 +137,8 @@ async fn a_long_handler_outlives_its_heartbeat_timeout_on_the_sdks_heartbeats() 
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handler_gone_silent_is_timed_out_by_its_heartbeat_clock() {
-    let server = RedisServer::start();
-    let yaml = long_step("    heartbeat_timeout: 500ms", 1);
+async fn a_handler_gone_silent_is_timed_out_by_its_heartbeat_clock(server: Redis) {
+    let yaml = long_step(&server, "    heartbeat_timeout: 500ms", 1);
     let daemon = start_recorded(&server, &yaml).await;
     // Takes the command, says `start`, then nothing: a handler that died.
     let handler = spawn_raw_handler(&server, &["exploration:commands"], "g", |cmd| {
@@ -157,15 +171,17 @@ async fn a_handler_gone_silent_is_timed_out_by_its_heartbeat_clock() {
     let end = events.last().unwrap();
     let reason = end.payload["reason"].as_str().unwrap();
     assert!(reason.contains("heartbeat_timeout of 500 ms"), "{reason}");
-    assert!(timeouts_counted("heartbeat") >= 1, "{}", metrics().render());
+    assert!(
+        timeouts_counted(saga_name(&server), "heartbeat") >= 1,
+        "{}",
+        metrics().render()
+    );
     handler.stop().await;
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_nobody_takes_is_retried_after_its_ack_timeout() {
-    let server = RedisServer::start();
-    let yaml = long_step("    ack_timeout: 400ms", 2);
+async fn a_command_nobody_takes_is_retried_after_its_ack_timeout(server: Redis) {
+    let yaml = long_step(&server, "    ack_timeout: 400ms", 2);
     let daemon = start_recorded(&server, &yaml).await;
     // The first attempt falls on deaf ears; the second is answered.
     let handler = spawn_raw_handler(&server, &["exploration:commands"], "g", |cmd| {
@@ -197,7 +213,11 @@ async fn a_command_nobody_takes_is_retried_after_its_ack_timeout() {
     );
     let timed_out = the_event(&events, "step_timed_out", Some("explore"));
     assert_eq!(timed_out.payload["timeout"], "ack");
-    assert!(timeouts_counted("ack") >= 1, "{}", metrics().render());
+    assert!(
+        timeouts_counted(saga_name(&server), "ack") >= 1,
+        "{}",
+        metrics().render()
+    );
     let commands = xrange(&mut conn, "exploration:commands").await;
     assert_eq!(commands[0]["ack_timeout_ms"], "400");
     assert_ne!(commands[0]["request_id"], commands[1]["request_id"]);

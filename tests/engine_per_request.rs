@@ -9,6 +9,8 @@ use common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 
+on_both!(a_late_legacy_reply_to_a_timed_out_attempt_is_not_taken_for_the_retry);
+
 const LEGACY: &str = "\
 name: legacy
 trigger: mission:start
@@ -35,7 +37,7 @@ fn legacy_reply(cmd: &Fields, status: &str, payload: &Value) -> RawEntry {
 
 /// Answers attempt 1 only after its deadline (1.3 s, while attempt 2 is
 /// awaited) and attempt 2 after 0.6 s, both with their attempt number.
-async fn slow_legacy_handler(server: &RedisServer) -> tokio::task::JoinHandle<()> {
+async fn slow_legacy_handler(server: &Redis) -> tokio::task::JoinHandle<()> {
     let mut conn = server.conn().await;
     let create = words("XGROUP CREATE survey:commands legacy 0 MKSTREAM");
     create
@@ -71,9 +73,7 @@ async fn slow_legacy_handler(server: &RedisServer) -> tokio::task::JoinHandle<()
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_legacy_reply_to_a_timed_out_attempt_is_not_taken_for_the_retry() {
-    let server = RedisServer::start();
+async fn a_late_legacy_reply_to_a_timed_out_attempt_is_not_taken_for_the_retry(server: Redis) {
     let daemon = start_daemon(&server, catalog(LEGACY)).await;
     let handler = slow_legacy_handler(&server).await;
     let mut conn = server.conn().await;

@@ -26,6 +26,7 @@ use crate::store::idempotency::Claim;
 use crate::store::keys::Keys;
 use crate::store::lease::{self as leases, SagaClaim};
 use crate::store::sagas::{self, LoadError, Record};
+use crate::store::transition::check_streams;
 use crate::store::{maintain, EntryRef, Fence, Ownership, Transition, WriteError, Written};
 use crate::telemetry::metrics::{self, InFlight};
 use crate::telemetry::saga::SagaTelemetry;
@@ -885,6 +886,15 @@ pub(super) async fn write_until_done(
                 Some(slot) => slot,
                 None => shared.write_slots.acquire().await.expect("never closed"),
             };
+            if let Some(relays) = &shared.relays {
+                // On a cluster, what the script cannot check itself.
+                let unchecked = relays.unchecked(transition.shared_streams(&shared.settings));
+                match check_streams(&mut conn, &unchecked).await {
+                    Ok(found) => relays.found_streams(found),
+                    Err(WriteError::Redis(e)) => return Err(e),
+                    Err(refused) => return Ok(Err(refused)),
+                }
+            }
             match transition.write(&mut conn, &shared.settings).await {
                 Err(WriteError::Redis(e)) => Err(e),
                 other => Ok(other),

@@ -10,7 +10,8 @@ use crate::retry::Outage;
 use crate::store::keys::{Keys, Partition, PARTITIONS};
 use crate::store::relay::{self, RELAY_BATCH};
 use crate::telemetry::metrics;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -18,16 +19,32 @@ use tokio::sync::Notify;
 /// daemons that wrote them did not relay.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Asks the relay worker of a partition to run now.
+/// Asks the relay worker of a partition to run now; remembers which of the
+/// streams relayed into were found to be streams.
 pub(crate) struct Relays {
     wake: Vec<Notify>,
+    /// Checked once each ([`crate::store::transition::check_streams`]):
+    /// names fixed by the catalog and the settings, so a few.
+    streams: Mutex<HashSet<String>>,
 }
 
 impl Relays {
     pub fn new() -> Self {
         Self {
             wake: (0..PARTITIONS).map(|_| Notify::new()).collect(),
+            streams: Mutex::default(),
         }
+    }
+
+    /// Of `streams`, those not found to be streams yet.
+    pub fn unchecked(&self, mut streams: Vec<String>) -> Vec<String> {
+        let known = self.streams.lock().expect("streams lock");
+        streams.retain(|s| !known.contains(s));
+        streams
+    }
+
+    pub fn found_streams(&self, streams: Vec<String>) {
+        self.streams.lock().expect("streams lock").extend(streams);
     }
 
     pub fn poke(&self, p: Partition) {

@@ -11,7 +11,9 @@
 use super::{driver, intake, pause, Shared};
 use crate::connection::Conn;
 use crate::protocol::limits::MAX_START_ENTRY_BYTES;
+use crate::protocol::SagaId;
 use crate::retry::Outage;
+use crate::store::keys::Keys;
 use crate::store::{groups, lease, maintain, read};
 use crate::telemetry::metrics;
 use std::sync::Arc;
@@ -118,7 +120,8 @@ async fn take_over_starts(shared: &Arc<Shared>, conn: &mut Conn) -> redis::Redis
 /// Moves starts that were delivered `max_deliveries` times without ever
 /// being acknowledged (each time, the daemon that took one died or failed
 /// on it) to the dead-letter stream, as bounded copies with the reason,
-/// and acknowledges them.
+/// and acknowledges them. A start whose saga exists was processed, and is
+/// only acknowledged.
 async fn dead_letter_poison(
     shared: &Shared,
     conn: &mut Conn,
@@ -133,6 +136,22 @@ async fn dead_letter_poison(
             continue;
         }
         let (id, deliveries) = (&entry.id, entry.deliveries);
+        // A start whose saga exists was processed; only its acknowledgement
+        // is missing. On a cluster that is relayed after the creation, at
+        // least once, and a busy relay leaves the start to be taken over (a
+        // no-op) again and again meanwhile. It is no poison, and a copy on
+        // the dead-letter stream would invite sending it again. (`TYPE`,
+        // which the daemon's ACL allows: a record is a hash.)
+        let saga_id = SagaId::for_start(stream, id);
+        let record = Keys::of(settings).record(saga_id.as_str());
+        let kind: String = redis::cmd("TYPE").arg(&record).query_async(conn).await?;
+        if kind == "hash" {
+            let mut ack = redis::cmd("XACK");
+            ack.arg(stream).arg(group).arg(id);
+            ack.query_async::<i64>(conn).await?;
+            tracing::info!(%stream, entry_id = %id, %saga_id, deliveries, "start acknowledged late: its saga was created");
+            continue;
+        }
         let reason = format!(
             "delivered {deliveries} times without being processed (last to {})",
             entry.consumer

@@ -125,6 +125,26 @@ impl WriteError {
     }
 }
 
+/// On a cluster, checks that each of `streams` is a stream or absent, as
+/// the transition's script does itself on one Redis: there the script
+/// cannot see keys of other slots, and the relay, which finds a key of the
+/// wrong kind only after the transition was written, can but drop the
+/// write. A key of another kind refuses the transition (`WrongType`), so
+/// that a start is rejected and a saga parked as on one Redis. Returns the
+/// keys found to be streams.
+pub async fn check_streams(conn: &mut Conn, streams: &[String]) -> Result<Vec<String>, WriteError> {
+    let mut found = Vec::new();
+    for key in streams {
+        let kind: String = redis::cmd("TYPE").arg(key).query_async(conn).await?;
+        match kind.as_str() {
+            "stream" => found.push(key.clone()),
+            "none" => {}
+            _ => return Err(WriteError::WrongType { key: key.clone() }),
+        }
+    }
+    Ok(found)
+}
+
 /// One write a transition makes outside its saga's partition.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Write {
@@ -239,6 +259,23 @@ impl Transition<'_> {
             });
         }
         out
+    }
+
+    /// The streams outside the saga's partition that the transition writes
+    /// into and whose names are fixed by the catalog and the settings: the
+    /// command streams, the audit stream, the trigger stream of the start
+    /// it acknowledges. (Its own reply streams are named by the daemon.)
+    pub fn shared_streams(&self, settings: &Settings) -> Vec<String> {
+        let mut streams: Vec<String> = Vec::new();
+        let commands = self.commands.iter().map(|(stream, _)| *stream);
+        let events = self.events.first().map(|_| settings.events_stream.as_str());
+        let ack = self.ack.map(|at| at.stream.as_str());
+        for stream in commands.chain(events).chain(ack) {
+            if !streams.iter().any(|s| s == stream) {
+                streams.push(stream.to_owned());
+            }
+        }
+        streams
     }
 
     /// Writes the transition: on one Redis, all of it in one script; on a
