@@ -152,7 +152,11 @@ async fn wait_for_ends(
         }
         if Instant::now() >= deadline {
             let open: Vec<&String> = (ids.iter())
-                .filter(|id| !events.iter().any(|e| e.correlation_id == **id && e.is_terminal()))
+                .filter(|id| {
+                    !events
+                        .iter()
+                        .any(|e| e.correlation_id == **id && e.is_terminal())
+                })
                 .collect();
             let of_open: Vec<Event> = (events.iter())
                 .filter(|e| open.contains(&&e.correlation_id))

@@ -40,8 +40,18 @@ async fn mission_with(
     (events, resources)
 }
 
+/// What is undone of a step, as `saga_compensated` names it: the step, or
+/// each robot's branch of the exploration (undone together: either order).
+fn undone_of(step: &str) -> Vec<String> {
+    match step {
+        "perform_exploration" => vec![format!("{step}[0]"), format!("{step}[1]")],
+        step => vec![step.to_owned()],
+    }
+}
+
 /// A step replying `failed` (not retryable) is not undone itself; the steps
-/// before it are, in reverse order.
+/// before it are, in reverse order; the robots' branches of the
+/// exploration together, before the steps that came before it.
 async fn fail_at(server: Redis, failing: &str) {
     let opts = SimulationOptions {
         fail_step: Some(failing.into()),
@@ -51,41 +61,114 @@ async fn fail_at(server: Redis, failing: &str) {
     let at = MISSION_STEPS.iter().position(|s| *s == failing).unwrap();
     let undone: Vec<&str> = MISSION_STEPS[..at].iter().rev().copied().collect();
 
+    // The steps' own events in order; a fan-out's branches are checked
+    // apart, as they interleave.
+    let (branches, steps): (Vec<Event>, Vec<Event>) =
+        events.iter().cloned().partition(|e| e.branch().is_some());
     let mut expected = vec!["saga_started".to_owned()];
     for step in &MISSION_STEPS[..at] {
+        if *step == "perform_exploration" {
+            expected.push(format!("step_started:{step}"));
+            expected.push(format!("step_completed:{step}"));
+            continue;
+        }
         for event in ["step_started", "step_progress", "step_completed"] {
             expected.push(format!("{event}:{step}"));
         }
     }
-    for event in ["step_started", "step_progress", "step_failed"] {
-        expected.push(format!("{event}:{failing}"));
+    if failing == "perform_exploration" {
+        expected.push(format!("step_started:{failing}"));
+    } else {
+        for event in ["step_started", "step_progress", "step_failed"] {
+            expected.push(format!("{event}:{failing}"));
+        }
     }
     for step in &undone {
-        expected.push(format!("compensation_started:{step}"));
-        expected.push(format!("compensation_progress:{step}"));
-        expected.push(format!("compensation_completed:{step}"));
+        if *step != "perform_exploration" {
+            expected.push(format!("compensation_started:{step}"));
+            expected.push(format!("compensation_progress:{step}"));
+            expected.push(format!("compensation_completed:{step}"));
+        }
     }
     expected.push("saga_compensated".into());
-    assert_eq!(labels(&events), expected, "\n{}", describe(&events));
+    assert_eq!(labels(&steps), expected, "\n{}", describe(&events));
 
-    let failed = the_event(&events, "step_failed", Some(failing));
+    // Each robot's branch, in its own order: explored (or failed, when the
+    // exploration fails: both robots' branches were sent at once, and the
+    // second is awaited before anything is undone), then undone.
+    for branch in 0..2 {
+        let unit = format!("perform_exploration[{branch}]");
+        let mut expected: Vec<String> = Vec::new();
+        let ended = if failing == "perform_exploration" {
+            "step_failed"
+        } else {
+            "step_completed"
+        };
+        if at >= 2 {
+            for event in ["step_started", "step_progress", ended] {
+                expected.push(format!("{event}:{unit}"));
+            }
+        }
+        if at > 2 {
+            for event in [
+                "compensation_started",
+                "compensation_progress",
+                "compensation_completed",
+            ] {
+                expected.push(format!("{event}:{unit}"));
+            }
+        }
+        let of_branch: Vec<Event> = (branches.iter())
+            .filter(|e| e.branch() == Some(branch))
+            .cloned()
+            .collect();
+        assert_eq!(labels(&of_branch), expected, "\n{}", describe(&events));
+    }
+    if at > 2 {
+        // Both branches undone before the steps before the exploration.
+        let last_branch_undone = (events.iter())
+            .rposition(|e| e.event_type == "compensation_completed" && e.branch().is_some())
+            .unwrap();
+        let plan_undone = (events.iter())
+            .position(|e| e.label() == "compensation_started:plan_route")
+            .unwrap();
+        assert!(last_branch_undone < plan_undone, "\n{}", describe(&events));
+    }
+
+    let failed = (events.iter())
+        .find(|e| e.event_type == "step_failed" && e.step.as_deref() == Some(failing))
+        .unwrap();
     assert_eq!(failed.payload["retryable"], false);
     assert_eq!(failed.payload["attempt"], 1);
     assert!(failed.payload["error"].as_str().unwrap().contains(failing));
     assert_eq!(failed.status, "compensating");
-    for step in &undone {
-        let started = the_event(&events, "compensation_started", Some(step));
-        assert_eq!(started.payload["kind"], "compensation");
-        assert_eq!(started.payload["attempt"], 1);
-        assert_eq!(started.status, "compensating");
-        let completed = the_event(&events, "compensation_completed", Some(step));
-        assert_eq!(completed.status, "compensating");
+    for e in events
+        .iter()
+        .filter(|e| e.event_type.starts_with("compensation_"))
+    {
+        assert_eq!(e.status, "compensating", "{}", e.label());
+        if e.event_type == "compensation_started" {
+            assert_eq!(e.payload["kind"], "compensation");
+            assert_eq!(e.payload["attempt"], 1);
+        }
     }
     let end = events.last().unwrap();
     assert_eq!(end.status, "compensated");
     assert_eq!(end.payload["failed_step"], failing);
     assert!(end.payload["reason"].as_str().unwrap().contains(failing));
-    assert_eq!(end.payload["compensated"], json!(undone));
+    let compensated: Vec<String> = (end.payload["compensated"].as_array().unwrap().iter())
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let mut expected_undone: Vec<String> = Vec::new();
+    for step in &undone {
+        let mut of_step = undone_of(step);
+        // The branches are undone together: in the order they end.
+        if of_step.len() > 1 && compensated.get(expected_undone.len()) == Some(&of_step[1]) {
+            of_step.reverse();
+        }
+        expected_undone.extend(of_step);
+    }
+    assert_eq!(compensated, expected_undone);
 
     // Without an input template, a compensation gets the whole context.
     let releases: Vec<&Fields> = resources
@@ -152,11 +235,13 @@ async fn a_failing_compensation_fails_the_saga(server: Redis) {
     assert_eq!(failed.payload["retryable"], false);
     // Not retryable: no second attempt, and nothing after it is undone.
     the_event(&events, "compensation_started", Some("plan_route"));
-    the_event(
-        &events,
-        "compensation_completed",
-        Some("perform_exploration"),
-    );
+    let explorations_undone = (events.iter())
+        .filter(|e| {
+            e.label()
+                .starts_with("compensation_completed:perform_exploration[")
+        })
+        .count();
+    assert_eq!(explorations_undone, 2, "\n{}", describe(&events));
     assert!(
         !events
             .iter()

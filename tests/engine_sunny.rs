@@ -67,7 +67,10 @@ async fn the_reference_mission_completes_with_the_simulated_handlers(server: Red
     let fan_out = (step_events.iter())
         .find(|e| e.label() == "step_started:perform_exploration")
         .unwrap();
-    assert_eq!(fan_out.payload, json!({"branches": 2, "max_concurrency": 2}));
+    assert_eq!(
+        fan_out.payload,
+        json!({"branches": 2, "max_concurrency": 2})
+    );
 
     let saga_id = &events[0].saga_id;
     assert!(is_lower_hex(saga_id, 32), "{saga_id}");
@@ -87,9 +90,9 @@ async fn the_reference_mission_completes_with_the_simulated_handlers(server: Red
     }
     assert_eq!(events[0].payload["input"], input);
     let mut request_ids = HashSet::new();
-    let attempts = events.iter().filter(|e| {
-        e.event_type == "step_started" && e.payload.get("branches").is_none()
-    });
+    let attempts = events
+        .iter()
+        .filter(|e| e.event_type == "step_started" && e.payload.get("branches").is_none());
     for started in attempts {
         assert_eq!(started.payload["attempt"], 1);
         assert_eq!(started.payload["kind"], "action");
@@ -262,7 +265,10 @@ async fn mission_with_raw_handler(
         );
         let started = (events.iter())
             .find(|e| e.event_type == "step_started" && e.payload["request_id"] == request_id);
-        assert!(started.is_some(), "{step}: no step_started for {request_id}");
+        assert!(
+            started.is_some(),
+            "{step}: no step_started for {request_id}"
+        );
 
         let traceparent = cmd.get("traceparent");
         let parts: Vec<&str> = traceparent.split('-').collect();

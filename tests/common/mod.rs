@@ -34,6 +34,21 @@ pub const TERMINAL: [&str; 5] = [
     "saga_duplicate",
 ];
 
+/// The events of one reference mission that completes with `robots`
+/// robots: `saga_started`; `step_started`, `step_progress` and
+/// `step_completed` of each of the three steps that are not a fan-out and
+/// of each robot's exploration; the fan-out's own start and end; and
+/// `saga_completed`.
+pub fn mission_events(robots: usize) -> usize {
+    1 + 3 * 3 + 2 + 3 * robots + 1
+}
+
+/// The commands (attempts) of one reference mission that completes: one
+/// per step, and one per robot for the exploration.
+pub fn mission_commands(robots: usize) -> usize {
+    3 + robots
+}
+
 pub const MISSION_STEPS: [&str; 4] = [
     "allocate_resources",
     "plan_route",
