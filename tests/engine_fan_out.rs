@@ -187,10 +187,11 @@ async fn three_branches_run_two_at_a_time_and_gather_their_results_in_order(serv
 }
 
 async fn five_hundred_branches_complete(server: Redis) {
+    const BRANCHES: usize = 500;
     let daemon = start_daemon(&server, catalog(&survey(100))).await;
     let handler =
         spawn_raw_handler(&server, &["survey:commands"], "h", |cmd| answer(cmd, None)).await;
-    start_survey(&server, "many", 500).await;
+    start_survey(&server, "many", BRANCHES).await;
     let ours = |e: &Event| e.correlation_id == "many" && e.is_terminal();
     let all = wait_for_events(&server, Duration::from_secs(60), |events| {
         events.iter().any(ours)
@@ -201,7 +202,7 @@ async fn five_hundred_branches_complete(server: Redis) {
     let end = all.iter().find(|e| ours(e)).unwrap();
     assert_eq!(end.event_type, "saga_completed", "{}", end.payload);
     let maps = end.payload["results"]["explore"].as_array().unwrap();
-    assert_eq!(maps.len(), 500);
+    assert_eq!(maps.len(), BRANCHES);
     for (i, map) in maps.iter().enumerate() {
         assert_eq!(map["map"], format!("r{i}"));
     }

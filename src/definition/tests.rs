@@ -867,9 +867,9 @@ fn for_each_is_one_expression_of_the_input_or_a_result_waited_for() {
 #[test]
 fn max_concurrency_bounds_a_fan_out_only() {
     for (bound, says) in [
-        ("0", "max_concurrency is 0; it must be between 1 and 1000 (the most branches a fan-out may have)"),
-        ("1001", "max_concurrency is 1001; it must be between 1 and 1000 (the most branches a fan-out may have)"),
-        ("-2", "max_concurrency is -2; it must be between 1 and 1000 (the most branches a fan-out may have)"),
+        ("0", "max_concurrency is 0; it must be between 1 and 5000 (the most branches a fan-out may have)"),
+        ("5001", "max_concurrency is 5001; it must be between 1 and 5000 (the most branches a fan-out may have)"),
+        ("-2", "max_concurrency is -2; it must be between 1 and 5000 (the most branches a fan-out may have)"),
         ("many", "step `explore`: `max_concurrency` must be a whole number, not text"),
     ] {
         let text = FAN_OUT.replace("max_concurrency: 4", &format!("max_concurrency: {bound}"));
