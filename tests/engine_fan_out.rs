@@ -213,7 +213,7 @@ async fn five_hundred_branches_complete(server: Redis) {
         .collect();
     assert_eq!(
         explores.len(),
-        500,
+        BRANCHES,
         "one command, one request id per branch"
     );
 }
