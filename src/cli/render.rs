@@ -67,8 +67,13 @@ pub fn event_columns(fields: &RawFields) -> String {
             brief(&payload["input"], 80)
         ),
         "step_started" | "compensation_started" => format!(
-            "{} #{attempt} sent to {} (request {})",
+            "{} #{attempt}{} sent to {} (request {})",
             payload["command"].as_str().unwrap_or(step),
+            match payload.get("item") {
+                Some(Value::String(item)) => format!(" for {}", fit(item, 24)),
+                Some(item) => format!(" for {}", brief(item, 24)),
+                None => String::new(),
+            },
             payload["stream"].as_str().unwrap_or("?"),
             short(payload["request_id"].as_str().unwrap_or(""))
         ),
@@ -122,11 +127,13 @@ pub fn event_columns(fields: &RawFields) -> String {
     };
     // Fixed widths, cut with an ellipsis: a long step name never pushes
     // the columns after it out of line.
+    // The step column fits a step name of 20 characters and a branch
+    // number of up to three digits.
     format!(
-        "{:<12} {:<22} {:<20} {detail}",
+        "{:<12} {:<22} {:<25} {detail}",
         fit(text(fields, f::STATUS), 12),
         fit(event, 22),
-        fit(&unit, 20)
+        fit(&unit, 25)
     )
 }
 
@@ -310,9 +317,15 @@ mod tests {
 
     #[test]
     fn a_branch_is_named_and_a_fan_out_says_how_many_branches_it_has() {
-        let mut started = event("step_started", "explore", r#"{"attempt": 1}"#);
+        let mut started = event(
+            "step_started",
+            "explore",
+            r#"{"attempt": 1, "item": "r-7"}"#,
+        );
         started.insert(f::BRANCH.into(), b"2".to_vec());
-        assert!(event_columns(&started).contains("explore[2]"));
+        let line = event_columns(&started);
+        assert!(line.contains("explore[2]"), "{line}");
+        assert!(line.contains("explore #1 for r-7 sent to"), "{line}");
         let fan_out = event(
             "step_started",
             "explore",
