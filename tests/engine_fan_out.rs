@@ -201,6 +201,20 @@ async fn five_hundred_branches_complete(server: Redis) {
     daemon.stop().await;
     let end = all.iter().find(|e| ours(e)).unwrap();
     assert_eq!(end.event_type, "saga_completed", "{}", end.payload);
+    // `status` sums a big fan-out up in one row, not 500.
+    let url = server.url();
+    let out = sagaflow_cli(&["status", &end.saga_id, "--redis-url", &url]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("step explore"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("branches") && r.contains("500 completed")),
+        "{text}"
+    );
     let maps = end.payload["results"]["explore"].as_array().unwrap();
     assert_eq!(maps.len(), BRANCHES);
     for (i, map) in maps.iter().enumerate() {
