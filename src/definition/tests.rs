@@ -527,7 +527,12 @@ fn without_after_each_step_waits_for_the_one_before_it() {
             vec!["perform_exploration"],
         ]
     );
-    assert!(def.steps.iter().all(|s| s.for_each.is_none()));
+    // Only the exploration fans out, a branch per robot.
+    let fan_outs: Vec<&str> = (def.steps.iter())
+        .filter(|s| s.for_each.is_some())
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(fan_outs, ["perform_exploration"]);
     assert_eq!(def.ancestors(0), Vec::<usize>::new());
     assert_eq!(def.ancestors(3), [0, 1, 2]);
     assert_eq!(def.dependents(1).collect::<Vec<_>>(), [2]);
