@@ -553,19 +553,23 @@ async fn a_daemon_full_of_hung_steps_keeps_its_lease() {
         start_one(&mut conn, "mission:start", &format!("queued-{i}")).await;
     }
     let mut log = EventLog::new(&url);
+    // A hung saga sent every command but integrate's (allocate, plan, each
+    // robot's exploration), and wrote the fan-out's own start.
+    let sent_per_saga = (mission_commands(2) - 1) + 1;
+    let fan_out = |e: &&Event| {
+        e.event_type == "step_started"
+            && e.step.as_deref() == Some(MISSION_FAN_OUT)
+            && e.branch().is_none()
+    };
     let held = log
         .wait_until(SAGA_WAIT, "the full daemon's sagas hung", |events| {
-            count(events, "step_started") >= 3 * FULL_CAPACITY
-                && events
-                    .iter()
-                    .filter(|e| e.step.as_deref() == Some("perform_exploration"))
-                    .count()
-                    >= FULL_CAPACITY
+            count(events, "step_started") >= sent_per_saga * FULL_CAPACITY
+                && events.iter().filter(fan_out).count() >= FULL_CAPACITY
         })
         .await;
     let hung: Vec<String> = held
         .iter()
-        .filter(|e| e.step.as_deref() == Some("perform_exploration"))
+        .filter(fan_out)
         .map(|e| e.correlation_id.clone())
         .collect();
     assert_eq!(hung.len(), FULL_CAPACITY, "{}", describe(&held));
@@ -620,7 +624,7 @@ async fn a_daemon_full_of_hung_steps_keeps_its_lease() {
             .into_iter()
             .filter(|e| e.event_type == "step_started")
             .count();
-        assert_eq!(sent, 3, "{id}\n{}", describe(&events));
+        assert_eq!(sent, sent_per_saga, "{id}\n{}", describe(&events));
         let open = not_ended(&events, std::slice::from_ref(id));
         assert_eq!(open.len(), 1, "{id} ended\n{}", describe(&events));
     }

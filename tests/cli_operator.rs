@@ -109,6 +109,15 @@ async fn start_wait_follows_the_saga_and_exits_with_its_outcome(server: Redis) {
         text.contains("step_completed         integrate_maps"),
         "{text}"
     );
+    // Each robot's branch on lines of its own, named whole.
+    for branch in 0..2 {
+        let line = format!("step_completed         perform_exploration[{branch}] ");
+        assert!(text.contains(&line), "{line}: {text}");
+    }
+    assert!(
+        text.contains("perform_exploration      fan-out of 2 branches"),
+        "{text}"
+    );
     let last = text.trim_end().lines().last().unwrap_or("");
     assert!(last.starts_with("completed; results: {"), "{text}");
     assert!(last.contains("\"integrate_maps\""), "{text}");
@@ -122,19 +131,22 @@ async fn start_wait_follows_the_saga_and_exits_with_its_outcome(server: Redis) {
     let status = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(status.contains("state              completed"), "{status}");
-    for step in MISSION_STEPS {
+    // Every step, the fan-out and each robot's branch of it.
+    let mut rows: Vec<String> = MISSION_STEPS.iter().map(|s| s.to_string()).collect();
+    rows.extend(mission_units(2));
+    for row in rows {
         assert!(
             status
                 .lines()
-                .any(|l| l.starts_with(&format!("step {step}")) && l.contains("completed")),
-            "{step}:\n{status}"
+                .any(|l| l.starts_with(&format!("step {row} ")) && l.contains("completed")),
+            "{row}:\n{status}"
         );
     }
     let out = sagaflow(&["status", "--redis-url", &url, &saga_id, "--json"]).await;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(json["status"], "completed");
     assert_eq!(json["state"]["phase"]["name"], "completed");
-    assert!(json["events"].as_array().unwrap().len() >= 14);
+    assert!(json["events"].as_array().unwrap().len() >= mission_event_count(2));
 
     // A step that fails: compensated, exit 1, with the story.
     handlers.term();
@@ -157,10 +169,19 @@ async fn start_wait_follows_the_saga_and_exits_with_its_outcome(server: Redis) {
     assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
     assert!(text.contains("compensation_completed"), "{text}");
     assert!(
-        text.contains("compensated: step integrate_maps failed")
-            && text.contains("undone: perform_exploration, plan_route, allocate_resources"),
+        text.contains("compensated: step integrate_maps failed"),
         "the compensation story: {text}"
     );
+    // Each robot's exploration undone (at once, in either order), then the
+    // route, then the allocation.
+    let story = text.lines().last().unwrap_or("");
+    let undone: Vec<String> = (story.split("undone: ").nth(1))
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no `undone: ` in the story: {text}"))
+        .split(", ")
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(branches_sorted(&undone), mission_undone(2), "{text}");
 
     // A start the daemon refuses: exit 2 with the reason.
     let out = sagaflow(&[
@@ -265,8 +286,8 @@ async fn watch_prints_the_events_as_they_come(server: Redis) {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         text.lines().count(),
-        14,
-        "the 14 events of one saga:\n{text}"
+        mission_event_count(1),
+        "the events of one saga:\n{text}"
     );
     assert!(
         text.lines().last().unwrap().contains("saga_completed"),
@@ -420,7 +441,7 @@ async fn a_correlation_id_with_a_space_is_started_followed_and_watched(server: R
 
     let out = watch.stop().await;
     let watched = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(watched.lines().count(), 14, "{watched}");
+    assert_eq!(watched.lines().count(), mission_event_count(2), "{watched}");
 
     // What the contract refuses is refused before anything is written.
     for (id, why) in [
@@ -478,10 +499,15 @@ async fn json_and_quiet_output_for_machines(server: Redis) {
     assert_eq!(lines[0]["correlation_id"], "json 1");
     assert_eq!(lines[0]["stream"], "mission:start");
     let events = &lines[1..lines.len() - 1];
-    assert_eq!(events.len(), 14, "{lines:#?}");
+    assert_eq!(events.len(), mission_event_count(2), "{lines:#?}");
     assert_eq!(events[0]["event_type"], "saga_started");
     assert!(events.iter().all(|e| e["saga_id"] == saga_id.as_str()));
     assert_eq!(events[1]["payload"]["attempt"], 1, "the payload as JSON");
+    // Each robot's branch: its events name it, three each.
+    for branch in ["0", "1"] {
+        let of_branch = events.iter().filter(|e| e["branch"] == branch).count();
+        assert_eq!(of_branch, 3, "branch {branch}: {lines:#?}");
+    }
     let outcome = lines.last().unwrap();
     assert_eq!(outcome["outcome"], "completed");
     assert_eq!(outcome["exit_code"], 0);
@@ -529,10 +555,10 @@ async fn json_and_quiet_output_for_machines(server: Redis) {
     assert_eq!(ours["correlation_id"], "json 1");
     assert_eq!(listed.as_array().unwrap().len(), 3);
 
-    // watch --json: the same 14 events, one per line.
+    // watch --json: the same events, one per line.
     let out = watch.stop().await;
     let watched = json_lines(&out);
-    assert_eq!(watched.len(), 14, "{watched:#?}");
+    assert_eq!(watched.len(), mission_event_count(2), "{watched:#?}");
     assert_eq!(&watched[..], events);
 }
 

@@ -13,6 +13,7 @@ on_both!(
     a_running_saga_is_cancelled_and_compensates,
     a_stuck_saga_is_retried_once_the_handler_is_fixed,
     a_stuck_compensation_is_skipped_by_hand,
+    the_stuck_branches_of_a_fan_out_are_skipped_by_hand_together,
     a_stuck_saga_is_abandoned,
     forged_and_replayed_requests_are_refused_and_recorded,
     an_ambiguous_name_is_refused_with_the_candidates,
@@ -298,6 +299,120 @@ async fn a_stuck_compensation_is_skipped_by_hand(server: Redis) {
     assert!(end["payload"].contains("allocate_resources"), "{end:?}");
 }
 
+/// The mission's exploration of each robot is undone at once; when every
+/// robot's undoing fails, `skip --step perform_exploration` marks them all
+/// as done by hand, and `status` and `skip --wait` say so of each branch.
+async fn the_stuck_branches_of_a_fan_out_are_skipped_by_hand_together(server: Redis) {
+    let url = server.url();
+    let _daemon = Child::daemon(&url, "ops");
+    let mut broken = Child::handlers(
+        &url,
+        &[
+            "--fail-step",
+            "integrate_maps",
+            "--fail-compensation",
+            "perform_exploration",
+        ],
+    );
+    let mut conn = server.any_conn().await;
+    let robots = serde_json::json!({"area": "a", "robots": 3});
+    start_mission(&mut conn, "stuck-branches", &robots).await;
+    let events = saga_events(&server, "stuck-branches").await;
+    let end = events.last().unwrap();
+    assert_eq!(end.event_type, "saga_failed", "{}", describe(&events));
+    let branches = mission_units(3)[2..5].to_vec();
+    assert_eq!(end.payload["stuck"], serde_json::json!(branches));
+    let saga_id = end.saga_id.clone();
+
+    let o = sagaflow(&["status", &saga_id, "--redis-url", &url]).await;
+    let status = out(&o);
+    assert!(
+        status.contains(&format!(
+            "stuck on           the compensation of {}: `sagaflow retry {saga_id}`, `sagaflow skip {saga_id} --step perform_exploration`",
+            branches.join(", ")
+        )),
+        "{status}"
+    );
+    // The fan-out's own row has no attempt of its own; each branch's
+    // compensation has a row naming its branch whole.
+    assert!(
+        status
+            .lines()
+            .any(|l| row_starts(l, &["step", "perform_exploration", "completed", "-"])),
+        "{status}"
+    );
+    for branch in &branches {
+        assert!(
+            status.lines().any(
+                |l| l.starts_with(&format!("compensation {branch} ")) && l.contains(" failed ")
+            ),
+            "{branch}: {status}"
+        );
+    }
+
+    let o = sagaflow(&[
+        "skip",
+        &saga_id,
+        "--step",
+        "perform_exploration",
+        "--redis-url",
+        &url,
+        "--reason",
+        "robots fetched by hand",
+        "--wait",
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", out(&o));
+    assert!(
+        out(&o).contains(&format!(
+            "undone: plan_route, allocate_resources; skipped by hand: {}; without compensation: nothing",
+            branches.join(", ")
+        )),
+        "{}",
+        out(&o)
+    );
+    let o = sagaflow(&["status", &saga_id, "--redis-url", &url]).await;
+    let status = out(&o);
+    assert!(
+        status.contains(&format!("skipped by hand    {}", branches.join(", "))),
+        "{status}"
+    );
+    for branch in &branches {
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with(&format!("compensation {branch} "))
+                    && l.contains(" skipped ")
+                    && l.contains("by hand, by ops@test: robots fetched by hand")),
+            "{branch}: {status}"
+        );
+    }
+
+    // A branch failing for good fails its fan-out: its row says so once
+    // the saga is undone.
+    broken.term();
+    broken.wait_exit(STOP_WAIT).await;
+    let _failing = Child::handlers(&url, &["--fail-step", "perform_exploration"]);
+    start_mission(&mut conn, "lost-robot", &robots).await;
+    let events = saga_events(&server, "lost-robot").await;
+    let end = events.last().unwrap();
+    assert_eq!(end.event_type, "saga_compensated", "{}", describe(&events));
+    let o = sagaflow(&["status", &end.saga_id, "--redis-url", &url]).await;
+    let status = out(&o);
+    assert!(
+        status
+            .lines()
+            .any(|l| row_starts(l, &["step", "perform_exploration", "failed", "-"])),
+        "{status}"
+    );
+}
+
+/// Whether a row of `status`'s table begins with these words.
+fn row_starts(line: &str, words: &[&str]) -> bool {
+    let found: Vec<&str> = line.split_whitespace().take(words.len()).collect();
+    found == words
+}
+
 async fn a_stuck_saga_is_abandoned(server: Redis) {
     let url = server.url();
     let _daemon = Child::daemon(&url, "ops");
@@ -330,7 +445,7 @@ async fn a_stuck_saga_is_abandoned(server: Redis) {
     assert!(!out(&o).contains(&saga_id), "{}", out(&o));
     let o = sagaflow(&["status", &saga_id, "--redis-url", &url]).await;
     assert!(
-        out(&o).contains("(abandoned by an operator)"),
+        out(&o).contains("(abandoned by an operator: ops@test)"),
         "{}",
         out(&o)
     );

@@ -324,7 +324,7 @@ async fn a_correlation_id_with_spaces_is_kept_verbatim(server: Redis) {
         let events = saga_events(&server, id).await;
         assert_eq!(
             events.len(),
-            mission_events(1),
+            mission_event_count(1),
             "every event of `{id}`:\n{}",
             describe(&events)
         );
@@ -502,5 +502,5 @@ async fn a_pending_start_whose_saga_exists_is_acknowledged_not_dead_lettered(ser
         .map(Event::from_fields)
         .filter(|e| e.correlation_id == "acked-late")
         .collect();
-    assert_eq!(ours.len(), mission_events(1), "\n{}", describe(&ours));
+    assert_eq!(ours.len(), mission_event_count(1), "\n{}", describe(&ours));
 }

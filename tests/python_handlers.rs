@@ -178,6 +178,16 @@ fn result_of<'a>(events: &'a [Event], event_type: &str, step: &str) -> &'a Value
     &the_event(events, event_type, Some(step)).payload["result"]
 }
 
+/// The result of the event of this type about `unit` (`step[branch]` for
+/// a branch, else the step's own), which must be one.
+fn result_at<'a>(events: &'a [Event], event_type: &str, unit: &str) -> &'a Value {
+    let found: Vec<&Event> = (events.iter())
+        .filter(|e| e.event_type == event_type && e.step.is_some() && e.unit() == unit)
+        .collect();
+    assert_eq!(found.len(), 1, "{event_type} {unit}:\n{}", describe(events));
+    &found[0].payload["result"]
+}
+
 fn robots_in(items: &Value) -> Vec<&str> {
     let items = items.as_array().expect("a list");
     items
@@ -195,14 +205,8 @@ async fn a_mission_completes_with_the_python_handlers(program: Program) {
     start_mission(&mut conn, "py-1", &json!({"area": "hall-a", "robots": 3})).await;
     let events = saga_events(&server, "py-1").await;
 
-    let mut expected = vec!["saga_started".to_owned()];
-    for step in MISSION_STEPS {
-        for event in ["step_started", "step_progress", "step_completed"] {
-            expected.push(format!("{event}:{step}"));
-        }
-    }
-    expected.push("saga_completed".to_owned());
-    assert_eq!(labels(&events), expected, "\n{}", describe(&events));
+    // Every step and every robot's branch: started, 50%, completed.
+    assert_mission_completed(&events, 3, &["step_progress", "step_completed"]);
     let progress = the_event(&events, "step_progress", Some("plan_route"));
     assert_eq!(progress.payload["progress"].as_f64(), Some(50.0));
 
@@ -213,14 +217,24 @@ async fn a_mission_completes_with_the_python_handlers(program: Program) {
     let planned = result_of(&events, "step_completed", "plan_route");
     assert_eq!(robots_in(&planned["routes"]), robots);
     assert_eq!(planned["area"], "hall-a");
-    let explored = result_of(&events, "step_completed", "perform_exploration");
-    assert_eq!(robots_in(&explored["partial_maps"]), robots);
+    // Each branch explores with its one robot and returns its one map; the
+    // fan-out gathers them in the order of the robots.
+    for (branch, robot) in robots.iter().enumerate() {
+        let unit = format!("perform_exploration[{branch}]");
+        let map = result_at(&events, "step_completed", &unit);
+        assert_eq!(map["robot_id"], *robot, "{unit}");
+        assert!(map["map_id"].as_str().unwrap().starts_with("partial-"));
+        assert!((100..1000).contains(&map["cells_explored"].as_u64().unwrap()));
+    }
+    let explored = result_at(&events, "step_completed", "perform_exploration");
+    assert_eq!(robots_in(explored), robots);
     let merged = result_of(&events, "step_completed", "integrate_maps");
     assert_eq!(merged["merged_from"], 3);
     assert!(merged["map_id"].as_str().unwrap().starts_with("map-"));
 
     let end = the_event(&events, "saga_completed", None);
     assert_eq!(end.payload["results"]["integrate_maps"], *merged);
+    assert_eq!(end.payload["results"]["perform_exploration"], *explored);
     for stream in [
         "resources:commands",
         "routing:commands",
@@ -228,6 +242,14 @@ async fn a_mission_completes_with_the_python_handlers(program: Program) {
         "mapping:commands",
     ] {
         assert_eq!(pending_count(&mut conn, stream, GROUP).await, 0, "{stream}");
+    }
+    // One exploring command per robot, each naming its robot and branch.
+    let explorations = xrange(&mut conn, "exploration:commands").await;
+    assert_eq!(explorations.len(), 3, "{explorations:?}");
+    for (branch, (command, robot)) in explorations.iter().zip(robots).enumerate() {
+        assert_eq!(command["branch"], branch.to_string());
+        let payload: Value = serde_json::from_str(&command["payload"]).unwrap();
+        assert_eq!(payload["robot_id"], robot);
     }
     handlers.stop().await;
 }
@@ -249,23 +271,46 @@ async fn a_failed_last_step_is_compensated(program: Program) {
         "\n{}",
         describe(&events)
     );
-    let undone = ["perform_exploration", "plan_route", "allocate_resources"];
+    // Each robot's exploration is undone (both at once), then the route,
+    // then the allocation.
+    let undone = mission_undone(2);
     let end = the_event(&events, "saga_compensated", None);
     assert_eq!(end.payload["failed_step"], "integrate_maps");
-    assert_eq!(end.payload["compensated"], json!(undone));
-    let completed: Vec<&str> = events
+    let compensated: Vec<String> = (end.payload["compensated"].as_array().unwrap().iter())
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        branches_sorted(&compensated),
+        undone,
+        "\n{}",
+        describe(&events)
+    );
+    let completed: Vec<String> = events
         .iter()
         .filter(|e| e.event_type == "compensation_completed")
-        .map(|e| e.step.as_deref().unwrap())
+        .map(Event::unit)
         .collect();
-    assert_eq!(completed, undone, "\n{}", describe(&events));
+    assert_eq!(
+        branches_sorted(&completed),
+        undone,
+        "\n{}",
+        describe(&events)
+    );
 
-    // The compensations get the default context and find the robots in it.
+    // The compensations of the steps get the default context and find the
+    // robots in it; each branch's gets its robot.
     let robots = json!(["robot-1", "robot-2"]);
-    let compensated = |step| result_of(&events, "compensation_completed", step);
+    let compensated = |unit| result_at(&events, "compensation_completed", unit);
     assert_eq!(compensated("allocate_resources")["released"], robots);
     assert_eq!(compensated("plan_route")["cancelled"], robots);
-    assert_eq!(compensated("perform_exploration")["aborted"], robots);
+    assert_eq!(
+        compensated("perform_exploration[0]")["aborted"],
+        json!(["robot-1"])
+    );
+    assert_eq!(
+        compensated("perform_exploration[1]")["aborted"],
+        json!(["robot-2"])
+    );
 }
 
 async fn a_command_delivered_twice_is_answered_from_the_record(program: Program) {
@@ -278,15 +323,16 @@ async fn a_command_delivered_twice_is_answered_from_the_record(program: Program)
     let events = saga_events(&server, "py-3").await;
     the_event(&events, "saga_completed", None);
     // Exploring makes fresh map ids at every run: a second run would show.
-    let explored = result_of(&events, "step_completed", "perform_exploration").clone();
+    let explored = result_at(&events, "step_completed", "perform_exploration[0]").clone();
 
-    // The answered command again, as after a daemon crash: same fields, same
-    // request_id. Only its reply stream is one this test reads, as the
-    // daemon trims its own once it has read it.
+    // The answered command of the first robot's branch again, as after a
+    // daemon crash: same fields, same request_id. Only its reply stream is
+    // one this test reads, as the daemon trims its own once it has read it.
     let stream = "exploration:commands";
     let commands = xrange(&mut conn, stream).await;
-    assert_eq!(commands.len(), 1, "{commands:?}");
+    assert_eq!(commands.len(), 2, "one per robot: {commands:?}");
     let mut again = commands[0].clone();
+    assert_eq!(again["branch"], "0");
     let replayed = "saga:replies:replayed.0a1b2c3d";
     again.insert("reply_stream".into(), replayed.into());
     let fields: Vec<(&str, &str)> = again.iter().map(|(k, v)| (&**k, &**v)).collect();
@@ -332,8 +378,9 @@ async fn a_command_delivered_twice_is_answered_from_the_record(program: Program)
         "{timestamp} ms, sent at {sent}"
     );
 
+    // One line per robot's command, and one for the replay.
     let log = handlers.log();
-    assert_eq!(log.matches("perform_exploration").count(), 2, "{log}");
+    assert_eq!(log.matches("perform_exploration").count(), 3, "{log}");
     assert_eq!(
         log.matches("replaying the recorded reply").count(),
         1,

@@ -63,18 +63,23 @@ async fn crash_at_every(
 }
 
 async fn killed_after_each_command_the_saga_still_completes_once(server: Redis) {
-    let events = crash_at_every(&server, "step_started", &["--work-ms", "400"], 4).await;
+    // Each command (allocate, plan, each robot's exploration, integrate),
+    // and the fan-out's own start before its branches' commands.
+    let points = mission_commands(2) + 1;
+    let events = crash_at_every(&server, "step_started", &["--work-ms", "400"], points).await;
     let end = events.last().unwrap();
     assert_eq!(end.event_type, "saga_completed", "\n{}", describe(&events));
-    for step in MISSION_STEPS {
+    let mut sent_once: Vec<String> = mission_units(2);
+    sent_once.push(MISSION_FAN_OUT.to_owned());
+    for unit in sent_once {
         let sent = events
             .iter()
-            .filter(|e| e.label() == format!("step_started:{step}"))
+            .filter(|e| e.label() == format!("step_started:{unit}"))
             .count();
         assert_eq!(
             sent,
             1,
-            "{step} sent once, under one request id\n{}",
+            "{unit} sent once, under one request id\n{}",
             describe(&events)
         );
     }
@@ -82,11 +87,19 @@ async fn killed_after_each_command_the_saga_still_completes_once(server: Redis) 
         end.payload["results"]["allocate_resources"]["robot_ids"],
         json!(["robot-1", "robot-2"])
     );
+    let maps = end.payload["results"][MISSION_FAN_OUT].as_array().unwrap();
+    let robots: Vec<&str> = maps
+        .iter()
+        .map(|m| m["robot_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(robots, ["robot-1", "robot-2"], "\n{}", describe(&events));
 }
 
 async fn killed_during_each_compensation_the_saga_still_unwinds_once(server: Redis) {
     let flags = ["--work-ms", "400", "--fail-step", "integrate_maps"];
-    let events = crash_at_every(&server, "compensation_started", &flags, 3).await;
+    // Each robot's exploration, then the route, then the allocation.
+    let undo = mission_undone(2);
+    let events = crash_at_every(&server, "compensation_started", &flags, undo.len()).await;
     let end = events.last().unwrap();
     assert_eq!(
         end.event_type,
@@ -94,13 +107,18 @@ async fn killed_during_each_compensation_the_saga_still_unwinds_once(server: Red
         "\n{}",
         describe(&events)
     );
+    let compensated: Vec<String> = (end.payload["compensated"].as_array().unwrap().iter())
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(
-        end.payload["compensated"],
-        json!(["perform_exploration", "plan_route", "allocate_resources"])
+        branches_sorted(&compensated),
+        undo,
+        "\n{}",
+        describe(&events)
     );
     let undone = events
         .iter()
         .filter(|e| e.event_type == "compensation_completed")
         .count();
-    assert_eq!(undone, 3, "\n{}", describe(&events));
+    assert_eq!(undone, undo.len(), "\n{}", describe(&events));
 }

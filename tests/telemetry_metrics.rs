@@ -111,11 +111,14 @@ async fn metrics_move_and_readiness_follows_redis() {
         Some(1.0)
     );
     assert_eq!(sample(&page, "sagaflow_sagas_in_flight", &[]), Some(0.0));
+    // One attempt per step, and per robot of the exploration: its
+    // branches' attempts count under the step's name.
     for step in MISSION_STEPS {
         let labels = [("step", step), ("kind", "action"), ("outcome", "completed")];
+        let attempts = if step == MISSION_FAN_OUT { 2.0 } else { 1.0 };
         assert_eq!(
             sample(&page, "sagaflow_step_duration_seconds_count", &labels),
-            Some(1.0),
+            Some(attempts),
             "{step}\n{page}"
         );
     }

@@ -109,6 +109,15 @@ fn named<'a>(spans: &'a [ReceivedSpan], prefix: &str) -> Vec<&'a ReceivedSpan> {
         .collect()
 }
 
+/// What a span of an attempt is about: its step, or its branch as
+/// `step[branch]` (from `saga.step` and `saga.branch`).
+fn unit_of(span: &ReceivedSpan) -> String {
+    match span.attr("saga.branch") {
+        "" => span.attr("saga.step").to_owned(),
+        branch => format!("{}[{branch}]", span.attr("saga.step")),
+    }
+}
+
 fn assert_unique(spans: &[ReceivedSpan]) {
     let ids: BTreeSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
     assert_eq!(
@@ -127,18 +136,20 @@ async fn a_completed_saga_is_one_trace_over_grpc() {
     assert_eq!(events.last().unwrap().event_type, "saga_completed");
     let saga_id = events[0].saga_id.clone();
 
-    // The root, a span per step, a span per handled command.
+    // The root, a span per command sent (a step's, or a branch's: one
+    // per robot of the exploration), a span per handled command.
+    let expected = 1 + 2 * mission_commands(2);
     let spans = system
         .receiver
         .wait_for(SAGA_WAIT, |s| {
-            s.iter().filter(|s| s.trace_id == CALLER_TRACE).count() >= 9
+            s.iter().filter(|s| s.trace_id == CALLER_TRACE).count() >= expected
         })
         .await;
     assert!(
         spans.iter().all(|s| s.trace_id == CALLER_TRACE),
         "one trace"
     );
-    assert_eq!(spans.len(), 9, "{}", common::otlp::describe(&spans));
+    assert_eq!(spans.len(), expected, "{}", common::otlp::describe(&spans));
     assert_unique(&spans);
 
     let roots = named(&spans, "saga ");
@@ -165,7 +176,11 @@ async fn a_completed_saga_is_one_trace_over_grpc() {
             .collect::<BTreeSet<_>>(),
         MISSION_STEPS.into_iter().collect::<BTreeSet<_>>()
     );
+    // A branch's span is named after it and says which it is.
+    let units: BTreeSet<String> = steps.iter().map(|s| unit_of(s)).collect();
+    assert_eq!(units, mission_units(2).into_iter().collect());
     for step in &steps {
+        assert_eq!(step.name, format!("step {}", unit_of(step)));
         assert_eq!(step.parent_span_id, root.span_id, "{}", step.name);
         assert_eq!(
             (step.kind, step.status_code),
@@ -195,7 +210,7 @@ async fn a_completed_saga_is_one_trace_over_grpc() {
 
     // The handlers' spans hang under the steps' and their replies carry them.
     let handled = named(&spans, "process ");
-    assert_eq!(handled.len(), 4);
+    assert_eq!(handled.len(), mission_commands(2));
     let replies = system.reply_traceparents(&saga_id).await;
     for h in &handled {
         let step = steps
@@ -223,9 +238,15 @@ async fn a_compensated_saga_marks_its_errors_over_http() {
     let events = saga_events(&system.server, "unwound").await;
     assert_eq!(events.last().unwrap().event_type, "saga_compensated");
 
-    // Root, 4 steps, 3 compensations; 7 handled commands.
-    let spans = system.receiver.wait_for(SAGA_WAIT, |s| s.len() >= 15).await;
-    assert_eq!(spans.len(), 15, "{}", common::otlp::describe(&spans));
+    // Root, a span per command (each robot's exploration its own), per
+    // compensation (each robot's undoing its own), and per handled command.
+    let undone = mission_undone(2);
+    let expected = 1 + 2 * (mission_commands(2) + undone.len());
+    let spans = system
+        .receiver
+        .wait_for(SAGA_WAIT, |s| s.len() >= expected)
+        .await;
+    assert_eq!(spans.len(), expected, "{}", common::otlp::describe(&spans));
     assert_unique(&spans);
     let root = named(&spans, "saga ")[0];
     assert_eq!(root.status_code, ERROR);
@@ -249,7 +270,10 @@ async fn a_compensated_saga_marks_its_errors_over_http() {
             .into_iter()
             .collect()
     );
+    let units: BTreeSet<String> = compensations.iter().map(|s| unit_of(s)).collect();
+    assert_eq!(units, undone.into_iter().collect());
     for c in &compensations {
+        assert_eq!(c.name, format!("compensate {}", unit_of(c)));
         assert_eq!(c.parent_span_id, root.span_id);
         assert_eq!(c.attr("saga.command.kind"), "compensation");
         assert!(
@@ -291,8 +315,12 @@ async fn a_saga_resumed_after_a_kill_keeps_its_spans() {
         .expect("the root span id is kept")
         .to_owned();
     let started_ms = state["started_at_ms"].as_u64().unwrap();
-    let attempt_id = state["current"]["span_id"].as_str().unwrap().to_owned();
-    let sent_ms = state["current"]["sent_at_ms"].as_u64().unwrap();
+    // plan_route (step 1) is acting: its exchange holds the attempt's span.
+    let acting = &state["work"]["steps"]["1"]["units"][0]["acting"];
+    let attempt_id = (acting["span_id"].as_str())
+        .unwrap_or_else(|| panic!("plan_route acting in {record}"))
+        .to_owned();
+    let sent_ms = acting["sent_at_ms"].as_u64().unwrap();
     system.daemon.kill9();
 
     let env = system.receiver.env();
@@ -396,7 +424,9 @@ async fn spans_are_flushed_on_a_graceful_stop() {
     assert!(receiver.spans().is_empty(), "nothing sent before the stop");
     daemon.term();
     daemon.wait_exit(STOP_WAIT).await.expect("a prompt stop");
-    let spans = receiver.wait_for(STOP_WAIT, |s| s.len() >= 5).await;
+    let spans = receiver
+        .wait_for(STOP_WAIT, |s| s.len() > mission_commands(1))
+        .await;
     assert_eq!(named(&spans, "saga ").len(), 1);
-    assert_eq!(named(&spans, "step ").len(), 4);
+    assert_eq!(named(&spans, "step ").len(), mission_commands(1));
 }

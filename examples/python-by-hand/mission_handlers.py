@@ -27,6 +27,11 @@ def lookup(payload, key):
 
 
 def robot_ids(payload):
+    """The one `robot_id` of a branch's command (the mission explores with
+    each robot in a branch of its own: "Branches on the audit stream"), else
+    `robot_ids`, else the robots of `routes` or `partial_maps`."""
+    if isinstance(payload.get("robot_id"), str):
+        return [payload["robot_id"]]
     ids = lookup(payload, "robot_ids")
     if isinstance(ids, list):
         return ids
@@ -52,10 +57,17 @@ def plan_route(payload):  # one lane of the area per robot, swept out and back
     return {"routes": routes, "area": lookup(payload, "area")}
 
 
+def explore(robot_id):
+    return {"robot_id": robot_id, "map_id": "partial-" + secrets.token_hex(4),
+            "cells_explored": random.randint(100, 999)}
+
+
 def perform_exploration(payload):
-    maps = [{"robot_id": r, "map_id": "partial-" + secrets.token_hex(4),
-             "cells_explored": random.randint(100, 999)} for r in robot_ids(payload)]
-    return {"partial_maps": maps}
+    """One robot's partial map for a branch's command (`robot_id`); for
+    several robots in one command (`robot_ids` or `routes`), `partial_maps`."""
+    if isinstance(payload.get("robot_id"), str):
+        return explore(payload["robot_id"])
+    return {"partial_maps": [explore(r) for r in robot_ids(payload)]}
 
 
 def partial_maps(payload):

@@ -36,6 +36,11 @@ def lookup(payload: Any, key: str) -> Any:
 
 
 def robot_ids(payload: Any) -> List[Any]:
+    """The one `robot_id` of a branch's command (the mission explores with
+    each robot in a branch of its own), else `robot_ids`, else the robots of
+    `routes` or `partial_maps`."""
+    if isinstance(payload, dict) and isinstance(payload.get("robot_id"), str):
+        return [payload["robot_id"]]
     ids = lookup(payload, "robot_ids")
     if isinstance(ids, list):
         return ids
@@ -68,12 +73,16 @@ def plan_route(payload: Any) -> Dict[str, Any]:  # one lane per robot, swept out
     return {"routes": routes, "area": lookup(payload, "area")}
 
 
+def explore(robot_id: Any) -> Dict[str, Any]:
+    return {"robot_id": robot_id, "map_id": "partial-" + secrets.token_hex(4), "cells_explored": random.randint(100, 999)}
+
+
 def perform_exploration(payload: Any) -> Dict[str, Any]:
-    maps = [
-        {"robot_id": r, "map_id": "partial-" + secrets.token_hex(4), "cells_explored": random.randint(100, 999)}
-        for r in robot_ids(payload)
-    ]
-    return {"partial_maps": maps}
+    """One robot's partial map for a branch's command (`robot_id`); for
+    several robots in one command (`robot_ids` or `routes`), `partial_maps`."""
+    if isinstance(payload, dict) and isinstance(payload.get("robot_id"), str):
+        return explore(payload["robot_id"])
+    return {"partial_maps": [explore(r) for r in robot_ids(payload)]}
 
 
 def integrate_maps(payload: Any) -> Dict[str, Any]:

@@ -64,3 +64,9 @@ def record_key(saga_id: str, prefix: str = DEFAULT_SAGA_KEY_PREFIX) -> str:
     """A saga's record: a hash of ``owner``, ``seq``, ``phase`` and ``state``
     (JSON)."""
     return f"{prefix}{{{partition_tag(partition_of(saga_id))}}}:record:{saga_id}"
+
+
+def definition_key(saga: str, version: str, prefix: str = DEFAULT_SAGA_KEY_PREFIX) -> str:
+    """Where the daemons keep the text of one version of a definition, which
+    a saga keeps to its end (its ``definition_version``)."""
+    return f"{prefix}definition:{{{saga}}}:{version}"

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Coroutine, Dict, List, Mapping, Optional, Tuple, TypeVar
 
-from ._keys import record_key
+from ._keys import definition_key, record_key
 from ._protocol import saga_id_for_start, to_json
 from ._redis import (
     async_client,
@@ -155,25 +155,41 @@ class SagaState:
         return self.status in _TERMINAL_PHASES
 
     @staticmethod
-    def from_json(saga_id: str, state: Mapping[str, Any]) -> "SagaState":
-        found = state.get("failure")
-        failure: Dict[str, Any] = found if isinstance(found, dict) else {}
+    def from_json(saga_id: str, state: Mapping[str, Any], step_names: Optional[List[str]] = None) -> "SagaState":
+        """Reads the daemon's state (src/saga/state.rs): ``phase`` is an
+        object named by ``name`` that holds what only that phase has (its
+        failure, when it ended, what halted a failed saga); the units undone
+        and skipped are ``{"step": <index>, "branch": <n>}``, named here from
+        ``step_names`` (the definition's, in order) as the daemon names them,
+        ``<step>`` or ``<step>[<branch>]``, else ``#<index>``."""
+        found = state.get("phase")
+        # A bare name: the form of records written before phases held their facts.
+        phase: Dict[str, Any] = found if isinstance(found, dict) else {"name": found}
+        found = phase.get("halt")
+        halt: Dict[str, Any] = found if isinstance(found, dict) else {}
+        failure = _failure_of(phase)
+        found = state.get("work")
+        work: Dict[str, Any] = found if isinstance(found, dict) else {}
+
+        def names(units: Any) -> List[str]:
+            return [_unit_name(unit, step_names) for unit in units or []]
+
         return SagaState(
             saga_id=str(state.get("saga_id") or saga_id),
             saga=str(state.get("saga", "")),
-            status=str(state.get("phase", "")),
+            status=str(phase.get("name", "")),
             correlation_id=str(state.get("correlation_id", "")),
             input=state.get("input"),
             results=dict(state.get("results") or {}),
             failed_step=failure.get("step"),
             reason=failure.get("reason"),
             cancelled_by=failure.get("cancelled_by"),
-            undone=list(state.get("undone") or []),
-            skipped=list(state.get("skipped") or []),
-            abandoned=bool(state.get("abandoned", False)),
-            parked=state.get("parked") is not None,
+            undone=names(work.get("undone")),
+            skipped=names(work.get("skipped")),
+            abandoned=phase.get("abandoned_by") is not None,
+            parked=halt.get("by") == "parked",
             started_at_ms=state.get("started_at_ms"),
-            ended_at_ms=state.get("ended_at_ms"),
+            ended_at_ms=phase.get("ended_at_ms"),
             raw=dict(state),
         )
 
@@ -187,6 +203,71 @@ class SagaState:
             "compensated": self.undone,
             "skipped": self.skipped,
         })
+
+
+def _failure_of(phase: Mapping[str, Any]) -> Dict[str, Any]:
+    """Why a saga unwinds or unwound, from its phase: a compensating phase
+    is its failure; a compensated one holds it; a failed one holds it in what
+    halted it, a parked one in the phase it goes back to."""
+    name = phase.get("name")
+    if name == "compensating":
+        return dict(phase)
+    if name == "compensated":
+        found = phase.get("failure")
+        return dict(found) if isinstance(found, dict) else {}
+    if name == "failed":
+        halt = phase.get("halt")
+        if not isinstance(halt, dict):
+            return {}
+        if isinstance(halt.get("failure"), dict):
+            return dict(halt["failure"])
+        if isinstance(halt.get("resume"), dict):
+            return _failure_of(halt["resume"])
+    return {}
+
+
+def _unit_name(unit: Any, step_names: Optional[List[str]]) -> str:
+    """A step's name, or a branch's as ``<step>[<branch>]``, from a unit of
+    the state; ``#<index>`` for a step the names do not reach."""
+    if not isinstance(unit, dict):
+        return str(unit)
+    index = unit.get("step")
+    if step_names is not None and isinstance(index, int) and 0 <= index < len(step_names):
+        name = step_names[index]
+    else:
+        name = f"#{index}"
+    branch = unit.get("branch")
+    return name if branch is None else f"{name}[{branch}]"
+
+
+def step_names(definition: str) -> Optional[List[str]]:
+    """The names of a definition's steps, in order, from its YAML text as
+    the daemons keep it: the ``name`` of each item of the top-level
+    ``steps`` list, written in block style as sagas/ writes it. None when
+    the text is not of that shape."""
+    lines = [line.split(" #", 1)[0].rstrip() for line in definition.splitlines()]
+    lines = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    try:
+        at = next(i for i, line in enumerate(lines) if line == "steps:")
+    except StopIteration:
+        return None
+    names: List[str] = []
+    dash: Optional[int] = None
+    key_indent: Optional[int] = None
+    for line in lines[at + 1 :]:
+        indent = len(line) - len(line.lstrip())
+        if indent == 0:
+            break
+        body = line.strip()
+        if body.startswith("- ") and (dash is None or indent == dash):
+            dash, key_indent = indent, indent + 2
+            names.append("")
+            body = body[2:].strip()
+            indent = key_indent
+        if not names or indent != key_indent or not body.startswith("name:"):
+            continue
+        names[-1] = body[len("name:") :].strip().strip("'\"")
+    return names if names and all(names) else None
 
 
 def _outcome(status: str, saga_id: str, payload: Mapping[str, Any]) -> Outcome:
@@ -332,7 +413,18 @@ class _Core:
             state = json.loads(text(raw))
         except ValueError:
             return None
-        return SagaState.from_json(saga_id, state) if isinstance(state, dict) else None
+        if not isinstance(state, dict):
+            return None
+        return SagaState.from_json(saga_id, state, await self.step_names(state))
+
+    async def step_names(self, state: Mapping[str, Any]) -> Optional[List[str]]:
+        """The step names of the definition version the saga runs on, to
+        name the units of its state; None when that version is not kept."""
+        saga, version = state.get("saga"), state.get("definition_version")
+        if not isinstance(saga, str) or not isinstance(version, str) or not version:
+            return None
+        definition = await self.call("get", definition_key(saga, version))
+        return None if definition is None else step_names(text(definition))
 
     async def wait(self, started: _Started, timeout: Optional[float]) -> Outcome:
         # Race-free: the stream's end first, then the record; an end written

@@ -52,10 +52,17 @@ def test_a_saga_completes_and_its_id_is_the_daemons(redis_server, r, daemon, ser
 
 def test_a_failed_step_is_compensated(redis_server, daemon, serve) -> None:
     serve(handler_apps.make_app(redis=redis_server.url))
-    outcome = client_for(redis_server).start("order", {"fail": "charge"}, stream="order:start").wait(timeout=WAIT)
+    handle = client_for(redis_server).start("order", {"fail": "charge"}, stream="order:start")
+    outcome = handle.wait(timeout=WAIT)
     assert outcome.status == "compensated" and not outcome.ok
     assert outcome.failed_step == "charge" and "card declined" in (outcome.reason or "")
     assert outcome.compensated == ["reserve"]
+    # The record says the same, its units named from the definition's steps.
+    state = handle.status()
+    assert state is not None and state.status == "compensated" and state.ended
+    assert state.failed_step == "charge" and state.undone == ["reserve"] and state.ended_at_ms
+    again = handle.wait(timeout=1)
+    assert (again.status, again.failed_step, again.compensated) == ("compensated", "charge", ["reserve"])
     assert handler_apps.CALLS == {"reserve": 1, "charge": 1, "release": 1}
 
 
@@ -66,7 +73,9 @@ def test_a_failed_compensation_fails_the_saga(redis_server, daemon, serve) -> No
     outcome = handle.wait(timeout=WAIT)
     assert outcome.status == "failed" and outcome.failed_step == "charge"
     assert "the warehouse is closed" in str(outcome.payload)
-    assert handle.status().status == "failed"
+    state = handle.status()
+    assert state is not None and state.status == "failed" and state.failed_step == "charge"
+    assert not state.abandoned and not state.parked
 
 
 def test_rejected_starts(redis_server, daemon) -> None:

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from sagaflow import OperatorKey, saga_id_for_start
+from sagaflow.client import SagaState, step_names
 from sagaflow._dead_letter import MAX_COPIED_FIELDS, MAX_COPY_BYTES, MAX_REASON_BYTES, MAX_VALUE_BYTES, dead_letter_key, done_key, entry
 from sagaflow._keys import PARTITIONS, hash_tag, partition_of, partition_tag, record_key, slot
 from sagaflow._protocol import (
@@ -255,3 +256,39 @@ def test_errors_that_may_pass_are_told_from_those_that_never_will() -> None:
 def test_results_are_json_text() -> None:
     assert json.loads(dict(completed_fields(sample(), sample().parent.child(), 1, None))["result"]) is None
     assert truncate_text("short", 10) == "short"
+
+
+def test_a_record_state_is_read_as_the_daemon_writes_it() -> None:
+    # src/saga/state.rs: the phase is an object named by `name`, holding what
+    # only that phase has; units are a step's index and, in a fan-out, a branch.
+    names = step_names(
+        "name: mission\nsteps:  # in order\n  - name: allocate\n    stream: a\n    compensation:\n"
+        "      command: release\n  - stream: e   # name second\n    name: 'explore'\n"
+        "    for_each: ${input.robots}\n    input:\n      - name: not-a-step\n  - name: merge\n"
+    )
+    assert names == ["allocate", "explore", "merge"]
+    assert step_names("steps: [{name: a}]\n") is None
+    work = {"steps": {}, "done": [], "undone": [{"step": 1, "branch": 1}, {"step": 1, "branch": 0}, {"step": 0}],
+            "skipped": [{"step": 2}]}
+    compensated = {"name": "compensated", "ended_at_ms": 7,
+                   "failure": {"step": "merge", "reason": "no maps", "cancelled_by": None}}
+    state = SagaState.from_json("s1", {"saga": "mission", "phase": compensated, "work": work, "results": {}}, names)
+    assert (state.status, state.ended, state.ended_at_ms) == ("compensated", True, 7)
+    assert (state.failed_step, state.reason) == ("merge", "no maps")
+    assert state.undone == ["explore[1]", "explore[0]", "allocate"] and state.skipped == ["merge"]
+    assert state.outcome().compensated == state.undone
+    # Without the definition's names, a step is named by its index.
+    assert SagaState.from_json("s1", {"phase": compensated, "work": work}).undone == ["#1[1]", "#1[0]", "#0"]
+    unwinding = {"name": "compensating", "step": "explore", "branch": 2, "reason": "ditch", "cancelled_by": "ops"}
+    state = SagaState.from_json("s1", {"phase": unwinding})
+    assert (state.status, state.ended, state.failed_step, state.cancelled_by) == ("compensating", False, "explore", "ops")
+    stuck = {"name": "failed", "ended_at_ms": 9, "abandoned_by": "ops",
+             "halt": {"by": "compensation", "failure": {"step": "merge", "reason": "no maps"}}}
+    state = SagaState.from_json("s1", {"phase": stuck})
+    assert (state.status, state.failed_step, state.abandoned, state.parked) == ("failed", "merge", True, False)
+    parked = {"name": "failed", "ended_at_ms": 9,
+              "halt": {"by": "parked", "reason": "too large", "replies": [], "resume": unwinding}}
+    state = SagaState.from_json("s1", {"phase": parked})
+    assert (state.status, state.failed_step, state.abandoned, state.parked) == ("failed", "explore", False, True)
+    # The bare name of records written before phases held their facts.
+    assert SagaState.from_json("s1", {"phase": "running"}).status == "running"

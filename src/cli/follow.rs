@@ -337,8 +337,11 @@ impl Outcome {
                     .as_array()
                     .map(|a| a.iter().filter_map(Value::as_str).collect())
                     .unwrap_or_default();
-                let (by_hand, without): (Vec<&str>, Vec<&str>) =
-                    skipped.iter().partition(|s| by_hand.contains(s));
+                // An operator skips a step's stuck compensations, all its
+                // branches at once: `step[b]` was skipped by hand if `step` was.
+                let (by_hand, without): (Vec<&str>, Vec<&str>) = skipped
+                    .iter()
+                    .partition(|s| by_hand.contains(&s.split('[').next().unwrap_or(s)));
                 let names = |v: Vec<&str>| {
                     if v.is_empty() {
                         "nothing".to_owned()
@@ -366,15 +369,29 @@ impl Outcome {
                 out.push_str(&format!("; without compensation: {}", names(without)));
                 out
             }
-            Outcome::Failed(p) => format!(
-                "failed: step {} failed ({}), then its compensation {} failed ({}); undone before: {}. \
-                 See `sagaflow status`, then `retry`, `skip` or `abandon` it",
-                p["failed_step"].as_str().unwrap_or("?"),
-                p["reason"].as_str().unwrap_or("?"),
-                p["compensation"].as_str().unwrap_or("?"),
-                p["error"].as_str().unwrap_or("?"),
-                list(&p["compensated"]),
-            ),
+            Outcome::Failed(p) => {
+                // Several may be stuck (the branches of a fan-out): `stuck`
+                // names them all, `compensation` the first, whose error it is.
+                let failed = match render::stuck_list(p) {
+                    Some(all) => format!(
+                        "its compensations {all} failed ({}: {})",
+                        p["compensation"].as_str().unwrap_or("?"),
+                        p["error"].as_str().unwrap_or("?"),
+                    ),
+                    None => format!(
+                        "its compensation {} failed ({})",
+                        p["compensation"].as_str().unwrap_or("?"),
+                        p["error"].as_str().unwrap_or("?"),
+                    ),
+                };
+                format!(
+                    "failed: step {} failed ({}), then {failed}; undone before: {}. \
+                     See `sagaflow status`, then `retry`, `skip` or `abandon` it",
+                    p["failed_step"].as_str().unwrap_or("?"),
+                    p["reason"].as_str().unwrap_or("?"),
+                    list(&p["compensated"]),
+                )
+            }
             Outcome::Rejected(reason) => format!("rejected: {reason}"),
         }
     }
@@ -396,5 +413,54 @@ impl Outcome {
             "exit_code": self.code(),
             "payload": payload,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+    use serde_json::json;
+
+    #[test]
+    fn branches_skipped_by_hand_are_told_from_steps_without_compensation() {
+        let outcome = Outcome::Compensated(json!({
+            "failed_step": "merge",
+            "reason": "no maps",
+            "compensated": ["plan", "allocate"],
+            "skipped": ["explore[0]", "explore[1]", "notify"],
+            "skipped_by_hand": ["explore"],
+        }));
+        let summary = outcome.summary();
+        assert!(
+            summary.ends_with(
+                "undone: plan, allocate; skipped by hand: explore[0], explore[1]; without compensation: notify"
+            ),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn a_saga_stuck_on_several_branches_names_them_all() {
+        let mut payload = json!({
+            "failed_step": "merge",
+            "reason": "no maps",
+            "compensation": "explore[0]",
+            "error": "gone",
+            "compensated": [],
+            "stuck": ["explore[0]", "explore[1]"],
+        });
+        let summary = Outcome::Failed(payload.clone()).summary();
+        assert!(
+            summary.contains(
+                "then its compensations explore[0], explore[1] failed (explore[0]: gone); undone before: nothing"
+            ),
+            "{summary}"
+        );
+        payload["stuck"] = json!(["explore[0]"]);
+        let summary = Outcome::Failed(payload).summary();
+        assert!(
+            summary.contains("then its compensation explore[0] failed (gone)"),
+            "{summary}"
+        );
     }
 }

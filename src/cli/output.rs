@@ -112,9 +112,42 @@ pub fn fit(text: &str, width: usize) -> String {
     out
 }
 
+/// A step's or a branch's name (`step[branch]`) cut to `width` characters
+/// like [`fit`], but keeping the branch: a long step name loses its end,
+/// never the `[branch]` that tells the lines of its branches apart.
+pub fn fit_unit(label: &str, width: usize) -> String {
+    let n = label.chars().count();
+    let branch_at = label.rfind('[').filter(|_| label.ends_with(']'));
+    match branch_at {
+        Some(at) if n > width => {
+            let suffix = &label[at..];
+            let keep = width.saturating_sub(suffix.chars().count());
+            if keep < 2 {
+                return fit(label, width);
+            }
+            format!("{}{suffix}", fit(&label[..at], keep))
+        }
+        _ => fit(label, width),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::fit;
+    use super::{fit, fit_unit};
+
+    #[test]
+    fn a_branch_is_kept_when_its_step_is_cut() {
+        assert_eq!(
+            fit_unit("perform_exploration[0]", 24),
+            "perform_exploration[0]"
+        );
+        assert_eq!(
+            fit_unit("perform_exploration[12]", 20),
+            "perform_explora…[12]"
+        );
+        assert_eq!(fit_unit("perform_exploration", 10), "perform_e…");
+        assert_eq!(fit_unit("a[123456789]", 8), "a[12345…");
+    }
 
     #[test]
     fn fit_cuts_with_an_ellipsis() {

@@ -1,7 +1,7 @@
 //! Human-readable lines for saga events, for `dev`, `start --wait` and
 //! `watch`, and the names `status` and `list` give states and steps.
 
-use super::output::fit;
+use super::output::{fit, fit_unit};
 use crate::definition::SagaDefinition;
 use crate::protocol::fields as f;
 use crate::protocol::{CommandKind, RawFields};
@@ -113,11 +113,20 @@ pub fn event_columns(fields: &RawFields) -> String {
             payload["reason"].as_str().unwrap_or("?"),
             brief(&payload["compensated"], 100)
         ),
-        "saga_failed" => format!(
-            "compensation of {} could not complete: {}; an operator is needed",
-            payload["compensation"].as_str().unwrap_or("?"),
-            payload["error"].as_str().unwrap_or("?")
-        ),
+        // Several compensations may be stuck (the branches of a fan-out,
+        // undone at once): `stuck` names them all, `compensation` the first.
+        "saga_failed" => match stuck_list(&payload) {
+            Some(all) => format!(
+                "compensations of {all} could not complete ({}: {}); an operator is needed",
+                payload["compensation"].as_str().unwrap_or("?"),
+                payload["error"].as_str().unwrap_or("?")
+            ),
+            None => format!(
+                "compensation of {} could not complete: {}; an operator is needed",
+                payload["compensation"].as_str().unwrap_or("?"),
+                payload["error"].as_str().unwrap_or("?")
+            ),
+        },
         "saga_rejected" => format!("rejected: {}", payload["reason"].as_str().unwrap_or("?")),
         "saga_duplicate" => format!(
             "duplicate of saga {}",
@@ -126,15 +135,25 @@ pub fn event_columns(fields: &RawFields) -> String {
         _ => brief(&payload, 100),
     };
     // Fixed widths, cut with an ellipsis: a long step name never pushes
-    // the columns after it out of line.
-    // The step column fits a step name of 20 characters and a branch
-    // number of up to three digits.
+    // the columns after it out of line. The step's column holds the
+    // reference mission's branches whole (`perform_exploration[12]`); a
+    // longer name is cut before its `[branch]`, which tells the lines of
+    // the branches apart.
     format!(
-        "{:<12} {:<22} {:<25} {detail}",
+        "{:<12} {:<22} {:<24} {detail}",
         fit(text(fields, f::STATUS), 12),
         fit(event, 22),
-        fit(&unit, 25)
+        fit_unit(&unit, 24)
     )
+}
+
+/// The compensations a `saga_failed` payload says are stuck, joined, when
+/// there are more than one (its `stuck`).
+pub fn stuck_list(payload: &Value) -> Option<String> {
+    let stuck: Vec<&str> = (payload["stuck"].as_array()?.iter())
+        .filter_map(Value::as_str)
+        .collect();
+    (stuck.len() > 1).then(|| stuck.join(", "))
 }
 
 /// How the reason of a saga cancelled by an operator begins (the saga
@@ -313,6 +332,45 @@ mod tests {
         let column = |s: &str| s[..s.find("50%").unwrap()].chars().count();
         assert_eq!(column(&short), column(&long), "{short}\n{long}");
         assert!(long.contains('…'), "{long}");
+    }
+
+    #[test]
+    fn the_reference_missions_branches_are_told_apart_in_their_column() {
+        let mut started = event("step_started", "perform_exploration", r#"{"attempt": 1}"#);
+        started.insert(f::BRANCH.into(), b"12".to_vec());
+        let line = event_columns(&started);
+        assert!(line.contains(" perform_exploration[12]  "), "{line}");
+        let mut long = event("step_started", "explore_the_whole_hall_and_more", "{}");
+        long.insert(f::BRANCH.into(), b"3".to_vec());
+        let line = event_columns(&long);
+        assert!(line.contains(" explore_the_whole_ha…[3] "), "{line}");
+        // Every line keeps its columns in place.
+        let plain = event_columns(&event("step_started", "plan_route", "{}"));
+        let column = |l: &str, what: &str| l.find(what).map(|i| l[..i].chars().count());
+        assert_eq!(
+            column(&line, "explore_the_whole_hall_and_more #0"),
+            column(&plain, "plan_route #0"),
+            "{line}\n{plain}"
+        );
+    }
+
+    #[test]
+    fn a_saga_stuck_on_several_branches_names_them_all() {
+        let payload = r#"{"compensation": "explore[0]", "error": "gone",
+            "stuck": ["explore[0]", "explore[2]"]}"#;
+        let line = event_columns(&event("saga_failed", "explore", payload));
+        assert!(
+            line.contains(
+                "compensations of explore[0], explore[2] could not complete (explore[0]: gone)"
+            ),
+            "{line}"
+        );
+        let one = r#"{"compensation": "explore[0]", "error": "gone", "stuck": ["explore[0]"]}"#;
+        let line = event_columns(&event("saga_failed", "explore", one));
+        assert!(
+            line.contains("compensation of explore[0] could not complete: gone"),
+            "{line}"
+        );
     }
 
     #[test]

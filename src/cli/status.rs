@@ -41,6 +41,8 @@ pub async fn run(args: StatusArgs) -> ExitCode {
 /// What the events tell of one command (a step's action or compensation).
 #[derive(Default)]
 struct Exchange {
+    /// A fan-out's own row: its branches, which have the attempts.
+    branches: Option<u64>,
     attempts: u64,
     first_sent: Option<u64>,
     ended: Option<u64>,
@@ -246,14 +248,27 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
                 b if b.is_empty() => text(f::STEP),
                 b => format!("{}[{b}]", text(f::STEP)),
             };
+            let detail = format!(
+                "{what} {}: {}",
+                payload["by"].as_str().unwrap_or("?"),
+                payload["reason"].as_str().unwrap_or("")
+            );
             if let Some(x) = exchanges.get_mut(&format!("{key} {unit}")) {
                 if outcome == "skipped" || x.outcome == "running" {
                     x.outcome = outcome.into();
-                    x.detail = format!(
-                        "{what} {}: {}",
-                        payload["by"].as_str().unwrap_or("?"),
-                        payload["reason"].as_str().unwrap_or("")
-                    );
+                    x.detail = detail.clone();
+                }
+            }
+            // A skip marks every failed compensation of the step as done,
+            // those of all its branches, though its event names one.
+            if outcome == "skipped" {
+                let branches = format!("{key} {}[", text(f::STEP));
+                for (k, x) in exchanges.iter_mut() {
+                    let stuck = matches!(x.outcome.as_str(), "failed" | "timed out");
+                    if k.starts_with(&branches) && stuck {
+                        x.outcome = outcome.into();
+                        x.detail = detail.clone();
+                    }
                 }
             }
             continue;
@@ -274,6 +289,17 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         let x = exchanges.entry(key).or_default();
         let at: u64 = text(f::TIMESTAMP).parse().unwrap_or(0);
         match what {
+            // A fan-out's own start: its branches have the attempts.
+            "started" if payload.get("branches").is_some() => {
+                x.branches = payload["branches"].as_u64();
+                x.first_sent.get_or_insert(at);
+                x.outcome = "running".into();
+                x.detail = format!(
+                    "{} branches, at most {} at once",
+                    payload["branches"].as_u64().unwrap_or(0),
+                    payload["max_concurrency"].as_u64().unwrap_or(0)
+                );
+            }
             "started" => {
                 x.attempts += 1;
                 x.first_sent.get_or_insert(at);
@@ -304,6 +330,26 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
             _ => {}
         }
     }
+    // A fan-out that did not complete ended with its branches: failed
+    // when one failed for good or timed out, else still running.
+    for key in &order {
+        if exchanges[key].branches.is_none() || exchanges[key].outcome != "running" {
+            continue;
+        }
+        let prefix = format!("{key}[");
+        let ends: Vec<(String, Option<u64>)> = (exchanges.iter())
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, b)| (b.outcome.clone(), b.ended))
+            .collect();
+        let running = ends.iter().any(|(o, _)| o == "running");
+        let failed = ends.iter().find(|(o, _)| o == "failed" || o == "timed out");
+        if let (false, Some((outcome, _))) = (running, failed) {
+            let last = ends.iter().filter_map(|(_, at)| *at).max();
+            let x = exchanges.get_mut(key).expect("a row of the order");
+            x.outcome = outcome.clone();
+            x.ended = last;
+        }
+    }
     if order.is_empty() {
         outln!(
             "\n(no events left on {}: they are kept for the stream retention)",
@@ -313,7 +359,7 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
     }
     outln!();
     outln!(
-        "{:<34} {:<10} {:>8} {:>7} {:>8}  result or error",
+        "{:<STEP_W$} {:<10} {:>8} {:>7} {:>8}  result or error",
         "step",
         "outcome",
         "attempts",
@@ -344,8 +390,8 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
                         outcomes.iter().map(|(o, n)| format!("{n} {o}")).collect();
                     let label = format!("{step}[0..{}]", all.len());
                     outln!(
-                        "{:<34} {:<10} {:>8} {:>7} {:>8}  {}",
-                        output::fit(&label, 34),
+                        "{:<STEP_W$} {:<10} {:>8} {:>7} {:>8}  {}",
+                        output::fit_unit(&label, STEP_W),
                         "branches",
                         "-",
                         "-",
@@ -366,16 +412,25 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
             Some(p) if x.outcome == "running" => format!("{p:.0}%"),
             _ => "-".into(),
         };
+        // A fan-out's own row has no attempt: its branches do.
+        let attempts = match x.branches {
+            Some(_) => "-".to_owned(),
+            None => x.attempts.to_string(),
+        };
         outln!(
-            "{:<34} {:<10} {:>8} {took:>7} {progress:>8}  {}",
-            output::fit(&key, 34),
+            "{:<STEP_W$} {:<10} {attempts:>8} {took:>7} {progress:>8}  {}",
+            output::fit_unit(&key, STEP_W),
             x.outcome,
-            x.attempts,
             output::fit(&x.detail, 80)
         );
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// The width of the step column: `compensation perform_exploration[12]`,
+/// the reference mission's longest, whole; a longer one is cut before its
+/// `[branch]`.
+const STEP_W: usize = 37;
 
 /// The branches of one step `status` shows one row each; more are
 /// summed up in one row by outcome.

@@ -34,27 +34,188 @@ pub const TERMINAL: [&str; 5] = [
     "saga_duplicate",
 ];
 
-/// The events of one reference mission that completes with `robots`
-/// robots: `saga_started`; `step_started`, `step_progress` and
-/// `step_completed` of each of the three steps that are not a fan-out and
-/// of each robot's exploration; the fan-out's own start and end; and
-/// `saga_completed`.
-pub fn mission_events(robots: usize) -> usize {
-    1 + 3 * 3 + 2 + 3 * robots + 1
-}
-
-/// The commands (attempts) of one reference mission that completes: one
-/// per step, and one per robot for the exploration.
-pub fn mission_commands(robots: usize) -> usize {
-    3 + robots
-}
-
 pub const MISSION_STEPS: [&str; 4] = [
     "allocate_resources",
     "plan_route",
     "perform_exploration",
     "integrate_maps",
 ];
+
+/// The step of the reference mission that fans out: a branch per robot,
+/// each sending one `perform_exploration` command.
+pub const MISSION_FAN_OUT: &str = "perform_exploration";
+
+/// What a reference mission with `robots` robots runs, in the order of its
+/// steps: the fan-out as one unit per branch (`perform_exploration[0]`, ...).
+pub fn mission_units(robots: usize) -> Vec<String> {
+    let mut units = Vec::new();
+    for step in MISSION_STEPS {
+        match step {
+            MISSION_FAN_OUT => {
+                units.extend((0..robots).map(|b| format!("{MISSION_FAN_OUT}[{b}]")));
+            }
+            _ => units.push(step.to_owned()),
+        }
+    }
+    units
+}
+
+/// The commands a reference mission with `robots` robots sends when every
+/// attempt completes: allocate, plan, one per robot, integrate.
+pub fn mission_commands(robots: usize) -> usize {
+    mission_units(robots).len()
+}
+
+/// The events of a reference mission with `robots` robots that completes
+/// with the simulated handlers (each command answered with one `progress`):
+/// the start; started, progress, completed per command; the fan-out's own
+/// start and completion; the end.
+pub fn mission_event_count(robots: usize) -> usize {
+    1 + 3 * mission_commands(robots) + 2 + 1
+}
+
+/// The compensations that undo a reference mission of `robots` robots whose
+/// last step failed, in the order `saga_compensated` lists them: the
+/// branches (undone at once, so in any order among themselves), then
+/// `plan_route` and `allocate_resources`; the branches in their order, as
+/// [`branches_sorted`] puts them.
+pub fn mission_undone(robots: usize) -> Vec<String> {
+    let mut units: Vec<String> = (0..robots)
+        .map(|b| format!("{MISSION_FAN_OUT}[{b}]"))
+        .collect();
+    units.extend(["plan_route", "allocate_resources"].map(String::from));
+    units
+}
+
+/// `names` with the branches of one step (`step[b]`) in the order of
+/// their branch, each run of them in place: for comparing lists in which
+/// branches undone at once may come in any order.
+pub fn branches_sorted(names: &[String]) -> Vec<String> {
+    let mut out = names.to_vec();
+    let branch_of = |s: &str| -> Option<(String, u32)> {
+        let (step, rest) = s.split_once('[')?;
+        Some((step.to_owned(), rest.strip_suffix(']')?.parse().ok()?))
+    };
+    let mut i = 0;
+    while i < out.len() {
+        let Some((step, _)) = branch_of(&out[i]) else {
+            i += 1;
+            continue;
+        };
+        let mut j = i;
+        while j < out.len() && branch_of(&out[j]).is_some_and(|(s, _)| s == step) {
+            j += 1;
+        }
+        out[i..j].sort_by_key(|s| branch_of(s).map(|(_, b)| b));
+        i = j;
+    }
+    out
+}
+
+/// The labels of the events about no branch (the saga, its steps, a
+/// fan-out's own start and completion), in order.
+pub fn outline(events: &[Event]) -> Vec<String> {
+    (events.iter())
+        .filter(|e| e.branch().is_none())
+        .map(Event::label)
+        .collect()
+}
+
+/// The labels of the events of one unit (`step` or `step[branch]`), in
+/// order: the branches of a fan-out run at once, so only each branch's own
+/// events have an order of their own.
+pub fn unit_labels(events: &[Event], unit: &str) -> Vec<String> {
+    (events.iter())
+        .filter(|e| e.step.is_some() && e.unit() == unit)
+        .map(Event::label)
+        .collect()
+}
+
+/// Panics unless every event of a branch of `step` comes after the
+/// fan-out's own `step_started` and, if it completed, before its own
+/// `step_completed`.
+pub fn assert_branches_inside(events: &[Event], step: &str) {
+    let whole = |t: &str| {
+        (events.iter()).position(|e| {
+            e.event_type == t && e.step.as_deref() == Some(step) && e.branch().is_none()
+        })
+    };
+    let start = whole("step_started").unwrap_or_else(|| {
+        panic!(
+            "no step_started of the fan-out {step}:\n{}",
+            describe(events)
+        )
+    });
+    let end = whole("step_completed").unwrap_or(events.len());
+    for (i, e) in events.iter().enumerate() {
+        let branch_action = e.step.as_deref() == Some(step)
+            && e.branch().is_some()
+            && e.event_type.starts_with("step_");
+        assert!(
+            !branch_action || (start < i && i < end),
+            "{} outside the fan-out:\n{}",
+            e.label(),
+            describe(events)
+        );
+    }
+}
+
+/// Panics unless `events` are those of a reference mission of `robots`
+/// robots that completed with every command answered by `replies` (for
+/// example `step_progress`, `step_completed`): each step and each branch
+/// started once and answered so, the branches inside the fan-out, and the
+/// fan-out's result the branches' results in the order of the robots.
+pub fn assert_mission_completed(events: &[Event], robots: usize, replies: &[&str]) {
+    let all = describe(events);
+    let attempt = |unit: &str| -> Vec<String> {
+        std::iter::once("step_started")
+            .chain(replies.iter().copied())
+            .map(|t| format!("{t}:{unit}"))
+            .collect()
+    };
+    let mut expected = vec!["saga_started".to_owned()];
+    for step in MISSION_STEPS {
+        match step {
+            MISSION_FAN_OUT => {
+                expected.push(format!("step_started:{step}"));
+                expected.push(format!("step_completed:{step}"));
+            }
+            _ => expected.extend(attempt(step)),
+        }
+    }
+    expected.push("saga_completed".to_owned());
+    assert_eq!(outline(events), expected, "\n{all}");
+    for unit in mission_units(robots) {
+        assert_eq!(unit_labels(events, &unit), attempt(&unit), "\n{all}");
+    }
+    assert_branches_inside(events, MISSION_FAN_OUT);
+    let fan_out = (events.iter())
+        .find(|e| {
+            e.event_type == "step_started"
+                && e.step.as_deref() == Some(MISSION_FAN_OUT)
+                && e.branch().is_none()
+        })
+        .unwrap();
+    assert_eq!(fan_out.payload["branches"], robots, "\n{all}");
+    let maps = (events.iter())
+        .find(|e| {
+            e.event_type == "step_completed"
+                && e.step.as_deref() == Some(MISSION_FAN_OUT)
+                && e.branch().is_none()
+        })
+        .unwrap();
+    let robots_in_order: Vec<String> = (1..=robots).map(|i| format!("robot-{i}")).collect();
+    let mapped: Vec<&str> = (maps.payload["result"].as_array())
+        .unwrap_or_else(|| panic!("the fan-out's result is a list:\n{all}"))
+        .iter()
+        .map(|m| m["robot_id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(mapped, robots_in_order, "\n{all}");
+    assert_eq!(
+        events.len(),
+        expected.len() + robots * replies.len() + robots
+    );
+}
 
 mod backend;
 pub mod cluster;
