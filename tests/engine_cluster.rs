@@ -11,7 +11,7 @@ use redis::cluster_async::ClusterConnection;
 use sagaflow::config::Settings;
 use sagaflow::store::keys::{slot, Keys, Partition};
 use sagaflow::streams::decode_read_reply;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -162,10 +162,32 @@ async fn wait_for_ends(
                 .filter(|e| open.contains(&&e.correlation_id))
                 .cloned()
                 .collect();
+            // Their records too: owner, transition number, units under way.
+            let keys = Keys::new("saga:");
+            let mut records = Vec::new();
+            let saga_ids: BTreeSet<&str> = of_open.iter().map(|e| e.saga_id.as_str()).collect();
+            for saga_id in saga_ids {
+                let record = sagaflow::store::sagas::load_state(conn, &keys, saga_id).await;
+                records.push(match record {
+                    Ok(Some(r)) => format!(
+                        "  {saga_id}: owner {:?}, seq {}, {}, under way {:?}",
+                        r.owner,
+                        r.seq,
+                        r.state.phase.status().as_str(),
+                        r.state
+                            .work
+                            .exchanges()
+                            .map(|(u, x)| (u, x.attempt, x.waiting.clone(), x.reply_stream.clone()))
+                            .collect::<Vec<_>>()
+                    ),
+                    other => format!("  {saga_id}: {other:?}"),
+                });
+            }
             panic!(
-                "{ended} of {} sagas ended within {within:?}; the others:\n{}",
+                "{ended} of {} sagas ended within {within:?}; the others:\n{}\nTheir records:\n{}",
                 ids.len(),
-                describe(&of_open)
+                describe(&of_open),
+                records.join("\n")
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -92,7 +92,7 @@ pub async fn run(args: ListArgs) -> ExitCode {
 /// next one out of line.
 const SAGA_W: usize = 16;
 const STATE_W: usize = 11;
-const AT_W: usize = 28;
+const AT_W: usize = 32;
 
 async fn list(args: ListArgs) -> Result<ExitCode, Failure> {
     let settings = args.redis.settings().map_err(Failure::no)?;

@@ -854,6 +854,7 @@ fn log_event(event: &SagaEvent, request_id: Option<&str>) {
         request_id = request_id.unwrap_or(""),
         status = event.status.as_str(),
         step = event.step.as_deref().unwrap_or(""),
+        branch = event.branch,
         payload = %event.payload,
         "saga event"
     );

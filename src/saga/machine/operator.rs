@@ -161,7 +161,8 @@ impl Machine<'_> {
                     self.set_unit(*unit, UnitState::Skipped { by_hand: true });
                     self.st().work.skipped.push(*unit);
                 }
-                self.emit_action(request, None, Some(of_step[0]));
+                // About the step: every stuck branch of it is skipped.
+                self.emit_action(request, None, Some(Unit::step(of_step[0].step)));
             }
             _ => {
                 self.abandon(request);
