@@ -218,10 +218,10 @@ pub(super) async fn resume(shared: Arc<Shared>, saga_id: String, epoch: Arc<Epoc
         // Its next commands name this daemon's reply stream; the attempt
         // under way keeps its own until it ends.
         state.reply_stream = epoch.reply_stream.clone();
-        let Some(inbox) = shared.router.register(state.saga_id.clone()) else {
+        let Some(inbox) = register_when_let_go(&shared, &state.saga_id).await else {
             return;
         };
-        tracing::info!(phase = ?state.phase, "saga resumed");
+        tracing::info!(phase = ?state.phase.status(), "saga resumed");
         let id = state.saga_id.clone();
         let mut saga = Driven::new(&shared, &def, state, seq, epoch, permit);
         saga.follow_reply_stream();
@@ -231,6 +231,35 @@ pub(super) async fn resume(shared: Arc<Shared>, saga_id: String, epoch: Arc<Epoc
     }
     .instrument(span)
     .await
+}
+
+/// The longest a saga taken over waits for a task of this daemon that
+/// still drives it to let go (see [`register_when_let_go`]).
+const LET_GO_WAIT: Duration = Duration::from_secs(30);
+
+/// Registers a saga taken over with the router, once no task of this
+/// daemon drives it any more. A saga this daemon drove under an epoch whose
+/// lease ran out (a failover of the leases' master outlasting the lease) is
+/// claimed again by its takeover worker, possibly while the task of the
+/// earlier epoch is still inside a write that Redis does not answer yet:
+/// that task lets go once the write returns, fenced. Giving up at once
+/// here would leave the saga owned by a live daemon that drives it nowhere,
+/// and so never taken over again. Waits at most [`LET_GO_WAIT`].
+async fn register_when_let_go(shared: &Shared, saga_id: &SagaId) -> Option<Inbox> {
+    let deadline = tokio::time::Instant::now() + LET_GO_WAIT;
+    loop {
+        if let Some(inbox) = shared.router.register(saga_id.clone()) {
+            return Some(inbox);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::error!(%saga_id, "a saga taken over is still driven by an earlier task; left to it");
+            return None;
+        }
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
 }
 
 /// Takes up a saga whose record names an owner without a live lease (the
