@@ -333,16 +333,27 @@ impl<'a> Machine<'a> {
             }
             return Ok(payload);
         };
-        let failure = (self.state.failure()).map(|f| (f.step.as_str(), f.reason.as_str()));
         let ctx = Context {
+            item: item.as_ref().zip(unit.branch.map(|b| b as usize)),
+            ..self.context(compensation)
+        };
+        template.render(&ctx, compensation).map_err(|e| e.0)
+    }
+
+    /// What templates render from, outside a branch; the failure only for
+    /// a compensation's.
+    fn context(&self, with_failure: bool) -> Context<'_> {
+        let failure = (self.state.failure())
+            .filter(|_| with_failure)
+            .map(|f| (f.step.as_str(), f.reason.as_str()));
+        Context {
             input: &self.state.input,
             results: &self.state.results,
             saga_id: self.state.saga_id.as_str(),
             correlation_id: self.state.correlation_id.as_str(),
             failure,
-            item: item.as_ref().zip(unit.branch.map(|b| b as usize)),
-        };
-        template.render(&ctx, compensation).map_err(|e| e.0)
+            item: None,
+        }
     }
 
     /// What a command of step `index` (its action or its compensation) is.
@@ -509,16 +520,8 @@ impl<'a> Machine<'a> {
 
     /// The elements of a fan-out's list, or why there are none.
     fn items_of(&self, expr: &crate::definition::template::Expr) -> Result<Vec<Json>, String> {
-        let ctx = Context {
-            input: &self.state.input,
-            results: &self.state.results,
-            saga_id: self.state.saga_id.as_str(),
-            correlation_id: self.state.correlation_id.as_str(),
-            failure: None,
-            item: None,
-        };
         let value = Template::Expr(expr.clone())
-            .render(&ctx, false)
+            .render(&self.context(false), false)
             .map_err(|e| e.0)?;
         let Value::Array(items) = value else {
             return Err(format!("`{expr}` is not a list"));
