@@ -378,3 +378,148 @@ pub async fn live_owners<C: ConnectionLike + Send>(
         from += LEASES_PER_READ;
     }
 }
+
+/// What the daemons made of a start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Its saga was started.
+    Started,
+    /// A saga was started before with the same idempotency key: its id.
+    Duplicate(String),
+    /// Refused, and why.
+    Rejected(String),
+}
+
+/// Whether `entry` of the events stream says what became of the start
+/// `entry_id` written on `stream`, which would start `saga_id`.
+pub fn taken_by(entry: &Entry, stream: &str, entry_id: &str, saga_id: &str) -> Option<Taken> {
+    let text = |name: &str| entry.fields.get(name).map(|v| String::from_utf8_lossy(v));
+    let event = text(f::EVENT_TYPE).unwrap_or_default();
+    if event == "saga_started" && text(f::SAGA_ID).as_deref() == Some(saga_id) {
+        return Some(Taken::Started);
+    }
+    if event != "saga_duplicate" && event != "saga_rejected" {
+        return None;
+    }
+    let payload: serde_json::Value =
+        serde_json::from_str(&text(f::PAYLOAD).unwrap_or_default()).unwrap_or_default();
+    let ours =
+        payload["entry_id"] == entry_id && payload["stream"].as_str().is_none_or(|s| s == stream);
+    if !ours {
+        return None;
+    }
+    Some(if event == "saga_duplicate" {
+        Taken::Duplicate(
+            payload["existing_saga_id"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+        )
+    } else {
+        Taken::Rejected(payload["reason"].as_str().unwrap_or("?").to_owned())
+    })
+}
+
+/// An operator's request: `cancel`, `retry`, `skip` or `abandon`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Cancel,
+    Retry,
+    Skip,
+    Abandon,
+}
+
+impl Action {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "cancel" => Some(Self::Cancel),
+            "retry" => Some(Self::Retry),
+            "skip" => Some(Self::Skip),
+            "abandon" => Some(Self::Abandon),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cancel => "cancel",
+            Self::Retry => "retry",
+            Self::Skip => "skip",
+            Self::Abandon => "abandon",
+        }
+    }
+
+    /// Why `state` is in no state for this request, if it is not: only a
+    /// running saga can be cancelled; only a saga stuck on a failed
+    /// compensation (failed, not abandoned) retried, skipped or abandoned.
+    pub fn refused_for(self, state: &SagaState) -> Option<String> {
+        let abandoned = state.abandoned_by().is_some();
+        let allowed = match self {
+            Self::Cancel => state.phase == crate::saga::Phase::Running,
+            _ => matches!(state.phase, crate::saga::Phase::Failed(_)) && !abandoned,
+        };
+        (!allowed).then(|| {
+            format!(
+                "saga {} is {}{}: {}",
+                state.saga_id,
+                state.phase.status().as_str(),
+                if abandoned { " and abandoned" } else { "" },
+                if self == Self::Cancel {
+                    "only a running saga can be cancelled"
+                } else {
+                    "only a saga stuck on a failed compensation can be retried, skipped or \
+                     abandoned"
+                }
+            )
+        })
+    }
+}
+
+/// Writes an operator's request for `saga_id`, signed with `key` at
+/// Redis's time, to the control stream (capped at `control_maxlen`).
+pub async fn request<C: ConnectionLike + Send>(
+    conn: &mut C,
+    settings: &Settings,
+    key: &crate::protocol::control::OperatorKey,
+    saga_id: &SagaId,
+    action: Action,
+    step: Option<String>,
+    reason: &str,
+) -> Result<(), String> {
+    let issued_ms = redis_now_ms(conn).await?;
+    let request = crate::protocol::control::ControlRequest::signed(
+        key,
+        saga_id.clone(),
+        action.as_str(),
+        step,
+        reason,
+        issued_ms,
+    );
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(&settings.control_stream)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(settings.control_maxlen)
+        .arg("*");
+    for (name, value) in request.to_fields() {
+        cmd.arg(name).arg(value);
+    }
+    let _: String = cmd
+        .query_async(conn)
+        .await
+        .map_err(|e| format!("cannot write the request: {e}"))?;
+    Ok(())
+}
+
+/// The payload of `entry` when it is the daemon's answer to an operator's
+/// request about `saga_id` (an `operator_action`, with `refused` when it
+/// was refused).
+pub fn answer_to(entry: &Entry, saga_id: &str) -> Option<serde_json::Value> {
+    let text = |k: &str| entry.fields.get(k).map(|v| String::from_utf8_lossy(v));
+    let ours = text(f::SAGA_ID).as_deref() == Some(saga_id)
+        && text(f::EVENT_TYPE).as_deref() == Some("operator_action");
+    ours.then(|| {
+        serde_json::from_str(&text(f::PAYLOAD).unwrap_or_default())
+            .unwrap_or(serde_json::Value::Null)
+    })
+}

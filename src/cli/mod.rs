@@ -1,6 +1,7 @@
 //! The command line: one module per subcommand. `main` only calls [`main`].
 
 mod acl;
+mod api_token;
 mod bench;
 mod completions;
 mod config;
@@ -71,6 +72,8 @@ enum Command {
     Health(health::HealthArgs),
     /// Print the Redis ACL users of a least-privilege deployment, one per role.
     Acl(acl::AclArgs),
+    /// Make a bearer token for the HTTP API, and the entry the daemons keep.
+    ApiToken(api_token::ApiTokenArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
     /// Check a deployment: daemons, stream readers, dead letters, stuck sagas.
@@ -120,6 +123,7 @@ pub fn main() -> ExitCode {
             Command::Abandon(args) => operate::abandon(args).await,
             Command::Health(args) => health::run(args).await,
             Command::Acl(args) => acl::run(args),
+            Command::ApiToken(args) => api_token::run(args),
             Command::Completions(args) => completions::run(args),
             Command::Doctor(args) => doctor::run(args).await,
         }

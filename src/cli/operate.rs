@@ -8,12 +8,10 @@ use super::pick::SagaArgs;
 use super::run::RedisArgs;
 use super::{connect, signals};
 use crate::operator;
-use crate::protocol::control::{ControlRequest, MAX_REASON_LEN};
+use crate::protocol::control::MAX_REASON_LEN;
 use crate::protocol::fields as f;
-use crate::saga::Phase;
 use crate::streams;
 use clap::Args;
-use serde_json::Value;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -145,46 +143,24 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
     let (client, mut conn) = connect(&settings).await?;
     let record = args.which.one(&mut conn, &settings).await?;
     let saga_id = record.state.saga_id.to_string();
-    let phase = &record.state.phase;
-    let abandoned = record.state.abandoned_by().is_some();
-    let allowed = match action {
-        "cancel" => *phase == Phase::Running,
-        _ => matches!(phase, Phase::Failed(_)) && !abandoned,
-    };
-    if !allowed {
-        return Err(Failure::no(format!(
-            "saga {saga_id} is {}{}: {}",
-            phase.status().as_str(),
-            if abandoned { " and abandoned" } else { "" },
-            if action == "cancel" {
-                "only a running saga can be cancelled"
-            } else {
-                "only a saga stuck on a failed compensation can be retried, skipped or abandoned"
-            }
-        )));
+    let action = operator::Action::parse(action).expect("the subcommands name actions");
+    if let Some(refused) = action.refused_for(&record.state) {
+        return Err(Failure::no(refused));
     }
     let from = streams::last_id(&mut conn, &settings.events_stream)
         .await
         .map_err(|e| e.to_string())?;
-    // Signed on Redis's clock, which the daemons compare it with.
-    let issued_ms = operator::redis_now_ms(&mut conn).await?;
-    let saga = crate::protocol::SagaId::from_trusted(saga_id.clone());
-    let request = ControlRequest::signed(&key, saga, action, step, &args.reason, issued_ms);
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(&settings.control_stream)
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(settings.control_maxlen)
-        .arg("*");
-    for (name, value) in request.to_fields() {
-        cmd.arg(name).arg(value);
-    }
-    let _: String = cmd
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| format!("cannot write the request: {e}"))?;
+    operator::request(
+        &mut conn,
+        &settings,
+        &key,
+        &record.state.saga_id,
+        action,
+        step,
+        &args.reason,
+    )
+    .await?;
 
-    // The daemon's answer.
     let mut reader = client
         .blocking(follow::POLL)
         .await
@@ -209,18 +185,7 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
         .map_err(|e| format!("reading {} failed: {e}", settings.events_stream))?;
         let found = entries.into_iter().find_map(|e| {
             after = e.id.clone();
-            let text = |k: &str| {
-                e.fields
-                    .get(k)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            };
-            let ours = text(f::SAGA_ID).as_deref() == Some(saga_id.as_str())
-                && text(f::EVENT_TYPE).as_deref() == Some("operator_action");
-            ours.then(|| {
-                let payload = text(f::PAYLOAD).unwrap_or_default();
-                let payload = serde_json::from_str::<Value>(&payload).unwrap_or(Value::Null);
-                (e.clone(), payload)
-            })
+            operator::answer_to(&e, &saga_id).map(|payload| (e, payload))
         });
         if let Some(found) = found {
             break found;
@@ -240,12 +205,16 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
         return Ok(ExitCode::FAILURE);
     }
     if !args.json {
-        outln!("{action} of saga {saga_id} accepted (by {})", key.name);
+        outln!(
+            "{} of saga {saga_id} accepted (by {})",
+            action.as_str(),
+            key.name
+        );
     }
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
     }
-    if action == "abandon" {
+    if action == operator::Action::Abandon {
         // Nothing more happens to an abandoned saga: it stays failed.
         let outcome = follow::Outcome::Failed(serde_json::json!({ "abandoned": true }));
         match show {
@@ -260,7 +229,7 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
     let target = Target {
         saga_id: saga_id.clone(),
         entry_id: String::new(),
-        skipped_by_hand: if action == "skip" {
+        skipped_by_hand: if action == operator::Action::Skip {
             answer_entry
                 .fields
                 .get(f::STEP)

@@ -276,25 +276,7 @@ impl Steps {
 /// The most branches of one step [`Steps::at`] lists one by one.
 pub const BRANCHES_LISTED: usize = 4;
 
-/// One event of `saga:events` as a JSON object: its entry id, its fields,
-/// the payload as JSON and the timestamp as a number.
-pub fn event_json(entry_id: &str, fields: &RawFields) -> Value {
-    let mut out = serde_json::Map::new();
-    out.insert("id".into(), Value::from(entry_id));
-    let sorted: std::collections::BTreeMap<_, _> = fields.iter().collect();
-    for (name, value) in sorted {
-        let value = String::from_utf8_lossy(value);
-        let value = match name.as_str() {
-            f::PAYLOAD => serde_json::from_str(&value).unwrap_or(Value::String(value.into())),
-            f::TIMESTAMP => value
-                .parse::<u64>()
-                .map_or(Value::String(value.clone().into()), Value::from),
-            _ => Value::String(value.into_owned()),
-        };
-        out.insert(name.clone(), value);
-    }
-    Value::Object(out)
-}
+pub use crate::protocol::event::entry_json as event_json;
 
 #[cfg(test)]
 mod tests {

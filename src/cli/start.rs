@@ -7,8 +7,8 @@ use super::pick::parse_correlation_id;
 use super::run::RedisArgs;
 use super::{connect, signals};
 use crate::connection;
-use crate::operator::{self, Start};
-use crate::protocol::{fields as f, CorrelationId, TraceParent};
+use crate::operator::{self, Start, Taken};
+use crate::protocol::{CorrelationId, TraceParent};
 use crate::streams;
 use clap::Args;
 use serde_json::{json, Value};
@@ -77,15 +77,6 @@ pub struct StartArgs {
 
 pub async fn run(args: StartArgs) -> ExitCode {
     output::exit("start", start(args).await)
-}
-
-/// What the daemons made of a start.
-enum Taken {
-    /// A saga was started.
-    Started,
-    /// A saga was started before with the same idempotency key.
-    Duplicate(String),
-    Rejected(String),
 }
 
 async fn start(args: StartArgs) -> Result<ExitCode, Failure> {
@@ -261,36 +252,9 @@ async fn taken(
         .map_err(|e| format!("reading {events_stream} failed: {e}"))?;
         for entry in entries {
             after = entry.id.clone();
-            let text = |name: &str| {
-                entry
-                    .fields
-                    .get(name)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default()
-            };
-            let event = text(f::EVENT_TYPE);
-            if event == "saga_started" && text(f::SAGA_ID) == saga_id {
-                return Ok(Some(Taken::Started));
+            if let Some(taken) = operator::taken_by(&entry, stream, entry_id, saga_id) {
+                return Ok(Some(taken));
             }
-            if event != "saga_duplicate" && event != "saga_rejected" {
-                continue;
-            }
-            let payload: Value = serde_json::from_str(&text(f::PAYLOAD)).unwrap_or(Value::Null);
-            let ours = payload["entry_id"] == entry_id
-                && payload["stream"].as_str().is_none_or(|s| s == stream);
-            if !ours {
-                continue;
-            }
-            return Ok(Some(if event == "saga_duplicate" {
-                Taken::Duplicate(
-                    payload["existing_saga_id"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_owned(),
-                )
-            } else {
-                Taken::Rejected(payload["reason"].as_str().unwrap_or("?").to_owned())
-            }));
         }
     }
     Ok(None)

@@ -84,6 +84,9 @@ keys! {
     "log_format" => log_format: text,
     "operator_keys" => operator_keys: keys,
     "operator_key" => operator_key: key,
+    "api_tokens" => api_tokens: tokens,
+    "api_read" => api_read: read_access,
+    "trace_url" => trace_url: text,
 }
 
 mod text {
@@ -155,6 +158,33 @@ mod key {
     pub fn show(v: &Option<OperatorKey>) -> String {
         v.as_ref()
             .map_or_else(|| "(none)".into(), |key| format!("{}:***", key.name))
+    }
+}
+
+/// API tokens: shown by name and scope only, never their digests.
+mod tokens {
+    use crate::http::access::ApiTokens;
+    pub fn parse(v: &str) -> Result<ApiTokens, String> {
+        ApiTokens::parse(v)
+    }
+    pub fn show(v: &ApiTokens) -> String {
+        if v.is_empty() {
+            return "(none)".into();
+        }
+        v.iter()
+            .map(|t| format!("{}:{}:***", t.name, t.scope.as_str()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+mod read_access {
+    use crate::http::access::ReadAccess;
+    pub fn parse(v: &str) -> Result<ReadAccess, String> {
+        ReadAccess::parse(v)
+    }
+    pub fn show(v: &ReadAccess) -> String {
+        v.as_str().to_owned()
     }
 }
 
@@ -294,6 +324,23 @@ fn check(s: &Settings) -> Result<(), String> {
         return Err(format!(
             "log_format: `{}` is not auto, json or pretty",
             s.log_format
+        ));
+    }
+    for token in s.api_tokens.iter() {
+        if token.scope == crate::http::access::Scope::Write
+            && !s.operator_keys.names().contains(&token.name.as_str())
+        {
+            return Err(format!(
+                "api_tokens: `{}` is a write token, but no operator key of that name is in \
+                 operator_keys: requests made with it are signed with that key",
+                token.name
+            ));
+        }
+    }
+    if !s.trace_url.is_empty() && !s.trace_url.contains("{trace_id}") {
+        return Err(format!(
+            "trace_url: `{}` has no {{trace_id}} to put a saga's trace id in",
+            s.trace_url
         ));
     }
     crate::http::parse_addr(&s.http_addr).map(|_| ())

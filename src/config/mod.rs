@@ -95,6 +95,16 @@ pub struct Settings {
     /// The operator commands: the key this operator signs requests with
     /// (`name:secret`).
     pub operator_key: Option<crate::protocol::control::OperatorKey>,
+    /// The HTTP API's bearer tokens, as digests (`name:read|write:<sha256
+    /// hex>,...`; `sagaflow api-token` makes one).
+    pub api_tokens: crate::http::access::ApiTokens,
+    /// Who may read through the HTTP API: `token` (a read or write token)
+    /// or `open` (anyone reaching `http_addr`).
+    pub api_read: crate::http::access::ReadAccess,
+    /// The link to a saga's trace the dashboard shows: a URL with
+    /// `{trace_id}` in it (Grafana Tempo's explore view, say); empty for
+    /// no link.
+    pub trace_url: String,
 }
 
 impl Default for Settings {
@@ -132,6 +142,9 @@ impl Default for Settings {
             log_format: "auto".into(),
             operator_keys: Default::default(),
             operator_key: None,
+            api_tokens: Default::default(),
+            api_read: Default::default(),
+            trace_url: String::new(),
         }
     }
 }

@@ -111,6 +111,10 @@ impl OperatorKeys {
     pub fn names(&self) -> Vec<&str> {
         self.0.keys().map(String::as_str).collect()
     }
+
+    pub fn get(&self, name: &str) -> Option<&OperatorKey> {
+        self.0.get(name)
+    }
 }
 
 /// An operator's request as written on the control stream.

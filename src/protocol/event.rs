@@ -132,3 +132,23 @@ impl SagaEvent {
         out
     }
 }
+
+/// One event of `saga:events` as a JSON object: its entry id, its fields,
+/// the payload as JSON and the timestamp as a number.
+pub fn entry_json(entry_id: &str, fields: &super::RawFields) -> Value {
+    let mut out = serde_json::Map::new();
+    out.insert("id".into(), Value::from(entry_id));
+    let sorted: std::collections::BTreeMap<_, _> = fields.iter().collect();
+    for (name, value) in sorted {
+        let value = String::from_utf8_lossy(value);
+        let value = match name.as_str() {
+            f::PAYLOAD => serde_json::from_str(&value).unwrap_or(Value::String(value.into())),
+            f::TIMESTAMP => value
+                .parse::<u64>()
+                .map_or(Value::String(value.clone().into()), Value::from),
+            _ => Value::String(value.into_owned()),
+        };
+        out.insert(name.clone(), value);
+    }
+    Value::Object(out)
+}

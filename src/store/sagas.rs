@@ -183,3 +183,105 @@ pub async fn records<C: ConnectionLike + Send>(
     }
     Ok(out)
 }
+
+/// A place in the listing of sagas by when they entered their phase,
+/// newest first: the saga at it, and when it entered its phase.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub at_ms: u64,
+    pub saga_id: String,
+}
+
+/// Sagas of one score taken into account at a cursor: more than this many
+/// entering one phase in one millisecond in one partition would skip the
+/// rest of them.
+pub const MAX_TIES: usize = 1_000;
+
+/// Up to `n` sagas in `phases` (all when empty) that entered their phase
+/// after `since_ms` and before `before` (in the order newest first, ties by
+/// id descending), from the partitions' indexes: each partition's newest
+/// `n` merged. Returns them with when they entered their phase.
+pub async fn page<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    phases: &[&str],
+    since_ms: u64,
+    before: Option<&Cursor>,
+    n: usize,
+) -> RedisResult<Vec<Cursor>> {
+    let phases: Vec<&str> = if phases.is_empty() {
+        INDEXED_PHASES.to_vec()
+    } else {
+        phases.to_vec()
+    };
+    let max = match before {
+        Some(c) => format!("({}", c.at_ms),
+        None => "+inf".to_owned(),
+    };
+    let mut all: Vec<Cursor> = Vec::new();
+    for p in Partition::all() {
+        let mut pipe = redis::pipe();
+        for phase in &phases {
+            let key = keys.index(p, phase);
+            pipe.cmd("ZREVRANGEBYSCORE")
+                .arg(&key)
+                .arg(&max)
+                .arg(since_ms)
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(n);
+            if let Some(c) = before {
+                pipe.cmd("ZREVRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(c.at_ms)
+                    .arg(c.at_ms)
+                    .arg("WITHSCORES")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(MAX_TIES);
+            }
+        }
+        let rows: Vec<Vec<(String, f64)>> = match pipe.query_async(conn).await {
+            Ok(rows) => rows,
+            Err(e) if e.code() == Some("WRONGTYPE") => continue,
+            Err(e) => return Err(e),
+        };
+        all.extend(
+            rows.into_iter()
+                .flatten()
+                .map(|(saga_id, at)| Cursor {
+                    at_ms: at as u64,
+                    saga_id,
+                })
+                .filter(|c| before.is_none_or(|b| (c.at_ms, &c.saga_id) < (b.at_ms, &b.saga_id))),
+        );
+        all.sort_by(|a, b| (b.at_ms, &b.saga_id).cmp(&(a.at_ms, &a.saga_id)));
+        all.dedup();
+        all.truncate(n);
+    }
+    Ok(all)
+}
+
+/// How many sagas each partition's index holds, by phase, summed.
+pub async fn counts<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+) -> RedisResult<Vec<(&'static str, u64)>> {
+    let mut totals = vec![0u64; INDEXED_PHASES.len()];
+    for p in Partition::all() {
+        let mut pipe = redis::pipe();
+        for phase in INDEXED_PHASES {
+            pipe.cmd("ZCARD").arg(keys.index(p, phase));
+        }
+        let counts: Vec<u64> = match pipe.query_async(conn).await {
+            Ok(counts) => counts,
+            Err(e) if e.code() == Some("WRONGTYPE") => continue,
+            Err(e) => return Err(e),
+        };
+        for (total, count) in totals.iter_mut().zip(counts) {
+            *total += count;
+        }
+    }
+    Ok(INDEXED_PHASES.into_iter().zip(totals).collect())
+}

@@ -1,6 +1,11 @@
 //! The daemon's HTTP endpoints: `/metrics` (Prometheus text format),
-//! `/healthz` (the process is alive) and `/readyz` (it can do its work:
-//! Redis reachable, definitions loaded, not stopping).
+//! `/healthz` (the process is alive), `/readyz` (it can do its work:
+//! Redis reachable, definitions loaded, not stopping), and the API under
+//! `/v1` ([`api`]).
+
+pub mod access;
+pub mod api;
+mod feed;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -60,18 +65,23 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String>
     Ok((listener, bound))
 }
 
-/// Serves the endpoints until `shutdown`.
+/// Serves the endpoints until `shutdown`; the API too when given.
 pub async fn serve(
     listener: TcpListener,
     metrics: Option<PrometheusHandle>,
     readiness: Readiness,
+    api: Option<api::Api>,
     shutdown: CancellationToken,
 ) {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(Endpoints { metrics, readiness });
+    if let Some(api) = api {
+        app = app.merge(api::routes(api));
+    }
+    let app = app.layer(axum::middleware::from_fn(api::request_id));
     let stopped = async move { shutdown.cancelled().await };
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stopped)

@@ -1,0 +1,152 @@
+//! `POST /v1/sagas/{id}/cancel | retry | skip | abandon`: an operator's
+//! request, signed for the write token's name with the operator key of
+//! that name, written to the control stream, and answered once the daemon
+//! driving the saga has accepted or refused it.
+
+use super::problem::{Kind, Problem, Result};
+use super::{Api, Writer, ANSWER_WITHIN};
+use crate::operator::{self, Action};
+use crate::protocol::control::MAX_REASON_LEN;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::Instant;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    #[serde(default)]
+    reason: String,
+    /// For `skip`: the step whose failed compensations are marked done.
+    step: Option<String>,
+}
+
+pub async fn request(
+    State(api): State<Api>,
+    Writer(token): Writer,
+    Path((id, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response> {
+    let id = super::sagas::saga_id(&id)?;
+    let action = Action::parse(&action).ok_or_else(|| {
+        Problem::new(
+            Kind::NotFound,
+            format!(
+                "`{}` is not an operator's request: cancel, retry, skip or abandon",
+                action.chars().take(32).collect::<String>()
+            ),
+        )
+    })?;
+    let body: Body = if body.iter().all(u8::is_ascii_whitespace) {
+        Body {
+            reason: String::new(),
+            step: None,
+        }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            Problem::new(
+                Kind::BadBody,
+                format!("the body is not {{\"reason\": ..., \"step\": ...}}: {e}"),
+            )
+        })?
+    };
+    if body.reason.len() > MAX_REASON_LEN {
+        return Err(Problem::new(
+            Kind::BadBody,
+            format!(
+                "reason: {} bytes, the limit is {MAX_REASON_LEN}",
+                body.reason.len()
+            ),
+        ));
+    }
+    match (action, &body.step) {
+        (Action::Skip, None) => {
+            return Err(Problem::new(
+                Kind::BadBody,
+                "skip needs the step whose failed compensation was done by hand: {\"step\": ...}",
+            ))
+        }
+        (Action::Skip, Some(_)) | (_, None) => {}
+        (_, Some(_)) => {
+            return Err(Problem::new(
+                Kind::BadBody,
+                format!("step is for skip only, not {}", action.as_str()),
+            ))
+        }
+    }
+    let key = api
+        .settings()
+        .operator_keys
+        .get(&token.name)
+        .ok_or_else(|| {
+            Problem::new(
+                Kind::Forbidden,
+                format!("no operator key `{}` to sign the request with", token.name),
+            )
+        })?;
+    let mut conn = api.conn().await?;
+    let record = operator::read(&mut conn, api.settings(), id.as_str())
+        .await
+        .map_err(|e| Problem::new(Kind::Unavailable, e))?
+        .ok_or_else(|| {
+            Problem::new(
+                Kind::NoSuchSaga,
+                format!("no saga {id}: never started, or expired after its retention"),
+            )
+        })?;
+    if let Some(why) = action.refused_for(&record.state) {
+        return Err(
+            Problem::new(Kind::Conflict, why).with("state", super::sagas::state_of(&record.state))
+        );
+    }
+    let _slot = api.wait_slot()?;
+    let mut feed = api.subscribe().await?;
+    operator::request(
+        &mut conn,
+        api.settings(),
+        key,
+        &record.state.saga_id,
+        action,
+        body.step,
+        &body.reason,
+    )
+    .await
+    .map_err(|e| Problem::new(Kind::Unavailable, e))?;
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    loop {
+        let entry = match tokio::time::timeout_at(deadline, feed.next()).await {
+            Err(_) => {
+                return Err(Problem::new(
+                    Kind::NoAnswer,
+                    format!(
+                        "no daemon answered within {}s: the request stays on {} and is carried out \
+                         if a daemon reads it while it is fresh",
+                        ANSWER_WITHIN.as_secs(),
+                        api.settings().control_stream
+                    ),
+                ))
+            }
+            Ok(Err(e)) => return Err(Problem::redis("cannot follow the events stream", e)),
+            Ok(Ok(entry)) => entry,
+        };
+        let Some(answer) = operator::answer_to(&entry, id.as_str()) else {
+            continue;
+        };
+        if let Some(refused) = answer["refused"].as_str() {
+            return Err(
+                Problem::new(Kind::Refused, refused.to_owned()).with("event_id", entry.id.clone())
+            );
+        }
+        return Ok(Json(json!({
+            "saga_id": id,
+            "action": action.as_str(),
+            "by": token.name,
+            "accepted": true,
+            "event": crate::protocol::event::entry_json(&entry.id, &entry.fields),
+        }))
+        .into_response());
+    }
+}
