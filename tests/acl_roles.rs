@@ -129,12 +129,12 @@ impl Users {
 /// Prints the users for the reference mission, applies them as the
 /// default user with redis-cli, then makes an administrator for the test
 /// and turns the default user off: no piece can get by without its own.
-async fn apply_users(server: &RedisServer) -> Users {
+async fn apply_users(server: &RedisServer, api_tokens: Option<&str>) -> Users {
     let url = server.url();
     let sagas = mission_sagas();
     let sagas = sagas.to_str().expect("a UTF-8 path");
     let operator = format!("operator={OPERATOR_PASSWORD}");
-    let o = sagaflow(&[
+    let mut args = vec![
         "acl",
         "--redis-url",
         &url,
@@ -144,8 +144,19 @@ async fn apply_users(server: &RedisServer) -> Users {
         "both",
         "--password",
         &operator,
-    ])
-    .await;
+    ];
+    // The daemons' settings: with a write token, their API writes
+    // operators' requests.
+    let config = tempfile::NamedTempFile::new().expect("a temp file");
+    if let Some(tokens) = api_tokens {
+        std::fs::write(
+            config.path(),
+            format!("api_tokens: \"{tokens}\"\noperator_keys: \"{OPERATOR_KEY}\"\n"),
+        )
+        .expect("the daemons' settings written");
+        args.extend(["--config", config.path().to_str().expect("UTF-8")]);
+    }
+    let o = sagaflow(&args).await;
     assert!(o.status.success(), "sagaflow acl:\n{}", text(&o));
     let printed = String::from_utf8(o.stdout).expect("UTF-8");
     let commands: Vec<&str> = printed
@@ -323,7 +334,8 @@ fn field(out: &str, label: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_piece_runs_as_its_own_user() {
     let server = RedisServer::start();
-    let users = apply_users(&server).await;
+    let (api_token, entry) = common::api::write_token();
+    let users = apply_users(&server, Some(&entry)).await;
     let _show = ShowRefusals(users.admin_url());
     let mut first = Child::daemon(&users.url("daemon"), "acl-a");
     first.wait_started().await;
@@ -407,6 +419,50 @@ async fn every_piece_runs_as_its_own_user() {
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
     assert!(!text(&o).contains("NOPERM"), "{}", text(&o));
 
+    // The HTTP API of a daemon, as the daemon's user: a start, reads, a
+    // count, events, and an operator's cancel.
+    let addr = common::api::free_addr();
+    let api_daemon = Child::daemon_with(
+        &users.url("daemon"),
+        "acl-api",
+        &["--http-addr", &addr],
+        &[("SAGAFLOW_API_TOKENS", &entry)],
+    );
+    api_daemon.wait_started().await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}/v1");
+    let api_token = &api_token;
+    let call = |request: reqwest::RequestBuilder| async move {
+        let response = bounded("an API call", request.bearer_auth(api_token).send())
+            .await
+            .expect("the API answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    };
+    let (status, body) = call(
+        http.post(format!("{base}/sagas/mission_start"))
+            .header("X-Request-ID", "acl-3")
+            .body(r#"{"area": "hall-c", "robots": 2}"#),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let started: Value = serde_json::from_str(&body).unwrap();
+    let id = started["saga_id"].as_str().unwrap().to_owned();
+    for path in [
+        "/sagas?limit=5",
+        "/stats",
+        &format!("/sagas/{id}?events=true"),
+    ] {
+        let (status, body) = call(http.get(format!("{base}{path}"))).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (status, body) = call(
+        http.post(format!("{base}/sagas/{id}/cancel"))
+            .body(r#"{"reason": "least privilege over HTTP"}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
     let refused = acl_log(&users.admin_url());
     assert!(
         refused.is_empty(),
@@ -437,7 +493,7 @@ async fn allowed(conn: &mut redis::aio::MultiplexedConnection, role: &str, comma
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_role_is_refused_what_it_must_not_do() {
     let server = RedisServer::start();
-    let users = apply_users(&server).await;
+    let users = apply_users(&server, None).await;
 
     let role = "handler-resources";
     let mut handler = common::processes::connect(&users.url(role)).await;
@@ -544,7 +600,8 @@ async fn each_role_is_refused_what_it_must_not_do() {
         refused(&mut viewer, role, write).await;
     }
 
-    // The daemons read operators' requests; they never write one.
+    // The daemons read operators' requests; they write none unless their
+    // HTTP API takes them (see `every_piece_runs_as_its_own_user`).
     let role = "daemon";
     let mut daemon = common::processes::connect(&users.url(role)).await;
     allowed(&mut daemon, role, "HSET saga:{p0.52}:record:abc state {}").await;

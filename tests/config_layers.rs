@@ -116,3 +116,55 @@ async fn a_bad_configuration_names_the_key_and_the_reason() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn bad_api_settings_name_the_key_and_the_reason() {
+    let cases = [
+        ("SAGAFLOW_API_TOKENS", "alice", "not an API token entry"),
+        (
+            "SAGAFLOW_API_TOKENS",
+            "alice:admin:00",
+            "the scope is `read` or `write`",
+        ),
+        (
+            "SAGAFLOW_API_TOKENS",
+            "alice:read:secret",
+            "not a SHA-256 digest",
+        ),
+        (
+            "SAGAFLOW_API_READ",
+            "everyone",
+            "`everyone` is not `token` or `open`",
+        ),
+        (
+            "SAGAFLOW_TRACE_URL",
+            "http://tempo/trace",
+            "trace_url: `http://tempo/trace` has no {trace_id}",
+        ),
+    ];
+    for (var, value, says) in cases {
+        let e = config(&[], &[(var, value)]).await.unwrap_err();
+        assert!(e.contains(says), "{var}={value}: {e}");
+    }
+    // A write token needs the operator key that signs its requests.
+    let write = format!("alice:write:{}", "0".repeat(64));
+    let e = config(&[], &[("SAGAFLOW_API_TOKENS", &write)])
+        .await
+        .unwrap_err();
+    assert!(
+        e.contains("`alice` is a write token, but operator_keys has no key of that name"),
+        "{e}"
+    );
+    let keys = format!("alice:{}", "k".repeat(32));
+    let got = config(
+        &[],
+        &[
+            ("SAGAFLOW_API_TOKENS", &write),
+            ("SAGAFLOW_OPERATOR_KEYS", &keys),
+        ],
+    )
+    .await
+    .unwrap();
+    // Shown by name and scope, never the digest.
+    assert_eq!(got["api_tokens"].0, "alice:write:***");
+}

@@ -75,6 +75,15 @@ fn the_compose_file_is_valid_pinned_and_mounts_files_that_exist() {
             }
         }
     }
+    // The first daemon's API and dashboard are published on the host's
+    // loopback only.
+    let ports = services["sagaflow-1"]["ports"].as_array().expect("ports");
+    assert!(
+        ports
+            .iter()
+            .any(|p| p.as_str() == Some("127.0.0.1:9464:9464")),
+        "{ports:?}"
+    );
     // The daemons export to Tempo's OTLP gRPC receiver, and serve /metrics
     // where Prometheus scrapes them.
     let tempo = yaml("config/tempo.yaml");

@@ -430,3 +430,69 @@ async fn spans_are_flushed_on_a_graceful_stop() {
     assert_eq!(named(&spans, "saga ").len(), 1);
     assert_eq!(named(&spans, "step ").len(), mission_commands(1));
 }
+
+/// A saga started through the HTTP API: its `X-Request-ID` is the saga's
+/// correlation id on its span and on the handlers' spans, and its
+/// `traceparent` makes the saga a child of the caller's span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_start_joins_the_callers_trace_under_its_request_id() {
+    use common::api::{free_addr, write_token};
+    let receiver = OtlpReceiver::start(Protocol::Grpc).await;
+    let server = RedisServer::start();
+    let (token, entry) = write_token();
+    let addr = free_addr();
+    let env = receiver.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut daemon_env = env.clone();
+    daemon_env.push(("SAGAFLOW_API_TOKENS", &entry));
+    let url = server.url();
+    let daemon = Child::daemon_with(
+        &url,
+        "traced-http",
+        &["--lease-ttl", LEASE_TTL, "--http-addr", &addr],
+        &daemon_env,
+    );
+    daemon.wait_started().await;
+    let _handlers = Child::spawn("handlers", &["handlers", "--redis-url", &url], &env);
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/sagas/mission_start?wait=30s"))
+        .bearer_auth(&token)
+        .header("X-Request-ID", "http-trace-7")
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .body(r#"{"area":"hall-a","robots":2}"#)
+        .send()
+        .await
+        .expect("the API answers");
+    let status = response.status();
+    assert_eq!(response.headers()["x-request-id"], "http-trace-7");
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let saga: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(saga["state"], "completed", "{saga}");
+    assert_eq!(saga["trace_id"], CALLER_TRACE);
+
+    let expected = 1 + 2 * mission_commands(2);
+    let spans = receiver
+        .wait_for(SAGA_WAIT, |s| {
+            s.iter().filter(|s| s.trace_id == CALLER_TRACE).count() >= expected
+        })
+        .await;
+    let root = named(&spans, "saga ")[0];
+    assert_eq!(root.parent_span_id, CALLER_SPAN);
+    assert_eq!(root.attr("saga.correlation_id"), "http-trace-7");
+    let handled: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.service != "sagaflow").collect();
+    assert_eq!(
+        handled.len(),
+        mission_commands(2),
+        "{}",
+        common::otlp::describe(&spans)
+    );
+    for span in handled {
+        assert_eq!(
+            span.attr("saga.correlation_id"),
+            "http-trace-7",
+            "{}",
+            span.name
+        );
+    }
+}

@@ -89,6 +89,9 @@ const DAEMON_COMMANDS: &[&str] = &[
     "zrem",
     "zscore",
     "zrangebyscore",
+    // The HTTP API lists sagas a page at a time and counts them by phase.
+    "zrevrangebyscore",
+    "zcard",
     // Housekeeping trims each partition's indexes and fence; a claim moves
     // the sagas an owner's set holds and drops the set once empty; a
     // record is read with its time to live.
@@ -423,21 +426,23 @@ fn daemon(settings: &Settings, catalog: &Catalog) -> Result<Role, String> {
     }
     // The control stream is read (through scripts, which Redis counts as
     // writing their keys) and trimmed (operators' requests may come through
-    // an XADD that does not cap it), but never added to; the dead-letter
-    // stream is written, and its kind checked first.
+    // an XADD that does not cap it), but added to only when the HTTP API
+    // takes operators' requests (`api_tokens` holds a write token); the
+    // dead-letter stream is written, and its kind checked first.
     let control = literal(&settings.control_stream);
-    rules.push(selector(
-        &[
-            "evalsha",
-            "eval",
-            "type",
-            "xread",
-            "xrange",
-            "xrevrange",
-            "xtrim",
-        ],
-        &[key(Access::ReadWrite, &control)],
-    )?);
+    let mut on_control = vec![
+        "evalsha",
+        "eval",
+        "type",
+        "xread",
+        "xrange",
+        "xrevrange",
+        "xtrim",
+    ];
+    if (settings.api_tokens.iter()).any(|t| t.scope == crate::http::access::Scope::Write) {
+        on_control.push("xadd");
+    }
+    rules.push(selector(&on_control, &[key(Access::ReadWrite, &control)])?);
     rules.push(key(
         Access::ReadWrite,
         &literal(&settings.dead_letter_stream),

@@ -216,5 +216,8 @@ pub fn settings_from(args: &RunArgs, matches: &ArgMatches) -> Result<Resolved, S
         })
         .collect();
     let env = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
-    layers::resolve(args.redis.config.as_deref(), &env, &flags)
+    let resolved = layers::resolve(args.redis.config.as_deref(), &env, &flags)?;
+    let s = &resolved.settings;
+    crate::http::access::check_writers(&s.api_tokens, &s.operator_keys)?;
+    Ok(resolved)
 }

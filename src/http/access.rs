@@ -151,6 +151,24 @@ impl ApiTokens {
     }
 }
 
+/// A daemon's tokens against its operator keys: each write token's name
+/// must be an operator key's, which signs the requests made with it.
+pub fn check_writers(
+    tokens: &ApiTokens,
+    keys: &crate::protocol::control::OperatorKeys,
+) -> Result<(), String> {
+    for token in tokens.iter().filter(|t| t.scope == Scope::Write) {
+        if keys.get(&token.name).is_none() {
+            return Err(format!(
+                "api_tokens: `{}` is a write token, but operator_keys has no key of that name: \
+                 the requests made with it are signed with that key",
+                token.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// How reads are allowed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ReadAccess {

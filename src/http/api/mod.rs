@@ -344,6 +344,29 @@ impl FromRequestParts<Api> for Writer {
     }
 }
 
+/// A request's body, at most [`MAX_BODY_BYTES`]; a larger one is a
+/// `413 too-large` problem.
+pub struct Body(pub axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        match axum::body::Bytes::from_request(request, state).await {
+            Ok(bytes) => Ok(Body(bytes)),
+            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => Err(Problem::new(
+                Kind::TooLarge,
+                format!("the body is over {MAX_BODY_BYTES} bytes"),
+            )
+            .with("limit", MAX_BODY_BYTES)),
+            Err(e) => Err(Problem::new(
+                Kind::BadBody,
+                format!("cannot read the body: {}", e.body_text()),
+            )),
+        }
+    }
+}
+
 /// A duration in a query: `30s`, `500ms`, `2m`.
 fn parse_wait(text: &str) -> problem::Result<Duration> {
     let wait = humantime::parse_duration(text.trim()).map_err(|e| {

@@ -7,7 +7,6 @@ use super::problem::{Kind, Problem, Result};
 use super::{Api, Writer, ANSWER_WITHIN};
 use crate::operator::{self, Action};
 use crate::protocol::control::MAX_REASON_LEN;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -28,7 +27,7 @@ pub async fn request(
     State(api): State<Api>,
     Writer(token): Writer,
     Path((id, action)): Path<(String, String)>,
-    body: Bytes,
+    super::Body(body): super::Body,
 ) -> Result<Response> {
     let id = super::sagas::saga_id(&id)?;
     let action = Action::parse(&action).ok_or_else(|| {

@@ -8,7 +8,6 @@ use crate::protocol::{fields as f, RawFields, SagaId, StartRequest};
 use crate::saga::{Phase, SagaState, UnitState};
 use crate::store::keys::Keys;
 use crate::store::sagas::{self, Cursor};
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -37,7 +36,7 @@ pub async fn start(
     Extension(RequestId(correlation_id)): Extension<RequestId>,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    super::Body(body): super::Body,
 ) -> Result<Response> {
     let q: StartQuery = query(&uri)?;
     let wait = q.wait.as_deref().map(super::parse_wait).transpose()?;
