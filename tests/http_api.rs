@@ -659,6 +659,19 @@ async fn redis_gone_is_a_503_that_says_so() {
     let mut api = Served::start(&server, mission_catalog(), |_| {}).await;
     let a = send(api.get("/v1/sagas")).await;
     assert_eq!(a.status, 200, "{}", a.text);
+    // Full: the start is refused for what it is, and can be sent again.
+    let mut conn = server.conn().await;
+    let _: () = words("CONFIG SET maxmemory 1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let a = send(api.post("/v1/sagas/mission_start").body(MISSION)).await;
+    assert_eq!((a.status, a.problem()), (503, "unavailable"), "{}", a.text);
+    assert!(a.text.contains("OOM"), "{}", a.text);
+    let _: () = words("CONFIG SET maxmemory 0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     api.stop_daemon().await;
     server.kill();
     let a = send(api.get("/v1/sagas")).await;
@@ -701,5 +714,43 @@ async fn the_openapi_document_and_the_docs_describe_every_route_and_problem() {
             kind.slug()
         );
     }
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_limits_the_api_answers_busy_and_writes_nothing() {
+    let server = RedisServer::start();
+    let limits = sagaflow::http::api::Limits {
+        waiting: 1,
+        event_streams: 1,
+    };
+    let api = Served::start_with(&server, mission_catalog(), |_| {}, limits).await;
+    // One event stream open: a second is refused.
+    let open = bounded("an event stream", api.get("/v1/events").send())
+        .await
+        .expect("the stream");
+    assert_eq!(open.status(), 200);
+    let a = send(api.get("/v1/events")).await;
+    assert_eq!((a.status, a.problem()), (503, "busy"), "{}", a.text);
+    assert_eq!(a.header("retry-after"), "1");
+    drop(open);
+    // One start waiting (no handler: it waits to its end): a second start
+    // is refused before it is written.
+    let waiting = tokio::spawn(send(
+        api.post("/v1/sagas/mission_start?wait=3s").body(MISSION),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while trigger_len(&server).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first start was not written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let a = send(api.post("/v1/sagas/mission_start").body(MISSION)).await;
+    assert_eq!((a.status, a.problem()), (503, "busy"), "{}", a.text);
+    assert_eq!(trigger_len(&server).await, 1);
+    let first = must("the waiting start", waiting).await;
+    assert_eq!(first.status, 202, "{}", first.text);
     api.stop().await;
 }

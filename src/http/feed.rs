@@ -32,6 +32,10 @@ pub const READ_COUNT: usize = 256;
 /// daemon is stopping.
 const BLOCK: Duration = Duration::from_secs(1);
 
+/// The first wait after a failed read, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MOST: Duration = Duration::from_secs(5);
+
 /// The shared tail of the events stream.
 #[derive(Clone)]
 pub struct Feed {
@@ -41,8 +45,9 @@ pub struct Feed {
 
 impl Feed {
     /// Starts reading `stream` from its end, until `shutdown`. Errors
-    /// (Redis gone, a failover) are retried every half second from the
-    /// last entry read, so that nothing between is skipped.
+    /// (Redis gone, a failover, the stream replaced by another kind of key)
+    /// are retried after half a second, doubling to 5 s, from the last
+    /// entry read, so that nothing between is skipped.
     pub fn start(client: Client, stream: String, shutdown: CancellationToken) -> Self {
         let (tx, _) = broadcast::channel(CAPACITY);
         let feed = Self {
@@ -52,6 +57,7 @@ impl Feed {
         tokio::spawn(async move {
             let mut last: Option<String> = None;
             let mut conn: Option<Conn> = None;
+            let mut pause = Duration::ZERO;
             while !shutdown.is_cancelled() {
                 let read = async {
                     let c = match &mut conn {
@@ -71,6 +77,7 @@ impl Feed {
                 };
                 match entries {
                     Ok(entries) => {
+                        pause = Duration::ZERO;
                         for entry in entries {
                             last = Some(entry.id.clone());
                             // No subscriber is no error.
@@ -78,11 +85,16 @@ impl Feed {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, %stream, "cannot read the events stream; retrying");
+                        // Half a second, doubling to 5 s while it lasts.
+                        pause = (pause * 2).clamp(RETRY_FIRST, RETRY_MOST);
+                        tracing::warn!(
+                            error = %e, %stream, retry_in = ?pause,
+                            "cannot read the events stream; retrying"
+                        );
                         conn = None;
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                            _ = tokio::time::sleep(pause) => {}
                         }
                     }
                 }

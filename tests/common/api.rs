@@ -5,7 +5,7 @@ use super::{start_daemon_with, test_settings, Backend, Ran, Running, OPERATOR_KE
 use sagaflow::config::Settings;
 use sagaflow::definition::Catalog;
 use sagaflow::http::access::{new_token, ApiToken, ApiTokens, Scope};
-use sagaflow::http::api::Api;
+use sagaflow::http::api::{Api, Limits};
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +35,16 @@ impl Served {
         catalog: Catalog,
         tweak: impl FnOnce(&mut Settings),
     ) -> Self {
+        Self::start_with(server, catalog, tweak, Limits::default()).await
+    }
+
+    /// [`Served::start`] with the API's limits given.
+    pub async fn start_with(
+        server: &impl Backend,
+        catalog: Catalog,
+        tweak: impl FnOnce(&mut Settings),
+        limits: Limits,
+    ) -> Self {
         let (write, read) = (new_token(), new_token());
         let mut settings = test_settings(server);
         settings.api_tokens = ApiTokens::parse(&format!(
@@ -50,7 +60,7 @@ impl Served {
         let (listener, addr) = sagaflow::http::bind("127.0.0.1:0".parse().unwrap())
             .await
             .expect("a free port");
-        let api = Api::new(settings.clone(), names, shutdown.clone());
+        let api = Api::with_limits(settings.clone(), names, limits, shutdown.clone());
         let served = tokio::spawn(sagaflow::http::serve(
             listener,
             None,

@@ -208,7 +208,7 @@ fn stream_slot(api: &Api) -> Result<tokio::sync::OwnedSemaphorePermit> {
             Kind::Busy,
             format!(
                 "{} event streams are open already",
-                super::MAX_EVENT_STREAMS
+                api.0.limits.event_streams
             ),
         )
     })

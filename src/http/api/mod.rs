@@ -68,6 +68,24 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// How much the API takes on at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Requests waiting on the daemons ([`MAX_WAITING`] by default).
+    pub waiting: usize,
+    /// Event streams open ([`MAX_EVENT_STREAMS`] by default).
+    pub event_streams: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            waiting: MAX_WAITING,
+            event_streams: MAX_EVENT_STREAMS,
+        }
+    }
+}
+
 /// What the API's handlers share.
 #[derive(Clone)]
 pub struct Api(Arc<Shared>);
@@ -79,6 +97,7 @@ struct Shared {
     /// Connected at the first request that needs Redis; a failed attempt
     /// is tried again by the next.
     redis: OnceCell<(Client, Conn, Feed)>,
+    limits: Limits,
     waiting: Semaphore,
     streams: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -90,12 +109,22 @@ impl Api {
         definitions: BTreeSet<String>,
         shutdown: CancellationToken,
     ) -> Self {
+        Self::with_limits(settings, definitions, Limits::default(), shutdown)
+    }
+
+    pub fn with_limits(
+        settings: Settings,
+        definitions: BTreeSet<String>,
+        limits: Limits,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self(Arc::new(Shared {
             settings,
             definitions,
             redis: OnceCell::new(),
-            waiting: Semaphore::new(MAX_WAITING),
-            streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
+            limits,
+            waiting: Semaphore::new(limits.waiting),
+            streams: Arc::new(Semaphore::new(limits.event_streams)),
             shutdown,
         }))
     }
@@ -159,7 +188,10 @@ impl Api {
         self.0.waiting.try_acquire().map_err(|_| {
             Problem::new(
                 Kind::Busy,
-                format!("{MAX_WAITING} requests are waiting on the daemons already"),
+                format!(
+                    "{} requests are waiting on the daemons already",
+                    self.0.limits.waiting
+                ),
             )
         })
     }
