@@ -16,6 +16,7 @@ use std::time::Duration;
 on_both!(
     a_start_carries_the_request_id_and_the_callers_trace,
     every_saga_is_listed_once_page_after_page,
+    a_sagas_events_stream_from_its_start_and_resume_after_the_last_seen,
 );
 
 const MISSION: &str = r#"{"area":"hall-a","robots":2}"#;
@@ -394,9 +395,7 @@ async fn reading_and_writing_need_their_tokens() {
     api.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sagas_events_stream_from_its_start_and_resume_after_the_last_seen() {
-    let server = RedisServer::start();
+async fn a_sagas_events_stream_from_its_start_and_resume_after_the_last_seen(server: Redis) {
     let api = Served::start(&server, mission_catalog(), |_| {}).await;
     let _handlers = start_simulated(
         &server,
