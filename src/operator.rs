@@ -286,8 +286,20 @@ pub async fn events<C: ConnectionLike + Send>(
     settings: &Settings,
     saga_id: &str,
 ) -> Result<Vec<Entry>, String> {
+    events_from(conn, settings, saga_id, "-").await
+}
+
+/// The events of `saga_id` on the events stream from `from` on (an
+/// `XRANGE` start: `-`, an id, or `(<id>` for after it), oldest first,
+/// read 5,000 entries at a time.
+pub async fn events_from<C: ConnectionLike + Send>(
+    conn: &mut C,
+    settings: &Settings,
+    saga_id: &str,
+    from: &str,
+) -> Result<Vec<Entry>, String> {
     let mut out = Vec::new();
-    let mut from = "-".to_owned();
+    let mut from = from.to_owned();
     loop {
         let reply: redis::Value = redis::cmd("XRANGE")
             .arg(&settings.events_stream)

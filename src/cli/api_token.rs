@@ -4,7 +4,7 @@
 
 use super::output::outln;
 use crate::http::access::{new_token, ApiToken, Scope};
-use crate::protocol::control::OperatorKey;
+use crate::protocol::control::check_name;
 use clap::Args;
 use std::process::ExitCode;
 
@@ -32,10 +32,8 @@ pub struct ApiTokenArgs {
 }
 
 pub fn run(args: ApiTokenArgs) -> ExitCode {
-    // The same rule as an operator key's name, checked by parsing one.
-    let probe = format!("{}:{}", args.name, "0".repeat(64));
-    if let Err(e) = OperatorKey::parse(&probe) {
-        eprintln!("sagaflow api-token: {}", e.replace("operator key", "token"));
+    if let Err(e) = check_name("the token name", &args.name) {
+        eprintln!("sagaflow api-token: {e}");
         return ExitCode::from(2);
     }
     let scope = if args.write {

@@ -66,17 +66,7 @@ impl ApiToken {
                 text.chars().take(64).collect::<String>()
             ));
         };
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
-        {
-            return Err(format!(
-                "the API token name `{}` must be 1 to 64 letters, digits, `.`, `_`, `@` or `-`",
-                name.chars().take(64).collect::<String>()
-            ));
-        }
+        crate::protocol::control::check_name("the API token name", name)?;
         let scope = match scope {
             "read" => Scope::Read,
             "write" => Scope::Write,

@@ -38,6 +38,23 @@ pub const ISSUED_MS: &str = "issued_ms";
 pub const NONCE: &str = "nonce";
 pub const SIGNATURE: &str = "signature";
 
+/// What names who: 1 to 64 letters, digits, `.`, `_`, `@` or `-` (an
+/// operator's key, an API token).
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
+    {
+        return Err(format!(
+            "{what} `{}` must be 1 to 64 letters, digits, `.`, `_`, `@` or `-`",
+            name.chars().take(64).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
 /// One operator's key: its name (who signs with it) and its secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct OperatorKey {
@@ -58,17 +75,7 @@ impl OperatorKey {
             .trim()
             .split_once(':')
             .ok_or("an operator key is written name:secret")?;
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
-        {
-            return Err(format!(
-                "the operator key name `{}` must be 1 to 64 letters, digits, `.`, `_`, `@` or `-`",
-                name.chars().take(64).collect::<String>()
-            ));
-        }
+        check_name("the operator key name", name)?;
         if secret.len() < MIN_SECRET_LEN {
             return Err(format!(
                 "the secret of operator key `{name}` is {} characters; at least {MIN_SECRET_LEN} (make one with `openssl rand -hex 32`)",

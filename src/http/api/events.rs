@@ -36,7 +36,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// The events of `saga` still on the events stream, oldest first, after
 /// `after` (when given); read from the saga's start on, at most the whole
-/// stream (`events_maxlen` entries).
+/// stream (`events_maxlen` entries), 5,000 at a time.
 pub async fn kept<C: redis::aio::ConnectionLike + Send>(
     conn: &mut C,
     settings: &Settings,
@@ -44,36 +44,13 @@ pub async fn kept<C: redis::aio::ConnectionLike + Send>(
     after: Option<StreamId>,
 ) -> Result<Vec<Entry>> {
     let from_start = StreamId::at_ms(saga.started_at_ms.saturating_sub(CLOCK_SLACK_MS));
-    let mut from = match after {
+    let from = match after {
         Some(after) if after >= from_start => format!("({after}"),
         _ => from_start.to_string(),
     };
-    let id = saga.saga_id.as_str().as_bytes();
-    let mut out = Vec::new();
-    loop {
-        let reply: redis::Value = redis::cmd("XRANGE")
-            .arg(&settings.events_stream)
-            .arg(&from)
-            .arg("+")
-            .arg("COUNT")
-            .arg(PAGE)
-            .query_async(conn)
-            .await
-            .map_err(|e| Problem::redis("cannot read the events stream", e))?;
-        let batch = streams::decode_range_reply(&settings.events_stream, &reply);
-        let Some(last) = batch.last() else { break };
-        from = format!("({}", last.id);
-        let full = batch.len() == PAGE;
-        out.extend(
-            batch
-                .into_iter()
-                .filter(|e| e.fields.get(f::SAGA_ID).map(Vec::as_slice) == Some(id)),
-        );
-        if !full {
-            break;
-        }
-    }
-    Ok(out)
+    crate::operator::events_from(conn, settings, saga.saga_id.as_str(), &from)
+        .await
+        .map_err(|e| Problem::new(Kind::Unavailable, e))
 }
 
 fn last_event_id(headers: &HeaderMap) -> Result<Option<StreamId>> {
@@ -227,15 +204,7 @@ pub async fn of_saga(
     // Subscribed before the past is read: nothing falls between.
     let mut live = api.subscribe().await?;
     let mut conn = api.conn().await?;
-    let record = crate::operator::read(&mut conn, api.settings(), id.as_str())
-        .await
-        .map_err(|e| Problem::new(Kind::Unavailable, e))?
-        .ok_or_else(|| {
-            Problem::new(
-                Kind::NoSuchSaga,
-                format!("no saga {id}: never started, or expired after its retention"),
-            )
-        })?;
+    let record = super::sagas::record(&mut conn, &api, &id).await?;
     let past = kept(&mut conn, api.settings(), &record.state, after).await?;
     if let Some(last) = past.last() {
         live.skip_to(&last.id);

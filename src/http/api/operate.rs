@@ -87,15 +87,7 @@ pub async fn request(
             )
         })?;
     let mut conn = api.conn().await?;
-    let record = operator::read(&mut conn, api.settings(), id.as_str())
-        .await
-        .map_err(|e| Problem::new(Kind::Unavailable, e))?
-        .ok_or_else(|| {
-            Problem::new(
-                Kind::NoSuchSaga,
-                format!("no saga {id}: never started, or expired after its retention"),
-            )
-        })?;
+    let record = super::sagas::record(&mut conn, &api, &id).await?;
     if let Some(why) = action.refused_for(&record.state) {
         return Err(
             Problem::new(Kind::Conflict, why).with("state", super::sagas::state_of(&record.state))

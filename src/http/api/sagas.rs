@@ -252,6 +252,19 @@ pub fn saga_id(text: &str) -> Result<SagaId> {
     })
 }
 
+/// The record of saga `id`, or `no-such-saga`.
+pub async fn record(conn: &mut crate::connection::Conn, api: &Api, id: &SagaId) -> Result<Record> {
+    operator::read(conn, api.settings(), id.as_str())
+        .await
+        .map_err(|e| Problem::new(Kind::Unavailable, e))?
+        .ok_or_else(|| {
+            Problem::new(
+                Kind::NoSuchSaga,
+                format!("no saga {id}: never started, or expired after its retention"),
+            )
+        })
+}
+
 /// `GET /v1/sagas/{id}`.
 pub async fn one(
     State(api): State<Api>,
@@ -262,15 +275,7 @@ pub async fn one(
     let q: OneQuery = query(&uri)?;
     let id = saga_id(&id)?;
     let mut conn = api.conn().await?;
-    let record = operator::read(&mut conn, api.settings(), id.as_str())
-        .await
-        .map_err(|e| Problem::new(Kind::Unavailable, e))?
-        .ok_or_else(|| {
-            Problem::new(
-                Kind::NoSuchSaga,
-                format!("no saga {id}: never started, or expired after its retention"),
-            )
-        })?;
+    let record = record(&mut conn, &api, &id).await?;
     let definition = operator::definition(&mut conn, api.settings(), &record.state).await;
     let mut body = view(&record, definition.as_ref(), api.settings());
     if q.events == Some(true) {
