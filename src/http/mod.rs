@@ -1,10 +1,11 @@
 //! The daemon's HTTP endpoints: `/metrics` (Prometheus text format),
 //! `/healthz` (the process is alive), `/readyz` (it can do its work:
 //! Redis reachable, definitions loaded, not stopping), and the API under
-//! `/v1` ([`api`]).
+//! `/v1` ([`api`]) with the web dashboard at `/` ([`dashboard`]).
 
 pub mod access;
 pub mod api;
+pub mod dashboard;
 mod feed;
 
 use axum::extract::State;
@@ -65,7 +66,8 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), String>
     Ok((listener, bound))
 }
 
-/// Serves the endpoints until `shutdown`; the API too when given.
+/// Serves the endpoints until `shutdown`; the API and the dashboard too
+/// when given.
 pub async fn serve(
     listener: TcpListener,
     metrics: Option<PrometheusHandle>,
@@ -79,7 +81,7 @@ pub async fn serve(
         .route("/readyz", get(ready))
         .with_state(Endpoints { metrics, readiness });
     if let Some(api) = api {
-        app = app.merge(api::routes(api));
+        app = app.merge(api::routes(api)).merge(dashboard::routes());
     }
     let app = app.layer(axum::middleware::from_fn(api::request_id));
     let stopped = async move { shutdown.cancelled().await };

@@ -219,6 +219,7 @@ pub fn assert_mission_completed(events: &[Event], robots: usize, replies: &[&str
 
 pub mod api;
 mod backend;
+pub mod browser;
 pub mod cluster;
 pub mod otlp;
 pub mod processes;
