@@ -67,6 +67,7 @@ async fn a_start_carries_the_request_id_and_the_callers_trace(server: Redis) {
     .await;
     assert_eq!(a.status, 202, "{}", a.text);
     assert_eq!(a.header("x-request-id"), "trace-demo-123");
+    assert_eq!(a.header("x-content-type-options"), "nosniff");
     let saga_id = a.body["saga_id"].as_str().unwrap().to_owned();
     assert_eq!(a.header("location"), format!("/v1/sagas/{saga_id}"));
     assert_eq!(a.body["correlation_id"], "trace-demo-123");
@@ -525,6 +526,7 @@ async fn every_saga_is_listed_once_page_after_page(server: Redis) {
         assert!(pages < 10, "paging does not end");
     }
     assert_eq!(seen.len(), 12, "{seen:?}");
+    assert_eq!(pages, 3, "5, 5, 2, and no cursor to an empty page");
     let unique: std::collections::BTreeSet<String> = seen.into_iter().collect();
     assert_eq!(unique, ids);
     // Filters: by name, by state, by correlation id, by the start of an id.
@@ -636,6 +638,11 @@ async fn a_stuck_saga_is_retried_through_the_api() {
     assert_eq!(
         a.body["sagas"][0]["saga_id"],
         saga_id.as_str(),
+        "{}",
+        a.text
+    );
+    assert_eq!(
+        a.body["sagas"][0]["stuck"][0]["step"], "plan_route",
         "{}",
         a.text
     );

@@ -63,6 +63,10 @@ pub const MAX_PAGE: usize = 500;
 /// request for its answer.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
+/// How long counts of `/v1/stats` are answered again before they are
+/// counted anew.
+pub const STATS_FRESH: Duration = Duration::from_secs(2);
+
 /// How long one Redis command of the API may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -100,6 +104,8 @@ struct Shared {
     limits: Limits,
     waiting: Semaphore,
     streams: Arc<Semaphore>,
+    /// The last counts of `/v1/stats`: when, for which window, what.
+    stats: tokio::sync::Mutex<Option<(tokio::time::Instant, String, serde_json::Value)>>,
     shutdown: CancellationToken,
 }
 
@@ -125,6 +131,7 @@ impl Api {
             limits,
             waiting: Semaphore::new(limits.waiting),
             streams: Arc::new(Semaphore::new(limits.event_streams)),
+            stats: Default::default(),
             shutdown,
         }))
     }
@@ -269,7 +276,7 @@ async fn method_not_allowed() -> Problem {
 pub struct RequestId(pub CorrelationId);
 
 /// Reads or makes the request's id, refuses a malformed one, and echoes it
-/// on every response.
+/// on every response; no response may be sniffed for another type.
 pub async fn request_id(mut request: Request, next: Next) -> Response {
     let given = request.headers().get(&X_REQUEST_ID).map(|v| {
         v.to_str()
@@ -290,9 +297,13 @@ pub async fn request_id(mut request: Request, next: Next) -> Response {
             next.run(request).await
         }
     };
+    let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(id.as_str()) {
-        response.headers_mut().insert(X_REQUEST_ID, value);
+        headers.insert(X_REQUEST_ID, value);
     }
+    headers
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
+        .or_insert(HeaderValue::from_static("nosniff"));
     response
 }
 

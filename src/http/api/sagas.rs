@@ -371,10 +371,7 @@ pub fn view(
     if let Some(failure) = s.phase.failure() {
         out["failure"] = json!(failure);
     }
-    let stuck: Vec<Value> = s
-        .stuck()
-        .map(|(unit, error)| json!({"step": step_name(unit.step), "branch": unit.branch, "error": error}))
-        .collect();
+    let stuck = stuck(s, definition);
     if !stuck.is_empty() {
         out["stuck"] = Value::Array(stuck);
     }
@@ -483,6 +480,8 @@ pub async fn list(State(api): State<Api>, _: Reader, uri: Uri) -> Result<Respons
     }
     let keys = Keys::of(api.settings());
     let mut sagas_out = Vec::new();
+    let mut definitions: std::collections::HashMap<(String, String), Option<SagaDefinition>> =
+        Default::default();
     let mut looked_at = 0;
     let mut next = None;
     'pages: while looked_at < operator::MAX_LISTED {
@@ -518,7 +517,19 @@ pub async fn list(State(api): State<Api>, _: Reader, uri: Uri) -> Result<Respons
                         || s.correlation_id.as_str() == text
                 });
             if keep {
-                sagas_out.push(row(&record, cursor.at_ms));
+                // The definition names the steps a stuck saga is stuck on.
+                let definition = match s.stuck().next() {
+                    None => None,
+                    Some(_) => {
+                        let key = (s.saga.clone(), s.definition_version.clone());
+                        if !definitions.contains_key(&key) {
+                            let found = operator::definition(&mut conn, api.settings(), s).await;
+                            definitions.insert(key.clone(), found);
+                        }
+                        definitions[&key].as_ref()
+                    }
+                };
+                sagas_out.push(row(&record, cursor.at_ms, definition));
                 if sagas_out.len() == limit {
                     next = Some(cursor);
                     break 'pages;
@@ -532,6 +543,15 @@ pub async fn list(State(api): State<Api>, _: Reader, uri: Uri) -> Result<Respons
     }
     if sagas_out.len() < limit && looked_at < operator::MAX_LISTED {
         next = None;
+    }
+    // A page that ends the index is the last: no cursor to an empty page.
+    if let Some(at) = &next {
+        let more = sagas::page(&mut conn, &keys, phases, since_ms, Some(at), 1)
+            .await
+            .map_err(|e| Problem::redis("cannot list sagas", e))?;
+        if more.is_empty() {
+            next = None;
+        }
     }
     Ok(Json(json!({
         "sagas": sagas_out,
@@ -556,7 +576,7 @@ fn parse_cursor(text: &str) -> Result<Cursor> {
 }
 
 /// One saga in a list.
-fn row(record: &Record, at_ms: u64) -> Value {
+fn row(record: &Record, at_ms: u64, definition: Option<&SagaDefinition>) -> Value {
     let s = &record.state;
     let mut row = json!({
         "saga_id": s.saga_id,
@@ -572,7 +592,24 @@ fn row(record: &Record, at_ms: u64) -> Value {
     if let Some(failure) = s.phase.failure() {
         row["failure"] = json!(failure);
     }
+    let stuck = stuck(s, definition);
+    if !stuck.is_empty() {
+        row["stuck"] = Value::Array(stuck);
+    }
     row
+}
+
+/// The compensations a saga is stuck on: step (its name when the
+/// definition is at hand, else its number), branch, error.
+fn stuck(s: &SagaState, definition: Option<&SagaDefinition>) -> Vec<Value> {
+    s.stuck()
+        .map(|(unit, error)| {
+            let step = definition
+                .and_then(|d| d.steps.get(unit.step))
+                .map_or_else(|| json!(unit.step), |step| json!(step.name));
+            json!({"step": step, "branch": unit.branch, "error": error})
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -583,9 +620,25 @@ pub struct StatsQuery {
 
 /// `GET /v1/stats`: sagas kept, by phase (every saga not expired), and the
 /// sagas of the last hour (or `?since=`) by name and state, from at most
-/// [`operator::MAX_LISTED`] of them (`complete` says whether that was all).
+/// [`operator::MAX_LISTED`] of them (`complete` says whether that was all);
+/// counted again at most every [`super::STATS_FRESH`].
 pub async fn stats(State(api): State<Api>, _: Reader, uri: Uri) -> Result<Response> {
     let q: StatsQuery = query(&uri)?;
+    // Counted at most every STATS_FRESH for each window asked: many
+    // dashboards open cost as much as one.
+    let mut cached = api.0.stats.lock().await;
+    let window_key = q.since.clone().unwrap_or_default();
+    if let Some((at, key, body)) = cached.as_ref() {
+        if *key == window_key && at.elapsed() < super::STATS_FRESH {
+            return Ok(Json(body.clone()).into_response());
+        }
+    }
+    let body = count(&api, q).await?;
+    *cached = Some((Instant::now(), window_key, body.clone()));
+    Ok(Json(body).into_response())
+}
+
+async fn count(api: &Api, q: StatsQuery) -> Result<Value> {
     let window = match q.since.as_deref() {
         None => Duration::from_secs(3600),
         Some(text) => humantime::parse_duration(text.trim()).map_err(|e| {
@@ -623,7 +676,7 @@ pub async fn stats(State(api): State<Api>, _: Reader, uri: Uri) -> Result<Respon
                 .or_default() += 1;
         }
     }
-    Ok(Json(json!({
+    Ok(json!({
         "by_phase": by_phase.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         "recent": {
             "since_ms": since_ms,
@@ -631,5 +684,4 @@ pub async fn stats(State(api): State<Api>, _: Reader, uri: Uri) -> Result<Respon
             "complete": complete,
         },
     }))
-    .into_response())
 }
