@@ -432,13 +432,16 @@ pub fn taken_by(entry: &Entry, stream: &str, entry_id: &str, saga_id: &str) -> O
     })
 }
 
-/// An operator's request: `cancel`, `retry`, `skip` or `abandon`.
+/// An operator's request: `cancel`, `retry`, `skip`, `abandon`, `pause`
+/// or `resume`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Cancel,
     Retry,
     Skip,
     Abandon,
+    Pause,
+    Resume,
 }
 
 impl Action {
@@ -448,6 +451,8 @@ impl Action {
             "retry" => Some(Self::Retry),
             "skip" => Some(Self::Skip),
             "abandon" => Some(Self::Abandon),
+            "pause" => Some(Self::Pause),
+            "resume" => Some(Self::Resume),
             _ => None,
         }
     }
@@ -458,6 +463,8 @@ impl Action {
             Self::Retry => "retry",
             Self::Skip => "skip",
             Self::Abandon => "abandon",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
         }
     }
 
@@ -465,6 +472,32 @@ impl Action {
     /// running saga can be cancelled; only a saga stuck on a failed
     /// compensation (failed, not abandoned) retried, skipped or abandoned.
     pub fn refused_for(self, state: &SagaState) -> Option<String> {
+        let paused = state.paused.as_ref();
+        match (self, paused) {
+            (Self::Pause, Some(p)) => {
+                return Some(format!(
+                    "saga {} is paused already, by {}",
+                    state.saga_id, p.by
+                ))
+            }
+            (Self::Pause, None) if state.phase.is_terminal() => {
+                return Some(format!(
+                    "saga {} is {}: only a running or compensating saga can be paused",
+                    state.saga_id,
+                    state.phase.status().as_str()
+                ))
+            }
+            (Self::Pause, None) => return None,
+            (Self::Resume, None) => {
+                return Some(format!(
+                    "saga {} is {}, not paused",
+                    state.saga_id,
+                    state.phase.status().as_str()
+                ))
+            }
+            (Self::Resume, Some(_)) => return None,
+            _ => {}
+        }
         let abandoned = state.abandoned_by().is_some();
         let allowed = match self {
             Self::Cancel => state.phase == crate::saga::Phase::Running,

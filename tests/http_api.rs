@@ -602,6 +602,22 @@ async fn operators_requests_are_carried_out_under_the_tokens_name() {
     let a = send(api.post(&format!("/v1/sagas/{saga_id}/retry"))).await;
     assert_eq!((a.status, a.problem()), (409, "conflict"), "{}", a.text);
     wait_for_state(&api, &saga_id, &["running"]).await;
+    // Paused and resumed, each under the token's name.
+    let a = send(
+        api.post(&format!("/v1/sagas/{saga_id}/pause"))
+            .body(r#"{"reason": "robot under inspection"}"#),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let saga = send(api.get(&format!("/v1/sagas/{saga_id}"))).await.body;
+    assert_eq!(saga["paused"]["by"], writer_name(), "{saga}");
+    assert_eq!(saga["paused"]["reason"], "robot under inspection");
+    let a = send(api.post(&format!("/v1/sagas/{saga_id}/pause"))).await;
+    assert_eq!((a.status, a.problem()), (409, "conflict"), "{}", a.text);
+    let a = send(api.post(&format!("/v1/sagas/{saga_id}/resume"))).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let saga = send(api.get(&format!("/v1/sagas/{saga_id}"))).await.body;
+    assert!(saga.get("paused").is_none(), "{saga}");
     let a = send(api.post(&cancel).body(r#"{"reason": "customer withdrew"}"#)).await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(a.body["by"], writer_name());

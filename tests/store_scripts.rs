@@ -98,6 +98,7 @@ fn state(saga_id: &SagaId, phase: SagaStatus) -> SagaState {
         work: Default::default(),
         rescues: 0,
         started_at_ms: now_ms(),
+        paused: None,
     }
 }
 

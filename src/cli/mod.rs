@@ -68,6 +68,10 @@ enum Command {
     Skip(operate::SkipArgs),
     /// Give a stuck saga up.
     Abandon(operate::AbandonArgs),
+    /// Pause a saga: what is under way finishes, nothing new is sent, no timeout runs.
+    Pause(operate::PauseArgs),
+    /// Carry a paused saga on.
+    Resume(operate::ResumeArgs),
     /// Ask a daemon whether it is alive (or ready): for container health checks.
     Health(health::HealthArgs),
     /// Print the Redis ACL users of a least-privilege deployment, one per role.
@@ -121,6 +125,8 @@ pub fn main() -> ExitCode {
             Command::Retry(args) => operate::retry(args).await,
             Command::Skip(args) => operate::skip(args).await,
             Command::Abandon(args) => operate::abandon(args).await,
+            Command::Pause(args) => operate::pause(args).await,
+            Command::Resume(args) => operate::resume(args).await,
             Command::Health(args) => health::run(args).await,
             Command::Acl(args) => acl::run(args),
             Command::ApiToken(args) => api_token::run(args),

@@ -114,6 +114,40 @@ pub struct AbandonArgs {
     common: Common,
 }
 
+#[derive(Debug, Args)]
+#[command(after_help = concat!("Example:
+  sagaflow pause 3f0c2a9e5d7b4c1e9a2f0b6d8e4c7a11 --reason 'robot-2 under inspection'
+
+For a running or compensating saga: the commands under way finish, nothing new
+is sent (no next step, branch, retry or compensation) and no timeout runs
+until `sagaflow resume`. A paused saga that is cancelled stays paused: its
+compensations start when it is resumed. With --wait it returns once the
+daemon accepted the request.", help_end!()))]
+pub struct PauseArgs {
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = concat!("Example:
+  sagaflow resume 3f0c2a9e5d7b4c1e9a2f0b6d8e4c7a11 --reason 'inspection done' --wait
+
+A paused saga carries on: what became due while it was paused starts now, and
+every timeout of the commands under way is moved on by the time it was
+paused (the time paused does not count against them).", help_end!()))]
+pub struct ResumeArgs {
+    #[command(flatten)]
+    common: Common,
+}
+
+pub async fn pause(args: PauseArgs) -> ExitCode {
+    request("pause", None, args.common).await
+}
+
+pub async fn resume(args: ResumeArgs) -> ExitCode {
+    request("resume", None, args.common).await
+}
+
 pub async fn cancel(args: CancelArgs) -> ExitCode {
     request("cancel", None, args.common).await
 }
@@ -212,6 +246,13 @@ async fn send(action: &str, step: Option<String>, args: Common) -> Result<ExitCo
         );
     }
     if !args.wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if action == operator::Action::Pause {
+        // A paused saga waits for its resume: nothing to follow.
+        if args.json {
+            output::json_line(&serde_json::json!({"saga_id": saga_id, "paused": true}));
+        }
         return Ok(ExitCode::SUCCESS);
     }
     if action == operator::Action::Abandon {

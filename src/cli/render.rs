@@ -187,6 +187,8 @@ pub fn state_label(state: &SagaState, orphaned: bool) -> &'static str {
         "parked"
     } else if matches!(state.phase, Phase::Compensated { .. }) && cancelled_by(state).is_some() {
         "cancelled"
+    } else if state.paused.is_some() {
+        "paused"
     } else {
         state.phase.status().as_str()
     }

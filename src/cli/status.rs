@@ -141,6 +141,15 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         (None, Some(by)) => format!("{} (cancelled by {by})", s.phase.status().as_str()),
         (None, None) => s.phase.status().as_str().to_owned(),
     };
+    let state = match &s.paused {
+        Some(p) => format!(
+            "{state}, paused by {} since {}: {} (`sagaflow resume` carries it on)",
+            p.by,
+            timestamp(p.since_ms),
+            p.reason
+        ),
+        None => state,
+    };
     line("state", state);
     line("correlation id", s.correlation_id.to_string());
     line("trace id", s.trace_id.to_string());

@@ -112,6 +112,8 @@ fn check(shared: &Shared, request: ControlRequest, written_ms: u64) -> (SagaId, 
         "cancel" => Action::Cancel,
         "retry" => Action::Retry,
         "abandon" => Action::Abandon,
+        "pause" => Action::Pause,
+        "resume" => Action::Resume,
         _ => Action::Skip {
             step: request.step.clone().unwrap_or_default(),
         },
@@ -158,7 +160,11 @@ async fn dispatch(
     // handle; one stuck on a failed compensation is claimed by one of us.
     // The reader waits for a slot: a flood of requests about sagas nobody
     // drives is looked into a few at a time, not all at once.
-    if request.action != Action::Cancel {
+    // Requests about running sagas are for the daemon driving them.
+    if !matches!(
+        request.action,
+        Action::Cancel | Action::Pause | Action::Resume
+    ) {
         let Ok(slot) = shared.adoptions.clone().acquire_owned().await else {
             return;
         };

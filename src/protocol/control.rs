@@ -253,7 +253,7 @@ impl ControlRequest {
         };
         let saga_id = SagaId::parse(&text(f::SAGA_ID)?).ok_or("`saga_id` is not a saga id")?;
         let action = text(ACTION)?;
-        if !["cancel", "retry", "skip", "abandon"].contains(&action.as_str()) {
+        if !["cancel", "retry", "skip", "abandon", "pause", "resume"].contains(&action.as_str()) {
             return Err(format!(
                 "unknown action `{}`",
                 action.chars().take(32).collect::<String>()

@@ -337,6 +337,18 @@ pub struct SagaState {
     #[serde(default)]
     pub rescues: u32,
     pub started_at_ms: UnixMillis,
+    /// Set while an operator has paused the saga: commands under way
+    /// finish, nothing new is sent, and no clock runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Pause>,
+}
+
+/// Who paused a saga, why, and since when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    pub by: String,
+    pub reason: String,
+    pub since_ms: UnixMillis,
 }
 
 /// Which clock of an attempt ran out.
@@ -361,6 +373,24 @@ impl Clock {
 }
 
 impl Waiting {
+    /// Every clock moved on by `by_ms`: the time a saga was paused does
+    /// not count against them.
+    pub fn postpone(&mut self, by_ms: u64) {
+        let later = |at: &mut UnixMillis| *at = at.saturating_add(by_ms);
+        match self {
+            Waiting::Reply {
+                deadline_ms,
+                ack_by_ms,
+                heartbeat_by_ms,
+            } => {
+                later(deadline_ms);
+                ack_by_ms.iter_mut().for_each(later);
+                heartbeat_by_ms.iter_mut().for_each(later);
+            }
+            Waiting::Backoff { until_ms } => later(until_ms),
+        }
+    }
+
     /// When this wait is next due: the earliest of its clocks.
     pub fn due_ms(&self) -> UnixMillis {
         match *self {
@@ -401,8 +431,11 @@ impl Waiting {
 
 impl SagaState {
     /// When the machine next needs a [`super::Event::Tick`], if ever: the
-    /// earliest clock of the exchanges under way.
+    /// earliest clock of the exchanges under way; never while paused.
     pub fn wake_at(&self) -> Option<UnixMillis> {
+        if self.paused.is_some() {
+            return None;
+        }
         let due = |(_, x): (Unit, &Exchange)| x.waiting.due_ms();
         self.work.exchanges().map(due).min()
     }

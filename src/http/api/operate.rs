@@ -1,4 +1,4 @@
-//! `POST /v1/sagas/{id}/cancel | retry | skip | abandon`: an operator's
+//! `POST /v1/sagas/{id}/cancel | retry | skip | abandon | pause | resume`: an operator's
 //! request, signed for the write token's name with the operator key of
 //! that name, written to the control stream, and answered once the daemon
 //! driving the saga has accepted or refused it.
@@ -34,7 +34,7 @@ pub async fn request(
         Problem::new(
             Kind::NotFound,
             format!(
-                "`{}` is not an operator's request: cancel, retry, skip or abandon",
+                "`{}` is not an operator's request: cancel, retry, skip, abandon, pause or resume",
                 action.chars().take(32).collect::<String>()
             ),
         )

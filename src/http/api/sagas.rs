@@ -378,6 +378,9 @@ pub fn view(
     if let Some(by) = s.abandoned_by() {
         out["abandoned_by"] = json!(by);
     }
+    if let Some(paused) = &s.paused {
+        out["paused"] = json!(paused);
+    }
     if let Some(parked) = s.parked() {
         out["parked"] = json!(parked.reason);
     }
@@ -591,6 +594,9 @@ fn row(record: &Record, at_ms: u64, definition: Option<&SagaDefinition>) -> Valu
     });
     if let Some(failure) = s.phase.failure() {
         row["failure"] = json!(failure);
+    }
+    if let Some(paused) = &s.paused {
+        row["paused"] = json!(paused);
     }
     let stuck = stuck(s, definition);
     if !stuck.is_empty() {

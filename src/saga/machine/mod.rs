@@ -121,6 +121,7 @@ pub fn start(
         work: Work::default(),
         rescues: 0,
         started_at_ms: now,
+        paused: None,
     };
     let mut m = Machine::new(&mut state, def, now, ids);
     let trace_id = m.state.trace_id.clone();
@@ -151,6 +152,8 @@ pub fn apply(
     let mut m = Machine::new(state, def, now, ids);
     match event {
         Event::Reply(reply) => m.on_reply(reply)?,
+        // No clock runs while paused.
+        Event::Tick if m.state.paused.is_some() => return Err(Ignored::NothingDue),
         Event::Tick => m.on_tick()?,
         Event::Operator(request) => m.on_operator(request),
     }
@@ -258,6 +261,11 @@ impl<'a> Machine<'a> {
     /// Adds the timer and the end, and says whether the state changed.
     fn finish(mut self) -> Transition {
         let terminal = self.state.phase.is_terminal();
+        // A saga that ended while paused (its last command completed) is
+        // paused no more.
+        if terminal && self.state.paused.is_some() {
+            self.st().paused = None;
+        }
         if let Some(at_ms) = self.state.wake_at().filter(|_| self.changed && !terminal) {
             self.effects.push(Effect::ArmTimer { at_ms });
         }
@@ -402,6 +410,11 @@ impl<'a> Machine<'a> {
     /// fan-outs, and the saga's completion; while unwinding, the
     /// compensations (see `failure.rs`).
     fn advance(&mut self) {
+        // Paused: what is under way finishes; nothing new starts until the
+        // saga is resumed.
+        if self.state.paused.is_some() {
+            return;
+        }
         loop {
             let progressed = match self.state.phase {
                 Phase::Running => self.run_forward(),
@@ -722,7 +735,12 @@ impl<'a> Machine<'a> {
         let (unit, x) = found.ok_or(Ignored::NotAwaited)?;
         // A reply that reached Redis after one of the attempt's clocks ran
         // out is late: the timeout wins, even if it has not been seen yet.
-        if reply.reached_ms.is_some_and(|at| at > x.waiting.due_ms()) {
+        // While the saga is paused its clocks stand still: a reply is late
+        // only if a clock ran out before the pause.
+        let due = x.waiting.due_ms();
+        let stopped = self.state.paused.as_ref().map(|p| p.since_ms);
+        let late = |at: UnixMillis| at > due && stopped.is_none_or(|since| since > due);
+        if reply.reached_ms.is_some_and(late) {
             return Err(Ignored::Late);
         }
         Ok((unit, x.clone()))

@@ -36,6 +36,12 @@ pub enum Action {
     Skip { step: String },
     /// Give a stuck saga up: it stays failed, and needs no one any more.
     Abandon,
+    /// Let a running or compensating saga's commands under way finish,
+    /// send nothing new, and stop its clocks.
+    Pause,
+    /// Carry a paused saga on, its clocks moved on by the time it was
+    /// paused.
+    Resume,
 }
 
 impl Action {
@@ -45,6 +51,8 @@ impl Action {
             Action::Retry => "retry",
             Action::Skip { .. } => "skip",
             Action::Abandon => "abandon",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
         }
     }
 }
@@ -99,6 +107,41 @@ impl Machine<'_> {
                     cancelled_by: Some(request.by.clone()),
                 });
                 self.emit_action(request, None, Some(first));
+            }
+            Action::Pause => {
+                if self.state.phase.is_terminal() {
+                    return Err(format!(
+                        "the saga is {}: only a running or compensating saga can be paused",
+                        status.as_str()
+                    ));
+                }
+                if let Some(p) = &self.state.paused {
+                    return Err(format!("the saga is paused already, by {}", p.by));
+                }
+                let pause = crate::saga::state::Pause {
+                    by: request.by.clone(),
+                    reason: request.reason.clone(),
+                    since_ms: self.now,
+                };
+                self.st().paused = Some(pause);
+                self.emit_action(request, None, None);
+            }
+            Action::Resume => {
+                let Some(pause) = self.state.paused.clone() else {
+                    return Err(format!("the saga is {}, not paused", status.as_str()));
+                };
+                // The time paused does not count against any clock.
+                let paused_for = self.now.saturating_sub(pause.since_ms);
+                let under_way: Vec<Unit> = self.state.work.exchanges().map(|(u, _)| u).collect();
+                for unit in under_way {
+                    if let Some(UnitState::Acting(x) | UnitState::Undoing(x)) =
+                        self.st().work.get_mut(unit)
+                    {
+                        x.waiting.postpone(paused_for);
+                    }
+                }
+                self.st().paused = None;
+                self.emit_action(request, None, None);
             }
             Action::Retry | Action::Skip { .. } | Action::Abandon => {
                 let Phase::Failed(failed) = &self.state.phase else {

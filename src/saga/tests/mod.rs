@@ -1171,3 +1171,168 @@ fn a_flood_of_replies_moves_the_heartbeat_clock_a_tenth_at_a_time() {
         assert_eq!(h.deadline(), at + 10_000);
     }
 }
+
+/// The clock of the one exchange under way: its deadline.
+fn deadline_of(h: &Harness) -> u64 {
+    match h.current().waiting {
+        Waiting::Reply { deadline_ms, .. } => deadline_ms,
+        Waiting::Backoff { until_ms } => until_ms,
+    }
+}
+
+#[test]
+fn a_paused_saga_finishes_what_is_under_way_and_starts_nothing_until_resumed() {
+    let (mut h, _) = Harness::new();
+    h.now = 1_200;
+    let fx = h.apply(operator(Action::Pause));
+    assert_eq!(types(&fx), ["persist", "operator_action"]);
+    assert_eq!(h.state.paused.as_ref().unwrap().since_ms, 1_200);
+    assert_eq!(h.state.wake_at(), None, "no clock runs");
+    // Twice: refused, recorded.
+    let fx = h.apply(operator(Action::Pause));
+    assert_eq!(types(&fx), ["operator_action"]);
+    assert!(h.last_event_payload(EventType::OperatorAction)["refused"]
+        .as_str()
+        .unwrap()
+        .contains("paused already"));
+    // Long past the step's 1 s timeout: nothing fires.
+    let fx = h.tick_at(60_000);
+    assert!(fx.is_empty(), "{:?}", types(&fx));
+    // The step under way completes (its reply reached Redis during the
+    // pause, after its first deadline: not late, the clock stood still),
+    // and the next is not sent.
+    let fx = h.reply_reached(
+        ReplyStatus::Completed {
+            result: json!({"robot_ids": ["r1"]}),
+        },
+        Some(30_000),
+    );
+    assert_eq!(types(&fx), ["persist", "step_completed"]);
+    assert!(h.state.work.exchanges().next().is_none());
+    // Resumed: the next step starts now.
+    h.now = 61_000;
+    let fx = h.apply(operator(Action::Resume));
+    assert_eq!(
+        types(&fx),
+        [
+            "persist",
+            "operator_action",
+            "step_started",
+            "send plan_route#1",
+            "timer"
+        ]
+    );
+    assert!(h.state.paused.is_none());
+    assert_eq!(deadline_of(&h), 61_000 + 2_000);
+    // Not paused: resume is refused.
+    let fx = h.apply(operator(Action::Resume));
+    assert_eq!(types(&fx), ["operator_action"]);
+    assert!(h.last_event_payload(EventType::OperatorAction)["refused"]
+        .as_str()
+        .unwrap()
+        .contains("not paused"));
+}
+
+#[test]
+fn resuming_moves_every_clock_on_by_the_time_paused() {
+    let (mut h, _) = Harness::new();
+    let sent = deadline_of(&h);
+    assert_eq!(sent, 1_000 + 1_000);
+    // Paused 300 ms into the attempt, for 10 s.
+    h.now = 1_300;
+    h.apply(operator(Action::Pause));
+    h.now = 11_300;
+    h.apply(operator(Action::Resume));
+    assert_eq!(deadline_of(&h), sent + 10_000, "the 700 ms left are left");
+    assert!(h.tick_at(11_999).is_empty());
+    let fx = h.tick_at(12_000);
+    assert!(
+        types(&fx).contains(&"step_timed_out".to_owned()),
+        "{:?}",
+        types(&fx)
+    );
+    // A backoff too: the retry is sent when the time left of it has run.
+    let until = deadline_of(&h);
+    h.now = until - 50;
+    h.apply(operator(Action::Pause));
+    assert!(h.tick_at(until + 5_000).is_empty());
+    h.now = until + 5_000;
+    h.apply(operator(Action::Resume));
+    assert!(h.tick_at(until + 5_049).is_empty());
+    let fx = h.tick_at(until + 5_050);
+    assert!(
+        types(&fx).contains(&"send allocate#2".to_owned()),
+        "{:?}",
+        types(&fx)
+    );
+}
+
+#[test]
+fn a_reply_late_before_the_pause_is_still_late() {
+    let (mut h, _) = Harness::new();
+    let due = deadline_of(&h);
+    // The clock ran out, the tick has not been seen, then a pause.
+    h.now = due + 100;
+    h.apply(operator(Action::Pause));
+    let fx = h.reply_reached(ReplyStatus::Completed { result: json!({}) }, Some(due + 50));
+    assert!(fx.is_empty(), "late: the timeout wins");
+}
+
+#[test]
+fn a_paused_saga_that_fails_or_is_cancelled_unwinds_once_resumed() {
+    let (mut h, _) = Harness::new();
+    h.complete_steps(1);
+    h.apply(operator(Action::Pause));
+    // Its step fails for good while paused: compensating, but nothing sent.
+    let fx = h.fail(false);
+    assert_eq!(types(&fx), ["persist", "step_failed"]);
+    assert_eq!(h.status(), SagaStatus::Compensating);
+    assert!(h.state.work.exchanges().next().is_none());
+    let fx = h.apply(operator(Action::Resume));
+    assert_eq!(
+        types(&fx),
+        [
+            "persist",
+            "operator_action",
+            "compensation_started",
+            "send release#1",
+            "timer"
+        ]
+    );
+    // Cancelled while paused: stays paused, compensates once resumed.
+    let (mut h, _) = Harness::new();
+    h.complete_steps(1);
+    h.apply(operator(Action::Pause));
+    let fx = h.apply(operator(Action::Cancel));
+    assert_eq!(types(&fx), ["persist", "operator_action"]);
+    assert!(h.state.paused.is_some());
+    let fx = h.apply(operator(Action::Resume));
+    assert!(
+        types(&fx).contains(&"send cancel_route#1".to_owned()),
+        "{:?}",
+        types(&fx)
+    );
+}
+
+#[test]
+fn a_saga_that_ends_while_paused_is_paused_no_more_and_an_ended_one_cannot_be_paused() {
+    let (mut h, _) = Harness::new();
+    h.complete_steps(3);
+    h.apply(operator(Action::Pause));
+    let fx = h.complete(json!({}));
+    assert_eq!(h.status(), SagaStatus::Completed);
+    assert!(types(&fx).contains(&"finish".to_owned()));
+    assert!(h.state.paused.is_none());
+    let fx = h.apply(operator(Action::Pause));
+    assert_eq!(types(&fx), ["operator_action"]);
+    assert!(h.last_event_payload(EventType::OperatorAction)["refused"]
+        .as_str()
+        .unwrap()
+        .contains("only a running or compensating saga"));
+    // A paused saga's state reads back as it was written.
+    let (mut h, _) = Harness::new();
+    h.apply(operator(Action::Pause));
+    let text = serde_json::to_string(&h.state).unwrap();
+    let back: SagaState = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, h.state);
+}
