@@ -702,6 +702,34 @@ async fn what_sagas_carry_is_shown_as_text_and_never_run() {
     assert_eq!(result["area"], area, "the result shown literally");
     assert_eq!(browser.js(no_markup, vec![]).await, true);
 
+    // Paused and resumed from the page; the pause's reason shown as written.
+    browser.click("#action-pause").await;
+    browser.type_into("#ask-reason", reason).await;
+    browser.click("#ask-confirm").await;
+    let paused = browser
+        .wait_js(
+            "the saga shown paused",
+            "const p = document.getElementById('saga-paused');              return p && document.getElementById('action-resume') && p.textContent;",
+            vec![],
+        )
+        .await;
+    let paused = paused.as_str().unwrap();
+    assert!(
+        paused.starts_with(&format!("by {WRITER} since")) && paused.ends_with(reason),
+        "{paused}"
+    );
+    assert_eq!(browser.js(no_markup, vec![]).await, true);
+    browser.click("#action-resume").await;
+    browser.type_into("#ask-reason", "inspected").await;
+    browser.click("#ask-confirm").await;
+    browser
+        .wait_js(
+            "the saga shown running again",
+            "return document.getElementById('saga-paused') === null                && document.getElementById('action-pause') !== null;",
+            vec![],
+        )
+        .await;
+
     // An operator's reason is shown as it was written.
     browser.click("#action-cancel").await;
     browser.type_into("#ask-reason", reason).await;
@@ -709,8 +737,9 @@ async fn what_sagas_carry_is_shown_as_text_and_never_run() {
     let action = browser
         .wait_js(
             "the cancel in the events",
-            "const r = document.querySelector('#event-log tr[data-event=operator_action] td.detail'); \
-             return r && r.textContent;",
+            "const r = [...document.querySelectorAll('#event-log tr[data-event=operator_action] td.detail')] \
+               .map(r => r.textContent).find(t => t.startsWith('cancel')); \
+             return r;",
             vec![],
         )
         .await;

@@ -806,6 +806,11 @@
     if (saga.owner) facts.push(["driven by", saga.owner]);
     if (saga.rescues) facts.push(["taken over", `${saga.rescues} time(s)`]);
     if (saga.abandoned_by) facts.push(["abandoned by", brief(saga.abandoned_by, 300)]);
+    if (saga.paused) {
+      facts.push(["paused", el("span", { id: "saga-paused" },
+        `by ${brief(saga.paused.by, 100)} since `, timeCell(saga.paused.since_ms),
+        `: ${brief(saga.paused.reason, 300)}`)]);
+    }
     if (saga.parked) facts.push(["parked", brief(saga.parked, 300)]);
     if (saga.expires_in_secs !== null && saga.expires_in_secs !== undefined && saga.expires_in_secs >= 0) {
       facts.push(["kept for", duration(saga.expires_in_secs * 1000)]);
@@ -816,6 +821,13 @@
         type: "button", class: "danger", id: "action-cancel",
         onclick: () => act(saga, "cancel", () => {}),
       }, "Cancel…"));
+    }
+    if (access.write && (saga.state === "running" || saga.state === "compensating")) {
+      const [action, label] = saga.paused ? ["resume", "Resume…"] : ["pause", "Pause…"];
+      actions.append(el("button", {
+        type: "button", id: `action-${action}`,
+        onclick: () => act(saga, action, () => {}),
+      }, label));
     }
     clear(box,
       el("div", { class: "title" },
@@ -1151,6 +1163,10 @@
       "The compensation of the chosen step is marked done: do it by hand first."],
     abandon: ["Abandon the saga", "Abandon",
       "Nothing more is done: what was not undone stays as it is."],
+    pause: ["Pause the saga", "Pause",
+      "The commands under way finish; nothing new is sent and no timeout runs until it is resumed."],
+    resume: ["Resume the saga", "Resume",
+      "It carries on; its timeouts are moved on by the time it was paused."],
   };
 
   // Asks for a reason (and for skip, the step), then sends the request.
