@@ -13,12 +13,17 @@
 //! does not let the user run `CLUSTER INFO` is taken for a single Redis:
 //! set `redis_mode: cluster` for such a user on a cluster.
 
+mod cluster;
+
+pub use cluster::ClusterConn;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::cluster_async::ClusterConnection;
+use redis::cluster::ClusterClientBuilder;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, RedisResult, Value};
-use std::time::Duration;
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionInfo, Pipeline, RedisFuture, RedisResult, Value,
+};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// The number of slots of a Redis Cluster.
 pub const SLOTS: u16 = 16384;
@@ -82,7 +87,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub enum Client {
     Single(Box<redis::Client>),
-    Cluster(Box<ClusterClient>),
+    /// A cluster, reached first through this node.
+    Cluster(Box<ConnectionInfo>),
 }
 
 impl Client {
@@ -98,10 +104,12 @@ impl Client {
         if !cluster {
             return Ok(Self::Single(Box::new(client)));
         }
-        let cluster = ClusterClientBuilder::new(vec![client.get_connection_info().clone()])
+        let seed = client.get_connection_info().clone();
+        // Built once to find a bad address now rather than at each connection.
+        ClusterClientBuilder::new(vec![seed.clone()])
             .connection_timeout(CONNECT_TIMEOUT)
             .build()?;
-        Ok(Self::Cluster(Box::new(cluster)))
+        Ok(Self::Cluster(Box::new(seed)))
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -122,7 +130,7 @@ impl Client {
                     client.get_connection_manager_with_config(config).await?,
                 ))
             }
-            Self::Cluster(client) => cluster_connection(client, response_timeout).await,
+            Self::Cluster(seed) => cluster_connection(seed, response_timeout).await,
         }
     }
 
@@ -144,18 +152,13 @@ impl Client {
                         .await?,
                 ))
             }
-            Self::Cluster(client) => cluster_connection(client, timeout).await,
+            Self::Cluster(seed) => cluster_connection(seed, timeout).await,
         }
     }
 }
 
-async fn cluster_connection(client: &ClusterClient, timeout: Duration) -> RedisResult<Conn> {
-    let config = redis::cluster::ClusterConfig::new()
-        .set_connection_timeout(CONNECT_TIMEOUT)
-        .set_response_timeout(timeout);
-    Ok(Conn::Cluster(
-        client.get_async_connection_with_config(config).await?,
-    ))
+async fn cluster_connection(seed: &ConnectionInfo, timeout: Duration) -> RedisResult<Conn> {
+    Ok(Conn::Cluster(ClusterConn::connect(seed, timeout).await?))
 }
 
 /// Whether the server behind `client` runs with `cluster-enabled yes`. A
@@ -188,7 +191,8 @@ pub enum Conn {
     Single(ConnectionManager),
     /// For a blocking read loop, remade by its owner after an error.
     Multiplexed(redis::aio::MultiplexedConnection),
-    Cluster(ClusterConnection),
+    /// Bounded and made anew when it stops answering (see [`ClusterConn`]).
+    Cluster(ClusterConn),
 }
 
 impl Conn {
@@ -224,29 +228,67 @@ impl Conn {
     /// has fewer (a master whose replica was promoted away, until it gets
     /// a new one: no failover can lose what no replica could take over),
     /// for at most `timeout`; says whether they did.
+    ///
+    /// A `WAIT` holds up every command behind it on its connection, which
+    /// all of a process's writes to that master share, until it is
+    /// answered: one for a replica the master does not have would hold
+    /// them for its whole timeout, every time. So once a master is found
+    /// short of replicas, every wait asks first how many each master has
+    /// (`ROLE`, which blocks nothing), and waits only for those, for
+    /// [`SHORT_HANDED_FOR`] after a master was last found short.
     pub async fn wait_replicas(
         &mut self,
         key: &str,
         replicas: usize,
         timeout: Duration,
     ) -> RedisResult<bool> {
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas)
-            .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
-        let acked: usize = self.on_master_of(key, wait).await?;
+        if short_handed_lately() {
+            let connected = self.replicas_of(key).await?;
+            if connected < replicas {
+                note_short_handed();
+            }
+            let wanted = connected.min(replicas);
+            if wanted == 0 {
+                return Ok(true);
+            }
+            return Ok(self.wait_for(key, wanted, timeout).await? >= wanted);
+        }
+        let acked = self.wait_for(key, replicas, timeout).await?;
         if acked >= replicas {
             return Ok(true);
         }
+        let connected = self.replicas_of(key).await?;
+        if connected < replicas {
+            note_short_handed();
+        }
+        Ok(acked >= connected.min(replicas))
+    }
+
+    /// `WAIT replicas timeout` on the master of `key`: how many replicas
+    /// acknowledged the writes made so far on this connection.
+    async fn wait_for(
+        &mut self,
+        key: &str,
+        replicas: usize,
+        timeout: Duration,
+    ) -> RedisResult<usize> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas)
+            .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        self.on_master_of(key, wait).await
+    }
+
+    /// How many replicas are connected to the master of `key`.
+    async fn replicas_of(&mut self, key: &str) -> RedisResult<usize> {
         // ROLE: ["master", offset, [[ip, port, offset], ...]].
         let role: Value = self.on_master_of(key, redis::cmd("ROLE")).await?;
-        let connected = match &role {
+        Ok(match &role {
             Value::Array(items) => match items.get(2) {
                 Some(Value::Array(replicas)) => replicas.len(),
                 _ => 0,
             },
             _ => 0,
-        };
-        Ok(acked >= connected.min(replicas))
+        })
     }
 
     /// Runs a command without keys on the master that holds `key` (on one
@@ -297,4 +339,34 @@ impl ConnectionLike for Conn {
             Self::Cluster(c) => c.get_db(),
         }
     }
+}
+
+/// How long after a master was last found with fewer replicas than a wait
+/// asked for the waits ask each master first how many it has (see
+/// [`Conn::wait_replicas`]): long enough that a master left without its
+/// replica (until an operator gives it one) is asked again and again
+/// without ever being waited on, short enough that the one round trip more
+/// per wait stops soon after the cluster is whole again.
+pub const SHORT_HANDED_FOR: Duration = Duration::from_secs(10);
+
+/// When a master was last found short of replicas, in ms after
+/// [`process_start`] plus one (0: never). One for the process: a hint of
+/// which way to ask, not a fact the answer rests on, so a master of
+/// another Redis found short costs at most one round trip more per wait.
+static SHORT_HANDED_AT: AtomicU64 = AtomicU64::new(0);
+
+fn process_start() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+fn note_short_handed() {
+    let now = process_start().elapsed().as_millis() as u64 + 1;
+    SHORT_HANDED_AT.store(now, Ordering::Relaxed);
+}
+
+fn short_handed_lately() -> bool {
+    let at = SHORT_HANDED_AT.load(Ordering::Relaxed);
+    let now = process_start().elapsed().as_millis() as u64 + 1;
+    at != 0 && now.saturating_sub(at) <= SHORT_HANDED_FOR.as_millis() as u64
 }

@@ -177,7 +177,7 @@ fn rows(table: &str) -> BTreeMap<String, String> {
 }
 
 async fn cluster_conn(cluster: &RedisCluster) -> Conn {
-    Conn::Cluster(cluster.conn().await)
+    Conn::Cluster(cluster.conn().await.into())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

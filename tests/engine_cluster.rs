@@ -325,6 +325,33 @@ async fn a_master_killed_mid_run_loses_no_saga_and_doubles_no_end() {
     daemon.stop().await;
 }
 
+/// A master whose replica was promoted away (killed, its replica serving its
+/// slots with no replica of its own) holds up no saga: with `wait_replicas:
+/// 1`, a `WAIT` for a replica it does not have would hold every command
+/// behind it on the daemon's shared connection to that master for the wait's
+/// whole timeout, and with every transition and relay waiting there, sagas
+/// crawled for minutes after a failover (their steps timing out meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_left_without_a_replica_holds_up_no_saga() {
+    let mut cluster = RedisCluster::start();
+    // The events stream, the leases and a third of the partitions are on
+    // the master killed: its replica serves them alone from now on.
+    let failover = cluster.kill_master_for_key("saga:events").await;
+    eprintln!("failover: {failover:?}");
+    let daemon = start_daemon_with(cluster_settings(&cluster, 1), mission_catalog()).await;
+    let (stop, handler) = spawn_cluster_handler(cluster.conn().await);
+    let mut conn = cluster.conn().await;
+    let ids = start_on_cluster(&mut conn, "nr", 20).await;
+    // Unhindered, they end in a few seconds; each wait for the missing
+    // replica (a quarter of a second) made them take well over a minute.
+    let events = wait_for_ends(&mut conn, &ids, Duration::from_secs(12)).await;
+    assert_each_once(&events, &ids);
+    wait_for_empty_outboxes(&mut conn).await;
+    stop.cancel();
+    must("the handler", handler).await;
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_on_a_private_cluster() {
     let o = sagaflow_cli(&["dev", "--cluster", "--timeout", "30s"]).await;

@@ -91,7 +91,7 @@ impl Daemon {
     /// the commands to its replica, so that a failover keeps them.
     async fn send_copied(&mut self, commands: &[Command]) {
         self.send(commands).await;
-        let mut conn = Conn::Cluster(self.conn.clone());
+        let mut conn = Conn::Cluster(self.conn.clone().into());
         let copied = must(
             "WAIT",
             conn.wait_replicas(STREAM, 1, Duration::from_secs(2)),

@@ -14,7 +14,7 @@ use super::definitions;
 use super::idempotency::{claim_idempotency_key, duplicate, release_idempotency_key};
 use super::lease::Epoch;
 use super::replies::Receipt;
-use super::router::{Inbound, Inbox};
+use super::router::{Inbound, Inbox, Registration};
 use super::Shared;
 use crate::definition::SagaDefinition;
 use crate::protocol::{
@@ -94,7 +94,7 @@ pub(super) async fn start(
             input: request.input,
         };
         let (state, transition) = saga::start(&def, init, shared.now_ms(), &mut RandomIds);
-        let Some(inbox) = shared.router.register(saga_id.clone()) else {
+        let Some((inbox, registration)) = shared.router.register(saga_id.clone()) else {
             return; // this daemon drives it already
         };
         let mut saga = Driven::new(&shared, &def, state, 0, epoch, permit);
@@ -131,7 +131,7 @@ pub(super) async fn start(
             }
             Outcome::Stopped => {}
         }
-        shared.router.remove(&saga_id);
+        shared.router.remove(&saga_id, registration);
         after_drive(&shared, ended, &saga_id);
     }
     .instrument(span)
@@ -218,7 +218,8 @@ pub(super) async fn resume(shared: Arc<Shared>, saga_id: String, epoch: Arc<Epoc
         // Its next commands name this daemon's reply stream; the attempt
         // under way keeps its own until it ends.
         state.reply_stream = epoch.reply_stream.clone();
-        let Some(inbox) = register_when_let_go(&shared, &state.saga_id).await else {
+        let Some((inbox, registration)) = register_when_let_go(&shared, &state.saga_id).await
+        else {
             return;
         };
         tracing::info!(phase = ?state.phase.status(), "saga resumed");
@@ -226,7 +227,7 @@ pub(super) async fn resume(shared: Arc<Shared>, saga_id: String, epoch: Arc<Epoc
         let mut saga = Driven::new(&shared, &def, state, seq, epoch, permit);
         saga.follow_reply_stream();
         let ended = saga.drive(inbox).await;
-        shared.router.remove(&id);
+        shared.router.remove(&id, registration);
         after_drive(&shared, ended, &id);
     }
     .instrument(span)
@@ -245,11 +246,11 @@ const LET_GO_WAIT: Duration = Duration::from_secs(30);
 /// that task lets go once the write returns, fenced. Giving up at once
 /// here would leave the saga owned by a live daemon that drives it nowhere,
 /// and so never taken over again. Waits at most [`LET_GO_WAIT`].
-async fn register_when_let_go(shared: &Shared, saga_id: &SagaId) -> Option<Inbox> {
+async fn register_when_let_go(shared: &Shared, saga_id: &SagaId) -> Option<(Inbox, Registration)> {
     let deadline = tokio::time::Instant::now() + LET_GO_WAIT;
     loop {
-        if let Some(inbox) = shared.router.register(saga_id.clone()) {
-            return Some(inbox);
+        if let Some(registered) = shared.router.register(saga_id.clone()) {
+            return Some(registered);
         }
         if tokio::time::Instant::now() >= deadline {
             tracing::error!(%saga_id, "a saga taken over is still driven by an earlier task; left to it");
@@ -352,7 +353,7 @@ pub(super) async fn adopt(
     async move {
         let mut state = state;
         state.reply_stream = epoch.reply_stream.clone();
-        let Some(inbox) = shared.router.register(state.saga_id.clone()) else {
+        let Some((inbox, registration)) = shared.router.register(state.saga_id.clone()) else {
             return;
         };
         tracing::info!(action = request.action.name(), by = %request.by, "operator's request");
@@ -375,7 +376,7 @@ pub(super) async fn adopt(
         ) {
             ended = saga.drive(inbox).await;
         }
-        shared.router.remove(&id);
+        shared.router.remove(&id, registration);
         after_drive(&shared, ended, &id);
     }
     .instrument(span)

@@ -47,9 +47,16 @@ const KEPT_FOR: Duration = Duration::from_secs(60);
 /// its receipt, and its size.
 type Kept = (RawFields, Option<u64>, Receipt, usize);
 
+/// Names one registration of a saga with the router: a task removes its
+/// own registration, never one made after it (see [`Router::remove`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Registration(u64);
+
 #[derive(Default)]
 struct Inner {
-    sagas: HashMap<SagaId, mpsc::UnboundedSender<Inbound>>,
+    sagas: HashMap<SagaId, (Registration, mpsc::UnboundedSender<Inbound>)>,
+    /// The number of the last registration made.
+    registered: u64,
     /// Unrouted replies by saga, and the order they came in, for expiry.
     kept: HashMap<SagaId, Vec<Kept>>,
     kept_order: VecDeque<(Instant, SagaId)>,
@@ -62,11 +69,16 @@ pub struct Router {
 }
 
 impl Router {
-    /// The inbox of a saga, holding the replies that came for it before;
-    /// `None` if a task of this daemon drives it already.
-    pub fn register(&self, saga_id: SagaId) -> Option<Inbox> {
+    /// The inbox of a saga, holding the replies that came for it before,
+    /// and the registration to remove once done; `None` if a task of this
+    /// daemon drives it already.
+    pub fn register(&self, saga_id: SagaId) -> Option<(Inbox, Registration)> {
         let mut inner = self.inner.lock().expect("router lock");
-        if inner.sagas.get(&saga_id).is_some_and(|tx| !tx.is_closed()) {
+        if inner
+            .sagas
+            .get(&saga_id)
+            .is_some_and(|(_, tx)| !tx.is_closed())
+        {
             return None;
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -81,22 +93,34 @@ impl Router {
                 Err(why) => tracing::warn!(%why, "skipping a stray reply"),
             }
         }
-        inner.sagas.insert(saga_id, tx);
-        Some(rx)
+        inner.registered += 1;
+        let registration = Registration(inner.registered);
+        inner.sagas.insert(saga_id, (registration, tx));
+        Some((rx, registration))
     }
 
-    pub fn remove(&self, saga_id: &SagaId) {
-        self.inner
-            .lock()
-            .expect("router lock")
+    /// Ends `registration` of `saga_id`. A saga taken over again by this
+    /// daemon registers anew once the task of the earlier lease period let
+    /// its inbox go, which may be just before that task removes its
+    /// registration: the new one stays.
+    pub fn remove(&self, saga_id: &SagaId, registration: Registration) {
+        let mut inner = self.inner.lock().expect("router lock");
+        if inner
             .sagas
-            .remove(saga_id);
+            .get(saga_id)
+            .is_some_and(|(r, _)| *r == registration)
+        {
+            inner.sagas.remove(saga_id);
+        }
     }
 
     /// True when a task of this daemon drives `saga_id`.
     pub fn drives(&self, saga_id: &SagaId) -> bool {
         let inner = self.inner.lock().expect("router lock");
-        inner.sagas.get(saga_id).is_some_and(|tx| !tx.is_closed())
+        inner
+            .sagas
+            .get(saga_id)
+            .is_some_and(|(_, tx)| !tx.is_closed())
     }
 
     /// Delivers a parsed reply to the task driving its saga; gives it back
@@ -108,7 +132,7 @@ impl Router {
         receipt: Receipt,
     ) -> Result<(), (Box<Reply>, Receipt)> {
         let inner = self.inner.lock().expect("router lock");
-        let Some(tx) = inner.sagas.get(saga_id) else {
+        let Some((_, tx)) = inner.sagas.get(saga_id) else {
             return Err((reply, receipt));
         };
         tx.send(Inbound::Reply(reply, receipt))
@@ -162,7 +186,7 @@ impl Router {
         inner
             .sagas
             .get(saga_id)
-            .is_some_and(|tx| tx.send(Inbound::Operator(Box::new(request))).is_ok())
+            .is_some_and(|(_, tx)| tx.send(Inbound::Operator(Box::new(request))).is_ok())
     }
 
     pub fn len(&self) -> usize {
@@ -192,7 +216,7 @@ mod tests {
         let (a, b) = (SagaId::generate(), SagaId::generate());
         router.keep(a.clone(), fields(&a, "start"), None, Receipt::none(), 100);
         router.keep(b.clone(), fields(&b, "start"), None, Receipt::none(), 100);
-        let mut inbox = router.register(a.clone()).unwrap();
+        let (mut inbox, _) = router.register(a.clone()).unwrap();
         let Inbound::Reply(first, _) = inbox.try_recv().unwrap() else {
             panic!("a reply")
         };
@@ -202,11 +226,25 @@ mod tests {
         let reply = Box::new(parse_reply(&fields(&a, "start")).unwrap());
         assert!(router.deliver(&a, reply, Receipt::none()).is_ok());
         assert!(router.register(a.clone()).is_none(), "driven already");
-        let mut inbox_b = router.register(b.clone()).unwrap();
+        let (mut inbox_b, _) = router.register(b.clone()).unwrap();
         let Inbound::Reply(first, _) = inbox_b.try_recv().unwrap() else {
             panic!("a reply")
         };
         assert_eq!(first.saga_id.as_ref(), Some(&b));
+    }
+
+    /// A saga taken over again by this daemon registers anew as soon as
+    /// the task of the earlier lease period let its inbox go; that task's
+    /// removal, a moment later, must not take the new task's place.
+    #[test]
+    fn a_task_that_lets_go_removes_no_later_registration() {
+        let router = Router::default();
+        let saga = SagaId::generate();
+        let (earlier, first) = router.register(saga.clone()).unwrap();
+        drop(earlier);
+        let (_later, _) = router.register(saga.clone()).expect("let go");
+        router.remove(&saga, first);
+        assert!(router.drives(&saga), "the later task lost its inbox");
     }
 
     #[test]
