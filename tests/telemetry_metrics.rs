@@ -198,7 +198,10 @@ async fn a_bad_http_address_is_refused() {
 fn served_addr(log: &str) -> Option<String> {
     log.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|l| l["fields"]["message"] == "serving /metrics, /healthz and /readyz")
+        .find(|l| {
+            l["fields"]["message"]
+                == "serving the dashboard, the API (/v1), /metrics, /healthz and /readyz"
+        })
         .and_then(|l| l["fields"]["addr"].as_str().map(str::to_owned))
 }
 

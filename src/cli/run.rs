@@ -161,7 +161,7 @@ pub async fn run(args: RunArgs, matches: &ArgMatches) -> ExitCode {
                     None if stopping.is_cancelled() => vec!["stopping".into()],
                     None => vec!["connecting to Redis".into()],
                 });
-                tracing::info!(%addr, "serving the API (/v1), /metrics, /healthz and /readyz");
+                tracing::info!(%addr, "serving the dashboard, the API (/v1), /metrics, /healthz and /readyz");
                 let api = http::api::Api::new(
                     settings.clone(),
                     catalog.names().into_iter().map(str::to_owned).collect(),
