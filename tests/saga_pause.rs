@@ -64,7 +64,18 @@ async fn a_paused_saga_survives_a_kill_and_completes_once_resumed(server: Redis)
     );
     // Its daemon dies; another takes the saga over, paused.
     first.kill9();
-    let second = Child::daemon(&url, "pause-b");
+    let addr = common::api::free_addr();
+    let second = Child::daemon_with(
+        &url,
+        "pause-b",
+        &[
+            "--lease-ttl",
+            common::processes::LEASE_TTL,
+            "--http-addr",
+            &addr,
+        ],
+        &[],
+    );
     second
         .wait_for_log("took over the sagas of a daemon", SAGA_WAIT)
         .await;
@@ -98,6 +109,21 @@ async fn a_paused_saga_survives_a_kill_and_completes_once_resumed(server: Redis)
     assert_eq!(o.status.code(), Some(0), "completed:\n{}", out(&o));
     let events = saga_events(&server, "paused").await;
     assert_eq!(events.last().unwrap().event_type, "saga_completed");
+    // Counted by the daemon that carried the resume out.
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("the metrics")
+        .text()
+        .await
+        .expect("their text");
+    assert!(
+        metrics.contains("sagaflow_operator_actions_total{action=\"resume\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sagaflow_operator_actions_total{action=\"pause\"} 0"),
+        "{metrics}"
+    );
     let actions: Vec<(String, String, String)> = events
         .iter()
         .filter(|e| e.event_type == "operator_action" && e.payload.get("refused").is_none())

@@ -150,6 +150,10 @@ fn describe() {
         "Operators' requests refused as unproven: unsigned, badly signed, stale or replayed"
     );
     describe_counter!(
+        m::OPERATOR_ACTIONS,
+        "Operators' requests carried out by this daemon, by action (cancel, retry, skip, abandon, pause, resume)"
+    );
+    describe_counter!(
         m::LEASES_LOST,
         "Times this daemon found its lease run out (paused, cut off) and started a new one"
     );
@@ -352,6 +356,18 @@ pub fn ready(ready: bool) {
     gauge!(m::READY).set(if ready { 1.0 } else { 0.0 });
 }
 
+/// Every action an operator's request may carry: the values of the
+/// `action` label.
+const ACTIONS: [&str; 6] = ["cancel", "retry", "skip", "abandon", "pause", "resume"];
+
+/// An operator's request carried out: `action` is one of [`ACTIONS`]
+/// (anything else, which the daemons never carry out, is not counted).
+pub fn operator_action(action: &str) {
+    if let Some(action) = ACTIONS.iter().find(|a| **a == action) {
+        counter!(m::OPERATOR_ACTIONS, "action" => *action).increment(1);
+    }
+}
+
 /// Records the sagas and steps of `catalog` as the names this daemon
 /// reports, and `settings`' trigger group as always reported; puts every
 /// counter of them on `/metrics` at zero, so that dashboards and alerts
@@ -377,6 +393,9 @@ pub fn register(catalog: &Catalog, settings: &Settings) {
     gauge!(m::SAGAS_IN_FLIGHT).increment(0.0);
     counter!(m::LEASES_LOST).increment(0);
     counter!(m::OPERATOR_REFUSED).increment(0);
+    for action in ACTIONS {
+        counter!(m::OPERATOR_ACTIONS, "action" => action).increment(0);
+    }
     for what in ["start", "saga"] {
         counter!(m::DEAD_LETTERED, "what" => what).increment(0);
     }

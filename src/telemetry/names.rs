@@ -45,5 +45,6 @@ pub mod metric {
     pub const DEAD_LETTERED: &str = "sagaflow_dead_lettered_total";
     pub const LEASES_LOST: &str = "sagaflow_leases_lost_total";
     pub const OPERATOR_REFUSED: &str = "sagaflow_operator_requests_refused_total";
+    pub const OPERATOR_ACTIONS: &str = "sagaflow_operator_actions_total";
     pub const READY: &str = "sagaflow_ready";
 }

@@ -156,6 +156,9 @@ impl SagaTelemetry {
                 self.attempts.clear();
                 end_root(state, event);
             }
+            EventType::OperatorAction if event.payload.get("refused").is_none() => {
+                metrics::operator_action(event.payload["action"].as_str().unwrap_or(""));
+            }
             _ => {}
         }
     }
