@@ -301,16 +301,10 @@ pub async fn events_from<C: ConnectionLike + Send>(
     let mut out = Vec::new();
     let mut from = from.to_owned();
     loop {
-        let reply: redis::Value = redis::cmd("XRANGE")
-            .arg(&settings.events_stream)
-            .arg(&from)
-            .arg("+")
-            .arg("COUNT")
-            .arg(5000)
-            .query_async(conn)
+        let stream = &settings.events_stream;
+        let batch = streams::range(conn, stream, &from, "+", 5000)
             .await
-            .map_err(|e| format!("cannot read {}: {e}", settings.events_stream))?;
-        let batch = streams::decode_range_reply(&settings.events_stream, &reply);
+            .map_err(|e| format!("cannot read {stream}: {e}"))?;
         let Some(last) = batch.last() else { break };
         from = format!("({}", last.id);
         let full = batch.len() == 5000;

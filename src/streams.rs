@@ -114,6 +114,26 @@ pub fn decode_range_reply(stream: &str, v: &Value) -> Vec<Entry> {
     }
 }
 
+/// Up to `count` entries of `stream` from `from` to `to` (`XRANGE`
+/// bounds: `-`, `+`, an id, or `(<id>` to leave it out), oldest first.
+pub async fn range<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    stream: &str,
+    from: &str,
+    to: &str,
+    count: usize,
+) -> RedisResult<Vec<Entry>> {
+    let reply: Value = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(from)
+        .arg(to)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    Ok(decode_range_reply(stream, &reply))
+}
+
 /// The id of the last entry of `stream` (`0-0` when it is empty): where to
 /// start following it without missing what comes next.
 pub async fn last_id<C: redis::aio::ConnectionLike + Send>(

@@ -192,15 +192,7 @@ impl Subscription {
             Some(after) => format!("({after}"),
             None => "-".to_owned(),
         };
-        let reply: redis::Value = redis::cmd("XRANGE")
-            .arg(&self.stream)
-            .arg(&from)
-            .arg("+")
-            .arg("COUNT")
-            .arg(READ_COUNT)
-            .query_async(&mut self.conn)
-            .await?;
-        let read = streams::decode_range_reply(&self.stream, &reply);
+        let read = streams::range(&mut self.conn, &self.stream, &from, "+", READ_COUNT).await?;
         self.catching_up = read.len() == READ_COUNT;
         self.caught_up.extend(read.into_iter().map(Arc::new));
         Ok(())

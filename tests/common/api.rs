@@ -142,9 +142,14 @@ impl Answer {
     }
 }
 
+/// The longest a request may take: a start may wait 10 s for a daemon to
+/// take it, `?wait` up to its own duration (30 s at most in these tests).
+const REQUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(45);
+
 pub async fn send(request: reqwest::RequestBuilder) -> Answer {
-    let response = super::bounded("an HTTP request", request.send())
+    let response = tokio::time::timeout(REQUEST_WAIT, request.send())
         .await
+        .unwrap_or_else(|_| panic!("an HTTP request took longer than {REQUEST_WAIT:?}"))
         .expect("the API answers");
     let status = response.status().as_u16();
     let headers = response.headers().clone();

@@ -269,16 +269,15 @@ impl Replay {
     /// The next page; `None` once there is no more.
     async fn page(&mut self) -> Result<Option<Vec<Entry>>> {
         let Some(to) = self.to else { return Ok(None) };
-        let reply: redis::Value = redis::cmd("XRANGE")
-            .arg(&self.stream)
-            .arg(&self.from)
-            .arg(to.to_string())
-            .arg("COUNT")
-            .arg(PAGE)
-            .query_async(&mut self.conn)
-            .await
-            .map_err(|e| Problem::redis("cannot read the events stream", e))?;
-        let batch = streams::decode_range_reply(&self.stream, &reply);
+        let batch = streams::range(
+            &mut self.conn,
+            &self.stream,
+            &self.from,
+            &to.to_string(),
+            PAGE,
+        )
+        .await
+        .map_err(|e| Problem::redis("cannot read the events stream", e))?;
         let Some(last) = batch.last() else {
             return Ok(None);
         };

@@ -177,15 +177,12 @@ impl Api {
             .await
     }
 
-    /// A subscription to the events stream from now on, with a
-    /// connection of its own for catching up.
+    /// A subscription to the events stream from now on. It catches up on
+    /// the shared command connection (its reads do not block), so a
+    /// request costs no connection of its own.
     async fn subscribe(&self) -> problem::Result<super::feed::Subscription> {
-        let (client, _, feed) = self.redis().await?;
-        let conn = client
-            .commands(COMMAND_TIMEOUT)
-            .await
-            .map_err(|e| Problem::redis("cannot reach Redis", e))?;
-        feed.subscribe(conn)
+        let (_, conn, feed) = self.redis().await?;
+        feed.subscribe(conn.clone())
             .await
             .map_err(|e| Problem::redis("cannot read the events stream", e))
     }

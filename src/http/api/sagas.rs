@@ -458,9 +458,7 @@ pub async fn list(State(api): State<Api>, _: Reader, uri: Uri) -> Result<Respons
             })?,
     };
     let mut conn = api.conn().await?;
-    let now = operator::redis_now_ms(&mut conn)
-        .await
-        .map_err(|e| Problem::new(Kind::Unavailable, e))?;
+    // Measured back from Redis's clock, read only when asked for.
     let since_ms = match &q.since {
         None => 0,
         Some(text) => {
@@ -470,6 +468,9 @@ pub async fn list(State(api): State<Api>, _: Reader, uri: Uri) -> Result<Respons
                     format!("since: `{text}` is not a duration like 1h or 7d: {e}"),
                 )
             })?;
+            let now = operator::redis_now_ms(&mut conn)
+                .await
+                .map_err(|e| Problem::new(Kind::Unavailable, e))?;
             now.saturating_sub(d.as_millis() as u64)
         }
     };
