@@ -433,8 +433,11 @@ async fn every_piece_runs_as_its_own_user() {
     let base = format!("http://{addr}/v1");
     let api_token = &api_token;
     let call = |request: reqwest::RequestBuilder| async move {
-        let response = bounded("an API call", request.bearer_auth(api_token).send())
+        // A start may wait 10 s for a daemon to take it.
+        let within = Duration::from_secs(30);
+        let response = tokio::time::timeout(within, request.bearer_auth(api_token).send())
             .await
+            .unwrap_or_else(|_| panic!("an API call took longer than {within:?}"))
             .expect("the API answers");
         let status = response.status().as_u16();
         (status, response.text().await.unwrap_or_default())

@@ -44,19 +44,28 @@ pub struct Feed {
 }
 
 impl Feed {
-    /// Starts reading `stream` from its end, until `shutdown`. Errors
+    /// Starts reading `stream` from its end (as it is when this returns),
+    /// until `shutdown`. Errors
     /// (Redis gone, a failover, the stream replaced by another kind of key)
     /// are retried after half a second, doubling to 5 s, from the last
     /// entry read, so that nothing between is skipped.
-    pub fn start(client: Client, stream: String, shutdown: CancellationToken) -> Self {
+    pub async fn start(
+        client: Client,
+        stream: String,
+        shutdown: CancellationToken,
+    ) -> redis::RedisResult<Self> {
+        // Where the tail begins is read before anyone can subscribe: an
+        // entry written after a subscription began is then always after it.
+        let mut first = client.blocking(BLOCK).await?;
+        let begin = streams::last_id(&mut first, &stream).await?;
         let (tx, _) = broadcast::channel(CAPACITY);
         let feed = Self {
             tx: tx.clone(),
             stream: stream.clone(),
         };
         tokio::spawn(async move {
-            let mut last: Option<String> = None;
-            let mut conn: Option<Conn> = None;
+            let mut last = begin;
+            let mut conn: Option<Conn> = Some(first);
             let mut pause = Duration::ZERO;
             while !shutdown.is_cancelled() {
                 let read = async {
@@ -64,12 +73,7 @@ impl Feed {
                         Some(c) => c,
                         None => conn.insert(client.blocking(BLOCK).await?),
                     };
-                    let after = match &last {
-                        Some(id) => id.clone(),
-                        None => streams::last_id(c, &stream).await?,
-                    };
-                    last = Some(after.clone());
-                    streams::read_after(c, &stream, &after, Some(READ_COUNT), BLOCK).await
+                    streams::read_after(c, &stream, &last, Some(READ_COUNT), BLOCK).await
                 };
                 let entries = tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -79,7 +83,7 @@ impl Feed {
                     Ok(entries) => {
                         pause = Duration::ZERO;
                         for entry in entries {
-                            last = Some(entry.id.clone());
+                            last = entry.id.clone();
                             // No subscriber is no error.
                             let _ = tx.send(Arc::new(entry));
                         }
@@ -100,7 +104,7 @@ impl Feed {
                 }
             }
         });
-        feed
+        Ok(feed)
     }
 
     /// Every entry written from now on, in order, each once. `conn`

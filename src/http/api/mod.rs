@@ -171,7 +171,9 @@ impl Api {
                     client.clone(),
                     settings.events_stream.clone(),
                     self.0.shutdown.clone(),
-                );
+                )
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
                 Ok((client, conn, feed))
             })
             .await
