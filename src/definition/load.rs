@@ -85,7 +85,8 @@ impl Catalog {
             *longest = (*longest).max(timeout);
         };
         for def in self.by_name.values() {
-            for step in &def.steps {
+            // A `wait` step sends nothing.
+            for step in def.steps.iter().filter(|s| s.wait.is_none()) {
                 note(&step.stream, step.timeout);
                 if let Some(c) = &step.compensation {
                     note(&c.stream, c.timeout);
@@ -683,15 +684,25 @@ impl Checker<'_> {
     /// A step; `visible` are the steps it waits for, directly or not.
     fn step(&mut self, raw: &RawStep, visible: &[String], all: &[String]) -> StepDefinition {
         let name = self.name("step name", &raw.name);
-        let stream = self.name("stream", &raw.stream);
-        let command = raw
-            .command
-            .as_ref()
-            .map_or_else(|| name.clone(), |c| self.name("command", c));
+        let wait = self.wait(raw);
+        let stream = match (&raw.stream, &wait) {
+            (Some(s), None) => self.name("stream", s),
+            // Reported by the shape check (`has no `stream``).
+            (None, None) | (_, Some(_)) => String::new(),
+        };
+        let command = match (&raw.command, &wait) {
+            (_, Some(_)) => String::new(),
+            (Some(c), None) => self.name("command", c),
+            (None, None) => name.clone(),
+        };
+        let default_timeout = match wait {
+            Some(_) => DEFAULT_WAIT_TIMEOUT,
+            None => DEFAULT_STEP_TIMEOUT,
+        };
         let timeout = raw
             .timeout
             .as_ref()
-            .map_or(DEFAULT_STEP_TIMEOUT, |t| self.duration("timeout", t));
+            .map_or(default_timeout, |t| self.duration("timeout", t));
         let clocks = self.clocks(
             raw.ack_timeout.as_ref(),
             raw.heartbeat_timeout.as_ref(),
@@ -726,6 +737,18 @@ impl Checker<'_> {
             .reply_stream
             .as_ref()
             .map_or(ReplyMode::Shared, |r| self.reply_mode(r));
+        let locks = self.locks(raw, &action_scope);
+        let lock_timeout = raw
+            .lock_timeout
+            .as_ref()
+            .map_or(DEFAULT_LOCK_TIMEOUT, |t| self.duration("lock_timeout", t));
+        if let (Some(t), true) = (&raw.lock_timeout, locks.is_empty()) {
+            self.error(
+                t.referenced,
+                "lock_timeout bounds the wait for the step's locks: the step takes none (`locks:`)"
+                    .into(),
+            );
+        }
         let mut step = StepDefinition {
             name,
             stream,
@@ -741,6 +764,9 @@ impl Checker<'_> {
                 items,
                 max_concurrency,
             }),
+            locks,
+            lock_timeout,
+            wait,
         };
         // A compensation runs once its step has completed (or may have):
         // it may read the step's own result too.
@@ -758,6 +784,111 @@ impl Checker<'_> {
             .as_ref()
             .map(|c| self.compensation(&c.value, &step, &comp_scope));
         step
+    }
+
+    /// A step's `kind` and `signal`: the signal's name for a `wait` step,
+    /// which may have none of what makes a command.
+    fn wait(&mut self, raw: &RawStep) -> Option<String> {
+        let kind = raw.kind.as_ref();
+        match kind.map(|k| k.value.as_str()) {
+            None | Some("command") => {
+                if let Some(signal) = &raw.signal {
+                    self.error(
+                        signal.referenced,
+                        "`signal` names what a `kind: wait` step waits for; this step sends a command".into(),
+                    );
+                }
+                return None;
+            }
+            Some("wait") => {}
+            Some(other) => {
+                let at = kind.expect("read").referenced;
+                self.error(
+                    at,
+                    format!("kind `{other}` is unknown; use command or wait"),
+                );
+                return None;
+            }
+        }
+        let at = kind.expect("read").referenced;
+        let not_here: [(&str, Option<Location>); 10] = [
+            ("stream", raw.stream.as_ref().map(|s| s.referenced)),
+            ("command", raw.command.as_ref().map(|s| s.referenced)),
+            ("input", raw.input.as_ref().map(|s| s.referenced)),
+            ("retry", raw.retry.as_ref().map(|s| s.referenced)),
+            (
+                "compensation",
+                raw.compensation.as_ref().map(|s| s.referenced),
+            ),
+            (
+                "reply_stream",
+                raw.reply_stream.as_ref().map(|s| s.referenced),
+            ),
+            (
+                "ack_timeout",
+                raw.ack_timeout.as_ref().map(|s| s.referenced),
+            ),
+            (
+                "heartbeat_timeout",
+                raw.heartbeat_timeout.as_ref().map(|s| s.referenced),
+            ),
+            ("for_each", raw.for_each.as_ref().map(|s| s.referenced)),
+            ("locks", raw.locks.as_ref().map(|s| s.referenced)),
+        ];
+        for (key, loc) in not_here {
+            if let Some(loc) = loc {
+                self.error(
+                    loc,
+                    format!("a `kind: wait` step sends no command and undoes nothing: `{key}` does not belong on it"),
+                );
+            }
+        }
+        let Some(signal) = &raw.signal else {
+            self.error(
+                at,
+                "a `kind: wait` step needs `signal`: the name of the signal it waits for".into(),
+            );
+            return None;
+        };
+        if let Err(e) = crate::protocol::signal::check_signal_name(&signal.value) {
+            self.error(signal.referenced, e);
+        }
+        Some(signal.value.clone())
+    }
+
+    /// A step's `locks`: each a text template (a branch's may read
+    /// `${item}`), rendered when the step is about to start.
+    fn locks(&mut self, raw: &RawStep, scope: &Scope<'_>) -> Vec<Template> {
+        let Some(locks) = &raw.locks else {
+            return Vec::new();
+        };
+        if locks.value.len() > crate::protocol::locks::MAX_LOCKS_PER_SAGA {
+            self.error(
+                locks.referenced,
+                format!(
+                    "a step takes at most {} locks",
+                    crate::protocol::locks::MAX_LOCKS_PER_SAGA
+                ),
+            );
+        }
+        let mut out = Vec::new();
+        for lock in &locks.value {
+            match template::parse_text(&lock.value, scope) {
+                Ok(Template::Literal(Value::String(name))) => {
+                    if let Err(e) = crate::protocol::locks::check_lock_name(&name) {
+                        self.error(lock.referenced, e);
+                    }
+                    out.push(Template::Literal(Value::String(name)));
+                }
+                Ok(t @ (Template::Interpolated(_) | Template::Expr(_))) => out.push(t),
+                Ok(_) => self.error(
+                    lock.referenced,
+                    format!("lock `{}` is not text", lock.value),
+                ),
+                Err(e) => self.error(lock.referenced, format!("locks: {e}")),
+            }
+        }
+        out
     }
 
     fn reply_mode(&mut self, raw: &Spanned<String>) -> ReplyMode {

@@ -8,6 +8,11 @@ use std::time::Duration;
 
 /// Per-attempt timeout of a step that names none.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a `wait` step waits for its signal when it names no
+/// `timeout`.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a step waits for its locks when it names no `lock_timeout`.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
 /// Cap on retry delays when a policy names no `max_delay`.
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(30);
 /// A step without `retry` is tried once: retrying an action is a choice the
@@ -100,6 +105,17 @@ pub struct StepDefinition {
     pub after: Vec<usize>,
     /// Set when the step runs once per element of a list (`for_each:`).
     pub for_each: Option<ForEach>,
+    /// The semantic locks it takes before it starts (`locks:`), one
+    /// template per lock name; each is rendered once per branch of a
+    /// fan-out.
+    pub locks: Vec<Template>,
+    /// The longest it waits for its locks before it fails.
+    pub lock_timeout: Duration,
+    /// Set on a `wait` step: the name of the signal it waits for. Such a
+    /// step sends no command (its `stream` and `command` are empty); it
+    /// completes with the signal's payload as its result, or fails when
+    /// `timeout` runs out first.
+    pub wait: Option<String>,
 }
 
 /// The most branches one fan-out may have: a longer list fails its step

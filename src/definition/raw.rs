@@ -18,7 +18,8 @@ pub struct RawSaga {
 #[serde(deny_unknown_fields)]
 pub struct RawStep {
     pub name: Spanned<String>,
-    pub stream: Spanned<String>,
+    /// Required on a `command` step.
+    pub stream: Option<Spanned<String>>,
     pub command: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
     pub ack_timeout: Option<Spanned<String>>,
@@ -33,6 +34,14 @@ pub struct RawStep {
     pub for_each: Option<Spanned<String>>,
     /// The most branches of a `for_each` under way at once.
     pub max_concurrency: Option<Spanned<i64>>,
+    /// The semantic locks the step takes: one template each.
+    pub locks: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The longest the step waits for its locks.
+    pub lock_timeout: Option<Spanned<String>>,
+    /// `command` (the default) or `wait`.
+    pub kind: Option<Spanned<String>>,
+    /// The signal a `wait` step waits for.
+    pub signal: Option<Spanned<String>>,
     /// Set on a step that stands in for one that does not read
     /// ([`super::salvage`]) and has an `after`: which steps it waits for is
     /// not known. Not a key of the file.

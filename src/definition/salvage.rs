@@ -95,6 +95,6 @@ fn stand_in(
     step.after_unknown = entries.iter().any(|(k, _)| k.value == "after");
     step.name = name
         .unwrap_or_else(|| Spanned::new(format!("#{}", index + 1), item.referenced, item.defined));
-    step.stream = Spanned::new("x".into(), item.referenced, item.defined);
+    step.stream = Some(Spanned::new("x".into(), item.referenced, item.defined));
     step
 }

@@ -79,7 +79,9 @@ impl Level {
     fn required(self) -> &'static [&'static str] {
         match self {
             Level::Saga => &["name", "steps"],
-            Level::Step => &["name", "stream"],
+            // `stream` too, on a step that is not `kind: wait`: see
+            // `Walk::mapping`.
+            Level::Step => &["name"],
             Level::Compensation => &["command"],
             Level::Retry => &["max_attempts"],
         }
@@ -92,7 +94,7 @@ impl Level {
             (Level::Step | Level::Compensation, "retry") => Kind::Map(Level::Retry),
             (Level::Step, "compensation") => Kind::Map(Level::Compensation),
             (Level::Retry, "max_attempts") | (Level::Step, "max_concurrency") => Kind::Integer,
-            (Level::Step, "after") => Kind::Names,
+            (Level::Step, "after" | "locks") => Kind::Names,
             (Level::Step, "for_each") => Kind::Expr,
             (_, k) if self.keys().contains(&k) => Kind::Text,
             _ => Kind::Any,
@@ -142,7 +144,12 @@ impl Walk {
                             self.problems.push((
                                 item.referenced,
                                 format!(
-                                    "{owner}: each entry of `{name}` must be a step name, not {}",
+                                    "{owner}: each entry of `{name}` must be {}, not {}",
+                                    if name == "locks" {
+                                        "a lock name"
+                                    } else {
+                                        "a step name"
+                                    },
                                     kind_of(&item.value)
                                 ),
                             ));
@@ -151,7 +158,8 @@ impl Walk {
                         self.problems.push((
                             value.referenced,
                             format!(
-                                "{owner}: `{name}` must be a list of step names (`[a, b]`, or `[]` for none), not {}",
+                                "{owner}: `{name}` must be a list of {} (`[a, b]`, or `[]` for none), not {}",
+                                if name == "locks" { "lock names" } else { "step names" },
                                 kind_of(&value.value)
                             ),
                         ));
@@ -176,10 +184,14 @@ impl Walk {
                 )),
             }
         }
-        for required in level.required() {
+        let is_wait = entries
+            .iter()
+            .any(|(k, v)| k.value == "kind" && matches!(&v.value, RawNode::Str(s) if s == "wait"));
+        let stream = (level == Level::Step && !is_wait).then_some("stream");
+        for required in level.required().iter().copied().chain(stream) {
             let given = entries
                 .iter()
-                .find(|(k, _)| k.value == *required)
+                .find(|(k, _)| k.value == required)
                 .map(|(_, v)| v);
             match given {
                 None => self
@@ -338,7 +350,7 @@ mod tests {
         let minimal = |level: Level| -> Vec<(&str, &str)> {
             match level {
                 Level::Saga => vec![("name", "x"), ("steps", "[{name: a, stream: s}]")],
-                Level::Step => vec![("name", "a"), ("stream", "s")],
+                Level::Step => vec![("name", "a")],
                 Level::Compensation => vec![("command", "c")],
                 Level::Retry => vec![("max_attempts", "1")],
             }

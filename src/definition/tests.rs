@@ -942,7 +942,9 @@ fn the_shape_of_the_new_keys_is_checked() {
         "{errs:?}"
     );
     assert!(
-        errs[0].ends_with(" compensation, after, for_each, max_concurrency"),
+        errs[0].ends_with(
+            " compensation, after, for_each, max_concurrency, locks, lock_timeout, kind, signal"
+        ),
         "{errs:?}"
     );
     assert_eq!(

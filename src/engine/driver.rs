@@ -477,6 +477,13 @@ struct Driven<'a> {
     telemetry: SagaTelemetry,
     /// The final replies the transition under way applies.
     finals: Vec<crate::protocol::Reply>,
+    /// What the saga waited for from outside when last asked (see
+    /// [`super::asks`]), when it is next asked, and the pause before.
+    asked: Vec<saga::Ask>,
+    ask_at: Option<tokio::time::Instant>,
+    ask_pause: Duration,
+    /// Answers to asks, applied one by one before anything else.
+    answers: std::collections::VecDeque<Event>,
     _in_flight: InFlight,
     _permit: OwnedSemaphorePermit,
 }
@@ -504,6 +511,10 @@ impl<'a> Driven<'a> {
             followed: BTreeSet::new(),
             telemetry,
             finals: Vec::new(),
+            asked: Vec::new(),
+            ask_at: None,
+            ask_pause: Duration::ZERO,
+            answers: Default::default(),
             _in_flight: InFlight::enter(),
             _permit: permit,
         }
@@ -511,20 +522,40 @@ impl<'a> Driven<'a> {
 
     async fn drive(&mut self, mut inbox: Inbox) -> Ended {
         while !self.state.phase.is_terminal() {
+            self.schedule_asks();
             let now = self.shared.now_ms();
             let sleep = self
                 .timer
                 .map(|at| Duration::from_millis(at.saturating_sub(now)));
-            let (event, receipt) = tokio::select! {
-                // Replies before ticks: a reply that came in time wins over
-                // a deadline seen at the same moment.
-                biased;
-                _ = self.epoch.cancel.cancelled() => return Ended::Stopped,
-                inbound = inbox.recv() => match inbound {
-                    Some(inbound) => event_of(inbound),
-                    None => return Ended::Stopped,
+            let ask_at = self.ask_at;
+            let (event, receipt) = match self.answers.pop_front() {
+                Some(answer) => (answer, None),
+                None => tokio::select! {
+                    // Replies before ticks: a reply that came in time wins
+                    // over a deadline seen at the same moment.
+                    biased;
+                    _ = self.epoch.cancel.cancelled() => return Ended::Stopped,
+                    inbound = inbox.recv() => match inbound {
+                        Some(inbound) => event_of(inbound),
+                        None => return Ended::Stopped,
+                    },
+                    _ = sleep_until_or_never(ask_at) => {
+                        self.ask().await;
+                        continue;
+                    }
+                    _ = sleep_or_never(sleep) => {
+                        if !self.asked.is_empty() {
+                            // A lock let go of or a signal kept before the
+                            // deadline wins over it: asked first.
+                            self.ask().await;
+                            if !self.answers.is_empty() {
+                                self.answers.push_back(Event::Tick);
+                                continue;
+                            }
+                        }
+                        (Event::Tick, None)
+                    }
                 },
-                _ = sleep_or_never(sleep) => (Event::Tick, None),
             };
             if event == Event::Tick && self.reply_may_be_unread() {
                 // The reply may be in Redis, unread: hold the timeout until
@@ -588,6 +619,26 @@ impl<'a> Driven<'a> {
         }
         tracing::info!(status = self.state.phase.status().as_str(), "saga ended");
         Ended::Done
+    }
+
+    /// Asks at once about what the saga newly waits for; keeps asking, less
+    /// and less often, about what it still waits for.
+    fn schedule_asks(&mut self) {
+        let asks = self.state.asks();
+        if asks == self.asked {
+            return;
+        }
+        self.ask_at = (!asks.is_empty()).then(tokio::time::Instant::now);
+        self.ask_pause = Duration::ZERO;
+        self.asked = asks;
+    }
+
+    /// Asks about what the saga waits for; queues the answers.
+    async fn ask(&mut self) {
+        let answers = super::asks::ask(self.shared, self.def, &self.state).await;
+        self.answers.extend(answers);
+        self.ask_pause = super::asks::next_pause(self.ask_pause);
+        self.ask_at = Some(tokio::time::Instant::now() + self.ask_pause);
     }
 
     /// Keeps a copy of a final reply about to be applied: if its transition
@@ -671,6 +722,7 @@ impl<'a> Driven<'a> {
         let mut commands = Vec::new();
         let mut events = Vec::new();
         let mut own_streams = Vec::new();
+        let mut unlocks = Vec::new();
         // The attempt each event is about: the one under way of its step
         // (or branch), until the transition sends the next.
         let mut sent: BTreeMap<(&str, Option<u32>), String> = BTreeMap::new();
@@ -694,6 +746,7 @@ impl<'a> Driven<'a> {
                     log_event(event, request_id);
                     events.push(event);
                 }
+                Effect::Unlock { locks } => unlocks.extend(locks.iter().map(String::as_str)),
                 Effect::ArmTimer { at_ms } => self.timer = Some(*at_ms),
                 Effect::Finish => {}
             }
@@ -721,6 +774,7 @@ impl<'a> Driven<'a> {
             ack,
             own_reply_streams: own_streams,
             wake: Some(&self.epoch.reply_stream),
+            unlocks,
         };
         let written = write_until_done(self.shared, &transition, slot).await;
         drop(transition);
@@ -870,6 +924,13 @@ const HOLD_TIMEOUT_FOR: u64 = 100;
 /// How long a per-request reply stream outlives its command's deadline: late
 /// replies land in it, unread, and go with it.
 const OWN_STREAM_GRACE_SECS: u64 = 600;
+
+async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
 
 async fn sleep_or_never(d: Option<Duration>) {
     match d {

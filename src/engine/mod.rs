@@ -11,6 +11,7 @@
 //!  reply stream ──XREAD──▶ reply reader ──router────────┘
 //! ```
 
+mod asks;
 mod clock;
 mod control;
 mod definitions;

@@ -61,6 +61,17 @@ pub enum EventType {
     SagaFailed,
     /// An operator's request, accepted or refused (`refused` says why).
     OperatorAction,
+    /// A step waits for a semantic lock another saga holds.
+    LockWaiting,
+    /// A step took a semantic lock.
+    LockAcquired,
+    /// The saga let go of its semantic locks (it completed, finished
+    /// compensating, or was abandoned).
+    LocksReleased,
+    /// A signal was kept for the saga (or was a duplicate of one kept).
+    SignalReceived,
+    /// A signal was refused (no such saga, not running, bad entry, ...).
+    SignalRejected,
 }
 
 impl EventType {
@@ -85,6 +96,11 @@ impl EventType {
             EventType::SagaCompensated => "saga_compensated",
             EventType::SagaFailed => "saga_failed",
             EventType::OperatorAction => "operator_action",
+            EventType::LockWaiting => "lock_waiting",
+            EventType::LockAcquired => "lock_acquired",
+            EventType::LocksReleased => "locks_released",
+            EventType::SignalReceived => "signal_received",
+            EventType::SignalRejected => "signal_rejected",
         }
     }
 }

@@ -13,8 +13,10 @@ pub mod fields;
 pub mod ids;
 pub mod json;
 pub mod limits;
+pub mod locks;
 pub mod payload;
 pub mod reply;
+pub mod signal;
 pub mod start;
 pub mod trace;
 

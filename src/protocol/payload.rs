@@ -147,3 +147,57 @@ pub struct OperatorAction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
 }
+
+/// `lock_waiting`: the step waits for `lock`, which `holder` holds;
+/// `ahead` sagas are before it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LockWaiting {
+    pub lock: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    pub ahead: usize,
+    pub timeout_ms: u64,
+}
+
+/// `lock_acquired`: the step holds `lock`, after waiting `waited_ms`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LockAcquired {
+    pub lock: String,
+    pub waited_ms: u64,
+}
+
+/// `locks_released`: the saga let go of these locks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LocksReleased {
+    pub locks: Vec<String>,
+}
+
+/// `step_started` of a `wait` step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WaitStarted {
+    pub signal: String,
+    pub deadline_ms: u64,
+}
+
+/// `step_completed` of a `wait` step: the signal it took.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignalTaken {
+    pub signal: String,
+    pub signal_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    pub result: Value,
+}
+
+/// `signal_received` / `signal_rejected`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignalNote {
+    pub signal: String,
+    pub signal_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}

@@ -12,11 +12,12 @@ mod state;
 pub use backoff::retry_delay;
 pub use ids::{IdSource, RandomIds};
 pub use machine::{
-    apply, park, start, Action, Effect, Event, Ignored, OperatorRequest, SagaInit, Transition,
+    apply, park, start, Action, Effect, Event, Ignored, LockAnswer, LockOutcome, OperatorRequest,
+    SagaInit, Transition,
 };
 pub use state::{
-    Clock, Exchange, Failed, Failure, Halt, Parked, Phase, SagaState, StepWork, Unit, UnitState,
-    Waiting, Work,
+    Ask, Clock, Exchange, Failed, Failure, Halt, HeldLock, LockWait, Parked, Phase, SagaState,
+    SignalWait, StepWork, Unit, UnitState, Waiting, Work,
 };
 
 #[cfg(test)]

@@ -199,6 +199,8 @@ pub enum UnitState {
     Ended {
         effect_unknown: bool,
     },
+    /// A `wait` step waits for its signal.
+    Awaiting(SignalWait),
     /// Its compensation is under way.
     Undoing(Exchange),
     Undone,
@@ -234,12 +236,68 @@ impl UnitState {
     }
 }
 
+/// A `wait` step's unit, waiting for its signal until `deadline_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalWait {
+    pub signal: String,
+    pub since_ms: UnixMillis,
+    pub deadline_ms: UnixMillis,
+}
+
+/// A step taking its semantic locks, one after the other in the order of
+/// their names, before any of its units starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockWait {
+    /// The locks still to take, in order: the first is being asked for.
+    /// Empty once all are held: the step starts at the next chance (not
+    /// while the saga is paused).
+    pub pending: Vec<String>,
+    pub since_ms: UnixMillis,
+    /// When the step fails if it still waits.
+    pub deadline_ms: UnixMillis,
+    /// The saga holding the lock asked for, and how many are ahead, as
+    /// last heard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ahead: Option<usize>,
+}
+
+impl LockWait {
+    /// Its clock moved on by `by_ms` (see [`Waiting::postpone`]).
+    pub fn postpone(&mut self, by_ms: u64) {
+        self.deadline_ms = self.deadline_ms.saturating_add(by_ms);
+    }
+}
+
+/// A semantic lock the saga holds: until it completes or has finished
+/// compensating.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldLock {
+    /// The step that took it.
+    pub step: String,
+    pub since_ms: UnixMillis,
+}
+
+/// What a saga waits for from outside its commands' replies: the daemon
+/// driving it asks, and hands the answers in as events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// Lock `name`, for step `step` (see [`crate::store::locks`]).
+    Lock { name: String, step: usize },
+    /// The signal `name` (see [`crate::store::signals`]).
+    Signal { name: String },
+}
+
 /// A step that has started, with its units.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepWork {
     /// A fan-out's elements, taken when the step started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items: Option<Vec<Json>>,
+    /// Set while the step takes its locks; no unit starts before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locking: Option<LockWait>,
     /// The units started so far, by branch (one for a plain step).
     pub units: Vec<UnitState>,
 }
@@ -341,6 +399,9 @@ pub struct SagaState {
     /// finish, nothing new is sent, and no clock runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<Pause>,
+    /// The semantic locks the saga holds, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub locks: BTreeMap<String, HeldLock>,
 }
 
 /// Who paused a saga, why, and since when.
@@ -437,7 +498,38 @@ impl SagaState {
             return None;
         }
         let due = |(_, x): (Unit, &Exchange)| x.waiting.due_ms();
-        self.work.exchanges().map(due).min()
+        let exchanges = self.work.exchanges().map(due);
+        let locks = (self.work.steps.values())
+            .filter_map(|w| w.locking.as_ref())
+            .filter(|l| !l.pending.is_empty())
+            .map(|l| l.deadline_ms);
+        let signals = self.work.units().filter_map(|(_, u)| match u {
+            UnitState::Awaiting(w) => Some(w.deadline_ms),
+            _ => None,
+        });
+        exchanges.chain(locks).chain(signals).min()
+    }
+
+    /// What the saga waits for from outside: the lock each locking step
+    /// asks for, the signal each `wait` step waits for. Nothing once it
+    /// ended.
+    pub fn asks(&self) -> Vec<Ask> {
+        if self.phase.is_terminal() {
+            return Vec::new();
+        }
+        let mut asks: Vec<Ask> = (self.work.steps.iter())
+            .filter_map(|(&step, w)| {
+                let name = w.locking.as_ref()?.pending.first()?.clone();
+                Some(Ask::Lock { name, step })
+            })
+            .collect();
+        asks.extend(self.work.units().filter_map(|(_, u)| match u {
+            UnitState::Awaiting(w) => Some(Ask::Signal {
+                name: w.signal.clone(),
+            }),
+            _ => None,
+        }));
+        asks
     }
 
     pub fn failure(&self) -> Option<&Failure> {

@@ -183,6 +183,21 @@ impl Keys {
         format!("{}idempotency:{{{saga}}}:{key}", self.prefix)
     }
 
+    /// A semantic lock: a list of the sagas that hold it (the first) and
+    /// wait for it (the rest, in the order they asked), each an entry of
+    /// JSON (see [`super::locks`]). Its hash tag is the lock's name, which
+    /// [`crate::protocol::locks::check_lock_name`] keeps free of braces: each
+    /// lock has a slot of its own choosing, spread over a cluster.
+    pub fn lock(&self, name: &str) -> String {
+        format!("{}lock:{{{name}}}", self.prefix)
+    }
+
+    /// The signals kept for a saga, in its partition: a hash, field = the
+    /// signal's name, value = the signal as JSON (see [`super::signals`]).
+    pub fn signals(&self, saga_id: &str) -> String {
+        self.in_partition(Partition::of(saga_id), &format!("signals:{saga_id}"))
+    }
+
     /// The shape of a key of any partition, `mark` standing for the
     /// partition's tag: `rest` as given to the partition (for ACL rules).
     pub fn in_any_partition(&self, mark: &str, rest: &str) -> String {

@@ -18,6 +18,8 @@
 //! - [`idempotency`]: the idempotency keys of starts.
 //! - [`definitions`]: the texts of the definitions' versions sagas run on.
 //! - [`control`]: the nonces of operators' requests carried out.
+//! - [`locks`]: semantic locks: who holds a business key, who waits.
+//! - [`signals`]: signals kept for sagas until a `wait` step takes them.
 //! - [`relay`]: on a cluster, the relay of the partitions' outboxes.
 //! - [`inspect`]: bounded reads for an operator's view (`sagaflow doctor`).
 //!
@@ -32,11 +34,13 @@ pub mod idempotency;
 pub mod inspect;
 pub mod keys;
 pub mod lease;
+pub mod locks;
 pub mod maintain;
 pub mod read;
 pub mod relay;
 pub mod sagas;
 mod scripts;
+pub mod signals;
 pub mod transition;
 
 pub use transition::{EntryRef, Fence, Ownership, Transition, WriteError, Written};

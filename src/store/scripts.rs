@@ -28,6 +28,8 @@ script!(READ_STREAMS, "shrink.lua", "read_streams.lua");
 script!(CLAIM_GROUP, "shrink.lua", "claim_group.lua");
 script!(LAST_ID, "last_id.lua");
 script!(RELEASE_KEY, "release_key.lua");
+script!(LOCK_ACQUIRE, "lock_acquire.lua");
+script!(SIGNAL_ACCEPT, "signal_accept.lua");
 
 /// A script that only reads, run with `EVALSHA_RO`: Redis then asks only
 /// for read access to its keys, so a user allowed to read them (an

@@ -87,6 +87,9 @@ pub struct Transition<'a> {
     /// The writer's own reply stream, woken when per-request streams are
     /// created so that its reader starts reading them now.
     pub wake: Option<&'a str>,
+    /// The semantic locks the saga lets go of (see [`super::locks`]): it
+    /// leaves their queues, holder or waiter.
+    pub unlocks: Vec<&'a str>,
 }
 
 /// What became of a fenced write.
@@ -220,6 +223,26 @@ impl Transition<'_> {
 
     fn writes(&self, settings: &Settings) -> Vec<Write> {
         let mut out = Vec::new();
+        let keys = super::keys::Keys::of(settings);
+        if let Some((saga_id, fence)) = &self.saga {
+            for name in &self.unlocks {
+                out.push(Write {
+                    op: "unlock".into(),
+                    key: keys.lock(name),
+                    args: vec![(*saga_id).to_owned()],
+                    once: false,
+                });
+            }
+            if fence.ownership == Ownership::Leave {
+                // The signals kept for the saga go with its record.
+                out.push(Write {
+                    op: "expire".into(),
+                    key: keys.signals(saga_id),
+                    args: vec![settings.retention.as_secs().max(1).to_string()],
+                    once: false,
+                });
+            }
+        }
         for (stream, command) in &self.commands {
             out.push(xadd(
                 stream,

@@ -342,6 +342,11 @@ pub fn view(
                 UnitState::Ended { effect_unknown } => u["effect_unknown"] = json!(effect_unknown),
                 UnitState::Skipped { by_hand } => u["by_hand"] = json!(by_hand),
                 UnitState::Stuck { error } => u["error"] = json!(error),
+                UnitState::Awaiting(w) => {
+                    u["signal"] = json!(w.signal);
+                    u["since_ms"] = json!(w.since_ms);
+                    u["deadline_ms"] = json!(w.deadline_ms);
+                }
                 _ => {}
             }
             u
@@ -381,6 +386,26 @@ pub fn view(
     if let Some(paused) = &s.paused {
         out["paused"] = json!(paused);
     }
+    if !s.locks.is_empty() {
+        out["locks"] = json!(s.locks);
+    }
+    let waits: Vec<Value> = (s.work.steps.iter())
+        .filter_map(|(&step, w)| {
+            let l = w.locking.as_ref()?;
+            Some(json!({
+                "step": step_name(step),
+                "lock": l.pending.first(),
+                "pending": l.pending,
+                "holder": l.holder,
+                "ahead": l.ahead,
+                "since_ms": l.since_ms,
+                "deadline_ms": l.deadline_ms,
+            }))
+        })
+        .collect();
+    if !waits.is_empty() {
+        out["lock_waits"] = Value::Array(waits);
+    }
     if let Some(parked) = s.parked() {
         out["parked"] = json!(parked.reason);
     }
@@ -395,6 +420,7 @@ pub fn view(
 fn unit_state(state: &UnitState) -> &'static str {
     match state {
         UnitState::Acting(_) => "acting",
+        UnitState::Awaiting(_) => "awaiting",
         UnitState::Completed { .. } => "completed",
         UnitState::Ended { .. } => "ended",
         UnitState::Undoing(_) => "undoing",

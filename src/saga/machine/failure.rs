@@ -133,6 +133,7 @@ impl Machine<'_> {
             cancelled_by: None,
         };
         self.st().phase = Phase::Compensating(failure);
+        self.stop_waits();
         let waiting: Vec<(Unit, bool)> = (self.state.work.units())
             .filter_map(|(u, s)| match s {
                 UnitState::Acting(x) if matches!(x.waiting, Waiting::Backoff { .. }) => {

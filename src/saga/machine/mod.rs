@@ -22,8 +22,10 @@ use std::time::Duration;
 
 mod failure;
 mod operator;
+mod waits;
 
 pub use operator::{Action, OperatorRequest};
+pub use waits::{LockAnswer, LockOutcome};
 
 /// What happens to a saga. Events are moved once from the reader to the
 /// machine, never stored in bulk, so the size gap between variants is fine.
@@ -38,6 +40,10 @@ pub enum Event {
     Tick,
     /// An operator's request: cancel, retry, skip, abandon.
     Operator(OperatorRequest),
+    /// The answer to the saga asking for a lock (see [`crate::saga::Ask`]).
+    Lock(LockAnswer),
+    /// A signal kept for the saga.
+    Signal(crate::protocol::signal::KeptSignal),
 }
 
 /// What the driver must do after a transition, in order: the commands and
@@ -50,6 +56,11 @@ pub enum Effect {
         command: Command,
     },
     Emit(SagaEvent),
+    /// The saga leaves the queues of these locks (holder or waiter), with
+    /// this transition.
+    Unlock {
+        locks: Vec<String>,
+    },
     /// Deliver a [`Event::Tick`] at this time.
     ArmTimer {
         at_ms: UnixMillis,
@@ -122,6 +133,7 @@ pub fn start(
         rescues: 0,
         started_at_ms: now,
         paused: None,
+        locks: Default::default(),
     };
     let mut m = Machine::new(&mut state, def, now, ids);
     let trace_id = m.state.trace_id.clone();
@@ -156,6 +168,8 @@ pub fn apply(
         Event::Tick if m.state.paused.is_some() => return Err(Ignored::NothingDue),
         Event::Tick => m.on_tick()?,
         Event::Operator(request) => m.on_operator(request),
+        Event::Lock(answer) => m.on_lock(answer)?,
+        Event::Signal(signal) => m.on_signal(signal)?,
     }
     Ok(m.finish())
 }
@@ -265,6 +279,9 @@ impl<'a> Machine<'a> {
         // paused no more.
         if terminal && self.state.paused.is_some() {
             self.st().paused = None;
+        }
+        if terminal {
+            self.release_locks();
         }
         if let Some(at_ms) = self.state.wake_at().filter(|_| self.changed && !terminal) {
             self.effects.push(Effect::ArmTimer { at_ms });
@@ -445,7 +462,7 @@ impl<'a> Machine<'a> {
         let ready: Vec<usize> = (0..def.steps.len())
             .filter(|i| !work.steps.contains_key(i) && def.steps[*i].after.iter().all(done))
             .collect();
-        let mut progressed = false;
+        let mut progressed = self.start_locked();
         for step in ready {
             if !matches!(self.state.phase, Phase::Running) {
                 return true;
@@ -454,7 +471,7 @@ impl<'a> Machine<'a> {
             progressed = true;
         }
         let fan_outs: Vec<usize> = (self.state.work.steps.iter())
-            .filter(|(_, w)| w.items.is_some() && w.units.len() < w.total())
+            .filter(|(_, w)| w.items.is_some() && w.locking.is_none() && w.units.len() < w.total())
             .map(|(s, _)| *s)
             .collect();
         for step in fan_outs {
@@ -484,40 +501,71 @@ impl<'a> Machine<'a> {
         );
     }
 
-    /// Starts a step whose dependencies have completed: its command, or
-    /// its fan-out's first branches.
+    /// Starts a step whose dependencies have completed: its locks first,
+    /// when it takes any; then its command, or its fan-out's first
+    /// branches; or, for a `wait` step, the wait for its signal.
     fn begin_step(&mut self, step: usize) {
-        let Some(for_each) = &self.def.steps[step].for_each else {
-            self.st().work.steps.insert(
-                step,
-                StepWork {
-                    items: None,
-                    units: Vec::new(),
-                },
-            );
-            self.send_action(Unit::step(step), 1, false);
-            return;
+        if let Some(signal) = &self.def.steps[step].wait {
+            return self.begin_wait(step, signal.clone());
+        }
+        let items = match &self.def.steps[step].for_each {
+            None => None,
+            Some(for_each) => match self.items_of(&for_each.items) {
+                Ok(items) => Some(items),
+                Err(reason) => {
+                    // A list that cannot be taken now never will be: the
+                    // step fails at once, with nothing of it to undo.
+                    let name = self.step_name(step);
+                    let reason = format!("cannot take the list of step `{name}`: {reason}");
+                    self.fail_saga(Unit::step(step), reason.clone());
+                    self.emit_failed_to_build(Unit::step(step), 1, &reason);
+                    return;
+                }
+            },
         };
-        let items = match self.items_of(&for_each.items) {
-            Ok(items) => items,
-            Err(reason) => {
-                // A list that cannot be taken now never will be: the step
-                // fails at once, with nothing of it to undo.
-                let name = self.step_name(step);
-                let reason = format!("cannot take the list of step `{name}`: {reason}");
-                self.fail_saga(Unit::step(step), reason.clone());
-                self.emit_failed_to_build(Unit::step(step), 1, &reason);
-                return;
-            }
-        };
-        let branches = items.len();
         self.st().work.steps.insert(
             step,
             StepWork {
-                items: Some(items),
+                items,
+                locking: None,
                 units: Vec::new(),
             },
         );
+        if !self.def.steps[step].locks.is_empty() {
+            match self.locks_to_take(step) {
+                Ok(pending) if pending.is_empty() => {}
+                Ok(pending) => {
+                    let timeout = ms(self.def.steps[step].lock_timeout);
+                    let wait = crate::saga::state::LockWait {
+                        pending,
+                        since_ms: self.now,
+                        deadline_ms: self.now.saturating_add(timeout),
+                        holder: None,
+                        ahead: None,
+                    };
+                    let work = self.st().work.steps.get_mut(&step).expect("inserted");
+                    work.locking = Some(wait);
+                    return;
+                }
+                Err(reason) => {
+                    let name = self.step_name(step);
+                    let reason = format!("cannot take the locks of step `{name}`: {reason}");
+                    self.fail_saga(Unit::step(step), reason.clone());
+                    self.emit_failed_to_build(Unit::step(step), 1, &reason);
+                    return;
+                }
+            }
+        }
+        self.start_units(step);
+    }
+
+    /// Starts a step's units, its locks held: its command, or its
+    /// fan-out's first branches.
+    fn start_units(&mut self, step: usize) {
+        let branches = match &self.state.work.steps[&step].items {
+            None => return self.send_action(Unit::step(step), 1, false),
+            Some(items) => items.len(),
+        };
         let max_concurrency = self.concurrency(step).min(branches.max(1));
         let started = payload::FanOutStarted {
             branches,
@@ -557,6 +605,9 @@ impl<'a> Machine<'a> {
             let Some(work) = self.state.work.steps.get(&step) else {
                 return started;
             };
+            if work.locking.is_some() {
+                return started;
+            }
             let running = (work.units.iter())
                 .filter(|u| matches!(u, UnitState::Acting(_)))
                 .count();
@@ -846,6 +897,7 @@ impl<'a> Machine<'a> {
             }
             handled |= self.on_due(unit, &x);
         }
+        handled |= self.waits_due();
         match handled {
             true => Ok(()),
             false => Err(Ignored::NothingDue),

@@ -85,7 +85,18 @@ impl Machine<'_> {
                         _ => None,
                     })
                     .collect();
-                let (first, _) = acting.first().cloned().ok_or("no step under way")?;
+                // The first step under way: acting, else waiting for a
+                // signal or for its locks.
+                let awaiting = (self.state.work.units())
+                    .find(|(_, s)| matches!(s, UnitState::Awaiting(_)))
+                    .map(|(u, _)| u);
+                let locking = (self.state.work.steps.iter())
+                    .find(|(_, w)| w.locking.is_some())
+                    .map(|(s, _)| Unit::step(*s));
+                let first = (acting.first().map(|(u, _)| *u))
+                    .or(awaiting)
+                    .or(locking)
+                    .ok_or("no step under way")?;
                 // An attempt awaiting its reply may have done its work: it
                 // is undone too, as after a timeout.
                 for (unit, x) in &acting {
@@ -106,6 +117,7 @@ impl Machine<'_> {
                     reason: format!("cancelled by {}: {}", request.by, request.reason),
                     cancelled_by: Some(request.by.clone()),
                 });
+                self.stop_waits();
                 self.emit_action(request, None, Some(first));
             }
             Action::Pause => {
@@ -138,6 +150,16 @@ impl Machine<'_> {
                         self.st().work.get_mut(unit)
                     {
                         x.waiting.postpone(paused_for);
+                    }
+                }
+                for work in self.st().work.steps.values_mut() {
+                    if let Some(wait) = &mut work.locking {
+                        wait.postpone(paused_for);
+                    }
+                    for unit in &mut work.units {
+                        if let UnitState::Awaiting(wait) = unit {
+                            wait.deadline_ms = wait.deadline_ms.saturating_add(paused_for);
+                        }
                     }
                 }
                 self.st().paused = None;

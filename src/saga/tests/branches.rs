@@ -101,6 +101,7 @@ fn line(effect: &Effect) -> String {
         },
         Effect::ArmTimer { .. } => "timer".to_owned(),
         Effect::Finish => "finish".to_owned(),
+        Effect::Unlock { locks } => format!("unlock {}", locks.join(",")),
     }
 }
 

@@ -274,6 +274,7 @@ fn types(fx: &Fx) -> Vec<String> {
         Effect::Emit(ev) => ev.event_type.as_str().to_owned(),
         Effect::ArmTimer { .. } => "timer".to_owned(),
         Effect::Finish => "finish".to_owned(),
+        Effect::Unlock { locks } => format!("unlock {}", locks.join(",")),
     });
     persist.into_iter().chain(effects).collect()
 }

@@ -5,6 +5,9 @@
 --   'xadd',   key index, n, then the n arguments of XADD after the key
 --   'expire', key index, 1, seconds
 --   'xack',   key index, 2, group, entry id
+--   'unlock', key index, 1, saga id: the saga leaves the lock's queue
+--             (see lock_acquire.lua), holder or waiter; a key that is no
+--             list holds no lock of the saga and is left alone
 --
 -- read_writes(i, n) reads n operations from ARGV[i] on and returns them
 -- with the index after them; check_writes(ops) returns the first key that
@@ -42,6 +45,13 @@ local function perform_writes(ops)
       redis.call('EXPIRE', w.key, ARGV[w.first])
     elseif w.op == 'xack' then
       redis.call('XACK', w.key, ARGV[w.first], ARGV[w.first + 1])
+    elseif w.op == 'unlock' and redis.call('TYPE', w.key).ok == 'list' then
+      for _, e in ipairs(redis.call('LRANGE', w.key, 0, -1)) do
+        local ok, d = pcall(cjson.decode, e)
+        if ok and type(d) == 'table' and d.saga_id == ARGV[w.first] then
+          redis.call('LREM', w.key, 1, e)
+        end
+      end
     end
   end
 end
