@@ -93,7 +93,12 @@ async fn fail_at(server: Redis, failing: &str) {
             expected.push(format!("compensation_completed:{step}"));
         }
     }
-    if at >= MISSION_STEPS.iter().position(|s| *s == "perform_exploration").unwrap() {
+    if at
+        >= MISSION_STEPS
+            .iter()
+            .position(|s| *s == "perform_exploration")
+            .unwrap()
+    {
         expected.push("locks_released".into());
     }
     expected.push("saga_compensated".into());

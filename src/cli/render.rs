@@ -66,6 +66,15 @@ pub fn event_columns(fields: &RawFields) -> String {
             short(text(fields, f::SAGA_ID)),
             brief(&payload["input"], 80)
         ),
+        "step_started" if payload.get("signal").is_some() => format!(
+            "waits for signal {}",
+            payload["signal"].as_str().unwrap_or("?")
+        ),
+        "step_completed" if payload.get("signal").is_some() => format!(
+            "signal {} taken: {}",
+            payload["signal"].as_str().unwrap_or("?"),
+            brief(&payload["result"], 100)
+        ),
         "step_started" | "compensation_started" => format!(
             "{} #{attempt}{} sent to {} (request {})",
             payload["command"].as_str().unwrap_or(step),
@@ -127,6 +136,39 @@ pub fn event_columns(fields: &RawFields) -> String {
                 payload["error"].as_str().unwrap_or("?")
             ),
         },
+        "lock_waiting" => format!(
+            "waits for {}: saga {} holds it{}",
+            payload["lock"].as_str().unwrap_or("?"),
+            short(payload["holder"].as_str().unwrap_or("?")),
+            match payload["ahead"].as_u64() {
+                Some(n) if n > 1 => format!(", {n} ahead"),
+                _ => String::new(),
+            }
+        ),
+        "lock_acquired" => format!(
+            "took {}{}",
+            payload["lock"].as_str().unwrap_or("?"),
+            match payload["waited_ms"].as_u64() {
+                Some(ms) if ms > 0 => format!(" after waiting {ms} ms"),
+                _ => String::new(),
+            }
+        ),
+        "locks_released" => format!("let go of {}", brief(&payload["locks"], 100)),
+        "signal_received" => format!(
+            "signal {} ({}){}",
+            payload["signal"].as_str().unwrap_or("?"),
+            payload["signal_id"].as_str().unwrap_or("?"),
+            if payload["duplicate"] == Value::Bool(true) {
+                ": a duplicate"
+            } else {
+                ""
+            }
+        ),
+        "signal_rejected" => format!(
+            "signal {} refused: {}",
+            payload["signal"].as_str().unwrap_or("?"),
+            payload["refused"].as_str().unwrap_or("?")
+        ),
         "saga_rejected" => format!("rejected: {}", payload["reason"].as_str().unwrap_or("?")),
         "saga_duplicate" => format!(
             "duplicate of saga {}",

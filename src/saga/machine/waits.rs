@@ -354,9 +354,7 @@ impl Machine<'_> {
         let released = self.effects.pop().expect("just emitted");
         // Before the saga's last event, so that `saga_completed` or
         // `saga_compensated` stays the last word on the saga.
-        let ending = |e: &Effect| {
-            matches!(e, Effect::Emit(ev) if matches!(ev.event_type, EventType::SagaCompleted | EventType::SagaCompensated))
-        };
+        let ending = |e: &Effect| matches!(e, Effect::Emit(ev) if matches!(ev.event_type, EventType::SagaCompleted | EventType::SagaCompensated));
         let at = (self.effects.iter().rposition(ending)).unwrap_or(self.effects.len());
         self.effects.splice(at..at, [unlock, released]);
     }
