@@ -428,3 +428,36 @@ async fn a_lock_key_of_the_wrong_kind_fails_the_step_and_nothing_else() {
     let events = saga_events(&server, "good").await;
     assert_eq!(events.last().unwrap().event_type, "saga_completed");
 }
+
+/// A lock's queue is bounded: past `MAX_LOCK_QUEUE` sagas, asking is
+/// refused (and the step fails), nothing is added; asking again is
+/// answered the same, and never adds a saga twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_queue_is_bounded_and_asking_twice_adds_nothing() {
+    use sagaflow::protocol::locks::{LockEntry, MAX_LOCK_QUEUE};
+    use sagaflow::store::keys::Keys;
+    use sagaflow::store::locks::{acquire, Acquired, LockError};
+    let server = RedisServer::start();
+    let mut conn = server.any_conn().await;
+    let keys = Keys::new("saga:");
+    let who = |i: usize| LockEntry {
+        saga_id: format!("{i:032x}"),
+        saga: "s".into(),
+        step: "t".into(),
+        since_ms: 1,
+    };
+    for i in 0..MAX_LOCK_QUEUE {
+        let got = acquire(&mut conn, &keys, "k:full", &who(i)).await.unwrap();
+        match i {
+            0 => assert_eq!(got, Acquired::Held),
+            _ => assert!(matches!(got, Acquired::Queued { ahead, .. } if ahead == i)),
+        }
+    }
+    let again = acquire(&mut conn, &keys, "k:full", &who(5)).await.unwrap();
+    assert!(
+        matches!(again, Acquired::Queued { ahead: 5, holder: Some(ref h) } if h.saga_id == who(0).saga_id)
+    );
+    let full = acquire(&mut conn, &keys, "k:full", &who(MAX_LOCK_QUEUE)).await;
+    assert!(matches!(full, Err(LockError::Full { .. })), "{full:?}");
+    assert_eq!(queue(&mut conn, "k:full").await.len(), MAX_LOCK_QUEUE);
+}
