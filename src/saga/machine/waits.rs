@@ -319,6 +319,7 @@ impl Machine<'_> {
         let taken = payload::SignalTaken {
             signal: signal.name,
             signal_id: signal.signal_id,
+            waited_ms: self.now.saturating_sub(wait.since_ms),
             by: signal.by,
             result: signal.payload,
         };
