@@ -83,10 +83,12 @@ impl Feeder {
     }
 }
 
-/// Writes one start to `trigger`, with the reference mission's input.
+/// Writes one start to `trigger`, with the reference mission's input, in
+/// an area of its own (named like it): no mission waits for another's
+/// robots.
 async fn start_one(conn: &mut MultiplexedConnection, trigger: &str, correlation_id: &str) {
-    let payload = r#"{"area":"hall-a","robots":2}"#;
-    let fields = [("correlation_id", correlation_id), ("payload", payload)];
+    let payload = serde_json::json!({"area": correlation_id, "robots": 2}).to_string();
+    let fields = [("correlation_id", correlation_id), ("payload", &payload)];
     xadd(conn, trigger, &fields).await;
 }
 

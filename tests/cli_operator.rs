@@ -277,7 +277,7 @@ async fn watch_prints_the_events_as_they_come(server: Redis) {
     start_mission(
         &mut conn,
         "seen",
-        &serde_json::json!({"area": "a", "robots": 1}),
+        &serde_json::json!({"area": "b", "robots": 1}),
     )
     .await;
     saga_events(&server, "seen").await;

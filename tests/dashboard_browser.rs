@@ -164,7 +164,7 @@ async fn the_list_follows_sagas_as_they_run() {
 
     let ids = ["live-000", "live-001", "live-002"];
     for id in ids {
-        dash.start_mission(id, json!({"area": "hall-a", "robots": 2}))
+        dash.start_mission(id, json!({"area": id, "robots": 2}))
             .await;
     }
     let running = browser

@@ -98,7 +98,7 @@ async fn start_on_cluster(conn: &mut ClusterConnection, prefix: &str, n: usize) 
         xadd.arg("mission:start")
             .arg("*")
             .arg("payload")
-            .arg(r#"{"area":"hall-a","robots":2}"#)
+            .arg(format!(r#"{{"area":"{id}","robots":2}}"#))
             .arg("correlation_id")
             .arg(id);
         must("a start", xadd.query_async::<String>(conn)).await;

@@ -44,7 +44,7 @@ async fn after_a_thousand_sagas_every_key_expires_or_is_capped(server: Redis) {
             .arg("idempotency_key")
             .arg(format!("key-{i}"))
             .arg("payload")
-            .arg(r#"{"area": "hall-a", "robots": 2}"#);
+            .arg(format!(r#"{{"area": "mem-{i}", "robots": 2}}"#));
     }
     must("the starts", pipe.query_async::<Vec<String>>(&mut conn)).await;
     let ended = |events: &[Event]| events.iter().filter(|e| e.is_terminal()).count();

@@ -599,6 +599,7 @@ impl<'a> Driven<'a> {
                     changed: false,
                 },
             };
+            self.take_answers(&mut transition);
             self.take_waiting_replies(&mut inbox, &mut transition, &mut receipts);
             if transition.effects.is_empty() && !transition.changed {
                 // A reply no attempt awaits, or a tick that found nothing
@@ -680,6 +681,23 @@ impl<'a> Driven<'a> {
             let due_ms = x.waiting.due_ms();
             now >= due_ms && self.shared.replies.read_through(&x.reply_stream) < due_ms
         })
+    }
+
+    /// Applies the answers to asks still queued (a step's locks taken one
+    /// after the other) with the event under way: one write for all.
+    fn take_answers(&mut self, transition: &mut saga::Transition) {
+        while let Some(answer) = self.answers.pop_front() {
+            if self.state.phase.is_terminal() {
+                self.answers.clear();
+                return;
+            }
+            let now = self.shared.now_ms();
+            let more = saga::apply(&mut self.state, self.def, answer, now, &mut RandomIds);
+            if let Ok(more) = more {
+                transition.effects.extend(more.effects);
+                transition.changed |= more.changed;
+            }
+        }
     }
 
     /// Applies the replies already waiting in the inbox, so that their
