@@ -66,6 +66,17 @@ pub fn event_columns(fields: &RawFields) -> String {
             short(text(fields, f::SAGA_ID)),
             brief(&payload["input"], 80)
         ),
+        "step_started" if payload.get("signal").is_some() => {
+            let at: u64 = text(fields, f::TIMESTAMP).parse().unwrap_or(0);
+            let due = payload["deadline_ms"].as_u64().unwrap_or(0);
+            format!(
+                "awaits signal {} for at most {}",
+                fit(payload["signal"].as_str().unwrap_or("?"), 64),
+                humantime::format_duration(std::time::Duration::from_secs(
+                    due.saturating_sub(at) / 1000
+                ))
+            )
+        }
         "step_started" | "compensation_started" => format!(
             "{} #{attempt}{} sent to {} (request {})",
             payload["command"].as_str().unwrap_or(step),
@@ -127,6 +138,21 @@ pub fn event_columns(fields: &RawFields) -> String {
                 payload["error"].as_str().unwrap_or("?")
             ),
         },
+        "lock_waiting" => format!(
+            "waits for lock {}{}, {} ahead",
+            payload["lock"].as_str().unwrap_or("?"),
+            match payload["holder"].as_str() {
+                Some(holder) => format!(" held by saga {}", short(holder)),
+                None => String::new(),
+            },
+            payload["ahead"].as_u64().unwrap_or(0)
+        ),
+        "lock_acquired" => format!(
+            "took lock {} after {} ms",
+            payload["lock"].as_str().unwrap_or("?"),
+            payload["waited_ms"].as_u64().unwrap_or(0)
+        ),
+        "locks_released" => format!("let go of {}", brief(&payload["locks"], 100)),
         "saga_rejected" => format!("rejected: {}", payload["reason"].as_str().unwrap_or("?")),
         "saga_duplicate" => format!(
             "duplicate of saga {}",
@@ -384,6 +410,36 @@ mod tests {
             r#"{"branches": 5, "result": []}"#,
         );
         assert!(event_columns(&done).contains("all 5 branches done"));
+    }
+
+    #[test]
+    fn lock_and_signal_waits_are_told() {
+        let waiting = r#"{"lock": "robot:7", "holder": "3f0c2a9e5d7b4c1e9a2f0b6d8e4c7a11",
+            "ahead": 2, "timeout_ms": 600000}"#;
+        let line = event_columns(&event("lock_waiting", "take", waiting));
+        assert!(
+            line.ends_with("waits for lock robot:7 held by saga 3f0c2a9e, 2 ahead"),
+            "{line}"
+        );
+        let line = event_columns(&event(
+            "lock_acquired",
+            "take",
+            r#"{"lock": "robot:7", "waited_ms": 1200}"#,
+        ));
+        assert!(line.ends_with("took lock robot:7 after 1200 ms"), "{line}");
+        let line = event_columns(&event("locks_released", "", r#"{"locks": ["robot:7"]}"#));
+        assert!(line.ends_with(r#"let go of ["robot:7"]"#), "{line}");
+        let mut started = event(
+            "step_started",
+            "approve",
+            r#"{"signal": "approval", "deadline_ms": 3601000}"#,
+        );
+        started.insert(f::TIMESTAMP.into(), b"1000".to_vec());
+        let line = event_columns(&started);
+        assert!(
+            line.ends_with("awaits signal approval for at most 1h"),
+            "{line}"
+        );
     }
 
     #[test]
