@@ -995,11 +995,15 @@
   }
 
   // A step's state is its units' first in this order.
-  const UNIT_STATE_ORDER = ["stuck", "undoing", "acting", "undone", "skipped", "ended", "completed"];
+  const UNIT_STATE_ORDER = ["stuck", "undoing", "acting", "awaiting", "undone", "skipped", "ended",
+    "completed"];
 
   // How far a unit has gone: a later state wins, so that the saga's
   // record, read a moment ago, and the events that came since agree.
-  const UNIT_STATE_RANK = { acting: 1, completed: 2, ended: 2, undoing: 3, stuck: 4, undone: 5, skipped: 5 };
+  // A `wait` step's unit is awaiting its signal where its events say acting.
+  const UNIT_STATE_RANK = {
+    acting: 1, awaiting: 1, completed: 2, ended: 2, undoing: 3, stuck: 4, undone: 5, skipped: 5,
+  };
 
   // A unit's state from its events alone.
   function eventState(u) {
@@ -1079,7 +1083,9 @@
       const label = `${a.kind === "undo" ? "undo" : "attempt"} ${a.attempt}`;
       const parts = [el("span", { class: `attempt-kind ${a.kind}` }, label), " ", timeCell(a.started)];
       const atWork = !rec || rec.state === (a.kind === "undo" ? "undoing" : "acting");
-      if (!a.end && !atWork) {
+      if (!a.end && rec && rec.state === "awaiting") {
+        parts.push(" · awaiting signal ", el("code", { class: "signal" }, rec.signal));
+      } else if (!a.end && !atWork) {
         parts.push(" · ", el("span", { class: "outcome outcome-unanswered" }, "no answer"));
       } else if (!a.end) {
         const value = a.progress === null ? NaN : Number(a.progress);
