@@ -2,7 +2,7 @@
 //! the lock: two of them on one robot contend for its lock, one holding
 //! it as long as the test likes, the other waiting.
 
-use super::{catalog, xadd, Backend};
+use super::{catalog, xadd, Backend, Event};
 use redis::aio::ConnectionLike;
 use sagaflow::definition::Catalog;
 
@@ -57,33 +57,39 @@ pub async fn start_lock_job(conn: &mut impl ConnectionLike, correlation_id: &str
     xadd(conn, LOCK_TRIGGER, &fields).await;
 }
 
-/// Waits until the sagas of `holding` hold their lock and wait for their
-/// signal, and those of `waiting` wait for their lock; returns the saga
-/// id of each correlation id, in the order given (`holding` first).
-pub async fn wait_for_contention(
-    server: &impl Backend,
-    holding: &[&str],
-    waiting: &[&str],
-) -> Vec<String> {
-    let holds = |events: &[super::Event], c: &str| {
+/// The saga ids of `holding` (each holding its lock and waiting for its
+/// signal) then of `waiting` (each waiting for its lock), by correlation
+/// id, once `events` say so.
+pub fn contention(events: &[Event], holding: &[&str], waiting: &[&str]) -> Option<Vec<String>> {
+    let holds = |c: &str| {
         events.iter().any(|e| {
             e.correlation_id == c
                 && e.event_type == "step_started"
                 && e.step.as_deref() == Some("approve")
         })
     };
-    let waits = |events: &[super::Event], c: &str| {
-        (events.iter()).any(|e| e.correlation_id == c && e.event_type == "lock_waiting")
-    };
-    let events = super::wait_for_events(server, super::SAGA_WAIT, |events| {
-        holding.iter().all(|c| holds(events, c)) && waiting.iter().all(|c| waits(events, c))
-    })
-    .await;
+    let waits =
+        |c: &str| (events.iter()).any(|e| e.correlation_id == c && e.event_type == "lock_waiting");
+    if !holding.iter().all(|c| holds(c)) || !waiting.iter().all(|c| waits(c)) {
+        return None;
+    }
     let id_of = |c: &&str| {
         (events.iter())
             .find(|e| e.correlation_id == *c && !e.saga_id.is_empty())
             .map(|e| e.saga_id.clone())
-            .expect("the saga's id on its events")
     };
     holding.iter().chain(waiting).map(id_of).collect()
+}
+
+/// Waits for [`contention`] on `server`'s events stream.
+pub async fn wait_for_contention(
+    server: &impl Backend,
+    holding: &[&str],
+    waiting: &[&str],
+) -> Vec<String> {
+    let events = super::wait_for_events(server, super::SAGA_WAIT, |events| {
+        contention(events, holding, waiting).is_some()
+    })
+    .await;
+    contention(&events, holding, waiting).expect("seen above")
 }
