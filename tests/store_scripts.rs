@@ -97,6 +97,7 @@ fn state(saga_id: &SagaId, phase: SagaStatus) -> SagaState {
         phase: phase_of(phase),
         work: Default::default(),
         rescues: 0,
+        locks: Default::default(),
         started_at_ms: now_ms(),
         paused: None,
     }
@@ -192,6 +193,7 @@ impl Step {
             ack: self.ack.as_ref(),
             own_reply_streams: self.own_reply_streams.clone(),
             wake: (!self.own_reply_streams.is_empty()).then_some("saga:replies:node-a"),
+            unlocks: Vec::new(),
         };
         bounded("a transition", transition.write(conn, s)).await
     }
