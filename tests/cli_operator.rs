@@ -368,6 +368,7 @@ async fn clear_errors_for_a_missing_saga_an_unreachable_redis_and_a_bad_flag(ser
         "start",
         "status",
         "list",
+        "locks",
         "watch",
         "cancel",
         "retry",

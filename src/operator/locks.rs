@@ -195,9 +195,6 @@ pub async fn listing<C: ConnectionLike + Send>(
             .map_err(|e| format!("cannot read sagas: {e}"))?;
         for record in records.into_iter().flatten() {
             let s = &record.state;
-            for (name, held) in &s.locks {
-                known.insert((name.clone(), s.saga_id.to_string()), held.since_ms);
-            }
             for name in names_of(s) {
                 if names.contains(name) {
                     continue;
@@ -207,6 +204,10 @@ pub async fn listing<C: ConnectionLike + Send>(
                     continue;
                 }
                 names.insert(name.to_owned());
+            }
+            // When each lock listed was taken: one holder a lock, mostly.
+            for (name, held) in s.locks.iter().filter(|(n, _)| names.contains(*n)) {
+                known.insert((name.clone(), s.saga_id.to_string()), held.since_ms);
             }
         }
     }
