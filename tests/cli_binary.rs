@@ -276,6 +276,33 @@ async fn dev_with_a_failing_step_shows_the_compensation_and_fails() {
     assert!(output.contains("saga_compensated"), "{output}");
 }
 
+/// Two missions on the same robots: one waits for the other's locks, and
+/// both complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_contend_shows_one_mission_waiting_for_the_others_robots() {
+    let server = RedisServer::start();
+    let args = [
+        "dev",
+        "--redis-url",
+        &server.url(),
+        "--contend",
+        "--timeout",
+        "15s",
+    ];
+    let (status, output) = dev(&args).await;
+    assert!(status.success(), "{status}\n{output}");
+    let waited = [
+        "mission A waited for robot:hall-a/robot-1 (held by mission B)",
+        "mission B waited for robot:hall-a/robot-1 (held by mission A)",
+    ];
+    assert!(waited.iter().any(|w| output.contains(w)), "{output}");
+    assert!(output.contains("lock_waiting"), "{output}");
+    assert!(
+        output.contains("mission A: completed") && output.contains("mission B: completed"),
+        "{output}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_without_a_redis_starts_its_own() {
     let (status, output) = dev(&["dev", "--timeout", "15s"]).await;

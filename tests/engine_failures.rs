@@ -66,8 +66,10 @@ async fn fail_at(server: Redis, failing: &str) {
     let (branches, steps): (Vec<Event>, Vec<Event>) =
         events.iter().cloned().partition(|e| e.branch().is_some());
     let mut expected = vec!["saga_started".to_owned()];
+    let robot_locks = vec!["lock_acquired:perform_exploration".to_owned(); 2];
     for step in &MISSION_STEPS[..at] {
         if *step == "perform_exploration" {
+            expected.extend(robot_locks.clone());
             expected.push(format!("step_started:{step}"));
             expected.push(format!("step_completed:{step}"));
             continue;
@@ -77,6 +79,7 @@ async fn fail_at(server: Redis, failing: &str) {
         }
     }
     if failing == "perform_exploration" {
+        expected.extend(robot_locks.clone());
         expected.push(format!("step_started:{failing}"));
     } else {
         for event in ["step_started", "step_progress", "step_failed"] {
@@ -89,6 +92,14 @@ async fn fail_at(server: Redis, failing: &str) {
             expected.push(format!("compensation_progress:{step}"));
             expected.push(format!("compensation_completed:{step}"));
         }
+    }
+    if at
+        >= MISSION_STEPS
+            .iter()
+            .position(|s| *s == "perform_exploration")
+            .unwrap()
+    {
+        expected.push("locks_released".into());
     }
     expected.push("saga_compensated".into());
     assert_eq!(labels(&steps), expected, "\n{}", describe(&events));

@@ -317,8 +317,10 @@ async fn a_correlation_id_with_spaces_is_kept_verbatim(server: Redis) {
     let handlers = start_simulated(&server, SimulationOptions::default());
     let mut conn = server.conn().await;
     let ids = ["order 42", "  padded  ", "quote \" and ~!"];
-    for id in ids {
-        start_mission(&mut conn, id, &json!({"area": "hall-a", "robots": 1})).await;
+    for (i, id) in ids.iter().enumerate() {
+        // Areas of their own: none waits for another's robot.
+        let area = format!("hall-{i}");
+        start_mission(&mut conn, id, &json!({"area": area, "robots": 1})).await;
     }
     for id in ids {
         let events = saga_events(&server, id).await;

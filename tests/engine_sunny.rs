@@ -29,6 +29,8 @@ async fn the_reference_mission_completes_with_the_simulated_handlers(server: Red
     let mut expected = vec!["saga_started".to_owned()];
     for step in MISSION_STEPS {
         if step == "perform_exploration" {
+            // The robots' locks, taken before any branch starts.
+            expected.extend(vec!["lock_acquired:perform_exploration".to_owned(); 2]);
             expected.push(format!("step_started:{step}"));
             expected.push(format!("step_completed:{step}"));
             continue;
@@ -37,6 +39,7 @@ async fn the_reference_mission_completes_with_the_simulated_handlers(server: Red
             expected.push(format!("{event}:{step}"));
         }
     }
+    expected.push("locks_released".into());
     expected.push("saga_completed".into());
     let (branch_events, step_events): (Vec<Event>, Vec<Event>) =
         events.iter().cloned().partition(|e| e.branch().is_some());
@@ -80,8 +83,9 @@ async fn the_reference_mission_completes_with_the_simulated_handlers(server: Red
         assert_eq!(e.saga, "mission_start");
         assert!(e.fields["timestamp"].parse::<u64>().is_ok(), "{e:?}");
         // The status is the saga's state once the event has happened: the
-        // last step's completion completes the saga.
-        let status = if i + 2 >= events.len() {
+        // last step's completion completes the saga (then the locks go,
+        // then the saga's own last word).
+        let status = if i + 3 >= events.len() {
             "completed"
         } else {
             "running"

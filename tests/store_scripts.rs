@@ -97,9 +97,9 @@ fn state(saga_id: &SagaId, phase: SagaStatus) -> SagaState {
         phase: phase_of(phase),
         work: Default::default(),
         rescues: 0,
-        locks: Default::default(),
         started_at_ms: now_ms(),
         paused: None,
+        locks: Default::default(),
     }
 }
 
@@ -129,6 +129,8 @@ struct Step {
     events: Vec<u64>,
     ack: Option<EntryRef>,
     own_reply_streams: Vec<(&'static str, u64)>,
+    /// Locks the transition lets go of.
+    unlocks: Vec<&'static str>,
 }
 
 impl Step {
@@ -147,6 +149,7 @@ impl Step {
             events: Vec::new(),
             ack: None,
             own_reply_streams: Vec::new(),
+            unlocks: Vec::new(),
         }
     }
 
@@ -193,7 +196,7 @@ impl Step {
             ack: self.ack.as_ref(),
             own_reply_streams: self.own_reply_streams.clone(),
             wake: (!self.own_reply_streams.is_empty()).then_some("saga:replies:node-a"),
-            unlocks: Vec::new(),
+            unlocks: self.unlocks.clone(),
         };
         bounded("a transition", transition.write(conn, s)).await
     }
@@ -266,6 +269,54 @@ async fn relay_all(conn: &mut Conn, p: Partition) -> Relayed {
 }
 
 // ----------------------------------------------------------- transition
+
+/// On a cluster, the lock lives in a slot of its own: the transition that
+/// ends a saga records the saga's leaving the lock's queue in its outbox,
+/// and the relay makes it there (twice over is the same as once), with the
+/// expiry of the saga's kept signals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ending_transition_lets_go_of_its_locks_through_the_relay() {
+    use sagaflow::protocol::locks::LockEntry;
+    use sagaflow::store::locks::{acquire, queue, Acquired};
+    let cluster = RedisCluster::start();
+    let s = settings(&cluster.url());
+    let mut conn = cluster_conn(&cluster.url()).await;
+    register(&mut conn, &s, "node-a.1", TTL).await;
+    let saga = saga_in(12);
+    let other = saga_in(13);
+    let p = Partition::of(saga.as_str());
+    Step::new(&saga, "node-a.1", 1).done(&mut conn, &s).await;
+    let entry = |id: &SagaId| LockEntry {
+        saga_id: id.to_string(),
+        saga: "s".into(),
+        step: "t".into(),
+        since_ms: 1,
+    };
+    for name in ["robot:1", "robot:2"] {
+        let got = must("a lock", acquire(&mut conn, &keys(), name, &entry(&saga))).await;
+        assert_eq!(got, Acquired::Held);
+        let got = must("a lock", acquire(&mut conn, &keys(), name, &entry(&other))).await;
+        assert!(matches!(got, Acquired::Queued { ahead: 1, .. }), "{got:?}");
+    }
+    assert_ne!(
+        slot(&keys().lock("robot:1")),
+        slot(&keys().record(saga.as_str()))
+    );
+    let mut last = Step::new(&saga, "node-a.1", 2)
+        .ownership(Ownership::Leave)
+        .phase(SagaStatus::Completed);
+    last.unlocks = vec!["robot:1", "robot:2"];
+    last.done(&mut conn, &s).await;
+    // Recorded, not yet made.
+    let held = must("a queue", queue(&mut conn, &keys(), "robot:1")).await;
+    assert_eq!(held[0].saga_id, saga.to_string());
+    assert_eq!(relay_all(&mut conn, p).await.entries, 1);
+    for name in ["robot:1", "robot:2"] {
+        let now = must("a queue", queue(&mut conn, &keys(), name)).await;
+        let ids: Vec<&str> = now.iter().map(|e| e.saga_id.as_str()).collect();
+        assert_eq!(ids, [other.as_str()], "{name}: the next holds it");
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transition_on_a_cluster_records_its_shared_writes_in_the_outbox() {

@@ -137,8 +137,9 @@ async fn a_completed_saga_is_one_trace_over_grpc() {
     let saga_id = events[0].saga_id.clone();
 
     // The root, a span per command sent (a step's, or a branch's: one
-    // per robot of the exploration), a span per handled command.
-    let expected = 1 + 2 * mission_commands(2);
+    // per robot of the exploration), a span per handled command, a span
+    // per robot's lock taken.
+    let expected = 1 + 2 * mission_commands(2) + 2;
     let spans = system
         .receiver
         .wait_for(SAGA_WAIT, |s| {
@@ -166,6 +167,19 @@ async fn a_completed_saga_is_one_trace_over_grpc() {
     assert_eq!(root.attr("saga.id"), saga_id);
     assert_eq!(root.attr("saga.correlation_id"), "traced");
     assert_eq!(root.attr("saga.outcome"), "completed");
+
+    // The time each robot's lock took to take, under the saga's span.
+    let locks = named(&spans, "lock ");
+    let names: BTreeSet<&str> = locks.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["lock robot:hall-a/robot-1", "lock robot:hall-a/robot-2"])
+    );
+    for lock in &locks {
+        assert_eq!(lock.parent_span_id, root.span_id);
+        assert_eq!(lock.attr("saga.step"), "perform_exploration");
+        assert_eq!(lock.name, format!("lock {}", lock.attr("saga.lock")));
+    }
 
     let traceparents = system.command_traceparents(&saga_id).await;
     let steps = named(&spans, "step ");
@@ -241,7 +255,7 @@ async fn a_compensated_saga_marks_its_errors_over_http() {
     // Root, a span per command (each robot's exploration its own), per
     // compensation (each robot's undoing its own), and per handled command.
     let undone = mission_undone(2);
-    let expected = 1 + 2 * (mission_commands(2) + undone.len());
+    let expected = 1 + 2 * (mission_commands(2) + undone.len()) + 2;
     let spans = system
         .receiver
         .wait_for(SAGA_WAIT, |s| s.len() >= expected)
@@ -495,4 +509,47 @@ async fn an_http_start_joins_the_callers_trace_under_its_request_id() {
             span.name
         );
     }
+}
+
+/// The time a saga was paused is a span of its own under the saga's, from
+/// the pause to the resume, naming who paused it and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_is_a_span_from_pause_to_resume() {
+    let system = System::start(Protocol::Grpc, &["--work-ms", "600"]).await;
+    system.start_mission("paused-span").await;
+    let events = wait_for_events(&system.server, SAGA_WAIT, |events| {
+        events.iter().any(|e| e.event_type == "step_started")
+    })
+    .await;
+    let saga_id = events[0].saga_id.clone();
+    let url = system.server.url();
+    let o = sagaflow_cli(&[
+        "pause",
+        &saga_id,
+        "--redis-url",
+        &url,
+        "--reason",
+        "inspect",
+    ])
+    .await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let o = sagaflow_cli(&["resume", &saga_id, "--redis-url", &url, "--reason", "done"]).await;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let events = saga_events(&system.server, "paused-span").await;
+    assert_eq!(events.last().unwrap().event_type, "saga_completed");
+    let spans = system
+        .receiver
+        .wait_for(SAGA_WAIT, |s| {
+            !named(s, "paused").is_empty() && !named(s, "saga ").is_empty()
+        })
+        .await;
+    let paused = named(&spans, "paused");
+    assert_eq!(paused.len(), 1, "{}", common::otlp::describe(&spans));
+    let root = named(&spans, "saga ")[0];
+    assert_eq!(paused[0].parent_span_id, root.span_id);
+    assert_eq!(paused[0].attr("saga.operator"), "ops@test");
+    assert_eq!(paused[0].attr("saga.reason"), "inspect");
+    let lasted = paused[0].end_unix_nano - paused[0].start_unix_nano;
+    assert!(lasted >= 300_000_000, "paused for {lasted} ns");
 }

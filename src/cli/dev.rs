@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  sagaflow dev\n  sagaflow dev --fail-at perform_exploration\n  sagaflow dev --cluster"
+    after_help = "Examples:\n  sagaflow dev\n  sagaflow dev --fail-at perform_exploration\n  sagaflow dev --contend\n  sagaflow dev --cluster"
 )]
 pub struct DevArgs {
     /// Use this Redis instead of starting a private redis-server.
@@ -47,6 +47,12 @@ pub struct DevArgs {
     /// Make this step fail, to watch the compensations run.
     #[arg(long, value_name = "STEP")]
     fail_at: Option<String>,
+    /// Start two missions on the same area at once: they want the same
+    /// robots, and the one that comes second waits for the robots'
+    /// locks until the first has let go of them. The simulated handlers
+    /// then work 200 ms per command at the least.
+    #[arg(long)]
+    contend: bool,
     /// Give up waiting for the saga after this long.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -134,21 +140,41 @@ async fn demo(args: DevArgs) -> Result<ExitCode, String> {
     if args.fail_at.is_some() {
         sim.fail_step = args.fail_at.clone();
     }
+    if args.contend {
+        // Work that takes a moment, so that the second mission surely wants
+        // the robots while the first still explores with them.
+        sim.work_ms = sim.work_ms.max(CONTEND_WORK_MS);
+    }
     let handlers = tokio::spawn(run_simulated_handlers(
         client.clone(),
         sim,
         shutdown.clone(),
     ));
 
-    let outcome = follow_one_mission(
-        &client,
-        redis_mode,
-        &trigger_stream,
-        &events_stream,
-        &args,
-        &shutdown,
-    )
-    .await;
+    let outcome = match args.contend {
+        true => {
+            follow_contending(
+                &client,
+                redis_mode,
+                &trigger_stream,
+                &events_stream,
+                &args,
+                &shutdown,
+            )
+            .await
+        }
+        false => {
+            follow_one_mission(
+                &client,
+                redis_mode,
+                &trigger_stream,
+                &events_stream,
+                &args,
+                &shutdown,
+            )
+            .await
+        }
+    };
     shutdown.cancel();
     daemon.wait().await;
     let _ = handlers.await;
@@ -215,5 +241,120 @@ async fn follow_one_mission(
     Ok(match outcome {
         follow::Outcome::Completed(_) => ExitCode::SUCCESS,
         _ => ExitCode::from(1),
+    })
+}
+
+/// Simulated work per command at the least with `--contend`, in ms.
+const CONTEND_WORK_MS: u64 = 200;
+
+/// Starts two missions on the same input at once and prints both missions'
+/// events, each line marked with its mission, until both ended; then which
+/// waited for which robots. 0 when both completed.
+async fn follow_contending(
+    client: &redis::Client,
+    mode: RedisMode,
+    trigger_stream: &str,
+    events_stream: &str,
+    args: &DevArgs,
+    shutdown: &CancellationToken,
+) -> Result<ExitCode, String> {
+    let unreachable = |e: redis::RedisError| format!("cannot reach Redis: {e}");
+    let client = connection::Client::resolve(client.clone(), mode)
+        .await
+        .map_err(unreachable)?;
+    let mut conn = client
+        .commands(Duration::from_secs(5))
+        .await
+        .map_err(unreachable)?;
+    let mut from = streams::last_id(&mut conn, events_stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut missions: Vec<(String, String)> = Vec::new();
+    for label in ["A", "B"] {
+        let started = operator::start(
+            &mut conn,
+            trigger_stream,
+            &operator::Start {
+                saga: Some(args.saga.clone()),
+                payload: args.payload.clone(),
+                correlation_id: Some(CorrelationId::generate().to_string()),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("cannot start mission {label}: {e}"))?;
+        outln!("mission {label}: saga {}", started.saga_id);
+        missions.push((label.to_owned(), started.saga_id.to_string()));
+    }
+    outln!("both on {}: they want the same robots\n", args.payload);
+    let mut reader = client.blocking(follow::POLL).await.map_err(unreachable)?;
+    let began = std::time::Instant::now();
+    let mut ended: Vec<(String, String)> = Vec::new();
+    let mut waits: Vec<String> = Vec::new();
+    while ended.len() < missions.len() {
+        if shutdown.is_cancelled() {
+            return Err("stopped before the missions ended".into());
+        }
+        if began.elapsed() >= args.timeout {
+            return Err(format!(
+                "the missions did not end within {}",
+                humantime::format_duration(args.timeout)
+            ));
+        }
+        let entries = streams::read_after(&mut reader, events_stream, &from, None, follow::POLL)
+            .await
+            .map_err(|e| format!("reading {events_stream} failed: {e}"))?;
+        for entry in entries {
+            from = entry.id.clone();
+            let text = |name: &str| {
+                let bytes = entry.fields.get(name).map(Vec::as_slice).unwrap_or(b"");
+                String::from_utf8_lossy(bytes).into_owned()
+            };
+            let saga_id = text(crate::protocol::fields::SAGA_ID);
+            let Some((label, _)) = missions.iter().find(|(_, id)| *id == saga_id) else {
+                continue;
+            };
+            let elapsed = began.elapsed().as_millis() as u64;
+            outln!(
+                "{label}  {}",
+                super::render::event_line(&entry.fields, elapsed)
+            );
+            let event = text(crate::protocol::fields::EVENT_TYPE);
+            if event == "lock_waiting" {
+                let payload: serde_json::Value =
+                    serde_json::from_str(&text(crate::protocol::fields::PAYLOAD))
+                        .unwrap_or_default();
+                let holder = payload["holder"].as_str().unwrap_or("");
+                let by = missions.iter().find(|(_, id)| id == holder);
+                waits.push(format!(
+                    "mission {label} waited for {} (held by mission {})",
+                    payload["lock"].as_str().unwrap_or("?"),
+                    by.map_or("?", |(l, _)| l.as_str())
+                ));
+            }
+            if matches!(
+                event.as_str(),
+                "saga_completed" | "saga_compensated" | "saga_failed"
+            ) {
+                ended.push((label.clone(), event));
+            }
+        }
+    }
+    outln!("");
+    for wait in &waits {
+        outln!("{wait}");
+    }
+    if waits.is_empty() {
+        outln!(
+            "neither mission waited: the first let go of the robots before the second wanted them"
+        );
+    }
+    let completed = ended.iter().all(|(_, e)| e == "saga_completed");
+    for (label, event) in &ended {
+        outln!("mission {label}: {}", event.trim_start_matches("saga_"));
+    }
+    Ok(match completed {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::from(1),
     })
 }

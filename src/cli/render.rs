@@ -66,17 +66,15 @@ pub fn event_columns(fields: &RawFields) -> String {
             short(text(fields, f::SAGA_ID)),
             brief(&payload["input"], 80)
         ),
-        "step_started" if payload.get("signal").is_some() => {
-            let at: u64 = text(fields, f::TIMESTAMP).parse().unwrap_or(0);
-            let due = payload["deadline_ms"].as_u64().unwrap_or(0);
-            format!(
-                "awaits signal {} for at most {}",
-                fit(payload["signal"].as_str().unwrap_or("?"), 64),
-                humantime::format_duration(std::time::Duration::from_secs(
-                    due.saturating_sub(at) / 1000
-                ))
-            )
-        }
+        "step_started" if payload.get("signal").is_some() => format!(
+            "waits for signal {}",
+            payload["signal"].as_str().unwrap_or("?")
+        ),
+        "step_completed" if payload.get("signal").is_some() => format!(
+            "signal {} taken: {}",
+            payload["signal"].as_str().unwrap_or("?"),
+            brief(&payload["result"], 100)
+        ),
         "step_started" | "compensation_started" => format!(
             "{} #{attempt}{} sent to {} (request {})",
             payload["command"].as_str().unwrap_or(step),
@@ -139,20 +137,38 @@ pub fn event_columns(fields: &RawFields) -> String {
             ),
         },
         "lock_waiting" => format!(
-            "waits for lock {}{}, {} ahead",
+            "waits for {}: saga {} holds it{}",
             payload["lock"].as_str().unwrap_or("?"),
-            match payload["holder"].as_str() {
-                Some(holder) => format!(" held by saga {}", short(holder)),
-                None => String::new(),
-            },
-            payload["ahead"].as_u64().unwrap_or(0)
+            short(payload["holder"].as_str().unwrap_or("?")),
+            match payload["ahead"].as_u64() {
+                Some(n) if n > 1 => format!(", {n} ahead"),
+                _ => String::new(),
+            }
         ),
         "lock_acquired" => format!(
-            "took lock {} after {} ms",
+            "took {}{}",
             payload["lock"].as_str().unwrap_or("?"),
-            payload["waited_ms"].as_u64().unwrap_or(0)
+            match payload["waited_ms"].as_u64() {
+                Some(ms) if ms > 0 => format!(" after waiting {ms} ms"),
+                _ => String::new(),
+            }
         ),
         "locks_released" => format!("let go of {}", brief(&payload["locks"], 100)),
+        "signal_received" => format!(
+            "signal {} ({}){}",
+            payload["signal"].as_str().unwrap_or("?"),
+            payload["signal_id"].as_str().unwrap_or("?"),
+            if payload["duplicate"] == Value::Bool(true) {
+                ": a duplicate"
+            } else {
+                ""
+            }
+        ),
+        "signal_rejected" => format!(
+            "signal {} refused: {}",
+            payload["signal"].as_str().unwrap_or("?"),
+            payload["refused"].as_str().unwrap_or("?")
+        ),
         "saga_rejected" => format!("rejected: {}", payload["reason"].as_str().unwrap_or("?")),
         "saga_duplicate" => format!(
             "duplicate of saga {}",
@@ -418,7 +434,7 @@ mod tests {
             "ahead": 2, "timeout_ms": 600000}"#;
         let line = event_columns(&event("lock_waiting", "take", waiting));
         assert!(
-            line.ends_with("waits for lock robot:7 held by saga 3f0c2a9e, 2 ahead"),
+            line.ends_with("waits for robot:7: saga 3f0c2a9e holds it, 2 ahead"),
             "{line}"
         );
         let line = event_columns(&event(
@@ -426,20 +442,19 @@ mod tests {
             "take",
             r#"{"lock": "robot:7", "waited_ms": 1200}"#,
         ));
-        assert!(line.ends_with("took lock robot:7 after 1200 ms"), "{line}");
+        assert!(
+            line.ends_with("took robot:7 after waiting 1200 ms"),
+            "{line}"
+        );
         let line = event_columns(&event("locks_released", "", r#"{"locks": ["robot:7"]}"#));
         assert!(line.ends_with(r#"let go of ["robot:7"]"#), "{line}");
-        let mut started = event(
+        let started = event(
             "step_started",
             "approve",
             r#"{"signal": "approval", "deadline_ms": 3601000}"#,
         );
-        started.insert(f::TIMESTAMP.into(), b"1000".to_vec());
         let line = event_columns(&started);
-        assert!(
-            line.ends_with("awaits signal approval for at most 1h"),
-            "{line}"
-        );
+        assert!(line.ends_with("waits for signal approval"), "{line}");
     }
 
     #[test]

@@ -997,3 +997,76 @@ steps:
         ]
     );
 }
+
+#[test]
+fn wait_steps_and_locks_load_with_their_defaults() {
+    let text = format!(
+        "{GOOD}    locks: ['robot:${{steps.allocate_resources.result.robot_ids}}', area:north]\n    lock_timeout: 30s\n  - name: approve\n    kind: wait\n    signal: route_approved\n"
+    );
+    let def = load_str(Path::new("m.yaml"), &text).unwrap();
+    let plan = &def.steps[1];
+    assert_eq!(plan.locks.len(), 2);
+    assert_eq!(plan.lock_timeout, std::time::Duration::from_secs(30));
+    assert_eq!(def.steps[0].lock_timeout, model::DEFAULT_LOCK_TIMEOUT);
+    let approve = &def.steps[2];
+    assert_eq!(approve.wait.as_deref(), Some("route_approved"));
+    assert_eq!(approve.timeout, model::DEFAULT_WAIT_TIMEOUT);
+    assert!(approve.stream.is_empty() && approve.command.is_empty());
+    let catalog = crate::definition::catalog_from_str(Path::new("m.yaml"), &text).unwrap();
+    let streams: Vec<String> = catalog
+        .command_streams()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(
+        streams,
+        ["resources:commands", "routing:commands"],
+        "a wait sends nothing"
+    );
+}
+
+#[test]
+fn wait_steps_and_locks_are_checked_where_written() {
+    let wait = "  - name: approve\n    kind: wait\n";
+    let cases: &[(&str, &str)] = &[
+        (
+            "    kind: wait\n",
+            "m.yaml:17:11: a `kind: wait` step needs `signal`: the name of the signal it waits for",
+        ),
+        (
+            "    kind: wait\n    signal: a b\n",
+            "m.yaml:18:13: signal name `a b` must be 1 to 64 letters, digits, `_`, `.` or `-`",
+        ),
+        (
+            "    kind: wait\n    signal: ok\n    stream: s\n",
+            "m.yaml:19:13: a `kind: wait` step sends no command and undoes nothing: `stream` does not belong on it",
+        ),
+        (
+            "    kind: wait\n    signal: ok\n    compensation: { command: x }\n",
+            "m.yaml:19:19: a `kind: wait` step sends no command and undoes nothing: `compensation` does not belong on it",
+        ),
+        ("    kind: sleep\n    stream: s\n", "m.yaml:17:11: kind `sleep` is unknown; use command or wait"),
+        (
+            "    stream: s\n    signal: ok\n",
+            "m.yaml:18:13: `signal` names what a `kind: wait` step waits for; this step sends a command",
+        ),
+        (
+            "    stream: s\n    locks: ['robot {x}']\n",
+            "m.yaml:18:13: lock name `robot {x}` must be 1 to 200 letters, digits or `: _ . - / @ = +`",
+        ),
+        (
+            "    stream: s\n    lock_timeout: 5s\n",
+            "m.yaml:18:19: lock_timeout bounds the wait for the step's locks: the step takes none (`locks:`)",
+        ),
+        (
+            "    stream: s\n    locks: [[a]]\n",
+            "m.yaml:18:13: step `approve`: each entry of `locks` must be a lock name, not a list",
+        ),
+    ];
+    for (rest, wanted) in cases {
+        let step = wait.replace("    kind: wait\n", rest);
+        let text = format!("{GOOD}{step}");
+        let errs = errors_of(&text);
+        assert!(errs.iter().any(|e| e == wanted), "{rest:?}: {errs:?}");
+    }
+}

@@ -39,31 +39,42 @@ pub(super) async fn ask(shared: &Shared, def: &SagaDefinition, state: &SagaState
     for ask in asks {
         match ask {
             Ask::Lock { name, step } => {
-                let Some(work) = state.work.steps.get(&step) else {
+                let Some(wait) = state.work.steps.get(&step).and_then(|w| w.locking.as_ref())
+                else {
                     continue;
                 };
-                let since_ms = work.locking.as_ref().map_or(0, |l| l.since_ms);
+                let since_ms = wait.since_ms;
                 let who = LockEntry {
                     saga_id: state.saga_id.to_string(),
                     saga: state.saga.clone(),
                     step: (def.steps.get(step)).map_or_else(String::new, |s| s.name.clone()),
                     since_ms,
                 };
-                let outcome = match locks::acquire(&mut conn, &keys, &name, &who).await {
-                    Ok(Acquired::Held) => LockOutcome::Held,
-                    Ok(Acquired::Queued { ahead, holder }) => LockOutcome::Queued {
-                        ahead,
-                        holder: holder.map(|h| h.saga_id),
-                    },
-                    Err(e @ (LockError::Full { .. } | LockError::WrongType { .. })) => {
-                        LockOutcome::Refused(e.to_string())
+                // The step's locks in order: the next is asked for only
+                // once the one before is held.
+                debug_assert_eq!(wait.pending.first(), Some(&name));
+                for name in &wait.pending {
+                    let outcome = match locks::acquire(&mut conn, &keys, name, &who).await {
+                        Ok(Acquired::Held) => LockOutcome::Held,
+                        Ok(Acquired::Queued { ahead, holder }) => LockOutcome::Queued {
+                            ahead,
+                            holder: holder.map(|h| h.saga_id),
+                        },
+                        Err(e @ (LockError::Full { .. } | LockError::WrongType { .. })) => {
+                            LockOutcome::Refused(e.to_string())
+                        }
+                        Err(LockError::Redis(e)) => {
+                            tracing::warn!(lock = %name, error = %e, "cannot ask for a lock; asking again soon");
+                            break;
+                        }
+                    };
+                    let held = outcome == LockOutcome::Held;
+                    let name = name.clone();
+                    events.push(Event::Lock(LockAnswer { name, outcome }));
+                    if !held {
+                        break;
                     }
-                    Err(LockError::Redis(e)) => {
-                        tracing::warn!(lock = %name, error = %e, "cannot ask for a lock; asking again soon");
-                        continue;
-                    }
-                };
-                events.push(Event::Lock(LockAnswer { name, outcome }));
+                }
             }
             Ask::Signal { name } => {
                 if signals_read.is_none() {

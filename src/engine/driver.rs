@@ -484,6 +484,8 @@ struct Driven<'a> {
     ask_pause: Duration,
     /// Answers to asks, applied one by one before anything else.
     answers: std::collections::VecDeque<Event>,
+    /// Tells when a saga of this daemon let go of locks.
+    let_go: tokio::sync::watch::Receiver<u64>,
     _in_flight: InFlight,
     _permit: OwnedSemaphorePermit,
 }
@@ -515,6 +517,7 @@ impl<'a> Driven<'a> {
             ask_at: None,
             ask_pause: Duration::ZERO,
             answers: Default::default(),
+            let_go: shared.locks_let_go.subscribe(),
             _in_flight: InFlight::enter(),
             _permit: permit,
         }
@@ -540,6 +543,13 @@ impl<'a> Driven<'a> {
                         None => return Ended::Stopped,
                     },
                     _ = sleep_until_or_never(ask_at) => {
+                        self.ask().await;
+                        continue;
+                    }
+                    Ok(()) = self.let_go.changed(), if self.waits_for_a_lock() => {
+                        // A lock may be free: asked at once, and soon again
+                        // (on a cluster the release is relayed just after).
+                        self.ask_pause = Duration::ZERO;
                         self.ask().await;
                         continue;
                     }
@@ -631,6 +641,10 @@ impl<'a> Driven<'a> {
         self.ask_at = (!asks.is_empty()).then(tokio::time::Instant::now);
         self.ask_pause = Duration::ZERO;
         self.asked = asks;
+    }
+
+    fn waits_for_a_lock(&self) -> bool {
+        (self.asked.iter()).any(|a| matches!(a, saga::Ask::Lock { .. }))
     }
 
     /// Asks about what the saga waits for; queues the answers.
@@ -781,6 +795,9 @@ impl<'a> Driven<'a> {
         match written {
             Ok(written) => {
                 if matches!(written, Written::Done | Written::AlreadyDone) {
+                    if effects.iter().any(|e| matches!(e, Effect::Unlock { .. })) {
+                        self.shared.locks_let_go.send_modify(|n| *n += 1);
+                    }
                     self.seq += 1;
                     if persist {
                         self.persisted = Some(phase);

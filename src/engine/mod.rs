@@ -110,6 +110,9 @@ pub(crate) struct Shared {
     pub renew_now: Notify,
     /// On a cluster, the relay workers of the partitions' outboxes.
     pub relays: Option<relay::Relays>,
+    /// Moved on each time a saga of this daemon lets go of locks: its
+    /// sagas waiting for a lock ask again at once (see [`asks`]).
+    pub locks_let_go: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -191,6 +194,7 @@ impl Daemon {
             clock: Clock::default(),
             epoch: RwLock::new(epoch),
             renew_now: Notify::new(),
+            locks_let_go: tokio::sync::watch::Sender::new(0),
             relays: client.is_cluster().then(relay::Relays::new),
         });
         let mut lease_conn = lease_conn;

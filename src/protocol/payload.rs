@@ -146,6 +146,14 @@ pub struct OperatorAction {
     pub verified: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// For a `resume`: how long the saga was paused, and who paused it,
+    /// why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_for_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
 }
 
 /// `lock_waiting`: the step waits for `lock`, which `holder` holds;
@@ -184,6 +192,8 @@ pub struct WaitStarted {
 pub struct SignalTaken {
     pub signal: String,
     pub signal_id: String,
+    /// From the wait's start to the signal taken.
+    pub waited_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
     pub result: Value,

@@ -118,6 +118,10 @@ fn describe() {
         "Time from a saga's start to its terminal event, by saga name and outcome"
     );
     describe_histogram!(
+        m::LOCK_WAIT,
+        "Time from a step asking for a semantic lock to holding it, by saga name"
+    );
+    describe_histogram!(
         m::STEP_DURATION,
         "Time from sending a command to its final reply or timeout, by saga, step, kind and outcome"
     );
@@ -214,6 +218,14 @@ pub fn step_ended(
         ("outcome", outcome.to_owned()),
     ];
     histogram!(m::STEP_DURATION, &labels).record(elapsed.as_secs_f64());
+}
+
+/// A step took a semantic lock after waiting `waited`.
+pub fn lock_taken(saga: &str, waited: Duration) {
+    if !recording() {
+        return;
+    }
+    histogram!(m::LOCK_WAIT, "saga" => saga_label(saga)).record(waited.as_secs_f64());
 }
 
 /// An attempt ended by one of its clocks: `completion`, `ack` or

@@ -17,6 +17,13 @@ pub mod attr {
     pub const COMMAND: &str = "saga.command.name";
     pub const REQUEST_ID: &str = "saga.request_id";
     pub const PROGRESS: &str = "saga.progress";
+    /// The semantic lock a `lock` span waited for.
+    pub const LOCK: &str = "saga.lock";
+    /// The signal a `wait` span waited for.
+    pub const SIGNAL: &str = "saga.signal";
+    /// Who paused or resumed a saga, and why (a `pause` span).
+    pub const OPERATOR: &str = "saga.operator";
+    pub const REASON: &str = "saga.reason";
     // OpenTelemetry's messaging conventions.
     pub const MESSAGING_SYSTEM: &str = "messaging.system";
     pub const MESSAGING_DESTINATION: &str = "messaging.destination.name";
@@ -46,5 +53,6 @@ pub mod metric {
     pub const LEASES_LOST: &str = "sagaflow_leases_lost_total";
     pub const OPERATOR_REFUSED: &str = "sagaflow_operator_requests_refused_total";
     pub const OPERATOR_ACTIONS: &str = "sagaflow_operator_actions_total";
+    pub const LOCK_WAIT: &str = "sagaflow_lock_wait_seconds";
     pub const READY: &str = "sagaflow_ready";
 }

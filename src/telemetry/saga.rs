@@ -129,6 +129,16 @@ impl SagaTelemetry {
                     a.progress.push((event.timestamp, percent));
                 }
             }
+            EventType::StepCompleted if event.payload.get("signal").is_some() => {
+                let signal = event.payload["signal"].as_str().unwrap_or("").to_owned();
+                let waited = event.payload["waited_ms"].as_u64().unwrap_or(0);
+                let step = event.step.clone().unwrap_or_default();
+                let attributes = vec![
+                    KeyValue::new(attr::STEP, step),
+                    KeyValue::new(attr::SIGNAL, signal.clone()),
+                ];
+                wait_span(state, event, format!("wait {signal}"), waited, attributes);
+            }
             EventType::StepCompleted | EventType::CompensationCompleted => {
                 self.end_attempt(state, event, "completed", None);
             }
@@ -158,6 +168,26 @@ impl SagaTelemetry {
             }
             EventType::OperatorAction if event.payload.get("refused").is_none() => {
                 metrics::operator_action(event.payload["action"].as_str().unwrap_or(""));
+                if let Some(paused_ms) = event.payload["paused_for_ms"].as_u64() {
+                    let p = &event.payload;
+                    let text = |k: &str| p[k].as_str().unwrap_or("").to_owned();
+                    let attributes = vec![
+                        KeyValue::new(attr::OPERATOR, text("paused_by")),
+                        KeyValue::new(attr::REASON, text("pause_reason")),
+                    ];
+                    wait_span(state, event, "paused".into(), paused_ms, attributes);
+                }
+            }
+            EventType::LockAcquired => {
+                let waited = event.payload["waited_ms"].as_u64().unwrap_or(0);
+                metrics::lock_taken(saga, Duration::from_millis(waited));
+                let lock = event.payload["lock"].as_str().unwrap_or("").to_owned();
+                let step = event.step.clone().unwrap_or_default();
+                let attributes = vec![
+                    KeyValue::new(attr::STEP, step),
+                    KeyValue::new(attr::LOCK, lock.clone()),
+                ];
+                wait_span(state, event, format!("lock {lock}"), waited, attributes);
             }
             _ => {}
         }
@@ -226,6 +256,30 @@ impl SagaTelemetry {
         }
         span.end_with_timestamp(time(event.timestamp));
     }
+}
+
+/// A span under the saga's for a time it waited (for a lock, a signal, or
+/// while paused), ending at `event`, `waited_ms` long.
+fn wait_span(
+    state: &SagaState,
+    event: &SagaEvent,
+    name: String,
+    waited_ms: u64,
+    extra: Vec<KeyValue>,
+) {
+    if !super::exporting_spans() {
+        return;
+    }
+    let tracer = global::tracer(super::TRACER_NAME);
+    let mut attributes = saga_attributes(state);
+    attributes.extend(extra);
+    let builder = tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Internal)
+        .with_start_time(time(event.timestamp.saturating_sub(waited_ms)))
+        .with_attributes(attributes);
+    let mut span = builder.start_with_context(&tracer, &root_context(state));
+    span.end_with_timestamp(time(event.timestamp));
 }
 
 fn end_root(state: &SagaState, event: &SagaEvent) {

@@ -69,9 +69,10 @@ pub fn mission_commands(robots: usize) -> usize {
 /// The events of a reference mission with `robots` robots that completes
 /// with the simulated handlers (each command answered with one `progress`):
 /// the start; started, progress, completed per command; the fan-out's own
-/// start and completion; the end.
+/// start and completion; a lock taken per robot (none waited for); the end,
+/// and the locks let go of.
 pub fn mission_event_count(robots: usize) -> usize {
-    1 + 3 * mission_commands(robots) + 2 + 1
+    1 + 3 * mission_commands(robots) + 2 + robots + 1 + 1
 }
 
 /// The compensations that undo a reference mission of `robots` robots whose
@@ -550,12 +551,13 @@ where
 }
 
 /// Starts `n` reference missions in one round trip; their correlation ids
-/// are `<prefix>-000`, `<prefix>-001`, ...
+/// are `<prefix>-000`, `<prefix>-001`, ... Each explores an area of its own
+/// (named like its correlation id): none waits for another's robots.
 pub async fn start_missions(conn: &mut impl ConnectionLike, prefix: &str, n: usize) -> Vec<String> {
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i:03}")).collect();
-    let payload = r#"{"area":"hall-a","robots":2}"#;
     let mut pipe = redis::pipe();
     for id in &ids {
+        let payload = format!(r#"{{"area":"{id}","robots":2}}"#);
         pipe.cmd("XADD")
             .arg("mission:start")
             .arg("*")

@@ -55,7 +55,12 @@ pub async fn run(client: &Client, load: &Load) -> Result<Measured, String> {
         .commands(Duration::from_secs(5))
         .await
         .map_err(|e| e.to_string())?;
-    let payload = serde_json::json!({ "area": "hall-a", "robots": load.robots }).to_string();
+    // Each mission explores an area of its own: the reference mission locks
+    // its robots per area, and a benchmark of missions queueing for the same
+    // robots would measure the queue, not the daemon.
+    let payload = |index: usize| {
+        serde_json::json!({ "area": format!("bench-{index}"), "robots": load.robots }).to_string()
+    };
     let (tx, mut ended_rx) = mpsc::unbounded_channel();
     let (steps_tx, steps_rx) = tokio::sync::oneshot::channel();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -99,7 +104,7 @@ pub async fn run(client: &Client, load: &Load) -> Result<Measured, String> {
                 .arg(f::CORRELATION_ID)
                 .arg(format!("bench-{index}"))
                 .arg(f::PAYLOAD)
-                .arg(&payload)
+                .arg(payload(index))
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| format!("cannot write a start: {e}"))?;

@@ -163,7 +163,17 @@ impl Machine<'_> {
                     }
                 }
                 self.st().paused = None;
-                self.emit_action(request, None, None);
+                let action = payload::OperatorAction {
+                    action: request.action.name().to_owned(),
+                    by: request.by.clone(),
+                    reason: request.reason.clone(),
+                    verified: request.unproven.is_none(),
+                    refused: None,
+                    paused_for_ms: Some(paused_for),
+                    paused_by: Some(pause.by),
+                    pause_reason: Some(pause.reason),
+                };
+                self.emit(EventType::OperatorAction, None, &action);
             }
             Action::Retry | Action::Skip { .. } | Action::Abandon => {
                 let Phase::Failed(failed) = &self.state.phase else {
@@ -332,6 +342,9 @@ impl Machine<'_> {
             reason: request.reason.clone(),
             verified: request.unproven.is_none(),
             refused: refused.map(str::to_owned),
+            paused_for_ms: None,
+            paused_by: None,
+            pause_reason: None,
         };
         self.emit(EventType::OperatorAction, unit, &action);
     }

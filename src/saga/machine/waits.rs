@@ -319,6 +319,7 @@ impl Machine<'_> {
         let taken = payload::SignalTaken {
             signal: signal.name,
             signal_id: signal.signal_id,
+            waited_ms: self.now.saturating_sub(wait.since_ms),
             by: signal.by,
             result: signal.payload,
         };
@@ -343,13 +344,19 @@ impl Machine<'_> {
             return;
         }
         let locks: Vec<String> = std::mem::take(&mut self.st().locks).into_keys().collect();
-        self.effects.push(Effect::Unlock {
+        let unlock = Effect::Unlock {
             locks: locks.clone(),
-        });
+        };
         self.emit(
             EventType::LocksReleased,
             None,
             &payload::LocksReleased { locks },
         );
+        let released = self.effects.pop().expect("just emitted");
+        // Before the saga's last event, so that `saga_completed` or
+        // `saga_compensated` stays the last word on the saga.
+        let ending = |e: &Effect| matches!(e, Effect::Emit(ev) if matches!(ev.event_type, EventType::SagaCompleted | EventType::SagaCompensated));
+        let at = (self.effects.iter().rposition(ending)).unwrap_or(self.effects.len());
+        self.effects.splice(at..at, [unlock, released]);
     }
 }

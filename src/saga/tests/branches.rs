@@ -1690,3 +1690,5 @@ fn only_transitions_that_change_the_state_are_written() {
         "an ended saga"
     );
 }
+
+mod waits;
