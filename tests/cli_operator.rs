@@ -274,10 +274,12 @@ async fn watch_prints_the_events_as_they_come(server: Redis) {
         &serde_json::json!({"area": "a", "robots": 1}),
     )
     .await;
+    // Another area: its robot's lock is not the other saga's, so its
+    // events are the same every time.
     start_mission(
         &mut conn,
         "seen",
-        &serde_json::json!({"area": "a", "robots": 1}),
+        &serde_json::json!({"area": "b", "robots": 1}),
     )
     .await;
     saga_events(&server, "seen").await;
