@@ -1,10 +1,13 @@
 //! What operators do with sagas from outside the daemon: start one, read a
-//! saga's record and events, list sagas. Used by the `start`, `status`,
-//! `list` and `watch` subcommands.
+//! saga's record and events, list sagas, see who holds which lock
+//! ([`locks`]). Used by the `start`, `status`, `list`, `locks` and `watch`
+//! subcommands.
 //!
 //! Each works on one Redis and on a cluster alike: every command names
 //! one key, and every pipeline keys of one hash slot (a partition's, or
 //! the leases'), which is all a cluster lets one pipeline hold.
+
+pub mod locks;
 
 use crate::config::Settings;
 use crate::definition::SagaDefinition;

@@ -5,8 +5,9 @@
 //! `sagaflow handlers` with the combined one), `sagaflow start --wait` as
 //! the starter, `status` and `list` as the viewer, `cancel --wait` as the
 //! operator. Missions complete and are cancelled, a daemon takes another's
-//! sagas over, and Redis refuses nothing along the way (`ACL LOG` stays
-//! empty). Then each role is refused, with NOPERM, what it must not do.
+//! sagas over, sagas take, wait for and let go of a semantic lock that
+//! `locks` and `status` show, and Redis refuses nothing along the way
+//! (`ACL LOG` stays empty). Then each role is refused, with NOPERM, what it must not do.
 
 mod common;
 
@@ -130,8 +131,16 @@ impl Users {
 /// default user with redis-cli, then makes an administrator for the test
 /// and turns the default user off: no piece can get by without its own.
 async fn apply_users(server: &RedisServer, api_tokens: Option<&str>) -> Users {
+    apply_users_for(server, api_tokens, &mission_sagas()).await
+}
+
+/// [`apply_users`] for the sagas of `sagas`, a directory.
+async fn apply_users_for(
+    server: &RedisServer,
+    api_tokens: Option<&str>,
+    sagas: &std::path::Path,
+) -> Users {
     let url = server.url();
-    let sagas = mission_sagas();
     let sagas = sagas.to_str().expect("a UTF-8 path");
     let operator = format!("operator={OPERATOR_PASSWORD}");
     let mut args = vec![
@@ -465,6 +474,128 @@ async fn every_piece_runs_as_its_own_user() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+
+    let refused = acl_log(&users.admin_url());
+    assert!(
+        refused.is_empty(),
+        "Redis refused commands of the pieces (add them to their role in src/cli/acl.rs):\n{}",
+        refused.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_are_taken_let_go_of_and_shown_under_least_privilege() {
+    use common::locks::{contention, lock_job_sagas, LOCK_TRIGGER};
+    let server = RedisServer::start();
+    let sagas = lock_job_sagas();
+    let (api_token, entry) = common::api::write_token();
+    let users = apply_users_for(&server, Some(&entry), sagas.path()).await;
+    let _show = ShowRefusals(users.admin_url());
+    let addr = common::api::free_addr();
+    let daemon_url = users.url("daemon");
+    let sagas_dir = sagas.path().to_str().expect("a UTF-8 path");
+    let daemon = Child::spawn(
+        "acl-locks",
+        &[
+            "run",
+            "--redis-url",
+            &daemon_url,
+            "--node-id",
+            "acl-locks",
+            "--sagas",
+            sagas_dir,
+            "--lease-ttl",
+            common::processes::LEASE_TTL,
+            "--http-addr",
+            &addr,
+        ],
+        &[
+            ("SAGAFLOW_OPERATOR_KEYS", OPERATOR_KEY),
+            ("SAGAFLOW_API_TOKENS", &entry),
+        ],
+    );
+    daemon.wait_started().await;
+    let _handlers = Child::handlers(&users.url("handlers"), &[]);
+
+    // Two sagas on robot 7, started by the starter: the first takes the
+    // lock (asked for in a script: TYPE, LRANGE, RPUSH) and waits for a
+    // signal holding it; the second waits for it.
+    let starter = users.url("starter");
+    let mut log = EventLog::new(&users.admin_url());
+    for (correlation_id, holding, waiting) in [
+        ("lock-1", &["lock-1"][..], &[][..]),
+        ("lock-2", &["lock-1"], &["lock-2"]),
+    ] {
+        let payload = format!(r#"{{"robot": 7, "area": "{correlation_id}"}}"#);
+        let o = sagaflow(&[
+            "start",
+            "--redis-url",
+            &starter,
+            "--stream",
+            LOCK_TRIGGER,
+            "--payload",
+            &payload,
+            "--correlation-id",
+            correlation_id,
+        ])
+        .await;
+        assert!(o.status.success(), "{}", text(&o));
+        log.wait_until(SAGA_WAIT, "the lock held, then waited for", |events| {
+            contention(events, holding, waiting).is_some()
+        })
+        .await;
+    }
+    let ids = contention(log.events(), &["lock-1"], &["lock-2"]).expect("seen above");
+    let (holder, waiter) = (&ids[0], &ids[1]);
+
+    // Viewers and operators read the lock's queue (TYPE, LRANGE).
+    for role in ["viewer", "operator"] {
+        let url = users.url(role);
+        let o = sagaflow(&["locks", "--redis-url", &url]).await;
+        assert!(o.status.success(), "{role}: {}", text(&o));
+        for id in [holder, waiter] {
+            assert!(text(&o).contains(id.as_str()), "{role}: {}", text(&o));
+        }
+        let o = sagaflow(&["status", waiter, "--redis-url", &url]).await;
+        assert!(
+            text(&o).contains(&format!("robot:7 for step take: held by saga {holder}")),
+            "{role}: {}",
+            text(&o)
+        );
+    }
+    // The daemon's API reads them too.
+    let http = reqwest::Client::new();
+    for path in ["/v1/locks", "/v1/locks/robot:7"] {
+        let response = bounded(
+            path,
+            http.get(format!("http://{addr}{path}"))
+                .bearer_auth(&api_token)
+                .send(),
+        )
+        .await
+        .expect("the API answers");
+        assert_eq!(response.status(), 200, "{path}");
+        let body = response.text().await.unwrap_or_default();
+        assert!(body.contains(holder.as_str()), "{path}: {body}");
+    }
+
+    // The holder cancelled: its last transition lets go of the lock
+    // (TYPE, LRANGE, LREM in its script), and the waiter takes it.
+    let o = sagaflow(&[
+        "cancel",
+        holder,
+        "--redis-url",
+        &users.url("operator"),
+        "--reason",
+        "least privilege",
+        "--wait",
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(1), "compensated:\n{}", text(&o));
+    log.wait_until(SAGA_WAIT, "the waiter taking the lock", |events| {
+        (events.iter()).any(|e| e.correlation_id == "lock-2" && e.event_type == "lock_acquired")
+    })
+    .await;
 
     let refused = acl_log(&users.admin_url());
     assert!(

@@ -274,6 +274,8 @@ async fn watch_prints_the_events_as_they_come(server: Redis) {
         &serde_json::json!({"area": "a", "robots": 1}),
     )
     .await;
+    // Another area: its robot's lock is not the other saga's, so its
+    // events are the same every time.
     start_mission(
         &mut conn,
         "seen",
@@ -368,6 +370,7 @@ async fn clear_errors_for_a_missing_saga_an_unreachable_redis_and_a_bad_flag(ser
         "start",
         "status",
         "list",
+        "locks",
         "watch",
         "cancel",
         "retry",

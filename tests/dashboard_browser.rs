@@ -2,7 +2,8 @@
 //! its HTTP server and the simulated handlers on a real redis-server: the
 //! list follows sagas as they run, a saga's page shows its steps as they
 //! happen, a stuck saga is retried from the page, actions show only with a
-//! write token, and what sagas carry is shown as text, never run.
+//! write token, who holds each lock and who waits is shown with links to
+//! the sagas, and what sagas carry is shown as text, never run.
 //!
 //! Screenshots of each view are saved under
 //! `<target dir>/dashboard-screenshots/` (docs/images/ holds copies).
@@ -38,6 +39,14 @@ struct Dashboard {
 
 impl Dashboard {
     async fn start(handlers: SimulationOptions) -> Self {
+        Self::start_with(mission_catalog(), handlers).await
+    }
+
+    /// A daemon running the sagas of `catalog`.
+    async fn start_with(
+        catalog: sagaflow::definition::Catalog,
+        handlers: SimulationOptions,
+    ) -> Self {
         let started = Instant::now();
         let server = RedisServer::start();
         let read_token = new_token();
@@ -50,7 +59,6 @@ impl Dashboard {
         ))
         .expect("the tokens");
         settings.trace_url = "http://127.0.0.1:3000/explore?trace={trace_id}".into();
-        let catalog = mission_catalog();
         let daemon = start_daemon_with(settings.clone(), catalog.clone()).await;
         let (addr, http) = serve_http(&settings, &catalog).await;
         let handlers = start_simulated(&server, handlers);
@@ -749,5 +757,140 @@ async fn what_sagas_carry_is_shown_as_text_and_never_run() {
     );
     assert_eq!(browser.js(no_markup, vec![]).await, true);
     browser.screenshot("dashboard-markup-as-text").await;
+    dash.stop(browser).await;
+}
+
+/// The lock job's saga and first step, named with markup: a definition's
+/// names may hold any printable character but a space (a lock's name may
+/// not hold `<`: it is shown by the same code as these).
+const MARKED_SAGA: &str = "<i>locker</i>";
+const MARKED_STEP: &str = "<b>take</b>";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_show_who_holds_them_and_who_waits() {
+    use common::locks::{lock_job_yaml, start_lock_job, wait_for_contention};
+    let jobs = catalog(&lock_job_yaml(MARKED_SAGA, MARKED_STEP));
+    let dash = Dashboard::start_with(jobs, SimulationOptions::default()).await;
+    let browser = Browser::start(1280, 1000).await;
+    browser.goto(&dash.base).await;
+    browser.use_token(&dash.read_token, "read").await;
+    let mut conn = dash.server.conn().await;
+    start_lock_job(&mut conn, "holder", 7).await;
+    wait_for_contention(&dash.server, &["holder"], &[]).await;
+    start_lock_job(&mut conn, "waiter", 7).await;
+    let ids = wait_for_contention(&dash.server, &["holder"], &["waiter"]).await;
+    let (holder, waiter) = (&ids[0], &ids[1]);
+    let no_markup =
+        "return document.querySelectorAll('main i, main b, img, main script').length === 0 \
+        && window.pwned === undefined;";
+
+    // Every lock: robot:7, its holder and its waiter, each a link to its saga.
+    browser.click("#nav-locks").await;
+    let row = browser
+        .wait_js(
+            "robot:7 held and waited for",
+            "const r = document.querySelector('#lock-table tr[data-lock=\"robot:7\"]'); \
+             return r && r.querySelector('td.waiters li[data-saga-id]') && { \
+               holder: r.querySelector('td.holder a.saga-link').getAttribute('href'), \
+               saga: r.querySelector('td.holder .saga-name').textContent, \
+               step: r.querySelector('td.holder .step-name').textContent, \
+               waiters: [...r.querySelectorAll('td.waiters li[data-saga-id]')] \
+                 .map(li => [li.dataset.sagaId, li.querySelector('a.saga-link').getAttribute('href'), \
+                   li.querySelector('.step-name').textContent]) };",
+            vec![],
+        )
+        .await;
+    assert_eq!(row["holder"], format!("#/sagas/{holder}"), "{row}");
+    assert_eq!(row["saga"], MARKED_SAGA, "shown as text: {row}");
+    assert_eq!(row["step"], MARKED_STEP, "shown as text: {row}");
+    assert_eq!(
+        row["waiters"],
+        json!([[waiter, format!("#/sagas/{waiter}"), MARKED_STEP]])
+    );
+    assert_eq!(browser.js(no_markup, vec![]).await, true, "no markup made");
+    browser.screenshot("dashboard-locks").await;
+
+    // The holder's page, from its link: the lock it holds, the signal it
+    // waits for.
+    browser
+        .click("#lock-table tr[data-lock=\"robot:7\"] td.holder a.saga-link")
+        .await;
+    let shown = browser
+        .wait_js(
+            "the lock held and the signal awaited",
+            "const held = document.querySelector('#held-locks tr[data-lock=\"robot:7\"]'); \
+             const signal = document.querySelector('#signal-waits li[data-signal=approval]'); \
+             const step = document.querySelector('#steps li[data-step=approve]'); \
+             const attempts = step && step.querySelector('.attempts'); \
+             return held && signal && attempts && { \
+               held: held.querySelector('td.held-step').textContent, \
+               signal: signal.textContent, step: step.dataset.state, \
+               attempt: attempts.textContent };",
+            vec![],
+        )
+        .await;
+    assert_eq!(shown["held"], MARKED_STEP, "{shown}");
+    assert!(
+        (shown["signal"].as_str().unwrap()).starts_with("approve awaits signal approval until "),
+        "{shown}"
+    );
+    assert_eq!(shown["step"], "awaiting", "{shown}");
+    assert!(
+        (shown["attempt"].as_str().unwrap()).ends_with("awaiting signal approval"),
+        "{shown}"
+    );
+    assert_eq!(browser.js(no_markup, vec![]).await, true);
+    browser.screenshot("dashboard-lock-held").await;
+
+    // The waiter's page: the lock it waits for, who holds it, how many
+    // are ahead, until when.
+    browser
+        .js(&format!("location.hash = '#/sagas/{waiter}';"), vec![])
+        .await;
+    let wait = browser
+        .wait_js(
+            "the lock waited for",
+            "const w = document.querySelector('#lock-waits li[data-lock=\"robot:7\"]'); \
+             return w && { step: w.querySelector('.wait-step').textContent, \
+               holder: w.querySelector('.holder a.saga-link').getAttribute('href'), \
+               ahead: w.querySelector('.ahead').textContent, text: w.textContent, \
+               state: document.querySelector('#steps li.step').dataset.state };",
+            vec![],
+        )
+        .await;
+    assert_eq!(wait["step"], MARKED_STEP, "{wait}");
+    assert_eq!(wait["holder"], format!("#/sagas/{holder}"), "{wait}");
+    assert_eq!(wait["ahead"], ", 1 ahead", "{wait}");
+    assert!(
+        (wait["text"].as_str().unwrap()).contains(" if it still waits"),
+        "{wait}"
+    );
+    assert_eq!(wait["state"], "locking", "{wait}");
+    assert_eq!(browser.js(no_markup, vec![]).await, true);
+    browser.screenshot("dashboard-lock-wait").await;
+
+    // One lock by name, from the saga's page: a lock nobody holds is free.
+    browser
+        .click("#lock-waits li[data-lock=\"robot:7\"] a.lock-link")
+        .await;
+    browser
+        .wait_js(
+            "robot:7 alone",
+            "return location.hash === '#/locks?name=robot%3A7' \
+               && document.querySelectorAll('#lock-table tbody tr').length === 1;",
+            vec![],
+        )
+        .await;
+    browser.type_into("#lock-name", "robot:8").await;
+    browser.click("#lock-form button[type=submit]").await;
+    let free = browser
+        .wait_js(
+            "robot:8 free",
+            "const r = document.querySelector('#lock-table tr[data-lock=\"robot:8\"]'); \
+             return r && r.querySelector('td.holder').textContent;",
+            vec![],
+        )
+        .await;
+    assert_eq!(free, "free");
     dash.stop(browser).await;
 }

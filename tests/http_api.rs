@@ -2,8 +2,9 @@
 //! `X-Request-ID`, `Idempotency-Key`, `traceparent` and `?wait`; reading,
 //! listing and counting sagas; their events as Server-Sent Events, resumed
 //! with `Last-Event-ID`; operators' requests recorded under the token's
-//! name; and bad input, missing and wrong tokens, and Redis gone, each
-//! refused with a problem document that says why, writing nothing.
+//! name; who holds each lock and who waits; and bad input, missing and
+//! wrong tokens, and Redis gone, each refused with a problem document that
+//! says why, writing nothing.
 
 mod common;
 
@@ -705,6 +706,101 @@ async fn redis_gone_is_a_503_that_says_so() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_are_listed_with_their_holder_and_waiters() {
+    use common::locks::{lock_job_catalog, wait_for_contention};
+    let server = RedisServer::start();
+    let api = Served::start(&server, lock_job_catalog(), |_| {}).await;
+    let _handlers = start_simulated(&server, SimulationOptions::default());
+    let a = send(api.get("/v1/locks")).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(
+        a.body,
+        json!({"locks": [], "looked_at": 0, "complete": true,
+               "max_sagas_looked_at": 10_000, "max_locks_listed": 1_000})
+    );
+    let start = |correlation_id: &'static str| {
+        send(
+            api.post("/v1/sagas/lock_job")
+                .header("X-Request-ID", correlation_id)
+                .body(r#"{"robot": 7, "area": "hall-a"}"#),
+        )
+    };
+    assert_eq!(start("holder").await.status, 202);
+    wait_for_contention(&server, &["holder"], &[]).await;
+    assert_eq!(start("waiter").await.status, 202);
+    let ids = wait_for_contention(&server, &["holder"], &["waiter"]).await;
+    let (holder, waiter) = (&ids[0], &ids[1]);
+
+    let a = send(api.get("/v1/locks")).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(
+        (a.body["looked_at"].as_u64(), &a.body["complete"]),
+        (Some(2), &json!(true))
+    );
+    let locks = a.body["locks"].as_array().expect("locks");
+    assert_eq!(locks.len(), 1, "{}", a.text);
+    let queue = &locks[0];
+    assert_eq!(queue["lock"], "robot:7");
+    assert_eq!(queue["holder"]["saga_id"], holder.as_str());
+    assert_eq!(queue["holder"]["saga"], "lock_job");
+    assert_eq!(queue["holder"]["step"], "take");
+    assert!(queue["holder"]["held_since_ms"].is_u64(), "{queue}");
+    assert_eq!(queue["waiters"][0]["saga_id"], waiter.as_str(), "{queue}");
+    assert_eq!(queue["waiters"].as_array().map(Vec::len), Some(1));
+    // One lock, by name: as is, percent-encoded, or with a slash.
+    for path in ["/v1/locks/robot:7", "/v1/locks/robot%3A7"] {
+        let a = send(api.get(path)).await;
+        assert_eq!(a.status, 200, "{path}: {}", a.text);
+        assert_eq!(&a.body, queue, "{path}");
+    }
+    for path in ["/v1/locks/area:north/3", "/v1/locks/area%3Anorth%2F3"] {
+        let a = send(api.get(path)).await;
+        assert_eq!(a.status, 200, "{path}: {}", a.text);
+        assert_eq!(
+            a.body,
+            json!({"lock": "area:north/3", "holder": null, "waiters": []})
+        );
+    }
+    for bad in [
+        "/v1/locks/robot%207",
+        "/v1/locks/robot:%7B7%7D",
+        "/v1/locks/robot:7?x=1",
+    ] {
+        let a = send(api.get(bad)).await;
+        assert_eq!(
+            (a.status, a.problem()),
+            (400, "bad-request"),
+            "{bad}: {}",
+            a.text
+        );
+    }
+    let long = format!("/v1/locks/{}", "a".repeat(201));
+    let a = send(api.get(&long)).await;
+    assert_eq!((a.status, a.problem()), (400, "bad-request"), "{}", a.text);
+    let a = send(api.http.get(api.url("/v1/locks"))).await;
+    assert_eq!((a.status, a.problem()), (401, "unauthorized"), "{}", a.text);
+
+    // The sagas' own views: the lock held and the signal awaited; the
+    // lock waited for, its holder and how many are ahead.
+    let a = send(api.get(&format!("/v1/sagas/{holder}"))).await;
+    assert_eq!(a.body["locks"]["robot:7"]["step"], "take", "{}", a.text);
+    let awaiting = (a.body["units"].as_array().unwrap().iter())
+        .find(|u| u["state"] == "awaiting")
+        .unwrap_or_else(|| panic!("a unit awaiting its signal: {}", a.text));
+    assert_eq!(awaiting["step"], "approve");
+    assert_eq!(awaiting["signal"], "approval");
+    assert!(awaiting["deadline_ms"].is_u64(), "{awaiting}");
+    let a = send(api.get(&format!("/v1/sagas/{waiter}"))).await;
+    let wait = &a.body["lock_waits"][0];
+    assert_eq!(wait["step"], "take", "{}", a.text);
+    assert_eq!(wait["lock"], "robot:7");
+    assert_eq!(wait["holder"], holder.as_str());
+    assert_eq!(wait["ahead"], 1);
+    assert!(a.body.get("locks").is_none(), "{}", a.text);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_and_the_docs_describe_every_route_and_problem() {
     let server = RedisServer::start();
     let api = Served::start(&server, mission_catalog(), |_| {}).await;
@@ -720,6 +816,8 @@ async fn the_openapi_document_and_the_docs_describe_every_route_and_problem() {
         "/v1/stats",
         "/v1/access",
         "/v1/definitions",
+        "/v1/locks",
+        "/v1/locks/{lock}",
     ] {
         assert!(paths.contains_key(path), "{path} is not in the document");
     }

@@ -92,6 +92,11 @@ const DAEMON_COMMANDS: &[&str] = &[
     // The HTTP API lists sagas a page at a time and counts them by phase.
     "zrevrangebyscore",
     "zcard",
+    // Semantic locks, lists: asked for in a script (TYPE, LRANGE, RPUSH),
+    // let go of in a transition's (TYPE, LRANGE, LREM), read by the API.
+    "lrange",
+    "rpush",
+    "lrem",
     // Housekeeping trims each partition's indexes and fence; a claim moves
     // the sagas an owner's set holds and drops the set once empty; a
     // record is read with its time to live.
@@ -162,6 +167,9 @@ const VIEW_COMMANDS: &[&str] = &[
     "xrange",
     "xrevrange",
     "xread",
+    // A lock's queue (`locks`, `status`): its kind, then its entries.
+    "type",
+    "lrange",
 ];
 
 /// What `start` sends: the last event's id, the start, then the
@@ -197,7 +205,7 @@ pub enum HandlerRoles {
 Roles: `daemon` (sagaflow run), one `handler-<service>` per command stream
 (--handler-roles), `starter` (writes starts; `sagaflow start`),
 `operator` (cancel, retry, skip, abandon, and what viewers read), `viewer`
-(status, list, watch; no write at all). Each user is named <prefix><role>.
+(status, list, locks, watch; no write at all). Each user is named <prefix><role>.
 
 A role without --password gets a random password (from the system's random
 source), printed in its command and nowhere else: keep the output, or give
@@ -343,6 +351,7 @@ fn roles(
         shaped(&keys.in_any_partition(MARK, &format!("index:{MARK}"))),
         literal(&keys.leases()),
         shaped(&keys.definition(MARK, MARK)),
+        shaped(&keys.lock(MARK)),
     ];
     let events = literal(&settings.events_stream);
     let mut starter = commands_rule(START_COMMANDS);
@@ -390,13 +399,14 @@ fn roles(
     operator.push(key(Access::Write, &literal(&settings.control_stream)));
     out.push(Role {
         name: "operator".into(),
-        who: "operators (sagaflow cancel, retry, skip, abandon, status, list, watch, doctor)"
-            .into(),
+        who:
+            "operators (sagaflow cancel, retry, skip, abandon, status, list, locks, watch, doctor)"
+                .into(),
         rules: operator,
     });
     out.push(Role {
         name: "viewer".into(),
-        who: "read only (sagaflow status, list, watch)".into(),
+        who: "read only (sagaflow status, list, locks, watch)".into(),
         rules: viewer,
     });
     Ok(out)
@@ -414,6 +424,7 @@ fn daemon(settings: &Settings, catalog: &Catalog) -> Result<Role, String> {
         shaped(&keys.definition(MARK, MARK)),
         shaped(&keys.idempotency(MARK, MARK)),
         shaped(&keys.nonce(MARK)),
+        shaped(&keys.lock(MARK)),
         literal(&settings.events_stream),
         prefix(&settings.reply_stream_prefix),
     ];
@@ -684,6 +695,7 @@ mod tests {
             "~mission:start",
             "~resources:commands",
             "~app\\*:{leases}:owners",
+            "~app\\*:lock:{*}",
             "(+evalsha +eval +type +xread +xrange +xrevrange +xtrim ~ctl)",
             "~saga:dead-letter",
             "+evalsha",
@@ -701,6 +713,14 @@ mod tests {
         let starter = rules_of(&roles, "starter");
         assert!(starter.contains(&"%W~mission:start".to_owned()));
         assert!(starter.contains(&"%R~saga:events".to_owned()));
+        for reader in ["operator", "viewer"] {
+            let rules = rules_of(&roles, reader);
+            assert!(
+                rules.contains(&"%R~app\\*:lock:{*}".to_owned()),
+                "{rules:?}"
+            );
+            assert!(rules.contains(&"+lrange".to_owned()), "{rules:?}");
+        }
         assert!(rules_of(&roles, "operator").contains(&"%W~ctl".to_owned()));
         let viewer = rules_of(&roles, "viewer");
         assert!(viewer

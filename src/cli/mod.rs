@@ -11,6 +11,7 @@ mod follow;
 mod handlers;
 mod health;
 mod list;
+mod locks;
 mod logging;
 mod operate;
 mod output;
@@ -58,6 +59,8 @@ enum Command {
     Status(status::StatusArgs),
     /// List sagas, filtered by state, definition and age.
     List(list::ListArgs),
+    /// Show who holds each semantic lock and who waits for it.
+    Locks(locks::LocksArgs),
     /// Follow saga:events live, in readable lines.
     Watch(watch::WatchArgs),
     /// Stop a running saga: it compensates what it did.
@@ -120,6 +123,7 @@ pub fn main() -> ExitCode {
             Command::Start(args) => start::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::List(args) => list::run(args).await,
+            Command::Locks(args) => locks::run(args).await,
             Command::Watch(args) => watch::run(args).await,
             Command::Cancel(args) => operate::cancel(args).await,
             Command::Retry(args) => operate::retry(args).await,

@@ -429,6 +429,35 @@ mod tests {
     }
 
     #[test]
+    fn lock_and_signal_waits_are_told() {
+        let waiting = r#"{"lock": "robot:7", "holder": "3f0c2a9e5d7b4c1e9a2f0b6d8e4c7a11",
+            "ahead": 2, "timeout_ms": 600000}"#;
+        let line = event_columns(&event("lock_waiting", "take", waiting));
+        assert!(
+            line.ends_with("waits for robot:7: saga 3f0c2a9e holds it, 2 ahead"),
+            "{line}"
+        );
+        let line = event_columns(&event(
+            "lock_acquired",
+            "take",
+            r#"{"lock": "robot:7", "waited_ms": 1200}"#,
+        ));
+        assert!(
+            line.ends_with("took robot:7 after waiting 1200 ms"),
+            "{line}"
+        );
+        let line = event_columns(&event("locks_released", "", r#"{"locks": ["robot:7"]}"#));
+        assert!(line.ends_with(r#"let go of ["robot:7"]"#), "{line}");
+        let started = event(
+            "step_started",
+            "approve",
+            r#"{"signal": "approval", "deadline_ms": 3601000}"#,
+        );
+        let line = event_columns(&started);
+        assert!(line.ends_with("waits for signal approval"), "{line}");
+    }
+
+    #[test]
     fn events_as_json_keep_the_payload_as_json() {
         let json = event_json("1-0", &fields("plan_route"));
         assert_eq!(json["id"], "1-0");

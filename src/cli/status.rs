@@ -19,7 +19,9 @@ use std::process::ExitCode;
   sagaflow status 3f0c2a9e
   sagaflow status --correlation-id order-42
 
-Several sagas with that correlation id are listed, newest first.
+Several sagas with that correlation id are listed, newest first. The locks a
+saga holds, the lock a step waits for (who holds it, how many are ahead) and
+the signal a `wait` step waits for are shown; `sagaflow locks` lists them all.
 
 Exit codes: 0 shown; 1 no such saga (never started, or its record expired
 after the retention), or the start of an id that several sagas have; 2 a
@@ -188,6 +190,9 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         let more = under_way.len() - UNDER_WAY_LISTED;
         line("under way", format!("and {more} more"));
     }
+    for (label, text) in super::locks::status_lines(&mut conn, &settings, s, &steps).await? {
+        line(label, text);
+    }
     if let Some(failure) = s.failure().filter(|_| cancelled.is_none()) {
         let at = match failure.branch {
             Some(b) => format!("{}[{b}]", failure.step),
@@ -316,6 +321,11 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
                 x.progress = None;
                 x.outcome = "running".into();
                 x.detail.clear();
+                // A `wait` step's: it sends nothing, it waits for its signal.
+                if let Some(signal) = payload["signal"].as_str() {
+                    x.outcome = "awaiting".into();
+                    x.detail = format!("signal {signal}");
+                }
             }
             "progress" => x.progress = payload["progress"].as_f64(),
             "completed" => {
@@ -360,10 +370,13 @@ async fn status(args: StatusArgs) -> Result<ExitCode, Failure> {
         }
     }
     if order.is_empty() {
-        outln!(
-            "\n(no events left on {}: they are kept for the stream retention)",
-            settings.events_stream
-        );
+        // A saga waiting for its first step's locks has events, none of a step.
+        if events.is_empty() {
+            outln!(
+                "\n(no events left on {}: they are kept for the stream retention)",
+                settings.events_stream
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     outln!();
@@ -476,7 +489,7 @@ fn millis(ms: u64) -> String {
     humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
 }
 
-fn timestamp(ms: u64) -> String {
+pub(super) fn timestamp(ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_millis(t).to_string()
 }

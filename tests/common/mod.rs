@@ -222,6 +222,7 @@ pub mod api;
 mod backend;
 pub mod browser;
 pub mod cluster;
+pub mod locks;
 pub mod otlp;
 pub mod processes;
 mod redis_server;

@@ -17,8 +17,12 @@
 //! - Event streams open at once: [`MAX_EVENT_STREAMS`].
 //! - Listing: at most [`crate::operator::MAX_LISTED`] index entries looked
 //!   at per page, pages of at most [`MAX_PAGE`] sagas.
+//! - Locks: at most [`crate::operator::locks::MAX_SAGAS_LOOKED_AT`] saga
+//!   records looked at and [`crate::operator::locks::MAX_LOCKS_LISTED`]
+//!   locks read per listing.
 
 mod events;
+mod locks;
 mod operate;
 pub mod problem;
 mod sagas;
@@ -215,6 +219,8 @@ pub fn routes(api: Api) -> Router {
         .route("/v1/sagas/{saga}", post(sagas::start).get(sagas::one))
         .route("/v1/sagas/{saga}/events", get(events::of_saga))
         .route("/v1/events", get(events::all))
+        .route("/v1/locks", get(locks::list))
+        .route("/v1/locks/{*lock}", get(locks::one))
         .route("/v1/sagas/{saga}/{action}", post(operate::request))
         .route("/v1/{*rest}", axum::routing::any(not_found))
         .method_not_allowed_fallback(method_not_allowed)
@@ -229,6 +235,7 @@ async fn index() -> Response {
         "events": "/v1/events",
         "stats": "/v1/stats",
         "definitions": "/v1/definitions",
+        "locks": "/v1/locks",
     }))
     .into_response()
 }

@@ -13,7 +13,10 @@
 // - one event of a stream may be at most MAX_EVENT_BYTES long: a stream
 //   sending a longer one is dropped and opened again after it;
 // - JSON shown at once is cut at MAX_JSON_CHARS characters;
-// - the stuck view reads at most MAX_STUCK_DETAILS sagas in full.
+// - the stuck view reads at most MAX_STUCK_DETAILS sagas in full;
+// - the locks view shows at most MAX_WAITERS_SHOWN waiters of a lock, and
+//   reads the locks (up to 10,000 saga records) at most every
+//   STATS_EVERY_MS.
 "use strict";
 
 (() => {
@@ -24,6 +27,7 @@
   const MAX_EVENT_BYTES = 1 << 20;
   const MAX_JSON_CHARS = 100000;
   const MAX_STUCK_DETAILS = 20;
+  const MAX_WAITERS_SHOWN = 50;
   // A refresh waits this long for more events, and never longer than
   // REFRESH_MAX_DELAY after the first one.
   const REFRESH_DEBOUNCE_MS = 250;
@@ -117,6 +121,10 @@
 
   function sagaLink(id, text) {
     return el("a", { href: `#/sagas/${encodeURIComponent(id)}`, class: "saga-link" }, text || id);
+  }
+
+  function lockLink(name) {
+    return el("a", { href: `#/locks${query({ name })}`, class: "lock-link" }, name);
   }
 
   function shortId(id) {
@@ -495,6 +503,9 @@
     } else if (path === "/stuck") {
       $("nav-stuck").classList.add("here");
       current = stuckView(view);
+    } else if (path === "/locks") {
+      $("nav-locks").classList.add("here");
+      current = locksView(view, params);
     } else {
       $("nav-list").classList.add("here");
       current = listView(view, params);
@@ -695,10 +706,11 @@
 
     const head = el("section", { class: "panel", id: "saga-head" }, el("p", { class: "muted" }, "Loading…"));
     const stuckBox = el("section", { class: "panel stuck", id: "saga-stuck", hidden: true });
+    const locksBox = el("section", { class: "panel", id: "saga-locks", hidden: true });
     const timeline = el("section", { class: "panel", id: "timeline" });
     const data = el("section", { class: "panel", id: "saga-data" });
     const log = el("section", { class: "panel", id: "events" });
-    clear(view, head, stuckBox, el("div", { class: "columns" }, timeline, data), log);
+    clear(view, head, stuckBox, locksBox, el("div", { class: "columns" }, timeline, data), log);
 
     async function load() {
       try {
@@ -761,6 +773,7 @@
       const eventsKey = `${list.length}|${last}`;
       part("head", `${sagaKey}|${eventsKey}`, () => drawHead(head, saga, list));
       part("stuck", sagaKey, () => drawStuck(stuckBox, saga, load));
+      part("locks", sagaKey, () => drawLocks(locksBox, saga));
       part("timeline", `${sagaKey}|${eventsKey}`, () => drawTimeline(timeline, saga, list));
       part("data", sagaKey, () => drawData(data, saga));
       part("log", `${saga.started_at_ms}|${eventsKey}`, () => drawLog(log, saga, list));
@@ -862,6 +875,50 @@
     clear(box, el("h2", {}, "Stuck: a compensation failed for good"), stuckDetails(saga, reload));
   }
 
+  // The locks the saga holds, the locks its steps wait for (who holds each,
+  // how many are ahead, as the saga last heard), and the signals its
+  // `wait` steps wait for.
+  function drawLocks(box, saga) {
+    const held = Object.entries(saga.locks || {});
+    const waits = saga.lock_waits || [];
+    const signals = (saga.units || []).filter((u) => u.state === "awaiting");
+    if (!held.length && !waits.length && !signals.length) {
+      box.hidden = true;
+      clear(box);
+      return;
+    }
+    box.hidden = false;
+    const heldTable = held.length
+      ? el("table", { class: "list", id: "held-locks" },
+        el("thead", {}, el("tr", {}, ["lock held", "taken by step", "since"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, held.map(([name, h]) => el("tr", { "data-lock": name },
+          el("td", { class: "lock" }, lockLink(name)),
+          el("td", { class: "held-step" }, h.step),
+          el("td", {}, timeCell(h.since_ms))))))
+      : null;
+    const waitList = waits.length
+      ? el("ul", { class: "waits", id: "lock-waits" }, waits.map((w) => el("li", {
+        "data-step": w.step, "data-lock": w.lock || "",
+      },
+      el("strong", { class: "wait-step" }, w.step),
+      w.lock ? [" waits for lock ", lockLink(w.lock)] : " holds its locks and starts next",
+      w.lock && w.holder ? [": held by saga ", el("span", { class: "holder" }, sagaLink(w.holder, shortId(w.holder)))] : null,
+      w.lock && !w.holder ? ": asking" : null,
+      w.lock && w.ahead !== null && w.ahead !== undefined
+        ? el("span", { class: "ahead" }, `, ${w.ahead} ahead`) : null,
+      (w.pending || []).length > 1 ? `; then ${w.pending.slice(1).join(", ")}` : null,
+      w.lock ? ["; fails at ", timeCell(w.deadline_ms), " if it still waits"] : null)))
+      : null;
+    const signalList = signals.length
+      ? el("ul", { class: "waits", id: "signal-waits" }, signals.map((u) => el("li", {
+        "data-step": u.step, "data-signal": u.signal,
+      },
+      el("strong", { class: "wait-step" }, unitName(u.step, u.branch)), " awaits signal ",
+      el("code", { class: "signal" }, u.signal), " until ", timeCell(u.deadline_ms))))
+      : null;
+    clear(box, el("h2", {}, "Locks and waits"), heldTable, waitList, signalList);
+  }
+
   function stuckDetails(saga, reload) {
     const stuck = saga.stuck || [];
     const rows = stuck.map((s) => el("li", { "data-step": s.step },
@@ -938,11 +995,15 @@
   }
 
   // A step's state is its units' first in this order.
-  const UNIT_STATE_ORDER = ["stuck", "undoing", "acting", "undone", "skipped", "ended", "completed"];
+  const UNIT_STATE_ORDER = ["stuck", "undoing", "acting", "awaiting", "undone", "skipped", "ended",
+    "completed"];
 
   // How far a unit has gone: a later state wins, so that the saga's
   // record, read a moment ago, and the events that came since agree.
-  const UNIT_STATE_RANK = { acting: 1, completed: 2, ended: 2, undoing: 3, stuck: 4, undone: 5, skipped: 5 };
+  // A `wait` step's unit is awaiting its signal where its events say acting.
+  const UNIT_STATE_RANK = {
+    acting: 1, awaiting: 1, completed: 2, ended: 2, undoing: 3, stuck: 4, undone: 5, skipped: 5,
+  };
 
   // A unit's state from its events alone.
   function eventState(u) {
@@ -985,8 +1046,10 @@
         ? branches.map((b) => unitState(stateOf.get(unitName(step, b.branch)), b))
         : [unitState(stateOf.get(step), whole)];
       if (fanOut && whole && whole.whole) states.push(eventState(whole));
+      const locking = (saga.lock_waits || []).some((w) => w.step === step);
       const state = states.filter(Boolean)
-        .sort((a, b) => UNIT_STATE_ORDER.indexOf(a) - UNIT_STATE_ORDER.indexOf(b))[0] || "pending";
+        .sort((a, b) => UNIT_STATE_ORDER.indexOf(a) - UNIT_STATE_ORDER.indexOf(b))[0]
+        || (locking ? "locking" : "pending");
       const head = el("div", { class: "step-head" },
         el("span", { class: "step-no" }, String(i + 1)),
         el("span", { class: "step-name" }, step),
@@ -1020,7 +1083,9 @@
       const label = `${a.kind === "undo" ? "undo" : "attempt"} ${a.attempt}`;
       const parts = [el("span", { class: `attempt-kind ${a.kind}` }, label), " ", timeCell(a.started)];
       const atWork = !rec || rec.state === (a.kind === "undo" ? "undoing" : "acting");
-      if (!a.end && !atWork) {
+      if (!a.end && rec && rec.state === "awaiting") {
+        parts.push(" · awaiting signal ", el("code", { class: "signal" }, rec.signal));
+      } else if (!a.end && !atWork) {
         parts.push(" · ", el("span", { class: "outcome outcome-unanswered" }, "no answer"));
       } else if (!a.end) {
         const value = a.progress === null ? NaN : Number(a.progress);
@@ -1062,6 +1127,11 @@
         return `${p.action || ""} by ${p.by || "?"}${p.reason ? `: ${p.reason}` : ""}`
           + `${p.refused ? ` (refused: ${p.refused})` : ""}`;
       case "saga_started": return `input ${brief(p.input)}`;
+      case "lock_waiting":
+        return `waits for lock ${p.lock || "?"}${p.holder ? ` held by saga ${shortId(p.holder)}` : ""}`
+          + `, ${p.ahead} ahead`;
+      case "lock_acquired": return `took lock ${p.lock || "?"} after ${duration(p.waited_ms)}`;
+      case "locks_released": return `let go of ${list(p.locks)}`;
       case "saga_completed": return `results of ${Object.keys(p.results || {}).length} step(s)`;
       case "saga_compensated":
         return `${p.failed_step || ""}: ${p.reason || ""}; undone: ${list(p.compensated)}`;
@@ -1070,6 +1140,9 @@
       default: break;
     }
     if (p.branches !== undefined && p.result === undefined) return `${p.branches} branch(es)`;
+    if (type === "step_started" && p.signal !== undefined) {
+      return `awaits signal ${p.signal} until ${time(p.deadline_ms)}`;
+    }
     if (/_started$/.test(type)) {
       return `attempt ${p.attempt} → ${p.command || "?"} on ${p.stream || "?"}`
         + `${p.item !== undefined ? ` for ${brief(p.item, 60)}` : ""}`;
@@ -1152,6 +1225,93 @@
     onChange = refresh;
     refresh();
     return { stop() { stopped = true; }, poll: refresh };
+  }
+
+  // ------------------------------------------------------ locks
+
+  // Every lock in use (GET /v1/locks), or the one named in the address
+  // (`#/locks?name=robot:7`), with its holder and waiters, each linking
+  // to its saga.
+  function locksView(view, params) {
+    const name = params.get("name") || "";
+    let stopped = false;
+    let lastKey = null;
+    const input = el("input", {
+      id: "lock-name", name: "name", type: "search", value: name, maxlength: "200",
+      placeholder: "a lock's name, e.g. robot:7", spellcheck: "false",
+    });
+    const form = el("form", { class: "filters", id: "lock-form" },
+      el("label", { class: "grow" }, "Lock ", input),
+      el("button", { type: "submit" }, "Show"),
+      el("button", { type: "button", id: "lock-all" }, "Every lock"));
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      location.hash = `#/locks${query({ name: input.value.trim() })}`;
+    });
+    form.querySelector("#lock-all").addEventListener("click", () => { location.hash = "#/locks"; });
+    const box = el("section", { class: "panel", id: "locks" }, el("p", { class: "muted" }, "Loading…"));
+    clear(view, el("section", { class: "panel" }, form), box);
+
+    const entry = (e, since) => [
+      sagaLink(e.saga_id, shortId(e.saga_id)), " ",
+      el("span", { class: "saga-name" }, e.saga), " · ",
+      el("span", { class: "step-name" }, e.step), " since ", timeCell(since)];
+
+    function render(data) {
+      const rows = data.locks.map((q) => {
+        const more = q.waiters.length - MAX_WAITERS_SHOWN;
+        return el("tr", { "data-lock": q.lock },
+          el("td", { class: "lock" }, lockLink(q.lock)),
+          el("td", { class: "holder" }, q.holder
+            ? entry(q.holder, q.holder.held_since_ms || q.holder.since_ms)
+            : el("span", { class: "muted" }, "free")),
+          el("td", { class: "waiters" }, q.waiters.length
+            ? el("ol", { class: "waiters" },
+              q.waiters.slice(0, MAX_WAITERS_SHOWN).map((w) => el("li", { "data-saga-id": w.saga_id },
+                entry(w, w.since_ms))),
+              more > 0 ? el("li", { class: "muted" }, `and ${more} more`) : null)
+            : el("span", { class: "muted" }, "none")));
+      });
+      clear(box,
+        el("h1", {}, name ? "Lock " : "Locks", name ? el("code", {}, name) : null),
+        el("p", { class: "muted" },
+          "A saga takes a step's locks before the step starts and holds them until it completes, ",
+          "finishes compensating, or is abandoned; the others wait in the order they asked."),
+        rows.length
+          ? el("table", { class: "list", id: "lock-table" },
+            el("thead", {}, el("tr", {}, ["lock", "held by", "waiting, in order"].map((h) => el("th", {}, h)))),
+            el("tbody", {}, rows))
+          : el("p", { class: "muted", id: "no-locks" }, "No lock is held or waited for."),
+        data.complete === false
+          ? el("p", { class: "muted", id: "locks-cut" },
+            `Not every lock may be listed: ${data.looked_at} sagas looked at. Name a lock above to read it.`)
+          : null);
+    }
+
+    const load = throttled(async () => {
+      try {
+        const data = name
+          ? { locks: [await api(`/v1/locks/${encodeURIComponent(name)}`)], complete: true }
+          : await api("/v1/locks");
+        if (stopped) return;
+        const key = JSON.stringify(data);
+        if (key === lastKey) return;
+        lastKey = key;
+        render(data);
+      } catch (e) {
+        lastKey = null;
+        if (!stopped) clear(box, el("p", { class: "error", id: "locks-error" }, e.message));
+      }
+    }, STATS_EVERY_MS);
+    onChange = load;
+    load();
+    return {
+      stop() {
+        stopped = true;
+        load.cancel();
+      },
+      poll: load,
+    };
   }
 
   // ------------------------------------------------------ acting
