@@ -24,6 +24,7 @@ mod reconnect;
 mod relay;
 mod replies;
 mod router;
+mod signals;
 mod takeover;
 pub use housekeeping::command_stream_keep;
 
@@ -212,6 +213,7 @@ impl Daemon {
         shared.tracker.spawn(lease::run(shared.clone(), lease_conn));
         shared.tracker.spawn(replies::run(shared.clone()));
         shared.tracker.spawn(control::run(shared.clone()));
+        shared.tracker.spawn(signals::run(shared.clone()));
         shared.tracker.spawn(housekeeping::run(shared.clone()));
         relay::start(&shared);
         shared.feeders.spawn(intake::run(shared.clone()));
@@ -322,8 +324,9 @@ async fn connect_with_retry(
     }
 }
 
-/// Creates the trigger consumer groups at id 0, so starts written before
-/// any daemon ran are taken too. Also called when Redis answers that a
+/// Creates the trigger consumer groups (and the daemons' group on the
+/// signals stream) at id 0, so starts written before any daemon ran are
+/// taken too. Also called when Redis answers that a
 /// group is gone (a Redis that came back without its data).
 pub(crate) async fn create_groups(
     conn: &mut Conn,
@@ -333,7 +336,7 @@ pub(crate) async fn create_groups(
     for stream in trigger_streams(settings, catalog) {
         create_group(conn, &stream, &settings.trigger_group).await?;
     }
-    Ok(())
+    signals::create_group(conn, settings).await
 }
 
 async fn create_group(conn: &mut Conn, stream: &str, group: &str) -> Result<(), EngineError> {
