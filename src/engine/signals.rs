@@ -13,8 +13,8 @@
 //! [`MAX_SIGNAL_ENTRY_BYTES`] (a larger one never leaves Redis whole and is
 //! rejected by its size). A daemon that dies with signals read and not
 //! acknowledged leaves them pending in the group: any daemon takes them
-//! over once idle for [`CLAIM_IDLE`]. Keeping a signal twice is harmless
-//! (the second time it is a duplicate).
+//! over once idle for [`CLAIM_IDLE_LEASES`] leases. Keeping a signal twice
+//! is harmless (the second time it is a duplicate).
 
 use super::driver::{self, WriteOutcome};
 use super::reconnect::ReadConnection;
@@ -41,12 +41,15 @@ use std::time::{Duration, Instant};
 /// its saga, write its event); a flood is read a batch at a time.
 pub const SIGNALS_BATCH: usize = 100;
 
-/// How long a signal read by a daemon may stay unacknowledged before
-/// another daemon takes it over: a live daemon acknowledges within a few
-/// writes, unless Redis fails its writes for this long.
-pub const CLAIM_IDLE: Duration = Duration::from_secs(30);
+/// How many leases (`lease_ttl`) a signal read by a daemon may stay
+/// unacknowledged before another daemon takes it over (30 s with the
+/// default lease): a live daemon acknowledges a batch within a few writes
+/// each, and one that holds signals that long has died, or lost Redis for
+/// longer than its lease (its sagas are taken over too).
+pub const CLAIM_IDLE_LEASES: u32 = 3;
 
-/// How often the pending signals of daemons that died are looked for.
+/// How often, at most, the pending signals of daemons that died are
+/// looked for (every lease when that is shorter).
 const CLAIM_EVERY: Duration = Duration::from_secs(5);
 
 /// Longest text of a rejected entry's field that its event repeats.
@@ -84,18 +87,20 @@ pub(super) async fn run(shared: Arc<Shared>) {
     // Whether the last read took everything: the next one then waits.
     let mut drained = false;
     let mut claimed_at: Option<Instant> = None;
+    let claim_idle = settings.lease_ttl * CLAIM_IDLE_LEASES;
+    let claim_every = settings.lease_ttl.min(CLAIM_EVERY);
     while !shared.shutdown.is_cancelled() {
         let Some(c) = conn.get(&shared).await else {
             return;
         };
-        let claiming = claimed_at.is_none_or(|at| at.elapsed() >= CLAIM_EVERY);
+        let claiming = claimed_at.is_none_or(|at| at.elapsed() >= claim_every);
         let read = if claiming {
             read::claim_idle(
                 c,
                 &streams[0],
                 group,
                 consumer,
-                CLAIM_IDLE,
+                claim_idle,
                 SIGNALS_BATCH,
                 MAX_SIGNAL_ENTRY_BYTES,
             )
