@@ -1,7 +1,8 @@
 //! The daemon's driver: it takes starts from the trigger streams, runs one
 //! task per saga that feeds the pure state machine ([`crate::saga`]) with
-//! replies and timer ticks and performs its effects, and reads every reply
-//! of this daemon from one reply stream.
+//! replies and timer ticks and performs its effects, reads every reply
+//! of this daemon from one reply stream, and keeps the signals sent to
+//! sagas for their `wait` steps.
 //!
 //! ```text
 //!  trigger streams ──XREADGROUP──▶ intake ──spawn──▶ saga task (one per saga)
@@ -9,6 +10,8 @@
 //!                      store: MULTI{state, XADD cmd, │  │ Reply
 //!                             XADD event, XACK}  ◀───┘  │
 //!  reply stream ──XREAD──▶ reply reader ──router────────┘
+//!  signals stream ──XREADGROUP──▶ signals forwarder ──▶ kept for the saga,
+//!                                 whose task asks for them while it waits
 //! ```
 
 mod asks;

@@ -105,7 +105,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 MAX_SIGNAL_ENTRY_BYTES,
             )
             .await
-            .map(|entries| {
+            .inspect(|entries| {
                 // A full batch: more may be waiting; look again at once.
                 if entries.len() < SIGNALS_BATCH {
                     claimed_at = Some(Instant::now());
@@ -116,7 +116,6 @@ pub(super) async fn run(shared: Arc<Shared>) {
                         "took over signals left unacknowledged"
                     );
                 }
-                entries
             })
         } else {
             let block = settings.block;
