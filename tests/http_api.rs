@@ -806,7 +806,14 @@ async fn signals_len(server: &impl Backend) -> u64 {
 async fn signals_are_kept_once_under_the_tokens_name() {
     let server = RedisServer::start();
     let mut api = Served::start(&server, catalog(APPROVAL), |_| {}).await;
-    let _handlers = start_simulated(&server, SimulationOptions::default());
+    // Slow enough that the saga still runs while its signals are sent.
+    let _handlers = start_simulated(
+        &server,
+        SimulationOptions {
+            work_ms: 1500,
+            ..Default::default()
+        },
+    );
     let a = send(api.post("/v1/sagas/approval").body(MISSION)).await;
     assert_eq!(a.status, 202, "{}", a.text);
     let saga_id = a.body["saga_id"].as_str().unwrap().to_owned();

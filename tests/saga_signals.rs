@@ -545,18 +545,32 @@ async fn bad_signals_are_each_rejected_and_nothing_else_happens() {
         "{}",
         describe(&events)
     );
-    let metrics = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .expect("the metrics")
-        .text()
-        .await
-        .expect("their text");
-    for line in [
+    // Counted once each event is written, which may be a moment after the
+    // saga took its signal.
+    let wanted = [
         "sagaflow_signals_total{outcome=\"rejected\"} 6",
         "sagaflow_signals_total{outcome=\"kept\"} 1",
         "sagaflow_signals_total{outcome=\"duplicate\"} 0",
-    ] {
-        assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
+    ];
+    let deadline = std::time::Instant::now() + STOP_WAIT;
+    loop {
+        let metrics = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("the metrics")
+            .text()
+            .await
+            .expect("their text");
+        let missing: Vec<&str> = (wanted.iter().copied())
+            .filter(|line| !metrics.contains(line))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {missing:?} in:\n{metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
