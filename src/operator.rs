@@ -565,3 +565,60 @@ pub fn answer_to(entry: &Entry, saga_id: &str) -> Option<serde_json::Value> {
             .unwrap_or(serde_json::Value::Null)
     })
 }
+
+/// Writes `signal` to the signals stream (capped at about
+/// `signals_maxlen`); returns the entry's id, which the daemons' answer
+/// names ([`signal_answer`]).
+pub async fn signal<C: ConnectionLike + Send>(
+    conn: &mut C,
+    settings: &Settings,
+    signal: &crate::protocol::signal::SignalRequest,
+) -> Result<String, String> {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(&settings.signals_stream)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(settings.signals_maxlen)
+        .arg("*");
+    for (name, value) in signal.to_fields() {
+        cmd.arg(name).arg(value);
+    }
+    cmd.query_async(conn)
+        .await
+        .map_err(|e| format!("cannot write the signal: {e}"))
+}
+
+/// What the daemons made of a signal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignalOutcome {
+    /// Kept for the saga: its `wait` step takes it.
+    Kept,
+    /// The same signal (name and id) was kept before; nothing changed.
+    Duplicate,
+    /// Refused, and why.
+    Rejected(String),
+}
+
+/// The outcome `entry` of the events stream tells of the signal written as
+/// entry `entry_id` of the signals stream, if it is its answer (a
+/// `signal_received` or `signal_rejected` naming that entry).
+pub fn signal_answer(entry: &Entry, entry_id: &str) -> Option<SignalOutcome> {
+    let text = |k: &str| entry.fields.get(k).map(|v| String::from_utf8_lossy(v));
+    let event = text(f::EVENT_TYPE)?;
+    if event != "signal_received" && event != "signal_rejected" {
+        return None;
+    }
+    let payload: serde_json::Value =
+        serde_json::from_str(&text(f::PAYLOAD).unwrap_or_default()).ok()?;
+    if payload["entry_id"] != entry_id {
+        return None;
+    }
+    Some(if event == "signal_rejected" {
+        let why = payload["refused"].as_str().unwrap_or("no reason given");
+        SignalOutcome::Rejected(why.to_owned())
+    } else if payload["duplicate"] == true {
+        SignalOutcome::Duplicate
+    } else {
+        SignalOutcome::Kept
+    })
+}

@@ -172,8 +172,12 @@ async fn apply_users_for(
         .lines()
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
-    // daemon, four services, the combined handlers, starter, operator, viewer
-    assert_eq!(commands.len(), 9, "{printed}");
+    // daemon, a role per service (four for the mission), the combined
+    // handlers (when there is a service), starter, signaller, operator,
+    // viewer
+    let services = printed.matches("ACL SETUSER sagaflow-handler-").count();
+    let combined = usize::from(services > 0);
+    assert_eq!(commands.len(), 5 + services + combined, "{printed}");
     let urls: Vec<&str> = printed
         .lines()
         .filter(|l| l.starts_with("# ") && l.contains("redis://sagaflow-"))
@@ -746,4 +750,159 @@ async fn each_role_is_refused_what_it_must_not_do() {
     )
     .await;
     refused(&mut daemon, role, "SET anything x").await;
+    refused(&mut daemon, role, "XADD saga:signals * saga_id x signal go").await;
+    allowed(&mut daemon, role, "XLEN saga:signals").await;
+}
+
+/// A saga that only waits for signal `go`, started on its own trigger
+/// stream.
+const SIGNALLED: &str = "
+name: signalled
+trigger: signalled:start
+steps:
+  - name: approve
+    kind: wait
+    signal: go
+    timeout: 60s
+";
+
+/// Signals as their users: a daemon keeps what the signaller sends with
+/// `sagaflow signal`, and what its HTTP API takes; a bad entry is
+/// rejected; a saga's signals are read through the API. Redis refuses
+/// nothing; the signaller is refused all but adding to the signals stream
+/// and reading the events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_are_sent_and_kept_as_their_users() {
+    let server = RedisServer::start();
+    let sagas = tempfile::tempdir().expect("a temp dir");
+    std::fs::write(sagas.path().join("signalled.yaml"), SIGNALLED).expect("the definition");
+    let (api_token, entry) = common::api::write_token();
+    let users = apply_users_for(&server, Some(&entry), sagas.path()).await;
+    let _show = ShowRefusals(users.admin_url());
+    let addr = common::api::free_addr();
+    let dir = sagas.path().to_str().expect("a UTF-8 path");
+    let daemon_url = users.url("daemon");
+    let daemon = Child::spawn(
+        "acl-signals",
+        &[
+            "run",
+            "--redis-url",
+            &daemon_url,
+            "--node-id",
+            "acl-signals",
+            "--sagas",
+            dir,
+            "--lease-ttl",
+            common::processes::LEASE_TTL,
+            "--http-addr",
+            &addr,
+        ],
+        &[
+            ("SAGAFLOW_API_TOKENS", &entry),
+            ("SAGAFLOW_OPERATOR_KEYS", OPERATOR_KEY),
+        ],
+    );
+    daemon.wait_started().await;
+
+    let starter = users.url("starter");
+    let signaller = users.url("signaller");
+    let o = sagaflow(&[
+        "start",
+        "--redis-url",
+        &starter,
+        "--stream",
+        "signalled:start",
+        "--correlation-id",
+        "acl-signal-1",
+    ])
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    let first = field(&text(&o), "saga id");
+    let o = sagaflow(&[
+        "signal",
+        &first,
+        "go",
+        "--payload",
+        r#"{"ok": true}"#,
+        "--by",
+        "ana",
+        "--redis-url",
+        &signaller,
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(0), "kept:\n{}", text(&o));
+    // A signal for no saga, sent by hand: rejected.
+    let o = sagaflow(&[
+        "signal",
+        "0123456789abcdef0123456789abcdef",
+        "go",
+        "--redis-url",
+        &signaller,
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(1), "refused:\n{}", text(&o));
+    assert!(text(&o).contains("no such saga"), "{}", text(&o));
+    let mut log = EventLog::new(&users.admin_url());
+    log.wait_until(SAGA_WAIT, "the first saga completed", |events| {
+        has(events, "acl-signal-1", "step_completed", "approve")
+    })
+    .await;
+
+    // Through the HTTP API, as the daemon's user: a start, a signal, and
+    // the saga read with its signals.
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}/v1");
+    let call = |request: reqwest::RequestBuilder| async {
+        let within = Duration::from_secs(30);
+        let response = tokio::time::timeout(within, request.bearer_auth(&api_token).send())
+            .await
+            .unwrap_or_else(|_| panic!("an API call took longer than {within:?}"))
+            .expect("the API answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    };
+    let (status, body) = call(http.post(format!("{base}/sagas/signalled")).body("{}")).await;
+    assert_eq!(status, 202, "{body}");
+    let started: Value = serde_json::from_str(&body).unwrap();
+    let second = started["saga_id"].as_str().unwrap().to_owned();
+    let (status, body) = call(
+        http.post(format!("{base}/sagas/{second}/signals/go"))
+            .header("Idempotency-Key", "acl-go-2")
+            .body(r#"{"ok": "over HTTP"}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"kept\""), "{body}");
+    let (status, body) = call(http.get(format!("{base}/sagas/{second}"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("acl-go-2"), "{body}");
+
+    // What the signaller may not do.
+    let role = "signaller";
+    let mut conn = common::processes::connect(&signaller).await;
+    allowed(&mut conn, role, "XREVRANGE saga:events + - COUNT 1").await;
+    for command in [
+        "XADD mission:start * payload {}",
+        "XADD signalled:start * payload {}",
+        "XADD saga:control * saga_id x action cancel",
+        "XADD saga:events * event_type signal_received",
+        "XRANGE saga:signals - +",
+        "XTRIM saga:signals MAXLEN 0",
+        "HSET saga:{p0.52}:signals:abc go {}",
+        "HGETALL saga:{p0.52}:signals:abc",
+        "XADD saga:replies:x * status completed",
+    ] {
+        refused(&mut conn, role, command).await;
+    }
+    let refused_log = acl_log(&users.admin_url());
+    // The refusals above were asked for; anything else is a missing rule.
+    let unexpected: Vec<&String> = refused_log
+        .iter()
+        .filter(|l| !l.starts_with("sagaflow-signaller "))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "Redis refused commands of the pieces (add them to their role in src/cli/acl.rs):\n{}",
+        refused_log.join("\n")
+    );
 }

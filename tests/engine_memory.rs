@@ -18,8 +18,10 @@ const SAGAS: usize = 1000;
 
 /// Streams written with `XADD MAXLEN ~`, and keys whose size is bounded by
 /// the number of daemons, not of sagas.
-const CAPPED_OR_BOUNDED: [&str; 8] = [
+const CAPPED_OR_BOUNDED: [&str; 9] = [
     "saga:events",
+    // capped by the daemons' housekeeping (`signals_maxlen`)
+    "saga:signals",
     "resources:commands",
     "routing:commands",
     "exploration:commands",

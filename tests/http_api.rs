@@ -1,10 +1,10 @@
 //! The HTTP API against a real daemon and a real Redis: starts with
 //! `X-Request-ID`, `Idempotency-Key`, `traceparent` and `?wait`; reading,
 //! listing and counting sagas; their events as Server-Sent Events, resumed
-//! with `Last-Event-ID`; operators' requests recorded under the token's
-//! name; who holds each lock and who waits; and bad input, missing and
-//! wrong tokens, and Redis gone, each refused with a problem document that
-//! says why, writing nothing.
+//! with `Last-Event-ID`; operators' requests and signals recorded under
+//! the token's name; who holds each lock and who waits; and bad input,
+//! missing and wrong tokens, and Redis gone, each refused with a problem
+//! document that says why, writing nothing.
 
 mod common;
 
@@ -812,6 +812,7 @@ async fn the_openapi_document_and_the_docs_describe_every_route_and_problem() {
         "/v1/sagas",
         "/v1/sagas/{saga}/events",
         "/v1/sagas/{saga}/{action}",
+        "/v1/sagas/{saga}/signals/{name}",
         "/v1/events",
         "/v1/stats",
         "/v1/access",
@@ -872,5 +873,151 @@ async fn past_its_limits_the_api_answers_busy_and_writes_nothing() {
     assert_eq!(trigger_len(&server).await, 1);
     let first = must("the waiting start", waiting).await;
     assert_eq!(first.status, 202, "{}", first.text);
+    api.stop().await;
+}
+
+/// A mission that waits for an approval of its route before planning it.
+const APPROVAL: &str = "
+name: approval
+steps:
+  - name: allocate_resources
+    stream: resources:commands
+    input: { area: '${input.area}', robots: '${input.robots}' }
+    compensation: { command: release_resources }
+  - name: approve
+    kind: wait
+    signal: route_approved
+  - name: plan_route
+    stream: routing:commands
+    input:
+      robot_ids: ${steps.allocate_resources.result.robot_ids}
+      approved_by: ${steps.approve.result.by}
+    compensation: { command: cancel_route }
+";
+
+async fn signals_len(server: &impl Backend) -> u64 {
+    let mut conn = server.any_conn().await;
+    must("XLEN", words("XLEN saga:signals").query_async(&mut conn)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_are_kept_once_under_the_tokens_name() {
+    let server = RedisServer::start();
+    let mut api = Served::start(&server, catalog(APPROVAL), |_| {}).await;
+    // Slow enough that the saga still runs while its signals are sent.
+    let _handlers = start_simulated(
+        &server,
+        SimulationOptions {
+            work_ms: 1500,
+            ..Default::default()
+        },
+    );
+    let a = send(api.post("/v1/sagas/approval").body(MISSION)).await;
+    assert_eq!(a.status, 202, "{}", a.text);
+    let saga_id = a.body["saga_id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/sagas/{saga_id}/signals/route_approved");
+    let unknown = "0123456789abcdef0123456789abcdef";
+
+    // Refused before anything is written, each with its reason.
+    let big = json!({ "note": "x".repeat(70 << 10) }).to_string();
+    let bad = [
+        (
+            api.post("/v1/sagas/nope/signals/route_approved"),
+            400,
+            "bad-request",
+            "not a saga id",
+        ),
+        (
+            api.post(&format!("/v1/sagas/{saga_id}/signals/a%20b")),
+            400,
+            "bad-request",
+            "signal name",
+        ),
+        (api.post(&path).body("{nope"), 400, "bad-body", "not JSON"),
+        (api.post(&path).body(big), 413, "too-large", "limit"),
+        (
+            api.post(&format!("{path}?signal_id=a"))
+                .header("Idempotency-Key", "b"),
+            400,
+            "bad-request",
+            "different signal ids",
+        ),
+        (
+            api.post(&format!("{path}?signal_id=a%20b")),
+            400,
+            "bad-request",
+            "signal_id",
+        ),
+        (
+            api.post(&format!("{path}?color=red")),
+            400,
+            "bad-request",
+            "unknown field",
+        ),
+        (
+            api.post(&format!("/v1/sagas/{unknown}/signals/route_approved")),
+            404,
+            "no-such-saga",
+            "no saga",
+        ),
+        (
+            api.http.post(api.url(&path)).bearer_auth(&api.read),
+            403,
+            "forbidden",
+            "read only",
+        ),
+        (
+            api.http.post(api.url(&path)),
+            401,
+            "unauthorized",
+            "write token",
+        ),
+    ];
+    for (request, status, problem, says) in bad {
+        let a = send(request).await;
+        assert_eq!((a.status, a.problem()), (status, problem), "{}", a.text);
+        assert!(a.text.contains(says), "`{says}` in {}", a.text);
+    }
+    assert_eq!(signals_len(&server).await, 0, "nothing written");
+
+    // Kept under the token's name; the same id again is a duplicate;
+    // another id is refused.
+    let approval = r#"{"by": "ana", "note": "north first"}"#;
+    let a = send(
+        api.post(&path)
+            .header("Idempotency-Key", "api-1")
+            .body(approval),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["status"], "kept");
+    assert_eq!(a.body["signal_id"], "api-1");
+    assert_eq!(a.body["by"], writer_name());
+    assert_eq!(a.body["event"]["event_type"], "signal_received");
+    assert_eq!(a.body["event"]["payload"]["by"], writer_name());
+    let a = send(api.post(&format!("{path}?signal_id=api-1")).body(approval)).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["status"], "duplicate");
+    let a = send(api.post(&format!("{path}?signal_id=api-2"))).await;
+    assert_eq!((a.status, a.problem()), (409, "refused"), "{}", a.text);
+    assert!(a.text.contains("signal_id `api-1`"), "{}", a.text);
+
+    let saga = wait_for_state(&api, &saga_id, &["completed"]).await;
+    let kept = &saga["signals"];
+    assert_eq!(kept.as_array().map(Vec::len), Some(1), "{saga}");
+    assert_eq!(kept[0]["signal_id"], "api-1");
+    assert_eq!(kept[0]["by"], writer_name());
+    assert_eq!(kept[0]["payload"]["note"], "north first");
+    assert_eq!(saga["results"]["approve"]["by"], "ana");
+    // The saga has ended: another signal is refused by the daemon.
+    let a = send(api.post(&format!("/v1/sagas/{saga_id}/signals/other"))).await;
+    assert_eq!((a.status, a.problem()), (409, "refused"), "{}", a.text);
+    assert!(a.text.contains("completed, not running"), "{}", a.text);
+
+    // No daemon to answer: the signal stays on the stream.
+    api.stop_daemon().await;
+    let a = send(api.post(&format!("/v1/sagas/{saga_id}/signals/late"))).await;
+    assert_eq!((a.status, a.problem()), (504, "no-answer"), "{}", a.text);
+    assert!(a.text.contains("saga:signals"), "{}", a.text);
     api.stop().await;
 }

@@ -1,6 +1,6 @@
 //! `sagaflow acl`: least privilege with Redis ACLs. Prints one
 //! `ACL SETUSER` per piece of a deployment (the daemons, each handler
-//! service, starters, operators, viewers), built from the saga definitions
+//! service, starters, signallers, operators, viewers), built from the saga definitions
 //! and the layered settings, so that each piece can do what it must and
 //! nothing else: a handler cannot start a saga or write an operator's
 //! request, a starter cannot forge a reply, a viewer cannot write at all.
@@ -82,6 +82,10 @@ const DAEMON_COMMANDS: &[&str] = &[
     "hget",
     "hmget",
     "hset",
+    // The signals kept for a saga: counted before one more is kept, read
+    // whole when the saga asks for them.
+    "hlen",
+    "hgetall",
     "sadd",
     "srem",
     "smembers",
@@ -184,6 +188,38 @@ const START_COMMANDS: &[&str] = &[
     "xread",
 ];
 
+/// What `signal` sends: the last event's id, the signal, then the events
+/// after it (the daemons' answer).
+const SIGNAL_COMMANDS: &[&str] = &[
+    "ping",
+    "cluster|info",
+    "cluster|slots",
+    "cluster|shards",
+    "xrevrange",
+    "xadd",
+    "xread",
+];
+
+/// What the daemon does on the signals stream: read it through its group
+/// (in scripts, which bound what they return), acknowledge, take over what
+/// dead daemons left pending, trim it and measure its group.
+const DAEMON_ON_SIGNALS: &[&str] = &[
+    "evalsha",
+    "eval",
+    "type",
+    "xreadgroup",
+    "xack",
+    "xautoclaim",
+    "xgroup|create",
+    "xgroup|delconsumer",
+    "xinfo|groups",
+    "xinfo|consumers",
+    "xpending",
+    "xlen",
+    "xrange",
+    "xtrim",
+];
+
 /// Which handler roles are printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum HandlerRoles {
@@ -203,7 +239,8 @@ pub enum HandlerRoles {
   sagaflow acl --handler-roles combined --user-prefix prod-sagaflow-
 
 Roles: `daemon` (sagaflow run), one `handler-<service>` per command stream
-(--handler-roles), `starter` (writes starts; `sagaflow start`),
+(--handler-roles), `starter` (writes starts; `sagaflow start`), `signaller`
+(sends signals; `sagaflow signal`),
 `operator` (cancel, retry, skip, abandon, and what viewers read), `viewer`
 (status, list, locks, watch; no write at all). Each user is named <prefix><role>.
 
@@ -364,6 +401,14 @@ fn roles(
         who: "starting sagas (sagaflow start, services writing starts)".into(),
         rules: starter,
     });
+    let mut signaller = commands_rule(SIGNAL_COMMANDS);
+    signaller.push(key(Access::Write, &literal(&settings.signals_stream)));
+    signaller.push(key(Access::Read, &events));
+    out.push(Role {
+        name: "signaller".into(),
+        who: "sending sagas signals (sagaflow signal, services signalling sagas)".into(),
+        rules: signaller,
+    });
     let reads: Vec<String> = records
         .iter()
         .chain([&events])
@@ -412,7 +457,8 @@ fn roles(
     Ok(out)
 }
 
-/// The daemon: everything it uses, and no write to the control stream.
+/// The daemon: everything it uses, and no write to the control stream or
+/// the signals stream (unless its HTTP API takes them).
 fn daemon(settings: &Settings, catalog: &Catalog) -> Result<Role, String> {
     let mut rules = commands_rule(DAEMON_COMMANDS);
     let keys = Keys::of(settings);
@@ -454,6 +500,29 @@ fn daemon(settings: &Settings, catalog: &Catalog) -> Result<Role, String> {
         on_control.push("xadd");
     }
     rules.push(selector(&on_control, &[key(Access::ReadWrite, &control)])?);
+    // The signals stream is read through the daemons' group, acknowledged
+    // and trimmed, and added to only when the HTTP API takes signals (a
+    // write token). An entry is acknowledged by the script that writes its
+    // event (or by the relay, or with its dead-letter copy), which names
+    // the saga partitions', the leases', the audit and dead-letter streams'
+    // keys with it: the selector holds those too, with none of the
+    // commands that write them, which the root rules allow already.
+    let mut on_signals = DAEMON_ON_SIGNALS.to_vec();
+    if (settings.api_tokens.iter()).any(|t| t.scope == crate::http::access::Scope::Write) {
+        on_signals.push("xadd");
+    }
+    let with_signals: Vec<String> = [
+        literal(&settings.signals_stream),
+        shaped(&keys.in_any_partition(MARK, MARK)),
+        literal(&keys.leases()),
+        shaped(&keys.any_relayed(MARK)),
+        literal(&settings.events_stream),
+        literal(&settings.dead_letter_stream),
+    ]
+    .iter()
+    .map(|pattern| key(Access::ReadWrite, pattern))
+    .collect();
+    rules.push(selector(&on_signals, &with_signals)?);
     rules.push(key(
         Access::ReadWrite,
         &literal(&settings.dead_letter_stream),
@@ -682,6 +751,7 @@ mod tests {
                 "handler-routing",
                 "handlers",
                 "starter",
+                "signaller",
                 "operator",
                 "viewer"
             ]
@@ -721,6 +791,13 @@ mod tests {
             );
             assert!(rules.contains(&"+lrange".to_owned()), "{rules:?}");
         }
+        let signaller = rules_of(&roles, "signaller");
+        assert!(signaller.contains(&"%W~saga:signals".to_owned()));
+        assert!(signaller.contains(&"%R~saga:events".to_owned()));
+        assert!(signaller.iter().all(|r| !r.starts_with('~')));
+        // The daemon reads signals, and writes none without a write token.
+        let on_signals = daemon.iter().find(|r| r.contains("~saga:signals")).unwrap();
+        assert!(on_signals.contains("+xreadgroup") && !on_signals.contains("+xadd"));
         assert!(rules_of(&roles, "operator").contains(&"%W~ctl".to_owned()));
         let viewer = rules_of(&roles, "viewer");
         assert!(viewer

@@ -18,6 +18,7 @@ mod output;
 mod pick;
 mod render;
 mod run;
+mod send_signal;
 mod signals;
 mod start;
 mod status;
@@ -75,6 +76,8 @@ enum Command {
     Pause(operate::PauseArgs),
     /// Carry a paused saga on.
     Resume(operate::ResumeArgs),
+    /// Send a signal to a saga, for its `wait` step (approval, a robot docked, ...).
+    Signal(send_signal::SignalArgs),
     /// Ask a daemon whether it is alive (or ready): for container health checks.
     Health(health::HealthArgs),
     /// Print the Redis ACL users of a least-privilege deployment, one per role.
@@ -131,6 +134,7 @@ pub fn main() -> ExitCode {
             Command::Abandon(args) => operate::abandon(args).await,
             Command::Pause(args) => operate::pause(args).await,
             Command::Resume(args) => operate::resume(args).await,
+            Command::Signal(args) => send_signal::run(args).await,
             Command::Health(args) => health::run(args).await,
             Command::Acl(args) => acl::run(args),
             Command::ApiToken(args) => api_token::run(args),

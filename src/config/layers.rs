@@ -61,6 +61,7 @@ keys! {
     "trigger_group" => trigger_group: text,
     "events_stream" => events_stream: text,
     "control_stream" => control_stream: text,
+    "signals_stream" => signals_stream: text,
     "dead_letter_stream" => dead_letter_stream: text,
     "reply_stream_prefix" => reply_stream_prefix: text,
     "saga_key_prefix" => saga_key_prefix: text,
@@ -71,6 +72,7 @@ keys! {
     "events_maxlen" => events_maxlen: count,
     "triggers_maxlen" => triggers_maxlen: count,
     "control_maxlen" => control_maxlen: count,
+    "signals_maxlen" => signals_maxlen: count,
     "commands_maxlen" => commands_maxlen: count,
     "max_deliveries" => max_deliveries: count64,
     "max_in_flight" => max_in_flight: count,
@@ -325,6 +327,7 @@ fn check(s: &Settings) -> Result<(), String> {
         ("events_maxlen", s.events_maxlen),
         ("triggers_maxlen", s.triggers_maxlen),
         ("control_maxlen", s.control_maxlen),
+        ("signals_maxlen", s.signals_maxlen),
         ("commands_maxlen", s.commands_maxlen),
     ] {
         if v == 0 {

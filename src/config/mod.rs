@@ -35,6 +35,10 @@ pub struct Settings {
     /// Where operators' requests about sagas (cancel, retry, skip,
     /// abandon) are written; every daemon reads it.
     pub control_stream: String,
+    /// Where signals for sagas' `wait` steps are written (`sagaflow
+    /// signal`, the HTTP API, any service allowed to); every daemon reads
+    /// it through the daemons' consumer group (`trigger_group`).
+    pub signals_stream: String,
     /// Approximate cap on the events stream (`XADD MAXLEN ~`).
     pub events_maxlen: usize,
     /// Cap on each trigger stream, by count: starts the daemon group has
@@ -43,6 +47,10 @@ pub struct Settings {
     pub triggers_maxlen: usize,
     /// Approximate cap on the control stream of operators' requests.
     pub control_maxlen: usize,
+    /// Cap on the signals stream, by count: on write by `sagaflow signal`
+    /// and the HTTP API (`MAXLEN ~`), and by the daemons' housekeeping,
+    /// which never trims a signal the daemon group has not finished with.
+    pub signals_maxlen: usize,
     /// Reply streams are `<prefix><node_id>`.
     pub reply_stream_prefix: String,
     /// Every key the store keeps begins with it (see
@@ -119,9 +127,11 @@ impl Default for Settings {
             trigger_group: "sagaflow".into(),
             events_stream: "saga:events".into(),
             control_stream: "saga:control".into(),
+            signals_stream: "saga:signals".into(),
             events_maxlen: 100_000,
             triggers_maxlen: 100_000,
             control_maxlen: 10_000,
+            signals_maxlen: 100_000,
             reply_stream_prefix: "saga:replies:".into(),
             saga_key_prefix: "saga:".into(),
             retention: Duration::from_secs(7 * 24 * 3600),

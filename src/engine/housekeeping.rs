@@ -1,5 +1,5 @@
 //! Keeping Redis bounded, in a task of its own: consumers of daemons long
-//! gone are forgotten, the command, event, control and trigger streams lose
+//! gone are forgotten, the command, event, control, signals and trigger streams lose
 //! their entries older than the retention or beyond their caps, each
 //! partition's indexes and fence lose what outlived the retention, the
 //! owners found in the partitions are registered so that their sagas are
@@ -56,6 +56,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
         if triggers_trimmed_at.is_none_or(|at| at.elapsed() >= TRIGGER_TRIM_EVERY) {
             note(trim_triggers(&shared, &mut conn).await);
             note(trim_control(&shared, &mut conn).await);
+            note(trim_signals(&shared, &mut conn).await);
             triggers_trimmed_at = Some(Instant::now());
         }
         if trimmed_at.is_none_or(|at| at.elapsed() >= trim_every(&shared.settings)) {
@@ -143,6 +144,30 @@ async fn trim_triggers(
     outcome
 }
 
+/// Trims the signals stream by age and to `signals_maxlen`, as often as
+/// the trigger streams and in the same way: anyone allowed to send signals
+/// may write through an `XADD` that caps nothing, and a signal the daemon
+/// group has not finished with is never trimmed.
+async fn trim_signals(
+    shared: &Shared,
+    conn: &mut crate::connection::Conn,
+) -> redis::RedisResult<()> {
+    let settings = &shared.settings;
+    let stream = &settings.signals_stream;
+    let Unfinished::From(unfinished) =
+        groups::oldest_unfinished(conn, stream, &settings.trigger_group).await?
+    else {
+        return Ok(());
+    };
+    let below_age = cut(shared.now_ms(), settings.stream_retention);
+    let maxlen = settings.signals_maxlen;
+    let removed = maintain::trim_trigger(conn, stream, below_age, unfinished, maxlen).await?;
+    if removed > 0 {
+        tracing::debug!(%stream, removed, "signals stream trimmed");
+    }
+    Ok(())
+}
+
 /// The first id of entries younger than `keep`, at `now`.
 fn cut(now: u64, keep: Duration) -> StreamId {
     StreamId::at_ms(now.saturating_sub(keep.as_millis() as u64))
@@ -158,7 +183,7 @@ const CLEAN_EVERY: Duration = Duration::from_secs(60);
 /// claimed: 64 small reads.
 const REGISTER_EVERY: Duration = Duration::from_secs(600);
 
-/// Removes from the trigger groups the consumers (daemons) that hold no
+/// Removes from the trigger groups (and the signals group) the consumers (daemons) that hold no
 /// pending entry and have not read for a hundred leases: each daemon started
 /// with a fresh node id adds one, and they would pile up.
 pub(super) async fn forget_idle_consumers(shared: &Shared) -> redis::RedisResult<()> {
@@ -166,7 +191,9 @@ pub(super) async fn forget_idle_consumers(shared: &Shared) -> redis::RedisResult
     let settings = &shared.settings;
     let idle_over = settings.lease_ttl.saturating_mul(100);
     let (group, keep) = (&settings.trigger_group, &settings.node_id);
-    for stream in super::trigger_streams(settings, &shared.catalog) {
+    let mut streams = super::trigger_streams(settings, &shared.catalog);
+    streams.push(settings.signals_stream.clone());
+    for stream in streams {
         groups::forget_idle_consumers(&mut conn, &stream, group, keep, idle_over).await?;
     }
     Ok(())
@@ -230,12 +257,13 @@ async fn trim_control(
 /// How often the pending entries of the streams are measured.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 
-/// Sets the pending-entries gauge of every consumer group on the trigger
-/// and command streams: the daemons' starts under way, and the commands
-/// handlers took and have not answered.
+/// Sets the pending-entries gauge of every consumer group on the trigger,
+/// signals and command streams: the daemons' starts and signals under
+/// way, and the commands handlers took and have not answered.
 pub(super) async fn report_pending(shared: &Shared) -> redis::RedisResult<()> {
     let mut conn = shared.conn.clone();
     let mut streams = super::trigger_streams(&shared.settings, &shared.catalog);
+    streams.push(shared.settings.signals_stream.clone());
     streams.extend(shared.catalog.command_streams().into_iter().map(|(s, _)| s));
     for stream in streams {
         // No stream yet, or a key of another kind: nothing to measure.

@@ -1,7 +1,8 @@
 //! The daemon's driver: it takes starts from the trigger streams, runs one
 //! task per saga that feeds the pure state machine ([`crate::saga`]) with
-//! replies and timer ticks and performs its effects, and reads every reply
-//! of this daemon from one reply stream.
+//! replies and timer ticks and performs its effects, reads every reply
+//! of this daemon from one reply stream, and keeps the signals sent to
+//! sagas for their `wait` steps.
 //!
 //! ```text
 //!  trigger streams ──XREADGROUP──▶ intake ──spawn──▶ saga task (one per saga)
@@ -9,6 +10,8 @@
 //!                      store: MULTI{state, XADD cmd, │  │ Reply
 //!                             XADD event, XACK}  ◀───┘  │
 //!  reply stream ──XREAD──▶ reply reader ──router────────┘
+//!  signals stream ──XREADGROUP──▶ signals forwarder ──▶ kept for the saga,
+//!                                 whose task asks for them while it waits
 //! ```
 
 mod asks;
@@ -24,6 +27,7 @@ mod reconnect;
 mod relay;
 mod replies;
 mod router;
+mod signals;
 mod takeover;
 pub use housekeeping::command_stream_keep;
 
@@ -212,6 +216,7 @@ impl Daemon {
         shared.tracker.spawn(lease::run(shared.clone(), lease_conn));
         shared.tracker.spawn(replies::run(shared.clone()));
         shared.tracker.spawn(control::run(shared.clone()));
+        shared.tracker.spawn(signals::run(shared.clone()));
         shared.tracker.spawn(housekeeping::run(shared.clone()));
         relay::start(&shared);
         shared.feeders.spawn(intake::run(shared.clone()));
@@ -322,8 +327,9 @@ async fn connect_with_retry(
     }
 }
 
-/// Creates the trigger consumer groups at id 0, so starts written before
-/// any daemon ran are taken too. Also called when Redis answers that a
+/// Creates the trigger consumer groups (and the daemons' group on the
+/// signals stream) at id 0, so starts written before any daemon ran are
+/// taken too. Also called when Redis answers that a
 /// group is gone (a Redis that came back without its data).
 pub(crate) async fn create_groups(
     conn: &mut Conn,
@@ -333,7 +339,7 @@ pub(crate) async fn create_groups(
     for stream in trigger_streams(settings, catalog) {
         create_group(conn, &stream, &settings.trigger_group).await?;
     }
-    Ok(())
+    signals::create_group(conn, settings).await
 }
 
 async fn create_group(conn: &mut Conn, stream: &str, group: &str) -> Result<(), EngineError> {

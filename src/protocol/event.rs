@@ -109,7 +109,8 @@ impl EventType {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SagaEvent {
     pub correlation_id: CorrelationId,
-    /// `None` only for `saga_rejected`, which is about no saga.
+    /// `None` only for `saga_rejected`, which is about no saga, and for a
+    /// `signal_rejected` whose entry names no saga id that reads.
     pub saga_id: Option<SagaId>,
     pub saga: String,
     pub event_type: EventType,

@@ -199,11 +199,15 @@ pub struct SignalTaken {
     pub result: Value,
 }
 
-/// `signal_received` / `signal_rejected`.
+/// `signal_received` / `signal_rejected`: what became of the entry
+/// `entry_id` of the signals stream (a rejected entry's fields as far as
+/// they read, cut to 128 characters).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SignalNote {
     pub signal: String,
     pub signal_id: String,
+    #[serde(default)]
+    pub entry_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

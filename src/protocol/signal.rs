@@ -41,7 +41,7 @@ pub fn check_signal_name(name: &str) -> Result<(), String> {
 }
 
 /// A signal id: 1 to 128 printable ASCII characters.
-fn check_signal_id(id: &str) -> Result<(), String> {
+pub fn check_signal_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(format!(
             "signal_id `{}` must be 1 to 128 printable ASCII characters",

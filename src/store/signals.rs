@@ -28,6 +28,9 @@ pub enum SignalError {
     WrongType { key: String },
 }
 
+/// The reason a signal for a saga that has no record is refused.
+pub const NO_SUCH_SAGA: &str = "no such saga";
+
 /// Keeps `signal` for its saga.
 pub async fn accept<C: ConnectionLike + Send>(
     conn: &mut C,
@@ -56,7 +59,7 @@ pub async fn accept<C: ConnectionLike + Send>(
         )),
         5 => Accepted::Refused(format!("the saga is {detail}, not running")),
         6 => return Err(SignalError::WrongType { key: detail }),
-        _ => Accepted::Refused("no such saga".into()),
+        _ => Accepted::Refused(NO_SUCH_SAGA.into()),
     })
 }
 
@@ -78,4 +81,50 @@ pub async fn kept<C: ConnectionLike + Send>(
         .iter()
         .filter_map(|(_, v)| serde_json::from_str(v).ok())
         .collect())
+}
+
+/// What a signal's events say of the saga it is for: its definition's
+/// name, its correlation id and where it stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SagaOfSignal {
+    pub saga: String,
+    pub correlation_id: crate::protocol::CorrelationId,
+    pub status: crate::protocol::SagaStatus,
+}
+
+/// The saga `saga_id` as a signal's events name it; `None` when it has no
+/// record, or one that does not read. Reads the record's state (as large
+/// as the saga wrote it: a signal costs one such read).
+pub async fn saga_of<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    saga_id: &str,
+) -> redis::RedisResult<Option<SagaOfSignal>> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        saga: String,
+        correlation_id: crate::protocol::CorrelationId,
+    }
+    let read: redis::RedisResult<(Option<String>, Option<String>)> = redis::cmd("HMGET")
+        .arg(keys.record(saga_id))
+        .arg("state")
+        .arg("phase")
+        .query_async(conn)
+        .await;
+    let (state, phase) = match read {
+        Ok(read) => read,
+        Err(e) if e.code() == Some("WRONGTYPE") => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(head) = state.and_then(|s| serde_json::from_str::<Head>(&s).ok()) else {
+        return Ok(None);
+    };
+    let status = phase
+        .and_then(|p| serde_json::from_value(serde_json::Value::String(p)).ok())
+        .unwrap_or(crate::protocol::SagaStatus::Running);
+    Ok(Some(SagaOfSignal {
+        saga: head.saga,
+        correlation_id: head.correlation_id,
+        status,
+    }))
 }

@@ -158,6 +158,10 @@ fn describe() {
         "Operators' requests carried out by this daemon, by action (cancel, retry, skip, abandon, pause, resume)"
     );
     describe_counter!(
+        m::SIGNALS,
+        "Signals read from the signals stream by this daemon, by outcome (kept, duplicate, rejected)"
+    );
+    describe_counter!(
         m::LEASES_LOST,
         "Times this daemon found its lease run out (paused, cut off) and started a new one"
     );
@@ -380,6 +384,16 @@ pub fn operator_action(action: &str) {
     }
 }
 
+/// What became of a signal: the values of the `outcome` label.
+const SIGNAL_OUTCOMES: [&str; 3] = ["kept", "duplicate", "rejected"];
+
+/// A signal read from the signals stream: `outcome` is one of
+/// [`SIGNAL_OUTCOMES`].
+pub fn signal(outcome: &'static str) {
+    debug_assert!(SIGNAL_OUTCOMES.contains(&outcome));
+    counter!(m::SIGNALS, "outcome" => outcome).increment(1);
+}
+
 /// Records the sagas and steps of `catalog` as the names this daemon
 /// reports, and `settings`' trigger group as always reported; puts every
 /// counter of them on `/metrics` at zero, so that dashboards and alerts
@@ -408,7 +422,10 @@ pub fn register(catalog: &Catalog, settings: &Settings) {
     for action in ACTIONS {
         counter!(m::OPERATOR_ACTIONS, "action" => action).increment(0);
     }
-    for what in ["start", "saga"] {
+    for outcome in SIGNAL_OUTCOMES {
+        counter!(m::SIGNALS, "outcome" => outcome).increment(0);
+    }
+    for what in ["start", "saga", "signal"] {
         counter!(m::DEAD_LETTERED, "what" => what).increment(0);
     }
     for doing in [
@@ -416,6 +433,7 @@ pub fn register(catalog: &Catalog, settings: &Settings) {
         "starts",
         "replies",
         "control",
+        "signals",
         "lease",
         "takeover",
         "housekeeping",

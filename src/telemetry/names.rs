@@ -54,5 +54,6 @@ pub mod metric {
     pub const OPERATOR_REFUSED: &str = "sagaflow_operator_requests_refused_total";
     pub const OPERATOR_ACTIONS: &str = "sagaflow_operator_actions_total";
     pub const LOCK_WAIT: &str = "sagaflow_lock_wait_seconds";
+    pub const SIGNALS: &str = "sagaflow_signals_total";
     pub const READY: &str = "sagaflow_ready";
 }

@@ -1,19 +1,20 @@
 //! The HTTP API, `/v1`: start sagas, read them, follow their events, and
-//! carry out operators' requests, over JSON, with errors as
+//! carry out operators' requests, send sagas signals, over JSON, with errors as
 //! `application/problem+json`. Described by `GET /v1/openapi.json` and
 //! `docs/http.md`.
 //!
 //! The API works through Redis as the CLI does, never through the engine:
 //! a start is written to the trigger stream (taken by whichever daemon
 //! reads it first), an operator's request to the control stream (carried
-//! out by the daemon driving the saga), and sagas are read from the store.
+//! out by the daemon driving the saga), a signal to the signals stream
+//! (kept by whichever daemon reads it), and sagas are read from the store.
 //! So any daemon's API answers for every saga of the deployment.
 //!
 //! # Bounds
 //! - Request bodies: [`MAX_BODY_BYTES`] (a start's input, as the protocol
 //!   takes it); headers: hyper's (at most 100, 400 KiB in all).
 //! - Requests waiting for the daemons (starts, `?wait`, operators'
-//!   requests): [`MAX_WAITING`] at once; `?wait` at most [`MAX_WAIT`].
+//!   requests, signals): [`MAX_WAITING`] at once; `?wait` at most [`MAX_WAIT`].
 //! - Event streams open at once: [`MAX_EVENT_STREAMS`].
 //! - Listing: at most [`crate::operator::MAX_LISTED`] index entries looked
 //!   at per page, pages of at most [`MAX_PAGE`] sagas.
@@ -26,6 +27,7 @@ mod locks;
 mod operate;
 pub mod problem;
 mod sagas;
+mod signals;
 
 use super::access::{ApiToken, ApiTokens, ReadAccess, Scope};
 use super::feed::Feed;
@@ -222,6 +224,7 @@ pub fn routes(api: Api) -> Router {
         .route("/v1/locks", get(locks::list))
         .route("/v1/locks/{*lock}", get(locks::one))
         .route("/v1/sagas/{saga}/{action}", post(operate::request))
+        .route("/v1/sagas/{saga}/signals/{name}", post(signals::send))
         .route("/v1/{*rest}", axum::routing::any(not_found))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -278,6 +278,13 @@ pub async fn one(
     let record = record(&mut conn, &api, &id).await?;
     let definition = operator::definition(&mut conn, api.settings(), &record.state).await;
     let mut body = view(&record, definition.as_ref(), api.settings());
+    let keys = Keys::of(api.settings());
+    let signals = crate::store::signals::kept(&mut conn, &keys, id.as_str())
+        .await
+        .map_err(|e| Problem::redis("cannot read the saga's signals", e))?;
+    if !signals.is_empty() {
+        body["signals"] = json!(signals);
+    }
     if q.events == Some(true) {
         let events = super::events::kept(&mut conn, api.settings(), &record.state, None).await?;
         body["events"] = Value::Array(

@@ -310,6 +310,9 @@ impl Machine<'_> {
         let name = self.step_name(unit.step).to_owned();
         self.st().results.insert(name, Json::of(&signal.payload));
         self.set_unit(unit, UnitState::Completed { result: None });
+        // Done like any completed unit: unwinding skips it (it undoes
+        // nothing), and it no longer holds back the steps before it.
+        self.st().work.done.push(unit);
         let last = self.state.phase == Phase::Running && self.all_steps_completed();
         if last {
             self.st().phase = Phase::Completed {

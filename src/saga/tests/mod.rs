@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 mod branches;
+mod signal_unwind;
 
 const DEF: &str = "\
 name: mission

@@ -10,7 +10,8 @@
 --
 -- Returns {code, detail}:
 --   1 kept;
---   2 a duplicate: a signal of this name and id was kept before;
+--   2 a duplicate: a signal of this name and id was kept before (also
+--     once the saga has ended: a repeat gets the answer the first got);
 --   3 refused: a signal of this name with another id was kept before
 --     (detail: its id);
 --   4 refused: the saga has `max` signals already;
@@ -21,15 +22,16 @@ if kind == 'none' then return {0, ''} end
 if kind ~= 'hash' then return {6, KEYS[1]} end
 local phase = redis.call('HGET', KEYS[1], 'phase')
 if not phase then return {0, ''} end
-if phase ~= 'running' then return {5, phase} end
 kind = redis.call('TYPE', KEYS[2]).ok
 if kind ~= 'hash' and kind ~= 'none' then return {6, KEYS[2]} end
 local kept = redis.call('HGET', KEYS[2], ARGV[1])
 if kept then
   local ok, d = pcall(cjson.decode, kept)
   if ok and type(d) == 'table' and d.signal_id == ARGV[3] then return {2, ''} end
+  if phase ~= 'running' then return {5, phase} end
   return {3, ok and type(d) == 'table' and tostring(d.signal_id) or ''}
 end
+if phase ~= 'running' then return {5, phase} end
 if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then return {4, ''} end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return {1, ''}

@@ -303,6 +303,8 @@ fn audit_saga(who: &str, evs: &[&Event], problems: &mut Vec<String>) {
         let kind = match e.event_type.as_str() {
             // A fan-out's own start names its branches, not an attempt.
             "step_started" if e.payload.get("branches").is_some() => continue,
+            // A `wait` step sends nothing: it has no attempt.
+            "step_started" if e.payload.get("signal").is_some() => continue,
             "step_started" => "step",
             "compensation_started" => "compensation",
             _ => continue,
