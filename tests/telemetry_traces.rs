@@ -485,7 +485,8 @@ async fn an_http_start_joins_the_callers_trace_under_its_request_id() {
     assert_eq!(saga["state"], "completed", "{saga}");
     assert_eq!(saga["trace_id"], CALLER_TRACE);
 
-    let expected = 1 + 2 * mission_commands(2);
+    // The root, the commands' and the handlers' spans, the robots' locks.
+    let expected = 1 + 2 * mission_commands(2) + 2;
     let spans = receiver
         .wait_for(SAGA_WAIT, |s| {
             s.iter().filter(|s| s.trace_id == CALLER_TRACE).count() >= expected
