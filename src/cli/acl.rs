@@ -92,6 +92,13 @@ const DAEMON_COMMANDS: &[&str] = &[
     // The HTTP API lists sagas a page at a time and counts them by phase.
     "zrevrangebyscore",
     "zcard",
+    // Saga names paused: what is paused, each trigger stream's holds, and
+    // the starts held (see src/store/holds.rs).
+    "hgetall",
+    "hsetnx",
+    "hdel",
+    "hexists",
+    "hlen",
     // Housekeeping trims each partition's indexes and fence; a claim moves
     // the sagas an owner's set holds and drops the set once empty; a
     // record is read with its time to live.
@@ -150,6 +157,9 @@ const DOCTOR_COMMANDS: &[&str] = &[
 
 const VIEW_COMMANDS: &[&str] = &[
     "ping",
+    // `list` shows the saga names paused and counts the starts held.
+    "hgetall",
+    "xlen",
     "cluster|info",
     "cluster|slots",
     "cluster|shards",
@@ -338,11 +348,14 @@ fn roles(
         });
     }
     let keys = Keys::of(settings);
+    let [_, held] = keys.any_hold(MARK);
     let records = [
         shaped(&keys.in_any_partition(MARK, &format!("record:{MARK}"))),
         shaped(&keys.in_any_partition(MARK, &format!("index:{MARK}"))),
         literal(&keys.leases()),
         shaped(&keys.definition(MARK, MARK)),
+        literal(&keys.paused_names()),
+        shaped(&held),
     ];
     let events = literal(&settings.events_stream);
     let mut starter = commands_rule(START_COMMANDS);
@@ -416,7 +429,10 @@ fn daemon(settings: &Settings, catalog: &Catalog) -> Result<Role, String> {
         shaped(&keys.nonce(MARK)),
         literal(&settings.events_stream),
         prefix(&settings.reply_stream_prefix),
-    ];
+        literal(&keys.paused_names()),
+    ]
+    .into_iter()
+    .chain(keys.any_hold(MARK).map(|k| shaped(&k)));
     let streams = crate::engine::trigger_streams(settings, catalog)
         .into_iter()
         .chain(catalog.command_streams().into_iter().map(|(s, _)| s))

@@ -15,6 +15,7 @@ mod clock;
 mod control;
 mod definitions;
 mod driver;
+mod holds;
 mod housekeeping;
 mod idempotency;
 mod intake;
@@ -109,6 +110,8 @@ pub(crate) struct Shared {
     pub renew_now: Notify,
     /// On a cluster, the relay workers of the partitions' outboxes.
     pub relays: Option<relay::Relays>,
+    /// The saga names paused, and the starts held of those resumed.
+    pub holds: holds::Holds,
 }
 
 impl Shared {
@@ -191,6 +194,7 @@ impl Daemon {
             epoch: RwLock::new(epoch),
             renew_now: Notify::new(),
             relays: client.is_cluster().then(relay::Relays::new),
+            holds: holds::Holds::default(),
         });
         let mut lease_conn = lease_conn;
         lease::register(&shared, &mut lease_conn)
@@ -211,6 +215,7 @@ impl Daemon {
         relay::start(&shared);
         shared.feeders.spawn(intake::run(shared.clone()));
         shared.feeders.spawn(takeover::run(shared.clone()));
+        shared.feeders.spawn(holds::run(shared.clone()));
         Ok(Self { shared })
     }
 

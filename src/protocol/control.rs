@@ -171,60 +171,33 @@ impl ControlRequest {
     /// Every field but the signature, each as its length and its bytes, so
     /// that no two requests sign the same bytes.
     fn signed_bytes(&self) -> Vec<u8> {
-        let mut out = b"sagaflow operator request v1\n".to_vec();
         let issued = self.issued_ms.to_string();
-        let fields = [
-            self.by.as_str(),
-            self.saga_id.as_str(),
-            self.action.as_str(),
-            self.step.as_deref().unwrap_or(""),
-            self.reason.as_str(),
-            issued.as_str(),
-            self.nonce.as_str(),
-        ];
-        for field in fields {
-            out.extend_from_slice(field.len().to_string().as_bytes());
-            out.push(b':');
-            out.extend_from_slice(field.as_bytes());
-            out.push(b'\n');
-        }
-        out
+        length_prefixed(
+            b"sagaflow operator request v1\n",
+            &[
+                self.by.as_str(),
+                self.saga_id.as_str(),
+                self.action.as_str(),
+                self.step.as_deref().unwrap_or(""),
+                self.reason.as_str(),
+                issued.as_str(),
+                self.nonce.as_str(),
+            ],
+        )
     }
 
     /// Checks the signature and the freshness: `written_ms` is when the
     /// entry was written, from its id (Redis's clock). The nonce's first
     /// use is checked by whoever acts on the request.
     pub fn verify(&self, keys: &OperatorKeys, written_ms: u64) -> Result<(), String> {
-        if keys.is_empty() {
-            return Err(
-                "no operator keys are configured on the daemons (operator_keys): every request is refused"
-                    .into(),
-            );
-        }
-        if self.signature.is_empty() {
-            return Err(format!(
-                "unsigned: `{}` is not proven; operators sign requests with their key (operator_key)",
-                self.by
-            ));
-        }
-        let key = keys
-            .0
-            .get(&self.by)
-            .ok_or_else(|| format!("signed with `{}`, which is no operator key here", self.by))?;
-        let signature = unhex(&self.signature).ok_or("the signature is not hex")?;
-        let mut mac = key.mac();
-        mac.update(&self.signed_bytes());
-        mac.verify_slice(&signature)
-            .map_err(|_| format!("the signature does not match `{}`'s key", self.by))?;
-        let apart = written_ms.abs_diff(self.issued_ms);
-        if apart > FRESH_FOR_MS {
-            return Err(format!(
-                "signed {} s away from when it was written (at most {} s): a replay?",
-                apart / 1000,
-                FRESH_FOR_MS / 1000
-            ));
-        }
-        Ok(())
+        verify(
+            keys,
+            &self.by,
+            &self.signature,
+            &self.signed_bytes(),
+            self.issued_ms,
+            written_ms,
+        )
     }
 
     /// The entry's fields.
@@ -282,6 +255,207 @@ impl ControlRequest {
             signature: hex_or_empty(text(SIGNATURE)?, 128),
         })
     }
+}
+
+/// The actions of a request about a saga name rather than a saga.
+pub const NAME_ACTIONS: [&str; 2] = ["pause_name", "resume_name"];
+
+/// Checks a saga name as definitions allow it: 1 to 128 printable ASCII
+/// characters without spaces.
+pub fn check_saga_name(name: &str) -> Result<(), String> {
+    let max = super::limits::MAX_NAME_LEN;
+    if name.is_empty() || name.len() > max || !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "saga name `{}` must be 1 to {max} printable ASCII characters without spaces",
+            name.chars().take(max).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+/// An operator's request about a saga name (`pause_name`, `resume_name`):
+/// every new start of the name waits while it is paused. Written on the
+/// control stream beside the requests about sagas, signed the same way but
+/// over bytes of its own (see [`NameRequest::signed_bytes`]), so that no
+/// signature of one kind is ever valid for the other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NameRequest {
+    /// The saga name (the `saga` field).
+    pub name: String,
+    /// `pause_name` or `resume_name`.
+    pub action: String,
+    pub by: String,
+    pub reason: String,
+    pub issued_ms: u64,
+    pub nonce: String,
+    pub signature: String,
+}
+
+impl NameRequest {
+    /// A request signed with `key`, at `issued_ms` on Redis's clock.
+    pub fn signed(key: &OperatorKey, name: &str, action: &str, reason: &str, issued_ms: u64) -> Self {
+        let mut request = Self {
+            name: name.to_owned(),
+            action: action.to_owned(),
+            by: key.name.clone(),
+            reason: reason.to_owned(),
+            issued_ms,
+            nonce: super::ids::new_uuid_hex(),
+            signature: String::new(),
+        };
+        let mut mac = key.mac();
+        mac.update(&request.signed_bytes());
+        request.signature = hex(&mac.finalize().into_bytes());
+        request
+    }
+
+    /// Every field but the signature, each as its length and its bytes,
+    /// after a first line no request about a saga begins with.
+    fn signed_bytes(&self) -> Vec<u8> {
+        let issued = self.issued_ms.to_string();
+        length_prefixed(
+            b"sagaflow operator name request v1\n",
+            &[
+                self.by.as_str(),
+                self.name.as_str(),
+                self.action.as_str(),
+                self.reason.as_str(),
+                issued.as_str(),
+                self.nonce.as_str(),
+            ],
+        )
+    }
+
+    /// Checks the signature and the freshness, as [`ControlRequest::verify`].
+    pub fn verify(&self, keys: &OperatorKeys, written_ms: u64) -> Result<(), String> {
+        verify(
+            keys,
+            &self.by,
+            &self.signature,
+            &self.signed_bytes(),
+            self.issued_ms,
+            written_ms,
+        )
+    }
+
+    /// The entry's fields.
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (f::SAGA, self.name.clone()),
+            (ACTION, self.action.clone()),
+            (BY, self.by.clone()),
+            (REASON, self.reason.clone()),
+            (ISSUED_MS, self.issued_ms.to_string()),
+            (NONCE, self.nonce.clone()),
+            (SIGNATURE, self.signature.clone()),
+        ]
+    }
+
+    /// Reads an entry whose action is one of [`NAME_ACTIONS`].
+    pub fn from_fields(fields: &RawFields) -> Result<Self, String> {
+        let text = |name: &str| -> Result<String, String> {
+            Ok(text_field(fields, name)?.unwrap_or("").to_owned())
+        };
+        let action = text(ACTION)?;
+        if !NAME_ACTIONS.contains(&action.as_str()) {
+            return Err(format!(
+                "unknown action `{}`",
+                action.chars().take(32).collect::<String>()
+            ));
+        }
+        let name = text(f::SAGA)?;
+        check_saga_name(&name)?;
+        let reason = text(REASON)?;
+        if reason.len() > MAX_REASON_LEN {
+            return Err(format!(
+                "`reason` is {} bytes, the limit is {MAX_REASON_LEN}",
+                reason.len()
+            ));
+        }
+        let by: String = text(BY)?.chars().take(64).collect();
+        Ok(Self {
+            name,
+            action,
+            by: if by.is_empty() { "unknown".into() } else { by },
+            reason,
+            issued_ms: text(ISSUED_MS)?.parse().unwrap_or(0),
+            nonce: hex_or_empty(text(NONCE)?, 64),
+            signature: hex_or_empty(text(SIGNATURE)?, 128),
+        })
+    }
+}
+
+/// An entry of the control stream: a request about a saga or about a
+/// saga name, as its `action` says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Saga(ControlRequest),
+    Name(NameRequest),
+}
+
+impl Request {
+    pub fn from_fields(fields: &RawFields) -> Result<Self, String> {
+        let action = text_field(fields, ACTION)?.unwrap_or("");
+        if NAME_ACTIONS.contains(&action) {
+            NameRequest::from_fields(fields).map(Self::Name)
+        } else {
+            ControlRequest::from_fields(fields).map(Self::Saga)
+        }
+    }
+}
+
+/// `first`, then each field as its length in bytes, `:`, the field and a
+/// line break: no two lists of fields give the same bytes.
+fn length_prefixed(first: &[u8], fields: &[&str]) -> Vec<u8> {
+    let mut out = first.to_vec();
+    for field in fields {
+        out.extend_from_slice(field.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(field.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The checks of every request: keys configured, signed, by a key held,
+/// the signature right, and fresh.
+fn verify(
+    keys: &OperatorKeys,
+    by: &str,
+    signature: &str,
+    signed: &[u8],
+    issued_ms: u64,
+    written_ms: u64,
+) -> Result<(), String> {
+    if keys.is_empty() {
+        return Err(
+            "no operator keys are configured on the daemons (operator_keys): every request is refused"
+                .into(),
+        );
+    }
+    if signature.is_empty() {
+        return Err(format!(
+            "unsigned: `{by}` is not proven; operators sign requests with their key (operator_key)"
+        ));
+    }
+    let key = keys
+        .0
+        .get(by)
+        .ok_or_else(|| format!("signed with `{by}`, which is no operator key here"))?;
+    let signature = unhex(signature).ok_or("the signature is not hex")?;
+    let mut mac = key.mac();
+    mac.update(signed);
+    mac.verify_slice(&signature)
+        .map_err(|_| format!("the signature does not match `{by}`'s key"))?;
+    let apart = written_ms.abs_diff(issued_ms);
+    if apart > FRESH_FOR_MS {
+        return Err(format!(
+            "signed {} s away from when it was written (at most {} s): a replay?",
+            apart / 1000,
+            FRESH_FOR_MS / 1000
+        ));
+    }
+    Ok(())
 }
 
 /// A nonce or a signature as read: lowercase hex of at most `max` digits,

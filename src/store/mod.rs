@@ -18,6 +18,7 @@
 //! - [`idempotency`]: the idempotency keys of starts.
 //! - [`definitions`]: the texts of the definitions' versions sagas run on.
 //! - [`control`]: the nonces of operators' requests carried out.
+//! - [`holds`]: saga names paused, and the starts held meanwhile.
 //! - [`relay`]: on a cluster, the relay of the partitions' outboxes.
 //! - [`inspect`]: bounded reads for an operator's view (`sagaflow doctor`).
 //!
@@ -28,6 +29,7 @@
 pub mod control;
 pub mod definitions;
 pub mod groups;
+pub mod holds;
 pub mod idempotency;
 pub mod inspect;
 pub mod keys;

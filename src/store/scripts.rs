@@ -28,6 +28,10 @@ script!(READ_STREAMS, "shrink.lua", "read_streams.lua");
 script!(CLAIM_GROUP, "shrink.lua", "claim_group.lua");
 script!(LAST_ID, "last_id.lua");
 script!(RELEASE_KEY, "release_key.lua");
+script!(HOLD_STARTS, "hold_starts.lua");
+script!(HOLD_SET, "hold_set.lua");
+script!(HOLD_RELEASE, "held.lua", "hold_release.lua");
+script!(READ_HELD, "shrink.lua", "read_held.lua");
 
 /// A script that only reads, run with `EVALSHA_RO`: Redis then asks only
 /// for read access to its keys, so a user allowed to read them (an

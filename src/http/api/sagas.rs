@@ -17,9 +17,19 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// `GET /v1/definitions`: the sagas this daemon can start.
-pub async fn definitions(State(api): State<Api>, _: Reader) -> Response {
-    Json(json!({ "definitions": api.0.definitions })).into_response()
+/// `GET /v1/definitions`: the sagas this daemon can start, and the saga
+/// names paused (name to `by`, `reason`, `since_ms` and `held`, the starts
+/// waiting).
+pub async fn definitions(State(api): State<Api>, _: Reader) -> Result<Response> {
+    let mut conn = api.conn().await?;
+    let paused = operator::paused_names(&mut conn, api.settings())
+        .await
+        .map_err(|e| Problem::new(Kind::Unavailable, e))?;
+    let paused: serde_json::Map<String, Value> = paused
+        .iter()
+        .map(|(name, p)| (name.clone(), p.json()))
+        .collect();
+    Ok(Json(json!({ "definitions": api.0.definitions, "paused": paused })).into_response())
 }
 
 #[derive(Deserialize)]
