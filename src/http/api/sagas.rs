@@ -117,11 +117,29 @@ pub async fn start(
     let _slot = api.wait_slot()?;
     let mut feed = api.subscribe().await?;
     let mut conn = api.conn().await?;
+    let keys = Keys::of(api.settings());
+    let paused = crate::store::holds::paused_names(&mut conn, &keys)
+        .await
+        .map_err(|e| Problem::redis("cannot read the saga names paused", e))?;
     let trigger = api.settings().trigger_stream.clone();
     let started = operator::start(&mut conn, &trigger, &start)
         .await
         .map_err(|e| Problem::redis(&format!("cannot write the start to {trigger}"), e))?;
     let new_id = started.saga_id.to_string();
+    if let Some(pause) = paused.get(&name) {
+        // Held by the daemons until the name is resumed: nothing to wait for.
+        let body = json!({
+            "saga_id": new_id,
+            "correlation_id": correlation_id,
+            "status": "held",
+            "entry_id": started.entry_id,
+            "detail": format!(
+                "saga `{name}` is paused (by {}: {}): the start is held and runs once it is resumed",
+                pause.by, pause.reason
+            ),
+        });
+        return Ok(located(StatusCode::ACCEPTED, &new_id, body));
+    }
     let deadline = Instant::now() + ANSWER_WITHIN;
     let taken = loop {
         let next = tokio::time::timeout_at(deadline, feed.next()).await;
