@@ -653,8 +653,13 @@ pub async fn request_name<C: ConnectionLike + Send>(
     reason: &str,
 ) -> Result<crate::protocol::control::NameRequest, String> {
     let issued_ms = redis_now_ms(conn).await?;
-    let request =
-        crate::protocol::control::NameRequest::signed(key, name, action.as_str(), reason, issued_ms);
+    let request = crate::protocol::control::NameRequest::signed(
+        key,
+        name,
+        action.as_str(),
+        reason,
+        issued_ms,
+    );
     let mut cmd = redis::cmd("XADD");
     cmd.arg(&settings.control_stream)
         .arg("MAXLEN")

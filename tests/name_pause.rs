@@ -24,6 +24,7 @@ use std::time::Duration;
 
 on_both!(
     a_paused_name_holds_its_starts_through_a_kill_and_takes_each_once_resumed,
+    held_starts_a_dead_daemon_was_taking_are_taken_over_once,
     the_scripts_hold_read_and_release_in_order,
 );
 
@@ -59,7 +60,15 @@ fn sagas_dir() -> tempfile::TempDir {
 /// after a single delivery, and `extra`.
 fn daemon(url: &str, node: &str, sagas: &std::path::Path, extra: &[&str]) -> Child {
     let sagas = sagas.to_str().expect("a UTF-8 path");
-    let mut args = vec!["run", "--redis-url", url, "--node-id", node, "--sagas", sagas];
+    let mut args = vec![
+        "run",
+        "--redis-url",
+        url,
+        "--node-id",
+        node,
+        "--sagas",
+        sagas,
+    ];
     args.extend(["--lease-ttl", LEASE_TTL, "--max-deliveries", "1"]);
     args.extend(extra);
     Child::spawn(node, &args, &[("SAGAFLOW_OPERATOR_KEYS", OPERATOR_KEY)])
@@ -158,7 +167,10 @@ async fn a_paused_name_holds_its_starts_through_a_kill_and_takes_each_once_resum
             .collect()
     };
     assert!(surveys(&events).is_empty(), "{}", describe(&events));
-    assert_eq!(pending_count(&mut conn, "mission:start", "sagaflow").await, 0);
+    assert_eq!(
+        pending_count(&mut conn, "mission:start", "sagaflow").await,
+        0
+    );
     assert_eq!(len(&mut conn, "saga:dead-letter").await, 0);
     let paused = paused_names(&url).await;
     assert_eq!(paused["survey"]["by"], "ops@test", "{paused}");
@@ -227,7 +239,10 @@ async fn a_paused_name_holds_its_starts_through_a_kill_and_takes_each_once_resum
     let events = all_events(&server).await;
     assert!(surveys(&events).is_empty(), "{}", describe(&events));
     assert_eq!(len(&mut conn, "saga:dead-letter").await, 0);
-    assert_eq!(pending_count(&mut conn, "mission:start", "sagaflow").await, 0);
+    assert_eq!(
+        pending_count(&mut conn, "mission:start", "sagaflow").await,
+        0
+    );
     assert_eq!(paused_names(&url).await["survey"]["held"], 5);
 
     let o = sagaflow_cli(&[
@@ -241,7 +256,11 @@ async fn a_paused_name_holds_its_starts_through_a_kill_and_takes_each_once_resum
     ])
     .await;
     assert_eq!(o.status.code(), Some(0), "{}", out(&o));
-    assert!(out(&o).contains("the 5 start(s) held are taken"), "{}", out(&o));
+    assert!(
+        out(&o).contains("the 5 start(s) held are taken"),
+        "{}",
+        out(&o)
+    );
     // Each held start becomes its saga, once, under the id of the entry
     // it was written as; a start written now follows them.
     written.push(start_survey(&mut conn, "after").await);
@@ -324,9 +343,21 @@ async fn name_requests_through_the_cli_and_the_api_and_their_bad_input() {
     let long = "x".repeat(1025);
     for (args, code, says) in [
         (vec!["pause", "--name", "bad name"], 2, "printable ASCII"),
-        (vec!["pause", "--name", "survey", "--reason", &long], 2, "the limit is 1024"),
-        (vec!["pause", "abc", "--name", "survey"], 2, "cannot be used with"),
-        (vec!["resume", "--name", "survey"], 1, "saga `survey` is not paused"),
+        (
+            vec!["pause", "--name", "survey", "--reason", &long],
+            2,
+            "the limit is 1024",
+        ),
+        (
+            vec!["pause", "abc", "--name", "survey"],
+            2,
+            "cannot be used with",
+        ),
+        (
+            vec!["resume", "--name", "survey"],
+            1,
+            "saga `survey` is not paused",
+        ),
         (vec!["pause", "--name", "nope"], 1, "unknown saga `nope`"),
     ] {
         let mut args = args.clone();
@@ -337,7 +368,11 @@ async fn name_requests_through_the_cli_and_the_api_and_their_bad_input() {
     }
     let post = |path: &str| api.post(path);
     for (request, status, problem) in [
-        (post("/v1/definitions/nope/pause"), 404, "no-such-definition"),
+        (
+            post("/v1/definitions/nope/pause"),
+            404,
+            "no-such-definition",
+        ),
         (post("/v1/definitions/survey/stop"), 404, "not-found"),
         (post("/v1/definitions/survey/resume"), 409, "conflict"),
         (
@@ -500,11 +535,20 @@ async fn the_scripts_hold_read_and_release_in_order(server: Redis) {
     // A start of the name meanwhile joins them, behind.
     let late = xadd(&mut conn, stream, &[("saga", "s")]).await;
     let _: redis::Value = read_group(&mut conn, stream).await;
-    let sieved = holds::sieve(&mut conn, &keys, stream, "g", &[(&late, Some("s"))], 1 << 20)
-        .await
-        .unwrap();
+    let sieved = holds::sieve(
+        &mut conn,
+        &keys,
+        stream,
+        "g",
+        &[(&late, Some("s"))],
+        1 << 20,
+    )
+    .await
+    .unwrap();
     assert_eq!(sieved, [Sieved::Held]);
-    assert!(!holds::release(&mut conn, &keys, &held("s"), "g").await.unwrap());
+    assert!(!holds::release(&mut conn, &keys, &held("s"), "g")
+        .await
+        .unwrap());
     let got_late = read_s(&mut conn).await;
     assert_eq!(got_late.len(), 1);
     for e in got.iter().chain(&got_late) {
@@ -516,16 +560,25 @@ async fn the_scripts_hold_read_and_release_in_order(server: Redis) {
             .await
             .unwrap();
     }
-    assert!(holds::release(&mut conn, &keys, &held("s"), "g").await.unwrap());
+    assert!(holds::release(&mut conn, &keys, &held("s"), "g")
+        .await
+        .unwrap());
     let left: BTreeMap<String, String> = holds::holds_of(&mut conn, &keys, stream).await.unwrap();
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(len(&mut conn, &held("s").stream).await, 0);
     // Released: the name's starts are taken directly again.
     let direct = xadd(&mut conn, stream, &[("saga", "s")]).await;
     let _: redis::Value = read_group(&mut conn, stream).await;
-    let sieved = holds::sieve(&mut conn, &keys, stream, "g", &[(&direct, Some("s"))], 1 << 20)
-        .await
-        .unwrap();
+    let sieved = holds::sieve(
+        &mut conn,
+        &keys,
+        stream,
+        "g",
+        &[(&direct, Some("s"))],
+        1 << 20,
+    )
+    .await
+    .unwrap();
     assert_eq!(sieved, [Sieved::Take]);
 }
 
@@ -541,4 +594,126 @@ async fn read_s(conn: &mut sagaflow::connection::Conn) -> Vec<sagaflow::streams:
     holds::read_held(conn, &keys, &[held("s")], "g", "c", 10, 1 << 20)
         .await
         .unwrap()
+}
+
+/// A daemon killed while it takes a resumed name's held starts leaves
+/// some read and unacknowledged: another daemon takes them over, each
+/// once, under the saga id of the entry each was written as.
+async fn held_starts_a_dead_daemon_was_taking_are_taken_over_once(server: Redis) {
+    let url = server.url();
+    let keys = Keys::new("saga:");
+    let stream = "mission:start";
+    let mut conn = server.any_conn().await;
+    must(
+        "XGROUP",
+        redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg("sagaflow")
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async::<()>(&mut conn),
+    )
+    .await;
+    // Three surveys held while the name was paused, then resumed; the
+    // first two read by a daemon that died before it started them.
+    let pause = r#"{"by":"ops@test","reason":"r","since_ms":1,"nonce":"n1"}"#;
+    holds::change_hold(
+        &mut conn,
+        &keys,
+        stream,
+        "survey",
+        Expected::Any,
+        Change::Pause(pause),
+    )
+    .await
+    .unwrap();
+    let mut written = Vec::new();
+    for n in 1..=3 {
+        written.push(start_survey(&mut conn, &format!("taken-{n}")).await);
+    }
+    let _: redis::Value = words("XREADGROUP GROUP sagaflow gone COUNT 10 STREAMS mission:start >")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let entries: Vec<(&str, Option<&str>)> = written
+        .iter()
+        .map(|id| (id.as_str(), Some("survey")))
+        .collect();
+    let sieved = holds::sieve(&mut conn, &keys, stream, "sagaflow", &entries, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(sieved, [Sieved::Held; 3]);
+    holds::change_hold(
+        &mut conn,
+        &keys,
+        stream,
+        "survey",
+        Expected::Exactly(Some(pause)),
+        Change::Resume,
+    )
+    .await
+    .unwrap();
+    let held_stream = held("survey").stream;
+    let mut read = words("XREADGROUP GROUP sagaflow gone COUNT 2 STREAMS");
+    read.arg(&held_stream).arg(">");
+    let _: redis::Value = read.query_async(&mut conn).await.unwrap();
+    assert_eq!(pending_count(&mut conn, &held_stream, "sagaflow").await, 2);
+
+    // A daemon (dead-lettering a start after two deliveries) takes the
+    // third, and the two others once they have waited a lease's time.
+    let sagas = sagas_dir();
+    let sagas = sagas.path().to_str().unwrap();
+    let args = [
+        "run",
+        "--redis-url",
+        &url,
+        "--node-id",
+        "names-c",
+        "--sagas",
+        sagas,
+        "--lease-ttl",
+        LEASE_TTL,
+        "--max-deliveries",
+        "2",
+    ];
+    let daemon = Child::spawn(
+        "names-c",
+        &args,
+        &[("SAGAFLOW_OPERATOR_KEYS", OPERATOR_KEY)],
+    );
+    daemon.wait_started().await;
+    let _handlers = Child::handlers(&url, &[]);
+    let correlation_ids: Vec<String> = (1..=3).map(|n| format!("taken-{n}")).collect();
+    let mut log = common::processes::EventLog::on(&server);
+    log.wait_all_ended(&correlation_ids, Duration::from_secs(30))
+        .await;
+    let events = log.settle(Duration::from_secs(2)).await;
+    for (correlation_id, entry_id) in correlation_ids.iter().zip(&written) {
+        let ours: Vec<&Event> = events
+            .iter()
+            .filter(|e| e.correlation_id == *correlation_id)
+            .collect();
+        let starts = ours
+            .iter()
+            .filter(|e| e.event_type == "saga_started")
+            .count();
+        assert_eq!(starts, 1, "{correlation_id}: {}", describe(&events));
+        let end = ours.last().unwrap();
+        assert_eq!(end.event_type, "saga_completed", "{}", describe(&events));
+        let saga_id = SagaId::for_start(stream, entry_id).to_string();
+        assert_eq!(end.saga_id, saga_id, "{correlation_id}");
+    }
+    assert_eq!(len(&mut conn, "saga:dead-letter").await, 0);
+    // Every start held was taken: the name takes its starts directly again.
+    let deadline = tokio::time::Instant::now() + SAGA_WAIT;
+    while !holds::holds_of(&mut conn, &keys, stream)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "still held");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(len(&mut conn, &held_stream).await, 0);
 }

@@ -11,8 +11,8 @@ use super::{connect, signals};
 use crate::operator;
 use crate::operator::SagaRef;
 use crate::protocol::control::{check_saga_name, MAX_REASON_LEN};
-use crate::protocol::CorrelationId;
 use crate::protocol::fields as f;
+use crate::protocol::CorrelationId;
 use crate::streams;
 use clap::Args;
 use std::process::ExitCode;
@@ -195,11 +195,23 @@ pub struct ResumeArgs {
 }
 
 pub async fn pause(args: PauseArgs) -> ExitCode {
-    pause_or_resume("pause", operator::NameAction::Pause, args.target, args.request).await
+    pause_or_resume(
+        "pause",
+        operator::NameAction::Pause,
+        args.target,
+        args.request,
+    )
+    .await
 }
 
 pub async fn resume(args: ResumeArgs) -> ExitCode {
-    pause_or_resume("resume", operator::NameAction::Resume, args.target, args.request).await
+    pause_or_resume(
+        "resume",
+        operator::NameAction::Resume,
+        args.target,
+        args.request,
+    )
+    .await
 }
 
 async fn pause_or_resume(
@@ -240,7 +252,13 @@ async fn request(action: &str, step: Option<String>, args: Common) -> ExitCode {
 /// The settings and the operator's key a request is signed with.
 fn settings_and_key(
     args: &RequestArgs,
-) -> Result<(crate::config::Settings, crate::protocol::control::OperatorKey), Failure> {
+) -> Result<
+    (
+        crate::config::Settings,
+        crate::protocol::control::OperatorKey,
+    ),
+    Failure,
+> {
     let settings = args.redis.settings().map_err(Failure::no)?;
     let key = settings.operator_key.clone().ok_or(Failure::usage(
         "no operator key: set SAGAFLOW_OPERATOR_KEY=<name>:<secret> (or operator_key in the \
@@ -250,7 +268,10 @@ fn settings_and_key(
 }
 
 async fn send(action: &str, step: Option<String>, common: Common) -> Result<ExitCode, Failure> {
-    let Common { which, request: args } = common;
+    let Common {
+        which,
+        request: args,
+    } = common;
     let (settings, key) = settings_and_key(&args)?;
     let (client, mut conn) = connect(&settings).await?;
     let record = which.one(&mut conn, &settings).await?;

@@ -178,8 +178,8 @@ pub(super) async fn sieve(shared: &Arc<Shared>, entries: Vec<Entry>) -> Vec<Entr
 /// stops.
 pub(super) async fn run(shared: Arc<Shared>) {
     let mut conn = shared.conn.clone();
-    let outage =
-        Outage::new("taking the starts held of resumed saga names").metered(metrics::redis_meter("holds"));
+    let outage = Outage::new("taking the starts held of resumed saga names")
+        .metered(metrics::redis_meter("holds"));
     let mut refreshed_at: Option<Instant> = None;
     while !shared.shutdown.is_cancelled() {
         if refreshed_at.is_none_or(|at| at.elapsed() >= REFRESH) {
@@ -238,7 +238,8 @@ pub(super) async fn run(shared: Arc<Shared>) {
             }
             Err(e) if super::is_nogroup(&e) => {
                 for held in &draining {
-                    let created = store::create_group(&mut conn, held, &shared.settings.trigger_group);
+                    let created =
+                        store::create_group(&mut conn, held, &shared.settings.trigger_group);
                     if let Err(e) = created.await {
                         tracing::warn!(stream = %held.stream, error = %e, "cannot create the group of a held stream");
                     }
@@ -477,8 +478,15 @@ async fn pause_name(shared: &Shared, request: &NameRequest) -> Outcome {
         let changed = call(shared, || {
             let (mut conn, keys, raw) = (shared.conn.clone(), &keys, &raw);
             async move {
-                store::change_hold(&mut conn, keys, stream, name, Expected::Any, Change::Pause(raw))
-                    .await
+                store::change_hold(
+                    &mut conn,
+                    keys,
+                    stream,
+                    name,
+                    Expected::Any,
+                    Change::Pause(raw),
+                )
+                .await
             }
         })
         .await;
@@ -501,10 +509,7 @@ async fn resume_name(shared: &Shared, request: &NameRequest) -> Outcome {
     let pause = match recorded {
         None => return Outcome::Unfinished,
         Some(None) => {
-            return Outcome::Refused(
-                format!("saga `{name}` is not paused"),
-                SagaStatus::Running,
-            )
+            return Outcome::Refused(format!("saga `{name}` is not paused"), SagaStatus::Running)
         }
         Some(Some(pause)) => pause,
     };

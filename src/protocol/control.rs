@@ -293,7 +293,13 @@ pub struct NameRequest {
 
 impl NameRequest {
     /// A request signed with `key`, at `issued_ms` on Redis's clock.
-    pub fn signed(key: &OperatorKey, name: &str, action: &str, reason: &str, issued_ms: u64) -> Self {
+    pub fn signed(
+        key: &OperatorKey,
+        name: &str,
+        action: &str,
+        reason: &str,
+        issued_ms: u64,
+    ) -> Self {
         let mut request = Self {
             name: name.to_owned(),
             action: action.to_owned(),

@@ -318,7 +318,11 @@ pub async fn read_held(
 ) -> RedisResult<Vec<Entry>> {
     let mut by_slot: Vec<(u16, Vec<&Held>)> = Vec::new();
     for h in held {
-        let at = if conn.is_cluster() { slot(&h.stream) } else { 0 };
+        let at = if conn.is_cluster() {
+            slot(&h.stream)
+        } else {
+            0
+        };
         match by_slot.iter_mut().find(|(s, _)| *s == at) {
             Some((_, group)) => group.push(h),
             None => by_slot.push((at, vec![h])),
@@ -331,7 +335,10 @@ pub async fn read_held(
         }
         let mut call = READ_HELD.prepare_invoke();
         for h in &slot_held {
-            call.key(keys.holds(&h.trigger).expect("a held stream's trigger can hold"));
+            call.key(
+                keys.holds(&h.trigger)
+                    .expect("a held stream's trigger can hold"),
+            );
             call.key(&h.stream);
         }
         call.arg(group)

@@ -207,7 +207,9 @@ pub async fn name_request(
         .await
         .map_err(|e| Problem::new(Kind::Unavailable, e))?;
     // A name paused may be resumed even if no daemon runs it any more.
-    if !api.0.definitions.contains(&name) && !(action == NameAction::Resume && paused.contains_key(&name)) {
+    let known = api.0.definitions.contains(&name)
+        || (action == NameAction::Resume && paused.contains_key(&name));
+    if !known {
         return Err(Problem::new(
             Kind::NoSuchDefinition,
             format!(
