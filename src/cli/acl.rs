@@ -175,9 +175,10 @@ const VIEW_COMMANDS: &[&str] = &[
 ];
 
 /// What `start` sends: the last event's id, the start, then the
-/// events after it.
+/// events after it (and, when no daemon took it, the names paused).
 const START_COMMANDS: &[&str] = &[
     "ping",
+    "hgetall",
     "cluster|info",
     "cluster|slots",
     "cluster|shards",
@@ -363,6 +364,7 @@ fn roles(
         starter.push(key(Access::Write, &literal(&trigger)));
     }
     starter.push(key(Access::Read, &events));
+    starter.push(key(Access::Read, &literal(&keys.paused_names())));
     out.push(Role {
         name: "starter".into(),
         who: "starting sagas (sagaflow start, services writing starts)".into(),
