@@ -441,7 +441,14 @@ async fn every_piece_runs_as_its_own_user() {
     assert_eq!(o.status.code(), Some(3), "held:\n{}", text(&o));
     let o = sagaflow(&["list", "--paused-names", "--redis-url", &viewer]).await;
     assert!(text(&o).contains("1 start(s) held"), "{}", text(&o));
-    let o = sagaflow(&["resume", "--name", "mission_start", "--redis-url", &operator]).await;
+    let o = sagaflow(&[
+        "resume",
+        "--name",
+        "mission_start",
+        "--redis-url",
+        &operator,
+    ])
+    .await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     log.wait_until(Duration::from_secs(30), "the held start's saga", |events| {
         (events.iter()).any(|e| e.correlation_id == "acl-held" && e.event_type == "saga_completed")

@@ -570,6 +570,90 @@ mod tests {
     }
 
     #[test]
+    fn a_signed_name_request_is_accepted_once_read_back_and_not_if_altered() {
+        let keys = OperatorKeys::parse(&format!("alice:{SECRET}")).unwrap();
+        let r = NameRequest::signed(&key("alice"), "mission_start", "pause_name", "maint", 7_000);
+        let fields: RawFields = r
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+            .collect();
+        let Ok(Request::Name(back)) = Request::from_fields(&fields) else {
+            panic!("a request about a name");
+        };
+        assert_eq!(back, r);
+        assert_eq!(back.verify(&keys, 7_000), Ok(()));
+        for changed in [
+            NameRequest {
+                name: "other".into(),
+                ..r.clone()
+            },
+            NameRequest {
+                action: "resume_name".into(),
+                ..r.clone()
+            },
+            NameRequest {
+                reason: "x".into(),
+                ..r.clone()
+            },
+        ] {
+            assert!(changed
+                .verify(&keys, 7_000)
+                .unwrap_err()
+                .contains("does not match"));
+        }
+        let mut unsigned = r.clone();
+        unsigned.signature.clear();
+        assert!(unsigned
+            .verify(&keys, 7_000)
+            .unwrap_err()
+            .contains("unsigned"));
+    }
+
+    #[test]
+    fn a_saga_requests_signature_is_no_name_requests() {
+        let keys = OperatorKeys::parse(&format!("alice:{SECRET}")).unwrap();
+        let saga = ControlRequest::signed(&key("alice"), SagaId::generate(), "pause", None, "", 1);
+        let name = NameRequest {
+            name: saga.saga_id.to_string(),
+            action: "pause_name".into(),
+            by: saga.by.clone(),
+            reason: saga.reason.clone(),
+            issued_ms: saga.issued_ms,
+            nonce: saga.nonce.clone(),
+            signature: saga.signature.clone(),
+        };
+        assert!(name
+            .verify(&keys, 1)
+            .unwrap_err()
+            .contains("does not match"));
+    }
+
+    #[test]
+    fn a_name_request_with_a_bad_name_or_reason_is_not_read() {
+        let fields = |name: &str, reason: &str| -> RawFields {
+            [("saga", name), ("action", "pause_name"), ("reason", reason)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        assert!(Request::from_fields(&fields("a b", ""))
+            .unwrap_err()
+            .contains("printable ASCII"));
+        assert!(Request::from_fields(&fields("", ""))
+            .unwrap_err()
+            .contains("printable ASCII"));
+        let long = "x".repeat(MAX_REASON_LEN + 1);
+        assert!(Request::from_fields(&fields("s", &long))
+            .unwrap_err()
+            .contains("the limit is 1024"));
+        assert!(matches!(
+            Request::from_fields(&fields("s", "")),
+            Ok(Request::Name(_))
+        ));
+    }
+
+    #[test]
     fn keys_are_checked_when_read() {
         assert!(OperatorKeys::parse("").unwrap().is_empty());
         assert!(OperatorKey::parse("alice:short")
