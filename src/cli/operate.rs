@@ -186,7 +186,7 @@ paused (the time paused does not count against them).
 
 With --name, the starts held while the name was paused are taken, in the
 order they were written, each once; new starts wait behind them until all
-are taken.", help_end!()))]
+are taken. --wait then returns once the request is accepted.", help_end!()))]
 pub struct ResumeArgs {
     #[command(flatten)]
     target: PauseTarget,

@@ -419,11 +419,19 @@ where
 async fn pause_name(shared: &Shared, request: &NameRequest) -> Outcome {
     let name = request.name.as_str();
     if shared.catalog.get(name).is_none() {
+        // The first names, enough to spot a typo.
+        let names = shared.catalog.names();
+        let mut known = names
+            .iter()
+            .take(20)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if names.len() > 20 {
+            known.push_str(&format!(" and {} more", names.len() - 20));
+        }
         return Outcome::Refused(
-            format!(
-                "unknown saga `{name}`: the daemons run {}",
-                shared.catalog.names().join(", ")
-            ),
+            format!("unknown saga `{name}`: the daemons run {known}"),
             SagaStatus::Running,
         );
     }

@@ -148,8 +148,9 @@ pub enum Change<'a> {
 pub enum Expected<'a> {
     /// Whatever it holds: an operator's request.
     Any,
-    /// Exactly this (`None`: no entry): a daemon mending the holds after
-    /// a request half carried out, which must not undo a later one.
+    /// Exactly this (`None`: no entry): a resume, which ends only the
+    /// pause it removed, and a daemon mending the holds after a request
+    /// half carried out, which must not undo a later one.
     Exactly(Option<&'a str>),
 }
 

@@ -29,7 +29,10 @@
 //!
 //! Leases (`<prefix>{leases}`) and the registry of owners
 //! (`<prefix>{leases}:owners`) share one slot of their own; the streams
-//! that handlers and starters share keep their names.
+//! that handlers and starters share keep their names. The saga names
+//! paused are one hash; what each trigger stream holds of them lives in
+//! that stream's slot, under its hash tag ([`Keys::holds`],
+//! [`Keys::held`]).
 
 use std::sync::LazyLock;
 
