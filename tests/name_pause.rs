@@ -422,9 +422,17 @@ async fn name_requests_through_the_cli_and_the_api_and_their_bad_input() {
     assert_eq!(a.status, 202, "{}", a.text);
     assert_eq!(a.body["status"], "held", "{}", a.text);
     let held_id = a.body["saga_id"].as_str().unwrap().to_owned();
-    let a = send(api.get("/v1/definitions")).await;
+    // Held once a daemon read it.
+    let deadline = tokio::time::Instant::now() + SAGA_WAIT;
+    let a = loop {
+        let a = send(api.get("/v1/definitions")).await;
+        if a.body["paused"]["survey"]["held"] == 1 {
+            break a;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", a.text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(a.body["paused"]["survey"]["by"], writer_name());
-    assert_eq!(a.body["paused"]["survey"]["held"], 1, "{}", a.text);
     let o = sagaflow_cli(&["list", "--redis-url", &url]).await;
     assert!(
         out(&o).contains("survey  by ops@test") && out(&o).contains("1 start(s) held: audit"),
