@@ -3,7 +3,7 @@
 //! the request to its task; a saga stuck on a failed compensation, which no
 //! daemon drives, is claimed by one daemon, which carries the request out.
 //! A request about a saga name (`pause_name`, `resume_name`) is carried out
-//! by the first daemon to record its nonce ([`super::holds`]).
+//! by the first daemon to record its nonce ([`super::name_requests`]).
 //!
 //! A request is an entry of `saga_id`, `action` (`cancel`, `retry`, `skip`,
 //! `abandon`), `step` (for `skip`), `by` and `reason`, signed with the key
@@ -95,7 +95,8 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 Ok(Request::Name(request)) => {
                     // Carried out aside: the reader goes on meanwhile.
                     let id = entry.id.clone();
-                    let carried = super::holds::request(shared.clone(), request, id, written_ms);
+                    let carried =
+                        super::name_requests::request(shared.clone(), request, id, written_ms);
                     shared.tracker.spawn(carried);
                 }
                 Err(why) => {

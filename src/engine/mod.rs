@@ -20,6 +20,7 @@ mod housekeeping;
 mod idempotency;
 mod intake;
 mod lease;
+mod name_requests;
 mod reconnect;
 mod relay;
 mod replies;
