@@ -19,6 +19,9 @@ use crate::streams::{self, Entry};
 use redis::aio::ConnectionLike;
 use std::collections::HashSet;
 
+mod names;
+pub use names::{answer_to_name, paused_names, request_name, NameAction, PausedName};
+
 /// A start entry to write.
 #[derive(Clone, Debug, Default)]
 pub struct Start {

@@ -70,7 +70,7 @@ async fn sagaflow(args: &[&str]) -> Output {
     let mut with_key = args.to_vec();
     if matches!(
         args.first(),
-        Some(&"cancel" | &"retry" | &"skip" | &"abandon")
+        Some(&"cancel" | &"retry" | &"skip" | &"abandon" | &"pause" | &"resume")
     ) {
         with_key.extend(["--config", OPERATOR_CONFIG.path().to_str().expect("UTF-8")]);
     }
@@ -426,6 +426,47 @@ async fn every_piece_runs_as_its_own_user() {
     assert_eq!(o.status.code(), Some(1), "compensated:\n{}", text(&o));
     let o = sagaflow(&["status", &cancelled, "--redis-url", &viewer]).await;
     assert!(text(&o).contains("compensated"), "{}", text(&o));
+    // The operator pauses the mission's name: a start waits, held, and
+    // runs once the name is resumed.
+    let o = sagaflow(&[
+        "pause",
+        "--name",
+        "mission_start",
+        "--redis-url",
+        &operator,
+        "--reason",
+        "least privilege",
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = sagaflow(&[
+        "start",
+        "--redis-url",
+        &starter,
+        "--payload",
+        r#"{"area": "hall-d", "robots": 1}"#,
+        "--correlation-id",
+        "acl-held",
+        "--accept-timeout",
+        "1s",
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(3), "held:\n{}", text(&o));
+    let o = sagaflow(&["list", "--paused-names", "--redis-url", &viewer]).await;
+    assert!(text(&o).contains("1 start(s) held"), "{}", text(&o));
+    let o = sagaflow(&[
+        "resume",
+        "--name",
+        "mission_start",
+        "--redis-url",
+        &operator,
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    log.wait_until(Duration::from_secs(30), "the held start's saga", |events| {
+        (events.iter()).any(|e| e.correlation_id == "acl-held" && e.event_type == "saga_completed")
+    })
+    .await;
     // The operator looks the deployment over: every read `doctor` makes
     // is one the role allows (a refused one would be in the ACL log).
     let o = sagaflow(&["doctor", "--redis-url", &operator]).await;

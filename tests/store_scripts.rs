@@ -330,10 +330,7 @@ async fn a_transition_on_a_cluster_records_its_shared_writes_in_the_outbox() {
     let mut first = Step::new(&saga, "node-a.1", 1)
         .command(COMMANDS, 1)
         .event(1);
-    first.ack = Some(EntryRef {
-        stream: "mission:start".into(),
-        id: "1-1".into(),
-    });
+    first.ack = Some(EntryRef::new("mission:start", "1-1"));
     first.done(&mut conn, &s).await;
 
     let record: BTreeMap<String, String> =
@@ -462,10 +459,7 @@ async fn the_relay_makes_commands_and_events_once_and_the_rest_at_least_once() {
     let (a, b) = (saga_in(5), saga_in(5));
     let p = partition(5);
     let mut first = Step::new(&a, "node-a.1", 1).command(COMMANDS, 1).event(1);
-    first.ack = Some(EntryRef {
-        stream: "mission:start".into(),
-        id: start.clone(),
-    });
+    first.ack = Some(EntryRef::new("mission:start", &start));
     first.own_reply_streams = vec![("saga:replies:req-1", 60)];
     first.done(&mut conn, &s).await;
     Step::new(&b, "node-a.1", 1)

@@ -101,6 +101,11 @@ const DAEMON_COMMANDS: &[&str] = &[
     "lrange",
     "rpush",
     "lrem",
+    // Saga names paused: what is paused, each trigger stream's holds, and
+    // the starts held (see src/store/holds.rs); HGETALL and HLEN above.
+    "hsetnx",
+    "hdel",
+    "hexists",
     // Housekeeping trims each partition's indexes and fence; a claim moves
     // the sagas an owner's set holds and drops the set once empty; a
     // record is read with its time to live.
@@ -159,6 +164,9 @@ const DOCTOR_COMMANDS: &[&str] = &[
 
 const VIEW_COMMANDS: &[&str] = &[
     "ping",
+    // `list` shows the saga names paused and counts the starts held.
+    "hgetall",
+    "xlen",
     "cluster|info",
     "cluster|slots",
     "cluster|shards",
@@ -177,9 +185,10 @@ const VIEW_COMMANDS: &[&str] = &[
 ];
 
 /// What `start` sends: the last event's id, the start, then the
-/// events after it.
+/// events after it (and, when no daemon took it, the names paused).
 const START_COMMANDS: &[&str] = &[
     "ping",
+    "hgetall",
     "cluster|info",
     "cluster|slots",
     "cluster|shards",
@@ -383,12 +392,15 @@ fn roles(
         });
     }
     let keys = Keys::of(settings);
+    let [_, held] = keys.any_hold(MARK);
     let records = [
         shaped(&keys.in_any_partition(MARK, &format!("record:{MARK}"))),
         shaped(&keys.in_any_partition(MARK, &format!("index:{MARK}"))),
         literal(&keys.leases()),
         shaped(&keys.definition(MARK, MARK)),
         shaped(&keys.lock(MARK)),
+        literal(&keys.paused_names()),
+        shaped(&held),
     ];
     let events = literal(&settings.events_stream);
     let mut starter = commands_rule(START_COMMANDS);
@@ -396,6 +408,7 @@ fn roles(
         starter.push(key(Access::Write, &literal(&trigger)));
     }
     starter.push(key(Access::Read, &events));
+    starter.push(key(Access::Read, &literal(&keys.paused_names())));
     out.push(Role {
         name: "starter".into(),
         who: "starting sagas (sagaflow start, services writing starts)".into(),
@@ -473,7 +486,10 @@ fn daemon(settings: &Settings, catalog: &Catalog) -> Result<Role, String> {
         shaped(&keys.lock(MARK)),
         literal(&settings.events_stream),
         prefix(&settings.reply_stream_prefix),
-    ];
+        literal(&keys.paused_names()),
+    ]
+    .into_iter()
+    .chain(keys.any_hold(MARK).map(|k| shaped(&k)));
     let streams = crate::engine::trigger_streams(settings, catalog)
         .into_iter()
         .chain(catalog.command_streams().into_iter().map(|(s, _)| s))

@@ -9,7 +9,7 @@ use crate::operator::{self, Record};
 use crate::saga::Phase;
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -53,6 +53,7 @@ impl StateFilter {
   sagaflow list --state running
   sagaflow list --state stuck --since 24h
   sagaflow list --saga mission_start --since 1h --json
+  sagaflow list --paused-names
 
 Records are kept for the retention after a saga ends (7 days by default).
 The state column says cancelled, abandoned, parked or orphaned where that is
@@ -82,6 +83,10 @@ pub struct ListArgs {
     /// Print a JSON array of the sagas, one object each, instead of the table.
     #[arg(long)]
     json: bool,
+    /// List the saga names paused (`sagaflow pause --name`) instead of
+    /// sagas: who paused each, since when, why, and how many starts wait.
+    #[arg(long, conflicts_with_all = ["state", "since"])]
+    paused_names: bool,
 }
 
 pub async fn run(args: ListArgs) -> ExitCode {
@@ -99,6 +104,12 @@ async fn list(args: ListArgs) -> Result<ExitCode, Failure> {
     let (_client, mut conn) = connect(&settings).await?;
     let live = operator::live_owners(&mut conn, &settings).await?;
     let now = live.now_ms;
+    let mut paused = operator::paused_names(&mut conn, &settings).await?;
+    paused.retain(|name, _| args.saga.as_ref().is_none_or(|s| s == name));
+    if args.paused_names {
+        list_paused(&paused, now, args.json);
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut rows = Vec::new();
     let phases = args.state.map_or(&[][..], StateFilter::phases);
     for record in operator::list(&mut conn, &settings, phases, operator::MAX_LISTED).await? {
@@ -181,6 +192,10 @@ async fn list(args: ListArgs) -> Result<ExitCode, Failure> {
             );
         }
     }
+    if !args.json && !paused.is_empty() {
+        outln!();
+        list_paused(&paused, now, false);
+    }
     if total > args.limit {
         let more = format!("({} more; raise --limit)", total - args.limit);
         if args.json {
@@ -210,4 +225,31 @@ fn row_json(record: &Record, orphan: bool, steps: &Steps) -> Value {
         "abandoned": s.abandoned_by().is_some(),
         "cancelled_by": render::cancelled_by(s),
     })
+}
+
+/// The saga names paused: a JSON object (name to `by`, `reason`,
+/// `since_ms`, `held`), or a line each.
+fn list_paused(paused: &BTreeMap<String, operator::PausedName>, now: u64, json: bool) {
+    if json {
+        let names: serde_json::Map<String, Value> = paused
+            .iter()
+            .map(|(name, p)| (name.clone(), p.json()))
+            .collect();
+        outln!("{}", Value::Object(names));
+        return;
+    }
+    if paused.is_empty() {
+        outln!("no saga name is paused");
+        return;
+    }
+    outln!("saga names paused (new starts wait until `sagaflow resume --name NAME`):");
+    for (name, p) in paused {
+        outln!(
+            "  {name}  by {} {} ago, {} start(s) held: {}",
+            p.pause.by,
+            human(now.saturating_sub(p.pause.since_ms)),
+            p.held,
+            p.pause.reason
+        );
+    }
 }

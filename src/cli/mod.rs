@@ -72,9 +72,9 @@ enum Command {
     Skip(operate::SkipArgs),
     /// Give a stuck saga up.
     Abandon(operate::AbandonArgs),
-    /// Pause a saga: what is under way finishes, nothing new is sent, no timeout runs.
+    /// Pause a saga (what is under way finishes, nothing new is sent), or with --name every new start of a saga name.
     Pause(operate::PauseArgs),
-    /// Carry a paused saga on.
+    /// Carry a paused saga on, or with --name take a paused name's starts again.
     Resume(operate::ResumeArgs),
     /// Send a signal to a saga, for its `wait` step (approval, a robot docked, ...).
     Signal(send_signal::SignalArgs),

@@ -29,6 +29,14 @@ pub fn parse_correlation_id(text: &str) -> Result<CorrelationId, String> {
 }
 
 impl SagaArgs {
+    /// A saga named by one of the two (clap requires one).
+    pub fn new(saga_id: Option<SagaRef>, correlation_id: Option<CorrelationId>) -> Self {
+        Self {
+            saga_id,
+            correlation_id,
+        }
+    }
+
     fn which(&self) -> SagaRef {
         match (&self.saga_id, &self.correlation_id) {
             (Some(id), _) => id.clone(),

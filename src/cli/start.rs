@@ -116,15 +116,33 @@ async fn start(args: StartArgs) -> Result<ExitCode, Failure> {
         (&stream, &entry_id, &new_id),
         args.accept_timeout,
     )
-    .await?
-    .ok_or_else(|| {
-        Failure::unavailable(format!(
-            "no daemon took the start within {}: is one running? The start stays on {stream} \
+    .await?;
+    let Some(taken) = taken else {
+        // A start of a saga name paused is held: say so, if any is.
+        let keys = crate::store::keys::Keys::of(&settings);
+        let paused = crate::store::holds::paused_names(&mut conn, &keys)
+            .await
+            .unwrap_or_default();
+        let names: Vec<String> = paused
+            .iter()
+            .map(|(name, p)| format!("{name} (by {}: {})", p.by, p.reason))
+            .collect();
+        let why = if names.is_empty() {
+            "is one running?".to_owned()
+        } else {
+            format!(
+                "saga names paused, whose starts are held until they are resumed: {}; \
+                 else, is a daemon running?",
+                names.join(", ")
+            )
+        };
+        return Err(Failure::unavailable(format!(
+            "no daemon took the start within {}: {why} The start stays on {stream} \
              (entry {entry_id}) and runs when a daemon takes it; `sagaflow watch \
              --correlation-id '{correlation_id}'` shows when",
             humantime::format_duration(args.accept_timeout)
-        ))
-    })?;
+        )));
+    };
     let saga_id = match &taken {
         Taken::Started => new_id.clone(),
         Taken::Duplicate(existing) => existing.clone(),

@@ -1,7 +1,9 @@
-//! Operators' requests (cancel, retry, skip, abandon), read by every daemon
-//! from the control stream: the daemon driving the saga hands the request to
-//! its task; a saga stuck on a failed compensation, which no daemon drives,
-//! is claimed by one daemon, which carries the request out.
+//! Operators' requests (cancel, retry, skip, abandon, pause, resume), read by
+//! every daemon from the control stream: the daemon driving the saga hands
+//! the request to its task; a saga stuck on a failed compensation, which no
+//! daemon drives, is claimed by one daemon, which carries the request out.
+//! A request about a saga name (`pause_name`, `resume_name`) is carried out
+//! by the first daemon to record its nonce ([`super::name_requests`]).
 //!
 //! A request is an entry of `saga_id`, `action` (`cancel`, `retry`, `skip`,
 //! `abandon`), `step` (for `skip`), `by` and `reason`, signed with the key
@@ -13,7 +15,7 @@
 
 use super::reconnect::ReadConnection;
 use super::{driver, Shared};
-use crate::protocol::control::{ControlRequest, FRESH_FOR};
+use crate::protocol::control::{ControlRequest, Request, FRESH_FOR};
 use crate::protocol::SagaId;
 use crate::saga::{Action, OperatorRequest};
 use crate::store::control::{self, NonceUse};
@@ -83,12 +85,19 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 tracing::warn!(entry_id = %entry.id, size, "an operator's request larger than {MAX_CONTROL_BYTES} bytes; ignored");
                 continue;
             }
-            match ControlRequest::from_fields(&entry.fields) {
-                Ok(request) => {
-                    let written_ms = StreamId::parse(&entry.id).map_or(0, |id| id.ms());
+            let written_ms = StreamId::parse(&entry.id).map_or(0, |id| id.ms());
+            match Request::from_fields(&entry.fields) {
+                Ok(Request::Saga(request)) => {
                     let nonce = request.nonce.clone();
                     let (saga_id, request) = check(&shared, request, written_ms);
                     dispatch(&shared, saga_id, request, nonce).await
+                }
+                Ok(Request::Name(request)) => {
+                    // Carried out aside: the reader goes on meanwhile.
+                    let id = entry.id.clone();
+                    let carried =
+                        super::name_requests::request(shared.clone(), request, id, written_ms);
+                    shared.tracker.spawn(carried);
                 }
                 Err(why) => {
                     tracing::warn!(entry_id = %entry.id, %why, "an operator's request cannot be read; ignored")

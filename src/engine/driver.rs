@@ -48,7 +48,8 @@ pub(super) async fn start(
     permit: OwnedSemaphorePermit,
     creating: TaskTrackerToken,
 ) {
-    let saga_id = SagaId::for_start(&at.stream, &at.id);
+    let (stream, entry_id) = at.start();
+    let saga_id = SagaId::for_start(stream, entry_id);
     let trace_id = request
         .traceparent
         .as_ref()
@@ -160,7 +161,7 @@ async fn refuse_start(
         status: SagaStatus::Rejected,
         step: None,
         branch: None,
-        payload: json!({ "entry_id": at.id, "stream": at.stream, "reason": reason }),
+        payload: json!({ "entry_id": at.start().1, "stream": at.start().0, "reason": reason }),
         timestamp: shared.now_ms(),
     };
     let transition = Transition {

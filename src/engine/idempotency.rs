@@ -68,7 +68,7 @@ pub(super) async fn duplicate(
         status: SagaStatus::Duplicate,
         step: None,
         branch: None,
-        payload: json!({ "entry_id": at.id, "idempotency_key": key, "existing_saga_id": existing }),
+        payload: json!({ "entry_id": at.start().1, "idempotency_key": key, "existing_saga_id": existing }),
         timestamp: shared.now_ms(),
     };
     let transition = Transition {

@@ -3,13 +3,15 @@
 //! `saga_rejected` event. Never stops on bad input. Reads are bounded: at
 //! most `read_batch` entries (and no more than there are free saga
 //! permits), each at most [`MAX_START_ENTRY_BYTES`]; a larger entry never leaves
-//! Redis whole and is rejected by its size.
+//! Redis whole and is rejected by its size. The starts of saga names an
+//! operator paused are held, not taken ([`super::holds`]).
 
 use super::driver::{self, WriteOutcome};
 use super::reconnect::ReadConnection;
 use super::Shared;
 use crate::protocol::limits::{too_large, MAX_START_ENTRY_BYTES};
 use crate::protocol::{CorrelationId, EventType, SagaEvent, SagaStatus, StartError, StartRequest};
+use crate::store::holds::HELD_FROM;
 use crate::store::read::{self, oversized};
 use crate::store::{EntryRef, Transition};
 use crate::streams::Entry;
@@ -60,7 +62,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
             Ok(read) => {
                 conn.succeeded();
                 drained = read.drained;
-                for entry in read.entries {
+                for entry in super::holds::sieve(&shared, read.entries).await {
                     take(&shared, entry).await;
                 }
             }
@@ -113,10 +115,33 @@ pub(super) async fn take(shared: &Arc<Shared>, entry: Entry) {
 
 /// [`take`], with the permit in hand.
 pub(super) async fn take_with(shared: &Arc<Shared>, entry: Entry, permit: OwnedSemaphorePermit) {
+    let at = EntryRef::new(&entry.stream, &entry.id);
+    take_at(shared, entry, at, permit).await
+}
+
+/// [`take`] for an entry of a held stream (see [`super::holds`]): a start
+/// first written on `trigger` and held while its saga name was paused.
+/// Its saga id and its events are those of the entry it was written as;
+/// it is acknowledged (or dead-lettered) on the held stream.
+pub(super) async fn take_held(shared: &Arc<Shared>, mut entry: Entry, trigger: &str) {
+    let Ok(permit) = shared.permits.clone().acquire_owned().await else {
+        return;
+    };
+    // Only the daemons write held streams: the field is theirs.
+    let from = entry
+        .fields
+        .remove(HELD_FROM)
+        .and_then(|v| String::from_utf8(v).ok())
+        .filter(|id| crate::streams::StreamId::parse(id).is_some());
     let at = EntryRef {
         stream: entry.stream.clone(),
         id: entry.id.clone(),
+        written_as: from.map(|id| (trigger.to_owned(), id)),
     };
+    take_at(shared, entry, at, permit).await
+}
+
+async fn take_at(shared: &Arc<Shared>, entry: Entry, at: EntryRef, permit: OwnedSemaphorePermit) {
     let named = |field: &str| {
         crate::protocol::text_field(&entry.fields, field)
             .ok()
@@ -155,12 +180,12 @@ pub(super) async fn take_with(shared: &Arc<Shared>, entry: Entry, permit: OwnedS
         }),
         None => shared
             .catalog
-            .for_trigger(&at.stream)
+            .for_trigger(at.start().0)
             .cloned()
             .ok_or_else(|| {
                 format!(
                     "no saga is bound to trigger stream `{}`; name one in the `saga` field",
-                    at.stream
+                    at.start().0
                 )
             }),
     };
@@ -186,8 +211,9 @@ pub(super) async fn take_with(shared: &Arc<Shared>, entry: Entry, permit: OwnedS
     ));
 }
 
-async fn reject(shared: &Shared, at: &EntryRef, error: StartError, saga: &str) {
-    tracing::warn!(entry_id = %at.id, stream = %at.stream, reason = %error.reason, "start rejected");
+pub(super) async fn reject(shared: &Shared, at: &EntryRef, error: StartError, saga: &str) {
+    let (stream, entry_id) = at.start();
+    tracing::warn!(%entry_id, %stream, reason = %error.reason, "start rejected");
     let event = SagaEvent {
         correlation_id: error.correlation_id.unwrap_or_else(CorrelationId::generate),
         saga_id: None,
@@ -196,7 +222,7 @@ async fn reject(shared: &Shared, at: &EntryRef, error: StartError, saga: &str) {
         status: SagaStatus::Rejected,
         step: None,
         branch: None,
-        payload: json!({ "entry_id": at.id, "stream": at.stream, "reason": error.reason }),
+        payload: json!({ "entry_id": entry_id, "stream": stream, "reason": error.reason }),
         timestamp: shared.now_ms(),
     };
     let transition = Transition {

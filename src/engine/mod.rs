@@ -19,10 +19,12 @@ mod clock;
 mod control;
 mod definitions;
 mod driver;
+mod holds;
 mod housekeeping;
 mod idempotency;
 mod intake;
 mod lease;
+mod name_requests;
 mod reconnect;
 mod relay;
 mod replies;
@@ -117,6 +119,8 @@ pub(crate) struct Shared {
     /// Moved on each time a saga of this daemon lets go of locks: its
     /// sagas waiting for a lock ask again at once (see [`asks`]).
     pub locks_let_go: tokio::sync::watch::Sender<u64>,
+    /// The saga names paused, and the starts held of those resumed.
+    pub holds: holds::Holds,
 }
 
 impl Shared {
@@ -200,6 +204,7 @@ impl Daemon {
             renew_now: Notify::new(),
             locks_let_go: tokio::sync::watch::Sender::new(0),
             relays: client.is_cluster().then(relay::Relays::new),
+            holds: holds::Holds::default(),
         });
         let mut lease_conn = lease_conn;
         lease::register(&shared, &mut lease_conn)
@@ -221,6 +226,7 @@ impl Daemon {
         relay::start(&shared);
         shared.feeders.spawn(intake::run(shared.clone()));
         shared.feeders.spawn(takeover::run(shared.clone()));
+        shared.feeders.spawn(holds::run(shared.clone()));
         Ok(Self { shared })
     }
 

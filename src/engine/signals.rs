@@ -197,10 +197,7 @@ async fn forward(shared: &Shared, outage: &Outage, entry: Entry) {
     } else {
         SignalRequest::from_fields(&entry.fields, &entry.id)
     };
-    let at = EntryRef {
-        stream: entry.stream.clone(),
-        id: entry.id.clone(),
-    };
+    let at = EntryRef::new(&entry.stream, &entry.id);
     drop(entry);
     let (saga_id, outcome) = match request {
         Err((saga_id, why)) => (saga_id, Outcome::Rejected(why)),

@@ -6,13 +6,16 @@
 //!
 //! It takes only what this daemon has room for: with no saga permit free,
 //! it claims nothing and leaves the work to a daemon with room; starts are
-//! claimed no more than the permits it holds for them.
+//! claimed no more than the permits it holds for them. Starts it takes over
+//! of saga names paused are held ([`super::holds`]); the held starts of
+//! resumed names are taken over as trigger entries are.
 
-use super::{driver, intake, pause, Shared};
+use super::{driver, holds, intake, pause, Shared};
 use crate::connection::Conn;
 use crate::protocol::limits::MAX_START_ENTRY_BYTES;
 use crate::protocol::SagaId;
 use crate::retry::Outage;
+use crate::store::holds as holds_store;
 use crate::store::keys::Keys;
 use crate::store::{groups, lease, maintain, read};
 use crate::telemetry::metrics;
@@ -109,9 +112,50 @@ async fn take_over_starts(shared: &Arc<Shared>, conn: &mut Conn) -> redis::Redis
             tracing::info!(%stream, count = entries.len(), "took over starts left unacknowledged");
         }
         let mut permits = permits;
-        for entry in entries {
+        for entry in holds::sieve(shared, entries).await {
             let permit = permits.split(1).expect("one permit per entry claimed");
             intake::take_with(shared, entry, permit).await;
+        }
+    }
+    take_over_held(shared, conn, min_idle).await
+}
+
+/// Takes the starts held of resumed saga names that a daemon read from
+/// their held streams and never acknowledged, as [`take_over_starts`] does
+/// for trigger streams. Held streams of names paused are left alone: their
+/// entries wait, and no delivery of them is counted meanwhile.
+async fn take_over_held(
+    shared: &Arc<Shared>,
+    conn: &mut Conn,
+    min_idle: Duration,
+) -> redis::RedisResult<()> {
+    for held in shared.holds.draining() {
+        match dead_letter_poison(shared, conn, &held.stream, min_idle).await {
+            Err(e) if super::is_nogroup(&e) || crate::retry::is_permanent(&e) => continue,
+            other => other?,
+        }
+        let room = shared
+            .permits
+            .available_permits()
+            .min(shared.settings.read_batch);
+        if room == 0 {
+            return Ok(());
+        }
+        let entries = read::claim_idle(
+            conn,
+            &held.stream,
+            &shared.settings.trigger_group,
+            &shared.settings.node_id,
+            min_idle,
+            room,
+            MAX_START_ENTRY_BYTES,
+        )
+        .await?;
+        if !entries.is_empty() {
+            tracing::info!(stream = %held.stream, count = entries.len(), "took over held starts left unacknowledged");
+        }
+        for entry in entries {
+            intake::take_held(shared, entry, &held.trigger).await;
         }
     }
     Ok(())
@@ -142,7 +186,14 @@ async fn dead_letter_poison(
         // no-op) again and again meanwhile. It is no poison, and a copy on
         // the dead-letter stream would invite sending it again. (`TYPE`,
         // which the daemon's ACL allows: a record is a hash.)
-        let saga_id = SagaId::for_start(stream, id);
+        // A held start's saga id is that of the entry it was written as.
+        let saga_id = match shared.holds.draining().iter().find(|h| h.stream == stream) {
+            Some(held) => match holds_store::held_from(conn, stream, id).await? {
+                Some(from) => SagaId::for_start(&held.trigger, &from),
+                None => SagaId::for_start(stream, id),
+            },
+            None => SagaId::for_start(stream, id),
+        };
         let record = Keys::of(settings).record(saga_id.as_str());
         let kind: String = redis::cmd("TYPE").arg(&record).query_async(conn).await?;
         if kind == "hash" {

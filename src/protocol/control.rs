@@ -18,6 +18,9 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::BTreeMap;
 
+mod name;
+pub use name::{check_saga_name, NameRequest, NAME_ACTIONS};
+
 /// How far apart, on Redis's clock, a request may have been signed and
 /// written: enough for a slow operator's terminal, short enough that a
 /// request captured from the stream is useless soon after.
@@ -171,60 +174,33 @@ impl ControlRequest {
     /// Every field but the signature, each as its length and its bytes, so
     /// that no two requests sign the same bytes.
     fn signed_bytes(&self) -> Vec<u8> {
-        let mut out = b"sagaflow operator request v1\n".to_vec();
         let issued = self.issued_ms.to_string();
-        let fields = [
-            self.by.as_str(),
-            self.saga_id.as_str(),
-            self.action.as_str(),
-            self.step.as_deref().unwrap_or(""),
-            self.reason.as_str(),
-            issued.as_str(),
-            self.nonce.as_str(),
-        ];
-        for field in fields {
-            out.extend_from_slice(field.len().to_string().as_bytes());
-            out.push(b':');
-            out.extend_from_slice(field.as_bytes());
-            out.push(b'\n');
-        }
-        out
+        length_prefixed(
+            b"sagaflow operator request v1\n",
+            &[
+                self.by.as_str(),
+                self.saga_id.as_str(),
+                self.action.as_str(),
+                self.step.as_deref().unwrap_or(""),
+                self.reason.as_str(),
+                issued.as_str(),
+                self.nonce.as_str(),
+            ],
+        )
     }
 
     /// Checks the signature and the freshness: `written_ms` is when the
     /// entry was written, from its id (Redis's clock). The nonce's first
     /// use is checked by whoever acts on the request.
     pub fn verify(&self, keys: &OperatorKeys, written_ms: u64) -> Result<(), String> {
-        if keys.is_empty() {
-            return Err(
-                "no operator keys are configured on the daemons (operator_keys): every request is refused"
-                    .into(),
-            );
-        }
-        if self.signature.is_empty() {
-            return Err(format!(
-                "unsigned: `{}` is not proven; operators sign requests with their key (operator_key)",
-                self.by
-            ));
-        }
-        let key = keys
-            .0
-            .get(&self.by)
-            .ok_or_else(|| format!("signed with `{}`, which is no operator key here", self.by))?;
-        let signature = unhex(&self.signature).ok_or("the signature is not hex")?;
-        let mut mac = key.mac();
-        mac.update(&self.signed_bytes());
-        mac.verify_slice(&signature)
-            .map_err(|_| format!("the signature does not match `{}`'s key", self.by))?;
-        let apart = written_ms.abs_diff(self.issued_ms);
-        if apart > FRESH_FOR_MS {
-            return Err(format!(
-                "signed {} s away from when it was written (at most {} s): a replay?",
-                apart / 1000,
-                FRESH_FOR_MS / 1000
-            ));
-        }
-        Ok(())
+        verify(
+            keys,
+            &self.by,
+            &self.signature,
+            &self.signed_bytes(),
+            self.issued_ms,
+            written_ms,
+        )
     }
 
     /// The entry's fields.
@@ -282,6 +258,79 @@ impl ControlRequest {
             signature: hex_or_empty(text(SIGNATURE)?, 128),
         })
     }
+}
+
+/// An entry of the control stream: a request about a saga or about a
+/// saga name, as its `action` says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Saga(ControlRequest),
+    Name(NameRequest),
+}
+
+impl Request {
+    pub fn from_fields(fields: &RawFields) -> Result<Self, String> {
+        let action = text_field(fields, ACTION)?.unwrap_or("");
+        if NAME_ACTIONS.contains(&action) {
+            NameRequest::from_fields(fields).map(Self::Name)
+        } else {
+            ControlRequest::from_fields(fields).map(Self::Saga)
+        }
+    }
+}
+
+/// `first`, then each field as its length in bytes, `:`, the field and a
+/// line break: no two lists of fields give the same bytes.
+fn length_prefixed(first: &[u8], fields: &[&str]) -> Vec<u8> {
+    let mut out = first.to_vec();
+    for field in fields {
+        out.extend_from_slice(field.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(field.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// The checks of every request: keys configured, signed, by a key held,
+/// the signature right, and fresh.
+fn verify(
+    keys: &OperatorKeys,
+    by: &str,
+    signature: &str,
+    signed: &[u8],
+    issued_ms: u64,
+    written_ms: u64,
+) -> Result<(), String> {
+    if keys.is_empty() {
+        return Err(
+            "no operator keys are configured on the daemons (operator_keys): every request is refused"
+                .into(),
+        );
+    }
+    if signature.is_empty() {
+        return Err(format!(
+            "unsigned: `{by}` is not proven; operators sign requests with their key (operator_key)"
+        ));
+    }
+    let key = keys
+        .0
+        .get(by)
+        .ok_or_else(|| format!("signed with `{by}`, which is no operator key here"))?;
+    let signature = unhex(signature).ok_or("the signature is not hex")?;
+    let mut mac = key.mac();
+    mac.update(signed);
+    mac.verify_slice(&signature)
+        .map_err(|_| format!("the signature does not match `{by}`'s key"))?;
+    let apart = written_ms.abs_diff(issued_ms);
+    if apart > FRESH_FOR_MS {
+        return Err(format!(
+            "signed {} s away from when it was written (at most {} s): a replay?",
+            apart / 1000,
+            FRESH_FOR_MS / 1000
+        ));
+    }
+    Ok(())
 }
 
 /// A nonce or a signature as read: lowercase hex of at most `max` digits,
@@ -387,6 +436,90 @@ mod tests {
             .verify(&OperatorKeys::default(), 5_000)
             .unwrap_err()
             .contains("no operator keys"));
+    }
+
+    #[test]
+    fn a_signed_name_request_is_accepted_once_read_back_and_not_if_altered() {
+        let keys = OperatorKeys::parse(&format!("alice:{SECRET}")).unwrap();
+        let r = NameRequest::signed(&key("alice"), "mission_start", "pause_name", "maint", 7_000);
+        let fields: RawFields = r
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into_bytes()))
+            .collect();
+        let Ok(Request::Name(back)) = Request::from_fields(&fields) else {
+            panic!("a request about a name");
+        };
+        assert_eq!(back, r);
+        assert_eq!(back.verify(&keys, 7_000), Ok(()));
+        for changed in [
+            NameRequest {
+                name: "other".into(),
+                ..r.clone()
+            },
+            NameRequest {
+                action: "resume_name".into(),
+                ..r.clone()
+            },
+            NameRequest {
+                reason: "x".into(),
+                ..r.clone()
+            },
+        ] {
+            assert!(changed
+                .verify(&keys, 7_000)
+                .unwrap_err()
+                .contains("does not match"));
+        }
+        let mut unsigned = r.clone();
+        unsigned.signature.clear();
+        assert!(unsigned
+            .verify(&keys, 7_000)
+            .unwrap_err()
+            .contains("unsigned"));
+    }
+
+    #[test]
+    fn a_saga_requests_signature_is_no_name_requests() {
+        let keys = OperatorKeys::parse(&format!("alice:{SECRET}")).unwrap();
+        let saga = ControlRequest::signed(&key("alice"), SagaId::generate(), "pause", None, "", 1);
+        let name = NameRequest {
+            name: saga.saga_id.to_string(),
+            action: "pause_name".into(),
+            by: saga.by.clone(),
+            reason: saga.reason.clone(),
+            issued_ms: saga.issued_ms,
+            nonce: saga.nonce.clone(),
+            signature: saga.signature.clone(),
+        };
+        assert!(name
+            .verify(&keys, 1)
+            .unwrap_err()
+            .contains("does not match"));
+    }
+
+    #[test]
+    fn a_name_request_with_a_bad_name_or_reason_is_not_read() {
+        let fields = |name: &str, reason: &str| -> RawFields {
+            [("saga", name), ("action", "pause_name"), ("reason", reason)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        assert!(Request::from_fields(&fields("a b", ""))
+            .unwrap_err()
+            .contains("printable ASCII"));
+        assert!(Request::from_fields(&fields("", ""))
+            .unwrap_err()
+            .contains("printable ASCII"));
+        let long = "x".repeat(MAX_REASON_LEN + 1);
+        assert!(Request::from_fields(&fields("s", &long))
+            .unwrap_err()
+            .contains("the limit is 1024"));
+        assert!(matches!(
+            Request::from_fields(&fields("s", "")),
+            Ok(Request::Name(_))
+        ));
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub enum SagaStatus {
     Failed,
     Rejected,
     Duplicate,
+    /// Of an operator's request about a saga name: the name is paused
+    /// (its new starts wait) after it.
+    Paused,
 }
 
 impl SagaStatus {
@@ -28,12 +31,16 @@ impl SagaStatus {
             SagaStatus::Failed => "failed",
             SagaStatus::Rejected => "rejected",
             SagaStatus::Duplicate => "duplicate",
+            SagaStatus::Paused => "paused",
         }
     }
 
     /// True for the states a saga ends in.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, SagaStatus::Running | SagaStatus::Compensating)
+        !matches!(
+            self,
+            SagaStatus::Running | SagaStatus::Compensating | SagaStatus::Paused
+        )
     }
 }
 

@@ -39,3 +39,45 @@ pub async fn use_nonce<C: ConnectionLike + Send>(
         None => NonceUse::Replayed,
     })
 }
+
+/// Who carries out a request every daemon may carry out (one about a saga
+/// name): the first daemon to record its nonce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonceClaim {
+    /// Recorded now, for this entry: carry it out.
+    First,
+    /// Recorded for this very entry by another daemon, which carries it out.
+    Taken,
+    /// Recorded for another entry: this one is a replay.
+    Replayed,
+}
+
+/// Records `nonce` as used by the control stream's entry `entry_id`, for
+/// `kept_for`, unless it was recorded before (`SET NX`); if it was, tells
+/// a daemon that came second to the same entry from a replay. The value
+/// never changes once set, so reading it after is enough.
+pub async fn claim_nonce<C: ConnectionLike + Send>(
+    conn: &mut C,
+    keys: &Keys,
+    nonce: &str,
+    entry_id: &str,
+    kept_for: Duration,
+) -> RedisResult<NonceClaim> {
+    let key = keys.nonce(nonce);
+    let set: Option<String> = redis::cmd("SET")
+        .arg(&key)
+        .arg(entry_id)
+        .arg("NX")
+        .arg("EX")
+        .arg(kept_for.as_secs().max(1))
+        .query_async(conn)
+        .await?;
+    if set.is_some() {
+        return Ok(NonceClaim::First);
+    }
+    let holder: Option<String> = redis::cmd("GET").arg(&key).query_async(conn).await?;
+    Ok(match holder {
+        Some(id) if id == entry_id => NonceClaim::Taken,
+        _ => NonceClaim::Replayed,
+    })
+}

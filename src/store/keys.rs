@@ -29,7 +29,10 @@
 //!
 //! Leases (`<prefix>{leases}`) and the registry of owners
 //! (`<prefix>{leases}:owners`) share one slot of their own; the streams
-//! that handlers and starters share keep their names.
+//! that handlers and starters share keep their names. The saga names
+//! paused are one hash; what each trigger stream holds of them lives in
+//! that stream's slot, under its hash tag ([`Keys::holds`],
+//! [`Keys::held`]).
 
 use std::sync::LazyLock;
 
@@ -157,6 +160,48 @@ impl Keys {
         (!tag.contains(['{', '}'])).then(|| format!("{}relayed:{{{tag}}}:{stream}", self.prefix))
     }
 
+    /// The saga names operators paused: a hash, name to the pause as JSON
+    /// (`by`, `reason`, `since_ms`, `nonce`). What is paused; the holds of
+    /// each trigger stream follow it.
+    pub fn paused_names(&self) -> String {
+        format!("{}paused-names", self.prefix)
+    }
+
+    /// What is held of trigger stream `stream`: a hash, saga name to the
+    /// pause (as in [`Self::paused_names`]) while the name is paused, or
+    /// `draining` while the starts held are taken after its resume. In the
+    /// stream's slot, so that one script reads it with the stream; `None`
+    /// for a name whose hashed part holds a brace (as [`Self::relayed`]).
+    pub fn holds(&self, stream: &str) -> Option<String> {
+        let tag = hash_tag(stream);
+        (!tag.contains(['{', '}'])).then(|| format!("{}holds:{{{tag}}}:{stream}", self.prefix))
+    }
+
+    /// The starts of saga `name` held from trigger stream `stream` while
+    /// the name was paused: a stream in `stream`'s slot, read through the
+    /// daemons' group once the name is resumed. The stream's name is
+    /// written with its length, so that no two pairs of a stream and a
+    /// name (each may hold `:`) give one key.
+    pub fn held(&self, stream: &str, name: &str) -> Option<String> {
+        let tag = hash_tag(stream);
+        (!tag.contains(['{', '}'])).then(|| {
+            format!(
+                "{}held:{{{tag}}}:{}:{stream}:{name}",
+                self.prefix,
+                stream.len()
+            )
+        })
+    }
+
+    /// The shape of every key of [`Self::holds`] and [`Self::held`],
+    /// `mark` standing for the rest (for ACL rules).
+    pub fn any_hold(&self, mark: &str) -> [String; 2] {
+        [
+            format!("{}holds:{mark}", self.prefix),
+            format!("{}held:{mark}", self.prefix),
+        ]
+    }
+
     /// Daemons' leases: a sorted set, member the owner token, score the
     /// unix ms (Redis's clock) at which the lease runs out.
     pub fn leases(&self) -> String {
@@ -271,5 +316,19 @@ mod tests {
         assert_eq!(keys.relayed("odd{}name"), None);
         assert_eq!(keys.relayed("a}b"), None);
         assert_eq!(slot(&keys.leases()), slot(&keys.owners()));
+    }
+
+    #[test]
+    fn what_is_held_lives_beside_its_trigger_stream() {
+        let keys = Keys::new("saga:");
+        for stream in ["mission:start", "t:{abc}:x", "a{b}c}"] {
+            let holds = keys.holds(stream).expect("a hash");
+            let held = keys.held(stream, "n:{x}").expect("a stream");
+            assert_eq!(slot(&holds), slot(stream), "{stream}");
+            assert_eq!(slot(&held), slot(stream), "{stream}");
+        }
+        assert_ne!(keys.held("x{t}a:b", "c"), keys.held("x{t}a", "b:c"));
+        assert_eq!(keys.holds("odd{}name"), None);
+        assert_eq!(keys.held("a}b", "n"), None);
     }
 }

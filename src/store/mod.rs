@@ -20,6 +20,7 @@
 //! - [`control`]: the nonces of operators' requests carried out.
 //! - [`locks`]: semantic locks: who holds a business key, who waits.
 //! - [`signals`]: signals kept for sagas until a `wait` step takes them.
+//! - [`holds`]: saga names paused, and the starts held meanwhile.
 //! - [`relay`]: on a cluster, the relay of the partitions' outboxes.
 //! - [`inspect`]: bounded reads for an operator's view (`sagaflow doctor`).
 //!
@@ -30,6 +31,7 @@
 pub mod control;
 pub mod definitions;
 pub mod groups;
+pub mod holds;
 pub mod idempotency;
 pub mod inspect;
 pub mod keys;

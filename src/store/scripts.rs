@@ -30,6 +30,10 @@ script!(LAST_ID, "last_id.lua");
 script!(RELEASE_KEY, "release_key.lua");
 script!(LOCK_ACQUIRE, "lock_acquire.lua");
 script!(SIGNAL_ACCEPT, "signal_accept.lua");
+script!(HOLD_STARTS, "hold_starts.lua");
+script!(HOLD_SET, "hold_set.lua");
+script!(HOLD_RELEASE, "held.lua", "hold_release.lua");
+script!(READ_HELD, "shrink.lua", "read_held.lua");
 
 /// A script that only reads, run with `EVALSHA_RO`: Redis then asks only
 /// for read access to its keys, so a user allowed to read them (an

@@ -48,6 +48,29 @@ pub const WAKE_FIELD: &str = "sagaflow_wake";
 pub struct EntryRef {
     pub stream: String,
     pub id: String,
+    /// For a start held while its saga name was paused, read from its held
+    /// stream (`stream`, `id`): the trigger stream and the entry id it was
+    /// written as, from which its saga id comes and which its events name.
+    pub written_as: Option<(String, String)>,
+}
+
+impl EntryRef {
+    /// An entry read where it was written.
+    pub fn new(stream: &str, id: &str) -> Self {
+        Self {
+            stream: stream.to_owned(),
+            id: id.to_owned(),
+            written_as: None,
+        }
+    }
+
+    /// The trigger stream and the entry id the start was written as.
+    pub fn start(&self) -> (&str, &str) {
+        match &self.written_as {
+            Some((stream, id)) => (stream, id),
+            None => (&self.stream, &self.id),
+        }
+    }
 }
 
 /// What a transition does to the saga's place among the sagas driven.

@@ -155,7 +155,7 @@ fn describe() {
     );
     describe_counter!(
         m::OPERATOR_ACTIONS,
-        "Operators' requests carried out by this daemon, by action (cancel, retry, skip, abandon, pause, resume)"
+        "Operators' requests carried out by this daemon, by action (cancel, retry, skip, abandon, pause, resume, pause_name, resume_name)"
     );
     describe_counter!(
         m::SIGNALS,
@@ -374,7 +374,16 @@ pub fn ready(ready: bool) {
 
 /// Every action an operator's request may carry: the values of the
 /// `action` label.
-const ACTIONS: [&str; 6] = ["cancel", "retry", "skip", "abandon", "pause", "resume"];
+const ACTIONS: [&str; 8] = [
+    "cancel",
+    "retry",
+    "skip",
+    "abandon",
+    "pause",
+    "resume",
+    "pause_name",
+    "resume_name",
+];
 
 /// An operator's request carried out: `action` is one of [`ACTIONS`]
 /// (anything else, which the daemons never carry out, is not counted).

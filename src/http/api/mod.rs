@@ -216,6 +216,10 @@ pub fn routes(api: Api) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/access", get(access))
         .route("/v1/definitions", get(sagas::definitions))
+        .route(
+            "/v1/definitions/{name}/{action}",
+            post(operate::name_request),
+        )
         .route("/v1/sagas", get(sagas::list))
         .route("/v1/stats", get(sagas::stats))
         .route("/v1/sagas/{saga}", post(sagas::start).get(sagas::one))

@@ -1,11 +1,13 @@
 //! `POST /v1/sagas/{id}/cancel | retry | skip | abandon | pause | resume`: an operator's
 //! request, signed for the write token's name with the operator key of
 //! that name, written to the control stream, and answered once the daemon
-//! driving the saga has accepted or refused it.
+//! driving the saga has accepted or refused it. `POST
+//! /v1/definitions/{name}/pause | resume`: the same for every new start of
+//! a saga name, answered by the daemon that carried it out.
 
 use super::problem::{Kind, Problem, Result};
 use super::{Api, Writer, ANSWER_WITHIN};
-use crate::operator::{self, Action};
+use crate::operator::{self, Action, NameAction};
 use crate::protocol::control::MAX_REASON_LEN;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
@@ -134,6 +136,126 @@ pub async fn request(
         return Ok(Json(json!({
             "saga_id": id,
             "action": action.as_str(),
+            "by": token.name,
+            "accepted": true,
+            "event": crate::protocol::event::entry_json(&entry.id, &entry.fields),
+        }))
+        .into_response());
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameBody {
+    #[serde(default)]
+    reason: String,
+}
+
+/// `POST /v1/definitions/{name}/pause | resume`.
+pub async fn name_request(
+    State(api): State<Api>,
+    Writer(token): Writer,
+    Path((name, action)): Path<(String, String)>,
+    super::Body(body): super::Body,
+) -> Result<Response> {
+    let action = match action.as_str() {
+        "pause" => NameAction::Pause,
+        "resume" => NameAction::Resume,
+        other => {
+            return Err(Problem::new(
+                Kind::NotFound,
+                format!(
+                    "`{}` is not a request about a saga name: pause or resume",
+                    other.chars().take(32).collect::<String>()
+                ),
+            ))
+        }
+    };
+    let body: NameBody = if body.iter().all(u8::is_ascii_whitespace) {
+        NameBody {
+            reason: String::new(),
+        }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            Problem::new(
+                Kind::BadBody,
+                format!("the body is not {{\"reason\": ...}}: {e}"),
+            )
+        })?
+    };
+    if body.reason.len() > MAX_REASON_LEN {
+        return Err(Problem::new(
+            Kind::BadBody,
+            format!(
+                "reason: {} bytes, the limit is {MAX_REASON_LEN}",
+                body.reason.len()
+            ),
+        ));
+    }
+    let key = api
+        .settings()
+        .operator_keys
+        .get(&token.name)
+        .ok_or_else(|| {
+            Problem::new(
+                Kind::Forbidden,
+                format!("no operator key `{}` to sign the request with", token.name),
+            )
+        })?;
+    let mut conn = api.conn().await?;
+    let paused = operator::paused_names(&mut conn, api.settings())
+        .await
+        .map_err(|e| Problem::new(Kind::Unavailable, e))?;
+    // A name paused may be resumed even if no daemon runs it any more.
+    let known = api.0.definitions.contains(&name)
+        || (action == NameAction::Resume && paused.contains_key(&name));
+    if !known {
+        return Err(Problem::new(
+            Kind::NoSuchDefinition,
+            format!(
+                "no saga `{}` is defined on this daemon (GET /v1/definitions lists them)",
+                name.chars().take(128).collect::<String>()
+            ),
+        ));
+    }
+    if let Some(why) = action.refused_for(&name, &paused) {
+        let state = paused.get(&name).map(operator::PausedName::json);
+        return Err(Problem::new(Kind::Conflict, why).with("paused", state));
+    }
+    let _slot = api.wait_slot()?;
+    let mut feed = api.subscribe().await?;
+    let request =
+        operator::request_name(&mut conn, api.settings(), key, &name, action, &body.reason)
+            .await
+            .map_err(|e| Problem::new(Kind::Unavailable, e))?;
+    let deadline = Instant::now() + ANSWER_WITHIN;
+    loop {
+        let entry = match tokio::time::timeout_at(deadline, feed.next()).await {
+            Err(_) => {
+                return Err(Problem::new(
+                    Kind::NoAnswer,
+                    format!(
+                        "no daemon answered within {}s: the request stays on {} and is carried out \
+                         if a daemon reads it while it is fresh",
+                        ANSWER_WITHIN.as_secs(),
+                        api.settings().control_stream
+                    ),
+                ))
+            }
+            Ok(Err(e)) => return Err(Problem::redis("cannot follow the events stream", e)),
+            Ok(Ok(entry)) => entry,
+        };
+        let Some(answer) = operator::answer_to_name(&entry, &name, &request.nonce) else {
+            continue;
+        };
+        if let Some(refused) = answer["refused"].as_str() {
+            return Err(
+                Problem::new(Kind::Refused, refused.to_owned()).with("event_id", entry.id.clone())
+            );
+        }
+        return Ok(Json(json!({
+            "saga": name,
+            "action": match action { NameAction::Pause => "pause", NameAction::Resume => "resume" },
             "by": token.name,
             "accepted": true,
             "event": crate::protocol::event::entry_json(&entry.id, &entry.fields),

@@ -17,9 +17,19 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// `GET /v1/definitions`: the sagas this daemon can start.
-pub async fn definitions(State(api): State<Api>, _: Reader) -> Response {
-    Json(json!({ "definitions": api.0.definitions })).into_response()
+/// `GET /v1/definitions`: the sagas this daemon can start, and the saga
+/// names paused (name to `by`, `reason`, `since_ms` and `held`, the starts
+/// waiting).
+pub async fn definitions(State(api): State<Api>, _: Reader) -> Result<Response> {
+    let mut conn = api.conn().await?;
+    let paused = operator::paused_names(&mut conn, api.settings())
+        .await
+        .map_err(|e| Problem::new(Kind::Unavailable, e))?;
+    let paused: serde_json::Map<String, Value> = paused
+        .iter()
+        .map(|(name, p)| (name.clone(), p.json()))
+        .collect();
+    Ok(Json(json!({ "definitions": api.0.definitions, "paused": paused })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -107,11 +117,29 @@ pub async fn start(
     let _slot = api.wait_slot()?;
     let mut feed = api.subscribe().await?;
     let mut conn = api.conn().await?;
+    let keys = Keys::of(api.settings());
+    let paused = crate::store::holds::paused_names(&mut conn, &keys)
+        .await
+        .map_err(|e| Problem::redis("cannot read the saga names paused", e))?;
     let trigger = api.settings().trigger_stream.clone();
     let started = operator::start(&mut conn, &trigger, &start)
         .await
         .map_err(|e| Problem::redis(&format!("cannot write the start to {trigger}"), e))?;
     let new_id = started.saga_id.to_string();
+    if let Some(pause) = paused.get(&name) {
+        // Held by the daemons until the name is resumed: nothing to wait for.
+        let body = json!({
+            "saga_id": new_id,
+            "correlation_id": correlation_id,
+            "status": "held",
+            "entry_id": started.entry_id,
+            "detail": format!(
+                "saga `{name}` is paused (by {}: {}): the start is held and runs once it is resumed",
+                pause.by, pause.reason
+            ),
+        });
+        return Ok(located(StatusCode::ACCEPTED, &new_id, body));
+    }
     let deadline = Instant::now() + ANSWER_WITHIN;
     let taken = loop {
         let next = tokio::time::timeout_at(deadline, feed.next()).await;
