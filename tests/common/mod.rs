@@ -178,12 +178,15 @@ pub fn assert_mission_completed(events: &[Event], robots: usize, replies: &[&str
     for step in MISSION_STEPS {
         match step {
             MISSION_FAN_OUT => {
+                // Each robot's lock first, then the fan-out.
+                expected.extend(vec![format!("lock_acquired:{step}"); robots]);
                 expected.push(format!("step_started:{step}"));
                 expected.push(format!("step_completed:{step}"));
             }
             _ => expected.extend(attempt(step)),
         }
     }
+    expected.push("locks_released".to_owned());
     expected.push("saga_completed".to_owned());
     assert_eq!(outline(events), expected, "\n{all}");
     for unit in mission_units(robots) {
