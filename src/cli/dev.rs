@@ -181,6 +181,22 @@ async fn demo(args: DevArgs) -> Result<ExitCode, String> {
     outcome
 }
 
+/// The client for `mode`, and a connection for commands.
+async fn connect(
+    client: &redis::Client,
+    mode: RedisMode,
+) -> Result<(connection::Client, connection::Conn), String> {
+    let unreachable = |e: redis::RedisError| format!("cannot reach Redis: {e}");
+    let client = connection::Client::resolve(client.clone(), mode)
+        .await
+        .map_err(unreachable)?;
+    let conn = client
+        .commands(Duration::from_secs(5))
+        .await
+        .map_err(unreachable)?;
+    Ok((client, conn))
+}
+
 /// Starts the mission and prints its events until its terminal one.
 async fn follow_one_mission(
     client: &redis::Client,
@@ -190,14 +206,7 @@ async fn follow_one_mission(
     args: &DevArgs,
     shutdown: &CancellationToken,
 ) -> Result<ExitCode, String> {
-    let unreachable = |e: redis::RedisError| format!("cannot reach Redis: {e}");
-    let client = connection::Client::resolve(client.clone(), mode)
-        .await
-        .map_err(unreachable)?;
-    let mut conn = client
-        .commands(Duration::from_secs(5))
-        .await
-        .map_err(unreachable)?;
+    let (client, mut conn) = connect(client, mode).await?;
     // Read events from the last one before our start, so none is missed.
     let from = streams::last_id(&mut conn, events_stream)
         .await
@@ -258,14 +267,7 @@ async fn follow_contending(
     args: &DevArgs,
     shutdown: &CancellationToken,
 ) -> Result<ExitCode, String> {
-    let unreachable = |e: redis::RedisError| format!("cannot reach Redis: {e}");
-    let client = connection::Client::resolve(client.clone(), mode)
-        .await
-        .map_err(unreachable)?;
-    let mut conn = client
-        .commands(Duration::from_secs(5))
-        .await
-        .map_err(unreachable)?;
+    let (client, mut conn) = connect(client, mode).await?;
     let mut from = streams::last_id(&mut conn, events_stream)
         .await
         .map_err(|e| e.to_string())?;
@@ -287,7 +289,8 @@ async fn follow_contending(
         missions.push((label.to_owned(), started.saga_id.to_string()));
     }
     outln!("both on {}: they want the same robots\n", args.payload);
-    let mut reader = client.blocking(follow::POLL).await.map_err(unreachable)?;
+    let mut reader =
+        (client.blocking(follow::POLL).await).map_err(|e| format!("cannot reach Redis: {e}"))?;
     let began = std::time::Instant::now();
     let mut ended: Vec<(String, String)> = Vec::new();
     let mut waits: Vec<String> = Vec::new();

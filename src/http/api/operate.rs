@@ -108,40 +108,23 @@ pub async fn request(
     )
     .await
     .map_err(|e| Problem::new(Kind::Unavailable, e))?;
-    let deadline = Instant::now() + ANSWER_WITHIN;
-    loop {
-        let entry = match tokio::time::timeout_at(deadline, feed.next()).await {
-            Err(_) => {
-                return Err(Problem::new(
-                    Kind::NoAnswer,
-                    format!(
-                        "no daemon answered within {}s: the request stays on {} and is carried out \
-                         if a daemon reads it while it is fresh",
-                        ANSWER_WITHIN.as_secs(),
-                        api.settings().control_stream
-                    ),
-                ))
-            }
-            Ok(Err(e)) => return Err(Problem::redis("cannot follow the events stream", e)),
-            Ok(Ok(entry)) => entry,
-        };
-        let Some(answer) = operator::answer_to(&entry, id.as_str()) else {
-            continue;
-        };
-        if let Some(refused) = answer["refused"].as_str() {
-            return Err(
-                Problem::new(Kind::Refused, refused.to_owned()).with("event_id", entry.id.clone())
-            );
-        }
-        return Ok(Json(json!({
-            "saga_id": id,
-            "action": action.as_str(),
-            "by": token.name,
-            "accepted": true,
-            "event": crate::protocol::event::entry_json(&entry.id, &entry.fields),
-        }))
-        .into_response());
+    let (entry, answer) = answered(&api, &mut feed, |entry| {
+        operator::answer_to(entry, id.as_str())
+    })
+    .await?;
+    if let Some(refused) = answer["refused"].as_str() {
+        return Err(
+            Problem::new(Kind::Refused, refused.to_owned()).with("event_id", entry.id.clone())
+        );
     }
+    Ok(Json(json!({
+        "saga_id": id,
+        "action": action.as_str(),
+        "by": token.name,
+        "accepted": true,
+        "event": crate::protocol::event::entry_json(&entry.id, &entry.fields),
+    }))
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -228,6 +211,33 @@ pub async fn name_request(
         operator::request_name(&mut conn, api.settings(), key, &name, action, &body.reason)
             .await
             .map_err(|e| Problem::new(Kind::Unavailable, e))?;
+    let (entry, answer) = answered(&api, &mut feed, |entry| {
+        operator::answer_to_name(entry, &name, &request.nonce)
+    })
+    .await?;
+    if let Some(refused) = answer["refused"].as_str() {
+        return Err(
+            Problem::new(Kind::Refused, refused.to_owned()).with("event_id", entry.id.clone())
+        );
+    }
+    Ok(Json(json!({
+        "saga": name,
+        "action": match action { NameAction::Pause => "pause", NameAction::Resume => "resume" },
+        "by": token.name,
+        "accepted": true,
+        "event": crate::protocol::event::entry_json(&entry.id, &entry.fields),
+    }))
+    .into_response())
+}
+
+/// The answer to an operator's request, read from the events feed: the
+/// first entry `pick` takes, with what it took; `no-answer` after
+/// [`ANSWER_WITHIN`].
+async fn answered(
+    api: &Api,
+    feed: &mut crate::http::feed::Subscription,
+    pick: impl Fn(&crate::streams::Entry) -> Option<serde_json::Value>,
+) -> Result<(std::sync::Arc<crate::streams::Entry>, serde_json::Value)> {
     let deadline = Instant::now() + ANSWER_WITHIN;
     loop {
         let entry = match tokio::time::timeout_at(deadline, feed.next()).await {
@@ -245,21 +255,8 @@ pub async fn name_request(
             Ok(Err(e)) => return Err(Problem::redis("cannot follow the events stream", e)),
             Ok(Ok(entry)) => entry,
         };
-        let Some(answer) = operator::answer_to_name(&entry, &name, &request.nonce) else {
-            continue;
-        };
-        if let Some(refused) = answer["refused"].as_str() {
-            return Err(
-                Problem::new(Kind::Refused, refused.to_owned()).with("event_id", entry.id.clone())
-            );
+        if let Some(answer) = pick(&entry) {
+            return Ok((entry, answer));
         }
-        return Ok(Json(json!({
-            "saga": name,
-            "action": match action { NameAction::Pause => "pause", NameAction::Resume => "resume" },
-            "by": token.name,
-            "accepted": true,
-            "event": crate::protocol::event::entry_json(&entry.id, &entry.fields),
-        }))
-        .into_response());
     }
 }
