@@ -70,7 +70,7 @@ async fn stuck_saga(server: &impl Backend, correlation_id: &str) -> (String, Chi
 async fn a_running_saga_is_cancelled_and_compensates(server: Redis) {
     let url = server.url();
     let _daemon = Child::daemon(&url, "ops");
-    let _handlers = Child::handlers(&url, &["--work-ms", "1000"]);
+    let _handlers = Child::handlers(&url, &["--work-ms", "2000"]);
     let mut conn = server.conn().await;
     start_mission(
         &mut conn,

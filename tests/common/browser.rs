@@ -191,7 +191,10 @@ impl Browser {
     /// Waits for an element matching `css` and clicks it; found again
     /// when the page drew it anew between finding and clicking.
     pub async fn click(&self, css: &str) {
-        for _ in 0..3 {
+        // A live list is drawn anew at each event it hears: a burst of
+        // events (a step's locks taken one after the other) can replace the
+        // element several times in a row.
+        for _ in 0..20 {
             self.wait_js(
                 &format!("{css} to be clickable"),
                 "const e = document.querySelector(arguments[0]); \
@@ -206,7 +209,10 @@ impl Browser {
                 .unwrap_or_else(|e| panic!("{css}: {e}"));
             match element.click().await {
                 Ok(()) => return,
-                Err(e) if e.to_string().contains("stale element") => continue,
+                Err(e) if e.to_string().contains("stale element") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
                 Err(e) => panic!("click {css}: {e}"),
             }
         }
