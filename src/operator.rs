@@ -540,13 +540,23 @@ pub async fn request<C: ConnectionLike + Send>(
         reason,
         issued_ms,
     );
+    write_control(conn, settings, request.to_fields()).await
+}
+
+/// Writes a signed request to the control stream, capped at
+/// `control_maxlen`.
+pub(crate) async fn write_control<C: ConnectionLike + Send, V: redis::ToRedisArgs>(
+    conn: &mut C,
+    settings: &Settings,
+    fields: impl IntoIterator<Item = (&'static str, V)>,
+) -> Result<(), String> {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(&settings.control_stream)
         .arg("MAXLEN")
         .arg("~")
         .arg(settings.control_maxlen)
         .arg("*");
-    for (name, value) in request.to_fields() {
+    for (name, value) in fields {
         cmd.arg(name).arg(value);
     }
     let _: String = cmd

@@ -107,19 +107,7 @@ pub async fn request_name<C: ConnectionLike + Send>(
         reason,
         issued_ms,
     );
-    let mut cmd = redis::cmd("XADD");
-    cmd.arg(&settings.control_stream)
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(settings.control_maxlen)
-        .arg("*");
-    for (name, value) in request.to_fields() {
-        cmd.arg(name).arg(value);
-    }
-    let _: String = cmd
-        .query_async(conn)
-        .await
-        .map_err(|e| format!("cannot write the request: {e}"))?;
+    super::write_control(conn, settings, request.to_fields()).await?;
     Ok(request)
 }
 
