@@ -83,8 +83,10 @@ async fn metrics_move_and_readiness_follows_redis() {
 
     let saga = [("saga", "mission_start")];
     let page = until(&addr, "/metrics", |s, page| {
+        // Every counter is there at zero from the start: wait for the
+        // saga's own count.
         s == 200
-            && sample(page, "sagaflow_sagas_ended_total", &saga).is_some()
+            && sample(page, "sagaflow_sagas_started_total", &saga) == Some(1.0)
             && sample(page, "sagaflow_sagas_rejected_total", &[]).is_some()
     })
     .await;
